@@ -1,0 +1,54 @@
+# Lunara — the two commands operators and CI need: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP_PROD := $(VENV)/.installed-prod
+STAMP_DEV := $(VENV)/.installed-dev
+
+.PHONY: run test lint typecheck stop status clean lock bench
+
+$(BIN)/python:
+	@scripts/ensure-venv.sh $(PYTHON) $(VENV)
+
+$(STAMP_PROD): requirements/prod.lock pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/prod.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(STAMP_DEV): requirements/dev.lock pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@ $(STAMP_PROD)
+
+## run: start the bot under the watchdog on its embedded defaults, then show its status
+run: $(STAMP_PROD)
+	$(BIN)/lunara start --wait 60
+	$(BIN)/lunara status
+
+stop: $(STAMP_PROD)
+	$(BIN)/lunara stop
+
+status: $(STAMP_PROD)
+	$(BIN)/lunara status
+
+lint: $(STAMP_DEV)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP_DEV)
+	$(BIN)/mypy
+
+## test: lint, type-check and run the whole suite against a private Redis
+test: $(STAMP_DEV)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	scripts/with-redis.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## lock: re-resolve the pinned lock files from pyproject.toml (needs uv)
+lock:
+	uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements/dev.lock
+	uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -c requirements/dev.lock -o requirements/prod.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,66 @@
+"""Where Lunara keeps its state on disk: one place that knows the layout of LUNARA_HOME."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = ".lunara"
+
+
+@dataclass(frozen=True)
+class HomePaths:
+    """The files under LUNARA_HOME. Pure path arithmetic: nothing is created here."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike[str] | None = None) -> HomePaths:
+        raw = home if home is not None else os.environ.get("LUNARA_HOME", DEFAULT_HOME)
+        return cls(Path(raw).expanduser().resolve())
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.json"
+
+    @property
+    def ledger_lock(self) -> Path:
+        return self.root / "ledger.json.lock"
+
+    @property
+    def start_lock(self) -> Path:
+        return self.root / "start.lock"
+
+    @property
+    def watchdog_lock(self) -> Path:
+        return self.root / "watchdog.lock"
+
+    @property
+    def audit(self) -> Path:
+        return self.root / "audit.jsonl"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def bot_log(self) -> Path:
+        return self.logs / "bot.log"
+
+    @property
+    def watchdog_log(self) -> Path:
+        return self.logs / "watchdog.log"
+
+    @property
+    def heartbeat(self) -> Path:
+        return self.root / "heartbeat"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "lunara.db"
+
+    def ensure(self) -> None:
+        """Create the home and its logs folder, private to the owner."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.logs.mkdir(parents=True, exist_ok=True, mode=0o700)

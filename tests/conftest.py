@@ -1,0 +1,44 @@
+"""Shared fixtures: a private Redis (started by scripts/with-redis.sh) and scratch homes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the private redis-server the test command started for this run."""
+    url = os.environ.get("LUNARA_TEST_REDIS_URL")
+    if not url:
+        pytest.fail(
+            "LUNARA_TEST_REDIS_URL is not set: run the suite with `make test` "
+            "(scripts/with-redis.sh starts a private redis-server)"
+        )
+    return url
+
+
+@pytest.fixture
+def redis_db(redis_url: str) -> Iterator[str]:
+    """A Redis URL whose database is empty before and after the test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield redis_url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """An empty LUNARA_HOME for one test."""
+    path = tmp_path / "home"
+    path.mkdir(mode=0o700)
+    return path
