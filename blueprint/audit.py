@@ -1,0 +1,185 @@
+"""The audit log: every authorization decision and its outcome, one JSON line each.
+
+Several CLI processes (and the bot) may write at once, so each entry is a single
+`write` on an `O_APPEND` descriptor, under an exclusive `flock` held for just that
+write: the entry lands whole at the end of the file and lines never interleave.
+Reading is forgiving: a corrupt line (a crash mid-write, a hand edit) is skipped, never
+fatal, because the audit log is most wanted when something went wrong.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from blueprint.errors import BlueprintError, PermissionDenied
+from blueprint.manifest import Manifest
+from blueprint.mirror import Mirror
+
+FILE_MODE = 0o600
+_READ_BLOCK = 64 * 1024
+REDACTED = "[redacted]"
+# Detail keys whose values are never written, whatever a caller passes in.
+_SECRET_KEY = re.compile(r"token|secret|password|passphrase|api_?key|private", re.IGNORECASE)
+
+
+class Decision(StrEnum):
+    ALLOWED = "allowed"
+    DENIED = "denied"
+
+
+class AuditWriteError(BlueprintError):
+    """The audit log cannot be written; acting without a record is not allowed."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def redact(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `detail` with the values of secret-looking keys replaced, at any depth."""
+    clean: dict[str, Any] = {}
+    for key, value in detail.items():
+        if _SECRET_KEY.search(str(key)):
+            clean[str(key)] = REDACTED
+        elif isinstance(value, Mapping):
+            clean[str(key)] = redact(value)
+        else:
+            clean[str(key)] = value
+    return clean
+
+
+class AuditLog:
+    """Append-only JSON-lines log at `path`, copied to the mirror entry by entry."""
+
+    def __init__(
+        self, path: Path, mirror: Mirror, clock: Callable[[], datetime] = _utc_now
+    ) -> None:
+        self.path = path
+        self._mirror = mirror
+        self._clock = clock
+
+    def record(
+        self,
+        principal: str,
+        action: str,
+        decision: Decision,
+        outcome: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+        *,
+        permission: str | None = None,
+    ) -> dict[str, Any]:
+        """Write one entry and mirror it; raise AuditWriteError if the file cannot be written."""
+        entry: dict[str, Any] = {
+            "at": self._clock().astimezone(UTC).isoformat(timespec="milliseconds"),
+            "principal": principal,
+            "action": action,
+            "permission": permission,
+            "decision": str(Decision(decision)),
+            "outcome": outcome,
+            "detail": redact(detail) if detail is not None else None,
+        }
+        line = json.dumps(entry, ensure_ascii=False, default=str, separators=(",", ":")) + "\n"
+        self._append(line.encode("utf-8", "backslashreplace"))
+        self._mirror.append_audit(entry)
+        return entry
+
+    def _append(self, data: bytes) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        except OSError as error:
+            raise AuditWriteError(
+                f"cannot write the audit log {self.path}: {error.strerror}"
+            ) from None
+        try:
+            # The lock makes the torn-line check and the append one step, and keeps lines
+            # whole even where O_APPEND alone is not atomic (NFS). Held for one write.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            info = os.fstat(fd)
+            if info.st_mode & 0o077:
+                os.fchmod(fd, FILE_MODE)
+            # A line cut short by a crash must not swallow this entry: start a fresh line.
+            if info.st_size > 0 and os.pread(fd, 1, info.st_size - 1) != b"\n":
+                data = b"\n" + data
+            written = os.write(fd, data)
+        except OSError as error:
+            raise AuditWriteError(
+                f"cannot write the audit log {self.path}: {error.strerror}"
+            ) from None
+        finally:
+            os.close(fd)
+        if written != len(data):
+            raise AuditWriteError(
+                f"cannot write the audit log {self.path}: short write (disk full?)"
+            )
+
+    def tail(self, lines: int) -> list[dict[str, Any]]:
+        """The last `lines` readable entries, oldest first; corrupt lines are skipped."""
+        if lines <= 0:
+            return []
+        newest_first: list[dict[str, Any]] = []
+        for raw in self._lines_from_end():
+            entry = _parse(raw)
+            if entry is not None:
+                newest_first.append(entry)
+                if len(newest_first) == lines:
+                    break
+        newest_first.reverse()
+        return newest_first
+
+    def _lines_from_end(self) -> Iterator[bytes]:
+        """Yield the file's lines, last first, reading backwards a block at a time."""
+        try:
+            handle = self.path.open("rb")
+        except FileNotFoundError:
+            return
+        with handle:
+            position = handle.seek(0, os.SEEK_END)
+            remainder = b""
+            while position > 0:
+                size = min(_READ_BLOCK, position)
+                position -= size
+                handle.seek(position)
+                chunk = handle.read(size) + remainder
+                parts = chunk.split(b"\n")
+                remainder = parts[0]
+                yield from reversed(parts[1:])
+            yield remainder
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    if not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def authorize(
+    manifest: Manifest, audit: AuditLog, principal: str, permission: str, action: str
+) -> None:
+    """Allow or refuse `permission` for `principal`, auditing the decision either way."""
+    role = manifest.role_of(principal)
+    if manifest.allows(principal, permission):
+        audit.record(
+            principal, action, Decision.ALLOWED, detail={"role": role}, permission=permission
+        )
+        return
+    audit.record(
+        principal,
+        action,
+        Decision.DENIED,
+        outcome="refused",
+        detail={"role": role},
+        permission=permission,
+    )
+    raise PermissionDenied(f"{principal} may not {permission} (role: {role or 'none'})")

@@ -1,0 +1,263 @@
+"""The `lunara` commands as a Typer app: argument parsing and output, nothing else.
+
+Each command opens an authorized session (`blueprint.cli.open_session`), calls the
+library, audits the outcome and prints. Errors reach `blueprint.cli.run_guarded`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from blueprint.cli import Options, Session, active_manifest_path, open_session, run_guarded
+from blueprint.cli import status_command as run_status
+from blueprint.errors import BlueprintError
+
+app = typer.Typer(
+    name="lunara",
+    help="Lunara's Bot OS: start, stop and inspect the trading bot under its watchdog.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+manifest_app = typer.Typer(
+    help="Inspect and validate the role-based manifest.", no_args_is_help=True
+)
+app.add_typer(manifest_app, name="manifest")
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Machine-readable output (stable schema).")
+]
+
+
+def options_of(ctx: typer.Context) -> Options:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, Options) else Options()
+
+
+def finish(action: Callable[[], int]) -> None:
+    """Run a command body behind the error boundary and exit with its code."""
+    code = run_guarded(action)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None,
+        typer.Option("--home", help="State directory (default: $LUNARA_HOME or ./.lunara)."),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest", help="Manifest file (default: $LUNARA_MANIFEST or ./manifest.json)."
+        ),
+    ] = None,
+) -> None:
+    """Lunara's Bot OS."""
+    ctx.obj = Options(home=home, manifest=manifest)
+
+
+def report_action(session: Session, result: Any, as_json: bool, action: str) -> int:
+    session.outcome("ok" if result.changed else "unchanged", {"message": result.message})
+    if as_json:
+        from blueprint.render import print_json
+
+        print_json(
+            {
+                "action": action,
+                "changed": result.changed,
+                "message": result.message,
+                "status": result.status.to_json(),
+            }
+        )
+    else:
+        typer.echo(result.message)
+    return 0
+
+
+def lifecycle(
+    ctx: typer.Context,
+    permission: str,
+    action: str,
+    call: Callable[[Session], Any],
+    as_json: bool,
+) -> None:
+    """start/stop/restart: authorize, act, audit the outcome (failures too), report."""
+
+    def body() -> int:
+        session = open_session(options_of(ctx), permission, action)
+        try:
+            result = call(session)
+        except BlueprintError as error:
+            session.outcome("failed", {"error": error.message})
+            raise
+        return report_action(session, result, as_json, action)
+
+    finish(body)
+
+
+@app.command()
+def start(
+    ctx: typer.Context,
+    wait: Annotated[
+        float | None,
+        typer.Option(
+            "--wait", min=0, help="Block until the bot's first heartbeat; exit 7 on timeout."
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start the watchdog and the bot (does nothing if already running)."""
+    lifecycle(ctx, "bot.start", "start", lambda s: s.controller.start(s.principal, wait), as_json)
+
+
+@app.command()
+def stop(
+    ctx: typer.Context,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout", min=0, help="Seconds to wait for a graceful stop (default: manifest)."
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stop the bot and its watchdog gracefully (does nothing if not running)."""
+    lifecycle(ctx, "bot.stop", "stop", lambda s: s.controller.stop(s.principal, timeout), as_json)
+
+
+@app.command()
+def restart(
+    ctx: typer.Context,
+    wait: Annotated[
+        float | None,
+        typer.Option(
+            "--wait", min=0, help="Block until the new bot's first heartbeat; exit 7 on timeout."
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Stop, then start."""
+    lifecycle(
+        ctx,
+        "bot.restart",
+        "restart",
+        lambda s: s.controller.restart(s.principal, wait),
+        as_json,
+    )
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: JsonOption = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print nothing; exit code only.")
+    ] = False,
+) -> None:
+    """Show the state of the watchdog and the bot (exit 0 healthy, 3 stopped, 5 unhealthy)."""
+    finish(lambda: run_status(options_of(ctx), as_json, quiet))
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    lines: Annotated[
+        int, typer.Option("--lines", "-n", min=0, help="How many lines to show.")
+    ] = 50,
+) -> None:
+    """Show the bot's log."""
+
+    def body() -> int:
+        from blueprint.logtail import follow as follow_log
+        from blueprint.logtail import last_lines
+
+        session = open_session(options_of(ctx), "bot.logs", "logs")
+        path = session.paths.bot_log
+        session.outcome("ok")
+        if not follow:
+            if not path.exists():
+                typer.echo(f"no log yet at {path}", err=True)
+                return 0
+            for line in last_lines(path, lines):
+                typer.echo(line)
+            return 0
+        for line in follow_log(path, start_lines=lines):
+            typer.echo(line)
+        return 0
+
+    finish(body)
+
+
+@app.command()
+def run(ctx: typer.Context) -> None:
+    """Supervise the bot in the foreground (containers, PID 1, systemd Type=simple)."""
+
+    def body() -> int:
+        session = open_session(options_of(ctx), "bot.run", "run")
+        code = session.controller.run_foreground(session.principal)
+        session.outcome("exited", {"code": code})
+        return code
+
+    finish(body)
+
+
+@app.command()
+def audit(
+    ctx: typer.Context,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=1, help="How many entries.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """Who did what, allowed or denied."""
+
+    def body() -> int:
+        session = open_session(options_of(ctx), "bot.audit", "audit")
+        entries = session.audit.tail(lines)
+        session.outcome("ok")
+        if as_json:
+            from blueprint.render import print_json
+
+            print_json(entries)
+            return 0
+        from blueprint.render import print_records
+
+        print_records("audit", ["at", "principal", "action", "decision", "outcome"], entries)
+        return 0
+
+    finish(body)
+
+
+@manifest_app.command("check")
+def manifest_check(
+    ctx: typer.Context,
+    path: Annotated[
+        Path | None, typer.Argument(help="Manifest to check (default: the active one).")
+    ] = None,
+) -> None:
+    """Validate a manifest and name every bad field (exit 6 when invalid).
+
+    It needs no permission: it reads only the file it is given and changes nothing,
+    and it has to work precisely when the active manifest is broken.
+    """
+
+    def body() -> int:
+        from blueprint.manifest import load_manifest
+
+        target = path or active_manifest_path(options_of(ctx))
+        manifest = load_manifest(target)
+        typer.echo(
+            f"{target}: valid ({len(manifest.roles)} roles, {len(manifest.principals)} "
+            f"principals, program: {' '.join(manifest.program.command)})"
+        )
+        return 0
+
+    finish(body)

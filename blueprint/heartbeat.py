@@ -1,0 +1,70 @@
+"""The bot's proof of life: a file whose modification time is the last beat.
+
+A file (not a socket or a pipe) because the watchdog, `lunara status` and an adopting
+watchdog all need to read it without talking to the bot, and because it survives the
+watchdog being replaced. Writes are atomic so a reader never sees a half-written beat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
+
+
+def write_heartbeat(path: Path) -> None:
+    """Replace the heartbeat file atomically; its mtime is the time of the beat."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=".heartbeat.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+            handle.write(f"{time.time():.6f} {os.getpid()}\n")
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def heartbeat_mtime(path: Path) -> float | None:
+    """When the last beat was written (epoch seconds), or None when there is none."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def heartbeat_age(path: Path, now: float | None = None) -> float | None:
+    """Seconds since the last beat, or None when the bot never beat."""
+    mtime = heartbeat_mtime(path)
+    if mtime is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, current - mtime)
+
+
+def clear_heartbeat(path: Path) -> None:
+    """Forget the previous bot's beats so they are never taken for the new one's."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+async def heartbeat_loop(path: Path, stop: asyncio.Event, interval_s: float = 1.0) -> None:
+    """Beat every `interval_s` until `stop` is set; the first beat is immediate.
+
+    The write is a few syscalls on a tiny file, so it runs inline: a thread hop would
+    cost more than it saves, and a stalled event loop *should* stop the beats. asyncio
+    is imported here, not at the top: `lunara status` reads heartbeats and must stay light.
+    """
+    import asyncio
+
+    while not stop.is_set():
+        write_heartbeat(path)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)

@@ -1,0 +1,83 @@
+"""Terminal output for the CLI: a rich table on a terminal, plain `key: value` text otherwise.
+
+Rich is imported only when a table is actually drawn, so scripts that pipe
+`lunara status` (and the container HEALTHCHECK) never pay for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TextIO
+
+
+def wants_plain(stream: TextIO | None = None) -> bool:
+    """Plain text when the output is not a terminal or the user asked for no colour."""
+    stream = stream if stream is not None else sys.stdout
+    if os.environ.get("NO_COLOR"):
+        return True
+    isatty = getattr(stream, "isatty", None)
+    return not (isatty is not None and isatty())
+
+
+def format_value(value: Any) -> str:
+    """One human-readable cell: nested objects as compact JSON, None as a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def print_json(document: Any, stream: TextIO | None = None) -> None:
+    stream = stream if stream is not None else sys.stdout
+    stream.write(json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def print_mapping(title: str, rows: Mapping[str, Any], stream: TextIO | None = None) -> None:
+    """A two-column view of one record (status, config)."""
+    stream = stream if stream is not None else sys.stdout
+    if wants_plain(stream):
+        width = max((len(key) for key in rows), default=0)
+        for key, value in rows.items():
+            stream.write(f"{key.ljust(width)}  {format_value(value)}\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in rows.items():
+        table.add_row(key, format_value(value))
+    Console(file=stream).print(table)
+
+
+def print_records(
+    title: str,
+    columns: Sequence[str],
+    records: Iterable[Mapping[str, Any]],
+    stream: TextIO | None = None,
+) -> None:
+    """Many records with the same columns (audit entries, trades)."""
+    stream = stream if stream is not None else sys.stdout
+    materialised = list(records)
+    if wants_plain(stream):
+        for record in materialised:
+            stream.write("  ".join(format_value(record.get(column)) for column in columns) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for record in materialised:
+        table.add_row(*(format_value(record.get(column)) for column in columns))
+    Console(file=stream).print(table)

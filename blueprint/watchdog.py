@@ -1,0 +1,629 @@
+"""The watchdog: runs the bot as its child and keeps it alive within its limits.
+
+One watchdog per home, enforced by an exclusive `fcntl` lock on `watchdog.lock` held for
+its whole life (the bot never inherits it). The watchdog
+
+- spawns `program.command` in its own session, output appended to `logs/bot.log`, with
+  `LUNARA_HOME` set, and records the bot's pid and create time in the ledger;
+- restarts it after an unexpected exit with exponential backoff, and gives up (state
+  `fatal`, then exits) after more than `max_restarts` restarts within `window_s`;
+- restarts it gracefully when its whole-tree RSS passes `memory_limit_mib` or its
+  heartbeat is older than `heartbeat_timeout_s`;
+- on SIGTERM/SIGINT (or the ledger saying `stopping`) stops the whole bot tree, marks the
+  ledger `stopped` and exits 0;
+- is a child subreaper, and reaps every orphan handed to it (also as PID 1).
+
+With `--adopt` it takes over a bot left running by a watchdog that was killed: the bot is
+not its child, so it watches the recorded (pid, create time) and cannot know the exit code.
+
+Run as `python -m blueprint.watchdog --home ROOT --manifest PATH [--foreground] [--adopt]
+[--started-by PRINCIPAL]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from blueprint.backoff import decide_restart
+from blueprint.errors import BlueprintError, ExitCode
+from blueprint.heartbeat import clear_heartbeat, heartbeat_mtime
+from blueprint.paths import HomePaths
+from blueprint.process import (
+    become_subreaper,
+    find_process,
+    identity_of,
+    is_gone,
+    kill_tree,
+    reap_children,
+    tree_rss_bytes,
+)
+
+if TYPE_CHECKING:
+    from blueprint.ledger import Ledger, LedgerDocument
+    from blueprint.manifest import Manifest
+
+TICK_S = 0.2
+RSS_EVERY_S = 0.5
+MIB = 1024 * 1024
+PYTHON_ALIASES = frozenset({"python", "python3"})
+
+
+class Event:
+    """Event kinds the watchdog writes to the ledger."""
+
+    WATCHDOG_STARTED = "watchdog.started"
+    WATCHDOG_ADOPTED = "watchdog.adopted"
+    BOT_SPAWNED = "bot.spawned"
+    BOT_RUNNING = "bot.running"
+    BOT_EXITED = "bot.exited"
+    BOT_RESTARTING = "bot.restarting"
+    BOT_FATAL = "bot.fatal"
+    BOT_STOPPED = "bot.stopped"
+    SPAWN_FAILED = "bot.spawn_failed"
+
+
+class Reason:
+    """Fixed exit reasons (others are built by `describe_exit` and the limit checks)."""
+
+    ADOPTED_EXIT = "exited while adopted"
+    STOPPED = "stopped by request"
+
+
+def utc_iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="microseconds")
+
+
+def parse_iso(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def describe_exit(code: int | None, signum: int | None) -> str:
+    """An operator's sentence for how the bot ended."""
+    if signum is not None:
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        if signum == signal.SIGKILL:
+            return f"killed by {name} (possible out-of-memory kill)"
+        return f"killed by {name}"
+    if code is None:
+        return Reason.ADOPTED_EXIT
+    return f"exited with code {code}"
+
+
+def split_returncode(returncode: int) -> tuple[int | None, int | None]:
+    """Popen's return code (negative for a signal) as (code, signal)."""
+    if returncode < 0:
+        return None, -returncode
+    return returncode, None
+
+
+def memory_reason(rss_mib: float, limit_mib: float) -> str:
+    return f"memory limit exceeded (RSS {rss_mib:.1f} MiB > {limit_mib:g} MiB)"
+
+
+def heartbeat_reason(
+    now: float, started: float, last_beat: float | None, timeout_s: float
+) -> str | None:
+    """Why the heartbeat says the bot hangs, or None while it is alive enough.
+
+    Before the first beat the bot is judged from its start, with a grace equal to the
+    timeout (imports and connections take time); after it, from the last beat.
+    """
+    if last_beat is not None and last_beat >= started:
+        age = now - last_beat
+        if age > timeout_s:
+            return f"heartbeat stale ({age:.1f} s since the last beat > {timeout_s:g} s)"
+        return None
+    since = now - started
+    if since > 2 * timeout_s:
+        return (
+            f"no heartbeat since start ({since:.1f} s > {timeout_s:g} s timeout + {timeout_s:g} s"
+            " grace)"
+        )
+    return None
+
+
+def resolve_command(command: Sequence[str]) -> list[str]:
+    """`python`/`python3` mean this interpreter, so the bot runs in the same environment."""
+    argv = list(command)
+    if argv and argv[0] in PYTHON_ALIASES:
+        argv[0] = sys.executable
+    return argv
+
+
+@dataclass
+class Bot:
+    """The bot being watched: our child (`popen`) or an adopted process."""
+
+    process: psutil.Process
+    started: float  # wall-clock seconds, taken just before the spawn
+    popen: subprocess.Popen[bytes] | None = None
+    last_rss_mib: float | None = None
+    next_rss_at: float = 0.0
+    running_reported: bool = False
+
+    @property
+    def adopted(self) -> bool:
+        return self.popen is None
+
+    def poll(self) -> tuple[int | None, int | None] | None:
+        """(code, signal) once it exited, else None."""
+        if self.popen is not None:
+            returncode = self.popen.poll()
+            return None if returncode is None else split_returncode(returncode)
+        return (None, None) if is_gone(self.process) else None
+
+    def reap(self, timeout_s: float = 5.0) -> tuple[int | None, int | None]:
+        """Collect the exit status after the tree was stopped."""
+        if self.popen is not None:
+            try:
+                return split_returncode(self.popen.wait(timeout=timeout_s))
+            except subprocess.TimeoutExpired:
+                return None, None
+        return None, None
+
+
+@dataclass
+class _Outcome:
+    """What a ledger mutation decided, carried out of the closure."""
+
+    stopping: bool = False
+    fatal: bool = False
+    delay_s: float = 0.0
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+class Watchdog:
+    """Supervises one bot for one home. `prepare()` then `run()`; both in one process."""
+
+    def __init__(
+        self,
+        paths: HomePaths,
+        manifest: Manifest,
+        ledger: Ledger,
+        *,
+        started_by: str | None = None,
+        foreground: bool = False,
+        adopt: bool = False,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.paths = paths
+        self.manifest = manifest
+        self.program = manifest.program
+        self.ledger = ledger
+        self.started_by = started_by
+        self.foreground = foreground
+        self.adopt = adopt
+        self._log_sink = log
+        self._stop = threading.Event()
+        self._child_exited = threading.Event()
+        self._lock_fd: int | None = None
+        self._bot: Bot | None = None
+        self._failures = 0
+        self._restart_at: float | None = None
+        self._previous_handlers: dict[int, Any] = {}
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        line = f"{utc_iso(time.time())} watchdog[{os.getpid()}]: {message}"
+        if self._log_sink is not None:
+            self._log_sink(line)
+            return
+        print(line, file=sys.stderr if self.foreground else sys.stdout, flush=True)
+
+    def _take_lock(self) -> bool:
+        self.paths.ensure()
+        descriptor = os.open(self.paths.watchdog_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            return False
+        self._lock_fd = descriptor
+        return True
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _update(self, mutate: Callable[[LedgerDocument], None]) -> bool:
+        """Write the ledger; a ledger that cannot be written must not kill the supervisor."""
+        try:
+            self.ledger.update(mutate)
+        except BlueprintError as error:
+            self.log(f"could not update the ledger: {error.message}")
+            return False
+        return True
+
+    def _stopping_recorded(self) -> bool:
+        from blueprint.ledger import BotState
+
+        try:
+            return self.ledger.read().document.state == BotState.STOPPING
+        except BlueprintError as error:
+            self.log(f"could not read the ledger: {error.message}")
+            return False
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _install_signals(self) -> None:
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            self._stop.set()
+
+        def on_child(signum: int, frame: FrameType | None) -> None:
+            self._child_exited.set()
+
+        for signum, handler in (
+            (signal.SIGTERM, on_stop),
+            (signal.SIGINT, on_stop),
+            (signal.SIGCHLD, on_child),
+        ):
+            self._previous_handlers[signum] = signal.signal(signum, handler)
+
+    def _restore_signals(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signum, handler)
+        self._previous_handlers.clear()
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Take the lock, record ourselves, adopt or spawn the bot.
+
+        Raises BlueprintError when another watchdog already owns this home. Callers that
+        start watchdogs hold the start lock around this, so the ledger shows the
+        watchdog and its bot by the time the lock is released.
+        """
+        if not self._take_lock():
+            raise BlueprintError(
+                f"another watchdog already supervises {self.paths.root} "
+                f"(it holds {self.paths.watchdog_lock}); not starting a second one"
+            )
+        try:
+            self._register()
+        except BaseException:
+            self._restore_signals()
+            self._release_lock()
+            raise
+
+    def _register(self) -> None:
+        self._install_signals()
+        become_subreaper()
+        me = psutil.Process()
+        adopted = self._adopt() if self.adopt else None
+        from blueprint.ledger import BotState, ProcessRecord
+
+        def register(doc: LedgerDocument) -> None:
+            pid, create_time = identity_of(me)
+            doc.watchdog = ProcessRecord(pid=pid, create_time=create_time)
+            doc.foreground = self.foreground
+            if adopted is not None:
+                doc.state = BotState.RUNNING
+                doc.add_event(
+                    Event.WATCHDOG_ADOPTED,
+                    f"watchdog adopted the running bot (pid {adopted.process.pid})",
+                )
+                return
+            doc.state = BotState.STARTING
+            doc.started_by = self.started_by
+            doc.restarts = 0
+            doc.restart_times = []
+            doc.bot = None
+            doc.add_event(Event.WATCHDOG_STARTED, f"watchdog started by {self.started_by or '?'}")
+
+        self.ledger.update(register)
+        if adopted is not None:
+            self._bot = adopted
+            self.log(f"adopted bot pid {adopted.process.pid}")
+        else:
+            self._spawn()
+
+    def _adopt(self) -> Bot | None:
+        doc = self.ledger.read().document
+        process = find_process(doc.bot)
+        if process is None:
+            self.log("no live bot to adopt; starting a new one")
+            return None
+        started = parse_iso(doc.started_at) or process.create_time()
+        return Bot(process=process, started=started, running_reported=True)
+
+    def run(self) -> int:
+        """Supervise until stopped (exit 0) or a crash loop (exit 5). Call `prepare` first."""
+        try:
+            return self._loop()
+        finally:
+            self._restore_signals()
+            self._release_lock()
+
+    def _loop(self) -> int:
+        while True:
+            if self._child_exited.is_set():
+                self._child_exited.clear()
+                self._reap_orphans()
+            if self._stop.is_set() or self._stopping_recorded():
+                return self._finish_stop()
+            now = time.time()
+            bot = self._bot
+            if bot is not None:
+                ended = bot.poll()
+                if ended is not None:
+                    if self._after_exit(bot, *ended, reason=None):
+                        return self._finish_stop()
+                else:
+                    self._check_limits(bot, now)
+            elif self._restart_at is not None and now >= self._restart_at:
+                self._restart_at = None
+                self._spawn()
+            elif self._restart_at is None:
+                return int(ExitCode.UNHEALTHY)  # fatal: nothing left to supervise
+            self._stop.wait(TICK_S)
+
+    def _reap_orphans(self) -> None:
+        keep = [] if self._bot is None or self._bot.popen is None else [self._bot.popen.pid]
+        reap_children(keep)
+
+    # -- the bot ------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        from blueprint.ledger import BotState, ProcessRecord
+
+        clear_heartbeat(self.paths.heartbeat)
+        argv = resolve_command(self.program.command)
+        env = dict(os.environ)
+        env["LUNARA_HOME"] = str(self.paths.root)
+        self.paths.ensure()
+        log_fd = os.open(self.paths.bot_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        started = time.time()
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as error:
+            self.log(f"could not start {argv[0]!r}: {error.strerror or error}")
+            self._bot = None
+            reason = f"could not start: {error.strerror or error}"
+            if self._decide(None, None, None, reason, 0.0):
+                self._stop.set()
+            return
+        finally:
+            os.close(log_fd)
+        process = psutil.Process(popen.pid)
+        bot = Bot(process=process, started=started, popen=popen)
+        self._bot = bot
+        pid, create_time = identity_of(process)
+
+        def spawned(doc: LedgerDocument) -> None:
+            doc.bot = ProcessRecord(pid=pid, create_time=create_time)
+            doc.started_at = utc_iso(started)
+            if doc.state != BotState.STOPPING:
+                doc.state = BotState.STARTING
+            doc.add_event(Event.BOT_SPAWNED, f"bot started (pid {pid})")
+
+        self._update(spawned)
+        self.log(f"bot started: pid {pid}: {' '.join(argv)}")
+
+    def _check_limits(self, bot: Bot, now: float) -> None:
+        from blueprint.ledger import BotState
+
+        if now >= bot.next_rss_at:
+            bot.next_rss_at = now + RSS_EVERY_S
+            rss_mib = tree_rss_bytes(bot.process) / MIB
+            bot.last_rss_mib = rss_mib
+            if rss_mib > self.program.memory_limit_mib:
+                self._forced_restart(bot, memory_reason(rss_mib, self.program.memory_limit_mib))
+                return
+        last_beat = heartbeat_mtime(self.paths.heartbeat)
+        reason = heartbeat_reason(now, bot.started, last_beat, self.program.heartbeat_timeout_s)
+        if reason is not None:
+            self._forced_restart(bot, reason)
+            return
+        if not bot.running_reported and last_beat is not None and last_beat >= bot.started:
+            bot.running_reported = True
+
+            def running(doc: LedgerDocument) -> None:
+                if doc.state == BotState.STARTING:
+                    doc.state = BotState.RUNNING
+                    doc.add_event(Event.BOT_RUNNING, f"first heartbeat from pid {bot.process.pid}")
+
+            self._update(running)
+
+    def _forced_restart(self, bot: Bot, reason: str) -> None:
+        self.log(f"restarting bot pid {bot.process.pid}: {reason}")
+        kill_tree(bot.process, self.program.stop_timeout_s)
+        code, signum = bot.reap()
+        self._reap_orphans()
+        if self._after_exit(bot, code, signum, reason=reason):
+            self._stop.set()
+
+    def _after_exit(
+        self, bot: Bot, code: int | None, signum: int | None, *, reason: str | None
+    ) -> bool:
+        """Record an exit and schedule what follows; True when a stop is under way."""
+        self._bot = None
+        self._kill_leftovers()
+        why = reason or describe_exit(code, signum)
+        self.log(f"bot pid {bot.process.pid} ended: {why}")
+        uptime = max(0.0, time.time() - bot.started)
+        return self._decide(code, signum, bot.last_rss_mib, why, uptime)
+
+    def _decide(
+        self,
+        code: int | None,
+        signum: int | None,
+        rss_mib: float | None,
+        reason: str,
+        uptime_s: float,
+    ) -> bool:
+        from blueprint.ledger import BotState, ExitRecord
+
+        now = time.time()
+        # If the ledger cannot be written the decision is lost: wait the longest backoff.
+        outcome = _Outcome(delay_s=self.program.restart.backoff_max_s)
+
+        def decide(doc: LedgerDocument) -> None:
+            rounded = None if rss_mib is None else round(rss_mib, 1)
+            doc.last_exit = ExitRecord(
+                code=code, signal=signum, at=utc_iso(now), reason=reason, rss_mib=rounded
+            )
+            doc.bot = None
+            detail = f"{reason}; code {code}, signal {signum}, rss {rounded} MiB"
+            doc.add_event(Event.BOT_EXITED, detail)
+            if doc.state == BotState.STOPPING or self._stop.is_set():
+                outcome.stopping = True
+                return
+            decision = decide_restart(
+                self.program.restart, doc.restart_times, self._failures, uptime_s, now
+            )
+            outcome.fatal = decision.fatal
+            outcome.delay_s = decision.delay_s
+            outcome.values["failures"] = decision.consecutive_failures
+            doc.restart_times = list(decision.restart_times)
+            if decision.fatal:
+                doc.state = BotState.FATAL
+                doc.watchdog = None
+                doc.add_event(
+                    Event.BOT_FATAL,
+                    f"crash loop: more than {self.program.restart.max_restarts} restarts within "
+                    f"{self.program.restart.window_s:g} s; not restarting",
+                )
+                return
+            doc.state = BotState.BACKOFF
+            doc.restarts += 1
+            doc.add_event(
+                Event.BOT_RESTARTING,
+                f"restart {doc.restarts} in {decision.delay_s:.1f} s",
+            )
+
+        self._update(decide)
+        if outcome.stopping:
+            return True
+        self._failures = int(outcome.values.get("failures", self._failures))
+        if outcome.fatal:
+            self.log("crash loop: giving up (state fatal)")
+            self._restart_at = None
+        else:
+            self.log(f"restarting in {outcome.delay_s:.1f} s")
+            self._restart_at = time.time() + outcome.delay_s
+        return False
+
+    def _kill_leftovers(self) -> None:
+        """Kill processes the dead bot left behind (reparented to us as subreaper)."""
+        keep = set()
+        if self._bot is not None and self._bot.popen is not None:
+            keep.add(self._bot.popen.pid)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process().children():
+                if child.pid not in keep and not is_gone(child):
+                    kill_tree(child, min(self.program.stop_timeout_s, 2.0))
+        self._reap_orphans()
+
+    def _finish_stop(self) -> int:
+        from blueprint.ledger import BotState, ExitRecord
+
+        bot = self._bot
+        self._bot = None
+        exit_record: ExitRecord | None = None
+        if bot is not None:
+            self.log(f"stopping bot pid {bot.process.pid}")
+            result = kill_tree(bot.process, self.program.stop_timeout_s)
+            code, signum = bot.reap()
+            if bot.adopted and signum is None and not result.graceful:
+                signum = int(signal.SIGKILL)
+            exit_record = ExitRecord(
+                code=code,
+                signal=signum,
+                at=utc_iso(time.time()),
+                reason=Reason.STOPPED,
+                rss_mib=None if bot.last_rss_mib is None else round(bot.last_rss_mib, 1),
+            )
+            forced = f", {result.forced} killed after the timeout" if result.forced else ""
+            self.log(f"bot stopped ({describe_exit(code, signum)}{forced})")
+        self._kill_leftovers()
+
+        def stopped(doc: LedgerDocument) -> None:
+            doc.state = BotState.STOPPED
+            doc.bot = None
+            doc.watchdog = None
+            doc.foreground = False
+            if exit_record is not None:
+                doc.last_exit = exit_record
+            doc.add_event(Event.BOT_STOPPED, "bot and watchdog stopped")
+
+        self._update(stopped)
+        self.log("stopped")
+        return int(ExitCode.OK)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m blueprint.watchdog", description="Supervise the Lunara bot."
+    )
+    parser.add_argument("--home", required=True, help="LUNARA_HOME to supervise")
+    parser.add_argument("--manifest", required=True, help="manifest.json with the program")
+    parser.add_argument("--foreground", action="store_true", help="log to stderr (run mode)")
+    parser.add_argument("--adopt", action="store_true", help="take over the recorded bot")
+    parser.add_argument("--started-by", default=None, help="principal recorded in the ledger")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m blueprint.watchdog`; returns the exit code."""
+    arguments = _parser().parse_args(list(argv) if argv is not None else None)
+    from blueprint.ledger import Ledger
+    from blueprint.manifest import load_manifest
+    from blueprint.mirror import open_mirror
+
+    paths = HomePaths.resolve(arguments.home)
+    try:
+        manifest = load_manifest(Path(arguments.manifest))
+        mirror = open_mirror(os.environ.get("REDIS_URL") or None, manifest.name)
+        watchdog = Watchdog(
+            paths,
+            manifest,
+            Ledger(paths, manifest.name, mirror),
+            started_by=arguments.started_by,
+            foreground=arguments.foreground,
+            adopt=arguments.adopt,
+        )
+        watchdog.prepare()
+    except BlueprintError as error:
+        print(f"watchdog: {error.message}", file=sys.stderr, flush=True)
+        return int(error.exit_code)
+    return watchdog.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Logging for the bot: text or JSON lines on stderr, with secrets redacted everywhere.
+
+The watchdog captures the bot's stderr into LUNARA_HOME/logs/bot.log, so crash
+tracebacks written by the interpreter itself land in the same file as our records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterable
+from typing import TextIO
+
+REDACTED = "[REDACTED]"
+
+# Shapes of secrets that may reach a log even when we did not configure them:
+# Telegram bot tokens (digits, colon, 35 url-safe characters) and 64-character
+# exchange API keys and secrets.
+SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b"),
+    re.compile(r"\b[A-Za-z0-9]{64}\b"),
+    re.compile(r"(?i)(api[_-]?key|secret|token|password)=([^&\s]+)"),
+)
+
+
+class RedactSecrets(logging.Filter):
+    """Replace configured secrets and anything shaped like one in every record."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        for pattern in SECRET_PATTERNS:
+            if pattern.groups == 2:
+                text = pattern.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+            else:
+                text = pattern.sub(REDACTED, text)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.msg = self.redact(message)
+        record.args = None
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document = {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_text:
+            document["exception"] = record.exc_text
+        return json.dumps(document, ensure_ascii=False)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(
+    level: str = "INFO",
+    log_format: str = "text",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> RedactSecrets:
+    """Install one stderr handler on the root logger; return its redaction filter."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    redactor = RedactSecrets(secrets)
+    handler.addFilter(redactor)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        formatter = logging.Formatter(TEXT_FORMAT)
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # Libraries that log request URLs (which can carry tokens) stay at WARNING.
+    for noisy in ("httpx", "httpcore", "telegram.ext", "urllib3", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    return redactor

@@ -1,0 +1,184 @@
+"""Backups, restores and key rotation of the bot's database, for `lunara backup|restore|keys`.
+
+Backups use SQLite's online backup API in a single step: the copy is one consistent
+snapshot taken under a read transaction, and in WAL mode the bot keeps writing
+meanwhile. The copy is a self-contained file (rollback journal, not WAL), private to
+the owner, written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lunara.crypto import KeyRing
+from lunara.storage import credentials
+from lunara.storage.database import SchemaError, StorageError, open_database
+from lunara.storage.migrations import APPLICATION_ID, KNOWN_TABLES, LATEST_VERSION, checked_table
+
+logger = logging.getLogger("lunara.storage.backup")
+
+BACKUP_FILE_MODE = 0o600
+BUSY_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class DatabaseSummary:
+    """What an operator wants to know about a database file before trusting it."""
+
+    path: Path
+    schema_version: int
+    row_counts: dict[str, int]
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    restored: DatabaseSummary
+    previous_copy: Path | None  # the database as it was before, kept beside it
+
+
+@contextlib.contextmanager
+def _connect(path: Path, *, read_only: bool) -> Iterator[sqlite3.Connection]:
+    target = f"{path.resolve().as_uri()}?mode=ro" if read_only else str(path)
+    try:
+        connection = sqlite3.connect(target, uri=read_only, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as error:
+        raise StorageError(f"cannot open {path}: {error}") from None
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def inspect_database(path: Path) -> DatabaseSummary:
+    """Check that `path` is an intact Lunara database at a schema version we know."""
+    if not path.is_file():
+        raise StorageError(f"{path} does not exist")
+    try:
+        with _connect(path, read_only=True) as connection:
+            application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+            if application_id != APPLICATION_ID:
+                raise SchemaError(f"{path} is not a Lunara database")
+            tables = {
+                row[0]
+                for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if "schema_version" not in tables:
+                raise SchemaError(f"{path} has no schema version: not a Lunara database")
+            version = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+            if not isinstance(version, int) or not 1 <= version <= LATEST_VERSION:
+                raise SchemaError(
+                    f"{path} is at schema version {version}; "
+                    f"this Lunara knows 1 to {LATEST_VERSION}"
+                )
+            check = connection.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise SchemaError(f"{path} is damaged: {check}")
+            counts = {
+                table: int(
+                    connection.execute(f"SELECT COUNT(*) FROM {checked_table(table)}").fetchone()[0]
+                )
+                for table in sorted(tables & KNOWN_TABLES)
+            }
+    except sqlite3.DatabaseError as error:
+        raise SchemaError(f"{path} is not a readable SQLite database: {error}") from None
+    return DatabaseSummary(path, version, counts, path.stat().st_size)
+
+
+def backup_database(src_path: Path, dest_path: Path, *, overwrite: bool = False) -> DatabaseSummary:
+    """Copy the live database to `dest_path` as one consistent snapshot."""
+    if not src_path.is_file():
+        raise StorageError(f"no database at {src_path}")
+    if dest_path.exists() and not overwrite:
+        raise StorageError(f"{dest_path} already exists; choose another name")
+    dest_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = dest_path.with_name(f".{dest_path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, BACKUP_FILE_MODE)
+        os.close(descriptor)
+        try:
+            with (
+                _connect(src_path, read_only=False) as source,
+                _connect(temporary, read_only=False) as copy,
+            ):
+                source.backup(copy)  # all pages in one step: one snapshot
+                copy.execute("PRAGMA journal_mode = DELETE")
+        except sqlite3.Error as error:
+            raise StorageError(f"backup of {src_path} failed: {error}") from None
+        _fsync(temporary)
+        os.replace(temporary, dest_path)
+        _fsync(dest_path.parent)
+    finally:
+        temporary.unlink(missing_ok=True)
+    summary = inspect_database(dest_path)
+    logger.info("backed up %s to %s (schema %d)", src_path, dest_path, summary.schema_version)
+    return summary
+
+
+def restore_database(backup_path: Path, dest_path: Path, *, is_running: bool) -> RestoreResult:
+    """Replace the database with a validated backup, keeping a copy of the current one.
+
+    `is_running` comes from the supervisor's view of the bot: restoring under a running
+    bot would let it overwrite the restored data, so it is refused.
+    """
+    if is_running:
+        raise StorageError("refusing to restore while the bot is running: run `lunara stop` first")
+    summary = inspect_database(backup_path)
+    previous: Path | None = None
+    if dest_path.exists():
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        previous = dest_path.with_name(f"{dest_path.name}.pre-restore-{stamp}")
+        backup_database(dest_path, previous, overwrite=True)
+    dest_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        with (
+            _connect(backup_path, read_only=True) as source,
+            _connect(dest_path, read_only=False) as target,
+        ):
+            source.backup(target)
+    except sqlite3.Error as error:
+        raise StorageError(f"restore into {dest_path} failed: {error}") from None
+    os.chmod(dest_path, BACKUP_FILE_MODE)
+    restored = inspect_database(dest_path)
+    logger.warning(
+        "restored %s from %s (schema %d)", dest_path, backup_path, summary.schema_version
+    )
+    return RestoreResult(restored, previous)
+
+
+def rotate_keys(db_path: Path, keyring: KeyRing) -> int:
+    """Re-encrypt every stored secret under the ring's first key, all or nothing.
+
+    Raises lunara.crypto.KeyMismatch (nothing changed) if any record was encrypted with
+    a key the ring lacks. For the CLI, which has no event loop of its own.
+    """
+    if not db_path.is_file():
+        raise StorageError(f"no database at {db_path}")
+    return asyncio.run(_rotate(db_path, keyring))
+
+
+async def _rotate(db_path: Path, keyring: KeyRing) -> int:
+    connection = await open_database(db_path)
+    try:
+        count = await credentials.rotate_all(connection, keyring)
+    finally:
+        await connection.close()
+    logger.info("re-encrypted %d credential records under key %s", count, keyring.primary_key_id)
+    return count
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,241 @@
+"""The schema, as an ordered list of migrations, and the code that applies them.
+
+Each migration runs in one transaction (BEGIN IMMEDIATE … COMMIT, ROLLBACK on any
+error) and records itself in `schema_version`, so a database from any earlier
+release upgrades step by step and a failed step leaves the previous version intact.
+Add a migration at the end; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiosqlite
+
+from lunara.storage.database import SchemaError, now_s
+
+# "LUNA" in ASCII: marks the file as a Lunara database in the SQLite header.
+APPLICATION_ID = 0x4C554E41
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+_SCHEMA_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at REAL NOT NULL
+)"""
+
+_CORE_TABLES = (
+    f"PRAGMA application_id = {APPLICATION_ID:d}",
+    """CREATE TABLE users (
+        telegram_id INTEGER PRIMARY KEY CHECK (telegram_id > 0),
+        username TEXT,
+        role_hint TEXT,
+        plan TEXT NOT NULL DEFAULT 'free',
+        plan_expires_at REAL,
+        active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
+        created_at REAL NOT NULL,
+        last_seen_at REAL
+    )""",
+    """CREATE TABLE exchange_credentials (
+        user_id INTEGER NOT NULL REFERENCES users (telegram_id) ON DELETE CASCADE,
+        exchange TEXT NOT NULL,
+        api_key_encrypted BLOB NOT NULL,
+        api_secret_encrypted BLOB NOT NULL,
+        key_fingerprint TEXT NOT NULL CHECK (length(key_fingerprint) <= 4),
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (user_id, exchange)
+    )""",
+    """CREATE TABLE user_settings (
+        user_id INTEGER PRIMARY KEY REFERENCES users (telegram_id) ON DELETE CASCADE,
+        stake_usdt TEXT NOT NULL,
+        symbols TEXT NOT NULL,
+        trailing_stop_positive REAL,
+        trailing_stop_positive_offset REAL NOT NULL DEFAULT 0,
+        trailing_only_offset_is_reached INTEGER NOT NULL DEFAULT 0,
+        stoploss REAL NOT NULL,
+        auto_mode INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL
+    )""",
+    """CREATE TABLE positions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id INTEGER NOT NULL REFERENCES users (telegram_id),
+        symbol TEXT NOT NULL,
+        quantity TEXT NOT NULL,
+        entry_price TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('open', 'closed')),
+        opened_at REAL NOT NULL,
+        closed_at REAL,
+        exit_price TEXT,
+        exit_reason TEXT,
+        entry_client_order_id TEXT,
+        exit_client_order_id TEXT
+    )""",
+    "CREATE INDEX positions_by_status ON positions (status, user_id)",
+    "CREATE INDEX positions_by_user ON positions (user_id, opened_at)",
+    """CREATE TABLE orders (
+        client_order_id TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users (telegram_id),
+        position_id INTEGER REFERENCES positions (id),
+        symbol TEXT NOT NULL,
+        side TEXT NOT NULL CHECK (side IN ('BUY', 'SELL')),
+        quantity TEXT NOT NULL,
+        status TEXT NOT NULL
+            CHECK (status IN ('pending', 'sent', 'filled', 'rejected', 'unknown')),
+        exchange_order_id TEXT,
+        fill_price TEXT,
+        fee TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        error TEXT
+    )""",
+    "CREATE INDEX orders_by_status ON orders (status)",
+    """CREATE TABLE paper_balances (
+        user_id INTEGER NOT NULL REFERENCES users (telegram_id) ON DELETE CASCADE,
+        asset TEXT NOT NULL,
+        free TEXT NOT NULL,
+        PRIMARY KEY (user_id, asset)
+    )""",
+    """CREATE TABLE payments (
+        charge_id TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users (telegram_id),
+        plan TEXT NOT NULL,
+        amount_stars INTEGER NOT NULL CHECK (amount_stars > 0),
+        currency TEXT NOT NULL,
+        period_s INTEGER NOT NULL CHECK (period_s > 0),
+        paid_at REAL NOT NULL
+    )""",
+    """CREATE TABLE usage_counters (
+        user_id INTEGER NOT NULL REFERENCES users (telegram_id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        day TEXT NOT NULL,
+        count INTEGER NOT NULL CHECK (count >= 0),
+        PRIMARY KEY (user_id, kind, day)
+    )""",
+    """CREATE TABLE bot_flags (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        updated_by TEXT
+    )""",
+)
+
+_TRAILING_STOPS_AND_REFUNDS = (
+    """CREATE TABLE trailing_stops (
+        position_id INTEGER PRIMARY KEY REFERENCES positions (id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL,
+        symbol TEXT NOT NULL,
+        entry_price REAL NOT NULL,
+        peak_price REAL NOT NULL,
+        stop_price REAL NOT NULL,
+        activated INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    """ALTER TABLE payments ADD COLUMN status TEXT NOT NULL DEFAULT 'paid'
+        CHECK (status IN ('paid', 'refunded'))""",
+    "ALTER TABLE payments ADD COLUMN refunded_at REAL",
+    "CREATE INDEX payments_by_user ON payments (user_id, paid_at)",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "core tables", _CORE_TABLES),
+    Migration(2, "trailing stops and payment refunds", _TRAILING_STOPS_AND_REFUNDS),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+# Every table the schema owns; any identifier put into SQL text must be one of these.
+KNOWN_TABLES: frozenset[str] = frozenset(
+    {
+        "schema_version",
+        "users",
+        "exchange_credentials",
+        "user_settings",
+        "positions",
+        "orders",
+        "paper_balances",
+        "payments",
+        "usage_counters",
+        "bot_flags",
+        "trailing_stops",
+    }
+)
+
+
+def checked_table(name: str) -> str:
+    """`name`, quoted for SQL, if it is one of ours; anything else is refused."""
+    if name not in KNOWN_TABLES:
+        raise SchemaError(f"refusing SQL on unknown table {name[:40]!r}")
+    return f'"{name}"'
+
+
+async def current_version(connection: aiosqlite.Connection) -> int:
+    """The schema version of the database; 0 for an empty one."""
+    async with connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ) as cursor:
+        if await cursor.fetchone() is None:
+            return 0
+    async with connection.execute("SELECT MAX(version) FROM schema_version") as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row is not None and row[0] is not None else 0
+
+
+async def apply_migrations(
+    connection: aiosqlite.Connection,
+    target: int | None = None,
+    migrations: Sequence[Migration] = MIGRATIONS,
+) -> list[int]:
+    """Bring the schema up to `target` (default: the latest); return the versions applied."""
+    latest = migrations[-1].version
+    target = latest if target is None else target
+    if target not in {0} | {migration.version for migration in migrations}:
+        raise SchemaError(f"no schema version {target}")
+    found = await current_version(connection)
+    if found > latest:
+        raise SchemaError(
+            f"the database is at schema version {found}, newer than this Lunara "
+            f"(which knows up to {latest}): upgrade Lunara or restore an older backup"
+        )
+    applied: list[int] = []
+    for migration in migrations:
+        if found < migration.version <= target and await _apply(connection, migration):
+            applied.append(migration.version)
+    return applied
+
+
+async def _apply(connection: aiosqlite.Connection, migration: Migration) -> bool:
+    await connection.execute("BEGIN IMMEDIATE")
+    try:
+        await connection.execute(_SCHEMA_VERSION_TABLE)
+        # Another process may have migrated while we waited for the write lock.
+        if await current_version(connection) >= migration.version:
+            await connection.execute("ROLLBACK")
+            return False
+        for statement in migration.statements:
+            await connection.execute(statement)
+        await connection.execute(
+            "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+            (migration.version, migration.name, now_s()),
+        )
+        await connection.execute(f"PRAGMA user_version = {migration.version:d}")
+        await connection.execute("COMMIT")
+    except sqlite3.Error as error:
+        await connection.execute("ROLLBACK")
+        raise SchemaError(
+            f"migration {migration.version} ({migration.name}) failed and was rolled back: {error}"
+        ) from error
+    except BaseException:
+        await connection.execute("ROLLBACK")
+        raise
+    return True

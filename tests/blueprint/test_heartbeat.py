@@ -1,0 +1,80 @@
+"""The heartbeat file: atomic beats, ages, and the async loop the bot runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+from blueprint.heartbeat import (
+    clear_heartbeat,
+    heartbeat_age,
+    heartbeat_loop,
+    heartbeat_mtime,
+    write_heartbeat,
+)
+
+
+def test_no_heartbeat_has_no_age(tmp_path: Path) -> None:
+    assert heartbeat_age(tmp_path / "heartbeat") is None
+    assert heartbeat_mtime(tmp_path / "heartbeat") is None
+
+
+def test_age_counts_from_the_last_beat(tmp_path: Path) -> None:
+    path = tmp_path / "heartbeat"
+    write_heartbeat(path)
+    mtime = path.stat().st_mtime
+    assert heartbeat_age(path, now=mtime + 7.5) == 7.5
+    assert heartbeat_age(path, now=mtime - 3) == 0.0  # a clock step back is not negative age
+
+
+def test_beats_leave_no_temporary_files_and_clear_forgets_them(tmp_path: Path) -> None:
+    path = tmp_path / "heartbeat"
+    for _ in range(20):
+        write_heartbeat(path)
+    assert sorted(os.listdir(tmp_path)) == ["heartbeat"]
+    clear_heartbeat(path)
+    clear_heartbeat(path)
+    assert heartbeat_age(path) is None
+
+
+def test_a_reader_never_sees_a_half_written_beat(tmp_path: Path) -> None:
+    path = tmp_path / "heartbeat"
+    write_heartbeat(path)
+    done = threading.Event()
+    seen: list[str] = []
+
+    def read() -> None:
+        while not done.is_set():
+            seen.append(path.read_text())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(300):
+            write_heartbeat(path)
+    finally:
+        done.set()
+        reader.join()
+    assert seen
+    for content in seen:
+        stamp, pid = content.split()
+        assert float(stamp) > 0 and int(pid) == os.getpid()
+
+
+async def test_heartbeat_loop_beats_until_stopped(tmp_path: Path) -> None:
+    path = tmp_path / "heartbeat"
+    stop = asyncio.Event()
+    task = asyncio.create_task(heartbeat_loop(path, stop, interval_s=0.02))
+    mtimes: set[float] = set()
+    async with asyncio.timeout(10):
+        while len(mtimes) < 3:
+            mtime = heartbeat_mtime(path)
+            if mtime is not None:
+                mtimes.add(mtime)
+            await asyncio.sleep(0.005)
+    stop.set()
+    async with asyncio.timeout(5):
+        await task
+    assert task.done() and task.exception() is None

@@ -1,0 +1,69 @@
+"""Who the CLI and Telegram callers are, as principals the manifest knows."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+from typing import Any
+
+import pytest
+
+from blueprint.identity import cli_principal, os_user_principal, telegram_principal
+from blueprint.manifest import Manifest, validate_manifest
+
+CI_TOKEN = "ci-token-for-tests-only"
+
+
+@pytest.fixture
+def manifest() -> Manifest:
+    document: dict[str, Any] = {
+        "version": 1,
+        "name": "lunara",
+        "program": {"command": ["bot"]},
+        "roles": {"owner": ["*"], "ci": ["bot.status"], "trader": ["tg.trade.*"]},
+        "principals": {
+            "os_user:root": "owner",
+            "token:ci": {"role": "ci", "sha256": hashlib.sha256(CI_TOKEN.encode()).hexdigest()},
+        },
+        "defaults": {"telegram": "trader"},
+    }
+    return validate_manifest(document)
+
+
+def current_login() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def test_a_matching_token_makes_the_caller_the_token_principal(manifest: Manifest) -> None:
+    assert cli_principal(manifest, {"LUNARA_TOKEN": CI_TOKEN}) == "token:ci"
+
+
+@pytest.mark.parametrize("environ", [{}, {"LUNARA_TOKEN": ""}, {"LUNARA_TOKEN": "wrong"}])
+def test_without_a_matching_token_the_caller_is_the_effective_os_user(
+    manifest: Manifest, environ: dict[str, str]
+) -> None:
+    assert cli_principal(manifest, environ) == f"os_user:{current_login()}"
+
+
+def test_the_os_user_is_named_by_login() -> None:
+    assert os_user_principal(0) == "os_user:root"
+    assert os_user_principal() == f"os_user:{current_login()}"
+
+
+def test_a_uid_without_a_passwd_entry_is_named_by_number() -> None:
+    known = {entry.pw_uid for entry in pwd.getpwall()}
+    orphan = next(uid for uid in range(54_321, 65_000) if uid not in known)
+    assert os_user_principal(orphan) == f"os_user:{orphan}"
+
+
+def test_telegram_users_are_named_by_numeric_id(manifest: Manifest) -> None:
+    principal = telegram_principal(987654321)
+    assert principal == "telegram:987654321"
+    assert manifest.role_of(principal) == "trader"
+
+
+@pytest.mark.parametrize("user_id", [0, -7, True, False, "42", 4.0, None])
+def test_a_non_positive_or_non_integer_telegram_id_is_rejected(user_id: Any) -> None:
+    with pytest.raises(ValueError, match="positive integer"):
+        telegram_principal(user_id)

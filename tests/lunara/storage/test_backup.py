@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from lunara.crypto import KeyMismatch, KeyRing, generate_key
+from lunara.storage import credentials, users
+from lunara.storage.backup import (
+    backup_database,
+    inspect_database,
+    restore_database,
+    rotate_keys,
+)
+from lunara.storage.credentials import Exchange
+from lunara.storage.database import SchemaError, StorageError, connect, open_database
+from lunara.storage.migrations import LATEST_VERSION, apply_migrations
+
+API_KEY = "A" * 60 + "KEY1"
+API_SECRET = "S" * 64
+
+# Each transaction writes a user and their settings together: a consistent snapshot
+# always holds as many of one as of the other.
+WRITER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=5)
+connection.execute("PRAGMA journal_mode = WAL")
+connection.execute("PRAGMA foreign_keys = ON")
+number = 1
+while True:
+    connection.execute("BEGIN IMMEDIATE")
+    connection.execute(
+        "INSERT INTO users (telegram_id, username, plan, active, created_at) "
+        "VALUES (?, 'writer', 'free', 1, 0)", (number,))
+    connection.execute(
+        "INSERT INTO user_settings (user_id, stake_usdt, symbols, stoploss, updated_at) "
+        "VALUES (?, '10', '', -0.05, 0)", (number,))
+    connection.execute("COMMIT")
+    number += 1
+"""
+
+
+def _count(path: Path, table: str = "users") -> int:
+    connection = sqlite3.connect(path, timeout=5)
+    try:
+        return int(connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+    finally:
+        connection.close()
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not reached before the deadline")
+        time.sleep(0.01)
+
+
+def _create(path: Path, *user_ids: int, target: int = LATEST_VERSION) -> None:
+    async def build() -> None:
+        connection = await connect(path)
+        await apply_migrations(connection, target=target)
+        for user_id in user_ids:
+            await connection.execute(
+                "INSERT INTO users (telegram_id, username, plan, active, created_at) "
+                "VALUES (?, 'u', 'free', 1, 0)",
+                (user_id,),
+            )
+        await connection.close()
+
+    asyncio.run(build())
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "lunara.db"
+    _create(path)
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(path)])
+    try:
+        _wait_for(lambda: _count(path) >= 200)
+        yield path
+        assert process.poll() is None, "the writer died during the test"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_backups_taken_while_the_bot_writes_are_consistent_snapshots(
+    writer: Path, tmp_path: Path
+) -> None:
+    summaries = [backup_database(writer, tmp_path / f"backup-{i}.db") for i in range(5)]
+    for summary in summaries:
+        counts = summary.row_counts
+        assert counts["users"] == counts["user_settings"] > 0
+        assert summary.schema_version == LATEST_VERSION
+        assert _count(summary.path) == counts["users"]
+    snapshot_sizes = [s.row_counts["users"] for s in summaries]
+    assert snapshot_sizes == sorted(snapshot_sizes)
+    # The writer was never blocked for good: it keeps committing after the backups.
+    _wait_for(lambda: _count(writer) > snapshot_sizes[-1] + 100)
+
+
+def test_a_backup_is_a_private_self_contained_file(tmp_path: Path) -> None:
+    source = tmp_path / "lunara.db"
+    _create(source, 1, 2)
+    target = tmp_path / "backups" / "lunara-backup.db"
+    summary = backup_database(source, target)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert summary.row_counts["users"] == 2
+    assert summary.size_bytes == target.stat().st_size
+    connection = sqlite3.connect(target)
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    connection.close()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["lunara-backup.db"]
+
+
+def test_a_backup_never_overwrites_by_accident(tmp_path: Path) -> None:
+    source = tmp_path / "lunara.db"
+    _create(source, 1)
+    target = tmp_path / "backup.db"
+    target.write_text("precious")
+    with pytest.raises(StorageError, match="already exists"):
+        backup_database(source, target)
+    assert target.read_text() == "precious"
+    with pytest.raises(StorageError, match="no database"):
+        backup_database(tmp_path / "absent.db", tmp_path / "other.db")
+
+
+def test_restore_is_refused_while_the_bot_runs(tmp_path: Path) -> None:
+    live, saved = tmp_path / "lunara.db", tmp_path / "saved.db"
+    _create(live, 1)
+    backup_database(live, saved)
+    asyncio.run(_register(live, 2))
+    with pytest.raises(StorageError, match="lunara stop"):
+        restore_database(saved, live, is_running=True)
+    assert _count(live) == 2
+
+
+def test_restore_replaces_the_data_and_keeps_the_previous_database(tmp_path: Path) -> None:
+    live, saved = tmp_path / "lunara.db", tmp_path / "saved.db"
+    _create(live, 1)
+    backup_database(live, saved)
+    asyncio.run(_register(live, 2))
+    result = restore_database(saved, live, is_running=False)
+    assert result.restored.row_counts["users"] == 1
+    assert result.previous_copy is not None
+    assert _count(result.previous_copy) == 2
+    assert asyncio.run(_user_ids(live)) == [1]
+
+
+def test_an_older_backup_is_restored_and_upgraded_on_open(tmp_path: Path) -> None:
+    old, live = tmp_path / "old.db", tmp_path / "lunara.db"
+    _create(old, 7, target=1)
+    assert inspect_database(old).schema_version == 1
+    restore_database(old, live, is_running=False)
+    assert asyncio.run(_user_ids(live)) == [7]
+    assert inspect_database(live).schema_version == LATEST_VERSION
+
+
+def test_restore_refuses_files_that_are_not_lunara_databases(tmp_path: Path) -> None:
+    live = tmp_path / "lunara.db"
+    _create(live, 1)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite at all" * 100)
+    foreign = tmp_path / "foreign.db"
+    connection = sqlite3.connect(foreign)
+    connection.execute("CREATE TABLE t (x)")
+    connection.close()
+    future = tmp_path / "future.db"
+    backup_database(live, future)
+    connection = sqlite3.connect(future)
+    connection.execute("INSERT INTO schema_version VALUES (?, 'future', 0)", (LATEST_VERSION + 1,))
+    connection.commit()
+    connection.close()
+    for path, message in (
+        (junk, "not a readable SQLite database"),
+        (foreign, "not a Lunara database"),
+        (future, f"schema version {LATEST_VERSION + 1}"),
+        (tmp_path / "absent.db", "does not exist"),
+    ):
+        with pytest.raises(StorageError, match=message):
+            restore_database(path, live, is_running=False)
+    assert _count(live) == 1
+
+
+def test_inspect_reports_damage_as_a_schema_error(tmp_path: Path) -> None:
+    path = tmp_path / "lunara.db"
+    _create(path, *range(1, 500))
+    data = bytearray(path.read_bytes())
+    data[4096 * 2 : 4096 * 2 + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    with pytest.raises(SchemaError):
+        inspect_database(path)
+
+
+def test_rotate_keys_reencrypts_every_secret(tmp_path: Path) -> None:
+    path = tmp_path / "lunara.db"
+    old, new = generate_key(), generate_key()
+    asyncio.run(_store(path, KeyRing([old]), 1, 2))
+    assert rotate_keys(path, KeyRing([new, old])) == 2
+    assert asyncio.run(_load_all(path, KeyRing([new]), 1, 2)) == [API_SECRET, API_SECRET]
+
+
+def test_rotate_keys_is_all_or_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "lunara.db"
+    old, stray, new = generate_key(), generate_key(), generate_key()
+    asyncio.run(_store(path, KeyRing([old]), 1, 3))
+    asyncio.run(_store(path, KeyRing([stray]), 2))
+    with pytest.raises(KeyMismatch, match="user 2"):
+        rotate_keys(path, KeyRing([new, old]))
+    assert asyncio.run(_load_all(path, KeyRing([old]), 1, 3)) == [API_SECRET, API_SECRET]
+    with pytest.raises(StorageError, match="no database"):
+        rotate_keys(tmp_path / "absent.db", KeyRing([new]))
+
+
+async def _register(path: Path, *user_ids: int) -> None:
+    connection = await open_database(path)
+    for user_id in user_ids:
+        await users.register(connection, user_id, None)
+    await connection.close()
+
+
+async def _user_ids(path: Path) -> list[int]:
+    connection = await open_database(path)
+    page = await users.list_page(connection)
+    await connection.close()
+    return [user.telegram_id for user in page.users]
+
+
+async def _store(path: Path, ring: KeyRing, *user_ids: int) -> None:
+    connection = await open_database(path)
+    for user_id in user_ids:
+        await users.register(connection, user_id, None)
+        await credentials.store(connection, ring, user_id, Exchange.BINANCE, API_KEY, API_SECRET)
+    await connection.close()
+
+
+async def _load_all(path: Path, ring: KeyRing, *user_ids: int) -> list[str]:
+    connection = await open_database(path)
+    secrets = []
+    for user_id in user_ids:
+        loaded = await credentials.load(connection, ring, user_id, Exchange.BINANCE)
+        assert loaded is not None
+        secrets.append(loaded.api_secret)
+    await connection.close()
+    return secrets
