@@ -30,6 +30,7 @@ import psutil
 
 from blueprint.errors import BlueprintError, ExitCode, StartFailed
 from blueprint.heartbeat import heartbeat_mtime
+from blueprint.logfiles import open_append
 from blueprint.paths import HomePaths
 from blueprint.process import (
     CREATE_TIME_TOLERANCE_S,
@@ -418,7 +419,7 @@ class Controller:
 
     def _spawn_watchdog(self, principal: str, *, adopt: bool) -> None:
         self.paths.ensure()
-        log_fd = os.open(self.paths.watchdog_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log_fd = open_append(self.paths.watchdog_log)
         try:
             popen = subprocess.Popen(
                 self.watchdog_command(principal, adopt=adopt),
@@ -483,7 +484,7 @@ class Controller:
             if time.monotonic() >= deadline:
                 raise StartFailed(
                     f"no heartbeat from the bot within {wait_s:g} s"
-                    + self._log_excerpt(self.paths.bot_log)
+                    + self._log_excerpt(self.paths.bot_output)
                 )
             time.sleep(POLL_S)
 
@@ -493,7 +494,7 @@ class Controller:
             _wait_for(lambda: self.ledger.read().document.bot != dead_bot, EXIT_RECORD_WAIT_S)
         doc = self.ledger.read().document
         reason = f" ({doc.last_exit.reason})" if doc.last_exit is not None else ""
-        return reason + self._log_excerpt(self.paths.bot_log)
+        return reason + self._log_excerpt(self.paths.bot_output)
 
     def _log_excerpt(self, path: Path) -> str:
         from blueprint.logtail import last_lines

@@ -49,6 +49,11 @@ class HomePaths:
         return self.logs / "bot.log"
 
     @property
+    def bot_output(self) -> Path:
+        """The bot's raw stdout/stderr as captured by the watchdog (crashes, native errors)."""
+        return self.logs / "bot-output.log"
+
+    @property
     def watchdog_log(self) -> Path:
         return self.logs / "watchdog.log"
 

@@ -43,6 +43,7 @@ import psutil
 from blueprint.backoff import decide_restart
 from blueprint.errors import BlueprintError, ExitCode
 from blueprint.heartbeat import clear_heartbeat, heartbeat_mtime
+from blueprint.logfiles import open_append
 from blueprint.paths import HomePaths
 from blueprint.process import (
     become_subreaper,
@@ -399,7 +400,7 @@ class Watchdog:
         env = dict(os.environ)
         env["LUNARA_HOME"] = str(self.paths.root)
         self.paths.ensure()
-        log_fd = os.open(self.paths.bot_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log_fd = open_append(self.paths.bot_output)
         started = time.time()
         try:
             popen = subprocess.Popen(

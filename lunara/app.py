@@ -52,7 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.INVALID_CONFIG)
     paths = HomePaths.resolve(settings.home)
     paths.ensure()
-    configure_logging(settings.log_level.value, settings.log_format.value, settings.secret_values())
+    configure_logging(
+        settings.log_level.value,
+        settings.log_format.value,
+        settings.secret_values(),
+        log_file=paths.bot_log,
+    )
     # The process is up: say so before the heavier parts load, so the watchdog's
     # `--wait` and crash-recovery clocks measure the bot, not its import time.
     write_heartbeat(paths.heartbeat)

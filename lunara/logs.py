@@ -1,7 +1,7 @@
 """Logging for the bot: text or JSON lines on stderr, with secrets redacted everywhere.
 
-The watchdog captures the bot's stderr into LUNARA_HOME/logs/bot.log, so crash
-tracebacks written by the interpreter itself land in the same file as our records.
+The bot writes LUNARA_HOME/logs/bot.log itself, size-rotated; the watchdog captures
+whatever else reaches stdout/stderr (an interpreter crash) into logs/bot-output.log.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import re
 import sys
 import time
 from collections.abc import Iterable
-from typing import TextIO
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+from typing import Any, TextIO
 
 REDACTED = "[REDACTED]"
 
@@ -74,28 +76,55 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 5
+
+
 def configure_logging(
     level: str = "INFO",
     log_format: str = "text",
     secrets: Iterable[str] = (),
+    log_file: Path | None = None,
     stream: TextIO | None = None,
 ) -> RedactSecrets:
-    """Install one stderr handler on the root logger; return its redaction filter."""
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    """Route every record through one redaction filter to the rotating log file.
+
+    With `log_file`, records go to that file (size-rotated, LOG_BACKUPS kept) and also to
+    `stream` only when it is given or stderr is a terminal; without it, to stderr. An
+    uncaught exception is logged (redacted) before the interpreter exits.
+    """
     redactor = RedactSecrets(secrets)
-    handler.addFilter(redactor)
+    formatter: logging.Formatter
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        formatter = JsonFormatter()
     else:
         formatter = logging.Formatter(TEXT_FORMAT)
         formatter.converter = time.gmtime
-        handler.setFormatter(formatter)
+    handlers: list[logging.Handler] = []
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(
+            RotatingFileHandler(
+                log_file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
+            )
+        )
+    if stream is not None or log_file is None or sys.stderr.isatty():
+        handlers.append(logging.StreamHandler(stream if stream is not None else sys.stderr))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
-    root.addHandler(handler)
+        existing.close()
+    for handler in handlers:
+        handler.addFilter(redactor)
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
     root.setLevel(level.upper())
     # Libraries that log request URLs (which can carry tokens) stay at WARNING.
     for noisy in ("httpx", "httpcore", "telegram.ext", "urllib3", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+    def log_uncaught(kind: type[BaseException], value: BaseException, trace: Any) -> None:
+        logging.getLogger("lunara").critical("uncaught exception", exc_info=(kind, value, trace))
+
+    sys.excepthook = log_uncaught
     return redactor
