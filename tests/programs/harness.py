@@ -97,7 +97,8 @@ class Installation:
         return [event for event in self.document().events if event["kind"] == kind]
 
     def bot_log(self) -> str:
-        path = self.paths.bot_log
+        """What the test bots print: their stdout/stderr as captured by the watchdog."""
+        path = self.paths.bot_output
         return path.read_text(errors="replace") if path.exists() else ""
 
     def watchdog_log(self) -> str:
