@@ -17,7 +17,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -421,6 +420,8 @@ class Controller:
         self.paths.ensure()
         log_fd = open_append(self.paths.watchdog_log)
         try:
+            import subprocess  # only `start` spawns; `status` must stay light
+
             popen = subprocess.Popen(
                 self.watchdog_command(principal, adopt=adopt),
                 stdin=subprocess.DEVNULL,

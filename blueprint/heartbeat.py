@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +20,8 @@ if TYPE_CHECKING:
 def write_heartbeat(path: Path) -> None:
     """Replace the heartbeat file atomically; its mtime is the time of the beat."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # only writers pay for it; status only reads the mtime
+
     descriptor, temporary = tempfile.mkstemp(prefix=".heartbeat.", dir=path.parent)
     try:
         with os.fdopen(descriptor, "w", encoding="ascii") as handle:

@@ -21,7 +21,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -421,6 +420,8 @@ def _shows_running_system(mirrored: LedgerDocument | None, live: LiveProcesses |
 
 def _write_atomically(path: Path, payload: bytes) -> None:
     """Replace `path` so that readers see the old or the new file, never a mix."""
+    import tempfile  # only writers pay for it; `lunara status` only reads
+
     descriptor, temporary = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
     )

@@ -12,8 +12,6 @@ is refused.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import math
 import os
@@ -159,6 +157,9 @@ class Manifest:
         """The token principal whose hash matches `raw_token`, compared in constant time."""
         if not raw_token:
             return None
+        import hashlib  # only token callers pay for OpenSSL
+        import hmac
+
         digest = hashlib.sha256(raw_token.encode("utf-8", "surrogateescape")).hexdigest()
         found: str | None = None
         # Every candidate is compared, so the time taken does not say which one matched.

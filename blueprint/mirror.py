@@ -42,7 +42,6 @@ The Redis URL's password is never logged, stored or shown: only the redacted loc
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +54,6 @@ from blueprint.errors import ConfigError
 if TYPE_CHECKING:
     import redis
 
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -331,7 +329,9 @@ class RedisMirror:
         except self._redis_errors as error:
             self.failures += 1
             self._resume_at = self._clock() + self._current_cool_off_s
-            logger.info(
+            import logging
+
+            logging.getLogger(__name__).info(
                 "Redis mirror at %s unavailable (%s: %s); not trying again for %g s",
                 self.location,
                 type(error).__name__,
