@@ -1,6 +1,6 @@
 """The `lunara` commands as a Typer app: argument parsing and output, nothing else.
 
-Each command opens an authorized session (`blueprint.cli.open_session`), calls the
+Each command opens an authorized session (`blueprint.session.open_session`), calls the
 library, audits the outcome and prints. Errors reach `blueprint.cli.run_guarded`.
 """
 
@@ -12,9 +12,10 @@ from typing import Annotated, Any
 
 import typer
 
-from blueprint.cli import Options, Session, active_manifest_path, open_session, run_guarded
-from blueprint.cli import status_command as run_status
+from blueprint.cli import Options, run_guarded
 from blueprint.errors import BlueprintError
+from blueprint.session import Session, active_manifest_path, open_session
+from blueprint.session import status_command as run_status
 
 app = typer.Typer(
     name="lunara",

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from blueprint.errors import ConfigError
+from blueprint.locations import DEFAULT_MANIFEST, resolve_manifest
+from blueprint.locations import MANIFEST_ENV as MANIFEST_ENV
 
-DEFAULT_MANIFEST_PATH = Path("manifest.json")
-MANIFEST_ENV = "LUNARA_MANIFEST"
+DEFAULT_MANIFEST_PATH = Path(DEFAULT_MANIFEST)
 SUPPORTED_VERSION = 1
 MAX_MANIFEST_BYTES = 1024 * 1024
 
@@ -212,9 +213,7 @@ def is_principal(text: str) -> bool:
 
 def resolve_manifest_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path:
     """The manifest to use: the one given, else $LUNARA_MANIFEST, else ./manifest.json."""
-    env = os.environ if environ is None else environ
-    chosen = explicit or env.get(MANIFEST_ENV) or str(DEFAULT_MANIFEST_PATH)
-    return Path(chosen).expanduser()
+    return resolve_manifest(explicit, environ)
 
 
 def load_manifest(path: Path) -> Manifest:

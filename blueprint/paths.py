@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_HOME = ".lunara"
+from blueprint.locations import DEFAULT_HOME as DEFAULT_HOME
+from blueprint.locations import control_socket, resolve_home
 
 
 @dataclass(frozen=True)
@@ -17,8 +18,12 @@ class HomePaths:
 
     @classmethod
     def resolve(cls, home: str | os.PathLike[str] | None = None) -> HomePaths:
-        raw = home if home is not None else os.environ.get("LUNARA_HOME", DEFAULT_HOME)
-        return cls(Path(raw).expanduser().resolve())
+        return cls(resolve_home(home))
+
+    @property
+    def control_socket(self) -> Path:
+        """The watchdog answers `status` here (see blueprint.statusd)."""
+        return control_socket(self.root)
 
     @property
     def ledger(self) -> Path:

@@ -81,3 +81,13 @@ def print_records(
     for record in materialised:
         table.add_row(*(format_value(record.get(column)) for column in columns))
     Console(file=stream).print(table)
+
+
+def print_status(report: Mapping[str, Any], as_json: bool, quiet: bool) -> None:
+    """The one way a status report is printed, whoever computed it."""
+    if quiet:
+        return
+    if as_json:
+        print_json(dict(report))
+        return
+    print_mapping(f"lunara: {report.get('state')}", report)

@@ -58,6 +58,7 @@ from blueprint.process import (
 if TYPE_CHECKING:
     from blueprint.ledger import Ledger, LedgerDocument
     from blueprint.manifest import Manifest
+    from blueprint.statusd import StatusServer
 
 TICK_S = 0.2
 RSS_EVERY_S = 0.5
@@ -357,11 +358,26 @@ class Watchdog:
 
     def run(self) -> int:
         """Supervise until stopped (exit 0) or a crash loop (exit 5). Call `prepare` first."""
+        status_server = self._start_status_server()
         try:
             return self._loop()
         finally:
+            if status_server is not None:
+                status_server.close()
             self._restore_signals()
             self._release_lock()
+
+    def _start_status_server(self) -> StatusServer | None:
+        """Answer `lunara status` from here (blueprint.statusd); optional, never fatal."""
+        from blueprint.statusd import StatusServer
+
+        server = StatusServer(self.paths, self.ledger, self.ledger.mirror)
+        try:
+            server.start()
+        except OSError as error:
+            self.log(f"status socket unavailable ({error}); status is computed by the CLI")
+            return None
+        return server
 
     def _loop(self) -> int:
         while True:

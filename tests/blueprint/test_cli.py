@@ -308,3 +308,40 @@ def test_status_does_not_import_typer(cli: Cli) -> None:
         [sys.executable, "-c", probe], env=cli.env(TOKENS["owner"]), capture_output=True, text=True
     )
     assert result.stdout.splitlines()[-1] == "TYPER=False", result.stderr
+
+
+def test_a_running_watchdog_answers_status_over_its_private_socket(cli: Cli) -> None:
+    from blueprint.statusclient import query_status
+
+    assert cli.run("start", "--wait", "30").returncode == 0
+    socket_path = cli.home / "control.sock"
+    assert socket_path.exists()
+    assert socket_path.stat().st_mode & 0o077 == 0  # only the home's owner may connect
+    reply = query_status(socket_path, cli.manifest.resolve(), TOKENS["operator"])
+    assert reply is not None and reply["exit_code"] == 0
+    assert reply["report"]["principal"] == "token:operator"
+    assert reply["report"]["state"] == "running"
+    audited = [e for e in cli.audit_entries() if e["principal"] == "token:operator"]
+    assert {e["decision"] for e in audited} == {"allowed"}
+    assert any(e.get("outcome") == "running" for e in audited)
+
+
+def test_the_watchdog_refuses_status_to_an_unknown_principal_with_exit_4(cli: Cli) -> None:
+    assert cli.run("start", "--wait", "30").returncode == 0
+    refused = cli.run("status", token=None)  # os_user:<login> has no role in this manifest
+    assert refused.returncode == 4
+    assert "may not bot.status" in refused.stderr
+    assert any(e["decision"] == "denied" for e in cli.audit_entries())
+
+
+def test_status_falls_back_to_local_when_the_watchdog_was_killed(cli: Cli) -> None:
+    import os
+    import signal
+
+    assert cli.run("start", "--wait", "30").returncode == 0
+    watchdog_pid = cli.status()["supervisor_pid"]
+    os.kill(watchdog_pid, signal.SIGKILL)
+    wait_until(lambda: cli.run("status", "--quiet").returncode == 5, 10, "orphaned status")
+    document = json.loads(cli.run("status", "--json").stdout)
+    assert document["state"] == "orphaned"
+    assert cli.run("stop").returncode == 0

@@ -1,0 +1,34 @@
+"""Where things are, from the command line and the environment, with nothing heavy imported.
+
+The `status` client runs before anything else is loaded, so the rules for finding
+LUNARA_HOME, the manifest and the watchdog's control socket live here, in one light
+module that `HomePaths` and the manifest loader use too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+DEFAULT_HOME = ".lunara"
+DEFAULT_MANIFEST = "manifest.json"
+MANIFEST_ENV = "LUNARA_MANIFEST"
+CONTROL_SOCKET = "control.sock"
+
+
+def resolve_home(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The home given, else $LUNARA_HOME, else ./.lunara — always absolute."""
+    raw = explicit if explicit is not None else os.environ.get("LUNARA_HOME", DEFAULT_HOME)
+    return Path(raw).expanduser().resolve()
+
+
+def resolve_manifest(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """The manifest given, else $LUNARA_MANIFEST, else ./manifest.json."""
+    env = os.environ if environ is None else environ
+    chosen = explicit or env.get(MANIFEST_ENV) or DEFAULT_MANIFEST
+    return Path(chosen).expanduser()
+
+
+def control_socket(home: Path) -> Path:
+    return home / CONTROL_SOCKET
