@@ -266,10 +266,13 @@ class Watchdog:
         from blueprint.ledger import BotState
 
         try:
-            return self.ledger.read().document.state == BotState.STOPPING
+            read = self.ledger.read()
         except BlueprintError as error:
             self.log(f"could not read the ledger: {error.message}")
             return False
+        if read.recovered:
+            self.log(read.recovered)
+        return read.document.state == BotState.STOPPING
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -345,3 +345,17 @@ def test_status_falls_back_to_local_when_the_watchdog_was_killed(cli: Cli) -> No
     document = json.loads(cli.run("status", "--json").stdout)
     assert document["state"] == "orphaned"
     assert cli.run("stop").returncode == 0
+
+
+def test_a_ledger_corrupted_under_a_running_watchdog_is_rebuilt_and_logged(cli: Cli) -> None:
+    assert cli.run("start", "--wait", "30").returncode == 0
+    bot_pid = cli.status()["pid"]
+    (cli.home / "ledger.json").write_text("garbage{")
+    wait_until(
+        lambda: "was corrupt" in (cli.home / "logs" / "watchdog.log").read_text(),
+        10,
+        "the watchdog to log the recovery",
+    )
+    status = cli.status()
+    assert status["state"] == "running" and status["pid"] == bot_pid
+    assert cli.run("stop").returncode == 0
