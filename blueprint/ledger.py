@@ -59,7 +59,6 @@ class LedgerCorrupt(BlueprintError):
     """The ledger's contents are not a valid ledger document."""
 
 
-
 def utc_now() -> str:
     """The current time as ISO 8601 UTC, the one timestamp format of the ledger."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
