@@ -1,0 +1,28 @@
+"""Technical analysis: indicators (batch and streaming), symptoms and the entry rule."""
+
+from lunara.analysis.analyzer import (
+    Analysis,
+    InsufficientData,
+    StreamingAnalyzer,
+    analyze_candles,
+    batch_series,
+    entry_signal,
+)
+from lunara.analysis.candles import Candle, CandleFileError, read_klines_csv
+from lunara.analysis.params import AnalyzerParams, InvalidParams
+from lunara.analysis.symptoms import Symptom
+
+__all__ = [
+    "Analysis",
+    "AnalyzerParams",
+    "Candle",
+    "CandleFileError",
+    "InsufficientData",
+    "InvalidParams",
+    "StreamingAnalyzer",
+    "Symptom",
+    "analyze_candles",
+    "batch_series",
+    "entry_signal",
+    "read_klines_csv",
+]

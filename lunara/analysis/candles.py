@@ -1,0 +1,61 @@
+"""Candles: the unit the analyzer consumes, and the CSV format of `replay:FILE`."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+CSV_HEADER = ("open_time", "open", "high", "low", "close", "volume")
+
+
+class CandleFileError(ValueError):
+    """A replay file that cannot be read as klines; the message names the line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    open_time: int  # milliseconds since the epoch, as Binance gives it
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+def read_klines_csv(path: Path) -> list[Candle]:
+    """Klines from a CSV with header open_time,open,high,low,close,volume (ascending)."""
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as error:
+        raise CandleFileError(f"{path}: cannot open ({error.strerror or error})") from None
+    with handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or tuple(cell.strip().lower() for cell in header) != CSV_HEADER:
+            raise CandleFileError(f"{path}: line 1: the header must be {','.join(CSV_HEADER)}")
+        candles: list[Candle] = []
+        for line_number, row in enumerate(reader, start=2):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            candles.append(_parse_row(path, line_number, row, candles[-1] if candles else None))
+    return candles
+
+
+def _parse_row(path: Path, line: int, row: list[str], previous: Candle | None) -> Candle:
+    if len(row) != len(CSV_HEADER):
+        raise CandleFileError(f"{path}: line {line}: expected 6 fields, got {len(row)}")
+    try:
+        open_time = int(row[0])
+        prices = [float(cell) for cell in row[1:]]
+    except ValueError:
+        raise CandleFileError(f"{path}: line {line}: not a number") from None
+    if any(not math.isfinite(value) or value < 0 for value in prices):
+        raise CandleFileError(f"{path}: line {line}: prices and volume must be finite and >= 0")
+    open_, high, low, close, volume = prices
+    if not low <= min(open_, close) or not high >= max(open_, close):
+        raise CandleFileError(f"{path}: line {line}: high/low do not contain open and close")
+    if previous is not None and open_time <= previous.open_time:
+        raise CandleFileError(f"{path}: line {line}: open_time must increase")
+    return Candle(open_time, open_, high, low, close, volume)
