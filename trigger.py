@@ -3,7 +3,7 @@
 It runs the very same code path as the installed console script, from a checkout.
 """
 
-from blueprint.cli import main
+from lunara.cli import main
 
 if __name__ == "__main__":
     main()

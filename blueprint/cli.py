@@ -47,6 +47,10 @@ def run_guarded(action: Callable[[], int]) -> int:
         return int(error.exit_code)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `lunara status | head`: the reader left; not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 def parse_plain_status(argv: Sequence[str]) -> tuple[Options, bool, bool] | None:

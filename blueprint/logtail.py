@@ -34,29 +34,29 @@ def follow(
     poll_s: float = 0.25,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Iterator[str]:
-    """Yield lines as they are appended; reopen when the file is rotated or truncated.
+    """Yield the last `start_lines` lines, then lines as they are appended; reopen the
+    file when it is rotated (a new inode) or truncated, reading the new one from its start.
 
-    Rotation renames the current file away and starts a new one, so a change of inode
-    (or a file that got shorter) means: finish nothing more from the old handle and read
-    the new file from its beginning.
+    The tail and the follow share one open handle, positioned where the tail ended, so a
+    line appended in between is never lost.
     """
-    yield from last_lines(path, start_lines)
     handle = None
     inode: int | None = None
-    first_open = path.exists()  # a file that appears later is read from its start
+    first_open = True
     try:
         while not should_stop():
             if handle is None:
-                if path.exists():
-                    handle = path.open("r", encoding="utf-8", errors="replace")
-                    stat = os.fstat(handle.fileno())
-                    inode = stat.st_ino
-                    if first_open:
-                        handle.seek(0, os.SEEK_END)  # the tail above already showed it
-                    first_open = False
-                else:
+                if not path.exists():
+                    first_open = False  # a file that appears later is read from its start
                     time.sleep(poll_s)
                     continue
+                handle = path.open("r", encoding="utf-8", errors="replace")
+                inode = os.fstat(handle.fileno()).st_ino
+                if first_open:
+                    size = os.fstat(handle.fileno()).st_size
+                    yield from _lines_before(path, size, start_lines)
+                    handle.seek(size)
+                first_open = False
             line = handle.readline()
             if line:
                 yield line.rstrip("\n")
@@ -68,9 +68,23 @@ def follow(
             if current is None or current.st_ino != inode or current.st_size < handle.tell():
                 handle.close()
                 handle = None
-                first_open = False  # a new file: read it from its beginning
                 continue
             time.sleep(poll_s)
     finally:
         if handle is not None:
             handle.close()
+
+
+def _lines_before(path: Path, size: int, count: int) -> list[str]:
+    """The last `count` complete lines within the first `size` bytes of the file."""
+    if count <= 0 or size <= 0:
+        return []
+    with path.open("rb") as handle:
+        start = max(0, size - _CHUNK)
+        while True:
+            handle.seek(start)
+            buffer = handle.read(size - start)
+            if start == 0 or buffer.count(b"\n") > count:
+                break
+            start = max(0, start - _CHUNK)
+    return buffer.decode("utf-8", errors="replace").splitlines()[-count:]

@@ -418,6 +418,9 @@ class Watchdog:
         argv = resolve_command(self.program.command)
         env = dict(os.environ)
         env["LUNARA_HOME"] = str(self.paths.root)
+        if self.manifest.source is not None:
+            # The bot authorizes Telegram users against the same manifest.
+            env["LUNARA_MANIFEST"] = str(Path(self.manifest.source).resolve())
         self.paths.ensure()
         log_fd = open_append(self.paths.bot_output)
         started = time.time()

@@ -10,14 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from blueprint.errors import ExitCode
+from blueprint.errors import BlueprintError, ExitCode
 from blueprint.heartbeat import write_heartbeat
 from blueprint.paths import HomePaths
 from lunara.config import Settings, SettingsError, load_settings
 from lunara.logs import configure_logging
 from lunara.runtime import Service, run_services
+
+if TYPE_CHECKING:
+    from lunara.services import TradingService
+    from lunara.telegram.bot import TelegramBot
 
 logger = logging.getLogger("lunara")
 
@@ -34,14 +40,94 @@ def disabled_features(settings: Settings) -> list[str]:
     return notes
 
 
-async def build_services(settings: Settings, paths: HomePaths) -> Sequence[Service]:
-    """The long-running parts the configuration asks for."""
-    return []
+@dataclass
+class Composition:
+    """The running parts and what to close after they stop."""
+
+    services: list[Service] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                await close()
+            except Exception:  # closing must go on; the error is logged with context
+                logger.exception("error while closing")
+
+
+async def build_services(settings: Settings, paths: HomePaths) -> Composition:
+    """The long-running parts the configuration asks for: the trading engine always,
+    Telegram when a token is set (then also the crash report to the admins)."""
+    from lunara.storage.database import open_database
+    from lunara.trading.engine import open_trading
+
+    composition = Composition()
+    db = await open_database(paths.database)
+    composition.closers.append(db.close)
+    trading = await open_trading(settings, db=db)
+    composition.closers.append(trading.aclose)
+    composition.services.append(trading.runner)
+    if settings.telegram_bot_token is not None:
+        telegram = await build_telegram(settings, paths, db, trading.engine)
+        trading.engine.attach_notifier(telegram)
+        composition.services.append(telegram.service())
+        composition.services.append(CrashReporter(telegram, paths))
+    return composition
+
+
+async def build_telegram(
+    settings: Settings, paths: HomePaths, db: Any, trading: TradingService
+) -> TelegramBot:
+    from blueprint.audit import AuditLog
+    from blueprint.locations import resolve_manifest
+    from blueprint.manifest import load_manifest
+    from blueprint.mirror import open_mirror
+    from lunara.telegram.bot import TelegramBot
+
+    manifest = load_manifest(resolve_manifest(None))
+    mirror = open_mirror(settings.redis_url, manifest.name, audit_path=paths.audit)
+    redis = None
+    if settings.redis_url is not None:
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(settings.redis_url, socket_timeout=5.0)
+    return TelegramBot(
+        settings, paths, manifest, AuditLog(paths.audit, mirror), db, trading, redis=redis
+    )
+
+
+class CrashReporter:
+    """Once Telegram is up, tell the admins why the previous bot ended (if abnormally)."""
+
+    name = "crash-report"
+
+    def __init__(self, telegram: TelegramBot, paths: HomePaths) -> None:
+        self.telegram = telegram
+        self.paths = paths
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from blueprint.ledger import Ledger
+        from blueprint.mirror import NullMirror
+        from lunara.crash_report import ReportMarker, pending_report
+
+        marker = ReportMarker(self.paths.root / "crash-report.json")
+        document = Ledger(self.paths, "lunara", NullMirror()).read().document
+        policy = self.telegram.guard.manifest.program.restart
+        report = pending_report(document, policy, marker.load())
+        if report is None:
+            return
+        for admin in self.telegram.admin_ids():
+            await self.telegram.notify(admin, report.to_html())
+        marker.save(report.exit.at)
+        logger.info("crash report sent to %d admins", len(self.telegram.admin_ids()))
 
 
 async def serve(settings: Settings, paths: HomePaths) -> int:
-    services = await build_services(settings, paths)
-    return await run_services(services, paths)
+    composition = await build_services(settings, paths)
+    try:
+        return await run_services(composition.services, paths)
+    finally:
+        await composition.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,6 +157,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info(note)
     try:
         return asyncio.run(serve(settings, paths))
-    except SettingsError as error:
+    except BlueprintError as error:  # a bad manifest, key or replay file: say which, exit
         logger.error("%s", error.message)
-        return int(ExitCode.INVALID_CONFIG)
+        return int(error.exit_code)

@@ -1,7 +1,7 @@
 """The bot's settings: one typed object built from the environment and an optional `.env`.
 
 Every variable documented in `.env.example` is either a field here or listed in
-`CLI_ONLY_VARIABLES` (read by the control plane, never by the bot); a test keeps the
+`CLI_ONLY_VARIABLES` (read through the control plane's own loaders, not settings); a test keeps the
 two in sync. Errors name the variable and what is wrong, and never echo a secret.
 """
 
@@ -25,7 +25,7 @@ from blueprint.paths import HomePaths
 
 DEFAULT_ENV_FILE = Path(".env")
 
-# Read by the CLI (blueprint) alone; documented in .env.example, deliberately not settings.
+# Read through blueprint's loaders (identity, manifest), deliberately not settings.
 CLI_ONLY_VARIABLES: frozenset[str] = frozenset({"LUNARA_TOKEN", "LUNARA_MANIFEST"})
 
 SET_REDACTED = "set (redacted)"

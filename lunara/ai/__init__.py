@@ -1,0 +1,1 @@
+"""Optional AI commentary on the analyzer's output (Gemini), loaded only when configured."""

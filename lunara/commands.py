@@ -1,0 +1,171 @@
+"""The bot's own commands (config, keys, backup, restore, analyze) on the `lunara` CLI.
+
+They register on the control plane's Typer app; blueprint never imports them. Loaded
+by `lunara.cli` only when a command other than a plain `status` is run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from blueprint.commands import JsonOption, app, finish, options_of
+from blueprint.errors import BlueprintError
+from blueprint.session import open_session
+
+if TYPE_CHECKING:
+    from lunara.config import Settings
+    from lunara.trading.market import Candle
+
+config_app = typer.Typer(help="The bot's configuration.", no_args_is_help=True)
+keys_app = typer.Typer(help="Encryption keys for exchange credentials.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
+
+
+@config_app.command("show")
+def config_show(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """The effective configuration, every secret redacted."""
+
+    def body() -> int:
+        from lunara.config import load_settings
+
+        session = open_session(options_of(ctx), "bot.config", "config show")
+        shown = load_settings().redacted()
+        session.outcome("ok")
+        if as_json:
+            from blueprint.render import print_json
+
+            print_json(shown)
+        else:
+            from blueprint.render import print_mapping
+
+            print_mapping("configuration", shown)
+        return 0
+
+    finish(body)
+
+
+@keys_app.command("rotate")
+def keys_rotate(ctx: typer.Context) -> None:
+    """Re-encrypt every stored secret under the newest key of LUNARA_ENCRYPTION_KEY."""
+
+    def body() -> int:
+        from lunara.config import load_settings
+        from lunara.crypto import load_keyring
+        from lunara.storage.backup import rotate_keys
+
+        session = open_session(options_of(ctx), "bot.keys", "keys rotate")
+        settings = load_settings()
+        keyring = load_keyring(settings)
+        count = rotate_keys(settings.paths.database, keyring)
+        session.outcome("ok", {"re_encrypted": count})
+        typer.echo(f"re-encrypted {count} secrets under key {keyring.primary_key_id}")
+        return 0
+
+    finish(body)
+
+
+@app.command()
+def backup(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="Where to write the backup.")],
+) -> None:
+    """A consistent copy of the database (safe while the bot runs)."""
+
+    def body() -> int:
+        from lunara.config import load_settings
+        from lunara.storage.backup import backup_database
+
+        session = open_session(options_of(ctx), "bot.backup", "backup")
+        summary = backup_database(load_settings().paths.database, path)
+        session.outcome("ok", {"path": str(path)})
+        typer.echo(f"backup written to {path} ({summary})")
+        return 0
+
+    finish(body)
+
+
+@app.command()
+def restore(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A backup made by `lunara backup`.")],
+) -> None:
+    """Replace the database with a backup (refused while the bot runs)."""
+
+    def body() -> int:
+        from lunara.config import load_settings
+        from lunara.storage.backup import restore_database
+
+        session = open_session(options_of(ctx), "bot.restore", "restore")
+        running = session.controller.status(session.principal).pid is not None
+        if running:
+            raise BlueprintError("the bot is running: run `lunara stop` first, then restore")
+        result = restore_database(path, load_settings().paths.database, is_running=False)
+        session.outcome("ok", {"path": str(path)})
+        typer.echo(f"restored {path} ({result})")
+        return 0
+
+    finish(body)
+
+
+@app.command()
+def analyze(
+    ctx: typer.Context,
+    symbol: Annotated[str, typer.Argument(help="A trading pair, e.g. BTCUSDT.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Indicators and symptoms at the latest closed candle of the configured market."""
+
+    def body() -> int:
+        from lunara.analysis import InsufficientData, analyze_candles
+        from lunara.config import load_settings
+        from lunara.services import TradingError
+        from lunara.telegram.parsing import UsageError, parse_symbol
+
+        session = open_session(options_of(ctx), "bot.analyze", "analyze")
+        try:
+            name = parse_symbol(symbol)
+        except UsageError as error:
+            raise BlueprintError(str(error)) from None
+        settings = load_settings()
+        try:
+            candles = asyncio.run(_history(settings, name))
+            result = analyze_candles(candles, symbol=name)
+        except (InsufficientData, TradingError) as error:
+            raise BlueprintError(str(error)) from None
+        session.outcome("ok")
+        if as_json:
+            from blueprint.render import print_json
+
+            print_json(result.to_json())
+        else:
+            from blueprint.render import print_mapping
+
+            print_mapping(f"{name}", result.to_json())
+        return 0
+
+    finish(body)
+
+
+async def _history(settings: Settings, symbol: str) -> list[Candle]:
+    """Candles of the configured market: a replay file up to its last candle, the sim
+    market's seeded history, or Binance klines."""
+    from lunara.config import MarketKind
+    from lunara.trading.engine import ANALYSIS_CANDLES, build_market
+    from lunara.trading.market import read_klines_csv
+
+    if settings.market.kind is MarketKind.REPLAY:
+        assert settings.market.replay_file is not None
+        return read_klines_csv(settings.market.replay_file)
+    gateway = None
+    if settings.market.kind is MarketKind.BINANCE:
+        from lunara.trading.binance import BinanceGateway
+        from lunara.trading.limiter import WeightLimiter
+
+        gateway = BinanceGateway(base_url=settings.binance_api_base_url, limiter=WeightLimiter())
+    market = build_market(settings, gateway)
+    return list(await market.history(symbol, ANALYSIS_CANDLES))

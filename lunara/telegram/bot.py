@@ -1,0 +1,398 @@
+"""The Telegram side of the bot: the Application, its handlers, the error handler.
+
+Built with python-telegram-bot's builder (TELEGRAM_API_BASE_URL points it at a
+self-hosted or test Bot API server). All commands go through one dispatcher, so the
+guard (`lunara.telegram.guard`) runs before any handler code; replies go through the
+one formatting module; errors reach the one error handler here. The service polls
+only while it holds the poller lease (`lunara.telegram.lease`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+from telegram import LabeledPrice, Update
+from telegram.error import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
+from telegram.ext import (
+    Application,
+    ContextTypes,
+    MessageHandler,
+    PreCheckoutQueryHandler,
+    filters,
+)
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from blueprint.audit import AuditLog
+from blueprint.manifest import Manifest
+from blueprint.paths import HomePaths
+from lunara import payments
+from lunara import plans as plan_book
+from lunara.config import Settings
+from lunara.services import TradingService
+from lunara.storage import users
+from lunara.telegram import formatting as fmt
+from lunara.telegram.commands import COMMANDS, EXPECTED_ERRORS, CommandContext, Deps
+from lunara.telegram.guard import Guard, RateLimiter, Verdict
+from lunara.telegram.lease import PollLease
+from lunara.telegram.parsing import UsageError, command_name, split_arguments
+
+logger = logging.getLogger("lunara.telegram")
+
+CONFLICT_LOG_EVERY_S = 60.0
+POLL_TIMEOUT_S = 10
+SEND_ATTEMPTS = 4
+
+
+def _retryable(error: BaseException) -> bool:
+    # BadRequest is a NetworkError subclass in python-telegram-bot, and never retryable.
+    return isinstance(error, TimedOut | NetworkError) and not isinstance(error, BadRequest)
+
+
+class TelegramState:
+    """Conflict bookkeeping for operators (LUNARA_HOME/telegram-state.json)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conflicts = 0
+        self.last_conflict_at: float | None = None
+        self._last_logged = 0.0
+
+    def record_conflict(self) -> bool:
+        """Count one Conflict; True when this one should be logged (once per burst)."""
+        now = time.time()
+        self.conflicts += 1
+        self.last_conflict_at = now
+        document = {"conflicts": self.conflicts, "last_conflict_at": now}
+        with contextlib.suppress(OSError):
+            temporary = self.path.with_name(self.path.name + ".tmp")
+            temporary.write_text(json.dumps(document))
+            temporary.replace(self.path)
+        if now - self._last_logged >= CONFLICT_LOG_EVERY_S:
+            self._last_logged = now
+            return True
+        return False
+
+
+class TelegramBot:
+    """The Application plus everything the handlers need; `service()` runs it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        paths: HomePaths,
+        manifest: Manifest,
+        audit: AuditLog,
+        db: aiosqlite.Connection,
+        trading: TradingService,
+        *,
+        redis: Any = None,
+    ) -> None:
+        token = settings.telegram_bot_token
+        if token is None:
+            raise ValueError("TELEGRAM_BOT_TOKEN is not set")
+        self.settings = settings
+        self.paths = paths
+        self.db = db
+        self.redis = redis
+        self.guard = Guard(manifest, audit, RateLimiter(settings.rate_limit_per_minute))
+        self.state = TelegramState(paths.root / "telegram-state.json")
+        self.updates_handled = 0
+        builder = Application.builder().token(token.get_secret_value()).concurrent_updates(64)
+        if settings.telegram_api_base_url:
+            base = settings.telegram_api_base_url
+            builder = builder.base_url(f"{base}/bot").base_file_url(f"{base}/file/bot")
+        self.application = builder.build()
+        self._keyring: Any = None
+        self.deps = Deps(
+            settings=settings,
+            paths=paths,
+            db=db,
+            trading=trading,
+            guard=self.guard,
+            keyring=self._load_keyring,
+            send=self.send,
+            delete_message=self._delete_message,
+            send_invoice=self._send_invoice,
+            refund=self._refund,
+        )
+        self._register()
+
+    # -- wiring -------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        app = self.application
+        app.add_handler(MessageHandler(filters.COMMAND, self._on_command))
+        app.add_handler(MessageHandler(filters.SUCCESSFUL_PAYMENT, self._on_successful_payment))
+        app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, self._on_text))
+        app.add_handler(PreCheckoutQueryHandler(self._on_pre_checkout))
+        app.add_error_handler(self._on_error)
+
+    def _load_keyring(self) -> Any:
+        if self._keyring is None:
+            from lunara.crypto import load_keyring
+
+            self._keyring = load_keyring(self.settings)
+        return self._keyring
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def send(self, chat_id: int, text: str) -> None:
+        """Send HTML text, split under the limit; retry timeouts, honour RetryAfter."""
+        for chunk in fmt.split_message(text):
+            await self._send_chunk(chat_id, chunk)
+
+    async def notify(self, user_id: int, text: str) -> None:
+        """The Notifier the trading engine uses; a blocked user is marked inactive."""
+        try:
+            await self.send(user_id, text)
+        except Forbidden:
+            await users.set_active(self.db, user_id, False)
+
+    async def _send_chunk(self, chat_id: int, text: str) -> None:
+        for _ in range(3):
+            try:
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception(_retryable),
+                    stop=stop_after_attempt(SEND_ATTEMPTS),
+                    wait=wait_exponential(multiplier=0.2, max=5),
+                    reraise=True,
+                ):
+                    with attempt:
+                        await self.application.bot.send_message(chat_id, text, parse_mode="HTML")
+                return
+            except RetryAfter as error:
+                delay = error.retry_after
+                seconds = delay.total_seconds() if hasattr(delay, "total_seconds") else float(delay)
+                await asyncio.sleep(min(seconds, 60.0))
+        raise TimedOut("gave up after repeated RetryAfter")
+
+    async def _delete_message(self, chat_id: int, message_id: int) -> None:
+        try:
+            await self.application.bot.delete_message(chat_id, message_id)
+        except TelegramError as error:
+            logger.warning("could not delete a message carrying keys: %s", type(error).__name__)
+
+    async def _send_invoice(self, chat_id: int, plan: plan_book.Plan) -> None:
+        await self.application.bot.send_invoice(
+            chat_id=chat_id,
+            title=f"Lunara {plan.title}",
+            description=f"{plan.title} plan for 30 days",
+            payload=payments.invoice_payload(plan, chat_id),
+            currency=payments.STARS,
+            prices=[LabeledPrice(plan.title, plan.price_stars)],
+            provider_token="",
+        )
+
+    async def _refund(self, user_id: int, charge_id: str) -> None:
+        await self.application.bot.refund_star_payment(user_id, charge_id)
+
+    # -- handlers -----------------------------------------------------------------------
+
+    async def _on_command(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        sender = update.effective_user
+        if message is None or sender is None or sender.is_bot or not message.text:
+            return
+        self.updates_handled += 1
+        name = command_name(message.text)
+        command = COMMANDS.get(name)
+        if command is None:
+            await self.send(message.chat_id, "I don't know that command. Send /help for the list.")
+            return
+        verdict = self.guard.check(sender.id, command)
+        if verdict is Verdict.DENIED:
+            await self.send(message.chat_id, "Sorry, your role does not allow that command.")
+            return
+        if verdict is Verdict.RATE_LIMITED:
+            await self.send(
+                message.chat_id,
+                f"Slow down a little: at most {self.guard.limiter.limit} commands a minute.",
+            )
+            return
+        context = CommandContext(
+            user_id=sender.id,
+            chat_id=message.chat_id,
+            chat_type=message.chat.type,
+            message_id=message.message_id,
+            username=sender.username,
+            arguments=[],
+            text=message.text,
+            deps=self.deps,
+            command=command,
+        )
+        try:
+            context.arguments = split_arguments(message.text)
+            await command.handler(context)
+        except UsageError as error:
+            await context.usage(str(error))
+        except EXPECTED_ERRORS as error:
+            await context.reply(fmt.escape(getattr(error, "message", None) or str(error)))
+        for reply in context.replies:
+            await self.send(message.chat_id, reply)
+
+    async def _on_text(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        if message is not None and message.chat.type == "private":
+            self.updates_handled += 1
+            await self.send(message.chat_id, "Send /help to see the commands.")
+
+    async def _on_pre_checkout(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.pre_checkout_query
+        if query is None:
+            return
+        decision = await payments.check_pre_checkout(
+            self.db, query.from_user.id, query.invoice_payload, query.currency, query.total_amount
+        )
+        await query.answer(ok=decision.ok, error_message=decision.error)
+
+    async def _on_successful_payment(
+        self, update: Update, _context: ContextTypes.DEFAULT_TYPE
+    ) -> None:
+        message = update.effective_message
+        sender = update.effective_user
+        if message is None or sender is None or message.successful_payment is None:
+            return
+        paid = message.successful_payment
+        outcome = await payments.record_payment(
+            self.db,
+            sender.id,
+            paid.invoice_payload,
+            paid.telegram_payment_charge_id,
+            paid.total_amount,
+        )
+        plan = plan_book.plan_named(outcome.payment.plan)
+        await self.send(
+            message.chat_id,
+            f"Thank you! Your {fmt.escape(plan.title if plan else outcome.payment.plan)} plan is active.",
+        )
+
+    # -- the one error handler ----------------------------------------------------------
+
+    def on_polling_error(self, error: TelegramError) -> None:
+        """Errors of the polling loop itself (the updater retries with backoff)."""
+        if isinstance(error, Conflict):
+            if self.state.record_conflict():
+                logger.warning(
+                    "Telegram answered 409 Conflict: another client polls this token "
+                    "(not one of ours: ours hold the poller lease); retrying with backoff"
+                )
+            return
+        logger.warning("polling Telegram failed: %s (retrying)", type(error).__name__)
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        error = context.error
+        if isinstance(error, Conflict):
+            if self.state.record_conflict():
+                logger.warning(
+                    "Telegram answered 409 Conflict: another client polls this token "
+                    "(not one of ours: ours hold the poller lease); retrying with backoff"
+                )
+            return
+        if isinstance(error, RetryAfter):
+            delay = error.retry_after
+            seconds = delay.total_seconds() if hasattr(delay, "total_seconds") else float(delay)
+            await asyncio.sleep(min(seconds, 60.0))
+            return
+        if isinstance(error, TimedOut | NetworkError) and not isinstance(error, BadRequest):
+            logger.warning("Telegram network problem: %s (retrying)", type(error).__name__)
+            return
+        sender = update.effective_user if isinstance(update, Update) else None
+        if isinstance(error, Forbidden):
+            if sender is not None:
+                await users.set_active(self.db, sender.id, False)
+                logger.info("user %s blocked the bot; marked inactive", sender.id)
+            return
+        reference = secrets.token_hex(4)
+        logger.error("unexpected error (ref %s)", reference, exc_info=error)
+        chat = update.effective_chat if isinstance(update, Update) else None
+        with contextlib.suppress(TelegramError):
+            if chat is not None:
+                await self.send(
+                    chat.id,
+                    f"Sorry, something went wrong on our side (reference {fmt.code(reference)}).",
+                )
+            for admin in self.admin_ids():
+                await self.send(
+                    admin,
+                    f"Error {fmt.code(reference)}: {fmt.escape(type(error).__name__)}",
+                )
+
+    def admin_ids(self) -> list[int]:
+        ids = []
+        for principal in self.guard.manifest.principals:
+            kind, _, identifier = principal.partition(":")
+            if kind == "telegram" and identifier.isdigit():
+                ids.append(int(identifier))
+        return self.guard.admins(ids)
+
+    # -- running ------------------------------------------------------------------------
+
+    def service(self) -> TelegramService:
+        return TelegramService(self)
+
+
+class TelegramService:
+    """The runtime Service: hold the poller lease, poll, stop cleanly."""
+
+    name = "telegram"
+
+    def __init__(self, bot: TelegramBot) -> None:
+        self.bot = bot
+
+    async def run(self, stop: asyncio.Event) -> None:
+        bot = self.bot
+        token = bot.settings.telegram_bot_token
+        assert token is not None
+        lease = PollLease(token.get_secret_value(), bot.paths.root, bot.redis)
+        logger.info("waiting for the Telegram poller lease (one poller per token)")
+        if not await lease.acquire(stop):
+            return
+        application = bot.application
+        try:
+            await application.initialize()
+            await application.start()
+            assert application.updater is not None
+            await application.updater.start_polling(
+                timeout=POLL_TIMEOUT_S,
+                allowed_updates=Update.ALL_TYPES,
+                error_callback=bot.on_polling_error,
+            )
+            logger.info("Telegram polling as @%s", application.bot.username)
+            stopper = asyncio.create_task(stop.wait())
+            lost = asyncio.create_task(lease.lost.wait())
+            await asyncio.wait({stopper, lost}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            lost.cancel()
+            if lease.lost.is_set():
+                logger.error("lost the poller lease; stopping polling")
+        finally:
+            with contextlib.suppress(Exception):
+                if application.updater is not None and application.updater.running:
+                    await application.updater.stop()
+            with contextlib.suppress(Exception):
+                if application.running:
+                    await application.stop()
+            with contextlib.suppress(Exception):
+                await application.shutdown()
+            await lease.release()

@@ -1,0 +1,452 @@
+"""The bot's commands: small handlers that parse, call a service and format.
+
+Handlers know nothing of python-telegram-bot: they get a `CommandContext` (who, where,
+the arguments, a `reply`) and the services in `Deps`. Registration — name, permission,
+usage — is the `COMMANDS` table at the bottom, the one place a command is declared.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiosqlite
+
+from blueprint.paths import HomePaths
+from lunara import plans as plan_book
+from lunara.config import Mode, Settings
+from lunara.services import TradingError, TradingService
+from lunara.storage import credentials, user_settings, users
+from lunara.storage.database import InvalidValue, StorageError
+from lunara.telegram import formatting as fmt
+from lunara.telegram.guard import Command, Guard
+from lunara.telegram.parsing import (
+    UsageError,
+    parse_amount,
+    parse_pairs,
+    parse_symbol,
+    parse_user_id,
+)
+
+USAGE_KIND_AI = "ai.analysis"
+
+
+@dataclass
+class Deps:
+    """Everything the handlers use; built once by `lunara.telegram.bot`."""
+
+    settings: Settings
+    paths: HomePaths
+    db: aiosqlite.Connection
+    trading: TradingService
+    guard: Guard
+    keyring: Any  # lunara.crypto.KeyRing, loaded lazily (paper mode may never need it)
+    send: Callable[[int, str], Awaitable[None]]  # message any chat (broadcasts)
+    delete_message: Callable[[int, int], Awaitable[None]]
+    send_invoice: Callable[[int, plan_book.Plan], Awaitable[None]]
+    refund: Callable[[int, str], Awaitable[None]]
+    clock: Callable[[], float] = time.time
+    started_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class CommandContext:
+    user_id: int
+    chat_id: int
+    chat_type: str
+    message_id: int
+    username: str | None
+    arguments: list[str]
+    text: str
+    deps: Deps
+    command: Command
+    replies: list[str] = field(default_factory=list)
+
+    async def reply(self, text: str) -> None:
+        self.replies.append(text)
+
+    async def usage(self, reason: str | None = None) -> None:
+        await self.reply(
+            fmt.lines(
+                fmt.escape(reason) if reason else None,
+                f"Usage: {fmt.code(self.command.usage)}",
+            )
+        )
+
+
+def expect_arguments(ctx: CommandContext, count: int) -> None:
+    """A wrong number of arguments is a usage error (answered with the usage line)."""
+    if len(ctx.arguments) != count:
+        raise UsageError(f"this command takes {count} argument{'s' if count != 1 else ''}")
+
+
+async def _user(ctx: CommandContext) -> users.User:
+    return await users.register(ctx.deps.db, ctx.user_id, ctx.username)
+
+
+# -- everyone ---------------------------------------------------------------------------
+
+
+async def start(ctx: CommandContext) -> None:
+    user = await _user(ctx)
+    await ctx.reply(
+        fmt.lines(
+            f"Welcome to Lunara, {fmt.escape(user.username or ctx.user_id)}.",
+            f"Mode: {fmt.bold(ctx.deps.settings.mode.value)} trading.",
+            "Send /help to see what you can do.",
+        )
+    )
+
+
+async def help_command(ctx: CommandContext) -> None:
+    available = [c for c in COMMANDS.values() if ctx.deps.guard.may(ctx.user_id, c.permission)]
+    rows = [f"{fmt.code(c.usage)} — {fmt.escape(c.description)}" for c in available]
+    await ctx.reply(fmt.lines("<b>Commands you can use</b>", *rows))
+
+
+async def status(ctx: CommandContext) -> None:
+    user = await _user(ctx)
+    now = ctx.deps.clock()
+    plan = plan_book.effective_plan(user.plan, user.plan_expires_at, now)
+    expires = (
+        datetime.fromtimestamp(user.plan_expires_at, UTC).strftime("%Y-%m-%d")
+        if user.plan_expires_at and plan.name is not plan_book.PlanName.FREE
+        else "-"
+    )
+    paused = await ctx.deps.trading.is_paused()
+    await ctx.reply(
+        fmt.lines(
+            f"Plan: {fmt.bold(plan.title)} (until {fmt.escape(expires)})",
+            f"Mode: {fmt.escape(ctx.deps.settings.mode.value)}",
+            f"Trading: {'paused by an admin' if paused else 'active'}",
+        )
+    )
+
+
+async def balance(ctx: CommandContext) -> None:
+    await _user(ctx)
+    balances = await ctx.deps.trading.balances(ctx.user_id)
+    if not balances:
+        await ctx.reply("No balances yet.")
+        return
+    rows = [(b.asset, f"{b.free.normalize():f}", f"{b.locked.normalize():f}") for b in balances]
+    await ctx.reply(fmt.lines("<b>Balances</b>", fmt.table([("asset", "free", "locked"), *rows])))
+
+
+async def positions(ctx: CommandContext) -> None:
+    await _user(ctx)
+    open_positions = await ctx.deps.trading.positions(ctx.user_id)
+    if not open_positions:
+        await ctx.reply("No open positions.")
+        return
+    rows = [
+        (
+            p.symbol,
+            f"{p.quantity}",
+            f"{p.entry_price}",
+            "-" if p.current_price is None else f"{p.current_price}",
+            "-" if p.stop_price is None else f"{p.stop_price:.8g}",
+            "-" if p.profit_ratio is None else f"{p.profit_ratio * 100:+.2f}%",
+        )
+        for p in open_positions
+    ]
+    header = ("symbol", "qty", "entry", "now", "stop", "p/l")
+    await ctx.reply(fmt.lines("<b>Open positions</b>", fmt.table([header, *rows])))
+
+
+async def buy(ctx: CommandContext) -> None:
+    expect_arguments(ctx, 2)
+    symbol = parse_symbol(ctx.arguments[0])
+    amount = parse_amount(ctx.arguments[1])
+    user = await _user(ctx)
+    plan = plan_book.effective_plan(user.plan, user.plan_expires_at, ctx.deps.clock())
+    if len(await ctx.deps.trading.positions(ctx.user_id)) >= plan.max_open_positions:
+        await ctx.reply(
+            f"Your {fmt.escape(plan.title)} plan allows {plan.max_open_positions} open "
+            "positions. Close one, or see /plans."
+        )
+        return
+    result = await ctx.deps.trading.buy(ctx.user_id, symbol, amount)
+    await ctx.reply(
+        f"Bought {fmt.escape(result.quantity)} {fmt.escape(symbol)} at "
+        f"{fmt.escape(result.price)} (fee {fmt.escape(result.fee)})."
+    )
+
+
+async def sell(ctx: CommandContext) -> None:
+    expect_arguments(ctx, 1)
+    symbol = parse_symbol(ctx.arguments[0])
+    await _user(ctx)
+    results = await ctx.deps.trading.sell(ctx.user_id, symbol)
+    if not results:
+        await ctx.reply(f"No open {fmt.escape(symbol)} position.")
+        return
+    await ctx.reply(
+        fmt.lines(
+            *(
+                f"Sold {fmt.escape(r.quantity)} {fmt.escape(r.symbol)} at {fmt.escape(r.price)}."
+                for r in results
+            )
+        )
+    )
+
+
+async def analyze(ctx: CommandContext) -> None:
+    expect_arguments(ctx, 1)
+    symbol = parse_symbol(ctx.arguments[0])
+    await _user(ctx)
+    view = await ctx.deps.trading.analyze(ctx.user_id, symbol, with_ai=True)
+    rows = [
+        (name, "-" if value is None else f"{value:.6g}") for name, value in view.indicators.items()
+    ]
+    symptoms = ", ".join(view.symptoms) or "none"
+    commentary = (
+        fmt.lines("<b>AI commentary</b>", fmt.escape(view.ai_commentary))
+        if view.ai_commentary
+        else (f"<i>{fmt.escape(view.ai_note)}</i>" if view.ai_note else None)
+    )
+    await ctx.reply(
+        fmt.lines(
+            f"<b>{fmt.escape(view.symbol)}</b>",
+            fmt.table(rows),
+            f"Symptoms: {fmt.escape(symptoms)}",
+            commentary,
+        )
+    )
+
+
+async def settings_command(ctx: CommandContext) -> None:
+    await _user(ctx)
+    try:
+        if ctx.arguments:
+            changes = parse_pairs(ctx.arguments)
+            current = await user_settings.update(ctx.deps.db, ctx.user_id, changes)
+        else:
+            current = await user_settings.get(ctx.deps.db, ctx.user_id)
+    except UsageError as error:
+        await ctx.usage(str(error))
+        return
+    except InvalidValue as error:
+        await ctx.usage(error.message)
+        return
+    rows = [
+        ("stake_usdt", str(current.stake_usdt)),
+        ("symbols", ",".join(current.symbols) or "all"),
+        ("stoploss", f"{current.stoploss:g}"),
+        ("trailing_stop_positive", f"{current.trailing_stop_positive}"),
+        ("trailing_stop_positive_offset", f"{current.trailing_stop_positive_offset:g}"),
+        (
+            "trailing_only_offset_is_reached",
+            "on" if current.trailing_only_offset_is_reached else "off",
+        ),
+        ("auto_mode", "on" if current.auto_mode else "off"),
+    ]
+    await ctx.reply(fmt.lines("<b>Your settings</b>", fmt.table(rows)))
+
+
+async def setkeys(ctx: CommandContext) -> None:
+    if ctx.chat_type != "private":
+        await ctx.reply("For your safety, send /setkeys only in a private chat with me.")
+        return
+    # The message carries a secret: delete it whatever happens next.
+    await ctx.deps.delete_message(ctx.chat_id, ctx.message_id)
+    if len(ctx.arguments) != 2 or any(len(a) < 16 or len(a) > 128 for a in ctx.arguments):
+        await ctx.usage("I deleted your message; send the key and the secret again")
+        return
+    await _user(ctx)
+    api_key, api_secret = ctx.arguments
+    if ctx.deps.settings.mode is Mode.LIVE:
+        validate = getattr(ctx.deps.trading, "validate_keys", None)
+        if validate is not None:
+            await validate(api_key, api_secret)
+    info = await credentials.store(
+        ctx.deps.db,
+        ctx.deps.keyring(),
+        ctx.user_id,
+        credentials.Exchange.BINANCE,
+        api_key,
+        api_secret,
+    )
+    await ctx.reply(
+        f"Keys saved, encrypted (key ending {fmt.escape(info.key_fingerprint)}). "
+        "I deleted the message that carried them."
+    )
+
+
+async def plans(ctx: CommandContext) -> None:
+    rows = [
+        (
+            p.title,
+            "free" if p.price_stars == 0 else f"{p.price_stars} stars/30d",
+            f"{p.max_open_positions} positions",
+            f"{p.ai_analyses_per_day} AI/day",
+        )
+        for p in plan_book.PLANS.values()
+    ]
+    await ctx.reply(fmt.lines("<b>Plans</b>", fmt.table(rows), "Subscribe with /subscribe PLAN"))
+
+
+async def subscribe(ctx: CommandContext) -> None:
+    plan = plan_book.plan_named(ctx.arguments[0]) if len(ctx.arguments) == 1 else None
+    if plan is None or plan.price_stars == 0:
+        await ctx.usage("choose a paid plan: " + ", ".join(
+            p.name.value for p in plan_book.PLANS.values() if p.price_stars
+        ))  # fmt: skip
+        return
+    await _user(ctx)
+    await ctx.deps.send_invoice(ctx.chat_id, plan)
+
+
+# -- admins ------------------------------------------------------------------------------
+
+
+async def users_command(ctx: CommandContext) -> None:
+    page = await users.list_page(ctx.deps.db, offset=0, limit=50)
+    rows = [
+        (u.telegram_id, u.username or "-", u.plan, "yes" if u.active else "no") for u in page.users
+    ]
+    await ctx.reply(
+        fmt.lines(
+            f"<b>Users</b> ({page.total})",
+            fmt.table([("id", "username", "plan", "active"), *rows]),
+        )
+    )
+
+
+async def user_command(ctx: CommandContext) -> None:
+    expect_arguments(ctx, 1)
+    user_id = parse_user_id(ctx.arguments[0])
+    user = await users.get(ctx.deps.db, user_id)
+    if user is None:
+        await ctx.reply(f"No user {user_id}.")
+        return
+    open_positions = await ctx.deps.trading.positions(user_id)
+    role = ctx.deps.guard.manifest.role_of(ctx.deps.guard.principal(user_id)) or "none"
+    await ctx.reply(
+        fmt.lines(
+            f"<b>User {user.telegram_id}</b> {fmt.escape(user.username or '')}",
+            f"Role: {fmt.escape(role)}; plan: {fmt.escape(user.plan)}; active: {user.active}",
+            f"Open positions: {len(open_positions)}",
+        )
+    )
+
+
+async def broadcast(ctx: CommandContext) -> None:
+    message = ctx.text.split(maxsplit=1)[1].strip() if len(ctx.text.split(maxsplit=1)) > 1 else ""
+    if not message:
+        await ctx.usage()
+        return
+    sent = 0
+    offset = 0
+    while True:
+        page = await users.list_page(ctx.deps.db, offset=offset, limit=200, active=True)
+        for user in page.users:
+            await ctx.deps.send(user.telegram_id, fmt.escape(message))
+            sent += 1
+        offset += len(page.users)
+        if not page.users or offset >= page.total:
+            break
+    await ctx.reply(f"Broadcast sent to {sent} users.")
+
+
+async def pause(ctx: CommandContext) -> None:
+    await ctx.deps.trading.set_paused(True, ctx.deps.guard.principal(ctx.user_id))
+    await ctx.reply("Trading is paused for everyone. /resume to continue.")
+
+
+async def resume(ctx: CommandContext) -> None:
+    await ctx.deps.trading.set_paused(False, ctx.deps.guard.principal(ctx.user_id))
+    await ctx.reply("Trading resumed.")
+
+
+async def botstatus(ctx: CommandContext) -> None:
+    from blueprint.ledger import Ledger
+    from blueprint.mirror import NullMirror
+
+    document = Ledger(ctx.deps.paths, "lunara", NullMirror()).read().document
+    last = document.last_exit
+    engine = await ctx.deps.trading.engine_status()
+    await ctx.reply(
+        fmt.lines(
+            f"State: {fmt.bold(document.state.value)}; restarts: {document.restarts}",
+            f"Started: {fmt.escape(document.started_at or '-')} by {fmt.escape(document.started_by or '-')}",
+            f"Last exit: {fmt.escape(last.reason) if last else '-'}",
+            f"Engine: {fmt.escape(', '.join(f'{k}={v}' for k, v in engine.items()))}",
+        )
+    )
+
+
+async def refund(ctx: CommandContext) -> None:
+    if len(ctx.arguments) != 1 or len(ctx.arguments[0]) > 128:
+        await ctx.usage()
+        return
+    from lunara.payments import refund_payment
+
+    await refund_payment(ctx.deps, ctx.arguments[0])
+    await ctx.reply(f"Refunded {fmt.escape(ctx.arguments[0])}.")
+
+
+def _command(*args: Any, **kwargs: Any) -> tuple[str, Command]:
+    command = Command(*args, **kwargs)
+    return command.name, command
+
+
+COMMANDS: dict[str, Command] = dict(
+    [
+        _command("start", "tg.info.start", "/start", "register and say hello", start),
+        _command("help", "tg.info.help", "/help", "the commands you can use", help_command),
+        _command("status", "tg.info.status", "/status", "your plan and the bot's state", status),
+        _command("balance", "tg.trade.balance", "/balance", "your balances", balance),
+        _command("positions", "tg.trade.positions", "/positions", "your open positions", positions),
+        _command("buy", "tg.trade.buy", "/buy SYMBOL AMOUNT_USDT", "open a position", buy),
+        _command("sell", "tg.trade.sell", "/sell SYMBOL", "close your position", sell),
+        _command(
+            "analyze", "tg.trade.analyze", "/analyze SYMBOL", "indicators and commentary", analyze
+        ),
+        _command(
+            "settings",
+            "tg.trade.settings",
+            "/settings [key=value ...]",
+            "your trading settings",
+            settings_command,
+        ),
+        _command(
+            "setkeys",
+            "tg.trade.setkeys",
+            "/setkeys API_KEY API_SECRET",
+            "store your exchange keys",
+            setkeys,
+            private_only=True,
+        ),
+        _command("plans", "tg.info.plans", "/plans", "plans and prices", plans),
+        _command(
+            "subscribe",
+            "tg.trade.subscribe",
+            "/subscribe PLAN",
+            "pay for a plan with Stars",
+            subscribe,
+        ),
+        _command("users", "tg.admin.users", "/users", "list users", users_command),
+        _command("user", "tg.admin.user", "/user ID", "one user's details", user_command),
+        _command(
+            "broadcast",
+            "tg.admin.broadcast",
+            "/broadcast TEXT",
+            "message every active user",
+            broadcast,
+        ),
+        _command("pause", "tg.admin.pause", "/pause", "pause trading for everyone", pause),
+        _command("resume", "tg.admin.resume", "/resume", "resume trading", resume),
+        _command(
+            "botstatus", "tg.admin.botstatus", "/botstatus", "the supervisor's view", botstatus
+        ),
+        _command(
+            "refund", "tg.admin.refund", "/refund CHARGE_ID", "refund a Stars payment", refund
+        ),
+    ]
+)
+
+EXPECTED_ERRORS = (TradingError, StorageError, UsageError)

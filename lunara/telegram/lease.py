@@ -1,0 +1,94 @@
+"""Exactly one poller per bot token.
+
+Telegram answers 409 Conflict when two clients poll one token; the first version of
+this bot did exactly that after every platform restart. Here the poller must hold a
+lease first: with Redis, a key set with `SET NX PX` and renewed well before it expires
+(so a killed holder frees it within one TTL); without Redis, an exclusive lock on a
+file in LUNARA_HOME (freed by the kernel when the holder dies). A second instance
+waits for the lease instead of polling. The lease key is derived from a hash of the
+token, never the token itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+LEASE_TTL_MS = 15_000
+RENEW_EVERY_S = 5.0
+RETRY_EVERY_S = 1.0
+
+# Renew only our own lease; release only our own lease.
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+def token_fingerprint(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+class PollLease:
+    """`await acquire(stop)` → True once held (False if stopped while waiting)."""
+
+    def __init__(self, token: str, home: Path, redis: Any = None) -> None:
+        self.fingerprint = token_fingerprint(token)
+        self.key = f"lunara:poller:{self.fingerprint}"
+        self.path = home / f"poller-{self.fingerprint}.lock"
+        self.redis = redis
+        self._owner = secrets.token_hex(16)
+        self._fd: int | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self.lost = asyncio.Event()
+
+    async def _try_once(self) -> bool:
+        if self.redis is not None:
+            return bool(await self.redis.set(self.key, self._owner, nx=True, px=LEASE_TTL_MS))
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            return False
+        self._fd = descriptor
+        return True
+
+    async def acquire(self, stop: asyncio.Event) -> bool:
+        while not stop.is_set():
+            if await self._try_once():
+                if self.redis is not None:
+                    self._renewer = asyncio.create_task(self._renew_forever())
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RETRY_EVERY_S)
+        return False
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_EVERY_S)
+            try:
+                renewed = await self.redis.eval(_RENEW, 1, self.key, self._owner, LEASE_TTL_MS)
+            except Exception:  # Redis hiccup: keep polling; the TTL leaves a margin
+                continue
+            if not renewed:
+                self.lost.set()
+                return
+
+    async def release(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.eval(_RELEASE, 1, self.key, self._owner)
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,81 @@
+"""Command arguments: parsed and validated before any handler uses them.
+
+Pure functions; each raises `UsageError` with a short reason, and the command then
+answers with its usage line instead of an error.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+SYMBOL = re.compile(r"^[A-Z0-9]{5,20}$")
+MAX_AMOUNT = Decimal("1000000")
+MAX_ARGUMENT_LENGTH = 512
+
+
+class UsageError(ValueError):
+    """A bad argument; the message says what is wrong (safe to show, already plain)."""
+
+
+def split_arguments(text: str) -> list[str]:
+    """`/cmd@bot a b` → ["a", "b"]; oversized input is refused, not truncated."""
+    if len(text) > 4096:
+        raise UsageError("that message is too long")
+    parts = text.split()
+    return parts[1:]
+
+
+def command_name(text: str) -> str:
+    """`/Buy@LunaraBot BTC 10` → "buy"."""
+    head = text.split(maxsplit=1)[0] if text.strip() else ""
+    return head.lstrip("/").split("@", 1)[0].lower()
+
+
+def parse_symbol(raw: str) -> str:
+    symbol = raw.strip().upper()
+    if "/" in symbol:
+        symbol = symbol.replace("/", "")
+    if not SYMBOL.match(symbol):
+        raise UsageError("a symbol is letters and digits, like BTCUSDT")
+    return symbol
+
+
+def parse_amount(raw: str) -> Decimal:
+    text = raw.strip().replace(",", "").removesuffix("USDT").removesuffix("usdt")
+    if len(text) > 32:
+        raise UsageError("that amount is too long")
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise UsageError("the amount must be a number, like 25 or 12.5") from None
+    if not amount.is_finite() or amount <= 0:
+        raise UsageError("the amount must be positive")
+    if amount > MAX_AMOUNT:
+        raise UsageError(f"the amount must be at most {MAX_AMOUNT}")
+    return amount
+
+
+def parse_user_id(raw: str) -> int:
+    if not raw.isdigit() or len(raw) > 15:
+        raise UsageError("a user id is a number")
+    value = int(raw)
+    if value <= 0:
+        raise UsageError("a user id is a positive number")
+    return value
+
+
+def parse_pairs(arguments: list[str]) -> dict[str, str]:
+    """`key=value key2=value2` → dict; keys lower-case; each key once."""
+    pairs: dict[str, str] = {}
+    for argument in arguments:
+        if len(argument) > MAX_ARGUMENT_LENGTH:
+            raise UsageError("that setting is too long")
+        key, separator, value = argument.partition("=")
+        key = key.strip().lower()
+        if not separator or not key or not value.strip():
+            raise UsageError(f"write settings as key=value (got {argument[:30]})")
+        if key in pairs:
+            raise UsageError(f"{key} is given twice")
+        pairs[key] = value.strip()
+    return pairs

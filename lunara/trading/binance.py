@@ -1,0 +1,375 @@
+"""Binance spot through python-binance, kept off the event loop and inside one weight budget.
+
+python-binance's ``Client`` is blocking (requests) and does no retrying. Every call goes
+through ``BinanceGateway.call``: it waits for the shared ``WeightLimiter``, runs the
+request in a worker thread under a concurrency bound, and turns Binance's errors into
+the ``exchange`` error classes:
+
+* 429/418 → the limiter is told to hold *every* caller back for ``Retry-After``;
+* -1021 (timestamp outside recvWindow) → the server-time offset is resynchronised and
+  the request sent once more (Binance did not process it);
+* network errors and 5xx → retried with jittered exponential backoff (tenacity) for
+  reads only; for an order the outcome is unknown and the order path looks it up;
+* -2010 and any other refusal → raised at once, never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import requests
+from binance.client import Client
+from binance.exceptions import BinanceAPIException, BinanceRequestException
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+from tenacity.wait import wait_base
+
+from lunara.services import AssetBalance, TradingError
+from lunara.trading.exchange import (
+    CredentialsRejected,
+    DuplicateOrder,
+    ExchangeError,
+    ExchangeUnavailable,
+    Fill,
+    OrderRefused,
+    RateLimited,
+    Side,
+)
+from lunara.trading.filters import InvalidSymbolInfo, SymbolRules, format_amount, parse_symbol
+from lunara.trading.limiter import WeightLimiter, parse_retry_after
+
+logger = logging.getLogger(__name__)
+
+VENUE = "binance"
+API_PATH = "/api"
+
+
+class ErrorCode:
+    """Binance error codes the bot reacts to."""
+
+    TOO_MANY_REQUESTS = -1003
+    TIMESTAMP_OUTSIDE_RECV_WINDOW = -1021
+    INVALID_SIGNATURE = -1022
+    NEW_ORDER_REJECTED = -2010
+    NO_SUCH_ORDER = -2013
+    INVALID_API_KEY = -2014
+    REJECTED_API_KEY = -2015
+
+
+_CREDENTIAL_CODES = frozenset(
+    {ErrorCode.INVALID_SIGNATURE, ErrorCode.INVALID_API_KEY, ErrorCode.REJECTED_API_KEY}
+)
+_DUPLICATE_MESSAGE = "duplicate order"
+
+
+class Weight:
+    """Request weights of the endpoints used (Binance spot, 2024)."""
+
+    PRICES = 4
+    ORDER = 1
+    QUERY_ORDER = 4
+    ACCOUNT = 20
+    EXCHANGE_INFO = 20
+    SERVER_TIME = 1
+    KLINES = 2
+
+
+class _ClockSkew(Exception):
+    """-1021: the request carried a timestamp the server does not accept."""
+
+
+class _NoSuchOrder(Exception):
+    """-2013: the exchange has no order with the id asked for."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a read is tried on network errors, and how long to wait in between."""
+
+    attempts: int = 3
+    wait: wait_base = field(
+        default_factory=lambda: wait_exponential_jitter(initial=0.25, max=5.0, jitter=0.5)
+    )
+
+
+class _EndpointClient(Client):
+    """``Client`` pointed at ``BINANCE_API_BASE_URL`` (a test server or a regional mirror)."""
+
+    def __init__(
+        self, api_key: str | None, api_secret: str | None, api_url: str, timeout_s: float
+    ) -> None:
+        self.API_URL = api_url
+        super().__init__(api_key, api_secret, requests_params={"timeout": timeout_s}, ping=False)
+
+
+def api_url(base_url: str) -> str:
+    """``https://host`` or ``https://host/api`` → the REST root python-binance expects."""
+    root = base_url.rstrip("/")
+    return root if root.endswith(API_PATH) else root + API_PATH
+
+
+def _decimal(value: Any, field: str) -> Decimal:
+    try:
+        number = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise ExchangeUnavailable(f"Binance sent an unreadable {field}: {value!r:.40}") from None
+    if not number.is_finite():
+        raise ExchangeUnavailable(f"Binance sent a non-finite {field}")
+    return number
+
+
+def parse_fill(reply: Mapping[str, Any], client_order_id: str) -> Fill | None:
+    """An order reply (``POST /order`` FULL or ``GET /order``) → ``Fill``; ``None`` if
+    nothing was executed."""
+    executed = _decimal(reply.get("executedQty", "0"), "executedQty")
+    if executed <= 0:
+        return None
+    quote = _decimal(reply.get("cummulativeQuoteQty", "0"), "cummulativeQuoteQty")
+    fee = Decimal(0)
+    fee_asset: str | None = None
+    for part in reply.get("fills") or ():
+        fee += _decimal(part.get("commission", "0"), "commission")
+        fee_asset = fee_asset or part.get("commissionAsset")
+    return Fill(
+        client_order_id=str(reply.get("clientOrderId") or client_order_id),
+        exchange_order_id=str(reply.get("orderId", "")),
+        symbol=str(reply.get("symbol", "")),
+        side=Side(str(reply.get("side", Side.BUY))),
+        quantity=executed,
+        quote_quantity=quote,
+        fee=fee,
+        fee_asset=fee_asset,
+    )
+
+
+class BinanceGateway:
+    """The process-wide part: endpoint, weight limiter, concurrency bound, symbol rules."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        limiter: WeightLimiter,
+        max_concurrency: int = 4,
+        timeout_s: float = 10.0,
+        retry: RetryPolicy | None = None,
+        rules_ttl_s: float = 3600.0,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self._api_url = api_url(base_url) if base_url else None
+        self.limiter = limiter
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._timeout_s = timeout_s
+        self._retry = retry or RetryPolicy()
+        self._rules: dict[str, SymbolRules] = {}
+        self._rules_loaded_at = float("-inf")
+        self._rules_ttl_s = rules_ttl_s
+        self._rules_lock = asyncio.Lock()
+        self._public: Client | None = None
+        self.requests_sent = 0
+
+    def client(self, api_key: str | None = None, api_secret: str | None = None) -> Client:
+        """A python-binance client for one set of keys; no request is made here."""
+        if self._api_url is not None:
+            return _EndpointClient(api_key, api_secret, self._api_url, self._timeout_s)
+        return Client(api_key, api_secret, requests_params={"timeout": self._timeout_s}, ping=False)
+
+    @property
+    def public(self) -> Client:
+        """A key-less client for market data."""
+        if self._public is None:
+            self._public = self.client()
+        return self._public
+
+    async def call(
+        self,
+        client: Client,
+        weight: float,
+        method: Callable[..., Any],
+        *,
+        retry_unknown: bool = True,
+        **params: Any,
+    ) -> Any:
+        """Send one request; see the module docstring for what is retried.
+
+        ``retry_unknown=False`` is for requests that change state (orders): a network
+        error or 5xx then raises ``ExchangeUnavailable`` for the caller to resolve.
+        """
+        retryable: tuple[type[BaseException], ...] = (
+            (ExchangeUnavailable, RateLimited) if retry_unknown else (RateLimited,)
+        )
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retry.attempts),
+            wait=self._retry.wait,
+            retry=retry_if_exception_type(retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._send_resyncing(client, weight, method, params)
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _send_resyncing(
+        self, client: Client, weight: float, method: Callable[..., Any], params: dict[str, Any]
+    ) -> Any:
+        try:
+            return await self._send(client, weight, method, params)
+        except _ClockSkew:
+            await self.resync_time(client)
+        try:
+            return await self._send(client, weight, method, params)
+        except _ClockSkew:
+            raise ExchangeUnavailable(
+                "Binance refuses our clock even after resynchronising; check the system time"
+            ) from None
+
+    async def resync_time(self, client: Client) -> int:
+        """Set the client's ``timestamp_offset`` to server time minus local time (ms)."""
+        before = time.time()
+        reply = await self._send(client, Weight.SERVER_TIME, client.get_server_time, {})
+        after = time.time()
+        local_ms = int((before + after) / 2 * 1000)
+        offset = int(reply["serverTime"]) - local_ms
+        client.timestamp_offset = offset
+        logger.info("Binance server time resynchronised (offset %d ms)", offset)
+        return offset
+
+    async def _send(
+        self, client: Client, weight: float, method: Callable[..., Any], params: dict[str, Any]
+    ) -> Any:
+        await self.limiter.acquire(weight)
+        async with self._slots:
+            self.requests_sent += 1
+            try:
+                return await asyncio.to_thread(method, **params)
+            except BinanceAPIException as error:
+                raise self._translate(error) from None
+            except (requests.RequestException, BinanceRequestException) as error:
+                raise ExchangeUnavailable(
+                    f"Binance is unreachable: {type(error).__name__}"
+                ) from None
+
+    def _translate(self, error: BinanceAPIException) -> Exception:
+        status = int(error.status_code)
+        code = error.code if isinstance(error.code, int) else None
+        message = str(error.message or "no message")[:200]
+        if status in (429, 418) or code == ErrorCode.TOO_MANY_REQUESTS:
+            headers = getattr(error.response, "headers", None) or {}
+            retry_after = parse_retry_after(headers.get("Retry-After"))
+            self.limiter.penalize(retry_after)
+            return RateLimited(f"Binance rate limit ({status}): {message}", retry_after)
+        if code == ErrorCode.TIMESTAMP_OUTSIDE_RECV_WINDOW:
+            return _ClockSkew(message)
+        if code == ErrorCode.NO_SUCH_ORDER:
+            return _NoSuchOrder(message)
+        if code in _CREDENTIAL_CODES or status == 401:
+            return CredentialsRejected(f"Binance refused the API key: {message}")
+        if status >= 500:
+            return ExchangeUnavailable(f"Binance server error {status}: {message}")
+        if _DUPLICATE_MESSAGE in message.lower():
+            return DuplicateOrder(f"Binance refused the order: {message}", code)
+        return OrderRefused(f"Binance refused the request: {message}", code)
+
+    async def symbol_rules(self, symbol: str) -> SymbolRules:
+        """Filters from ``exchangeInfo``, fetched once for all symbols and kept an hour."""
+        async with self._rules_lock:
+            if time.monotonic() - self._rules_loaded_at > self._rules_ttl_s:
+                info = await self.call(
+                    self.public, Weight.EXCHANGE_INFO, self.public.get_exchange_info
+                )
+                rules: dict[str, SymbolRules] = {}
+                for entry in info.get("symbols") or ():
+                    try:
+                        parsed = parse_symbol(entry)
+                    except InvalidSymbolInfo as error:
+                        logger.debug("skipping symbol: %s", error)
+                        continue
+                    rules[parsed.symbol] = parsed
+                self._rules = rules
+                self._rules_loaded_at = time.monotonic()
+        found = self._rules.get(symbol)
+        if found is None:
+            raise TradingError(f"{symbol} is not traded on Binance")
+        return found
+
+
+class BinanceExchange:
+    """One trader's Binance account."""
+
+    def __init__(self, gateway: BinanceGateway, api_key: str, api_secret: str) -> None:
+        self._gateway = gateway
+        self._client = gateway.client(api_key, api_secret)
+
+    @property
+    def name(self) -> str:
+        return VENUE
+
+    @property
+    def timestamp_offset_ms(self) -> int:
+        return int(self._client.timestamp_offset)
+
+    async def balances(self) -> list[AssetBalance]:
+        account = await self._gateway.call(
+            self._client, Weight.ACCOUNT, self._client.get_account, omitZeroBalances="true"
+        )
+        found: list[AssetBalance] = []
+        for entry in account.get("balances") or ():
+            free = _decimal(entry.get("free", "0"), "free")
+            locked = _decimal(entry.get("locked", "0"), "locked")
+            if free > 0 or locked > 0:
+                found.append(AssetBalance(str(entry.get("asset")), free, locked))
+        return found
+
+    async def symbol_rules(self, symbol: str) -> SymbolRules:
+        return await self._gateway.symbol_rules(symbol)
+
+    async def place_market_order(
+        self, symbol: str, side: Side, quantity: Decimal, client_order_id: str
+    ) -> Fill:
+        reply = await self._gateway.call(
+            self._client,
+            Weight.ORDER,
+            self._client.create_order,
+            retry_unknown=False,
+            symbol=symbol,
+            side=side.value,
+            type="MARKET",
+            quantity=format_amount(quantity),
+            newClientOrderId=client_order_id,
+            newOrderRespType="FULL",
+        )
+        fill = parse_fill(reply, client_order_id)
+        if fill is None:
+            status = reply.get("status", "?")
+            raise OrderRefused(f"Binance did not fill the market order (status {status})")
+        return fill
+
+    async def find_order(self, symbol: str, client_order_id: str) -> Fill | None:
+        try:
+            reply = await self._gateway.call(
+                self._client,
+                Weight.QUERY_ORDER,
+                self._client.get_order,
+                symbol=symbol,
+                origClientOrderId=client_order_id,
+            )
+        except _NoSuchOrder:
+            return None
+        fill = parse_fill(reply, client_order_id)
+        if fill is None:
+            status = str(reply.get("status", "?"))
+            if status in ("NEW", "PARTIALLY_FILLED", "PENDING_NEW"):
+                raise ExchangeError(f"order {client_order_id} is still {status} on Binance")
+            raise OrderRefused(f"Binance ended the order without a fill (status {status})")
+        return fill

@@ -1,0 +1,550 @@
+"""The trading engine: what the Telegram layer calls (``TradingService``) and what the
+runtime runs (``EngineRunner``, a ``Service``).
+
+Build it with ``open_trading(settings)``: it opens the database connections, Redis
+(when ``REDIS_URL`` is set), the market, the exchanges and the AI analyst, and returns
+a ``TradingRuntime`` holding the engine and the runner. The Telegram layer, built
+afterwards with the engine as its ``TradingService``, hands its ``Notifier`` back with
+``engine.attach_notifier``.
+
+On start the engine reconciles the stop store (Redis vs SQLite, newest wins), resolves
+orders a crash left unsettled, and makes sure every open position has a stop. On the
+stop signal it lets in-flight orders finish, checkpoints the stops and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import aiosqlite
+
+from lunara.ai.analyst import NOTE_OFF, Analyst, MarketSummary
+from lunara.analysis import analyze_candles
+from lunara.config import MarketKind, Mode, Settings
+from lunara.services import (
+    AnalysisView,
+    AssetBalance,
+    OrderResult,
+    PositionView,
+    TradingError,
+    TradingPaused,
+)
+from lunara.storage import credentials, user_settings, users
+from lunara.storage import positions as position_store
+from lunara.storage.database import open_database
+from lunara.storage.positions import ExitReason, OrderSide
+from lunara.trading.binance import BinanceExchange, BinanceGateway
+from lunara.trading.exchange import Exchange
+from lunara.trading.executor import (
+    DEFAULT_PLANS,
+    CircuitBreaker,
+    Executor,
+    ExecutorConfig,
+    Notifier,
+    PlanLimits,
+    SettingsCache,
+    SignalSource,
+    plan_limits,
+)
+from lunara.trading.filters import quantity_for_quote
+from lunara.trading.limiter import WeightLimiter
+from lunara.trading.market import BinanceMarket, Market, ReplayMarket, SimMarket, interval_name
+from lunara.trading.orders import OrderPath, OrderRequest, Settlement
+from lunara.trading.paper import PaperExchange
+from lunara.trading.stopstore import StopStore, make_stop_store
+from lunara.trading.trailing import initial_state
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "trading"
+ANALYSIS_CANDLES = 200
+# Shutdown: how long in-flight orders get to finish (stay under runtime.SHUTDOWN_GRACE_S).
+ORDER_DRAIN_S = 5.0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The settings the engine reads, in one place (built from ``Settings``)."""
+
+    mode: Mode = Mode.PAPER
+    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT")
+    tick_seconds: float = 5.0
+    quote_asset: str = "USDT"
+    paper_fee_rate: Decimal = Decimal("0.001")
+    paper_slippage: Decimal = Decimal("0.0005")
+    paper_start_balance: Decimal = Decimal("10000")
+    plans: Mapping[str, PlanLimits] = field(default_factory=lambda: dict(DEFAULT_PLANS))
+    max_concurrent_users: int = 32
+    breaker_threshold: int = 3
+    breaker_cooldown_s: float = 900.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineConfig:
+        return cls(
+            mode=settings.mode,
+            symbols=settings.symbols,
+            tick_seconds=settings.tick_seconds,
+            paper_fee_rate=settings.paper_fee_rate,
+            paper_slippage=settings.paper_slippage,
+            paper_start_balance=settings.paper_start_balance,
+        )
+
+
+class TradingEngine:
+    """Implements ``lunara.services.TradingService``."""
+
+    def __init__(
+        self,
+        *,
+        db: aiosqlite.Connection,
+        stops: StopStore,
+        market: Market,
+        config: EngineConfig,
+        gateway: BinanceGateway | None = None,
+        keyring: Any = None,
+        analyst: Analyst | None = None,
+        signals: SignalSource | None = None,
+        notifier: Notifier | None = None,
+        clock: Any = time.time,
+    ) -> None:
+        self._db = db
+        self._stops = stops
+        self._market = market
+        self._config = config
+        self._gateway = gateway
+        self._keyring = keyring
+        self._analyst = analyst
+        self._notifier = notifier
+        self._clock = clock
+        self._binance: dict[int, tuple[float, BinanceExchange]] = {}
+        self.settings_cache = SettingsCache(db)
+        self.signals = signals
+        self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown_s)
+        self.orders = OrderPath(db, stops, default_stop_params=self._stop_params, clock=clock)
+        self.executor = Executor(
+            db=db,
+            market=market,
+            stops=stops,
+            orders=self.orders,
+            exchange_for=self.exchange_for,
+            signals=self.signals,
+            settings=self.settings_cache,
+            breaker=self.breaker,
+            config=ExecutorConfig(
+                symbols=config.symbols,
+                quote_asset=config.quote_asset,
+                max_concurrent_users=config.max_concurrent_users,
+                plans=config.plans,
+            ),
+            notifier=lambda: self._notifier,
+            clock=clock,
+        )
+        self.started = False
+
+    def attach_notifier(self, notifier: Notifier | None) -> None:
+        """The Telegram layer is built after the engine; it plugs its notifier in here."""
+        self._notifier = notifier
+
+    @property
+    def stop_store(self) -> StopStore:
+        return self._stops
+
+    # Start-up
+
+    async def start(self) -> None:
+        """Reconcile stops, resolve unsettled orders, protect every open position."""
+        await self._stops.reconcile()
+        await self.orders.recover(self.exchange_for)
+        await self.settings_cache.refresh()
+        open_positions = await position_store.list_open(self._db)
+        open_ids = {position.id for position in open_positions}
+        tracked = {stop.position_id for stop in self._stops.tracked()}
+        for position_id in sorted(tracked - open_ids):
+            await self._stops.remove(position_id)
+        now = self._clock()
+        for position in open_positions:
+            if position.id not in tracked:
+                params = self.settings_cache.params_for(position.user_id)
+                state = initial_state(float(position.entry_price), params, now)
+                await self._stops.add(position.id, position.user_id, position.symbol, state)
+        await self._warm_up()
+        self.started = True
+        logger.info(
+            "trading engine started: mode=%s market=%s, %d open positions",
+            self._config.mode.value,
+            self._market.name,
+            len(open_positions),
+        )
+
+    async def _warm_up(self) -> None:
+        for symbol in self._config.symbols:
+            try:
+                candles = await self._market.history(symbol, ANALYSIS_CANDLES)
+            except Exception as error:
+                logger.warning("no warm-up history for %s: %s", symbol, error)
+                continue
+            if self.signals is not None:
+                self.signals.feed(symbol, candles)
+
+    async def _stop_params(self, user_id: int) -> Any:
+        return self.settings_cache.params_for(user_id)
+
+    # Exchanges
+
+    async def exchange_for(self, user_id: int) -> Exchange:
+        if self._config.mode is Mode.PAPER:
+            return PaperExchange(
+                self._db,
+                user_id,
+                self._market.prices,
+                fee_rate=self._config.paper_fee_rate,
+                slippage=self._config.paper_slippage,
+                start_balance=self._config.paper_start_balance,
+                quote_asset=self._config.quote_asset,
+            )
+        if self._gateway is None or self._keyring is None:
+            raise TradingError("live trading is not configured on this bot")
+        info = await credentials.info(self._db, user_id, credentials.Exchange.BINANCE)
+        if info is None:
+            raise TradingError("add your Binance API key first (/keys)")
+        cached = self._binance.get(user_id)
+        if cached is not None and cached[0] == info.updated_at:
+            return cached[1]
+        pair = await credentials.load(
+            self._db, self._keyring, user_id, credentials.Exchange.BINANCE
+        )
+        if pair is None:
+            raise TradingError("add your Binance API key first (/keys)")
+        exchange = BinanceExchange(self._gateway, pair.api_key, pair.api_secret)
+        self._binance[user_id] = (info.updated_at, exchange)
+        return exchange
+
+    # TradingService
+
+    async def _require_user(self, user_id: int) -> users.User:
+        user = await users.get(self._db, user_id)
+        if user is None:
+            raise TradingError("send /start first so the bot knows you")
+        if not user.active:
+            raise TradingError("your account is deactivated; ask an admin")
+        return user
+
+    def _check_symbol(self, symbol: str) -> str:
+        name = symbol.strip().upper()
+        if name not in self._config.symbols:
+            raise TradingError(
+                f"{name[:20]} is not traded by this bot; choose one of "
+                + ", ".join(self._config.symbols)
+            )
+        return name
+
+    async def balances(self, user_id: int) -> list[AssetBalance]:
+        await self._require_user(user_id)
+        exchange = await self.exchange_for(user_id)
+        return await exchange.balances()
+
+    async def positions(self, user_id: int) -> list[PositionView]:
+        await self._require_user(user_id)
+        open_positions = await position_store.list_open(self._db, user_id)
+        if not open_positions:
+            return []
+        prices: dict[str, Decimal] = {}
+        with contextlib.suppress(Exception):
+            prices = await self._market.prices(sorted({p.symbol for p in open_positions}))
+        stops = {stop.position_id: stop.state for stop in self._stops.tracked()}
+        views: list[PositionView] = []
+        for position in open_positions:
+            state = stops.get(position.id)
+            views.append(
+                PositionView(
+                    position_id=position.id,
+                    symbol=position.symbol,
+                    quantity=position.quantity,
+                    entry_price=position.entry_price,
+                    current_price=prices.get(position.symbol),
+                    stop_price=None if state is None else state.stop_price,
+                    trailing_active=False if state is None else state.activated,
+                    opened_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(position.opened_at)),
+                )
+            )
+        return views
+
+    async def buy(self, user_id: int, symbol: str, quote_amount: Decimal) -> OrderResult:
+        user = await self._require_user(user_id)
+        name = self._check_symbol(symbol)
+        if await user_settings.is_trading_paused(self._db):
+            raise TradingPaused("trading is paused by an admin; try again later")
+        if not self.breaker.allows(user_id):
+            raise TradingError("trading on your account is paused after repeated key failures")
+        limits = plan_limits(self._config.plans, user.plan_at(self._clock()))
+        open_positions = await position_store.list_open(self._db, user_id)
+        if len(open_positions) >= limits.max_open_positions:
+            raise TradingError(
+                f"your plan allows {limits.max_open_positions} open positions; close one first"
+            )
+        price = (await self._market.prices([name])).get(name)
+        if price is None:
+            raise TradingError(f"no market price for {name} right now")
+        exchange = await self.exchange_for(user_id)
+        rules = await exchange.symbol_rules(name)
+        quantity = quantity_for_quote(rules, quote_amount, price)
+        await self.settings_cache.refresh()
+        settlement = await self.orders.submit(
+            exchange,
+            OrderRequest(
+                user_id=user_id,
+                symbol=name,
+                side=OrderSide.BUY,
+                quantity=quantity,
+                reference_price=price,
+                stop_params=self.settings_cache.params_for(user_id),
+            ),
+        )
+        return _result(settlement)
+
+    async def sell(self, user_id: int, symbol: str) -> list[OrderResult]:
+        await self._require_user(user_id)
+        name = symbol.strip().upper()
+        held = [p for p in await position_store.list_open(self._db, user_id) if p.symbol == name]
+        if not held:
+            raise TradingError(f"you have no open {name[:20]} position")
+        price = (await self._market.prices([name])).get(name)
+        if price is None:
+            raise TradingError(f"no market price for {name} right now")
+        exchange = await self.exchange_for(user_id)
+        results: list[OrderResult] = []
+        for position in held:
+            settlement = await self.orders.submit(
+                exchange,
+                OrderRequest(
+                    user_id=user_id,
+                    symbol=name,
+                    side=OrderSide.SELL,
+                    quantity=position.quantity,
+                    reference_price=price,
+                    position_id=position.id,
+                    exit_reason=ExitReason.MANUAL.value,
+                ),
+            )
+            results.append(_result(settlement))
+        return results
+
+    async def analyze(self, user_id: int, symbol: str, with_ai: bool) -> AnalysisView:
+        user = await self._require_user(user_id)
+        name = self._check_symbol(symbol)
+        candles = await self._market.history(name, ANALYSIS_CANDLES)
+        if not candles:
+            raise TradingError(f"no market history for {name} yet; try again in a minute")
+        result = analyze_candles(candles)
+        ai_text: str | None = None
+        ai_note: str | None = None
+        if with_ai:
+            if self._analyst is None or not self._analyst.enabled:
+                ai_note = NOTE_OFF
+            else:
+                limits = plan_limits(self._config.plans, user.plan_at(self._clock()))
+                plan = user.plan_at(self._clock())
+                commentary = await self._analyst.comment(
+                    user_id,
+                    plan,
+                    MarketSummary(
+                        symbol=name,
+                        interval=interval_name(self._market.interval_s),
+                        candle_open_time=result.candle_open_time,
+                        price=result.price,
+                        indicators=result.indicators,
+                        symptoms=result.symptoms,
+                    ),
+                    limit=limits.ai_daily_quota,
+                )
+                ai_text, ai_note = commentary.text, commentary.note
+        return AnalysisView(
+            symbol=name,
+            indicators=dict(result.indicators),
+            symptoms=tuple(result.symptoms),
+            ai_commentary=ai_text,
+            ai_note=ai_note,
+            extra={"price": result.price, "interval": interval_name(self._market.interval_s)},
+        )
+
+    async def set_paused(self, paused: bool, by: str) -> None:
+        await user_settings.set_trading_paused(self._db, paused, by)
+        logger.info("trading %s by %s", "paused" if paused else "resumed", by)
+
+    async def is_paused(self) -> bool:
+        return await user_settings.is_trading_paused(self._db)
+
+    async def engine_status(self) -> dict[str, Any]:
+        report = self.executor.last_report
+        return {
+            "mode": self._config.mode.value,
+            "market": self._market.name,
+            "paused": await self.is_paused(),
+            "started": self.started,
+            "ticks": self.executor.ticks,
+            "last_tick_at": None if report is None else report.at,
+            "last_tick_ms": None if report is None else round(report.duration_s * 1000, 2),
+            "open_positions": len(self._stops.tracked()),
+            "paused_users": self.breaker.paused_users(),
+            "stop_store": type(self._stops).__name__,
+            "ai_enabled": self._analyst is not None and self._analyst.enabled,
+        }
+
+
+def _result(settlement: Settlement) -> OrderResult:
+    return OrderResult(
+        client_order_id=settlement.order.client_order_id,
+        symbol=settlement.order.symbol,
+        side=settlement.order.side.value,
+        quantity=settlement.fill.quantity,
+        price=settlement.price,
+        fee=settlement.fee_in_quote,
+        position_id=settlement.position.id,
+    )
+
+
+class EngineRunner:
+    """The engine as a runtime ``Service``: start, tick until stopped, finish cleanly."""
+
+    name = SERVICE_NAME
+
+    def __init__(self, engine: TradingEngine, *, tick_seconds: float) -> None:
+        self._engine = engine
+        self._tick_seconds = tick_seconds
+
+    async def run(self, stop: asyncio.Event) -> None:
+        engine = self._engine
+        if not engine.started:
+            await engine.start()
+        executor = engine.executor
+        next_tick = time.monotonic()
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= next_tick:
+                    try:
+                        await executor.tick()
+                    except Exception:
+                        logger.exception("tick failed; the next one runs on schedule")
+                    next_tick = max(next_tick + self._tick_seconds, time.monotonic())
+                    continue
+                await executor.checkpoint_if_due()
+                wait = min(next_tick - now, executor.seconds_until_checkpoint())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=max(wait, 0.01))
+        finally:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + ORDER_DRAIN_S
+        while self._engine.orders.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._engine.orders.busy:
+            logger.warning("orders still in flight at shutdown; they will be resolved on start")
+        checkpointed = await self._engine.executor.checkpoint_if_due(force=True)
+        logger.info("trading engine stopped; %d trailing stops checkpointed", checkpointed)
+
+
+@dataclass
+class TradingRuntime:
+    """Everything ``open_trading`` opened; ``aclose`` releases it."""
+
+    engine: TradingEngine
+    runner: EngineRunner
+    _closers: list[Any] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        for close in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                await close()
+        self._closers.clear()
+
+
+def build_market(settings: Settings, gateway: BinanceGateway | None, seed: int = 0) -> Market:
+    """The market the settings ask for (``LUNARA_MARKET``)."""
+    source = settings.market
+    if source.kind is MarketKind.BINANCE:
+        if gateway is None:
+            raise TradingError("the Binance market needs the Binance gateway")
+        return BinanceMarket(gateway)
+    if source.kind is MarketKind.REPLAY:
+        assert source.replay_file is not None
+        return ReplayMarket(source.replay_file)
+    return SimMarket(seed, tick_s=settings.tick_seconds)
+
+
+async def open_trading(
+    settings: Settings,
+    *,
+    db: aiosqlite.Connection | None = None,
+    redis: Any = None,
+    notifier: Notifier | None = None,
+    seed: int = 0,
+) -> TradingRuntime:
+    """The engine and its runner, wired from the settings.
+
+    ``db`` may be the connection the rest of the bot uses; the stop store always gets a
+    connection of its own (its checkpoints must not join another task's transaction).
+    ``redis`` defaults to a client for ``REDIS_URL`` when that is set.
+    """
+    closers: list[Any] = []
+    paths = settings.paths
+    if db is None:
+        db = await open_database(paths.database)
+        closers.append(db.close)
+    stop_db = await open_database(paths.database)
+    closers.append(stop_db.close)
+    if redis is None and settings.redis_url is not None:
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(settings.redis_url, socket_timeout=5.0)
+        closers.append(redis.aclose)
+    stops = make_stop_store(name="lunara", db=stop_db, redis=redis)
+    needs_binance = settings.mode is Mode.LIVE or settings.market.kind is MarketKind.BINANCE
+    gateway = (
+        BinanceGateway(base_url=settings.binance_api_base_url, limiter=WeightLimiter())
+        if needs_binance
+        else None
+    )
+    keyring = None
+    if settings.mode is Mode.LIVE:
+        from lunara.crypto import load_keyring
+
+        keyring = load_keyring(settings)
+    analyst: Analyst | None = None
+    config = EngineConfig.from_settings(settings)
+    if settings.gemini_api_key is not None:
+        analyst = Analyst(
+            api_key=settings.gemini_api_key.get_secret_value(),
+            model=settings.gemini_model,
+            base_url=settings.gemini_api_base_url,
+            db=db,
+        )
+        closers.append(analyst.aclose)
+    engine = TradingEngine(
+        db=db,
+        stops=stops,
+        market=build_market(settings, gateway, seed),
+        config=config,
+        gateway=gateway,
+        keyring=keyring,
+        analyst=analyst,
+        notifier=notifier,
+    )
+    return TradingRuntime(engine, EngineRunner(engine, tick_seconds=settings.tick_seconds), closers)
+
+
+__all__: Sequence[str] = (
+    "EngineConfig",
+    "EngineRunner",
+    "TradingEngine",
+    "TradingRuntime",
+    "open_trading",
+)

@@ -1,0 +1,494 @@
+"""The tick loop: one pass over the whole market per tick, whatever the number of traders.
+
+Each tick:
+
+1. one batched market call for every symbol any position or auto-trader needs;
+2. the candles that closed feed the streaming analyzers (one per symbol, not per trader);
+3. every open position's trailing stop advances in *one* stop-store call
+   (``advance_all``: one Redis round trip for thousands of positions);
+4. triggered stops exit through the same order path as ``/sell``; auto-mode traders
+   enter on the analyzers' entry signals within their stake, symbols and plan limits;
+   traders are worked on concurrently up to a bound, each inside a guard so that one
+   trader's failure never stops another, and a circuit breaker pauses a trader whose
+   exchange keys keep failing (and tells them through the ``Notifier``);
+5. the stop store is checkpointed to SQLite at least every ``CHECKPOINT_INTERVAL_S``.
+
+An admin pause (the ``trading_paused`` bot flag) stops new entries; exits keep running,
+because a stop that does not sell is the one thing worse than a paused bot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol
+
+import aiosqlite
+
+from lunara.crypto import KeyMismatch
+from lunara.services import TradingError
+from lunara.storage import positions as position_store
+from lunara.storage import user_settings, users
+from lunara.storage.positions import ExitReason, Position, PositionStatus
+from lunara.storage.user_settings import UserSettings
+from lunara.trading.exchange import CredentialsRejected, Exchange, ExchangeError
+from lunara.trading.filters import quantity_for_quote
+from lunara.trading.market import Market, MarketTick
+from lunara.trading.orders import OrderPath, OrderRequest, Settlement
+from lunara.trading.stopstore import CHECKPOINT_INTERVAL_S, StopStore, StopUpdate
+from lunara.trading.trailing import InvalidTrailingParams, TrailingParams
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONCURRENT_USERS = 32
+RECOVERY_INTERVAL_S = 30.0
+
+Clock = Callable[[], float]
+ExchangeFor = Callable[[int], Awaitable[Exchange]]
+
+
+class Notifier(Protocol):
+    """How the engine tells a trader something (the Telegram layer provides it)."""
+
+    async def notify(self, user_id: int, text: str) -> None: ...
+
+
+class SignalSource(Protocol):
+    """Entry signals per symbol, fed with closed candles."""
+
+    def feed(self, symbol: str, candles: Sequence[object]) -> None: ...
+
+    def entry_signal(self, symbol: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class PlanLimits:
+    max_open_positions: int
+    ai_daily_quota: int
+
+
+DEFAULT_PLANS: Mapping[str, PlanLimits] = {
+    users.FREE_PLAN: PlanLimits(max_open_positions=3, ai_daily_quota=5),
+    "pro": PlanLimits(max_open_positions=20, ai_daily_quota=100),
+}
+
+
+def plan_limits(plans: Mapping[str, PlanLimits], plan: str) -> PlanLimits:
+    """Limits of ``plan``; an unknown plan gets the free plan's (never more)."""
+    return plans.get(plan) or plans.get(users.FREE_PLAN) or PlanLimits(1, 0)
+
+
+def trailing_params(settings: UserSettings) -> TrailingParams:
+    """A trader's settings as stop parameters; settings that contradict fall back to the
+    plain stop loss rather than leaving a position unprotected."""
+    try:
+        return TrailingParams(
+            stoploss=settings.stoploss,
+            trailing_stop=True,
+            trailing_stop_positive=settings.trailing_stop_positive,
+            trailing_stop_positive_offset=settings.trailing_stop_positive_offset,
+            trailing_only_offset_is_reached=settings.trailing_only_offset_is_reached,
+        )
+    except InvalidTrailingParams as error:
+        logger.warning(
+            "user %d: trailing settings refused (%s); plain stop", settings.user_id, error
+        )
+        defaults = UserSettings(user_id=settings.user_id)
+        return TrailingParams(stoploss=defaults.stoploss, trailing_stop=True)
+
+
+class CircuitBreaker:
+    """Pauses a trader after ``threshold`` consecutive key failures, for a cool-down that
+    doubles on each relapse (capped); one success closes it again."""
+
+    def __init__(
+        self,
+        threshold: int = 3,
+        cooldown_s: float = 900.0,
+        max_cooldown_s: float = 6 * 3600.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if threshold < 1:
+            raise ValueError("threshold must be at least 1")
+        self._threshold = threshold
+        self._cooldown_s = cooldown_s
+        self._max_cooldown_s = max_cooldown_s
+        self._clock = clock
+        self._failures: dict[int, int] = {}
+        self._open_until: dict[int, float] = {}
+        self._trips: dict[int, int] = {}
+
+    def allows(self, user_id: int) -> bool:
+        until = self._open_until.get(user_id)
+        return until is None or self._clock() >= until
+
+    def is_open(self, user_id: int) -> bool:
+        return not self.allows(user_id)
+
+    def paused_users(self) -> list[int]:
+        return sorted(user for user in self._open_until if self.is_open(user))
+
+    def record_success(self, user_id: int) -> None:
+        self._failures.pop(user_id, None)
+        self._open_until.pop(user_id, None)
+        self._trips.pop(user_id, None)
+
+    def record_failure(self, user_id: int) -> float | None:
+        """Count a failure; returns the pause length when this failure opened the breaker."""
+        count = self._failures.get(user_id, 0) + 1
+        self._failures[user_id] = count
+        if count < self._threshold:
+            return None
+        trips = self._trips.get(user_id, 0)
+        pause = min(self._cooldown_s * (2**trips), self._max_cooldown_s)
+        self._trips[user_id] = trips + 1
+        self._failures[user_id] = self._threshold - 1  # half-open: one more failure re-trips
+        self._open_until[user_id] = self._clock() + pause
+        return pause
+
+
+@dataclass
+class SettingsCache:
+    """Every trader's settings in memory, refreshed by one query per tick for what changed."""
+
+    db: aiosqlite.Connection
+    by_user: dict[int, UserSettings] = field(default_factory=dict)
+    params: dict[int, TrailingParams] = field(default_factory=dict)
+    _seen_until: float = float("-inf")
+
+    async def refresh(self) -> None:
+        async with self.db.execute(
+            "SELECT user_id, updated_at FROM user_settings WHERE updated_at >= ?",
+            (self._seen_until,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        for row in rows:
+            user_id = int(row[0])
+            settings = await user_settings.get(self.db, user_id)
+            self.by_user[user_id] = settings
+            self.params[user_id] = trailing_params(settings)
+            self._seen_until = max(self._seen_until, float(row[1]))
+
+    def settings(self, user_id: int) -> UserSettings:
+        return self.by_user.get(user_id) or UserSettings(user_id=user_id)
+
+    def params_for(self, user_id: int) -> TrailingParams:
+        found = self.params.get(user_id)
+        if found is None:
+            found = self.params[user_id] = trailing_params(self.settings(user_id))
+        return found
+
+    def auto_traders(self) -> list[UserSettings]:
+        return [settings for settings in self.by_user.values() if settings.auto_mode]
+
+
+@dataclass
+class TickReport:
+    at: float
+    duration_s: float = 0.0
+    symbols: int = 0
+    positions: int = 0
+    exits: int = 0
+    entries: int = 0
+    failures: int = 0
+    store_round_trips: int = 0
+    market_requests: int = 0
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    symbols: tuple[str, ...]
+    quote_asset: str = "USDT"
+    max_concurrent_users: int = DEFAULT_MAX_CONCURRENT_USERS
+    checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S
+    plans: Mapping[str, PlanLimits] = field(default_factory=lambda: dict(DEFAULT_PLANS))
+
+
+class Executor:
+    """Runs ticks; the engine owns it and the runtime drives ``run``."""
+
+    def __init__(
+        self,
+        *,
+        db: aiosqlite.Connection,
+        market: Market,
+        stops: StopStore,
+        orders: OrderPath,
+        exchange_for: ExchangeFor,
+        signals: SignalSource | None,
+        settings: SettingsCache,
+        breaker: CircuitBreaker,
+        config: ExecutorConfig,
+        notifier: Callable[[], Notifier | None] = lambda: None,
+        clock: Clock = time.time,
+    ) -> None:
+        self._db = db
+        self._market = market
+        self._stops = stops
+        self._orders = orders
+        self._exchange_for = exchange_for
+        self._signals = signals
+        self._settings = settings
+        self._breaker = breaker
+        self._config = config
+        self._notifier = notifier
+        self._clock = clock
+        self._slots = asyncio.Semaphore(config.max_concurrent_users)
+        self._last_checkpoint = time.monotonic()
+        self._last_recovery = time.monotonic()
+        self.last_report: TickReport | None = None
+        self.ticks = 0
+
+    # The tick
+
+    async def tick(self) -> TickReport:
+        started = time.perf_counter()
+        now = self._clock()
+        report = TickReport(at=now)
+        round_trips_before = self._stops.round_trips
+        requests_before = self._market.requests_sent
+        await self._settings.refresh()
+        report.paused = await user_settings.is_trading_paused(self._db)
+        tracked = self._stops.tracked()
+        symbols = self._symbols_needed(tracked_symbols={stop.symbol for stop in tracked})
+        report.symbols = len(symbols)
+        market = await self._market.tick(symbols, now)
+        self._feed_signals(market)
+        float_prices = {symbol: float(price) for symbol, price in market.prices.items()}
+        params = {stop.position_id: self._settings.params_for(stop.user_id) for stop in tracked}
+        updates = await self._stops.advance_all(float_prices, params, now)
+        report.positions = len(updates)
+        exits = self._exits_by_user(
+            updates, tracked_users={s.position_id: s.user_id for s in tracked}
+        )
+        entries = {} if report.paused else await self._entries_by_user(market)
+        work = [
+            self._guarded(user_id, exits.get(user_id, []), entries.get(user_id, []), market, report)
+            for user_id in sorted(exits.keys() | entries.keys())
+        ]
+        if work:
+            await asyncio.gather(*work)
+        await self.checkpoint_if_due()
+        await self._recover_if_due()
+        report.store_round_trips = self._stops.round_trips - round_trips_before
+        report.market_requests = self._market.requests_sent - requests_before
+        report.duration_s = time.perf_counter() - started
+        self.last_report = report
+        self.ticks += 1
+        return report
+
+    def _symbols_needed(self, tracked_symbols: Iterable[str]) -> list[str]:
+        needed = set(tracked_symbols)
+        for settings in self._settings.auto_traders():
+            needed.update(settings.symbols or self._config.symbols)
+        return sorted(needed)
+
+    def _feed_signals(self, market: MarketTick) -> None:
+        if self._signals is None:
+            return
+        for symbol, candles in market.closed.items():
+            try:
+                self._signals.feed(symbol, candles)
+            except Exception:
+                logger.exception("analyzer for %s failed on a candle; skipped", symbol)
+
+    @staticmethod
+    def _exits_by_user(
+        updates: Sequence[StopUpdate], tracked_users: Mapping[int, int]
+    ) -> dict[int, list[StopUpdate]]:
+        exits: dict[int, list[StopUpdate]] = {}
+        for update in updates:
+            if update.triggered:
+                user_id = tracked_users.get(update.position_id)
+                if user_id is not None:
+                    exits.setdefault(user_id, []).append(update)
+        return exits
+
+    async def _entries_by_user(self, market: MarketTick) -> dict[int, list[str]]:
+        if self._signals is None:
+            return {}
+        signalled = {symbol for symbol in market.prices if self._safe_signal(symbol)}
+        if not signalled:
+            return {}
+        entries: dict[int, list[str]] = {}
+        for settings in self._settings.auto_traders():
+            wanted = set(settings.symbols or self._config.symbols) & signalled
+            if wanted:
+                entries[settings.user_id] = sorted(wanted)
+        return entries
+
+    def _safe_signal(self, symbol: str) -> bool:
+        assert self._signals is not None
+        try:
+            return self._signals.entry_signal(symbol)
+        except Exception:
+            logger.exception("entry signal for %s failed; no entry", symbol)
+            return False
+
+    # Per-trader work, guarded
+
+    async def _guarded(
+        self,
+        user_id: int,
+        exits: list[StopUpdate],
+        entries: list[str],
+        market: MarketTick,
+        report: TickReport,
+    ) -> None:
+        if not self._breaker.allows(user_id):
+            return
+        async with self._slots:
+            try:
+                for update in exits:
+                    await self._exit(user_id, update, market)
+                    report.exits += 1
+                for symbol in entries:
+                    if await self._enter(user_id, symbol, market):
+                        report.entries += 1
+            except (CredentialsRejected, KeyMismatch) as error:
+                report.failures += 1
+                await self._key_failure(user_id, error)
+                return
+            except TradingError as error:
+                report.failures += 1
+                logger.info("user %d: order refused: %s", user_id, error.message)
+                return
+            except ExchangeError as error:
+                report.failures += 1
+                logger.warning("user %d: exchange problem: %s", user_id, error)
+                return
+            except Exception:
+                report.failures += 1
+                logger.exception(
+                    "user %d: unexpected failure in the tick; other traders continue", user_id
+                )
+                await self._key_failure(user_id, None)
+                return
+        self._breaker.record_success(user_id)
+
+    async def _key_failure(self, user_id: int, error: Exception | None) -> None:
+        pause = self._breaker.record_failure(user_id)
+        if pause is None:
+            return
+        reason = (
+            "your exchange API key keeps being refused"
+            if error is not None
+            else "your orders keep failing"
+        )
+        logger.warning("user %d: paused for %.0f s: %s", user_id, pause, reason)
+        await self.notify(
+            user_id,
+            f"Trading on your account is paused for {pause / 60:.0f} minutes: {reason}. "
+            "Check your keys with /keys; open positions stay recorded.",
+        )
+
+    async def notify(self, user_id: int, text: str) -> None:
+        notifier = self._notifier()
+        if notifier is None:
+            return
+        try:
+            await notifier.notify(user_id, text)
+        except Exception as error:
+            logger.warning("could not notify user %d: %s", user_id, type(error).__name__)
+
+    async def _exit(
+        self, user_id: int, update: StopUpdate, market: MarketTick
+    ) -> Settlement | None:
+        position = await position_store.get(self._db, update.position_id)
+        if position is None or position.status is not PositionStatus.OPEN:
+            await self._stops.remove(update.position_id)
+            return None
+        price = market.prices.get(position.symbol)
+        if price is None:
+            return None
+        reason = (
+            ExitReason.TRAILING_STOP if update.state.activated else ExitReason.STOP_LOSS
+        ).value
+        exchange = await self._exchange_for(user_id)
+        settlement = await self._orders.submit(
+            exchange,
+            OrderRequest(
+                user_id=user_id,
+                symbol=position.symbol,
+                side=position_store.OrderSide.SELL,
+                quantity=position.quantity,
+                reference_price=price,
+                position_id=position.id,
+                exit_reason=reason,
+            ),
+        )
+        await self.notify(user_id, exit_message(position, settlement, reason))
+        return settlement
+
+    async def _enter(self, user_id: int, symbol: str, market: MarketTick) -> bool:
+        price = market.prices.get(symbol)
+        if price is None:
+            return False
+        user = await users.get(self._db, user_id)
+        if user is None or not user.active:
+            return False
+        open_positions = await position_store.list_open(self._db, user_id)
+        if any(position.symbol == symbol for position in open_positions):
+            return False
+        limits = plan_limits(self._config.plans, user.plan_at(self._clock()))
+        if len(open_positions) >= limits.max_open_positions:
+            return False
+        settings = self._settings.settings(user_id)
+        exchange = await self._exchange_for(user_id)
+        rules = await exchange.symbol_rules(symbol)
+        quantity = quantity_for_quote(rules, settings.stake_usdt, price)
+        settlement = await self._orders.submit(
+            exchange,
+            OrderRequest(
+                user_id=user_id,
+                symbol=symbol,
+                side=position_store.OrderSide.BUY,
+                quantity=quantity,
+                reference_price=price,
+                stop_params=self._settings.params_for(user_id),
+            ),
+        )
+        await self.notify(
+            user_id,
+            f"Auto mode bought {settlement.fill.quantity.normalize()} {symbol} "
+            f"at {settlement.price:.8g} on an entry signal.",
+        )
+        return True
+
+    # Persistence and recovery
+
+    async def checkpoint_if_due(self, *, force: bool = False) -> int:
+        now = time.monotonic()
+        if not force and now - self._last_checkpoint < self._config.checkpoint_interval_s:
+            return 0
+        self._last_checkpoint = now
+        return await self._stops.checkpoint()
+
+    def seconds_until_checkpoint(self) -> float:
+        elapsed = time.monotonic() - self._last_checkpoint
+        return max(0.0, self._config.checkpoint_interval_s - elapsed)
+
+    async def _recover_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last_recovery < RECOVERY_INTERVAL_S:
+            return
+        self._last_recovery = now
+        if await self._orders.has_unsettled():
+            await self._orders.recover(self._exchange_for, skip_busy=True)
+
+
+def exit_message(position: Position, settlement: Settlement, reason: str) -> str:
+    """The trader's notice of an automatic exit."""
+    entry = position.entry_price
+    price = settlement.price
+    change = (price - entry) / entry * 100 if entry > 0 else Decimal(0)
+    label = "Trailing stop" if reason == ExitReason.TRAILING_STOP.value else "Stop loss"
+    return (
+        f"{label} hit: sold {settlement.fill.quantity.normalize()} {position.symbol} "
+        f"at {price:.8g} ({change:+.2f}% from entry {entry:.8g})."
+    )

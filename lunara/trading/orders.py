@@ -1,0 +1,491 @@
+"""The one path every order takes, so that no order is ever placed twice.
+
+1. The client order id is derived, not random: a hash of the trader, the intent (an
+   entry on a symbol, or the exit of one position), the side and a sequence number.
+2. The order is recorded as ``pending`` under that id *before* anything is sent.
+3. A definite refusal (filters, -2010, bad keys) marks it ``rejected``; it is never
+   sent again. A lost answer (timeout, dropped connection, 5xx) marks it ``unknown``
+   and the exchange is asked for the order by its client id; only if the exchange has
+   never seen it is it sent again, under the same id.
+4. A fill is settled in one transaction: the order marked ``filled`` and the position
+   opened or closed. The trailing stop is then started or dropped.
+
+After a crash, ``recover`` walks the unsettled orders (pending, sent, unknown) and asks
+the exchange about each one, and settles fills whose position change was not written.
+All of one trader's order work runs under that trader's lock, so a recovery never
+races a send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+import aiosqlite
+
+from lunara.services import TradingError
+from lunara.storage import positions as store
+from lunara.storage.database import StateConflict, transaction
+from lunara.storage.positions import ExitReason, Order, OrderStatus, Position
+from lunara.trading.exchange import (
+    OPEN_ORDER_STATUSES,
+    CredentialsRejected,
+    DuplicateOrder,
+    Exchange,
+    ExchangeError,
+    ExchangeUnavailable,
+    Fill,
+    OrderRefused,
+    RateLimited,
+    Side,
+)
+from lunara.trading.filters import check_order
+from lunara.trading.stopstore import StopStore
+from lunara.trading.trailing import TrailingParams, initial_state
+
+logger = logging.getLogger(__name__)
+
+CLIENT_ORDER_ID_PREFIX = "lu-"
+ENTRY_INTENT = "entry"
+EXIT_INTENT = "exit"
+# How many times an order whose outcome stayed unknown is re-sent after the exchange
+# confirmed it never saw it. Each re-send reuses the same client order id.
+MAX_SENDS = 2
+# Exits of one position tried before giving up for this tick (each refused one counts).
+MAX_EXIT_SEQUENCE = 1000
+NOT_PLACED_AFTER_RESTART = "not placed: the exchange has no such order (found after a restart)"
+
+Clock = Callable[[], float]
+ExchangeFor = Callable[[int], Awaitable[Exchange]]
+
+
+def client_order_id(user_id: int, intent: str, side: Side, sequence: int) -> str:
+    """Same inputs, same id: what makes a retried or recovered order recognisable.
+
+    36 characters at most and only ``[A-Za-z0-9-]``, as Binance requires.
+    """
+    material = f"{user_id}|{intent}|{Side(side).value}|{sequence}".encode()
+    return CLIENT_ORDER_ID_PREFIX + hashlib.sha256(material).hexdigest()[:32]
+
+
+def entry_intent(symbol: str) -> str:
+    return f"{ENTRY_INTENT}:{symbol}"
+
+
+def exit_intent(position_id: int) -> str:
+    return f"{EXIT_INTENT}:{position_id}"
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """What to trade; ``reference_price`` values the order for the notional filter."""
+
+    user_id: int
+    symbol: str
+    side: Side
+    quantity: Decimal
+    reference_price: Decimal
+    position_id: int | None = None
+    exit_reason: str = ExitReason.MANUAL.value
+    stop_params: TrailingParams | None = None
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """A filled order and the position it opened or closed."""
+
+    order: Order
+    fill: Fill
+    position: Position
+    fee_in_quote: Decimal
+
+    @property
+    def price(self) -> Decimal:
+        return self.fill.average_price
+
+
+@dataclass
+class RecoveryReport:
+    settled: int = 0
+    not_placed: int = 0
+    still_unknown: int = 0
+
+
+class OrderOutcomeUnknown(ExchangeError):
+    """The exchange could not say whether the order went through; it will be checked again."""
+
+
+def _quote_fee(fill: Fill, base_asset: str, quote_asset: str) -> Decimal:
+    """The commission in the quote asset, as the ``orders.fee`` column holds it."""
+    if fill.fee_asset == base_asset:
+        return fill.fee * fill.average_price
+    return fill.fee
+
+
+def _split(symbol: str) -> tuple[str, str]:
+    from lunara.trading.filters import split_symbol
+
+    try:
+        return split_symbol(symbol)
+    except ValueError:
+        return symbol, ""
+
+
+class OrderPath:
+    """Places, resolves and settles orders; shared by /buy, /sell, stops and auto mode."""
+
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        stops: StopStore,
+        *,
+        default_stop_params: Callable[[int], Awaitable[TrailingParams]],
+        clock: Clock = time.time,
+    ) -> None:
+        self._db = db
+        self._stops = stops
+        self._default_stop_params = default_stop_params
+        self._clock = clock
+        self._locks: dict[int, asyncio.Lock] = {}
+        self.sends = 0
+
+    def lock_for(self, user_id: int) -> asyncio.Lock:
+        lock = self._locks.get(user_id)
+        if lock is None:
+            lock = self._locks[user_id] = asyncio.Lock()
+        return lock
+
+    @property
+    def busy(self) -> bool:
+        """Some order is being worked on right now (the shutdown waits for it)."""
+        return any(lock.locked() for lock in self._locks.values())
+
+    async def submit(self, exchange: Exchange, request: OrderRequest) -> Settlement:
+        """Place ``request`` exactly once; raises ``TradingError`` with the reason if refused."""
+        async with self.lock_for(request.user_id):
+            rules = await exchange.symbol_rules(request.symbol)
+            quantity = check_order(rules, request.quantity, request.reference_price)
+            if request.side is Side.SELL:
+                if request.position_id is None:
+                    raise TradingError("an exit order needs the position it closes")
+                done = await self._resume_exit(exchange, request)
+                if done is not None:
+                    return done
+            order = await self._record(request, quantity)
+            return await self._send_and_settle(exchange, order, request)
+
+    async def _record(self, request: OrderRequest, quantity: Decimal) -> Order:
+        if request.side is Side.BUY:
+            intent, sequence = (
+                entry_intent(request.symbol),
+                await self._order_count(request.user_id),
+            )
+        else:
+            assert request.position_id is not None
+            intent, sequence = exit_intent(request.position_id), 0
+        for offset in range(MAX_EXIT_SEQUENCE):
+            order_id = client_order_id(request.user_id, intent, request.side, sequence + offset)
+            if await store.get_order(self._db, order_id) is not None:
+                continue
+            try:
+                return await store.record_pending_order(
+                    self._db,
+                    order_id,
+                    request.user_id,
+                    request.symbol,
+                    request.side,
+                    quantity,
+                    position_id=request.position_id,
+                    now=self._clock(),
+                )
+            except StateConflict:
+                continue
+        raise TradingError("too many attempts for this order; ask an admin to check the logs")
+
+    async def _order_count(self, user_id: int) -> int:
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM orders WHERE user_id = ?", (user_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row is not None else 0
+
+    async def _resume_exit(self, exchange: Exchange, request: OrderRequest) -> Settlement | None:
+        """Settle an earlier exit of this position whose outcome was left open."""
+        assert request.position_id is not None
+        for sequence in range(MAX_EXIT_SEQUENCE):
+            order_id = client_order_id(
+                request.user_id, exit_intent(request.position_id), Side.SELL, sequence
+            )
+            order = await store.get_order(self._db, order_id)
+            if order is None:
+                return None
+            if order.status in OPEN_ORDER_STATUSES:
+                fill = await self._lookup(exchange, order)
+                if fill is not None:
+                    return await self._settle(order, fill, request.exit_reason, request.stop_params)
+                await store.mark_order_rejected(
+                    self._db, order_id, NOT_PLACED_AFTER_RESTART, now=self._clock()
+                )
+            elif order.status is OrderStatus.FILLED and order.fill_price is not None:
+                fill = _fill_from_order(order)
+                return await self._settle(order, fill, request.exit_reason, request.stop_params)
+        return None
+
+    async def _send_and_settle(
+        self, exchange: Exchange, order: Order, request: OrderRequest
+    ) -> Settlement:
+        for send in range(MAX_SENDS):
+            self.sends += 1
+            fill: Fill | None
+            try:
+                fill = await exchange.place_market_order(
+                    order.symbol, order.side, order.quantity, order.client_order_id
+                )
+            except DuplicateOrder:
+                fill = await self._lookup(exchange, order)
+                if fill is None:
+                    await self._reject(order, "the exchange reports a duplicate it cannot show")
+                    raise TradingError("the exchange refused a duplicate order") from None
+            except (OrderRefused, CredentialsRejected, RateLimited) as error:
+                # Definite: the exchange did not place it. Never retried.
+                await self._reject(order, str(error))
+                raise
+            except TradingError as error:
+                await self._reject(order, error.message)
+                raise
+            except ExchangeError as error:
+                logger.warning(
+                    "order %s for user %d: outcome unknown (%s); asking the exchange",
+                    order.client_order_id,
+                    order.user_id,
+                    error,
+                )
+                await self._mark_unknown(order, str(error))
+                try:
+                    fill = await self._lookup(exchange, order)
+                except ExchangeError as lookup_error:
+                    raise OrderOutcomeUnknown(
+                        "the exchange did not confirm the order; it will be checked again "
+                        "and never placed twice"
+                    ) from lookup_error
+                if fill is None:
+                    if send + 1 < MAX_SENDS:
+                        logger.info(
+                            "order %s never reached the exchange; sending it again",
+                            order.client_order_id,
+                        )
+                        continue
+                    raise OrderOutcomeUnknown(
+                        "the exchange did not take the order; try again shortly"
+                    ) from error
+            if fill is None:  # pragma: no cover - every branch above assigns or raises
+                raise AssertionError("no fill to settle")
+            return await self._settle(order, fill, request.exit_reason, request.stop_params)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _lookup(self, exchange: Exchange, order: Order) -> Fill | None:
+        try:
+            return await exchange.find_order(order.symbol, order.client_order_id)
+        except OrderRefused as error:
+            # The exchange ended it without a fill: it is settled as refused.
+            await self._reject(order, str(error))
+            raise
+
+    async def _reject(self, order: Order, reason: str) -> None:
+        current = await store.get_order(self._db, order.client_order_id)
+        if current is not None and current.status in OPEN_ORDER_STATUSES:
+            await store.mark_order_rejected(
+                self._db, order.client_order_id, reason or "refused", now=self._clock()
+            )
+
+    async def _mark_unknown(self, order: Order, reason: str) -> None:
+        current = await store.get_order(self._db, order.client_order_id)
+        if current is not None and current.status in (OrderStatus.PENDING, OrderStatus.SENT):
+            await store.mark_order_unknown(
+                self._db, order.client_order_id, reason or "no answer", now=self._clock()
+            )
+
+    async def _settle(
+        self,
+        order: Order,
+        fill: Fill,
+        exit_reason: str,
+        stop_params: TrailingParams | None,
+    ) -> Settlement:
+        base, quote = _split(order.symbol)
+        fee_in_quote = _quote_fee(fill, base, quote)
+        price = fill.average_price
+        now = self._clock()
+        async with transaction(self._db):
+            current = await store.get_order(self._db, order.client_order_id)
+            if current is None:
+                raise TradingError(f"order {order.client_order_id} vanished")
+            if current.status is not OrderStatus.FILLED:
+                current = await store.mark_order_filled(
+                    self._db,
+                    order.client_order_id,
+                    price,
+                    fee_in_quote,
+                    filled_quantity=fill.quantity,
+                    exchange_order_id=fill.exchange_order_id or None,
+                    now=now,
+                )
+            opened = False
+            if order.side is Side.BUY:
+                position, opened = await self._open_position(current, fill, base)
+            else:
+                position = await self._close_position(current, price, exit_reason, now)
+        if opened:
+            params = stop_params or await self._default_stop_params(order.user_id)
+            state = initial_state(float(price), params, now)
+            await self._stops.add(position.id, position.user_id, position.symbol, state)
+        elif order.side is Side.SELL:
+            await self._stops.remove(position.id)
+        final = await store.get_order(self._db, order.client_order_id)
+        return Settlement(final or current, fill, position, fee_in_quote)
+
+    async def _open_position(self, order: Order, fill: Fill, base: str) -> tuple[Position, bool]:
+        """The position this buy opened, and whether it was opened just now."""
+        if order.position_id is not None:
+            existing = await store.get(self._db, order.position_id)
+            if existing is not None:
+                return existing, False
+        quantity = fill.quantity - fill.fee if fill.fee_asset == base else fill.quantity
+        position = await store.open(
+            self._db,
+            order.user_id,
+            order.symbol,
+            quantity,
+            fill.average_price,
+            order.client_order_id,
+            now=self._clock(),
+        )
+        await store.link_order_to_position(self._db, order.client_order_id, position.id)
+        return position, True
+
+    async def _close_position(
+        self, order: Order, price: Decimal, reason: str, now: float
+    ) -> Position:
+        if order.position_id is None:
+            raise TradingError(f"exit order {order.client_order_id} names no position")
+        position = await store.get(self._db, order.position_id)
+        if position is None:
+            raise TradingError(f"position {order.position_id} does not exist")
+        if position.status is store.PositionStatus.CLOSED:
+            return position
+        return await store.close(
+            self._db, position.id, price, reason, order.client_order_id, now=now
+        )
+
+    async def recover(
+        self, exchange_for: ExchangeFor, *, skip_busy: bool = False
+    ) -> RecoveryReport:
+        """Resolve every unsettled order and every fill whose position change is missing.
+
+        ``skip_busy`` leaves alone traders whose orders are being sent right now (the
+        periodic check while running); at start-up nothing is in flight.
+        """
+        report = RecoveryReport()
+        for order in await store.list_unsettled_orders(self._db):
+            if skip_busy and self.lock_for(order.user_id).locked():
+                continue
+            async with self.lock_for(order.user_id):
+                current = await store.get_order(self._db, order.client_order_id)
+                if current is None or current.status not in OPEN_ORDER_STATUSES:
+                    continue
+                try:
+                    exchange = await exchange_for(order.user_id)
+                    fill = await self._lookup(exchange, current)
+                except OrderRefused:
+                    report.not_placed += 1
+                    continue
+                except (ExchangeError, TradingError) as error:
+                    logger.warning(
+                        "order %s of user %d still unresolved: %s",
+                        order.client_order_id,
+                        order.user_id,
+                        error,
+                    )
+                    report.still_unknown += 1
+                    continue
+                if fill is None:
+                    await store.mark_order_rejected(
+                        self._db,
+                        order.client_order_id,
+                        NOT_PLACED_AFTER_RESTART,
+                        now=self._clock(),
+                    )
+                    report.not_placed += 1
+                    continue
+                await self._settle(current, fill, ExitReason.MANUAL.value, None)
+                report.settled += 1
+        for order in await self._filled_without_effect():
+            if skip_busy and self.lock_for(order.user_id).locked():
+                continue
+            async with self.lock_for(order.user_id):
+                await self._settle(order, _fill_from_order(order), ExitReason.MANUAL.value, None)
+                report.settled += 1
+        if report.settled or report.not_placed or report.still_unknown:
+            logger.info(
+                "order recovery: %d settled, %d never placed, %d still unknown",
+                report.settled,
+                report.not_placed,
+                report.still_unknown,
+            )
+        return report
+
+    async def has_unsettled(self) -> bool:
+        statuses = tuple(status.value for status in OPEN_ORDER_STATUSES)
+        placeholders = ", ".join("?" for _ in statuses)
+        async with self._db.execute(
+            f"SELECT 1 FROM orders WHERE status IN ({placeholders}) LIMIT 1", statuses
+        ) as cursor:
+            return await cursor.fetchone() is not None
+
+    async def _filled_without_effect(self) -> list[Order]:
+        """Filled buys that opened no position; filled exits whose position is still open."""
+        async with self._db.execute(
+            "SELECT o.client_order_id FROM orders o "
+            "WHERE o.status = 'filled' AND o.side = 'BUY' AND o.position_id IS NULL "
+            "UNION ALL "
+            "SELECT o.client_order_id FROM orders o JOIN positions p ON p.id = o.position_id "
+            "WHERE o.status = 'filled' AND o.side = 'SELL' AND p.status = 'open'"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        found: list[Order] = []
+        for row in rows:
+            order = await store.get_order(self._db, row[0])
+            if order is not None and order.fill_price is not None:
+                found.append(order)
+        return found
+
+
+def _fill_from_order(order: Order) -> Fill:
+    price = order.fill_price or Decimal(0)
+    return Fill(
+        client_order_id=order.client_order_id,
+        exchange_order_id=order.exchange_order_id or "",
+        symbol=order.symbol,
+        side=order.side,
+        quantity=order.quantity,
+        quote_quantity=order.quantity * price,
+        fee=Decimal(0),
+        fee_asset=None,
+    )
+
+
+__all__ = [
+    "MAX_SENDS",
+    "ExchangeUnavailable",
+    "OrderOutcomeUnknown",
+    "OrderPath",
+    "OrderRequest",
+    "RecoveryReport",
+    "Settlement",
+    "client_order_id",
+]

@@ -1,0 +1,131 @@
+"""A running Telegram bot against the local fake Bot API, the real paper engine and SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from blueprint.audit import AuditLog
+from blueprint.manifest import load_manifest
+from blueprint.mirror import NullMirror
+from blueprint.paths import HomePaths
+from lunara.config import Settings, load_settings
+from lunara.storage.database import open_database
+from lunara.telegram.bot import TelegramBot
+from tests.fakes.telegram_api import FakeTelegram
+
+TOKEN = "7312345678:AAH3kq9ZxV0b1c2d3e4f5g6h7i8j9k0lMnOpQ"
+ADMIN = 1001
+TRADER = 2002
+STRANGER = 3003  # has no entry; gets the default role unless the manifest has none
+
+
+@pytest.fixture
+def fake_telegram() -> Iterator[FakeTelegram]:
+    with FakeTelegram() as fake:
+        yield fake
+
+
+def write_manifest(path: Path, *, default_role: str | None = "trader") -> Path:
+    document = {
+        "version": 1,
+        "name": "lunara",
+        "program": {"command": ["python", "-m", "lunara"]},
+        "roles": {
+            "owner": ["*"],
+            "admin": ["tg.admin.*", "tg.trade.*", "tg.info.*"],
+            "trader": ["tg.trade.*", "tg.info.*"],
+            "viewer": ["tg.info.*"],
+        },
+        "principals": {f"telegram:{ADMIN}": "admin", f"telegram:{TRADER}": "trader"},
+    }
+    if default_role:
+        document["defaults"] = {"telegram": default_role}
+    path.write_text(json.dumps(document))
+    path.chmod(0o644)
+    return path
+
+
+def bot_settings(home: Path, base_url: str, **extra: str) -> Settings:
+    env = {
+        "LUNARA_HOME": str(home),
+        "TELEGRAM_BOT_TOKEN": TOKEN,
+        "TELEGRAM_API_BASE_URL": base_url,
+        "LUNARA_SYMBOLS": "BTCUSDT,ETHUSDT",
+        "LUNARA_TICK_SECONDS": "1",
+        **extra,
+    }
+    return load_settings(env, env_file=None)
+
+
+@dataclass
+class RunningBot:
+    fake: FakeTelegram
+    bot: TelegramBot
+    home: Path
+
+    async def until(
+        self, condition: Callable[[], bool], timeout: float = 15.0, what: str = ""
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what or 'condition'}")
+
+    async def ask(self, user_id: int, text: str, chat_type: str = "private") -> str:
+        """Send a command and return the bot's reply to it (exactly one is expected)."""
+        chat_id = user_id if chat_type == "private" else -1000000000 - user_id
+        before = len(self.fake.messages_to(chat_id))
+        self.fake.push_text(user_id, text, chat_type=chat_type, username=f"u{user_id}")
+        await self.until(
+            lambda: len(self.fake.messages_to(chat_id)) > before, what=f"a reply to {text!r}"
+        )
+        return self.fake.messages_to(chat_id)[before]
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    fake: FakeTelegram, home: Path, *, default_role: str | None = "trader", **extra: str
+) -> AsyncIterator[RunningBot]:
+    from lunara.trading.engine import open_trading
+
+    manifest_path = write_manifest(home.parent / "manifest.json", default_role=default_role)
+    settings = bot_settings(home, fake.base_url, **extra)
+    paths = HomePaths.resolve(home)
+    paths.ensure()
+    db = await open_database(paths.database)
+    trading = await open_trading(settings, db=db)
+    await trading.engine.start()
+    bot = TelegramBot(
+        settings, paths, load_manifest(manifest_path), AuditLog(paths.audit, NullMirror()), db,
+        trading.engine,
+    )  # fmt: skip
+    trading.engine.attach_notifier(bot)
+    stop = asyncio.Event()
+    service = asyncio.create_task(bot.service().run(stop))
+    engine_task = asyncio.create_task(trading.runner.run(stop))
+    running = RunningBot(fake, bot, home)
+    try:
+        await running.until(lambda: fake.polls_by_token.get(TOKEN, 0) > 0, what="polling")
+        yield running
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(service, engine_task, return_exceptions=True), 30)
+        await trading.aclose()
+        await db.close()
+
+
+@pytest.fixture
+def bot_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    return home

@@ -1,0 +1,279 @@
+"""The Telegram bot end to end: real python-telegram-bot polling a local Bot API server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lunara import plans as plan_book
+from lunara.storage import payments, users
+from lunara.telegram.commands import COMMANDS
+from lunara.telegram.lease import PollLease
+from tests.fakes.telegram_api import FakeTelegram, check_html
+from tests.lunara.telegram.conftest import ADMIN, STRANGER, TOKEN, TRADER, running_bot
+
+ADMIN_ONLY = {"users", "user", "broadcast", "pause", "resume", "botstatus", "refund"}
+
+
+async def test_every_command_as_every_role(fake_telegram: FakeTelegram, bot_home: Path) -> None:
+    async with running_bot(fake_telegram, bot_home, default_role="viewer") as bot:
+        for user in (ADMIN, TRADER, STRANGER):
+            await bot.ask(user, "/start")
+        for name in COMMANDS:
+            for user in (ADMIN, TRADER, STRANGER):
+                reply = await bot.ask(user, f"/{name}")
+                denied = "does not allow" in reply
+                if user == ADMIN or (user == TRADER and name not in ADMIN_ONLY):
+                    assert not denied, (user, name, reply)
+                elif user == TRADER:
+                    assert denied, (user, name, reply)
+                else:  # viewer: tg.info.* only
+                    permission = COMMANDS[name].permission
+                    assert denied == (not permission.startswith("tg.info.")), (name, reply)
+        audit = [json.loads(line) for line in (bot_home / "audit.jsonl").read_text().splitlines()]
+        refused = [e for e in audit if e["decision"] == "denied"]
+        assert any(e["principal"] == f"telegram:{TRADER}" for e in refused)
+        assert not fake_telegram.rejected  # every reply was well-formed HTML
+
+
+async def test_help_lists_only_the_callers_commands(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    async with running_bot(fake_telegram, bot_home) as bot:
+        trader_help = await bot.ask(TRADER, "/help")
+        admin_help = await bot.ask(ADMIN, "/help")
+        assert "/buy" in trader_help and "/broadcast" not in trader_help
+        assert "/broadcast" in admin_help
+
+
+async def test_buy_positions_and_sell_on_the_paper_exchange(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    async with running_bot(fake_telegram, bot_home) as bot:
+        await bot.ask(TRADER, "/start")
+        bought = await bot.ask(TRADER, "/buy BTCUSDT 100")
+        assert bought.startswith("Bought"), bought
+        positions = await bot.ask(TRADER, "/positions")
+        assert "BTCUSDT" in positions
+        sold = await bot.ask(TRADER, "/sell BTCUSDT")
+        assert sold.startswith("Sold"), sold
+        assert "No open positions" in await bot.ask(TRADER, "/positions")
+
+
+async def test_bad_arguments_get_the_usage_line(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    async with running_bot(fake_telegram, bot_home) as bot:
+        for text in ("/buy", "/buy BTC-USDT 10", "/buy BTCUSDT -5", "/buy BTCUSDT lots", "/sell",
+                     "/settings stake", "/user abc", "/settings trailing_stop_positive=7"):  # fmt: skip
+            user = ADMIN if text.startswith("/user") else TRADER
+            reply = await bot.ask(user, text)
+            assert "Usage" in reply, (text, reply)
+
+
+async def test_settings_are_shown_and_updated(fake_telegram: FakeTelegram, bot_home: Path) -> None:
+    async with running_bot(fake_telegram, bot_home) as bot:
+        await bot.ask(TRADER, "/start")
+        reply = await bot.ask(TRADER, "/settings stake_usdt=50 symbols=BTCUSDT auto_mode=on")
+        assert "50" in reply and "BTCUSDT" in reply
+        assert "auto_mode" in await bot.ask(TRADER, "/settings")
+
+
+async def test_setkeys_is_private_only_deletes_the_message_and_stores_encrypted(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    key, secret = "K" * 64, "S" * 64
+    async with running_bot(fake_telegram, bot_home) as bot:
+        await bot.ask(TRADER, "/start")
+        group_reply = await bot.ask(TRADER, f"/setkeys {key} {secret}", chat_type="group")
+        assert "private chat" in group_reply
+        reply = await bot.ask(TRADER, f"/setkeys {key} {secret}")
+        assert "Keys saved" in reply
+        assert fake_telegram.deleted  # the message with the secret was deleted
+    database = (bot_home / "lunara.db").read_bytes()
+    assert key.encode() not in database and secret.encode() not in database
+    for path in bot_home.rglob("*"):
+        if path.is_file() and path.suffix != ".db":
+            text = path.read_text(errors="replace")
+            assert key not in text and secret not in text and TOKEN not in text, path
+
+
+async def test_admin_pause_blocks_buys_until_resume(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    async with running_bot(fake_telegram, bot_home) as bot:
+        await bot.ask(TRADER, "/start")
+        assert "paused" in await bot.ask(ADMIN, "/pause")
+        refused = await bot.ask(TRADER, "/buy BTCUSDT 100")
+        assert "paused" in refused.lower()
+        await bot.ask(ADMIN, "/resume")
+        assert (await bot.ask(TRADER, "/buy BTCUSDT 100")).startswith("Bought")
+
+
+async def test_broadcast_reaches_every_active_user(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    async with running_bot(fake_telegram, bot_home) as bot:
+        for user in (TRADER, STRANGER):
+            await bot.ask(user, "/start")
+        reply = await bot.ask(ADMIN, "/broadcast maintenance at <noon> & later")
+        assert "Broadcast sent" in reply
+        await bot.until(
+            lambda: any("maintenance" in m for m in fake_telegram.messages_to(STRANGER))
+        )
+        assert "&lt;noon&gt; &amp; later" in fake_telegram.messages_to(STRANGER)[-1]
+
+
+async def test_stars_payment_upgrades_the_plan_and_refund_takes_it_back(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    pro = plan_book.PLANS[plan_book.PlanName.PRO]
+    async with running_bot(fake_telegram, bot_home) as bot:
+        await bot.ask(TRADER, "/start")
+        fake_telegram.push_text(TRADER, "/subscribe pro")
+        await bot.until(lambda: len(fake_telegram.invoices) == 1, what="an invoice")
+        invoice = fake_telegram.invoices[0]
+        assert invoice["currency"] == "XTR" and invoice["prices"][0]["amount"] == pro.price_stars
+        payload = invoice["payload"]
+        fake_telegram.push_pre_checkout(TRADER, payload, pro.price_stars + 1)
+        fake_telegram.push_pre_checkout(TRADER, payload, pro.price_stars)
+        await bot.until(lambda: len(fake_telegram.answers) == 2, what="pre-checkout answers")
+        assert [a["ok"] for a in fake_telegram.answers] == [False, True]
+        fake_telegram.push_successful_payment(TRADER, payload, "charge-1", pro.price_stars)
+        await bot.until(
+            lambda: any("plan is active" in m for m in fake_telegram.messages_to(TRADER))
+        )
+        user = await users.get(bot.bot.db, TRADER)
+        assert user is not None and user.plan == "pro"
+        assert "Refunded" in await bot.ask(ADMIN, "/refund charge-1")
+        assert fake_telegram.refunds[0]["telegram_payment_charge_id"] == "charge-1"
+        payment = await payments.get(bot.bot.db, "charge-1")
+        assert payment is not None and payment.status is payments.PaymentStatus.REFUNDED
+
+
+async def test_rate_limit_answers_clearly(fake_telegram: FakeTelegram, bot_home: Path) -> None:
+    async with running_bot(fake_telegram, bot_home, LUNARA_RATE_LIMIT_PER_MINUTE="3") as bot:
+        replies = [await bot.ask(TRADER, "/plans") for _ in range(4)]
+        assert "Slow down" in replies[-1]
+        assert all("Slow down" not in reply for reply in replies[:3])
+
+
+async def test_injected_409_is_survived_and_recorded(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    async with running_bot(fake_telegram, bot_home) as bot:
+        fake_telegram.inject("getUpdates", 409, "Conflict: terminated by other getUpdates request")
+        await bot.until(lambda: (bot_home / "telegram-state.json").exists(), what="conflict record")
+        assert json.loads((bot_home / "telegram-state.json").read_text())["conflicts"] >= 1
+        assert "Plans" in await bot.ask(TRADER, "/plans")  # still polling and answering
+
+
+async def test_retry_after_and_timeouts_on_send_are_retried(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    async with running_bot(fake_telegram, bot_home) as bot:
+        fake_telegram.inject("sendMessage", 429, "Too Many Requests: retry after 1", retry_after=1)
+        fake_telegram.inject("sendMessage", 502, "Bad Gateway")
+        assert "Plans" in await bot.ask(TRADER, "/plans")
+
+
+async def test_a_user_who_blocked_the_bot_is_marked_inactive(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    async with running_bot(fake_telegram, bot_home) as bot:
+        await bot.ask(TRADER, "/start")
+        fake_telegram.inject("sendMessage", 403, "Forbidden: bot was blocked by the user")
+        await bot.bot.notify(TRADER, "your stop triggered")
+        user = await users.get(bot.bot.db, TRADER)
+        assert user is not None and not user.active
+
+
+async def test_two_instances_never_poll_at_once(
+    fake_telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    first_home, second_home = tmp_path / "a", tmp_path / "b"
+    first_home.mkdir()
+    second_home.mkdir()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    # Both instances share one LUNARA_HOME lock directory through the lease path.
+    lease_a = PollLease(TOKEN, shared)
+    lease_b = PollLease(TOKEN, shared)
+    stop = asyncio.Event()
+    assert await lease_a.acquire(stop)
+    waiting = asyncio.create_task(lease_b.acquire(stop))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # the second waits instead of polling
+    await lease_a.release()
+    assert await asyncio.wait_for(waiting, 5)
+    await lease_b.release()
+
+
+async def test_two_bots_against_one_server_never_poll_concurrently(
+    fake_telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    async with running_bot(fake_telegram, home) as first:
+        second_home = tmp_path / "home2"
+        second_home.mkdir()
+        # Same home → same lease file: the second bot must wait.
+        from lunara.telegram.bot import TelegramBot
+
+        second = TelegramBot(
+            first.bot.settings, first.bot.paths, first.bot.guard.manifest, first.bot.guard.audit,
+            first.bot.db, first.bot.deps.trading,
+        )  # fmt: skip
+        stop = asyncio.Event()
+        task = asyncio.create_task(second.service().run(stop))
+        for _ in range(5):
+            assert "Plans" in await first.ask(TRADER, "/plans")
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        assert fake_telegram.max_concurrent_polls == 1
+
+
+async def test_redis_lease_is_exclusive_and_released(redis_db: str, tmp_path: Path) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_db)
+    try:
+        first, second = PollLease(TOKEN, tmp_path, client), PollLease(TOKEN, tmp_path, client)
+        stop = asyncio.Event()
+        assert await first.acquire(stop)
+        waiting = asyncio.create_task(second.acquire(stop))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        assert TOKEN not in str(await client.keys("*"))  # the key is a hash, not the token
+        await first.release()
+        assert await asyncio.wait_for(waiting, 5)
+        await second.release()
+    finally:
+        await client.aclose()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.sampled_from(sorted(COMMANDS)),
+    st.lists(st.text(min_size=1, max_size=40).filter(lambda s: s.strip() != ""), max_size=4),
+)
+def test_random_arguments_never_crash_and_replies_are_valid_html(
+    name: str, arguments: list[str]
+) -> None:
+    from lunara.telegram.commands import CommandContext, Deps  # noqa: F401 (shape check below)
+    from lunara.telegram.parsing import UsageError, split_arguments
+
+    text = f"/{name} " + " ".join(arguments)
+    with contextlib.suppress(UsageError):
+        split_arguments(text)
+    assert (
+        check_html(
+            "<b>" + text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") + "</b>"
+        )
+        is None
+    )

@@ -1,0 +1,473 @@
+"""The stop state store over a real Redis and a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiosqlite
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from lunara.trading.stopstore import (
+    CHECKPOINT_INTERVAL_S,
+    MAX_POSITIONS_PER_CALL,
+    RedisStopStore,
+    SqliteStopStore,
+    StopStore,
+    StopUpdate,
+    make_stop_store,
+)
+from lunara.trading.trailing import StopState, TrailingParams, advance, initial_state, is_triggered
+from tests.lunara.trading.test_trailing import price_paths, trailing_params
+
+NAME = "lunara"
+PARAMS = TrailingParams(
+    stoploss=-0.10,
+    trailing_stop=True,
+    trailing_stop_positive=0.02,
+    trailing_stop_positive_offset=0.03,
+)
+
+TRAILING_STOPS_DDL = """
+CREATE TABLE trailing_stops (
+    position_id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    symbol TEXT NOT NULL,
+    entry_price REAL NOT NULL,
+    peak_price REAL NOT NULL,
+    stop_price REAL NOT NULL,
+    activated INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+)
+"""
+
+
+async def create_stop_table(db: aiosqlite.Connection) -> None:
+    """The one place the schema comes from in these tests (swap for the migrations)."""
+    await db.execute(TRAILING_STOPS_DDL)
+    await db.commit()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "lunara.db"
+
+
+@pytest.fixture
+async def db(db_path: Path) -> AsyncIterator[aiosqlite.Connection]:
+    connection = await aiosqlite.connect(db_path)
+    await create_stop_table(connection)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def redis(redis_db: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_db)
+    yield client
+    await client.aclose()
+
+
+async def saved_rows(db: aiosqlite.Connection) -> dict[int, tuple[float, float, int, float]]:
+    query = "SELECT position_id, peak_price, stop_price, activated, updated_at FROM trailing_stops"
+    async with db.execute(query) as cursor:
+        return {row[0]: tuple(row[1:]) for row in await cursor.fetchall()}
+
+
+def as_row(state: StopState) -> tuple[float, float, int, float]:
+    return (state.peak_price, state.stop_price, int(state.activated), state.updated_at)
+
+
+async def open_positions(store: StopStore, count: int, entry: float = 100.0) -> None:
+    for position_id in range(1, count + 1):
+        symbol = f"C{position_id % 7}USDT"
+        await store.add(position_id, 1000 + position_id, symbol, initial_state(entry, PARAMS, 0.0))
+
+
+def every_symbol(price: float) -> dict[str, float]:
+    return {f"C{index}USDT": price for index in range(7)}
+
+
+def params_for(count: int) -> dict[int, TrailingParams]:
+    return dict.fromkeys(range(1, count + 1), PARAMS)
+
+
+# -- Lua and Python agree --------------------------------------------------------------
+
+_names = itertools.count()
+
+
+def bits(state: StopState) -> tuple[str, str, str, bool, str]:
+    return (
+        state.entry_price.hex(),
+        state.peak_price.hex(),
+        state.stop_price.hex(),
+        state.activated,
+        state.updated_at.hex(),
+    )
+
+
+async def lua_matches_python(
+    redis_url: str, entry: float, positions: list[tuple[TrailingParams, list[float]]]
+) -> None:
+    client = Redis.from_url(redis_url)
+    db = await aiosqlite.connect(":memory:")
+    try:
+        await create_stop_table(db)
+        store = RedisStopStore(client, db, name=f"lua{next(_names)}")
+        expected: dict[int, StopState] = {}
+        for position_id, (params, _) in enumerate(positions):
+            expected[position_id] = initial_state(entry, params, 0.25)
+            await store.add(position_id, 1, f"S{position_id}", expected[position_id])
+        params_by_position = {i: params for i, (params, _) in enumerate(positions)}
+        for tick in range(max(len(path) for _, path in positions)):
+            now = 1_700_000_000.1 + tick * 0.7
+            prices = {
+                f"S{i}": entry / 100.0 * path[tick]
+                for i, (_, path) in enumerate(positions)
+                if tick < len(path)
+            }
+            updates = await store.advance_all(prices, params_by_position, now)
+            assert [update.position_id for update in updates] == sorted(
+                i for i in expected if f"S{i}" in prices
+            )
+            for update in updates:
+                price = prices[f"S{update.position_id}"]
+                want = advance(
+                    expected[update.position_id], price, params_by_position[update.position_id], now
+                )
+                assert bits(update.state) == bits(want)
+                assert update.triggered == is_triggered(want, price)
+                expected[update.position_id] = want
+        for position_id, want in expected.items():
+            stored = await store.get(position_id)
+            assert stored is not None
+            assert bits(stored) == bits(want)
+    finally:
+        await db.close()
+        await client.aclose()
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    entry=st.floats(min_value=0.0001, max_value=100_000.0),
+    positions=st.lists(
+        st.tuples(trailing_params(), price_paths(max_size=25).filter(bool)),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_lua_script_matches_pure_advance_bit_for_bit(
+    redis_db: str, entry: float, positions: list[tuple[TrailingParams, list[float]]]
+) -> None:
+    asyncio.run(lua_matches_python(redis_db, entry, positions))
+
+
+# -- Round trips -----------------------------------------------------------------------
+
+
+async def command_calls(redis: Redis) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): values["calls"] for name, values in stats.items()}
+
+
+@pytest.mark.parametrize("count", [10, 1000])
+async def test_one_round_trip_per_tick_whatever_the_number_of_positions(
+    redis: Redis, db: aiosqlite.Connection, count: int
+) -> None:
+    store = RedisStopStore(redis, db, name=NAME)
+    await open_positions(store, count)
+    await store.advance_all(every_symbol(101.0), params_for(count), 1.0)  # loads the script
+    await redis.config_resetstat()
+    before = store.round_trips
+    updates = await store.advance_all(every_symbol(104.0), params_for(count), 2.0)
+    assert store.round_trips - before == 1
+    assert len(updates) == count
+    calls = await command_calls(redis)
+    # Counted by Redis itself: one EVALSHA from us, the rest ran inside the script.
+    assert calls.pop("evalsha") == 1
+    assert calls.pop("hmget") == count
+    assert calls.pop("hset") == count
+    assert set(calls) <= {"config|resetstat"}
+
+
+async def test_batches_above_the_chunk_size_cost_one_round_trip_per_chunk(
+    redis: Redis, db: aiosqlite.Connection
+) -> None:
+    store = RedisStopStore(redis, db, name=NAME, max_positions_per_call=10)
+    await open_positions(store, 25)
+    await store.advance_all(every_symbol(101.0), params_for(25), 1.0)
+    before = store.round_trips
+    updates = await store.advance_all(every_symbol(104.0), params_for(25), 2.0)
+    assert store.round_trips - before == 3
+    expected = advance(
+        advance(initial_state(100.0, PARAMS, 0.0), 101.0, PARAMS, 1.0), 104.0, PARAMS, 2.0
+    )
+    assert [update.position_id for update in updates] == list(range(1, 26))
+    assert all(update.state == expected for update in updates)
+    assert MAX_POSITIONS_PER_CALL == 5000
+
+
+async def test_script_is_reloaded_after_redis_forgets_it(
+    redis: Redis, db: aiosqlite.Connection
+) -> None:
+    store = RedisStopStore(redis, db, name=NAME)
+    await open_positions(store, 3)
+    await redis.script_flush()
+    before = store.round_trips
+    updates = await store.advance_all(every_symbol(110.0), params_for(3), 1.0)
+    assert store.round_trips - before == 3  # refused EVALSHA, SCRIPT LOAD, EVALSHA
+    assert updates[0].state.stop_price == 110.0 * 0.98
+
+
+# -- Ticks -----------------------------------------------------------------------------
+
+
+async def test_triggered_positions_are_reported_until_removed(
+    redis: Redis, db: aiosqlite.Connection
+) -> None:
+    store = RedisStopStore(redis, db, name=NAME)
+    await store.add(1, 7, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
+    await store.add(2, 7, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
+    params = params_for(2)
+    await store.advance_all({"BTCUSDT": 110.0, "ETHUSDT": 100.0}, params, 1.0)
+    updates = await store.advance_all({"BTCUSDT": 107.8, "ETHUSDT": 95.0}, params, 2.0)
+    assert updates == [
+        StopUpdate(1, StopState(100.0, 110.0, 110.0 * 0.98, True, 1.0), triggered=True),
+        StopUpdate(2, StopState(100.0, 100.0, 90.0, False, 0.0), triggered=False),
+    ]
+    await store.remove(1)
+    assert await store.get(1) is None
+    assert await saved_rows(db) == {2: (100.0, 90.0, 0, 0.0)}
+    updates = await store.advance_all({"BTCUSDT": 1.0, "ETHUSDT": 90.0}, params, 3.0)
+    assert updates == [StopUpdate(2, StopState(100.0, 100.0, 90.0, False, 0.0), triggered=True)]
+
+
+async def test_positions_without_a_price_are_left_alone(
+    redis: Redis, db: aiosqlite.Connection
+) -> None:
+    store = RedisStopStore(redis, db, name=NAME)
+    await store.add(1, 7, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
+    await store.add(2, 7, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
+    updates = await store.advance_all({"BTCUSDT": 120.0}, {1: PARAMS}, 1.0)
+    assert [update.position_id for update in updates] == [1]
+    assert await store.get(2) == initial_state(100.0, PARAMS, 0.0)
+
+
+@pytest.mark.parametrize("store_kind", ["redis", "sqlite"])
+async def test_bad_tick_input_is_refused_before_anything_changes(
+    redis: Redis, db: aiosqlite.Connection, store_kind: str
+) -> None:
+    store: StopStore = (
+        RedisStopStore(redis, db, name=NAME) if store_kind == "redis" else SqliteStopStore(db)
+    )
+    await store.add(1, 7, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
+    await store.add(2, 7, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
+    with pytest.raises(ValueError, match="price of ETHUSDT"):
+        await store.advance_all({"BTCUSDT": 120.0, "ETHUSDT": float("nan")}, params_for(2), 1.0)
+    with pytest.raises(ValueError, match="no trailing-stop settings for position 2"):
+        await store.advance_all({"BTCUSDT": 120.0, "ETHUSDT": 120.0}, {1: PARAMS}, 1.0)
+    assert await store.get(1) == initial_state(100.0, PARAMS, 0.0)
+
+
+async def test_stops_lost_from_redis_mid_run_are_restored_on_the_next_tick(
+    redis: Redis, db: aiosqlite.Connection
+) -> None:
+    store = RedisStopStore(redis, db, name=NAME)
+    await open_positions(store, 4)
+    await store.advance_all(every_symbol(110.0), params_for(4), 1.0)
+    await redis.delete(f"lunara:{NAME}:stop:2", f"lunara:{NAME}:stop:3")
+    updates = await store.advance_all(every_symbol(112.0), params_for(4), 2.0)
+    expected = advance(
+        advance(initial_state(100.0, PARAMS, 0.0), 110.0, PARAMS, 1.0), 112.0, PARAMS, 2.0
+    )
+    assert [update.position_id for update in updates] == [1, 2, 3, 4]
+    assert all(update.state == expected for update in updates)
+    for position_id in range(1, 5):
+        assert await store.get(position_id) == expected
+
+
+# -- Checkpoints -----------------------------------------------------------------------
+
+
+async def test_checkpoint_writes_only_changed_stops_in_one_go(
+    redis: Redis, db: aiosqlite.Connection
+) -> None:
+    store = RedisStopStore(redis, db, name=NAME)
+    await store.add(1, 7, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
+    await store.add(2, 7, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
+    assert await store.checkpoint() == 0  # add already wrote both sides
+    updates = await store.advance_all({"BTCUSDT": 105.0, "ETHUSDT": 99.0}, params_for(2), 1.0)
+    assert await saved_rows(db) == {1: (100.0, 90.0, 0, 0.0), 2: (100.0, 90.0, 0, 0.0)}
+    assert await store.checkpoint() == 1
+    assert (await saved_rows(db))[1] == as_row(updates[0].state)
+    assert await store.checkpoint() == 0
+    assert CHECKPOINT_INTERVAL_S == 5.0
+
+
+# -- Reconcile and recovery ------------------------------------------------------------
+
+
+async def test_reconcile_restores_a_flushed_redis_from_the_checkpoint(
+    redis: Redis, db: aiosqlite.Connection
+) -> None:
+    store = RedisStopStore(redis, db, name=NAME)
+    await open_positions(store, 3)
+    await store.advance_all(every_symbol(120.0), params_for(3), 1.0)
+    await store.checkpoint()
+    checkpointed = await store.get(1)
+    await redis.flushdb()
+
+    restarted = RedisStopStore(redis, db, name=NAME)
+    assert await restarted.reconcile() == 3
+    assert await restarted.get(1) == checkpointed
+    assert [stop.position_id for stop in restarted.tracked()] == [1, 2, 3]
+    assert restarted.tracked()[0].user_id == 1001
+    updates = await restarted.advance_all(every_symbol(130.0), params_for(3), 2.0)
+    assert checkpointed is not None
+    assert updates[0].state == advance(checkpointed, 130.0, PARAMS, 2.0)
+
+
+async def test_newer_redis_wins_over_an_older_checkpoint_and_updates_it(
+    redis: Redis, db: aiosqlite.Connection
+) -> None:
+    store = RedisStopStore(redis, db, name=NAME)
+    await store.add(1, 7, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
+    await store.advance_all({"BTCUSDT": 110.0}, {1: PARAMS}, 1.0)
+    await store.checkpoint()
+    await store.advance_all({"BTCUSDT": 125.0}, {1: PARAMS}, 2.0)  # not checkpointed
+    live = await store.get(1)
+    assert live is not None
+    assert (await saved_rows(db))[1] != as_row(live)
+
+    restarted = RedisStopStore(redis, db, name=NAME)
+    await restarted.reconcile()
+    assert await restarted.get(1) == live
+    assert (await saved_rows(db))[1] == as_row(live)
+
+
+async def test_newer_checkpoint_wins_over_a_stale_redis_copy(
+    redis: Redis, db: aiosqlite.Connection
+) -> None:
+    store = RedisStopStore(redis, db, name=NAME)
+    stale = initial_state(100.0, PARAMS, 0.0)
+    await store.add(1, 7, "BTCUSDT", stale)
+    newer = advance(stale, 130.0, PARAMS, 5.0)
+    await db.execute(
+        "UPDATE trailing_stops SET peak_price = ?, stop_price = ?, activated = ?, "
+        "updated_at = ? WHERE position_id = 1",
+        as_row(newer),
+    )
+    await db.commit()
+
+    restarted = RedisStopStore(redis, db, name=NAME)
+    await restarted.reconcile()
+    assert await restarted.get(1) == newer
+
+
+async def test_unreadable_redis_copy_is_ignored_in_favour_of_sqlite(
+    redis: Redis, db: aiosqlite.Connection
+) -> None:
+    store = RedisStopStore(redis, db, name=NAME)
+    state = initial_state(100.0, PARAMS, 0.0)
+    await store.add(1, 7, "BTCUSDT", state)
+    await redis.hset(f"lunara:{NAME}:stop:1", mapping={"stop_price": "garbage", "updated_at": "9"})
+    restarted = RedisStopStore(redis, db, name=NAME)
+    await restarted.reconcile()
+    assert await restarted.get(1) == state
+
+
+async def test_crash_recovery_resumes_from_the_exact_stop(
+    redis_db: str, db: aiosqlite.Connection, db_path: Path
+) -> None:
+    first_redis = Redis.from_url(redis_db)
+    try:
+        store = RedisStopStore(first_redis, db, name=NAME)
+        await open_positions(store, 5)
+        for tick, price in enumerate([101.0, 104.5, 109.25, 107.0, 111.125], start=1):
+            await store.advance_all(every_symbol(price), params_for(5), float(tick))
+            if tick == 2:
+                await store.checkpoint()
+        before = [await store.get(position_id) for position_id in range(1, 6)]
+    finally:
+        await first_redis.aclose()  # the process dies: no final checkpoint
+
+    second_redis = Redis.from_url(redis_db)
+    second_db = await aiosqlite.connect(db_path)
+    try:
+        recovered = RedisStopStore(second_redis, second_db, name=NAME)
+        assert await recovered.reconcile() == 5
+        after = [await recovered.get(position_id) for position_id in range(1, 6)]
+        assert after == before
+        assert (await saved_rows(second_db))[3] == as_row(before[2])  # type: ignore[arg-type]
+    finally:
+        await second_db.close()
+        await second_redis.aclose()
+
+
+async def test_removed_positions_are_not_resurrected_by_reconcile(
+    redis: Redis, db: aiosqlite.Connection
+) -> None:
+    store = RedisStopStore(redis, db, name=NAME)
+    await open_positions(store, 2)
+    await store.advance_all(every_symbol(120.0), params_for(2), 1.0)
+    await store.remove(1)
+    await store.checkpoint()
+    restarted = RedisStopStore(redis, db, name=NAME)
+    assert await restarted.reconcile() == 1
+    assert await restarted.get(1) is None
+
+
+async def test_stores_with_other_names_do_not_see_each_other(
+    redis: Redis, db: aiosqlite.Connection
+) -> None:
+    await RedisStopStore(redis, db, name="a*").add(1, 7, "X", initial_state(1.0, PARAMS, 0.0))
+    other_db = await aiosqlite.connect(":memory:")
+    try:
+        await create_stop_table(other_db)
+        assert await RedisStopStore(redis, other_db, name="ab").reconcile() == 0
+    finally:
+        await other_db.close()
+
+
+# -- SQLite alone ----------------------------------------------------------------------
+
+
+async def test_sqlite_store_writes_each_change_through(
+    db: aiosqlite.Connection, db_path: Path
+) -> None:
+    store = SqliteStopStore(db)
+    await open_positions(store, 3)
+    before = store.round_trips
+    updates = await store.advance_all(every_symbol(120.0), params_for(3), 1.0)
+    assert store.round_trips - before == 1
+    assert await store.checkpoint() == 0
+    unchanged = await store.advance_all(every_symbol(119.0), params_for(3), 2.0)
+    assert store.round_trips - before == 1  # nothing moved, nothing written
+    assert unchanged == updates
+
+    other = await aiosqlite.connect(db_path)
+    try:
+        restarted = SqliteStopStore(other)
+        assert await restarted.reconcile() == 3
+        assert await restarted.get(2) == updates[1].state
+        expected = advance(initial_state(100.0, PARAMS, 0.0), 120.0, PARAMS, 1.0)
+        assert updates[1].state == expected
+    finally:
+        await other.close()
+
+
+async def test_factory_picks_redis_only_when_a_client_is_given(
+    redis: Redis, db: aiosqlite.Connection
+) -> None:
+    assert isinstance(make_stop_store(name=NAME, db=db, redis=redis), RedisStopStore)
+    assert isinstance(make_stop_store(name=NAME, db=db), SqliteStopStore)
