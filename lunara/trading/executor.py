@@ -30,6 +30,7 @@ from typing import Protocol
 import aiosqlite
 
 from lunara.crypto import KeyMismatch
+from lunara.plans import PLANS
 from lunara.services import TradingError
 from lunara.storage import positions as position_store
 from lunara.storage import user_settings, users
@@ -71,9 +72,12 @@ class PlanLimits:
     ai_daily_quota: int
 
 
+# The plan book (lunara.plans) is the one source of plan limits.
 DEFAULT_PLANS: Mapping[str, PlanLimits] = {
-    users.FREE_PLAN: PlanLimits(max_open_positions=3, ai_daily_quota=5),
-    "pro": PlanLimits(max_open_positions=20, ai_daily_quota=100),
+    plan.name.value: PlanLimits(
+        max_open_positions=plan.max_open_positions, ai_daily_quota=plan.ai_analyses_per_day
+    )
+    for plan in PLANS.values()
 }
 
 
