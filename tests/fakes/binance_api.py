@@ -126,7 +126,9 @@ class FakeBinance:
                 {"code": refusal.code, "msg": refusal.msg}, status=refusal.status
             )
         if isinstance(result, _Drop):
-            await asyncio.sleep(3)  # the order is recorded; the reply comes after the client gave up
+            await asyncio.sleep(
+                3
+            )  # the order is recorded; the reply comes after the client gave up
         return web.json_response(result)
 
     def _verify(self, request: web.Request, raw: str) -> str:
