@@ -56,6 +56,7 @@ from blueprint.process import (
 )
 
 if TYPE_CHECKING:
+    from blueprint.health import HealthServer
     from blueprint.ledger import Ledger, LedgerDocument
     from blueprint.manifest import Manifest
     from blueprint.statusd import StatusServer
@@ -362,13 +363,31 @@ class Watchdog:
     def run(self) -> int:
         """Supervise until stopped (exit 0) or a crash loop (exit 5). Call `prepare` first."""
         status_server = self._start_status_server()
+        health_server = self._start_health_server()
         try:
             return self._loop()
         finally:
+            if health_server is not None:
+                health_server.close()
             if status_server is not None:
                 status_server.close()
             self._restore_signals()
             self._release_lock()
+
+    def _start_health_server(self) -> HealthServer | None:
+        """The optional HTTP endpoint (blueprint.health); off unless a port is set."""
+        from blueprint.health import start_health_server
+
+        try:
+            server = start_health_server(
+                os.environ, self.paths, self.manifest, self.ledger, self.ledger.mirror
+            )
+        except (OSError, ValueError) as error:
+            self.log(f"health endpoint not started: {error}")
+            return None
+        if server is not None:
+            self.log(f"health endpoint listening on port {server.port}")
+        return server
 
     def _start_status_server(self) -> StatusServer | None:
         """Answer `lunara status` from here (blueprint.statusd); optional, never fatal."""

@@ -8,6 +8,7 @@ are configured, so a bare install stays small.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -67,11 +68,13 @@ async def build_services(settings: Settings, paths: HomePaths) -> Composition:
     trading = await open_trading(settings, db=db)
     composition.closers.append(trading.aclose)
     composition.services.append(trading.runner)
+    telegram = None
     if settings.telegram_bot_token is not None:
         telegram = await build_telegram(settings, paths, db, trading.engine)
         trading.engine.attach_notifier(telegram)
         composition.services.append(telegram.service())
         composition.services.append(CrashReporter(telegram, paths))
+    composition.services.append(MetricsWriter(paths, trading.engine, telegram))
     return composition
 
 
@@ -94,6 +97,40 @@ async def build_telegram(
     return TelegramBot(
         settings, paths, manifest, AuditLog(paths.audit, mirror), db, trading, redis=redis
     )
+
+
+class MetricsWriter:
+    """Hands the bot's counters to the watchdog's /metrics (blueprint.metrics)."""
+
+    name = "metrics"
+    every_s = 5.0
+
+    def __init__(self, paths: HomePaths, engine: Any, telegram: TelegramBot | None) -> None:
+        self.path = paths.root / "metrics.json"
+        self.engine = engine
+        self.telegram = telegram
+
+    def values(self) -> dict[str, float]:
+        report = self.engine.executor.last_report
+        values = {
+            "orders_placed_total": float(self.engine.orders.placed),
+            "orders_failed_total": float(self.engine.orders.failed),
+        }
+        if report is not None:
+            values["tick_duration_seconds"] = float(report.duration_s)
+        if self.telegram is not None:
+            values["telegram_updates_total"] = float(self.telegram.updates_handled)
+            values["telegram_conflicts_total"] = float(self.telegram.state.conflicts)
+        return values
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from blueprint.metrics import write_metrics
+
+        while not stop.is_set():
+            write_metrics(self.path, self.values())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.every_s)
+        write_metrics(self.path, self.values())
 
 
 class CrashReporter:

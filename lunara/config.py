@@ -26,7 +26,9 @@ from blueprint.paths import HomePaths
 DEFAULT_ENV_FILE = Path(".env")
 
 # Read through blueprint's loaders (identity, manifest), deliberately not settings.
-CLI_ONLY_VARIABLES: frozenset[str] = frozenset({"LUNARA_TOKEN", "LUNARA_MANIFEST"})
+CLI_ONLY_VARIABLES: frozenset[str] = frozenset(
+    {"LUNARA_TOKEN", "LUNARA_MANIFEST", "LUNARA_HEALTH_PORT", "PORT", "LUNARA_HEALTH_HOST"}
+)
 
 SET_REDACTED = "set (redacted)"
 NOT_SET = "not set"

@@ -153,6 +153,8 @@ class OrderPath:
         self._clock = clock
         self._locks: dict[int, asyncio.Lock] = {}
         self.sends = 0
+        self.placed = 0  # orders settled with a fill (for /metrics)
+        self.failed = 0  # orders refused or rejected
 
     def lock_for(self, user_id: int) -> asyncio.Lock:
         lock = self._locks.get(user_id)
@@ -297,6 +299,7 @@ class OrderPath:
             raise
 
     async def _reject(self, order: Order, reason: str) -> None:
+        self.failed += 1
         current = await store.get_order(self._db, order.client_order_id)
         if current is not None and current.status in OPEN_ORDER_STATUSES:
             await store.mark_order_rejected(
@@ -317,6 +320,7 @@ class OrderPath:
         exit_reason: str,
         stop_params: TrailingParams | None,
     ) -> Settlement:
+        self.placed += 1
         base, quote = _split(order.symbol)
         fee_in_quote = _quote_fee(fill, base, quote)
         price = fill.average_price

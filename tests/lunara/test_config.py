@@ -292,6 +292,7 @@ def test_env_example_has_no_duplicates_and_every_variable_has_a_comment_and_defa
         "AI",
         "Paper trading",
         "CLI",
+        "Health",
     ]
     for variable in variables:
         assert comments[variable], f"{variable} has no comment"

@@ -1,0 +1,153 @@
+"""An optional HTTP health endpoint, for platforms that insist on a web port.
+
+Off unless PORT or LUNARA_HEALTH_PORT is set (a worker needs no port; exposing one that
+nothing answers is what put the first version in a restart loop). Served by the
+watchdog, so it answers while the bot restarts. It binds LUNARA_HEALTH_HOST (default
+127.0.0.1; platforms that probe from outside need 0.0.0.0).
+
+- GET /healthz → 200 while the bot is running and healthy, 503 otherwise, with a small
+  JSON body: state, heartbeat age, restarts (nothing secret).
+- GET /metrics → Prometheus text: restarts, RSS, heartbeat age, up, and the bot's own
+  counters (blueprint.metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from blueprint.metrics import BOT_METRICS, METRICS_FILE, read_metrics
+from blueprint.paths import HomePaths
+
+if TYPE_CHECKING:
+    from blueprint.control import StatusReport
+    from blueprint.ledger import Ledger
+    from blueprint.manifest import Manifest
+    from blueprint.mirror import Mirror
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+def health_address(environ: Mapping[str, str]) -> tuple[str, int] | None:
+    """Where to listen, or None when the endpoint is off; a bad port is ignored (logged)."""
+    raw = environ.get("LUNARA_HEALTH_PORT") or environ.get("PORT")
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"the health port must be a number from 1 to 65535 (got {raw[:10]!r})")
+    return environ.get("LUNARA_HEALTH_HOST") or DEFAULT_HOST, int(raw)
+
+
+def render_metrics(report: StatusReport, bot: Mapping[str, float]) -> str:
+    """Prometheus text exposition of one status report and the bot's counters."""
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, value: float | None) -> None:
+        if value is None:
+            return
+        lines.append(f"# HELP lunara_{name} {help_text}")
+        lines.append(f"# TYPE lunara_{name} {kind}")
+        lines.append(f"lunara_{name} {value}")
+
+    metric("up", "gauge", "1 when the bot is running and healthy.", 1.0 if report.healthy else 0.0)
+    metric("restarts_total", "counter", "Bot restarts since start.", float(report.restarts))
+    rss = None if report.rss_mib is None else report.rss_mib * 1024 * 1024
+    metric("bot_rss_bytes", "gauge", "Resident memory of the bot's process tree.", rss)
+    metric(
+        "heartbeat_age_seconds",
+        "gauge",
+        "Seconds since the bot's last heartbeat.",
+        report.heartbeat_age_s,
+    )
+    for name, help_text in BOT_METRICS.items():
+        kind = "counter" if name.endswith("_total") else "gauge"
+        metric(name, kind, help_text, bot.get(name))
+    return "\n".join(lines) + "\n"
+
+
+class HealthServer:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        paths: HomePaths,
+        manifest: Manifest,
+        ledger: Ledger,
+        mirror: Mirror,
+    ) -> None:
+        self.paths = paths
+        self.manifest = manifest
+        self.ledger = ledger
+        self.mirror = mirror
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return  # probes every few seconds would flood the log
+
+        self._server = ThreadingHTTPServer(address, Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="health", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def report(self) -> StatusReport:
+        from blueprint.control import Controller
+
+        source = self.manifest.source or Path("manifest.json")
+        return Controller(self.paths, self.manifest, source, self.ledger, self.mirror).status()
+
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            report = self.report()
+            body = json.dumps(
+                {
+                    "state": report.state,
+                    "healthy": report.healthy,
+                    "heartbeat_age_s": report.heartbeat_age_s,
+                    "restarts": report.restarts,
+                }
+            ).encode()
+            self._send(request, 200 if report.healthy else 503, "application/json", body)
+        elif path == "/metrics":
+            text = render_metrics(self.report(), read_metrics(self.paths.root / METRICS_FILE))
+            self._send(request, 200, "text/plain; version=0.0.4", text.encode())
+        else:
+            self._send(request, 404, "text/plain", b"not found\n")
+
+    @staticmethod
+    def _send(request: BaseHTTPRequestHandler, status: int, kind: str, body: bytes) -> None:
+        request.send_response(status)
+        request.send_header("Content-Type", kind)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+
+def start_health_server(
+    environ: Mapping[str, str], paths: HomePaths, manifest: Manifest, ledger: Ledger, mirror: Mirror
+) -> HealthServer | None:
+    address = health_address(environ)
+    if address is None:
+        return None
+    server = HealthServer(address, paths, manifest, ledger, mirror)
+    server.start()
+    return server

@@ -1,0 +1,46 @@
+"""The bot's counters, handed to the watchdog through a small file.
+
+The bot writes LUNARA_HOME/metrics.json every few seconds (atomically); the watchdog
+serves it on /metrics beside what it knows itself (restarts, RSS, heartbeat age).
+Counters belong to one bot process and start again from zero after a restart — the
+restart itself is counted by the watchdog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.json"
+
+# name → help text; the bot may only report these (numbers).
+BOT_METRICS = {
+    "tick_duration_seconds": "Duration of the last trading tick.",
+    "orders_placed_total": "Orders filled since the bot started.",
+    "orders_failed_total": "Orders refused or rejected since the bot started.",
+    "telegram_updates_total": "Telegram updates handled since the bot started.",
+    "telegram_conflicts_total": "409 Conflict answers from Telegram since the bot started.",
+}
+
+
+def write_metrics(path: Path, values: dict[str, float]) -> None:
+    known = {name: float(value) for name, value in values.items() if name in BOT_METRICS}
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(known))
+    os.replace(temporary, path)
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    try:
+        document: Any = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    return {
+        name: float(value)
+        for name, value in document.items()
+        if name in BOT_METRICS and isinstance(value, int | float) and not isinstance(value, bool)
+    }

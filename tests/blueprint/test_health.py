@@ -1,0 +1,114 @@
+"""The optional health endpoint, over real HTTP, served by a real watchdog."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.blueprint.cli_harness import Cli, manifest_document, wait_until, write_manifest
+
+SECRET = "7312345678:AAH3kq9ZxV0b1c2d3e4f5g6h7i8j9k0lMnOpQ"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_healthz_follows_the_bot_and_metrics_are_prometheus_text(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    program = {
+        "command": manifest_document()["program"]["command"],
+        "stop_timeout_s": 3,
+        # A long backoff keeps the bot down long enough to see 503.
+        "restart": {
+            "backoff_initial_s": 30,
+            "backoff_max_s": 30,
+            "max_restarts": 5,
+            "window_s": 60,
+        },
+        "memory_limit_mib": 400,
+        "heartbeat_timeout_s": 10,
+    }
+    cli = Cli(home, write_manifest(tmp_path / "manifest.json", manifest_document(program=program)))
+    port = free_port()
+    env = {
+        "LUNARA_HEALTH_PORT": str(port),
+        "LUNARA_HEALTH_HOST": "127.0.0.1",
+        "TELEGRAM_BOT_TOKEN": SECRET,
+    }
+    try:
+        assert cli.run("start", "--wait", "30", extra_env=env).returncode == 0
+        status, body = get(port, "/healthz")
+        assert status == 200, body
+        document = json.loads(body)
+        assert document["state"] == "running" and document["restarts"] == 0
+        metrics_status, metrics = get(port, "/metrics")
+        assert metrics_status == 200
+        for name in (
+            "lunara_up 1.0",
+            "lunara_restarts_total 0.0",
+            "lunara_bot_rss_bytes",
+            "lunara_heartbeat_age_seconds",
+        ):
+            assert name in metrics, name
+        assert all(
+            line.startswith(("# HELP", "# TYPE", "lunara_")) for line in metrics.splitlines()
+        )
+        assert SECRET not in body and SECRET not in metrics
+
+        os.kill(cli.status()["pid"], signal.SIGKILL)  # the watchdog waits 30 s to restart
+        wait_until(lambda: get(port, "/healthz")[0] == 503, 15, "healthz to report the dead bot")
+        assert json.loads(get(port, "/healthz")[1])["state"] == "backoff"
+        assert get(port, "/nope")[0] == 404
+    finally:
+        cli.run("stop", "--timeout", "5")
+
+
+def test_no_port_is_opened_unless_asked(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    cli = Cli(home, write_manifest(tmp_path / "manifest.json", manifest_document()))
+    try:
+        assert cli.run("start", "--wait", "30").returncode == 0
+        watchdog = cli.status()["supervisor_pid"]
+        import psutil
+
+        listening = [
+            c for c in psutil.Process(watchdog).net_connections(kind="inet") if c.status == "LISTEN"
+        ]
+        assert listening == []
+        assert "health endpoint" not in (home / "logs" / "watchdog.log").read_text()
+    finally:
+        cli.run("stop", "--timeout", "5")
+
+
+def test_render_metrics_includes_the_bots_counters() -> None:
+    from blueprint.control import StatusReport
+    from blueprint.health import render_metrics
+
+    report = StatusReport(
+        state="running", pid=1, supervisor_pid=2, started_at=None, uptime_s=1.0, restarts=3,
+        last_exit=None, rss_mib=10.0, heartbeat_age_s=0.5,
+        mirror={"backend": "off", "healthy": True, "synced_revision": None},
+        ledger_revision=1, principal=None, healthy=True, notes=[],
+    )  # fmt: skip
+    text = render_metrics(report, {"orders_placed_total": 7.0, "tick_duration_seconds": 0.01})
+    assert "lunara_orders_placed_total 7.0" in text
+    assert "lunara_tick_duration_seconds 0.01" in text
+    assert "lunara_restarts_total 3.0" in text
