@@ -169,3 +169,79 @@ async def _history(settings: Settings, symbol: str) -> list[Candle]:
         gateway = BinanceGateway(base_url=settings.binance_api_base_url, limiter=WeightLimiter())
     market = build_market(settings, gateway)
     return list(await market.history(symbol, ANALYSIS_CANDLES))
+
+
+@app.command()
+def backtest(
+    ctx: typer.Context,
+    symbol: Annotated[str, typer.Option("--symbol", help="A trading pair, e.g. BTCUSDT.")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Klines CSV (open_time,open,high,low,close,volume)."),
+    ] = None,
+    sim: Annotated[bool, typer.Option("--sim", help="Use the seeded simulated market.")] = False,
+    days: Annotated[int, typer.Option("--days", min=1, max=365, help="Days of sim candles.")] = 7,
+    stake: Annotated[
+        float, typer.Option("--stake", min=1, help="Quote currency per trade.")
+    ] = 100.0,
+    as_json: JsonOption = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write an equity curve PNG.")] = None,
+) -> None:
+    """Replay the analyzer, entry rule and trailing stops over candles; print the results."""
+    if (data is None) == (not sim):
+        raise typer.BadParameter("give exactly one of --data FILE or --sim")
+
+    def body() -> int:
+        from lunara.analysis.candles import CandleFileError, read_klines_csv
+        from lunara.backtest import plot_equity, run_backtest
+        from lunara.config import load_settings
+        from lunara.telegram.parsing import UsageError, parse_symbol
+        from lunara.trading.market import simulated_candles
+
+        session = open_session(options_of(ctx), "bot.backtest", "backtest")
+        try:
+            name = parse_symbol(symbol)
+        except UsageError as error:
+            raise BlueprintError(str(error)) from None
+        settings = load_settings()
+        if data is not None:
+            try:
+                candles = read_klines_csv(data)
+            except CandleFileError as error:
+                raise BlueprintError(str(error)) from None
+        else:
+            candles = simulated_candles(name, days * 1440)
+        fee = float(settings.paper_fee_rate)
+        from blueprint.render import wants_plain
+
+        if wants_plain() or as_json:
+            result = run_backtest(name, candles, stake=stake, fee_rate=fee)
+        else:
+            from rich.progress import Progress
+
+            with Progress() as bar:
+                task = bar.add_task(f"backtest {name}", total=len(candles))
+                result = run_backtest(
+                    name, candles, stake=stake, fee_rate=fee,
+                    progress=lambda done: bar.update(task, completed=done),
+                )  # fmt: skip
+        if plot is not None:
+            plot_equity(result, candles, str(plot))
+        session.outcome("ok", {"trades": len(result.trades)})
+        if as_json:
+            from blueprint.render import print_json
+
+            print_json(result.to_json())
+            return 0
+        from blueprint.render import print_mapping, print_records
+
+        print_records(
+            "trades",
+            ["entry_time", "entry_price", "exit_time", "exit_price", "profit", "reason"],
+            [trade.__dict__ for trade in result.trades],
+        )
+        summary = {k: v for k, v in result.to_json().items() if k != "trades"}
+        print_mapping(f"backtest {name}", summary)
+        return 0
+
+    finish(body)

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import aiosqlite
 
 from lunara.ai.analyst import NOTE_OFF, Analyst, MarketSummary
-from lunara.analysis import analyze_candles
+from lunara.analysis.analyzer import InsufficientData, analyze_candles
 from lunara.config import MarketKind, Mode, Settings
 from lunara.services import (
     AnalysisView,
@@ -43,14 +43,13 @@ from lunara.storage.positions import ExitReason, OrderSide
 from lunara.trading.binance import BinanceExchange, BinanceGateway
 from lunara.trading.exchange import Exchange
 from lunara.trading.executor import (
-    DEFAULT_PLANS,
     CircuitBreaker,
     Executor,
     ExecutorConfig,
     Notifier,
-    PlanLimits,
     SettingsCache,
     SignalSource,
+    StreamingSignals,
     plan_limits,
 )
 from lunara.trading.filters import quantity_for_quote
@@ -80,7 +79,6 @@ class EngineConfig:
     paper_fee_rate: Decimal = Decimal("0.001")
     paper_slippage: Decimal = Decimal("0.0005")
     paper_start_balance: Decimal = Decimal("10000")
-    plans: Mapping[str, PlanLimits] = field(default_factory=lambda: dict(DEFAULT_PLANS))
     max_concurrent_users: int = 32
     breaker_threshold: int = 3
     breaker_cooldown_s: float = 900.0
@@ -125,7 +123,7 @@ class TradingEngine:
         self._clock = clock
         self._binance: dict[int, tuple[float, BinanceExchange]] = {}
         self.settings_cache = SettingsCache(db)
-        self.signals = signals
+        self.signals: SignalSource = signals if signals is not None else StreamingSignals()
         self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown_s)
         self.orders = OrderPath(db, stops, default_stop_params=self._stop_params, clock=clock)
         self.executor = Executor(
@@ -141,7 +139,6 @@ class TradingEngine:
                 symbols=config.symbols,
                 quote_asset=config.quote_asset,
                 max_concurrent_users=config.max_concurrent_users,
-                plans=config.plans,
             ),
             notifier=lambda: self._notifier,
             clock=clock,
@@ -190,8 +187,7 @@ class TradingEngine:
             except Exception as error:
                 logger.warning("no warm-up history for %s: %s", symbol, error)
                 continue
-            if self.signals is not None:
-                self.signals.feed(symbol, candles)
+            self.signals.feed(symbol, candles)
 
     async def _stop_params(self, user_id: int) -> Any:
         return self.settings_cache.params_for(user_id)
@@ -283,7 +279,7 @@ class TradingEngine:
             raise TradingPaused("trading is paused by an admin; try again later")
         if not self.breaker.allows(user_id):
             raise TradingError("trading on your account is paused after repeated key failures")
-        limits = plan_limits(self._config.plans, user.plan_at(self._clock()))
+        limits = plan_limits(user, self._clock())
         open_positions = await position_store.list_open(self._db, user_id)
         if len(open_positions) >= limits.max_open_positions:
             raise TradingError(
@@ -342,33 +338,37 @@ class TradingEngine:
         candles = await self._market.history(name, ANALYSIS_CANDLES)
         if not candles:
             raise TradingError(f"no market history for {name} yet; try again in a minute")
-        result = analyze_candles(candles)
+        try:
+            result = analyze_candles(candles, symbol=name)
+        except InsufficientData:
+            raise TradingError(
+                f"not enough market history for {name} yet; try again later"
+            ) from None
         ai_text: str | None = None
         ai_note: str | None = None
         if with_ai:
             if self._analyst is None or not self._analyst.enabled:
                 ai_note = NOTE_OFF
             else:
-                limits = plan_limits(self._config.plans, user.plan_at(self._clock()))
-                plan = user.plan_at(self._clock())
+                limits = plan_limits(user, self._clock())
                 commentary = await self._analyst.comment(
                     user_id,
-                    plan,
+                    limits.name.value,
                     MarketSummary(
                         symbol=name,
                         interval=interval_name(self._market.interval_s),
                         candle_open_time=result.candle_open_time,
                         price=result.price,
-                        indicators=result.indicators,
-                        symptoms=result.symptoms,
+                        indicators=dict(result.indicators),
+                        symptoms=[symptom.value for symptom in result.symptoms],
                     ),
-                    limit=limits.ai_daily_quota,
+                    limit=limits.ai_analyses_per_day,
                 )
                 ai_text, ai_note = commentary.text, commentary.note
         return AnalysisView(
             symbol=name,
             indicators=dict(result.indicators),
-            symptoms=tuple(result.symptoms),
+            symptoms=tuple(symptom.value for symptom in result.symptoms),
             ai_commentary=ai_text,
             ai_note=ai_note,
             extra={"price": result.price, "interval": interval_name(self._market.interval_s)},

@@ -25,12 +25,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, cast
 
 import aiosqlite
 
+from lunara.analysis.analyzer import Analysis, CandleLike, StreamingAnalyzer, entry_signal
 from lunara.crypto import KeyMismatch
-from lunara.plans import PLANS
+from lunara.plans import Plan, effective_plan
 from lunara.services import TradingError
 from lunara.storage import positions as position_store
 from lunara.storage import user_settings, users
@@ -66,24 +67,35 @@ class SignalSource(Protocol):
     def entry_signal(self, symbol: str) -> bool: ...
 
 
-@dataclass(frozen=True)
-class PlanLimits:
-    max_open_positions: int
-    ai_daily_quota: int
+def plan_limits(user: users.User, now: float) -> Plan:
+    """The plan in force for ``user`` (a lapsed paid plan counts as free)."""
+    return effective_plan(user.plan, user.plan_expires_at, now)
 
 
-# The plan book (lunara.plans) is the one source of plan limits.
-DEFAULT_PLANS: Mapping[str, PlanLimits] = {
-    plan.name.value: PlanLimits(
-        max_open_positions=plan.max_open_positions, ai_daily_quota=plan.ai_analyses_per_day
-    )
-    for plan in PLANS.values()
-}
+class StreamingSignals:
+    """One streaming analyzer per symbol; a signal counts once, on the candle that made it."""
 
+    def __init__(self) -> None:
+        self._analyzers: dict[str, StreamingAnalyzer] = {}
+        self._consumed: dict[str, int] = {}
 
-def plan_limits(plans: Mapping[str, PlanLimits], plan: str) -> PlanLimits:
-    """Limits of ``plan``; an unknown plan gets the free plan's (never more)."""
-    return plans.get(plan) or plans.get(users.FREE_PLAN) or PlanLimits(1, 0)
+    def feed(self, symbol: str, candles: Sequence[object]) -> None:
+        analyzer = self._analyzers.get(symbol)
+        if analyzer is None:
+            analyzer = self._analyzers[symbol] = StreamingAnalyzer(symbol)
+        for candle in candles:
+            analyzer.update(cast(CandleLike, candle))
+
+    def latest(self, symbol: str) -> Analysis | None:
+        analyzer = self._analyzers.get(symbol)
+        return None if analyzer is None else analyzer.latest
+
+    def entry_signal(self, symbol: str) -> bool:
+        analysis = self.latest(symbol)
+        if analysis is None or self._consumed.get(symbol) == analysis.candle_open_time:
+            return False
+        self._consumed[symbol] = analysis.candle_open_time
+        return entry_signal(analysis)
 
 
 def trailing_params(settings: UserSettings) -> TrailingParams:
@@ -210,7 +222,6 @@ class ExecutorConfig:
     quote_asset: str = "USDT"
     max_concurrent_users: int = DEFAULT_MAX_CONCURRENT_USERS
     checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S
-    plans: Mapping[str, PlanLimits] = field(default_factory=lambda: dict(DEFAULT_PLANS))
 
 
 class Executor:
@@ -439,7 +450,7 @@ class Executor:
         open_positions = await position_store.list_open(self._db, user_id)
         if any(position.symbol == symbol for position in open_positions):
             return False
-        limits = plan_limits(self._config.plans, user.plan_at(self._clock()))
+        limits = plan_limits(user, self._clock())
         if len(open_positions) >= limits.max_open_positions:
             return False
         settings = self._settings.settings(user_id)

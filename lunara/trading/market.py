@@ -25,6 +25,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Protocol
 
+from lunara.analysis.candles import Candle, read_klines_csv
 from lunara.services import TradingError
 from lunara.trading.binance import BinanceGateway, Weight
 
@@ -46,31 +47,6 @@ SIM_START_PRICES: dict[str, float] = {
 }
 
 INTERVAL_NAMES: dict[int, str] = {60: "1m", 180: "3m", 300: "5m", 900: "15m", 3600: "1h"}
-
-
-@dataclass(frozen=True)
-class Candle:
-    """One kline; times in epoch milliseconds as Binance sends them."""
-
-    open_time: int
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-    close_time: int
-
-
-def read_klines_csv(path: Path) -> list[Candle]:
-    """A `replay:FILE` recording as market candles (lunara.analysis.candles validates it)."""
-    from lunara.analysis.candles import read_klines_csv as read_rows
-
-    rows = read_rows(path)
-    step = rows[1].open_time - rows[0].open_time if len(rows) > 1 else 60_000
-    return [
-        Candle(r.open_time, r.open, r.high, r.low, r.close, r.volume, r.open_time + step - 1)
-        for r in rows
-    ]
 
 
 def interval_name(seconds: int) -> str:
@@ -152,7 +128,6 @@ class CandleBuilder:
             low=current[3],
             close=current[4],
             volume=0.0,
-            close_time=open_time + self._interval_ms - 1,
         )
         self.remember(symbol, [candle])
         return candle
@@ -254,7 +229,6 @@ class SimMarket:
                     low=min(open_price, *path),
                     close=path[-1],
                     volume=0.0,
-                    close_time=open_time + interval_ms - 1,
                 )
             )
         self._builder.remember(symbol, candles)
@@ -357,7 +331,6 @@ def _kline(row: Sequence[object]) -> Candle:
         low=float(str(row[3])),
         close=float(str(row[4])),
         volume=float(str(row[5])),
-        close_time=int(str(row[6])),
     )
 
 
@@ -413,7 +386,43 @@ class ReplayMarket:
             self._ended_logged = True
         last = self._candles[max(self._delivered - 1, 0)]
         price = self._price()
-        return MarketTick(last.close_time / 1000, {symbol: price for symbol in symbols}, closed)
+        return MarketTick(
+            (last.open_time + self._interval_s * 1000) / 1000,
+            {symbol: price for symbol in symbols},
+            closed,
+        )
 
     async def history(self, symbol: str, limit: int) -> list[Candle]:
         return self._candles[max(0, self._delivered - limit) : self._delivered]
+
+
+def simulated_candles(
+    symbol: str,
+    count: int,
+    *,
+    seed: int = 0,
+    interval_s: int = DEFAULT_INTERVAL_S,
+    tick_s: float = 5.0,
+    volatility: float = SIM_STEP_VOLATILITY,
+) -> list[Candle]:
+    """`count` candles of the sim market's seeded walk for `symbol` (backtests)."""
+    walk = _Walk(seed, symbol, _sim_start_price(symbol), volatility)
+    steps_per_candle = max(1, round(interval_s / tick_s))
+    interval_ms = interval_s * 1000
+    first_open = int(SIM_ORIGIN_S * 1000) // interval_ms * interval_ms
+    candles: list[Candle] = []
+    for index in range(count):
+        open_price = walk.price
+        path = [walk.step() for _ in range(steps_per_candle)]
+        open_time = first_open + index * interval_ms
+        candles.append(
+            Candle(
+                open_time=open_time,
+                open=open_price,
+                high=max(open_price, *path),
+                low=min(open_price, *path),
+                close=path[-1],
+                volume=0.0,
+            )
+        )
+    return candles
