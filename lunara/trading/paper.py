@@ -87,6 +87,8 @@ class PaperExchange:
         self, symbol: str, side: Side, quantity: Decimal, client_order_id: str
     ) -> Fill:
         rules = await self.symbol_rules(symbol)
+        if rules.quote_asset != self._quote_asset:
+            raise TradingError(f"paper trading settles in {self._quote_asset} pairs only")
         quoted = await self._prices([symbol])
         market_price = quoted.get(symbol)
         if market_price is None or market_price <= 0:
@@ -99,8 +101,6 @@ class PaperExchange:
             deltas = {self._quote_asset: -(quote_quantity + fee), rules.base_asset: executed}
         else:
             deltas = {rules.base_asset: -executed, self._quote_asset: quote_quantity - fee}
-        if rules.quote_asset != self._quote_asset:
-            raise TradingError(f"paper trading settles in {self._quote_asset} pairs only")
         await self._ensure_seeded()
         exchange_order_id = PAPER_ORDER_PREFIX + client_order_id
         try:

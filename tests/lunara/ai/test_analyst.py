@@ -1,14 +1,23 @@
-"""The Gemini analyst with the real google-genai client against a local fake server."""
+"""The AI analyst without a key: off, says so, touches nothing else."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
-import aiosqlite
 import pytest
 
-from lunara.ai.analyst import NOTE_BUSY, NOTE_OFF, NOTE_QUOTA, Analyst, MarketSummary
+from lunara.ai.analyst import (
+    NOTE_BUSY,
+    NOTE_OFF,
+    USAGE_KIND,
+    Analyst,
+    MarketSummary,
+    _day,
+    build_prompt,
+)
 from lunara.storage import users
 from lunara.storage.database import open_database
 from tests.fakes.gemini_api import FakeGemini
@@ -17,81 +26,85 @@ SUMMARY = MarketSummary(
     symbol="BTCUSDT",
     interval="1m",
     candle_open_time=1_700_000_000_000,
-    price=50_000.0,
-    indicators={"rsi": 28.5, "macd": -12.0},
-    symptoms=("rsi_oversold",),
+    price=60_000.0,
+    indicators={"rsi": 28.5, "atr": None},
+    symptoms=["rsi_oversold"],
 )
 
 
-@pytest.fixture
-def gemini() -> Iterator[FakeGemini]:
-    with FakeGemini() as fake:
-        yield fake
+async def test_without_a_key_the_feature_is_off_and_google_genai_is_not_loaded(
+    tmp_path: Path,
+) -> None:
+    db = await open_database(tmp_path / "lunara.db")
+    try:
+        analyst = Analyst(api_key=None, model="gemini-2.5-flash", base_url=None, db=db)
+        commentary = await analyst.comment(1, "free", SUMMARY, limit=3)
+        assert not analyst.enabled
+        assert commentary.text is None and commentary.note == NOTE_OFF
+        assert analyst.requests_sent == 0
+        assert "google.genai" not in sys.modules or analyst._client is None
+    finally:
+        await db.close()
 
 
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
-    connection = await open_database(tmp_path / "lunara.db")
-    await users.register(connection, 7, "trader")
-    yield connection
-    await connection.close()
+def test_the_prompt_carries_the_indicators_and_symptoms_only() -> None:
+    prompt = build_prompt(SUMMARY)
+    assert "BTCUSDT" in prompt and "rsi: 28.5" in prompt and "atr: n/a" in prompt
+    assert "rsi_oversold" in prompt
 
 
-def analyst(fake: FakeGemini, db: aiosqlite.Connection, key: str | None = None) -> Analyst:
+def _analyst(db: object, fake: FakeGemini, key: str | None = None) -> Analyst:
     return Analyst(
-        api_key=key if key is not None else fake.api_key,
+        api_key=key or fake.api_key,
         model="gemini-2.5-flash",
         base_url=fake.base_url,
-        db=db,
-        attempts=2,
-        retry_initial_delay_s=0.05,
+        db=db,  # type: ignore[arg-type]
+        timeout_ms=5_000,
+        retry_initial_delay_s=0.01,
     )
 
 
-async def test_commentary_comes_from_a_prompt_built_from_the_analysis(
-    gemini: FakeGemini, db: aiosqlite.Connection
+async def test_answers_are_cached_per_symbol_and_candle_and_quota_counts_answers(
+    tmp_path: Path,
 ) -> None:
-    answer = await analyst(gemini, db).comment(7, "free", SUMMARY, limit=3)
-    assert answer.text == gemini.answer
-    assert "BTCUSDT" in gemini.prompts[0] and "rsi_oversold" in gemini.prompts[0]
+    db = await open_database(tmp_path / "lunara.db")
+    try:
+        await users.register(db, 1, "trader")
+        with FakeGemini() as fake:
+            analyst = _analyst(db, fake)
+            first = await analyst.comment(1, "free", SUMMARY, limit=2)
+            again = await analyst.comment(1, "free", SUMMARY, limit=2)
+            assert first.text == fake.answer and not first.cached
+            assert again.text == fake.answer and again.cached
+            assert fake.requests == 1
+            assert "rsi_oversold" in fake.prompts[0]
+            later = replace(SUMMARY, candle_open_time=SUMMARY.candle_open_time + 60_000)
+            assert (await analyst.comment(1, "free", later, limit=2)).text == fake.answer
+            newest = replace(later, candle_open_time=later.candle_open_time + 60_000)
+            refused = await analyst.comment(1, "free", newest, limit=2)
+            assert refused.text is None and "2 AI analyses" in (refused.note or "")
+            assert fake.requests == 2
+            await analyst.aclose()
+    finally:
+        await db.close()
 
 
-async def test_the_same_candle_is_answered_from_the_cache(
-    gemini: FakeGemini, db: aiosqlite.Connection
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_busy_service_becomes_a_short_note_and_costs_no_quota(
+    tmp_path: Path, status: int
 ) -> None:
-    ai = analyst(gemini, db)
-    await ai.comment(7, "free", SUMMARY, limit=3)
-    again = await ai.comment(7, "free", SUMMARY, limit=3)
-    assert again.cached and gemini.requests == 1
-
-
-async def test_the_daily_quota_is_enforced(gemini: FakeGemini, db: aiosqlite.Connection) -> None:
-    ai = analyst(gemini, db)
-    for minute in range(2):
-        summary = MarketSummary(**{**SUMMARY.__dict__, "candle_open_time": minute})
-        assert (await ai.comment(7, "free", summary, limit=2)).text
-    refused = await ai.comment(7, "free", SUMMARY, limit=2)
-    assert refused.text is None and refused.note == NOTE_QUOTA.format(limit=2, plan="free")
-
-
-async def test_without_a_key_the_feature_says_it_is_off(
-    gemini: FakeGemini, db: aiosqlite.Connection
-) -> None:
-    answer = await analyst(gemini, db, key="").comment(7, "free", SUMMARY, limit=3)
-    assert answer.note == NOTE_OFF and gemini.requests == 0
-
-
-async def test_429_then_success_is_retried_by_the_sdk(
-    gemini: FakeGemini, db: aiosqlite.Connection
-) -> None:
-    gemini.inject(429)
-    answer = await analyst(gemini, db).comment(7, "free", SUMMARY, limit=3)
-    assert answer.text == gemini.answer and gemini.requests == 2
-
-
-async def test_persistent_503_gives_a_short_note_not_an_error(
-    gemini: FakeGemini, db: aiosqlite.Connection
-) -> None:
-    gemini.inject(503, times=5)
-    answer = await analyst(gemini, db).comment(7, "free", SUMMARY, limit=3)
-    assert answer.text is None and answer.note == NOTE_BUSY
+    db = await open_database(tmp_path / "lunara.db")
+    try:
+        await users.register(db, 1, "trader")
+        with FakeGemini() as fake:
+            fake.inject(status, times=3)
+            analyst = _analyst(db, fake)
+            commentary = await analyst.comment(1, "free", SUMMARY, limit=5)
+            assert commentary.text is None and commentary.note == NOTE_BUSY
+            assert fake.requests == 3  # the client's own retries, then a note
+            assert await users.usage(db, 1, USAGE_KIND, _day(time.time())) == 0
+            recovered = await analyst.comment(1, "free", SUMMARY, limit=5)
+            assert recovered.text == fake.answer
+            await analyst.aclose()
+    finally:
+        await db.close()

@@ -1,103 +1,141 @@
-"""BinanceExchange with the real python-binance client against a local fake Binance."""
+"""BinanceExchange: real python-binance against the local fake Binance server."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from tenacity import wait_none
 
-from lunara.trading.binance import BinanceExchange, BinanceGateway
-from lunara.trading.exchange import (
-    CredentialsRejected,
-    DuplicateOrder,
-    ExchangeError,
-    OrderRefused,
-    RateLimited,
-)
+from lunara.storage import positions as store
+from lunara.storage import users
+from lunara.storage.database import open_database
+from lunara.trading.binance import BinanceExchange, BinanceGateway, RetryPolicy
+from lunara.trading.exchange import OrderRefused, RateLimited
 from lunara.trading.limiter import WeightLimiter
-from lunara.trading.orders import Side
+from lunara.trading.market import BinanceMarket
+from lunara.trading.orders import OrderPath, OrderRequest
+from lunara.trading.stopstore import SqliteStopStore
+from lunara.trading.trailing import TrailingParams
 from tests.fakes.binance_api import FakeBinance
 
 KEY, SECRET = "k" * 64, "s" * 64
+OTHER_KEY, OTHER_SECRET = "o" * 64, "p" * 64
+
+
+class FakeClock:
+    """Time that passes only when the limiter sleeps: waits are observed, not endured."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
 
 
 @pytest.fixture
-def fake_binance() -> Iterator[FakeBinance]:
-    with FakeBinance() as fake:
-        fake.add_account(KEY, SECRET, USDT="1000", BTC="0")
-        yield fake
+def fake() -> Iterator[FakeBinance]:
+    with FakeBinance() as server:
+        server.add_account(KEY, SECRET, USDT="1000")
+        server.add_account(OTHER_KEY, OTHER_SECRET, USDT="1000")
+        yield server
 
 
-def exchange_for(fake: FakeBinance, secret: str = SECRET) -> BinanceExchange:
-    gateway = BinanceGateway(base_url=fake.base_url, limiter=WeightLimiter(), timeout_s=2.0)
-    return BinanceExchange(gateway, KEY, secret)
-
-
-async def test_a_signed_market_order_fills_and_is_found_by_client_id(
-    fake_binance: FakeBinance,
-) -> None:
-    exchange = exchange_for(fake_binance)
-    fill = await exchange.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "lun-1")
-    assert fill.client_order_id == "lun-1"
-    found = await exchange.find_order("BTCUSDT", "lun-1")
-    assert found is not None and found.client_order_id == "lun-1"
-    assert await exchange.find_order("BTCUSDT", "never-sent") is None
-
-
-async def test_a_reused_client_order_id_is_a_duplicate_and_places_nothing(
-    fake_binance: FakeBinance,
-) -> None:
-    exchange = exchange_for(fake_binance)
-    await exchange.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "lun-2")
-    with pytest.raises(OrderRefused):
-        await exchange.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "lun-2")
-    assert len(fake_binance.orders) == 1
-
-
-async def test_insufficient_balance_is_refused_once_never_retried(
-    fake_binance: FakeBinance,
-) -> None:
-    exchange = exchange_for(fake_binance)
-    with pytest.raises(OrderRefused) as refused:
-        await exchange.place_market_order("BTCUSDT", Side.BUY, Decimal("1"), "lun-3")
-    assert not isinstance(refused.value, DuplicateOrder)
-    assert fake_binance.count("POST", "order") == 1
-
-
-async def test_a_wrong_secret_is_rejected_credentials(fake_binance: FakeBinance) -> None:
-    exchange = exchange_for(fake_binance, secret="x" * 64)
-    with pytest.raises(CredentialsRejected):
-        await exchange.balances()
-
-
-async def test_clock_skew_is_resynchronised_and_the_request_succeeds(
-    fake_binance: FakeBinance,
-) -> None:
-    fake_binance.skew_ms = 60_000  # the server is a minute ahead
-    exchange = exchange_for(fake_binance)
-    balances = await exchange.balances()
-    assert {b.asset for b in balances} >= {"USDT"}
-    assert fake_binance.count("GET", "time") >= 1
-
-
-async def test_429_with_retry_after_holds_every_caller_back(fake_binance: FakeBinance) -> None:
-    exchange = exchange_for(fake_binance)
-    fake_binance.inject(
-        "account", 429, -1003, "Too many requests.", headers={"Retry-After": "2"}, times=5
+def _gateway(
+    fake: FakeBinance, limiter: WeightLimiter | None = None, attempts: int = 3
+) -> BinanceGateway:
+    return BinanceGateway(
+        base_url=fake.base_url,
+        limiter=limiter or WeightLimiter(),
+        timeout_s=1.0,
+        retry=RetryPolicy(attempts=attempts, wait=wait_none()),
     )
-    with pytest.raises((RateLimited, ExchangeError)):
-        await exchange.balances()
-    assert exchange._gateway.limiter.blocked_for_s > 0
 
 
-async def test_an_order_whose_response_was_dropped_is_found_not_resent(
-    fake_binance: FakeBinance,
+async def test_a_429_with_retry_after_holds_back_every_caller(fake: FakeBinance) -> None:
+    clock = FakeClock()
+    gateway = _gateway(fake, WeightLimiter(clock=clock, sleep=clock.sleep), attempts=1)
+    first = BinanceExchange(gateway, KEY, SECRET)
+    second = BinanceExchange(gateway, OTHER_KEY, OTHER_SECRET)
+    fake.inject("account", 429, -1003, "Too many requests", headers={"Retry-After": "7"})
+    with pytest.raises(RateLimited):
+        await first.balances()
+    assert gateway.limiter.blocked_for_s == 7
+    balances = await second.balances()
+    assert clock.slept == [7.0]
+    assert {b.asset for b in balances} == {"USDT"}
+
+
+async def test_a_timestamp_refusal_resyncs_server_time_then_succeeds(fake: FakeBinance) -> None:
+    fake.skew_ms = 60_000
+    exchange = BinanceExchange(_gateway(fake), KEY, SECRET)
+    balances = await exchange.balances()
+    assert balances[0].free == Decimal(1000)
+    assert fake.count("GET", "time") == 1
+    assert abs(exchange.timestamp_offset_ms - 60_000) < 5_000
+
+
+async def test_prices_for_all_symbols_come_in_one_request(fake: FakeBinance) -> None:
+    fake.prices = {"BTCUSDT": Decimal(50000), "ETHUSDT": Decimal(3000)}
+    market = BinanceMarket(_gateway(fake))
+    tick = await market.tick(["BTCUSDT", "ETHUSDT"], 0.0)
+    assert tick.prices == {"BTCUSDT": Decimal(50000), "ETHUSDT": Decimal(3000)}
+    assert fake.count("GET", "ticker/price") == 1
+
+
+async def _order_path(tmp_path: Path) -> tuple[object, object, OrderPath]:
+    db = await open_database(tmp_path / "lunara.db")
+    stop_db = await open_database(tmp_path / "lunara.db")
+    await users.register(db, 5, "live")
+
+    async def params(user_id: int) -> TrailingParams:
+        return TrailingParams(stoploss=-0.05, trailing_stop=True)
+
+    return db, stop_db, OrderPath(db, SqliteStopStore(stop_db), default_stop_params=params)
+
+
+async def test_a_rejected_order_is_never_retried(fake: FakeBinance, tmp_path: Path) -> None:
+    db, stop_db, orders = await _order_path(tmp_path)
+    try:
+        fake.inject("order", 400, -2010, "Account has insufficient balance for requested action.")
+        exchange = BinanceExchange(_gateway(fake), KEY, SECRET)
+        with pytest.raises(OrderRefused, match="insufficient balance"):
+            await orders.submit(
+                exchange,
+                OrderRequest(5, "BTCUSDT", store.OrderSide.BUY, Decimal("0.001"), Decimal(50000)),
+            )
+        assert fake.count("POST", "order") == 1
+        assert fake.count("GET", "order") == 0
+        async with db.execute("SELECT status FROM orders") as cursor:  # type: ignore[attr-defined]
+            assert [row[0] for row in await cursor.fetchall()] == ["rejected"]
+    finally:
+        await db.close()  # type: ignore[attr-defined]
+        await stop_db.close()  # type: ignore[attr-defined]
+
+
+async def test_a_dropped_answer_is_resolved_by_client_id_without_a_duplicate(
+    fake: FakeBinance, tmp_path: Path
 ) -> None:
-    fake_binance.drop_next_order_response = True
-    exchange = exchange_for(fake_binance)
-    with pytest.raises(ExchangeError):
-        await exchange.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "lun-4")
-    found = await exchange.find_order("BTCUSDT", "lun-4")
-    assert found is not None  # the order path settles from this lookup instead of resending
-    assert len(fake_binance.orders) == 1
+    db, stop_db, orders = await _order_path(tmp_path)
+    try:
+        fake.drop_next_order_response = True
+        exchange = BinanceExchange(_gateway(fake), KEY, SECRET)
+        settled = await orders.submit(
+            exchange,
+            OrderRequest(5, "BTCUSDT", store.OrderSide.BUY, Decimal("0.001"), Decimal(50000)),
+        )
+        assert len(fake.orders) == 1
+        assert fake.orders[0]["clientOrderId"] == settled.order.client_order_id
+        assert fake.count("GET", "order") == 1
+        assert settled.position.quantity == Decimal("0.001")
+        assert fake.balances[KEY]["BTC"] == Decimal("0.001")
+    finally:
+        await db.close()  # type: ignore[attr-defined]
+        await stop_db.close()  # type: ignore[attr-defined]

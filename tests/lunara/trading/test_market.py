@@ -1,40 +1,47 @@
-"""Market data sources: the offline sim market and replays of recorded klines."""
+"""Market data: the seeded simulator, candle building, and replay from a file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from lunara.services import TradingError
-from lunara.trading.market import ReplayMarket, SimMarket, read_klines_csv
-
-CSV = (
-    "open_time,open,high,low,close,volume\n"
-    "1700000000000,100,101,99,100.5,12\n"
-    "1700000060000,100.5,102,100,101.5,8\n"
-    "1700000120000,101.5,103,101,102.5,9\n"
-)
+from lunara.trading.market import CandleBuilder, ReplayMarket, SimMarket
 
 
-def test_replay_file_reads_as_market_candles_with_close_times(tmp_path: Path) -> None:
+async def test_the_sim_market_is_deterministic_for_a_seed_and_independent_per_symbol() -> None:
+    first, second, other = SimMarket(seed=9), SimMarket(seed=9), SimMarket(seed=10)
+    wider = SimMarket(seed=9)
+    runs = []
+    for market, symbols in (
+        (first, ["BTCUSDT"]),
+        (second, ["BTCUSDT"]),
+        (wider, ["BTCUSDT", "ETHUSDT"]),
+    ):
+        runs.append([(await market.tick(symbols, 0.0)).prices["BTCUSDT"] for _ in range(50)])
+    assert runs[0] == runs[1] == runs[2]
+    assert [(await other.tick(["BTCUSDT"], 0.0)).prices["BTCUSDT"] for _ in range(50)] != runs[0]
+    assert len(await first.history("BTCUSDT", 500)) >= 200
+
+
+async def test_candles_close_when_a_price_falls_into_the_next_interval() -> None:
+    builder = CandleBuilder(60)
+    assert builder.add("BTCUSDT", 0.0, 10.0) is None
+    assert builder.add("BTCUSDT", 30.0, 12.0) is None
+    assert builder.add("BTCUSDT", 45.0, 9.0) is None
+    closed = builder.add("BTCUSDT", 61.0, 11.0)
+    assert closed is not None
+    assert (closed.open, closed.high, closed.low, closed.close) == (10.0, 12.0, 9.0, 9.0)
+
+
+async def test_replay_plays_recorded_klines_one_candle_per_tick(tmp_path: Path) -> None:
     path = tmp_path / "klines.csv"
-    path.write_text(CSV)
-    candles = read_klines_csv(path)
-    assert [c.close for c in candles] == [100.5, 101.5, 102.5]
-    assert candles[0].close_time == 1700000059999
-
-
-def test_a_bad_replay_file_is_a_clear_trading_error(tmp_path: Path) -> None:
-    path = tmp_path / "bad.csv"
-    path.write_text("open_time,open,high,low,close,volume\n1,1,1,1,oops,1\n")
-    with pytest.raises(TradingError, match="line 2"):
-        ReplayMarket(path)
-
-
-async def test_the_sim_market_is_deterministic_for_a_seed() -> None:
-    first, second = SimMarket(7, tick_s=1.0), SimMarket(7, tick_s=1.0)
-    history_a = await first.history("BTCUSDT", 50)
-    history_b = await second.history("BTCUSDT", 50)
-    assert [c.close for c in history_a] == [c.close for c in history_b]
-    assert len(history_a) == 50
+    rows = ["open_time,open,high,low,close,volume"]
+    rows += [f"{i * 60_000},{100 + i},{101 + i},{99 + i},{100.5 + i},1" for i in range(3)]
+    path.write_text("\n".join(rows) + "\n")
+    market = ReplayMarket(path)
+    assert market.interval_s == 60
+    closes = []
+    for _ in range(4):
+        tick = await market.tick(["BTCUSDT"], 0.0)
+        closes.append(str(tick.prices["BTCUSDT"]))
+    assert closes == ["100.5", "101.5", "102.5", "102.5"]
+    assert len(await market.history("BTCUSDT", 10)) == 3

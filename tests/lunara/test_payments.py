@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from lunara import payments
+from lunara.plans import PLAN_PERIOD_S, PLANS, PlanName
+from lunara.storage import payments as stored_payments
+from lunara.storage import users
+from lunara.storage.database import open_database
+
+PAYER = 424242
+PRO = PLANS[PlanName.PRO]
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
+    connection = await open_database(tmp_path / "lunara.db")
+    try:
+        await users.register(connection, PAYER, "payer")
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def test_a_matching_invoice_passes_pre_checkout(db: aiosqlite.Connection) -> None:
+    payload = payments.invoice_payload(PRO, PAYER)
+    decision = await payments.check_pre_checkout(
+        db, PAYER, payload, payments.STARS, PRO.price_stars
+    )
+    assert decision.ok and decision.plan is PRO and decision.error is None
+
+
+@pytest.mark.parametrize(
+    ("payload", "currency", "amount", "reason"),
+    [
+        ("something:else", payments.STARS, PRO.price_stars, "not one of ours"),
+        ("plan:platinum:424242", payments.STARS, PRO.price_stars, "no longer exists"),
+        ("plan:free:424242", payments.STARS, 0, "no longer exists"),
+        ("plan:pro:1", payments.STARS, PRO.price_stars, "someone else"),
+        ("plan:pro:424242", payments.STARS, PRO.price_stars - 1, "price changed"),
+        ("plan:pro:424242", "USD", PRO.price_stars, "price changed"),
+    ],
+)
+async def test_pre_checkout_refuses_invoices_that_do_not_match_the_plan_book(
+    db: aiosqlite.Connection, payload: str, currency: str, amount: int, reason: str
+) -> None:
+    decision = await payments.check_pre_checkout(db, PAYER, payload, currency, amount)
+    assert not decision.ok
+    assert decision.error is not None and reason in decision.error
+
+
+async def test_pre_checkout_refuses_inactive_or_unknown_payers(db: aiosqlite.Connection) -> None:
+    await users.set_active(db, PAYER, False)
+    payload = payments.invoice_payload(PRO, PAYER)
+    inactive = await payments.check_pre_checkout(
+        db, PAYER, payload, payments.STARS, PRO.price_stars
+    )
+    stranger = await payments.check_pre_checkout(
+        db, 777, payments.invoice_payload(PRO, 777), payments.STARS, PRO.price_stars
+    )
+    assert not inactive.ok and not stranger.ok
+
+
+async def test_a_successful_payment_upgrades_the_plan_once_per_charge(
+    db: aiosqlite.Connection,
+) -> None:
+    payload = payments.invoice_payload(PRO, PAYER)
+    first = await payments.record_payment(db, PAYER, payload, "charge_1", PRO.price_stars)
+    again = await payments.record_payment(db, PAYER, payload, "charge_1", PRO.price_stars)
+    assert first.changed and not again.changed
+    assert first.user.plan == PlanName.PRO.value
+    assert first.user.plan_expires_at is not None
+    assert first.user.plan_expires_at - first.payment.paid_at == pytest.approx(PLAN_PERIOD_S)
+    stored = await stored_payments.get(db, "charge_1")
+    assert stored is not None and stored.status is stored_payments.PaymentStatus.PAID
+
+
+async def test_a_payment_that_names_no_plan_is_refused(db: aiosqlite.Connection) -> None:
+    with pytest.raises(ValueError, match="names no plan"):
+        await payments.record_payment(db, PAYER, "garbage", "charge_2", 10)

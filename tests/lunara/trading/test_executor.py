@@ -1,0 +1,125 @@
+"""The tick loop on the paper exchange with a real Redis stop store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from lunara.services import TradingPaused
+from lunara.storage import positions as store
+from lunara.storage import user_settings, users
+from lunara.storage.database import open_database
+from lunara.trading.engine import EngineConfig, TradingEngine
+from lunara.trading.exchange import CredentialsRejected, Exchange
+from lunara.trading.executor import CircuitBreaker
+from lunara.trading.market import SimMarket
+from lunara.trading.stopstore import RedisStopStore
+
+MAX_TICKS = 400
+
+
+class Inbox:
+    """The Notifier the Telegram layer would provide, recording what it was asked to send."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[int, str]] = []
+
+    async def notify(self, user_id: int, text: str) -> None:
+        self.messages.append((user_id, text))
+
+
+@pytest.fixture
+async def engine(tmp_path: Path, redis_db: str) -> AsyncIterator[TradingEngine]:
+    path = tmp_path / "lunara.db"
+    db = await open_database(path)
+    stop_db = await open_database(path)
+    redis = Redis.from_url(redis_db)
+    market = SimMarket(seed=21, volatility=0.01)
+    built = TradingEngine(
+        db=db,
+        stops=RedisStopStore(redis, stop_db, name="test"),
+        market=market,
+        config=EngineConfig(),
+        notifier=Inbox(),
+    )
+    for user_id in (1, 2):
+        await users.register(db, user_id, f"trader{user_id}")
+        await user_settings.update(
+            db,
+            user_id,
+            {
+                "stoploss": -0.02,
+                "trailing_stop_positive": 0.01,
+                "trailing_stop_positive_offset": 0.02,
+            },
+        )
+    await built.start()
+    yield built
+    await redis.aclose()
+    await db.close()
+    await stop_db.close()
+
+
+async def test_triggered_trailing_stops_exit_through_the_order_path(engine: TradingEngine) -> None:
+    inbox = Inbox()
+    engine.attach_notifier(inbox)
+    await engine.buy(1, "BTCUSDT", Decimal(100))
+    await engine.buy(2, "ETHUSDT", Decimal(100))
+    for _ in range(MAX_TICKS):
+        report = await engine.executor.tick()
+        if engine.executor.ticks > 1 and report.exits == 0:
+            assert report.store_round_trips == 1  # one advance_all call for every position
+        if not engine.stop_store.tracked():
+            break
+    assert engine.stop_store.tracked() == []
+    db = engine.orders._db
+    for user_id in (1, 2):
+        assert await store.list_open(db, user_id) == []
+        closed = await store.by_user(db, user_id)
+        assert closed[0].exit_reason in ("stop_loss", "trailing_stop")
+    notified = {user_id for user_id, text in inbox.messages if "hit: sold" in text}
+    assert notified == {1, 2}
+
+
+async def test_one_traders_failing_keys_trip_the_breaker_and_others_keep_trading(
+    engine: TradingEngine,
+) -> None:
+    inbox = Inbox()
+    engine.attach_notifier(inbox)
+    engine.breaker = CircuitBreaker(threshold=2, cooldown_s=3600)
+    engine.executor._breaker = engine.breaker
+    await engine.buy(1, "BTCUSDT", Decimal(100))
+    await engine.buy(2, "BTCUSDT", Decimal(100))
+    real_exchange_for = engine.executor._exchange_for
+
+    async def exchange_for(user_id: int) -> Exchange:
+        if user_id == 1:
+            raise CredentialsRejected("Binance refused the API key: Invalid API-key")
+        return await real_exchange_for(user_id)
+
+    engine.executor._exchange_for = exchange_for
+    for _ in range(MAX_TICKS):
+        await engine.executor.tick()
+        if engine.breaker.is_open(1) and not await store.list_open(engine.orders._db, 2):
+            break
+    assert engine.breaker.is_open(1)
+    assert await store.list_open(engine.orders._db, 2) == []
+    assert len(await store.list_open(engine.orders._db, 1)) == 1
+    assert any(user == 1 and "paused" in text for user, text in inbox.messages)
+    assert (await engine.engine_status())["paused_users"] == [1]
+
+
+async def test_an_admin_pause_refuses_buys_until_resumed(engine: TradingEngine) -> None:
+    await engine.set_paused(True, "telegram:1")
+    assert await engine.is_paused()
+    with pytest.raises(TradingPaused):
+        await engine.buy(1, "BTCUSDT", Decimal(100))
+    report = await engine.executor.tick()
+    assert report.paused and report.entries == 0
+    await engine.set_paused(False, "telegram:1")
+    result = await engine.buy(1, "BTCUSDT", Decimal(100))
+    assert result.side == "BUY" and result.position_id is not None

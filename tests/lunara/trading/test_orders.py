@@ -1,0 +1,158 @@
+"""The order path: deterministic ids, recorded before sending, never placed twice."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from lunara.storage import positions as store
+from lunara.storage import users
+from lunara.storage.database import open_database
+from lunara.trading.exchange import ExchangeUnavailable, Fill, Side
+from lunara.trading.filters import SymbolRules
+from lunara.trading.market import SimMarket
+from lunara.trading.orders import OrderPath, OrderRequest, client_order_id
+from lunara.trading.paper import PaperExchange
+from lunara.trading.stopstore import SqliteStopStore
+from lunara.trading.trailing import TrailingParams
+
+PARAMS = TrailingParams(stoploss=-0.05, trailing_stop=True)
+USER = 11
+
+
+class Crash(BaseException):
+    """Stands for the process dying at one point of the order path."""
+
+
+class FaultyExchange:
+    """The real paper exchange with one injected fault around the send."""
+
+    def __init__(self, inner: PaperExchange, fault: str) -> None:
+        self.inner = inner
+        self.fault = fault
+        self.sends = 0
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    async def balances(self):  # type: ignore[no-untyped-def]
+        return await self.inner.balances()
+
+    async def symbol_rules(self, symbol: str) -> SymbolRules:
+        return await self.inner.symbol_rules(symbol)
+
+    async def place_market_order(
+        self, symbol: str, side: Side, quantity: Decimal, client_order_id: str
+    ) -> Fill:
+        self.sends += 1
+        if self.fault == "crash_before_send":
+            raise Crash()
+        fill = await self.inner.place_market_order(symbol, side, quantity, client_order_id)
+        if self.fault == "crash_after_fill":
+            raise Crash()
+        if self.fault == "drop_response":
+            raise ExchangeUnavailable("connection reset after the order was accepted")
+        return fill
+
+    async def find_order(self, symbol: str, client_order_id: str) -> Fill | None:
+        return await self.inner.find_order(symbol, client_order_id)
+
+
+async def _params(user_id: int) -> TrailingParams:
+    return PARAMS
+
+
+def test_client_order_ids_are_deterministic_and_fit_binance() -> None:
+    first = client_order_id(1, "entry:BTCUSDT", Side.BUY, 0)
+    assert first == client_order_id(1, "entry:BTCUSDT", Side.BUY, 0)
+    assert first != client_order_id(1, "entry:BTCUSDT", Side.BUY, 1)
+    assert first != client_order_id(2, "entry:BTCUSDT", Side.BUY, 0)
+    assert re.fullmatch(r"[A-Za-z0-9._:-]{1,36}", first)
+
+
+async def _setup(path: Path, market: SimMarket) -> tuple[object, object, PaperExchange, OrderPath]:
+    db = await open_database(path)
+    stop_db = await open_database(path)
+    await users.register(db, USER, "trader")
+    paper = PaperExchange(
+        db,
+        USER,
+        market.prices,
+        fee_rate=Decimal("0.001"),
+        slippage=Decimal(0),
+        start_balance=Decimal(1000),
+    )
+    stops = SqliteStopStore(stop_db)
+    await stops.reconcile()
+    return db, stop_db, paper, OrderPath(db, stops, default_stop_params=_params)
+
+
+@pytest.mark.parametrize("fault", ["crash_before_send", "crash_after_fill"])
+async def test_a_crash_around_the_send_never_places_an_order_twice(
+    tmp_path: Path, fault: str
+) -> None:
+    path = tmp_path / "lunara.db"
+    market = SimMarket(seed=5)
+    db, stop_db, paper, orders = await _setup(path, market)
+    price = (await market.prices(["ETHUSDT"]))["ETHUSDT"]
+    request = OrderRequest(USER, "ETHUSDT", store.OrderSide.BUY, Decimal("0.05"), price)
+    with pytest.raises(Crash):
+        await orders.submit(FaultyExchange(paper, fault), request)
+    await db.close()  # type: ignore[attr-defined]
+    await stop_db.close()  # type: ignore[attr-defined]
+
+    # A new process over the same database.
+    db, stop_db, paper, orders = await _setup(path, market)
+    try:
+        report = await orders.recover(lambda user_id: _exchange(paper))
+        open_positions = await store.list_open(db, USER)  # type: ignore[arg-type]
+        balances = {b.asset: b.free for b in await paper.balances()}
+        if fault == "crash_before_send":
+            assert report.not_placed == 1
+            assert open_positions == []
+            assert balances == {"USDT": Decimal(1000)}
+        else:
+            assert report.settled == 1
+            assert len(open_positions) == 1
+            assert balances["ETH"] == Decimal("0.05")
+        # Recovering again changes nothing; a fresh buy gets a new id and fills once.
+        again = await orders.recover(lambda user_id: _exchange(paper))
+        assert (again.settled, again.not_placed) == (0, 0)
+        settled = await orders.submit(paper, request)
+        assert len(await store.list_open(db, USER)) == len(open_positions) + 1  # type: ignore[arg-type]
+        async with db.execute("SELECT COUNT(*) FROM orders WHERE status = 'filled'") as cur:  # type: ignore[attr-defined]
+            row = await cur.fetchone()
+        assert row[0] == len(open_positions) + 1
+        assert settled.order.client_order_id != client_order_id(USER, "entry:ETHUSDT", Side.BUY, 0)
+    finally:
+        await db.close()  # type: ignore[attr-defined]
+        await stop_db.close()  # type: ignore[attr-defined]
+
+
+async def _exchange(paper: PaperExchange) -> PaperExchange:
+    return paper
+
+
+async def test_an_accepted_order_whose_answer_was_lost_is_found_by_its_client_id(
+    tmp_path: Path,
+) -> None:
+    market = SimMarket(seed=5)
+    db, stop_db, paper, orders = await _setup(tmp_path / "lunara.db", market)
+    try:
+        price = (await market.prices(["ETHUSDT"]))["ETHUSDT"]
+        faulty = FaultyExchange(paper, "drop_response")
+        settled = await orders.submit(
+            faulty, OrderRequest(USER, "ETHUSDT", store.OrderSide.BUY, Decimal("0.05"), price)
+        )
+        assert faulty.sends == 1
+        assert settled.order.status is store.OrderStatus.FILLED
+        balances = {b.asset: b.free for b in await paper.balances()}
+        assert balances["ETH"] == Decimal("0.05")
+        assert len(await store.list_open(db, USER)) == 1  # type: ignore[arg-type]
+    finally:
+        await db.close()  # type: ignore[attr-defined]
+        await stop_db.close()  # type: ignore[attr-defined]
