@@ -1,30 +1,23 @@
-"""The Telegram side of the bot: the Application, its handlers, the error handler.
+"""The Telegram side of the bot: the Application and its handlers, registered in one place.
 
 Built with python-telegram-bot's builder (TELEGRAM_API_BASE_URL points it at a
 self-hosted or test Bot API server). All commands go through one dispatcher, so the
 guard (`lunara.telegram.guard`) runs before any handler code; replies go through the
-one formatting module; errors reach the one error handler here. The service polls
-only while it holds the poller lease (`lunara.telegram.lease`).
+one formatting module; errors reach the one error handler (`lunara.telegram.errors`).
+The service polls only while it holds the poller lease (`lunara.telegram.lease`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import secrets
-import time
-from pathlib import Path
 from typing import Any
 
 import aiosqlite
 from telegram import LabeledPrice, Update
 from telegram.error import (
-    BadRequest,
-    Conflict,
     Forbidden,
-    NetworkError,
     RetryAfter,
     TelegramError,
     TimedOut,
@@ -50,48 +43,23 @@ from lunara import payments
 from lunara import plans as plan_book
 from lunara.config import Settings
 from lunara.services import TradingService
-from lunara.storage import users
 from lunara.telegram import formatting as fmt
 from lunara.telegram.commands import COMMANDS, EXPECTED_ERRORS, CommandContext, Deps
+from lunara.telegram.errors import (
+    STATE_FILE,
+    ErrorHandler,
+    TelegramState,
+    is_retryable,
+    retry_after_seconds,
+)
 from lunara.telegram.guard import Guard, RateLimiter, Verdict
 from lunara.telegram.lease import PollLease
 from lunara.telegram.parsing import UsageError, command_name, split_arguments
 
 logger = logging.getLogger("lunara.telegram")
 
-CONFLICT_LOG_EVERY_S = 60.0
 POLL_TIMEOUT_S = 10
 SEND_ATTEMPTS = 4
-
-
-def _retryable(error: BaseException) -> bool:
-    # BadRequest is a NetworkError subclass in python-telegram-bot, and never retryable.
-    return isinstance(error, TimedOut | NetworkError) and not isinstance(error, BadRequest)
-
-
-class TelegramState:
-    """Conflict bookkeeping for operators (LUNARA_HOME/telegram-state.json)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.conflicts = 0
-        self.last_conflict_at: float | None = None
-        self._last_logged = 0.0
-
-    def record_conflict(self) -> bool:
-        """Count one Conflict; True when this one should be logged (once per burst)."""
-        now = time.time()
-        self.conflicts += 1
-        self.last_conflict_at = now
-        document = {"conflicts": self.conflicts, "last_conflict_at": now}
-        with contextlib.suppress(OSError):
-            temporary = self.path.with_name(self.path.name + ".tmp")
-            temporary.write_text(json.dumps(document))
-            temporary.replace(self.path)
-        if now - self._last_logged >= CONFLICT_LOG_EVERY_S:
-            self._last_logged = now
-            return True
-        return False
 
 
 class TelegramBot:
@@ -116,7 +84,8 @@ class TelegramBot:
         self.db = db
         self.redis = redis
         self.guard = Guard(manifest, audit, RateLimiter(settings.rate_limit_per_minute))
-        self.state = TelegramState(paths.root / "telegram-state.json")
+        self.state = TelegramState(paths.root / STATE_FILE)
+        self.errors = ErrorHandler(db, self.state, self.send, self.admin_ids)
         self.updates_handled = 0
         builder = Application.builder().token(token.get_secret_value()).concurrent_updates(64)
         if settings.telegram_api_base_url:
@@ -167,13 +136,13 @@ class TelegramBot:
         try:
             await self.send(user_id, text)
         except Forbidden:
-            await users.set_active(self.db, user_id, False)
+            await self.errors.mark_inactive(user_id)
 
     async def _send_chunk(self, chat_id: int, text: str) -> None:
         for _ in range(3):
             try:
                 async for attempt in AsyncRetrying(
-                    retry=retry_if_exception(_retryable),
+                    retry=retry_if_exception(is_retryable),
                     stop=stop_after_attempt(SEND_ATTEMPTS),
                     wait=wait_exponential(multiplier=0.2, max=5),
                     reraise=True,
@@ -182,9 +151,7 @@ class TelegramBot:
                         await self.application.bot.send_message(chat_id, text, parse_mode="HTML")
                 return
             except RetryAfter as error:
-                delay = error.retry_after
-                seconds = delay.total_seconds() if hasattr(delay, "total_seconds") else float(delay)
-                await asyncio.sleep(min(seconds, 60.0))
+                await asyncio.sleep(retry_after_seconds(error))
         raise TimedOut("gave up after repeated RetryAfter")
 
     async def _delete_message(self, chat_id: int, message_id: int) -> None:
@@ -287,56 +254,8 @@ class TelegramBot:
             f"Thank you! Your {fmt.escape(plan.title if plan else outcome.payment.plan)} plan is active.",
         )
 
-    # -- the one error handler ----------------------------------------------------------
-
-    def on_polling_error(self, error: TelegramError) -> None:
-        """Errors of the polling loop itself (the updater retries with backoff)."""
-        if isinstance(error, Conflict):
-            if self.state.record_conflict():
-                logger.warning(
-                    "Telegram answered 409 Conflict: another client polls this token "
-                    "(not one of ours: ours hold the poller lease); retrying with backoff"
-                )
-            return
-        logger.warning("polling Telegram failed: %s (retrying)", type(error).__name__)
-
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        error = context.error
-        if isinstance(error, Conflict):
-            if self.state.record_conflict():
-                logger.warning(
-                    "Telegram answered 409 Conflict: another client polls this token "
-                    "(not one of ours: ours hold the poller lease); retrying with backoff"
-                )
-            return
-        if isinstance(error, RetryAfter):
-            delay = error.retry_after
-            seconds = delay.total_seconds() if hasattr(delay, "total_seconds") else float(delay)
-            await asyncio.sleep(min(seconds, 60.0))
-            return
-        if isinstance(error, TimedOut | NetworkError) and not isinstance(error, BadRequest):
-            logger.warning("Telegram network problem: %s (retrying)", type(error).__name__)
-            return
-        sender = update.effective_user if isinstance(update, Update) else None
-        if isinstance(error, Forbidden):
-            if sender is not None:
-                await users.set_active(self.db, sender.id, False)
-                logger.info("user %s blocked the bot; marked inactive", sender.id)
-            return
-        reference = secrets.token_hex(4)
-        logger.error("unexpected error (ref %s)", reference, exc_info=error)
-        chat = update.effective_chat if isinstance(update, Update) else None
-        with contextlib.suppress(TelegramError):
-            if chat is not None:
-                await self.send(
-                    chat.id,
-                    f"Sorry, something went wrong on our side (reference {fmt.code(reference)}).",
-                )
-            for admin in self.admin_ids():
-                await self.send(
-                    admin,
-                    f"Error {fmt.code(reference)}: {fmt.escape(type(error).__name__)}",
-                )
+        await self.errors.on_error(update, context.error)
 
     def admin_ids(self) -> list[int]:
         ids = []
@@ -376,7 +295,7 @@ class TelegramService:
             await application.updater.start_polling(
                 timeout=POLL_TIMEOUT_S,
                 allowed_updates=Update.ALL_TYPES,
-                error_callback=bot.on_polling_error,
+                error_callback=bot.errors.on_polling_error,
             )
             logger.info("Telegram polling as @%s", application.bot.username)
             stopper = asyncio.create_task(stop.wait())

@@ -3,12 +3,13 @@
 Every dynamic value goes through `escape`; templates use only tags Telegram accepts
 (<b>, <i>, <code>, <pre>). Long replies are split under Telegram's 4096-character limit
 at line boundaries; a single over-long line is cut between characters, never inside
-an entity such as `&amp;` (our tags never span lines, so no tag is ever cut).
+an entity such as `&amp;` or a tag, and tags open at a cut are closed and reopened.
 """
 
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
@@ -58,19 +59,23 @@ def table(rows: Iterable[Sequence[object]]) -> str:
     return f"<pre>{escape(body)}</pre>"
 
 
+TAG = re.compile(r"<(/?)([a-z]+)>")
+TAG_ROOM = 64  # room kept in each chunk for re-closing and re-opening tags
+
+
 def _safe_cut(text: str, limit: int) -> int:
-    """The largest cut position <= limit that is not inside an HTML entity."""
+    """The largest cut position <= limit that is not inside an entity or a tag."""
     cut = limit
     ampersand = text.rfind("&", max(0, cut - 10), cut)
     if ampersand != -1 and ";" not in text[ampersand:cut]:
         cut = ampersand
+    bracket = text.rfind("<", max(0, cut - 10), cut)
+    if bracket != -1 and ">" not in text[bracket:cut]:
+        cut = bracket
     return max(cut, 1)
 
 
-def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
-    """Chunks of at most `limit` characters, cut at line ends where possible."""
-    if len(text) <= limit:
-        return [text]
+def _split_lines(text: str, limit: int) -> list[str]:
     chunks: list[str] = []
     current = ""
     for line in text.split("\n"):
@@ -89,4 +94,32 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
             current = candidate
     if current:
         chunks.append(current)
-    return [chunk for chunk in chunks if chunk.strip()] or [text[:limit]]
+    return [chunk for chunk in chunks if chunk.strip()]
+
+
+def _open_tags(text: str, already_open: list[str]) -> list[str]:
+    stack = list(already_open)
+    for closing, name in TAG.findall(text):
+        if not closing:
+            stack.append(name)
+        elif stack and stack[-1] == name:
+            stack.pop()
+    return stack
+
+
+def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
+    """Chunks of at most `limit` characters, cut at line ends where possible.
+
+    A tag left open at a cut (a long <pre> table, say) is closed at the end of its chunk
+    and opened again at the start of the next, so every chunk is well-formed on its own.
+    """
+    if len(text) <= limit:
+        return [text]
+    chunks: list[str] = []
+    still_open: list[str] = []
+    for piece in _split_lines(text, limit - TAG_ROOM):
+        reopened = "".join(f"<{name}>" for name in still_open)
+        still_open = _open_tags(piece, still_open)
+        closed = "".join(f"</{name}>" for name in reversed(still_open))
+        chunks.append(f"{reopened}{piece}{closed}")
+    return chunks or [text[:limit]]

@@ -57,7 +57,7 @@ def parse_amount(raw: str) -> Decimal:
 
 
 def parse_user_id(raw: str) -> int:
-    if not raw.isdigit() or len(raw) > 15:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 15:
         raise UsageError("a user id is a number")
     value = int(raw)
     if value <= 0:

@@ -95,6 +95,8 @@ async def test_setkeys_is_private_only_deletes_the_message_and_stores_encrypted(
         reply = await bot.ask(TRADER, f"/setkeys {key} {secret}")
         assert "Keys saved" in reply
         assert fake_telegram.deleted  # the message with the secret was deleted
+    replies = str(fake_telegram.sent)
+    assert key not in replies and secret not in replies and TOKEN not in replies
     database = (bot_home / "lunara.db").read_bytes()
     assert key.encode() not in database and secret.encode() not in database
     for path in bot_home.rglob("*"):
@@ -277,3 +279,18 @@ def test_random_arguments_never_crash_and_replies_are_valid_html(
         )
         is None
     )
+
+
+async def test_an_unknown_user_without_a_default_role_is_refused_everything(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    async with running_bot(fake_telegram, bot_home, default_role=None) as bot:
+        for name in COMMANDS:
+            reply = await bot.ask(STRANGER, f"/{name}")
+            assert "does not allow" in reply, (name, reply)
+        assert "/help" in await bot.ask(STRANGER, "/nonsense")
+        assert "/help" in await bot.ask(STRANGER, "just chatting")
+    audit = [json.loads(line) for line in (bot_home / "audit.jsonl").read_text().splitlines()]
+    mine = [entry for entry in audit if entry["principal"] == f"telegram:{STRANGER}"]
+    assert len(mine) == len(COMMANDS)
+    assert all(entry["decision"] == "denied" for entry in mine)

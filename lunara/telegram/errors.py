@@ -1,0 +1,139 @@
+"""The one error handler of the Telegram layer.
+
+What each Bot API failure means for us: Forbidden (the user blocked the bot) marks the
+user inactive; RetryAfter waits as told; TimedOut/NetworkError are retried with backoff
+for our own sends; Conflict (another client polls our token) is counted, recorded for
+`lunara status` and logged once per burst, never fatal. Anything else gets the user a
+short apology with a reference id, the admins the reference and exception type, and the
+log the traceback — never a secret (exception messages are not echoed to Telegram).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import aiosqlite
+from telegram import Update
+from telegram.error import BadRequest, Conflict, Forbidden, NetworkError, RetryAfter, TelegramError
+
+from lunara.storage import users
+from lunara.storage.database import RecordNotFound
+from lunara.telegram import formatting as fmt
+
+logger = logging.getLogger("lunara.telegram")
+
+CONFLICT_LOG_EVERY_S = 60.0
+MAX_RETRY_AFTER_S = 60.0
+STATE_FILE = "telegram-state.json"
+
+Send = Callable[[int, str], Awaitable[None]]
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Timeouts and network failures are worth another try; BadRequest never is."""
+    # BadRequest is a NetworkError subclass in python-telegram-bot.
+    return isinstance(error, NetworkError) and not isinstance(error, BadRequest)
+
+
+def retry_after_seconds(error: RetryAfter) -> float:
+    """The wait Telegram asked for, capped so one answer cannot stall us for long."""
+    delay: float | timedelta = error.retry_after
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+class TelegramState:
+    """Conflict bookkeeping for operators (LUNARA_HOME/telegram-state.json)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conflicts = 0
+        self.last_conflict_at: float | None = None
+        self._last_logged = 0.0
+
+    def record_conflict(self) -> bool:
+        """Count one Conflict; True when this one should be logged (once per burst)."""
+        now = time.time()
+        self.conflicts += 1
+        self.last_conflict_at = now
+        document = {"conflicts": self.conflicts, "last_conflict_at": now}
+        with contextlib.suppress(OSError):
+            temporary = self.path.with_name(self.path.name + ".tmp")
+            temporary.write_text(json.dumps(document))
+            temporary.replace(self.path)
+        if now - self._last_logged >= CONFLICT_LOG_EVERY_S:
+            self._last_logged = now
+            return True
+        return False
+
+
+class ErrorHandler:
+    """Maps every error python-telegram-bot hands us to what it means for Lunara."""
+
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        state: TelegramState,
+        send: Send,
+        admin_ids: Callable[[], list[int]],
+    ) -> None:
+        self.db = db
+        self.state = state
+        self.send = send
+        self.admin_ids = admin_ids
+
+    def _conflict(self) -> None:
+        if self.state.record_conflict():
+            logger.warning(
+                "Telegram answered 409 Conflict: another client polls this token "
+                "(not one of ours: ours hold the poller lease); retrying with backoff"
+            )
+
+    def on_polling_error(self, error: TelegramError) -> None:
+        """Errors of the polling loop itself (the updater retries with backoff)."""
+        if isinstance(error, Conflict):
+            self._conflict()
+            return
+        logger.warning("polling Telegram failed: %s (retrying)", type(error).__name__)
+
+    async def mark_inactive(self, user_id: int) -> None:
+        with contextlib.suppress(RecordNotFound):
+            await users.set_active(self.db, user_id, False)
+            logger.info("user %s blocked the bot; marked inactive", user_id)
+
+    async def on_error(self, update: object, error: BaseException | None) -> None:
+        if isinstance(error, Conflict):
+            self._conflict()
+            return
+        if isinstance(error, RetryAfter):
+            await asyncio.sleep(retry_after_seconds(error))
+            return
+        if error is not None and is_retryable(error):
+            logger.warning("Telegram network problem: %s (retrying)", type(error).__name__)
+            return
+        sender = update.effective_user if isinstance(update, Update) else None
+        if isinstance(error, Forbidden):
+            if sender is not None:
+                await self.mark_inactive(sender.id)
+            return
+        reference = secrets.token_hex(4)
+        logger.error("unexpected error (ref %s)", reference, exc_info=error)
+        chat = update.effective_chat if isinstance(update, Update) else None
+        with contextlib.suppress(TelegramError):
+            if chat is not None:
+                await self.send(
+                    chat.id,
+                    f"Sorry, something went wrong on our side (reference {fmt.code(reference)}).",
+                )
+            for admin in self.admin_ids():
+                await self.send(
+                    admin, f"Error {fmt.code(reference)}: {fmt.escape(type(error).__name__)}"
+                )

@@ -1,0 +1,57 @@
+"""Random command texts through the running bot: one well-formed reply each, no crash."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lunara.telegram.commands import COMMANDS
+from tests.fakes.telegram_api import FakeTelegram
+from tests.lunara.telegram.conftest import ADMIN, TRADER, running_bot
+
+arguments = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    min_size=1,
+    max_size=60,
+).filter(lambda text: text.strip() != "")
+
+command_texts = st.tuples(
+    st.sampled_from([*sorted(COMMANDS), "nosuchcommand"]),
+    st.lists(arguments, max_size=4),
+    st.booleans(),
+).map(lambda parts: f"/{parts[0]} " + " ".join(parts[1]) * (40 if parts[2] else 1))
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
+@given(texts=st.lists(command_texts, min_size=10, max_size=25))
+def test_random_commands_get_one_valid_html_reply_each_and_nothing_unhandled(
+    texts: list[str], tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    home: Path = tmp_path_factory.mktemp("fuzz") / "home"
+    home.mkdir()
+
+    async def scenario() -> None:
+        with FakeTelegram() as fake:
+            async with running_bot(fake, home, LUNARA_RATE_LIMIT_PER_MINUTE="1000") as bot:
+                for index, text in enumerate(texts):
+                    user = ADMIN if index % 2 else TRADER
+                    before = len(fake.messages_to(user))
+                    fake.push_text(user, text)
+                    await bot.until(
+                        lambda user=user, before=before: (
+                            len(fake.messages_to(user)) > before or bool(fake.rejected)
+                        ),
+                        what=f"a reply to {text[:40]!r}",
+                    )
+                    await asyncio.sleep(0)
+                assert not fake.rejected, fake.rejected[:1]
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(scenario())
+    unexpected = [r for r in caplog.records if "unexpected error" in r.getMessage()]
+    assert not unexpected, unexpected[0].getMessage()

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lunara.telegram.parsing import (
+    MAX_AMOUNT,
+    UsageError,
+    command_name,
+    parse_amount,
+    parse_pairs,
+    parse_symbol,
+    parse_user_id,
+    split_arguments,
+)
+
+
+def test_command_names_drop_the_slash_the_bot_name_and_case() -> None:
+    assert command_name("/Buy@LunaraBot BTCUSDT 10") == "buy"
+    assert command_name("   ") == ""
+    assert split_arguments("/buy@LunaraBot  BTCUSDT   10") == ["BTCUSDT", "10"]
+
+
+def test_oversized_messages_are_refused() -> None:
+    with pytest.raises(UsageError):
+        split_arguments("/buy " + "x" * 5000)
+
+
+def test_symbols_are_normalised_and_validated() -> None:
+    assert parse_symbol("btc/usdt") == "BTCUSDT"
+    for bad in ("", "BTC", "BTC-USDT", "<b>USDT", "Ｂ" * 6):
+        with pytest.raises(UsageError):
+            parse_symbol(bad)
+
+
+def test_amounts_are_positive_bounded_decimals() -> None:
+    assert parse_amount("12.5") == Decimal("12.5")
+    assert parse_amount("1,000USDT") == Decimal(1000)
+    for bad in ("0", "-1", "nan", "inf", "abc", "1e400", str(MAX_AMOUNT + 1), "9" * 40):
+        with pytest.raises(UsageError):
+            parse_amount(bad)
+
+
+def test_user_ids_are_positive_numbers() -> None:
+    assert parse_user_id("123") == 123
+    for bad in ("0", "-5", "abc", "١٢٣", "9" * 16):
+        with pytest.raises(UsageError):
+            parse_user_id(bad)
+
+
+def test_settings_pairs_need_key_value_each_key_once() -> None:
+    assert parse_pairs(["Stake=50", "symbols=BTCUSDT,ETHUSDT"]) == {
+        "stake": "50",
+        "symbols": "BTCUSDT,ETHUSDT",
+    }
+    for bad in (["stake"], ["=5"], ["stake="], ["stake=1", "STAKE=2"], ["k=" + "v" * 600]):
+        with pytest.raises(UsageError):
+            parse_pairs(bad)
+
+
+@given(st.text(max_size=80))
+def test_parsers_either_return_a_valid_value_or_raise_usage_error(raw: str) -> None:
+    for parser in (parse_symbol, parse_amount, parse_user_id):
+        try:
+            value = parser(raw)
+        except UsageError:
+            continue
+        if parser is parse_amount:
+            assert isinstance(value, Decimal) and 0 < value <= MAX_AMOUNT
+        elif parser is parse_user_id:
+            assert isinstance(value, int) and value > 0
+        else:
+            assert isinstance(value, str) and value.isalnum() and value.isascii()
+
+
+@given(st.lists(st.text(max_size=40), max_size=8))
+def test_pair_parsing_never_raises_anything_but_usage_error(arguments: list[str]) -> None:
+    try:
+        pairs = parse_pairs(arguments)
+    except UsageError:
+        return
+    assert all(key == key.lower() and value for key, value in pairs.items())
