@@ -51,6 +51,10 @@ def run_guarded(action: Callable[[], int]) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as error:  # a home that is a file, a manifest that is a directory...
+        where = f" ({error.filename})" if error.filename else ""
+        sys.stderr.write(f"lunara: {error.strerror or error}{where}\n")
+        return int(ExitCode.FAILURE)
 
 
 def parse_plain_status(argv: Sequence[str]) -> tuple[Options, bool, bool] | None:

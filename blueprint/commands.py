@@ -96,7 +96,8 @@ def lifecycle(
         try:
             result = call(session)
         except BlueprintError as error:
-            session.outcome("failed", {"error": error.message})
+            # The first line only: later lines may quote the bot's log.
+            session.outcome("failed", {"error": error.message.splitlines()[0][:300]})
             raise
         return report_action(session, result, as_json, action)
 

@@ -265,12 +265,11 @@ def _read_private_file(path: Path) -> str:
             f"cannot read manifest {path}: {error.strerror}",
             [f"file: cannot be read: {error.strerror}"],
         ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses directories
+        os.close(fd)
+        raise ManifestError(f"manifest {path} is not a regular file", ["file: not a regular file"])
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ManifestError(
-                f"manifest {path} is not a regular file", ["file: not a regular file"]
-            )
         if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise ManifestError(
                 f"manifest {path} is writable by its group or by others, so they could "

@@ -651,7 +651,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = HomePaths.resolve(arguments.home)
     try:
         manifest = load_manifest(Path(arguments.manifest))
-        mirror = open_mirror(os.environ.get("REDIS_URL") or None, manifest.name)
+        mirror = open_mirror(
+            os.environ.get("REDIS_URL") or None, manifest.name, audit_path=paths.audit
+        )
         watchdog = Watchdog(
             paths,
             manifest,

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from blueprint.errors import BlueprintError, ExitCode
-from blueprint.heartbeat import write_heartbeat
 from blueprint.paths import HomePaths
 from lunara.config import Settings, SettingsError, load_settings
 from lunara.logs import configure_logging
@@ -181,9 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.secret_values(),
         log_file=paths.bot_log,
     )
-    # The process is up: say so before the heavier parts load, so the watchdog's
-    # `--wait` and crash-recovery clocks measure the bot, not its import time.
-    write_heartbeat(paths.heartbeat)
     logger.info(
         "lunara starting: mode=%s market=%s home=%s",
         settings.mode.value,

@@ -1,8 +1,8 @@
 """The bot's settings: one typed object built from the environment and an optional `.env`.
 
 Every variable documented in `.env.example` is either a field here or listed in
-`CLI_ONLY_VARIABLES` (read through the control plane's own loaders, not settings); a test keeps the
-two in sync. Errors name the variable and what is wrong, and never echo a secret.
+`CLI_ONLY_VARIABLES` (read by the control plane (CLI and watchdog), never by the bot); a test keeps
+the two in sync. Errors name the variable and what is wrong, and never echo a secret.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from blueprint.paths import HomePaths
 
 DEFAULT_ENV_FILE = Path(".env")
 
-# Read through blueprint's loaders (identity, manifest), deliberately not settings.
+# Read by the control plane (CLI and watchdog: identity, manifest, health endpoint), never by the bot.
 CLI_ONLY_VARIABLES: frozenset[str] = frozenset(
     {"LUNARA_TOKEN", "LUNARA_MANIFEST", "LUNARA_HEALTH_PORT", "PORT", "LUNARA_HEALTH_HOST"}
 )

@@ -27,10 +27,16 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-for _ in $(seq 1 100); do
-    if redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1; then break; fi
+ready=""
+for _ in $(seq 1 200); do
+    if redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1; then ready=1; break; fi
     sleep 0.05
 done
+if [ -z "$ready" ]; then
+    echo "error: the private redis-server did not answer on port $port; see $workdir/redis.log" >&2
+    cat "$workdir/redis.log" >&2 || true
+    exit 1
+fi
 
 export LUNARA_TEST_REDIS_URL="redis://127.0.0.1:${port}/0"
 export NO_PROXY="127.0.0.1,localhost"

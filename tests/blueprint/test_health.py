@@ -73,8 +73,18 @@ def test_healthz_follows_the_bot_and_metrics_are_prometheus_text(tmp_path: Path)
         assert SECRET not in body and SECRET not in metrics
 
         os.kill(cli.status()["pid"], signal.SIGKILL)  # the watchdog waits 30 s to restart
+        # 503 as soon as the bot is gone; then the watchdog records the backoff and the
+        # endpoint keeps answering while the bot waits to be restarted.
         wait_until(lambda: get(port, "/healthz")[0] == 503, 15, "healthz to report the dead bot")
-        assert json.loads(get(port, "/healthz")[1])["state"] == "backoff"
+
+        def in_backoff() -> bool:
+            code, text = get(port, "/healthz")
+            return code == 503 and json.loads(text)["state"] == "backoff"
+
+        wait_until(in_backoff, 15, "healthz to report the backoff")
+        down_status, down_body = get(port, "/healthz")
+        assert down_status == 503
+        assert SECRET not in down_body and SECRET not in get(port, "/metrics")[1]
         assert get(port, "/nope")[0] == 404
     finally:
         cli.run("stop", "--timeout", "5")
