@@ -1,10 +1,15 @@
 """A local Binance spot REST server for tests, spoken to by the real python-binance client.
 
 Verifies HMAC-SHA256 signatures and the timestamp window like Binance, keeps balances
-and orders per API key, answers MARKET orders with FULL responses, looks orders up by
-client order id, and refuses a reused client order id (-2010 "Duplicate order sent.").
-Tests inject errors (429 + Retry-After, -1021 by clock skew, -2010) and can make it
-accept an order but drop the response, as a dying connection would.
+and orders per API key, enforces the symbol filters it publishes in `exchangeInfo`,
+answers MARKET orders with FULL responses, looks orders up by client order id or
+order id, and refuses a reused client order id (-2010 "Duplicate order sent.").
+Tests inject errors (429/418 + Retry-After, -1021 by clock skew, -2010, 5xx, stalls)
+and can make it accept an order but lose the reply, as a dying connection would.
+Prices are set directly or follow a scripted path per symbol.
+
+Standalone: `python -m tests.fakes.binance_api --port N --account KEY:SECRET:USDT=1000`
+prints its URL; steer it with `/_control/...` (see `add_routes`).
 """
 
 from __future__ import annotations
@@ -12,138 +17,308 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
+import math
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-SYMBOL_FILTERS = [
+from tests.fakes.http import BackgroundServer, json_body, run_standalone
+
+SYMBOL_FILTERS: list[dict[str, Any]] = [
     {"filterType": "PRICE_FILTER", "minPrice": "0.01", "maxPrice": "1000000", "tickSize": "0.01"},
     {"filterType": "LOT_SIZE", "minQty": "0.00001", "maxQty": "9000", "stepSize": "0.00001"},
-    {"filterType": "NOTIONAL", "minNotional": "5", "maxNotional": "9000000"},
-]
+    {"filterType": "NOTIONAL", "minNotional": "5", "maxNotional": "9000000",
+     "applyMinToMarket": True, "applyMaxToMarket": False, "avgPriceMins": 5},
+]  # fmt: skip
+QUOTES = ("USDT", "FDUSD", "USDC", "BUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
+INTERVALS_S = {
+    "1s": 1, "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600,
+    "2h": 7200, "4h": 14400, "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400,
+    "3d": 259200, "1w": 604800,
+}  # fmt: skip
+SIGNED = {"account", "order", "openOrders", "allOrders", "myTrades"}
+DUPLICATE = "Duplicate order sent."
+INSUFFICIENT = "Account has insufficient balance for requested action."
+DROP_STALL = "stall"  # the reply comes after the client gave up
+DROP_CLOSE = "close"  # the connection is closed with no reply
 
 
 @dataclass
-class FakeBinance:
+class RecordedRequest:
+    """What a client sent: method, endpoint, parsed params, the API key header."""
+
+    method: str
+    endpoint: str
+    params: dict[str, str]
+    api_key: str | None
+
+
+@dataclass
+class _Injected:
+    status: int  # 0: stall, then answer normally
+    body: dict[str, Any]
+    headers: dict[str, str]
+    stall_s: float = 0.0
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.status, self.code, self.msg = status, code, msg
+
+
+class _Drop:
+    """The order was recorded; the reply is lost."""
+
+
+def split_symbol(symbol: str) -> tuple[str, str]:
+    """BTCUSDT → (BTC, USDT), by the known quote assets."""
+    for quote in QUOTES:
+        if symbol.endswith(quote) and len(symbol) > len(quote):
+            return symbol[: -len(quote)], quote
+    return symbol[:-4], symbol[-4:]
+
+
+def _filter(filters: Iterable[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+    return next((f for f in filters if f.get("filterType") == kind), None)
+
+
+@dataclass
+class FakeBinance(BackgroundServer):
+    """Start with `with FakeBinance() as bn:`; point the client at `bn.api_url`."""
+
     keys: dict[str, str] = field(default_factory=dict)  # api key -> secret
     prices: dict[str, Decimal] = field(default_factory=lambda: {"BTCUSDT": Decimal("50000")})
     balances: dict[str, dict[str, Decimal]] = field(default_factory=dict)
     orders: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, str]] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    recorded: list[RecordedRequest] = field(default_factory=list)
+    filters: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # per-symbol override
     skew_ms: int = 0  # how far the client's clock is off, as the server sees it
     drop_next_order_response: bool = False
+    drop_mode: str = DROP_STALL
+    drop_stall_s: float = 3.0
+    advance_on: str | None = None  # e.g. "ticker/price": each such request advances the paths
+
+    name = "fake-binance"
 
     def __post_init__(self) -> None:
+        self._init_server()
         self._lock = threading.Lock()
-        self._errors: dict[str, list[tuple[int, dict[str, Any], dict[str, str]]]] = defaultdict(
-            list
-        )
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
+        self._errors: dict[str, list[_Injected]] = defaultdict(list)
+        self._paths: dict[str, list[Decimal]] = {}
+        self._cursor: dict[str, int] = {}
+        self._owner: dict[int, str] = {}  # orderId -> api key
 
     @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> FakeBinance:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake Binance did not start")
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._loop is not None and self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def _serve(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        app = web.Application()
-        app.router.add_route("*", "/api/v3/{endpoint:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        self._runner = runner
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        ready.set()
-        loop.run_forever()
-        loop.close()
+    def api_url(self) -> str:
+        """What python-binance's `Client.API_URL` must be."""
+        return f"{self.base_url}/api"
 
     # -- controls -------------------------------------------------------------------------
 
     def add_account(self, api_key: str, secret: str, **balances: str) -> None:
+        """Register a key pair; balances as asset=amount (USDT="1000")."""
         with self._lock:
             self.keys[api_key] = secret
             self.balances[api_key] = {asset: Decimal(v) for asset, v in balances.items()}
 
     def inject(self, endpoint: str, status: int, code: int, msg: str, *,
-               headers: dict[str, str] | None = None, times: int = 1) -> None:  # fmt: skip
+               headers: dict[str, str] | None = None, stall_s: float = 0.0,
+               times: int = 1) -> None:  # fmt: skip
+        """The next `times` requests to `endpoint` ("order", "ticker/price") get this error."""
         with self._lock:
             for _ in range(times):
-                self._errors[endpoint].append((status, {"code": code, "msg": msg}, headers or {}))
+                self._errors[endpoint].append(
+                    _Injected(status, {"code": code, "msg": msg}, dict(headers or {}), stall_s)
+                )
+
+    def inject_rate_limit(self, endpoint: str, retry_after_s: int, *, banned: bool = False,
+                          times: int = 1) -> None:  # fmt: skip
+        """429 (or 418 when `banned`) with code -1003 and a Retry-After header."""
+        status = 418 if banned else 429
+        msg = "IP banned until later." if banned else "Too many requests; please use the websocket."
+        self.inject(endpoint, status, -1003, msg, headers={"Retry-After": str(retry_after_s)},
+                    times=times)  # fmt: skip
+
+    def inject_stall(self, endpoint: str, stall_s: float, *, times: int = 1) -> None:
+        """Hold the next `times` requests `stall_s` seconds, then answer them normally."""
+        self.inject(endpoint, 0, 0, "", stall_s=stall_s, times=times)
+
+    def set_price(self, symbol: str, price: Decimal | str | float) -> None:
+        with self._lock:
+            self.prices[symbol] = Decimal(str(price))
+            self._paths.pop(symbol, None)
+
+    def script_prices(self, symbol: str, path: Sequence[Decimal | str | float]) -> None:
+        """The price of `symbol` becomes path[0]; each `advance` moves one step on."""
+        if not path:
+            raise ValueError("a price path needs at least one price")
+        with self._lock:
+            self._paths[symbol] = [Decimal(str(p)) for p in path]
+            self._cursor[symbol] = 0
+            self.prices[symbol] = self._paths[symbol][0]
+
+    def advance(self, symbol: str | None = None, steps: int = 1) -> dict[str, Decimal]:
+        """Move scripted prices forward (all, or one symbol); a path ends on its last price."""
+        with self._lock:
+            return self._advance_locked(symbol, steps)
+
+    def _advance_locked(self, symbol: str | None, steps: int) -> dict[str, Decimal]:
+        for name, path in self._paths.items():
+            if symbol is None or name == symbol:
+                self._cursor[name] = min(self._cursor[name] + steps, len(path) - 1)
+                self.prices[name] = path[self._cursor[name]]
+        return dict(self.prices)
 
     def count(self, method: str, endpoint: str) -> int:
         with self._lock:
             return sum(1 for m, e in self.requests if m == method and e == endpoint)
 
-    # -- the API ------------------------------------------------------------------------
+    def orders_for(self, api_key: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [o for o in self.orders if self._owner.get(o["orderId"]) == api_key]
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            ids = [o["clientOrderId"] for o in self.orders]
+            return {
+                "requests": len(self.requests),
+                "orders": len(self.orders),
+                "duplicate_attempts": len(self.duplicates),
+                "distinct_client_ids": len(set(ids)),
+                "prices": {s: str(p) for s, p in self.prices.items()},
+            }
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/api/v3/{endpoint:.*}", self._handle)
+        app.router.add_post("/_control/inject", self._control_inject)
+        app.router.add_post("/_control/account", self._control_account)
+        app.router.add_post("/_control/price", self._control_price)
+        app.router.add_post("/_control/script", self._control_script)
+        app.router.add_post("/_control/advance", self._control_advance)
+        app.router.add_post("/_control/skew", self._control_skew)
+        app.router.add_post("/_control/drop_next_order", self._control_drop)
+        app.router.add_get("/_control/orders", self._control_orders)
+        app.router.add_get("/_control/stats", self._control_stats)
+
+    async def _control_inject(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        self.inject(str(body["endpoint"]), int(body.get("status", 0)), int(body.get("code", 0)),
+                    str(body.get("msg", "")), headers=body.get("headers"),
+                    stall_s=float(body.get("stall_s", 0)), times=int(body.get("times", 1)))  # fmt: skip
+        return web.json_response({"ok": True})
+
+    async def _control_account(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        balances = {str(k): str(v) for k, v in dict(body.get("balances") or {}).items()}
+        self.add_account(str(body["api_key"]), str(body["secret"]), **balances)
+        return web.json_response({"ok": True})
+
+    async def _control_price(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        for symbol, price in body.items():
+            self.set_price(symbol, str(price))
+        return web.json_response({"ok": True})
+
+    async def _control_script(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        self.script_prices(str(body["symbol"]), [str(p) for p in body["path"]])
+        return web.json_response({"ok": True})
+
+    async def _control_advance(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        prices = self.advance(body.get("symbol"), int(body.get("steps", 1)))
+        return web.json_response({s: str(p) for s, p in prices.items()})
+
+    async def _control_skew(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        self.skew_ms = int(body["skew_ms"])
+        return web.json_response({"ok": True})
+
+    async def _control_drop(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        self.drop_mode = str(body.get("mode", self.drop_mode))
+        self.drop_next_order_response = True
+        return web.json_response({"ok": True})
+
+    async def _control_orders(self, request: web.Request) -> web.Response:
+        with self._lock:
+            orders = list(self.orders)
+        return web.json_response(orders)
+
+    async def _control_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         endpoint = request.match_info["endpoint"]
         raw_query = request.query_string
         raw_body = (await request.read()).decode()
+        params = dict(parse_qsl(raw_query)) | dict(parse_qsl(raw_body))
+        header_key = request.headers.get("X-MBX-APIKEY")
         with self._lock:
             self.requests.append((request.method, endpoint))
+            self.recorded.append(RecordedRequest(request.method, endpoint, params, header_key))
             injected = self._errors[endpoint].pop(0) if self._errors[endpoint] else None
+            if self.advance_on == endpoint:
+                self._advance_locked(None, 1)
         if injected is not None:
-            status, body, headers = injected
-            return web.json_response(body, status=status, headers=headers)
-        params = dict(parse_qsl(raw_query)) | dict(parse_qsl(raw_body))
+            if injected.stall_s:
+                await asyncio.sleep(injected.stall_s)
+            if injected.status:
+                return web.json_response(
+                    injected.body, status=injected.status, headers=injected.headers
+                )
         try:
-            if "signature" in params:
-                api_key = self._verify(request, raw_query or raw_body)
-            else:
-                api_key = None
+            api_key = self._verify(request, raw_query, raw_body) if endpoint in SIGNED else None
             result = self._route(request.method, endpoint, params, api_key)
         except _Refusal as refusal:
             return web.json_response(
                 {"code": refusal.code, "msg": refusal.msg}, status=refusal.status
             )
         if isinstance(result, _Drop):
-            await asyncio.sleep(
-                3
-            )  # the order is recorded; the reply comes after the client gave up
+            if self.drop_mode == DROP_CLOSE and request.transport is not None:
+                request.transport.close()
+                raise asyncio.CancelledError  # aiohttp drops the handler: no reply at all
+            await asyncio.sleep(self.drop_stall_s)
+            return web.json_response(
+                {"code": -1007, "msg": "Timeout waiting for response."}, status=408
+            )
         return web.json_response(result)
 
-    def _verify(self, request: web.Request, raw: str) -> str:
-        api_key = request.headers.get("X-MBX-APIKEY", "")
+    def _verify(self, request: web.Request, raw_query: str, raw_body: str) -> str:
+        api_key = request.headers.get("X-MBX-APIKEY")
+        if not api_key:
+            raise _Refusal(401, -2014, "API-key format invalid.")
         secret = self.keys.get(api_key)
         if secret is None:
             raise _Refusal(401, -2015, "Invalid API-key, IP, or permissions for action.")
-        payload, _, signature = raw.rpartition("&signature=")
+        raw = raw_query if "signature=" in raw_query else raw_body
+        payload, found, signature = raw.rpartition("&signature=")
+        if not found:
+            raise _Refusal(
+                400, -1102,
+                "Mandatory parameter 'signature' was not sent, was empty/null, or malformed.",
+            )  # fmt: skip
         expected = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, signature):
             raise _Refusal(400, -1022, "Signature for this request is not valid.")
         params = dict(parse_qsl(payload))
         server_ms = int(time.time() * 1000) + self.skew_ms
         window = int(params.get("recvWindow", 5000))
-        if abs(server_ms - int(params.get("timestamp", 0))) > window:
+        timestamp = int(params.get("timestamp", 0))
+        if timestamp > server_ms + 1000 or server_ms - timestamp > window:
             raise _Refusal(400, -1021, "Timestamp for this request is outside of the recvWindow.")
         return api_key
 
@@ -155,71 +330,228 @@ class FakeBinance:
         if endpoint == "time":
             return {"serverTime": int(time.time() * 1000) + self.skew_ms}
         if endpoint == "exchangeInfo":
-            return {"symbols": [
-                {"symbol": s, "status": "TRADING", "baseAsset": s[:-4], "quoteAsset": s[-4:],
-                 "filters": SYMBOL_FILTERS} for s in self.prices
-            ]}  # fmt: skip
+            return self._exchange_info(params)
         if endpoint == "ticker/price":
-            return [{"symbol": s, "price": str(p)} for s, p in self.prices.items()]
-        if endpoint == "account" and api_key:
-            return {"balances": [
-                {"asset": a, "free": str(v), "locked": "0"} for a, v in self.balances[api_key].items()
-            ]}  # fmt: skip
-        if endpoint == "order" and api_key and method == "POST":
-            return self._place(api_key, params)
-        if endpoint == "order" and api_key and method == "GET":
+            return self._tickers(params)
+        if endpoint == "klines":
+            return self._klines(params)
+        if api_key is None:
+            raise _Refusal(404, -1000, f"unknown endpoint {endpoint}")
+        if endpoint == "account":
+            omit = params.get("omitZeroBalances") == "true"
             with self._lock:
-                for order in self.orders:
-                    if order["clientOrderId"] == params.get("origClientOrderId"):
-                        return order
-            raise _Refusal(400, -2013, "Order does not exist.")
+                wallet = dict(self.balances.get(api_key, {}))
+            return {
+                "makerCommission": 10, "takerCommission": 10, "canTrade": True,
+                "canWithdraw": False, "canDeposit": True, "accountType": "SPOT",
+                "updateTime": int(time.time() * 1000), "permissions": ["SPOT"],
+                "balances": [{"asset": a, "free": str(v), "locked": "0"}
+                             for a, v in wallet.items() if not (omit and v == 0)],
+            }  # fmt: skip
+        if endpoint == "order" and method == "POST":
+            return self._place(api_key, params)
+        if endpoint == "order" and method == "GET":
+            return self._find(api_key, params)
+        if endpoint == "openOrders":
+            return []  # MARKET orders fill at once; nothing ever rests on the book
         raise _Refusal(404, -1000, f"unknown endpoint {endpoint}")
 
-    def _place(self, api_key: str, params: dict[str, str]) -> Any:
-        symbol = params["symbol"]
-        quantity = Decimal(params["quantity"])
-        price = self.prices[symbol]
-        base, quote = symbol[:-4], symbol[-4:]
+    def _symbol(self, symbol: str | None) -> str:
+        if not symbol or symbol not in self.prices:
+            raise _Refusal(400, -1121, "Invalid symbol.")
+        return symbol
+
+    def _exchange_info(self, params: dict[str, str]) -> dict[str, Any]:
+        wanted = list(self.prices)
+        if "symbol" in params:
+            wanted = [self._symbol(params["symbol"])]
+        elif "symbols" in params:
+            wanted = [self._symbol(s) for s in _symbol_list(params["symbols"])]
+        symbols = []
+        for name in wanted:
+            base, quote = split_symbol(name)
+            symbols.append({
+                "symbol": name, "status": "TRADING", "baseAsset": base, "quoteAsset": quote,
+                "baseAssetPrecision": 8, "quoteAssetPrecision": 8,
+                "orderTypes": ["MARKET", "LIMIT"], "isSpotTradingAllowed": True,
+                "filters": self.filters.get(name, SYMBOL_FILTERS),
+            })  # fmt: skip
+        return {"timezone": "UTC", "serverTime": int(time.time() * 1000) + self.skew_ms,
+                "rateLimits": [], "exchangeFilters": [], "symbols": symbols}  # fmt: skip
+
+    def _tickers(self, params: dict[str, str]) -> Any:
         with self._lock:
-            if any(o["clientOrderId"] == params.get("newClientOrderId") for o in self.orders):
-                raise _Refusal(400, -2010, "Duplicate order sent.")
-            wallet = self.balances[api_key]
+            prices = dict(self.prices)
+        if "symbol" in params:
+            symbol = self._symbol(params["symbol"])
+            return {"symbol": symbol, "price": str(prices[symbol])}
+        names = _symbol_list(params["symbols"]) if "symbols" in params else list(prices)
+        return [{"symbol": self._symbol(s), "price": str(prices[s])} for s in names]
+
+    def _klines(self, params: dict[str, str]) -> list[list[Any]]:
+        """Closed candles ending at the current price; scripted paths are the closes."""
+        symbol = self._symbol(params.get("symbol"))
+        interval = params.get("interval", "")
+        if interval not in INTERVALS_S:
+            raise _Refusal(400, -1120, "Invalid interval.")
+        limit = max(1, min(int(params.get("limit", 500)), 1000))
+        step_ms = INTERVALS_S[interval] * 1000
+        with self._lock:
+            if symbol in self._paths:
+                closes = self._paths[symbol][: self._cursor[symbol] + 1][-limit:]
+            else:
+                last = self.prices[symbol]
+                closes = [last * Decimal(str(1 + 0.01 * math.sin(i / 3)))
+                          for i in range(limit - 1, -1, -1)]  # fmt: skip
+        end_ms = int(params.get("endTime", time.time() * 1000 + self.skew_ms))
+        first_open = (end_ms // step_ms - len(closes) + 1) * step_ms
+        if "startTime" in params:
+            first_open = int(params["startTime"]) // step_ms * step_ms
+        rows = []
+        previous = closes[0]
+        for i, close in enumerate(closes):
+            open_ = previous
+            high, low = max(open_, close) * Decimal("1.001"), min(open_, close) * Decimal("0.999")
+            volume = Decimal(10 + i % 7)
+            opened = first_open + i * step_ms
+            rows.append([opened, _fmt(open_), _fmt(high), _fmt(low), _fmt(close), _fmt(volume),
+                         opened + step_ms - 1, _fmt(volume * close), 5 + i % 11,
+                         _fmt(volume / 2), _fmt(volume * close / 2), "0"])  # fmt: skip
+            previous = close
+        return rows
+
+    def _place(self, api_key: str, params: dict[str, str]) -> Any:
+        symbol = self._symbol(params.get("symbol"))
+        side = params.get("side")
+        if side not in ("BUY", "SELL"):
+            raise _Refusal(400, -1117, "Invalid side.")
+        if params.get("type") != "MARKET":
+            raise _Refusal(400, -1116, "Invalid orderType.")
+        base, quote = split_symbol(symbol)
+        filters = self.filters.get(symbol, SYMBOL_FILTERS)
+        with self._lock:
+            price = self.prices[symbol]
+            client_id = params.get("newClientOrderId") or f"fake{len(self.orders) + 1}"
+            if any(o["clientOrderId"] == client_id for o in self.orders):
+                self.duplicates.append(dict(params))
+                raise _Refusal(400, -2010, DUPLICATE)
+            quantity = self._quantity(params, price, filters)
+            _check_filters(quantity, price, filters)
+            wallet = self.balances.setdefault(api_key, {})
             cost = quantity * price
-            if params["side"] == "BUY":
+            if side == "BUY":
                 if wallet.get(quote, Decimal(0)) < cost:
-                    raise _Refusal(
-                        400, -2010, "Account has insufficient balance for requested action."
-                    )
+                    raise _Refusal(400, -2010, INSUFFICIENT)
                 wallet[quote] -= cost
                 wallet[base] = wallet.get(base, Decimal(0)) + quantity
             else:
                 if wallet.get(base, Decimal(0)) < quantity:
-                    raise _Refusal(
-                        400, -2010, "Account has insufficient balance for requested action."
-                    )
+                    raise _Refusal(400, -2010, INSUFFICIENT)
                 wallet[base] -= quantity
                 wallet[quote] = wallet.get(quote, Decimal(0)) + cost
+            order_id = len(self.orders) + 1
             order = {
-                "symbol": symbol, "orderId": len(self.orders) + 1,
-                "clientOrderId": params.get("newClientOrderId"), "transactTime": int(time.time() * 1000),
-                "price": "0", "origQty": str(quantity), "executedQty": str(quantity),
-                "cummulativeQuoteQty": str(cost), "status": "FILLED", "type": "MARKET",
-                "side": params["side"],
+                "symbol": symbol, "orderId": order_id, "orderListId": -1,
+                "clientOrderId": client_id, "transactTime": int(time.time() * 1000),
+                "price": "0.00000000", "origQty": str(quantity), "executedQty": str(quantity),
+                "cummulativeQuoteQty": str(cost), "status": "FILLED", "timeInForce": "GTC",
+                "type": "MARKET", "side": side,
                 "fills": [{"price": str(price), "qty": str(quantity), "commission": "0",
-                           "commissionAsset": quote, "tradeId": len(self.orders) + 1}],
+                           "commissionAsset": quote, "tradeId": order_id}],
             }  # fmt: skip
             self.orders.append(order)
+            self._owner[order_id] = api_key
             if self.drop_next_order_response:
                 self.drop_next_order_response = False
                 return _Drop()
         return order
 
+    @staticmethod
+    def _quantity(params: dict[str, str], price: Decimal, filters: list[dict[str, Any]]) -> Decimal:
+        try:
+            if "quantity" in params:
+                return Decimal(params["quantity"])
+            if "quoteOrderQty" in params:
+                lot = _filter(filters, "LOT_SIZE")
+                step = Decimal(str(lot["stepSize"])) if lot else Decimal("0.00000001")
+                raw = Decimal(params["quoteOrderQty"]) / price
+                return (raw / step).to_integral_value(ROUND_DOWN) * step
+        except InvalidOperation:
+            raise _Refusal(
+                400, -1100, "Illegal characters found in parameter 'quantity'."
+            ) from None
+        raise _Refusal(400, -1102, "Mandatory parameter 'quantity' was not sent.")
 
-class _Drop:
-    pass
+    def _find(self, api_key: str, params: dict[str, str]) -> dict[str, Any]:
+        symbol = self._symbol(params.get("symbol"))
+        client_id, order_id = params.get("origClientOrderId"), params.get("orderId")
+        if client_id is None and order_id is None:
+            raise _Refusal(
+                400, -1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!"
+            )  # fmt: skip
+        with self._lock:
+            for order in self.orders:
+                if order["symbol"] != symbol or self._owner.get(order["orderId"]) != api_key:
+                    continue
+                if client_id is not None and order["clientOrderId"] != client_id:
+                    continue
+                if order_id is not None and str(order["orderId"]) != order_id:
+                    continue
+                found = {k: v for k, v in order.items() if k != "fills"}
+                found |= {"stopPrice": "0.00000000", "icebergQty": "0.00000000",
+                          "time": order["transactTime"], "updateTime": order["transactTime"],
+                          "isWorking": True, "origQuoteOrderQty": "0.00000000"}  # fmt: skip
+                return found
+        raise _Refusal(400, -2013, "Order does not exist.")
 
 
-class _Refusal(Exception):
-    def __init__(self, status: int, code: int, msg: str) -> None:
-        super().__init__(msg)
-        self.status, self.code, self.msg = status, code, msg
+def _check_filters(quantity: Decimal, price: Decimal, filters: list[dict[str, Any]]) -> None:
+    lot = _filter(filters, "LOT_SIZE")
+    if lot is not None:
+        low, high = Decimal(str(lot["minQty"])), Decimal(str(lot["maxQty"]))
+        step = Decimal(str(lot["stepSize"]))
+        off_step = step > 0 and (quantity - low) % step != 0
+        if quantity < low or quantity > high or off_step:
+            raise _Refusal(400, -1013, "Filter failure: LOT_SIZE")
+    for kind in ("NOTIONAL", "MIN_NOTIONAL"):
+        rule = _filter(filters, kind)
+        if rule is not None and quantity * price < Decimal(str(rule["minNotional"])):
+            raise _Refusal(400, -1013, f"Filter failure: {kind}")
+
+
+def _symbol_list(raw: str) -> list[str]:
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        raise _Refusal(400, -1100, "Illegal characters found in parameter 'symbols'.") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _Refusal(400, -1100, "Illegal characters found in parameter 'symbols'.")
+    return names
+
+
+def _fmt(value: Decimal) -> str:
+    return f"{value.quantize(Decimal('0.00000001')):f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    def configure(parser: Any) -> None:
+        parser.add_argument("--account", action="append", default=[],
+                            help="KEY:SECRET[:ASSET=AMOUNT,...], repeatable")  # fmt: skip
+        parser.add_argument("--price", action="append", default=[], help="SYMBOL=PRICE")
+
+    def build(args: Any) -> FakeBinance:
+        fake = FakeBinance()
+        for spec in args.price:
+            symbol, _, price = spec.partition("=")
+            fake.set_price(symbol, price)
+        for spec in args.account:
+            key, secret, *rest = spec.split(":")
+            amounts = dict(p.split("=", 1) for p in rest[0].split(",")) if rest else {}
+            fake.add_account(key, secret, **amounts)
+        return fake
+
+    return run_standalone(build, argv, configure)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

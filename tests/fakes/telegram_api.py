@@ -2,30 +2,46 @@
 
 Serves `/bot<TOKEN>/<method>` like Telegram (form-encoded POSTs, JSON values inside
 form fields, `{"ok": ..., "result": ...}` replies, errors by HTTP status). Tests feed
-updates, inject errors, and read what the bot sent. `sendMessage` validates HTML the
-way Telegram does (allowed tags, nesting, entities, 4096 characters), so a malformed
-reply fails loudly.
+updates, inject errors, and read what the bot sent. `sendMessage` and
+`editMessageText` validate HTML the way Telegram does (allowed tags, nesting,
+entities, 4096 characters), so a malformed reply fails loudly. When two
+`getUpdates` for one token overlap, the older one gets 409 Conflict, as with the
+real Bot API, and the overlap is counted so a test can prove that only one poller
+ever ran.
+
+Standalone: `python -m tests.fakes.telegram_api --port N` prints its URL; steer it
+with `/_control/...` (see `add_routes`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.http import BackgroundServer, json_body, run_standalone, wait_until
+
 ALLOWED_TAGS = {
     "b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler",
     "a", "code", "pre", "blockquote", "tg-emoji",
 }  # fmt: skip
+ALLOWED_ENTITIES = {"lt", "gt", "amp", "quot"}
 MESSAGE_LIMIT = 4096
+BOT_ID = 4242
+CONFLICT = (
+    "Conflict: terminated by other getUpdates request; "
+    "make sure that only one bot instance is running"
+)
+PARSE_ERROR = "Bad Request: can't parse entities"
+OVERLAP_SETTLE_S = 0.05
 
 
 class _HtmlCheck(HTMLParser):
@@ -35,53 +51,90 @@ class _HtmlCheck(HTMLParser):
         self.problem: str | None = None
         self.text_length = 0
 
+    def _fail(self, problem: str) -> None:
+        self.problem = self.problem or problem
+
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag not in ALLOWED_TAGS:
-            self.problem = self.problem or f'unsupported start tag "{tag}"'
+            self._fail(f'unsupported start tag "{tag}"')
+        values = dict(attrs)
+        if tag == "span" and values.get("class") != "tg-spoiler":
+            self._fail('tag "span" must have class "tg-spoiler"')
+        if tag == "a" and not values.get("href"):
+            self._fail('tag "a" must have an href')
         self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._fail(f'unsupported self-closing tag "{tag}"')
 
     def handle_endtag(self, tag: str) -> None:
         if not self.stack or self.stack[-1] != tag:
-            self.problem = self.problem or f'unexpected end tag "{tag}"'
+            self._fail(f'unexpected end tag "{tag}"')
             return
         self.stack.pop()
 
     def handle_data(self, data: str) -> None:
         if "<" in data or ">" in data:
-            self.problem = self.problem or "unescaped < or >"
+            self._fail("unescaped < or >")
+        if "&" in data:
+            self._fail("unescaped &")
         self.text_length += len(data)
 
     def handle_entityref(self, name: str) -> None:
-        if name not in {"lt", "gt", "amp", "quot"}:
-            self.problem = self.problem or f"unsupported entity &{name};"
+        if name not in ALLOWED_ENTITIES:
+            self._fail(f'unsupported entity "&{name};"')
         self.text_length += 1
 
     def handle_charref(self, name: str) -> None:
         self.text_length += 1
 
+    def handle_comment(self, data: str) -> None:
+        self._fail("comments are not supported")
+
+    def handle_decl(self, decl: str) -> None:
+        self._fail("declarations are not supported")
+
+    def handle_pi(self, data: str) -> None:
+        self._fail("processing instructions are not supported")
+
+    def unknown_decl(self, data: str) -> None:
+        self._fail("declarations are not supported")
+
 
 def check_html(text: str) -> str | None:
-    """None when Telegram would accept `text` in HTML mode, else the reason."""
+    """None when Telegram would accept `text` with parse_mode=HTML, else its error."""
     checker = _HtmlCheck()
     checker.feed(text)
     checker.close()
     if checker.problem:
-        return f"Bad Request: can't parse entities: {checker.problem}"
+        return f"{PARSE_ERROR}: {checker.problem}"
     if checker.stack:
-        return f'Bad Request: can\'t parse entities: unclosed tag "{checker.stack[-1]}"'
-    if "&" in text.replace("&lt;", "").replace("&gt;", "").replace("&amp;", "").replace(
-        "&quot;", ""
-    ):
-        stray = html.unescape(text) == text
-        if stray:
-            return "Bad Request: can't parse entities: stray &"
-    if len(html.unescape(text)) > MESSAGE_LIMIT:
+        return (
+            f'{PARSE_ERROR}: can\'t find end tag corresponding to start tag "{checker.stack[-1]}"'
+        )
+    if checker.text_length > MESSAGE_LIMIT:
+        return "Bad Request: message is too long"
+    if checker.text_length == 0:
+        return "Bad Request: message text is empty"
+    return None
+
+
+def check_plain(text: str) -> str | None:
+    """None when Telegram would accept `text` without a parse mode, else its error."""
+    if not text:
+        return "Bad Request: message text is empty"
+    if len(text) > MESSAGE_LIMIT:
         return "Bad Request: message is too long"
     return None
 
 
 @dataclass
 class Injected:
+    """One scripted answer: an error status/description, optionally after a stall.
+
+    `status=0` with `stall_s` set means: stall, then answer normally.
+    """
+
     status: int
     description: str
     retry_after: int | None = None
@@ -89,102 +142,98 @@ class Injected:
 
 
 @dataclass
-class FakeTelegram:
-    """Start with `with FakeTelegram() as tg:`; point the bot at `tg.base_url`."""
+class PollRecord:
+    """One getUpdates call: who polled (token, client address) and how it ended."""
+
+    token: str
+    peer: str
+    offset: int
+    timeout: float
+    started: float
+    concurrent: int
+    ended: float | None = None
+    outcome: str = "pending"  # "updates:N" | "conflict" | "abandoned" | "injected:STATUS"
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, description: str, retry_after: int | None = None) -> None:
+        super().__init__(description)
+        self.status = status
+        self.description = description
+        self.retry_after = retry_after
+
+
+@dataclass
+class FakeTelegram(BackgroundServer):
+    """Start with `with FakeTelegram() as tg:`; point the bot at `tg.base_url + "/bot"`."""
 
     username: str = "lunara_test_bot"
+    max_poll_s: float = 1.0  # long polls are held at most this long, so shutdowns are quick
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
+    edits: list[dict[str, Any]] = field(default_factory=list)
     invoices: list[dict[str, Any]] = field(default_factory=list)
     answers: list[dict[str, Any]] = field(default_factory=list)
+    callback_answers: list[dict[str, Any]] = field(default_factory=list)
     refunds: list[dict[str, Any]] = field(default_factory=list)
+    chat_actions: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[dict[str, Any]] = field(default_factory=list)
     deleted: list[tuple[int, int]] = field(default_factory=list)
     rejected: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    polls: list[PollRecord] = field(default_factory=list)
     polls_by_token: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    conflicts_by_token: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     max_concurrent_polls: int = 0
 
+    name = "fake-telegram"
+
     def __post_init__(self) -> None:
+        self._init_server()
         self._updates: list[dict[str, Any]] = []
         self._next_update_id = 1
         self._next_message_id = 1
         self._lock = threading.Lock()
         self._errors: dict[str, list[Injected]] = defaultdict(list)
         self._in_flight: dict[str, int] = defaultdict(int)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._new_update = threading.Condition(self._lock)
-        self.port = 0
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> FakeTelegram:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake Telegram server did not start")
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._loop is not None and self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def _serve(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        app = web.Application(client_max_size=8 * 1024 * 1024)
-        app.router.add_route("*", "/bot{token}/{method}", self._handle)
-        runner = web.AppRunner(app, access_log=None)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        self._runner = runner
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        ready.set()
-        loop.run_forever()
-        loop.close()
+        self._active: dict[str, list[tuple[PollRecord, web.Request]]] = {}
 
     # -- test controls ------------------------------------------------------------------
 
-    def inject(self, method: str, status: int, description: str, *, retry_after: int | None = None,
-               stall_s: float = 0.0, times: int = 1) -> None:  # fmt: skip
+    def inject(self, method: str, status: int, description: str = "", *,
+               retry_after: int | None = None, stall_s: float = 0.0, times: int = 1) -> None:  # fmt: skip
+        """The next `times` calls of `method` answer `status` (0: stall, then answer)."""
         with self._lock:
             self._errors[method].extend(
-                Injected(status, description, retry_after, stall_s) for _ in range(times)
+                Injected(status, description or f"injected {status}", retry_after, stall_s)
+                for _ in range(times)
             )
+
+    def inject_stall(self, method: str, stall_s: float, *, times: int = 1) -> None:
+        """The next `times` calls of `method` are held `stall_s` before a normal answer."""
+        self.inject(method, 0, "stall", stall_s=stall_s, times=times)
 
     def _message(self, user_id: int, chat_type: str, username: str | None) -> dict[str, Any]:
         with self._lock:
             message_id = self._next_message_id
             self._next_message_id += 1
-        sender = {"id": user_id, "is_bot": False, "first_name": f"user{user_id}"}
+        sender: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": f"user{user_id}"}
         if username:
             sender["username"] = username
         chat: dict[str, Any] = {"id": user_id, "type": chat_type}
         if chat_type != "private":
-            chat = {"id": -1000000000 - user_id, "type": chat_type, "title": "group"}
+            chat = {"id": group_chat_id(user_id), "type": chat_type, "title": "group"}
         return {"message_id": message_id, "date": int(time.time()), "chat": chat, "from": sender}
 
     def _push(self, update: dict[str, Any]) -> int:
-        with self._new_update:
+        with self._lock:
             update["update_id"] = self._next_update_id
             self._next_update_id += 1
             self._updates.append(update)
-            self._new_update.notify_all()
             return int(update["update_id"])
 
     def push_text(self, user_id: int, text: str, chat_type: str = "private",
                   username: str | None = None) -> int:  # fmt: skip
+        """Queue a message update; text starting with "/" carries a bot_command entity."""
         message = self._message(user_id, chat_type, username)
         message["text"] = text
         if text.startswith("/"):
@@ -192,8 +241,29 @@ class FakeTelegram:
             message["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
         return self._push({"message": message})
 
+    def push_command(self, user_id: int, text: str, chat_type: str = "private",
+                     username: str | None = None) -> int:  # fmt: skip
+        """Queue a command message (`text` must start with "/"); returns its update_id."""
+        if not text.startswith("/"):
+            raise ValueError(f"a command starts with '/': {text!r}")
+        return self.push_text(user_id, text, chat_type, username)
+
+    def push_callback_query(self, user_id: int, data: str, message_id: int = 1) -> str:
+        """Queue an inline-button press on message `message_id`; returns the query id."""
+        query_id = f"cbq{self._next_update_id}"
+        message = self._message(BOT_ID, "private", self.username)
+        message.update(message_id=message_id, chat={"id": user_id, "type": "private"}, text="…")
+        message["from"] = {"id": BOT_ID, "is_bot": True, "first_name": "Lunara"}
+        sender = {"id": user_id, "is_bot": False, "first_name": f"user{user_id}"}
+        self._push(
+            {"callback_query": {"id": query_id, "from": sender, "chat_instance": str(user_id),
+                                "data": data, "message": message}}
+        )  # fmt: skip
+        return query_id
+
     def push_pre_checkout(self, user_id: int, payload: str, total_amount: int,
                           currency: str = "XTR") -> str:  # fmt: skip
+        """Queue a pre_checkout_query; returns its id (answers land in `answers`)."""
         query_id = f"pcq{self._next_update_id}"
         sender = {"id": user_id, "is_bot": False, "first_name": f"user{user_id}"}
         self._push(
@@ -210,10 +280,11 @@ class FakeTelegram:
         return query_id
 
     def push_successful_payment(self, user_id: int, payload: str, charge_id: str,
-                                total_amount: int) -> int:  # fmt: skip
+                                total_amount: int, currency: str = "XTR") -> int:  # fmt: skip
+        """Queue the service message of a completed Stars payment; returns its update_id."""
         message = self._message(user_id, "private", None)
         message["successful_payment"] = {
-            "currency": "XTR",
+            "currency": currency,
             "total_amount": total_amount,
             "invoice_payload": payload,
             "telegram_payment_charge_id": charge_id,
@@ -221,19 +292,20 @@ class FakeTelegram:
         }
         return self._push({"message": message})
 
-    def messages_to(self, chat_id: int) -> list[str]:
+    def sent_messages(self, chat_id: int | None = None) -> list[dict[str, Any]]:
+        """Accepted sendMessage calls: dicts with chat_id, text, parse_mode, message_id."""
         with self._lock:
-            return [m["text"] for m in self.sent if m["chat_id"] == chat_id]
+            return [dict(m) for m in self.sent if chat_id is None or m["chat_id"] == chat_id]
 
-    def wait_for(self, predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}")
+    def messages_to(self, chat_id: int) -> list[str]:
+        return [m["text"] for m in self.sent_messages(chat_id)]
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 15.0,
+                 what: str = "condition") -> None:  # fmt: skip
+        wait_until(predicate, timeout, what)
 
     def wait_for_messages(self, chat_id: int, count: int, timeout: float = 15.0) -> list[str]:
+        """Block until `count` messages went to `chat_id`; return their texts."""
         self.wait_for(lambda: len(self.messages_to(chat_id)) >= count, timeout,
                       f"{count} messages to {chat_id}")  # fmt: skip
         return self.messages_to(chat_id)
@@ -242,9 +314,82 @@ class FakeTelegram:
         with self._lock:
             return len(self._updates)
 
-    # -- the API --------------------------------------------------------------------------
+    def call_count(self, method: str, token: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for t, m, _ in self.calls if m == method and token in (None, t))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for soak runs and the control endpoint."""
+        with self._lock:
+            return {
+                "calls": len(self.calls),
+                "sent": len(self.sent),
+                "rejected": len(self.rejected),
+                "pending_updates": len(self._updates),
+                "polls_by_token": dict(self.polls_by_token),
+                "conflicts_by_token": dict(self.conflicts_by_token),
+                "max_concurrent_polls": self.max_concurrent_polls,
+                "in_flight_polls": sum(self._in_flight.values()),
+            }
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        app.router.add_post("/_control/inject", self._control_inject)
+        app.router.add_post("/_control/push_command", self._control_push_command)
+        app.router.add_post("/_control/push_pre_checkout", self._control_push_pre_checkout)
+        app.router.add_post("/_control/push_successful_payment", self._control_push_payment)
+        app.router.add_get("/_control/sent", self._control_sent)
+        app.router.add_get("/_control/calls", self._control_calls)
+        app.router.add_get("/_control/polls", self._control_polls)
+        app.router.add_get("/_control/stats", self._control_stats)
+
+    async def _control_inject(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        self.inject(str(body["method"]), int(body.get("status", 0)),
+                    str(body.get("description", "")), retry_after=body.get("retry_after"),
+                    stall_s=float(body.get("stall_s", 0)), times=int(body.get("times", 1)))  # fmt: skip
+        return web.json_response({"ok": True})
+
+    async def _control_push_command(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        update_id = self.push_text(int(body["user_id"]), str(body["text"]),
+                                   str(body.get("chat_type", "private")), body.get("username"))  # fmt: skip
+        return web.json_response({"update_id": update_id})
+
+    async def _control_push_pre_checkout(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        query_id = self.push_pre_checkout(int(body["user_id"]), str(body["payload"]),
+                                          int(body["total_amount"]), str(body.get("currency", "XTR")))  # fmt: skip
+        return web.json_response({"id": query_id})
+
+    async def _control_push_payment(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        update_id = self.push_successful_payment(int(body["user_id"]), str(body["payload"]),
+                                                 str(body["charge_id"]), int(body["total_amount"]))  # fmt: skip
+        return web.json_response({"update_id": update_id})
+
+    async def _control_sent(self, request: web.Request) -> web.Response:
+        chat = request.query.get("chat_id")
+        return web.json_response(self.sent_messages(int(chat) if chat else None))
+
+    async def _control_calls(self, request: web.Request) -> web.Response:
+        with self._lock:
+            calls = [{"token": t, "method": m, "params": p} for t, m, p in self.calls]
+        return web.json_response(calls)
+
+    async def _control_polls(self, request: web.Request) -> web.Response:
+        with self._lock:
+            polls = [asdict(p) for p in self.polls]
+        return web.json_response(polls)
+
+    async def _control_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
 
     async def _params(self, request: web.Request) -> dict[str, Any]:
+        if not request.can_read_body:
+            return {}
         if request.content_type == "application/json":
             body = await request.json()
             return dict(body) if isinstance(body, dict) else {}
@@ -256,6 +401,8 @@ class FakeTelegram:
                     params[key] = json.loads(value)
                 except ValueError:
                     params[key] = value
+            else:  # an uploaded file: record its name, not its bytes
+                params[key] = {"filename": getattr(value, "filename", None)}
         return params
 
     async def _handle(self, request: web.Request) -> web.Response:
@@ -268,97 +415,224 @@ class FakeTelegram:
         if injected is not None:
             if injected.stall_s:
                 await asyncio.sleep(injected.stall_s)
-            body: dict[str, Any] = {
-                "ok": False, "error_code": injected.status, "description": injected.description,
-            }  # fmt: skip
-            if injected.retry_after is not None:
-                body["parameters"] = {"retry_after": injected.retry_after}
-            return web.json_response(body, status=injected.status)
+            if injected.status:
+                if method == "getUpdates":
+                    self._record_injected_poll(token, request, params, injected.status)
+                return _error(_ApiError(injected.status, injected.description,
+                                        injected.retry_after))  # fmt: skip
         handler = getattr(self, f"_api_{method}", None)
         if handler is None:
-            return web.json_response({"ok": True, "result": True})
+            return _error(_ApiError(404, "Not Found: method not found"))
         try:
-            result = await handler(token, params)
+            result = await handler(token, params, request)
         except _ApiError as error:
-            return web.json_response(
-                {"ok": False, "error_code": error.status, "description": error.description},
-                status=error.status,
-            )
+            return _error(error)
+        except (KeyError, ValueError, TypeError) as error:
+            return _error(_ApiError(400, f"Bad Request: invalid parameters: {error}"))
         return web.json_response({"ok": True, "result": result})
 
-    async def _api_getMe(self, token: str, params: dict[str, Any]) -> dict[str, Any]:
-        return {"id": 4242, "is_bot": True, "first_name": "Lunara", "username": self.username}
-
-    async def _api_getUpdates(self, token: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    def _record_injected_poll(self, token: str, request: web.Request, params: dict[str, Any],
+                              status: int) -> None:  # fmt: skip
+        now = time.monotonic()
         with self._lock:
             self.polls_by_token[token] += 1
-            self._in_flight[token] += 1
-            concurrent = self._in_flight[token]
-            self.max_concurrent_polls = max(self.max_concurrent_polls, concurrent)
-        try:
-            if concurrent > 1:
-                raise _ApiError(409, "Conflict: terminated by other getUpdates request")
-            offset = int(params.get("offset") or 0)
-            timeout = float(params.get("timeout") or 0)
-            deadline = time.monotonic() + min(timeout, 1.0)
-            while True:
-                with self._lock:
-                    if offset:
-                        self._updates = [u for u in self._updates if u["update_id"] >= offset]
-                    ready = list(self._updates[:100])
-                if ready or time.monotonic() >= deadline:
-                    return ready
-                await asyncio.sleep(0.01)
-        finally:
-            with self._lock:
-                self._in_flight[token] -= 1
+            self.polls.append(
+                PollRecord(token, _peer(request), int(params.get("offset") or 0),
+                           float(params.get("timeout") or 0), now, 1, now, f"injected:{status}")
+            )  # fmt: skip
 
-    async def _api_sendMessage(self, token: str, params: dict[str, Any]) -> dict[str, Any]:
-        text = str(params.get("text", ""))
-        if params.get("parse_mode") == "HTML":
-            problem = check_html(text)
-            if problem:
-                with self._lock:
-                    self.rejected.append((params, problem))
-                raise _ApiError(400, problem)
-        chat_id = int(params["chat_id"])
+    def _bot_message(self, chat_id: int, text: str | None = None) -> dict[str, Any]:
         with self._lock:
-            self.sent.append(
-                {"chat_id": chat_id, "text": text, "parse_mode": params.get("parse_mode")}
-            )
             message_id = self._next_message_id
             self._next_message_id += 1
-        return {"message_id": message_id, "date": int(time.time()),
-                "chat": {"id": chat_id, "type": "private"}, "text": text}  # fmt: skip
+        chat_type = "private" if chat_id > 0 else "supergroup"
+        message: dict[str, Any] = {
+            "message_id": message_id, "date": int(time.time()),
+            "chat": {"id": chat_id, "type": chat_type},
+            "from": {"id": BOT_ID, "is_bot": True, "first_name": "Lunara", "username": self.username},
+        }  # fmt: skip
+        if text is not None:
+            message["text"] = text
+        return message
 
-    async def _api_deleteMessage(self, token: str, params: dict[str, Any]) -> bool:
+    def _checked_text(self, params: dict[str, Any]) -> str:
+        text = str(params.get("text", ""))
+        mode = params.get("parse_mode")
+        problem = check_html(text) if mode == "HTML" else check_plain(text)
+        if problem:
+            with self._lock:
+                self.rejected.append((params, problem))
+            raise _ApiError(400, problem)
+        return text
+
+    async def _api_getMe(self, token: str, params: dict[str, Any],
+                         request: web.Request) -> dict[str, Any]:  # fmt: skip
+        return {"id": BOT_ID, "is_bot": True, "first_name": "Lunara", "username": self.username,
+                "can_join_groups": True, "can_read_all_group_messages": False,
+                "supports_inline_queries": False}  # fmt: skip
+
+    async def _api_deleteWebhook(self, token: str, params: dict[str, Any],
+                                 request: web.Request) -> bool:  # fmt: skip
+        return True
+
+    async def _api_setMyCommands(self, token: str, params: dict[str, Any],
+                                 request: web.Request) -> bool:  # fmt: skip
+        with self._lock:
+            self.commands = list(params.get("commands") or [])
+        return True
+
+    async def _api_getUpdates(self, token: str, params: dict[str, Any],
+                              request: web.Request) -> list[dict[str, Any]]:  # fmt: skip
+        """Long poll. A newer poll of the same token ends the older one with 409 Conflict.
+
+        That is what the real Bot API does: the poll that was in flight when another
+        client (or another instance) started polling is the one terminated.
+        """
+        offset = int(params.get("offset") or 0)
+        timeout = float(params.get("timeout") or 0)
+        limit = int(params.get("limit") or 100)
+        with self._lock:
+            overlapping = bool(self._active.get(token))
+        if overlapping:  # let a client that just hung up be seen as gone, not as a rival
+            await asyncio.sleep(OVERLAP_SETTLE_S)
+        with self._lock:
+            rivals = [(r, q) for r, q in self._active.get(token, []) if not _gone(q)]
+            concurrent = len(rivals) + 1
+            self.polls_by_token[token] += 1
+            self._in_flight[token] += 1
+            self.max_concurrent_polls = max(self.max_concurrent_polls, concurrent)
+            for other, _ in rivals:
+                other.outcome = "conflict"  # terminated by this newer request
+            record = PollRecord(token, _peer(request), offset, timeout, time.monotonic(),
+                                concurrent)  # fmt: skip
+            self.polls.append(record)
+            self._active.setdefault(token, []).append((record, request))
+        try:
+            deadline = time.monotonic() + min(timeout, self.max_poll_s)
+            while True:
+                with self._lock:
+                    if record.outcome == "conflict":
+                        self.conflicts_by_token[token] += 1
+                        raise _ApiError(409, CONFLICT)
+                    if offset:  # confirming an offset forgets every earlier update
+                        self._updates = [u for u in self._updates if u["update_id"] >= offset]
+                    ready = list(self._updates[: max(1, min(limit, 100))])
+                    if ready or time.monotonic() >= deadline:
+                        record.outcome = f"updates:{len(ready)}"
+                        return ready
+                if _gone(request):
+                    record.outcome = "abandoned"  # the client hung up (cancelled its poll)
+                    return []
+                await asyncio.sleep(0.01)
+        finally:
+            record.ended = time.monotonic()
+            with self._lock:
+                self._in_flight[token] -= 1
+                self._active[token].remove((record, request))
+
+    async def _api_sendMessage(self, token: str, params: dict[str, Any],
+                               request: web.Request) -> dict[str, Any]:  # fmt: skip
+        text = self._checked_text(params)
+        chat_id = int(params["chat_id"])
+        message = self._bot_message(chat_id, text)
+        with self._lock:
+            self.sent.append({"chat_id": chat_id, "text": text,
+                              "parse_mode": params.get("parse_mode"),
+                              "message_id": message["message_id"],
+                              "reply_markup": params.get("reply_markup")})  # fmt: skip
+        return message
+
+    async def _api_editMessageText(self, token: str, params: dict[str, Any],
+                                   request: web.Request) -> dict[str, Any]:  # fmt: skip
+        text = self._checked_text(params)
+        chat_id = int(params["chat_id"])
+        with self._lock:
+            self.edits.append({"chat_id": chat_id, "message_id": int(params["message_id"]),
+                               "text": text, "parse_mode": params.get("parse_mode")})  # fmt: skip
+        message = self._bot_message(chat_id, text)
+        message["message_id"] = int(params["message_id"])
+        message["edit_date"] = int(time.time())
+        return message
+
+    async def _api_deleteMessage(self, token: str, params: dict[str, Any],
+                                 request: web.Request) -> bool:  # fmt: skip
         with self._lock:
             self.deleted.append((int(params["chat_id"]), int(params["message_id"])))
         return True
 
-    async def _api_sendInvoice(self, token: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def _api_answerCallbackQuery(self, token: str, params: dict[str, Any],
+                                       request: web.Request) -> bool:  # fmt: skip
+        with self._lock:
+            self.callback_answers.append(params)
+        return True
+
+    async def _api_sendChatAction(self, token: str, params: dict[str, Any],
+                                  request: web.Request) -> bool:  # fmt: skip
+        with self._lock:
+            self.chat_actions.append(params)
+        return True
+
+    async def _api_sendInvoice(self, token: str, params: dict[str, Any],
+                               request: web.Request) -> dict[str, Any]:  # fmt: skip
+        if params.get("currency") == "XTR" and params.get("provider_token") not in (None, ""):
+            raise _ApiError(400, "Bad Request: provider_token must be empty for Telegram Stars")
         with self._lock:
             self.invoices.append(params)
-        chat_id = int(params["chat_id"])
-        return {
-            "message_id": 1,
-            "date": int(time.time()),
-            "chat": {"id": chat_id, "type": "private"},
-        }
+        message = self._bot_message(int(params["chat_id"]))
+        message["invoice"] = {
+            "title": params.get("title", ""), "description": params.get("description", ""),
+            "start_parameter": "", "currency": params.get("currency", ""),
+            "total_amount": sum(int(p["amount"]) for p in params.get("prices") or []),
+        }  # fmt: skip
+        return message
 
-    async def _api_answerPreCheckoutQuery(self, token: str, params: dict[str, Any]) -> bool:
+    async def _api_answerPreCheckoutQuery(self, token: str, params: dict[str, Any],
+                                          request: web.Request) -> bool:  # fmt: skip
         with self._lock:
             self.answers.append(params)
         return True
 
-    async def _api_refundStarPayment(self, token: str, params: dict[str, Any]) -> bool:
+    async def _api_refundStarPayment(self, token: str, params: dict[str, Any],
+                                     request: web.Request) -> bool:  # fmt: skip
         with self._lock:
             self.refunds.append(params)
         return True
 
 
-class _ApiError(Exception):
-    def __init__(self, status: int, description: str) -> None:
-        super().__init__(description)
-        self.status = status
-        self.description = description
+def group_chat_id(user_id: int) -> int:
+    """The group chat id `push_text(..., chat_type="group")` uses for `user_id`."""
+    return -1000000000 - user_id
+
+
+def _gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
+
+
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peer[0]}:{peer[1]}" if peer else "?"
+
+
+def _error(error: _ApiError) -> web.Response:
+    body: dict[str, Any] = {
+        "ok": False, "error_code": error.status, "description": error.description,
+    }  # fmt: skip
+    if error.retry_after is not None:
+        body["parameters"] = {"retry_after": error.retry_after}
+    return web.json_response(body, status=error.status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    def configure(parser: Any) -> None:
+        parser.add_argument("--username", default="lunara_test_bot")
+        parser.add_argument("--max-poll-s", type=float, default=10.0)
+
+    return run_standalone(
+        lambda args: FakeTelegram(username=args.username, max_poll_s=args.max_poll_s),
+        argv,
+        configure,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

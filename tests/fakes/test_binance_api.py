@@ -1,0 +1,199 @@
+"""The fake Binance speaks spot REST well enough for the real python-binance Client."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from binance.client import Client
+from binance.exceptions import BinanceAPIException
+
+from tests.fakes.binance_api import DROP_CLOSE, FakeBinance
+
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
+
+KEY, SECRET = "key-alice", "secret-alice"
+
+
+@pytest.fixture
+def bn() -> Iterator[FakeBinance]:
+    with FakeBinance() as fake:
+        fake.add_account(KEY, SECRET, USDT="1000")
+        yield fake
+
+
+def client(fake: FakeBinance, key: str = KEY, secret: str = SECRET, timeout: float = 2.0) -> Client:
+    class Local(Client):
+        API_URL = fake.api_url
+
+    return Local(key, secret, requests_params={"timeout": timeout})  # pings on construction
+
+
+def test_public_endpoints_answer_in_binance_shapes(bn: FakeBinance) -> None:
+    bn.set_price("ETHUSDT", "3000")
+    c = client(bn)
+    assert bn.count("GET", "ping") == 1
+    assert abs(c.get_server_time()["serverTime"] - c.get_server_time()["serverTime"]) < 60_000
+    info = c.get_symbol_info("ETHUSDT")
+    assert info is not None and info["quoteAsset"] == "USDT"
+    kinds = {f["filterType"] for f in info["filters"]}
+    assert {"LOT_SIZE", "PRICE_FILTER", "NOTIONAL"} <= kinds
+    assert c.get_symbol_ticker(symbol="ETHUSDT") == {"symbol": "ETHUSDT", "price": "3000"}
+    both = c.get_symbol_ticker(symbols='["BTCUSDT","ETHUSDT"]')
+    assert [t["symbol"] for t in both] == ["BTCUSDT", "ETHUSDT"]
+    assert len(c.get_all_tickers()) == 2
+    rows = c.get_klines(symbol="ETHUSDT", interval="1m", limit=30)
+    assert len(rows) == 30 and len(rows[0]) == 12
+    assert rows[-1][4] == "3000.00000000"
+    assert rows[1][0] - rows[0][0] == 60_000 and rows[0][6] == rows[0][0] + 59_999
+
+
+def test_unknown_symbol_is_refused(bn: FakeBinance) -> None:
+    with pytest.raises(BinanceAPIException) as caught:
+        client(bn).get_symbol_ticker(symbol="NOPEUSDT")
+    assert caught.value.code == -1121
+
+
+def test_scripted_prices_advance_and_become_the_kline_closes(bn: FakeBinance) -> None:
+    bn.script_prices("BTCUSDT", ["100", "101", "99"])
+    c = client(bn)
+    assert c.get_symbol_ticker(symbol="BTCUSDT")["price"] == "100"
+    bn.advance()
+    assert c.get_symbol_ticker(symbol="BTCUSDT")["price"] == "101"
+    bn.advance(steps=5)  # a path ends on its last price
+    closes = [row[4] for row in c.get_klines(symbol="BTCUSDT", interval="1h")]
+    assert closes == ["100.00000000", "101.00000000", "99.00000000"]
+
+
+def test_signed_market_order_fills_and_is_found_by_client_id(bn: FakeBinance) -> None:
+    c = client(bn)
+    order = c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.01",
+                           newClientOrderId="cid-1")  # fmt: skip
+    assert order["status"] == "FILLED" and order["clientOrderId"] == "cid-1"
+    assert order["fills"][0]["price"] == "50000" and order["fills"][0]["qty"] == "0.01"
+    found = c.get_order(symbol="BTCUSDT", origClientOrderId="cid-1")
+    assert found["orderId"] == order["orderId"] and found["executedQty"] == "0.01"
+    assert c.get_order(symbol="BTCUSDT", orderId=order["orderId"])["clientOrderId"] == "cid-1"
+    balances = {b["asset"]: b["free"] for b in c.get_account()["balances"]}
+    assert Decimal(balances["USDT"]) == Decimal(500) and Decimal(balances["BTC"]) == Decimal("0.01")
+    assert bn.recorded[-1].api_key == KEY
+
+
+def test_reused_client_order_id_is_refused_as_a_duplicate(bn: FakeBinance) -> None:
+    c = client(bn)
+    c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.001",
+                   newClientOrderId="same")  # fmt: skip
+    with pytest.raises(BinanceAPIException) as caught:
+        c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.001",
+                       newClientOrderId="same")  # fmt: skip
+    assert (caught.value.code, caught.value.message) == (-2010, "Duplicate order sent.")
+    assert len(bn.orders) == 1 and len(bn.duplicates) == 1
+
+
+def test_orders_are_refused_for_balance_and_filters(bn: FakeBinance) -> None:
+    c = client(bn)
+    cases = [("1", -2010), ("0.000001", -1013), ("0.000015", -1013), ("0.00005", -1013)]
+    for quantity, code in cases:  # too dear, below LOT_SIZE, off-step, below NOTIONAL
+        with pytest.raises(BinanceAPIException) as caught:
+            c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity=quantity)
+        assert caught.value.code == code, quantity
+    assert bn.orders == []
+
+
+def test_lookup_of_an_unknown_or_foreign_order_is_2013(bn: FakeBinance) -> None:
+    bn.add_account("key-bob", "secret-bob", USDT="100")
+    client(bn, "key-bob", "secret-bob").create_order(
+        symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.001", newClientOrderId="bobs"
+    )
+    with pytest.raises(BinanceAPIException) as caught:
+        client(bn).get_order(symbol="BTCUSDT", origClientOrderId="bobs")
+    assert caught.value.code == -2013
+
+
+def test_bad_signature_is_1022(bn: FakeBinance) -> None:
+    with pytest.raises(BinanceAPIException) as caught:
+        client(bn, secret="wrong").get_account()
+    assert (caught.value.status_code, caught.value.code) == (400, -1022)
+
+
+def test_clock_skew_beyond_recv_window_is_1021(bn: FakeBinance) -> None:
+    c = client(bn)
+    bn.skew_ms = 60_000
+    with pytest.raises(BinanceAPIException) as caught:
+        c.get_account()
+    assert caught.value.code == -1021
+    c.timestamp_offset = c.get_server_time()["serverTime"] - int(time.time() * 1000)
+    assert c.get_account()["balances"]
+
+
+@pytest.mark.parametrize("banned", [False, True])
+def test_rate_limit_carries_retry_after(bn: FakeBinance, banned: bool) -> None:
+    c = client(bn)
+    bn.inject_rate_limit("account", 7, banned=banned)
+    with pytest.raises(BinanceAPIException) as caught:
+        c.get_account()
+    assert caught.value.status_code == (418 if banned else 429)
+    assert caught.value.code == -1003
+    assert caught.value.response.headers["Retry-After"] == "7"
+    assert c.get_account()["balances"]  # only the next call was affected
+
+
+def test_stall_times_the_client_out_then_recovers(bn: FakeBinance) -> None:
+    c = client(bn, timeout=0.2)
+    bn.inject_stall("ticker/price", 1.0)
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        c.get_symbol_ticker(symbol="BTCUSDT")
+    assert c.get_symbol_ticker(symbol="BTCUSDT")["price"] == "50000"
+
+
+@pytest.mark.parametrize("mode", ["stall", DROP_CLOSE])
+def test_dropped_order_reply_still_records_the_order(bn: FakeBinance, mode: str) -> None:
+    c = client(bn, timeout=0.3)
+    bn.drop_mode, bn.drop_stall_s = mode, 1.0
+    bn.drop_next_order_response = True
+    with pytest.raises(requests.exceptions.RequestException):
+        c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.001",
+                       newClientOrderId="lost")  # fmt: skip
+    assert c.get_order(symbol="BTCUSDT", origClientOrderId="lost")["status"] == "FILLED"
+    assert [o["clientOrderId"] for o in bn.orders] == ["lost"]
+
+
+def test_standalone_process_prints_its_url_and_obeys_control() -> None:
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.binance_api", "--port", "0",
+         "--account", f"{KEY}:{SECRET}:USDT=100", "--price", "ETHUSDT=2000"],
+        cwd=root, env=dict(os.environ), stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+
+        def post(path: str, payload: dict[str, Any]) -> Any:
+            request = urllib.request.Request(url + path, json.dumps(payload).encode(),
+                                             {"Content-Type": "application/json"})  # fmt: skip
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                return json.load(reply)
+
+        post("/_control/price", {"ETHUSDT": "2100"})
+        c = Client(KEY, SECRET, ping=False)
+        c.API_URL = url + "/api"
+        assert c.get_symbol_ticker(symbol="ETHUSDT")["price"] == "2100"
+        c.create_order(symbol="ETHUSDT", side="BUY", type="MARKET", quantity="0.01")
+        with urllib.request.urlopen(url + "/_control/stats", timeout=5) as reply:
+            assert json.load(reply)["orders"] == 1
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
