@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,6 +62,12 @@ class InsufficientData(ValueError):
 
 @dataclass(frozen=True)
 class Analysis:
+    """Indicator values and symptoms at one closed candle.
+
+    `candle_open_time` and `previous_macd_hist` say which candle this is and what the
+    MACD cross was judged against; `to_json` gives the documented public keys only.
+    """
+
     symbol: str
     candle_open_time: int
     close: float
@@ -197,7 +204,11 @@ def batch_series(
 
 
 class StreamingAnalyzer:
-    """Indicators of one symbol, updated in O(1) by each closed candle."""
+    """Indicators of one symbol, updated in O(1) time and memory by each closed candle.
+
+    Feeds may overlap (a warm-up history, then live candles): a candle that does not
+    open after the last one fed is skipped, so nothing is counted twice.
+    """
 
     def __init__(self, symbol: str, params: AnalyzerParams | None = None) -> None:
         self.symbol = symbol
@@ -209,11 +220,16 @@ class StreamingAnalyzer:
         self._bands = StreamingBollinger(params.bb_period, params.bb_deviations)
         self._atr = StreamingATR(params.atr_period)
         self._previous_hist: float | None = None
+        self.last_open_time: int | None = None
         self.count = 0
         self.latest: Analysis | None = None
 
     def update(self, candle: CandleLike) -> Analysis | None:
         """Feed one closed candle; the analysis once every indicator is warm, else None."""
+        open_time = int(candle.open_time)
+        if self.last_open_time is not None and open_time <= self.last_open_time:
+            return self.latest
+        self.last_open_time = open_time
         self.count += 1
         close = float(candle.close)
         self._rsi.update(close)
@@ -243,6 +259,57 @@ class StreamingAnalyzer:
         return self.latest
 
     def require(self) -> Analysis:
+        """The latest analysis, or InsufficientData saying how many candles are missing."""
         if self.latest is None:
             raise InsufficientData(self.params.warmup, self.count)
         return self.latest
+
+
+class AnalyzerRegistry:
+    """One StreamingAnalyzer per symbol, for one set of parameters, at most `max_symbols`.
+
+    Memory stays bounded however many symbols are asked for: feeding a new symbol when
+    full drops the symbol fed least recently (its state is rebuilt from a fresh history
+    if it comes back, and says so with InsufficientData until warm).
+    """
+
+    def __init__(self, params: AnalyzerParams | None = None, max_symbols: int = 64) -> None:
+        if max_symbols < 1:
+            raise ValueError(f"max_symbols must be at least 1 (got {max_symbols})")
+        self.params = params or AnalyzerParams()
+        self.max_symbols = max_symbols
+        self._analyzers: OrderedDict[str, StreamingAnalyzer] = OrderedDict()
+
+    def feed(self, symbol: str, candles: Iterable[CandleLike]) -> Analysis | None:
+        """Feed closed candles of `symbol` in order; its latest analysis (None if not warm)."""
+        analyzer = self._analyzers.get(symbol)
+        if analyzer is None:
+            analyzer = self._analyzers[symbol] = StreamingAnalyzer(symbol, self.params)
+            while len(self._analyzers) > self.max_symbols:
+                self._analyzers.popitem(last=False)
+        else:
+            self._analyzers.move_to_end(symbol)
+        for candle in candles:
+            analyzer.update(candle)
+        return analyzer.latest
+
+    def latest(self, symbol: str) -> Analysis | None:
+        analyzer = self._analyzers.get(symbol)
+        return None if analyzer is None else analyzer.latest
+
+    def require(self, symbol: str) -> Analysis:
+        """The latest analysis of `symbol`, or InsufficientData (none fed counts as 0)."""
+        analyzer = self._analyzers.get(symbol)
+        if analyzer is None:
+            raise InsufficientData(self.params.warmup, 0)
+        return analyzer.require()
+
+    def symbols(self) -> list[str]:
+        """Symbols held, least recently fed first."""
+        return list(self._analyzers)
+
+    def __len__(self) -> int:
+        return len(self._analyzers)
+
+    def __contains__(self, symbol: object) -> bool:
+        return symbol in self._analyzers

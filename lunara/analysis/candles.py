@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,48 @@ class Candle:
     low: float
     close: float
     volume: float
+
+
+class CandleWindow:
+    """The last `size` closed candles of one symbol, oldest first: memory stays bounded.
+
+    A candle that does not open after the newest one held is not added (feeds overlap:
+    a history fetched at start, then live candles), so the window never holds a candle
+    twice or out of order.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"a candle window holds at least 1 candle (got {size})")
+        self._candles: deque[Candle] = deque(maxlen=size)
+
+    @property
+    def size(self) -> int:
+        return self._candles.maxlen or 0
+
+    def add(self, candle: Candle) -> bool:
+        """Keep `candle` if it is newer than the newest held; whether it was kept."""
+        if self._candles and candle.open_time <= self._candles[-1].open_time:
+            return False
+        self._candles.append(candle)
+        return True
+
+    def extend(self, candles: Iterable[Candle]) -> int:
+        """Add candles in order; how many were kept."""
+        return sum(self.add(candle) for candle in candles)
+
+    @property
+    def newest(self) -> Candle | None:
+        return self._candles[-1] if self._candles else None
+
+    def candles(self) -> list[Candle]:
+        return list(self._candles)
+
+    def __len__(self) -> int:
+        return len(self._candles)
+
+    def __iter__(self) -> Iterator[Candle]:
+        return iter(self._candles)
 
 
 def read_klines_csv(path: Path) -> list[Candle]:

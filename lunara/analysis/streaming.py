@@ -113,27 +113,68 @@ class StreamingMACD:
 
 
 class StreamingBollinger:
-    """Bands over a bounded window of closes (O(period), a constant, per candle)."""
+    """Bands over a bounded window of closes in O(1) amortised per candle.
 
-    __slots__ = ("_window", "deviations", "lower", "middle", "upper")
+    Running sums of (close - reference) and its square give the mean and the variance;
+    the reference is a recent close, so the squares stay small and the variance does
+    not cancel catastrophically. Every `period` candles the sums are recomputed from the
+    window (O(period) once per period), which also moves the reference along and wipes
+    out any rounding drift.
+    """
+
+    __slots__ = (
+        "_reference",
+        "_since_recompute",
+        "_sum",
+        "_sum_squares",
+        "_window",
+        "deviations",
+        "lower",
+        "middle",
+        "period",
+        "upper",
+    )
 
     def __init__(self, period: int, deviations: float) -> None:
-        self._window: deque[float] = deque(maxlen=period)
+        self.period = period
         self.deviations = deviations
+        self._window: deque[float] = deque(maxlen=period)
+        self._reference = 0.0
+        self._sum = 0.0
+        self._sum_squares = 0.0
+        self._since_recompute = 0
         self.upper: float | None = None
         self.middle: float | None = None
         self.lower: float | None = None
 
     def update(self, close: float) -> None:
-        self._window.append(close)
-        if len(self._window) < (self._window.maxlen or 0):
+        window = self._window
+        if len(window) == self.period:
+            leaving = window[0] - self._reference
+            self._sum -= leaving
+            self._sum_squares -= leaving * leaving
+        window.append(close)
+        entering = close - self._reference
+        self._sum += entering
+        self._sum_squares += entering * entering
+        self._since_recompute += 1
+        if len(window) < self.period:
             return
-        count = len(self._window)
-        mean = sum(self._window) / count
-        deviation = math.sqrt(sum((value - mean) ** 2 for value in self._window) / count)
-        self.middle = mean
-        self.upper = mean + self.deviations * deviation
-        self.lower = mean - self.deviations * deviation
+        if self._since_recompute >= self.period:
+            self._recompute()
+        mean_offset = self._sum / self.period
+        variance = max(self._sum_squares / self.period - mean_offset * mean_offset, 0.0)
+        spread = self.deviations * math.sqrt(variance)
+        self.middle = self._reference + mean_offset
+        self.upper = self.middle + spread
+        self.lower = self.middle - spread
+
+    def _recompute(self) -> None:
+        self._reference = reference = self._window[-1]
+        offsets = [value - reference for value in self._window]
+        self._sum = math.fsum(offsets)
+        self._sum_squares = math.fsum(offset * offset for offset in offsets)
+        self._since_recompute = 0
 
 
 class StreamingATR:
