@@ -16,6 +16,7 @@ RUN python -m pip wheel --no-cache-dir --no-deps . -w /wheels
 FROM python:3.11-slim AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    OPENBLAS_NUM_THREADS=1 \
     LUNARA_HOME=/data \
     LUNARA_MANIFEST=/app/manifest.json
 RUN groupadd --system lunara && useradd --system --gid lunara --home-dir /app --shell /usr/sbin/nologin lunara
