@@ -213,24 +213,9 @@ class SimMarket:
 
     def _warm_up(self, symbol: str, walk: _Walk) -> None:
         """History before the first tick, from the same walk, so indicators start warm."""
-        steps_per_candle = max(1, round(self._interval_s / self._tick_s))
         interval_ms = self._interval_s * 1000
         first_open = (int(self.now * 1000) // interval_ms - self._warmup) * interval_ms
-        candles: list[Candle] = []
-        for index in range(self._warmup):
-            open_price = walk.price
-            path = [walk.step() for _ in range(steps_per_candle)]
-            open_time = first_open + index * interval_ms
-            candles.append(
-                Candle(
-                    open_time=open_time,
-                    open=open_price,
-                    high=max(open_price, *path),
-                    low=min(open_price, *path),
-                    close=path[-1],
-                    volume=0.0,
-                )
-            )
+        candles = _walk_candles(walk, self._warmup, first_open, self._interval_s, self._tick_s)
         self._builder.remember(symbol, candles)
 
     async def prices(self, symbols: Sequence[str]) -> dict[str, Decimal]:
@@ -407,17 +392,24 @@ def simulated_candles(
 ) -> list[Candle]:
     """`count` candles of the sim market's seeded walk for `symbol` (backtests)."""
     walk = _Walk(seed, symbol, _sim_start_price(symbol), volatility)
-    steps_per_candle = max(1, round(interval_s / tick_s))
     interval_ms = interval_s * 1000
     first_open = int(SIM_ORIGIN_S * 1000) // interval_ms * interval_ms
+    return _walk_candles(walk, count, first_open, interval_s, tick_s)
+
+
+def _walk_candles(
+    walk: _Walk, count: int, first_open_ms: int, interval_s: int, tick_s: float
+) -> list[Candle]:
+    """`count` consecutive candles of `walk`, one walk step per tick."""
+    steps_per_candle = max(1, round(interval_s / tick_s))
+    interval_ms = interval_s * 1000
     candles: list[Candle] = []
     for index in range(count):
         open_price = walk.price
         path = [walk.step() for _ in range(steps_per_candle)]
-        open_time = first_open + index * interval_ms
         candles.append(
             Candle(
-                open_time=open_time,
+                open_time=first_open_ms + index * interval_ms,
                 open=open_price,
                 high=max(open_price, *path),
                 low=min(open_price, *path),
