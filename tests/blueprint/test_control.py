@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,9 @@ from hypothesis import strategies as st
 from blueprint.control import Liveness, State, decide_state, redact
 from blueprint.errors import ExitCode, StartFailed
 from blueprint.ledger import BotState, ProcessRecord, is_watchdog_cmdline
+from tests.blueprint.conftest import Factory
 from tests.programs.harness import (
     PRINCIPAL,
-    Installation,
     gone,
     installation,
     kill_everything,
@@ -30,22 +29,6 @@ from tests.programs.harness import (
     tight_program,
     wait_until,
 )
-
-Factory = Callable[[dict[str, Any]], Installation]
-
-
-@pytest.fixture
-def supervised(tmp_path: Path) -> Iterator[Factory]:
-    made: list[Installation] = []
-
-    def make(section: dict[str, Any]) -> Installation:
-        made.append(installation(tmp_path / str(len(made)), section))
-        return made[-1]
-
-    yield make
-    for each in made:
-        each.tear_down()
-
 
 # -- the pure status decision ---------------------------------------------------------
 

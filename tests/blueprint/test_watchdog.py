@@ -7,42 +7,23 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
 from blueprint.errors import ExitCode, StartFailed
 from blueprint.watchdog import describe_exit, heartbeat_reason, memory_reason, resolve_command
+from tests.blueprint.conftest import Factory
 from tests.programs.harness import (
     PRINCIPAL,
-    Installation,
     gone,
-    installation,
     kill_everything,
     program,
     read_tree,
     tight_program,
     wait_until,
 )
-
-Factory = Callable[[dict[str, Any]], Installation]
-
-
-@pytest.fixture
-def supervised(tmp_path: Path) -> Iterator[Factory]:
-    made: list[Installation] = []
-
-    def make(section: dict[str, Any]) -> Installation:
-        made.append(installation(tmp_path / str(len(made)), section))
-        return made[-1]
-
-    yield make
-    for each in made:
-        each.tear_down()
-
 
 # -- pure helpers ---------------------------------------------------------------------
 
