@@ -29,7 +29,7 @@ from typing import Protocol, cast
 
 import aiosqlite
 
-from lunara.analysis.analyzer import Analysis, CandleLike, StreamingAnalyzer, entry_signal
+from lunara.analysis.analyzer import Analysis, AnalyzerRegistry, CandleLike, entry_signal
 from lunara.crypto import KeyMismatch
 from lunara.plans import Plan, effective_plan
 from lunara.services import TradingError
@@ -76,19 +76,14 @@ class StreamingSignals:
     """One streaming analyzer per symbol; a signal counts once, on the candle that made it."""
 
     def __init__(self) -> None:
-        self._analyzers: dict[str, StreamingAnalyzer] = {}
+        self._analyzers = AnalyzerRegistry()  # bounded: one analyzer per traded symbol
         self._consumed: dict[str, int] = {}
 
     def feed(self, symbol: str, candles: Sequence[object]) -> None:
-        analyzer = self._analyzers.get(symbol)
-        if analyzer is None:
-            analyzer = self._analyzers[symbol] = StreamingAnalyzer(symbol)
-        for candle in candles:
-            analyzer.update(cast(CandleLike, candle))
+        self._analyzers.feed(symbol, (cast(CandleLike, candle) for candle in candles))
 
     def latest(self, symbol: str) -> Analysis | None:
-        analyzer = self._analyzers.get(symbol)
-        return None if analyzer is None else analyzer.latest
+        return self._analyzers.latest(symbol)
 
     def entry_signal(self, symbol: str) -> bool:
         analysis = self.latest(symbol)
