@@ -9,7 +9,6 @@ report. A marker file remembers which exit was reported, so a report goes out on
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import signal
@@ -21,6 +20,7 @@ from blueprint.backoff import restarts_in_window
 from blueprint.ledger import ExitRecord, LedgerDocument
 from blueprint.manifest import RestartPolicy
 from blueprint.watchdog import Reason
+from lunara.telegram.formatting import escape
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,9 @@ class CrashReport:
         """The message for Telegram (HTML parse mode; every value escaped)."""
         lines = [
             "<b>Lunara was restarted after an abnormal exit</b>",
-            f"How: {html.escape(self.describe_exit())}",
-            f"Reason: {html.escape(self.exit.reason)}",
-            f"When: {html.escape(self.exit.at)}",
+            f"How: {escape(self.describe_exit())}",
+            f"Reason: {escape(self.exit.reason)}",
+            f"When: {escape(self.exit.at)}",
         ]
         if self.exit.rss_mib is not None:
             lines.append(f"Memory just before: {self.exit.rss_mib:.1f} MiB")
