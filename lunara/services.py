@@ -74,6 +74,9 @@ class AnalysisView:
 class TradingService(Protocol):
     """What a trader's and an admin's commands can ask of the engine."""
 
+    async def validate_keys(self, api_key: str, api_secret: str) -> None:
+        """Live mode: `TradingError` unless the exchange accepts the key pair for trading."""
+
     async def balances(self, user_id: int) -> list[AssetBalance]: ...
 
     async def positions(self, user_id: int) -> list[PositionView]: ...

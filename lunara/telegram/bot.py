@@ -59,6 +59,8 @@ from lunara.telegram.parsing import UsageError, command_name, split_arguments
 logger = logging.getLogger("lunara.telegram")
 
 POLL_TIMEOUT_S = 10
+CLIENT_TIMEOUT_S = 5.0
+"""Connect, write and read timeout of every Bot API call (long polls add POLL_TIMEOUT_S)."""
 SEND_ATTEMPTS = 4
 
 
@@ -87,7 +89,17 @@ class TelegramBot:
         self.state = TelegramState(paths.root / STATE_FILE)
         self.errors = ErrorHandler(db, self.state, self.send, self.admin_ids)
         self.updates_handled = 0
-        builder = Application.builder().token(token.get_secret_value()).concurrent_updates(64)
+        builder = (
+            Application.builder()
+            .token(token.get_secret_value())
+            .concurrent_updates(64)
+            .connect_timeout(CLIENT_TIMEOUT_S)
+            .read_timeout(CLIENT_TIMEOUT_S)
+            .write_timeout(CLIENT_TIMEOUT_S)
+            .get_updates_connect_timeout(CLIENT_TIMEOUT_S)
+            .get_updates_read_timeout(CLIENT_TIMEOUT_S)
+            .get_updates_write_timeout(CLIENT_TIMEOUT_S)
+        )
         if settings.telegram_api_base_url:
             base = settings.telegram_api_base_url
             builder = builder.base_url(f"{base}/bot").base_file_url(f"{base}/file/bot")

@@ -17,7 +17,7 @@ import aiosqlite
 
 from blueprint.paths import HomePaths
 from lunara import plans as plan_book
-from lunara.config import Mode, Settings
+from lunara.config import Settings
 from lunara.services import TradingError, TradingService
 from lunara.storage import credentials, user_settings, users
 from lunara.storage.database import InvalidValue, StorageError
@@ -258,10 +258,7 @@ async def setkeys(ctx: CommandContext) -> None:
         return
     await _user(ctx)
     api_key, api_secret = ctx.arguments
-    if ctx.deps.settings.mode is Mode.LIVE:
-        validate = getattr(ctx.deps.trading, "validate_keys", None)
-        if validate is not None:
-            await validate(api_key, api_secret)
+    await ctx.deps.trading.validate_keys(api_key, api_secret)
     info = await credentials.store(
         ctx.deps.db,
         ctx.deps.keyring(),

@@ -331,6 +331,14 @@ class BinanceExchange:
                 found.append(AssetBalance(str(entry.get("asset")), free, locked))
         return found
 
+    async def check_access(self) -> None:
+        """Prove the key pair signs requests and may trade spot; `CredentialsRejected` if not."""
+        account = await self._gateway.call(
+            self._client, Weight.ACCOUNT, self._client.get_account, omitZeroBalances="true"
+        )
+        if account.get("canTrade") is False:
+            raise CredentialsRejected("this API key may not trade: enable spot trading for it")
+
     async def symbol_rules(self, symbol: str) -> SymbolRules:
         return await self._gateway.symbol_rules(symbol)
 

@@ -41,7 +41,7 @@ from lunara.storage import positions as position_store
 from lunara.storage.database import open_database
 from lunara.storage.positions import ExitReason, OrderSide
 from lunara.trading.binance import BinanceExchange, BinanceGateway
-from lunara.trading.exchange import Exchange
+from lunara.trading.exchange import CredentialsRejected, Exchange, ExchangeError
 from lunara.trading.executor import (
     CircuitBreaker,
     Executor,
@@ -240,6 +240,24 @@ class TradingEngine:
                 + ", ".join(self._config.symbols)
             )
         return name
+
+    async def validate_keys(self, api_key: str, api_secret: str) -> None:
+        """Live mode: a signed account request with the new pair, before anything is stored."""
+        if self._config.mode is Mode.PAPER:
+            return
+        if self._gateway is None:
+            raise TradingError("live trading is not configured on this bot")
+        try:
+            await BinanceExchange(self._gateway, api_key, api_secret).check_access()
+        except CredentialsRejected as error:
+            raise TradingError(
+                f"Binance refused these keys, so I did not save them: {error}"
+            ) from None
+        except ExchangeError:
+            raise TradingError(
+                "I could not reach Binance to check these keys, so I did not save them; "
+                "send /setkeys again in a minute"
+            ) from None
 
     async def balances(self, user_id: int) -> list[AssetBalance]:
         await self._require_user(user_id)

@@ -96,6 +96,7 @@ class FakeBinance(BackgroundServer):
     """Start with `with FakeBinance() as bn:`; point the client at `bn.api_url`."""
 
     keys: dict[str, str] = field(default_factory=dict)  # api key -> secret
+    no_trading: set[str] = field(default_factory=set)  # api keys whose account has canTrade off
     prices: dict[str, Decimal] = field(default_factory=lambda: {"BTCUSDT": Decimal("50000")})
     balances: dict[str, dict[str, Decimal]] = field(default_factory=dict)
     orders: list[dict[str, Any]] = field(default_factory=list)
@@ -342,7 +343,8 @@ class FakeBinance(BackgroundServer):
             with self._lock:
                 wallet = dict(self.balances.get(api_key, {}))
             return {
-                "makerCommission": 10, "takerCommission": 10, "canTrade": True,
+                "makerCommission": 10, "takerCommission": 10,
+                "canTrade": api_key not in self.no_trading,
                 "canWithdraw": False, "canDeposit": True, "accountType": "SPOT",
                 "updateTime": int(time.time() * 1000), "permissions": ["SPOT"],
                 "balances": [{"asset": a, "free": str(v), "locked": "0"}

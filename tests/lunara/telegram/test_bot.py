@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from decimal import Decimal
 from pathlib import Path
 
+from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lunara import plans as plan_book
-from lunara.storage import payments, users
+from lunara.storage import credentials, payments, users
+from lunara.telegram.bot import CLIENT_TIMEOUT_S
 from lunara.telegram.commands import COMMANDS
 from lunara.telegram.lease import PollLease
+from lunara.trading.binance import RetryPolicy
+from tests.fakes.binance_api import FakeBinance
 from tests.fakes.telegram_api import FakeTelegram, check_html
 from tests.lunara.telegram.conftest import ADMIN, STRANGER, TOKEN, TRADER, running_bot
 
@@ -103,6 +108,50 @@ async def test_setkeys_is_private_only_deletes_the_message_and_stores_encrypted(
         if path.is_file() and path.suffix != ".db":
             text = path.read_text(errors="replace")
             assert key not in text and secret not in text and TOKEN not in text, path
+
+
+async def test_setkeys_in_live_mode_stores_only_keys_the_exchange_accepts(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    good = ("G" * 64, "g" * 64)
+    view_only = ("V" * 64, "v" * 64)
+    prices = {"BTCUSDT": Decimal("50000"), "ETHUSDT": Decimal("2500")}
+    with FakeBinance(prices=prices) as binance:
+        binance.add_account(*good, USDT="1000")
+        binance.add_account(*view_only, USDT="1000")
+        binance.no_trading.add(view_only[0])
+        live = {
+            "LUNARA_MODE": "live",
+            "LUNARA_MARKET": "binance",
+            "BINANCE_API_BASE_URL": binance.base_url,
+            "LUNARA_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        }
+        async with running_bot(fake_telegram, bot_home, **live) as bot:
+            await bot.ask(TRADER, "/start")
+            unknown = await bot.ask(TRADER, f"/setkeys {'U' * 64} {'u' * 64}")
+            assert "Binance refused these keys" in unknown, unknown
+            refused = await bot.ask(TRADER, f"/setkeys {view_only[0]} {view_only[1]}")
+            assert "may not trade" in refused, refused
+            binance.inject("account", 503, -1001, "Internal error", times=RetryPolicy().attempts)
+            unreachable = await bot.ask(TRADER, f"/setkeys {good[0]} {good[1]}")
+            assert "could not reach Binance" in unreachable, unreachable
+            assert await credentials.info(bot.bot.db, TRADER, credentials.Exchange.BINANCE) is None
+            saved = await bot.ask(TRADER, f"/setkeys {good[0]} {good[1]}")
+            assert "Keys saved" in saved, saved
+            assert "USDT" in await bot.ask(TRADER, "/balance")  # the stored pair trades live
+        assert len(fake_telegram.deleted) == 4  # every message that carried a secret
+
+
+async def test_a_reply_stalled_past_the_client_timeout_is_sent_again(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    # The server holds the first sendMessage past the client's read timeout and then fails
+    # it, so nothing was delivered: the bot must time out, retry, and reply exactly once.
+    async with running_bot(fake_telegram, bot_home) as bot:
+        fake_telegram.inject("sendMessage", 502, "Bad Gateway", stall_s=CLIENT_TIMEOUT_S + 1)
+        assert "Plans" in await bot.ask(TRADER, "/plans")
+        await asyncio.sleep(0.5)
+        assert len(fake_telegram.messages_to(TRADER)) == 1
 
 
 async def test_admin_pause_blocks_buys_until_resume(
