@@ -87,6 +87,9 @@ def _install(base: str, venv: Path) -> None:
         "--quiet",
         "--disable-pip-version-check",
     ]
+    # The image's base (python:3.11-slim) ships pip 24+, as scripts/ensure-venv.sh requires;
+    # Debian's pip 23.0 refuses the lock's extras (`google-auth[requests]`) in hash mode.
+    subprocess.run([*pip, "--upgrade", "pip>=24"], check=True, timeout=INSTALL_TIMEOUT_S)
     lock = ROOT / "requirements" / "prod.lock"
     subprocess.run(
         [*pip, "--require-hashes", "-r", str(lock)], check=True, timeout=INSTALL_TIMEOUT_S
