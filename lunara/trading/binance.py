@@ -58,6 +58,7 @@ class ErrorCode:
     """Binance error codes the bot reacts to."""
 
     TOO_MANY_REQUESTS = -1003
+    EXECUTION_STATUS_UNKNOWN = -1007
     TIMESTAMP_OUTSIDE_RECV_WINDOW = -1021
     INVALID_SIGNATURE = -1022
     NEW_ORDER_REJECTED = -2010
@@ -275,7 +276,8 @@ class BinanceGateway:
             return _NoSuchOrder(message)
         if code in _CREDENTIAL_CODES or status == 401:
             return CredentialsRejected(f"Binance refused the API key: {message}")
-        if status >= 500:
+        if status >= 500 or status == 408 or code == ErrorCode.EXECUTION_STATUS_UNKNOWN:
+            # -1007 "Timeout waiting for response": the order may or may not have executed.
             return ExchangeUnavailable(f"Binance server error {status}: {message}")
         if _DUPLICATE_MESSAGE in message.lower():
             return DuplicateOrder(f"Binance refused the order: {message}", code)

@@ -57,7 +57,7 @@ from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket, Market, ReplayMarket, SimMarket, interval_name
 from lunara.trading.orders import OrderPath, OrderRequest, Settlement
 from lunara.trading.paper import PaperExchange
-from lunara.trading.stopstore import StopStore, make_stop_store
+from lunara.trading.stopstore import STORE_NAME, StopStore, make_stop_store
 from lunara.trading.trailing import initial_state
 
 logger = logging.getLogger(__name__)
@@ -158,8 +158,8 @@ class TradingEngine:
     async def start(self) -> None:
         """Reconcile stops, resolve unsettled orders, protect every open position."""
         await self._stops.reconcile()
+        await self.settings_cache.refresh()  # before recovery: settled buys get their own stops
         await self.orders.recover(self.exchange_for)
-        await self.settings_cache.refresh()
         open_positions = await position_store.list_open(self._db)
         open_ids = {position.id for position in open_positions}
         tracked = {stop.position_id for stop in self._stops.tracked()}
@@ -290,7 +290,9 @@ class TradingEngine:
             )
         return views
 
-    async def buy(self, user_id: int, symbol: str, quote_amount: Decimal) -> OrderResult:
+    async def buy(
+        self, user_id: int, symbol: str, quote_amount: Decimal, request_key: str | None = None
+    ) -> OrderResult:
         user = await self._require_user(user_id)
         name = self._check_symbol(symbol)
         if await user_settings.is_trading_paused(self._db):
@@ -319,6 +321,7 @@ class TradingEngine:
                 quantity=quantity,
                 reference_price=price,
                 stop_params=self.settings_cache.params_for(user_id),
+                request_key=request_key,
             ),
         )
         return _result(settlement)
@@ -524,7 +527,7 @@ async def open_trading(
 
         redis = Redis.from_url(settings.redis_url, socket_timeout=5.0)
         closers.append(redis.aclose)
-    stops = make_stop_store(name="lunara", db=stop_db, redis=redis)
+    stops = make_stop_store(name=STORE_NAME, db=stop_db, redis=redis)
     needs_binance = settings.mode is Mode.LIVE or settings.market.kind is MarketKind.BINANCE
     gateway = (
         BinanceGateway(base_url=settings.binance_api_base_url, limiter=WeightLimiter())

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol, cast
@@ -41,7 +41,7 @@ from lunara.trading.exchange import CredentialsRejected, Exchange, ExchangeError
 from lunara.trading.filters import quantity_for_quote
 from lunara.trading.market import Market, MarketTick
 from lunara.trading.orders import OrderPath, OrderRequest, Settlement
-from lunara.trading.stopstore import CHECKPOINT_INTERVAL_S, StopStore, StopUpdate
+from lunara.trading.stopstore import CHECKPOINT_INTERVAL_S, StopStore, TriggeredStop
 from lunara.trading.trailing import InvalidTrailingParams, TrailingParams
 
 logger = logging.getLogger(__name__)
@@ -162,13 +162,21 @@ class CircuitBreaker:
         return pause
 
 
+class ParamsByUser(dict[int, TrailingParams]):
+    """Each trader's stop parameters; a trader without a settings row gets the defaults."""
+
+    def __missing__(self, user_id: int) -> TrailingParams:
+        params = self[user_id] = trailing_params(UserSettings(user_id=user_id))
+        return params
+
+
 @dataclass
 class SettingsCache:
     """Every trader's settings in memory, refreshed by one query per tick for what changed."""
 
     db: aiosqlite.Connection
     by_user: dict[int, UserSettings] = field(default_factory=dict)
-    params: dict[int, TrailingParams] = field(default_factory=dict)
+    params: ParamsByUser = field(default_factory=ParamsByUser)
     _seen_until: float = float("-inf")
 
     async def refresh(self) -> None:
@@ -188,10 +196,7 @@ class SettingsCache:
         return self.by_user.get(user_id) or UserSettings(user_id=user_id)
 
     def params_for(self, user_id: int) -> TrailingParams:
-        found = self.params.get(user_id)
-        if found is None:
-            found = self.params[user_id] = trailing_params(self.settings(user_id))
-        return found
+        return self.params[user_id]
 
     def auto_traders(self) -> list[UserSettings]:
         return [settings for settings in self.by_user.values() if settings.auto_mode]
@@ -264,18 +269,14 @@ class Executor:
         requests_before = self._market.requests_sent
         await self._settings.refresh()
         report.paused = await user_settings.is_trading_paused(self._db)
-        tracked = self._stops.tracked()
-        symbols = self._symbols_needed(tracked_symbols={stop.symbol for stop in tracked})
+        symbols = self._symbols_needed(self._stops.symbols())
         report.symbols = len(symbols)
         market = await self._market.tick(symbols, now)
         self._feed_signals(market)
         float_prices = {symbol: float(price) for symbol, price in market.prices.items()}
-        params = {stop.position_id: self._settings.params_for(stop.user_id) for stop in tracked}
-        updates = await self._stops.advance_all(float_prices, params, now)
-        report.positions = len(updates)
-        exits = self._exits_by_user(
-            updates, tracked_users={s.position_id: s.user_id for s in tracked}
-        )
+        advanced = await self._stops.advance_all(float_prices, self._settings.params, now)
+        report.positions = advanced.positions
+        exits = self._exits_by_user(advanced.triggered)
         entries = {} if report.paused else await self._entries_by_user(market)
         work = [
             self._guarded(user_id, exits.get(user_id, []), entries.get(user_id, []), market, report)
@@ -292,8 +293,8 @@ class Executor:
         self.ticks += 1
         return report
 
-    def _symbols_needed(self, tracked_symbols: Iterable[str]) -> list[str]:
-        needed = set(tracked_symbols)
+    def _symbols_needed(self, tracked_symbols: set[str]) -> list[str]:
+        needed = tracked_symbols
         for settings in self._settings.auto_traders():
             needed.update(settings.symbols or self._config.symbols)
         return sorted(needed)
@@ -308,15 +309,10 @@ class Executor:
                 logger.exception("analyzer for %s failed on a candle; skipped", symbol)
 
     @staticmethod
-    def _exits_by_user(
-        updates: Sequence[StopUpdate], tracked_users: Mapping[int, int]
-    ) -> dict[int, list[StopUpdate]]:
-        exits: dict[int, list[StopUpdate]] = {}
-        for update in updates:
-            if update.triggered:
-                user_id = tracked_users.get(update.position_id)
-                if user_id is not None:
-                    exits.setdefault(user_id, []).append(update)
+    def _exits_by_user(triggered: Sequence[TriggeredStop]) -> dict[int, list[TriggeredStop]]:
+        exits: dict[int, list[TriggeredStop]] = {}
+        for stop in triggered:
+            exits.setdefault(stop.user_id, []).append(stop)
         return exits
 
     async def _entries_by_user(self, market: MarketTick) -> dict[int, list[str]]:
@@ -345,7 +341,7 @@ class Executor:
     async def _guarded(
         self,
         user_id: int,
-        exits: list[StopUpdate],
+        exits: list[TriggeredStop],
         entries: list[str],
         market: MarketTick,
         report: TickReport,
@@ -407,7 +403,7 @@ class Executor:
             logger.warning("could not notify user %d: %s", user_id, type(error).__name__)
 
     async def _exit(
-        self, user_id: int, update: StopUpdate, market: MarketTick
+        self, user_id: int, update: TriggeredStop, market: MarketTick
     ) -> Settlement | None:
         position = await position_store.get(self._db, update.position_id)
         if position is None or position.status is not PositionStatus.OPEN:

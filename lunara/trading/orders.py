@@ -73,8 +73,10 @@ def client_order_id(user_id: int, intent: str, side: Side, sequence: int) -> str
     return CLIENT_ORDER_ID_PREFIX + hashlib.sha256(material).hexdigest()[:32]
 
 
-def entry_intent(symbol: str) -> str:
-    return f"{ENTRY_INTENT}:{symbol}"
+def entry_intent(symbol: str, request_key: str | None = None) -> str:
+    """A keyed entry (one per Telegram message) has one id whatever was ordered before it."""
+    base = f"{ENTRY_INTENT}:{symbol}"
+    return base if request_key is None else f"{base}:{request_key}"
 
 
 def exit_intent(position_id: int) -> str:
@@ -93,6 +95,14 @@ class OrderRequest:
     position_id: int | None = None
     exit_reason: str = ExitReason.MANUAL.value
     stop_params: TrailingParams | None = None
+    request_key: str | None = None  # the same key asks for the same entry, once
+
+    @property
+    def keyed_entry_id(self) -> str | None:
+        if self.side is not Side.BUY or self.request_key is None:
+            return None
+        intent = entry_intent(self.symbol, self.request_key)
+        return client_order_id(self.user_id, intent, self.side, 0)
 
 
 @dataclass(frozen=True)
@@ -170,6 +180,10 @@ class OrderPath:
     async def submit(self, exchange: Exchange, request: OrderRequest) -> Settlement:
         """Place ``request`` exactly once; raises ``TradingError`` with the reason if refused."""
         async with self.lock_for(request.user_id):
+            keyed = request.keyed_entry_id
+            earlier = None if keyed is None else await store.get_order(self._db, keyed)
+            if earlier is not None:
+                return await self._resume_entry(exchange, earlier, request)
             rules = await exchange.symbol_rules(request.symbol)
             quantity = check_order(rules, request.quantity, request.reference_price)
             if request.side is Side.SELL:
@@ -182,6 +196,17 @@ class OrderPath:
             return await self._send_and_settle(exchange, order, request)
 
     async def _record(self, request: OrderRequest, quantity: Decimal) -> Order:
+        if request.keyed_entry_id is not None:
+            return await store.record_pending_order(
+                self._db,
+                request.keyed_entry_id,
+                request.user_id,
+                request.symbol,
+                request.side,
+                quantity,
+                position_id=None,
+                now=self._clock(),
+            )
         if request.side is Side.BUY:
             intent, sequence = (
                 entry_intent(request.symbol),
@@ -237,6 +262,26 @@ class OrderPath:
                 fill = _fill_from_order(order)
                 return await self._settle(order, fill, request.exit_reason, request.stop_params)
         return None
+
+    async def _resume_entry(
+        self, exchange: Exchange, order: Order, request: OrderRequest
+    ) -> Settlement:
+        """The same keyed entry asked again (a redelivered command): settle it, never repeat it."""
+        if order.status is OrderStatus.FILLED and order.fill_price is not None:
+            return await self._settle(
+                order, _fill_from_order(order), request.exit_reason, request.stop_params
+            )
+        if order.status in OPEN_ORDER_STATUSES:
+            fill = await self._lookup(exchange, order)
+            if fill is not None:
+                return await self._settle(order, fill, request.exit_reason, request.stop_params)
+            return await self._send_and_settle(exchange, order, request)
+        if order.error == NOT_PLACED_AFTER_RESTART:
+            raise TradingError(
+                "a restart interrupted this order before it reached the exchange; "
+                "nothing was bought, send the command again"
+            )
+        raise TradingError(f"this order was refused earlier: {order.error or 'no reason given'}")
 
     async def _send_and_settle(
         self, exchange: Exchange, order: Order, request: OrderRequest

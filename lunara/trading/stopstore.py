@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 from redis.typing import EncodableT, FieldT
 
+from lunara.storage.database import transaction
 from lunara.trading.trailing import StopState, TrailingParams, advance, is_triggered
 
 logger = logging.getLogger(__name__)
@@ -64,70 +65,86 @@ _UPSERT = (
 )
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM {TABLE}"
 
-_STATUS_OK = "ok"
+_CHANGED = "changed"
+_TRIGGERED = "triggered"
+_MISSING = "missing"
 _NO_POSITIVE = "-"
 
 # Mirrors trailing.advance operation for operation (same order, same doubles); numbers
 # travel as round-trip exact text: Python's repr in, "%.17g" out. Lua's own number to
 # string conversion keeps only 14 digits, so every stored number is formatted here.
 #
-# KEYS: one hash per position. ARGV[1]: now. ARGV[2]: six space-separated fields per
-# position: price, stoploss, trailing_stop (1|0), trailing_stop_positive ("-" for none),
-# offset, trailing_only_offset_is_reached (1|0). The reply is one line per position,
-# "ok peak stop activated updated_at triggered" or "missing". Packing arguments and
-# reply into single strings keeps encoding and RESP parsing off the client's CPU: a
-# nested reply of six items per position costs more to parse than the script to run.
+# KEYS: one hash per position. ARGV[1]: now. ARGV[2]: the price of each symbol slot,
+# space-separated. ARGV[3]: five fields per settings slot: stoploss, trailing_stop (1|0),
+# trailing_stop_positive ("-" for none), offset, trailing_only_offset_is_reached (1|0).
+# ARGV[4]: two numbers per position, its symbol slot and its settings slot. Prices and
+# settings are shared by many positions, so each is sent and parsed once, not once per
+# position. The reply has one line per position that needs the client's attention,
+# "<i> changed peak stop activated triggered", "<i> triggered" (levels unchanged) or
+# "<i> missing"; a position whose levels held and whose stop was not hit is left out.
+# Packing arguments and reply into single strings keeps encoding and RESP parsing off
+# the client's CPU: a nested reply per position costs more to parse than the script to run.
 ADVANCE_SCRIPT = """
 local now = ARGV[1]
-local fields = {}
-for token in string.gmatch(ARGV[2], '%S+') do fields[#fields + 1] = token end
+local prices = {}
+for token in string.gmatch(ARGV[2], '%S+') do prices[#prices + 1] = tonumber(token) end
+local tokens = {}
+for token in string.gmatch(ARGV[3], '%S+') do tokens[#tokens + 1] = token end
+local settings = {}
+for slot = 1, #tokens / 5 do
+  local base = (slot - 1) * 5
+  settings[slot] = {
+    stoploss = tonumber(tokens[base + 1]),
+    trailing = tokens[base + 2] == '1',
+    positive = tonumber(tokens[base + 3]),
+    offset = tonumber(tokens[base + 4]),
+    only_offset = tokens[base + 5] == '1',
+  }
+end
 local lines = {}
-for i = 1, #KEYS do
-  local base = (i - 1) * 6
-  local price = tonumber(fields[base + 1])
-  local stoploss = tonumber(fields[base + 2])
-  local trailing = fields[base + 3] == '1'
-  local positive = tonumber(fields[base + 4])
-  local offset = tonumber(fields[base + 5])
-  local only_offset = fields[base + 6] == '1'
+local i = 0
+for symbol_slot, settings_slot in string.gmatch(ARGV[4], '(%d+) (%d+)') do
+  i = i + 1
+  local price = prices[tonumber(symbol_slot)]
+  local params = settings[tonumber(settings_slot)]
   local row = redis.call('HMGET', KEYS[i],
     'entry_price', 'peak_price', 'stop_price', 'activated', 'updated_at')
   local entry = tonumber(row[1])
   local old_peak = tonumber(row[2])
   local old_stop = tonumber(row[3])
   if not (entry and old_peak and old_stop and row[5]) then
-    lines[i] = 'missing'
+    lines[#lines + 1] = i .. ' missing'
   else
     local old_activated = row[4] == '1'
     local peak = old_peak
     if price > old_peak then peak = price end
     local activated = old_activated
     local candidate = old_stop
-    if trailing then
-      local threshold = entry * (1.0 + offset)
+    if params.trailing then
+      local threshold = entry * (1.0 + params.offset)
       if peak > threshold then activated = true end
-      if activated and positive ~= nil then
-        candidate = peak * (1.0 - positive)
-      elseif (not only_offset) or peak >= threshold then
-        candidate = peak * (1.0 + stoploss)
+      if activated and params.positive ~= nil then
+        candidate = peak * (1.0 - params.positive)
+      elseif (not params.only_offset) or peak >= threshold then
+        candidate = peak * (1.0 + params.stoploss)
       end
     end
     local stop = old_stop
     if candidate > old_stop then stop = candidate end
-    local flag = '0'
-    if activated then flag = '1' end
-    local updated_at = row[5]
-    local peak_text = string.format('%.17g', peak)
-    local stop_text = string.format('%.17g', stop)
-    if peak ~= old_peak or stop ~= old_stop or activated ~= old_activated then
-      updated_at = now
-      redis.call('HSET', KEYS[i], 'peak_price', peak_text, 'stop_price', stop_text,
-        'activated', flag, 'updated_at', now)
-    end
     local triggered = '0'
     if price <= stop then triggered = '1' end
-    lines[i] = 'ok ' .. peak_text .. ' ' .. stop_text .. ' ' .. flag .. ' ' ..
-      updated_at .. ' ' .. triggered
+    if peak ~= old_peak or stop ~= old_stop or activated ~= old_activated then
+      local flag = '0'
+      if activated then flag = '1' end
+      local peak_text = string.format('%.17g', peak)
+      local stop_text = string.format('%.17g', stop)
+      redis.call('HSET', KEYS[i], 'peak_price', peak_text, 'stop_price', stop_text,
+        'activated', flag, 'updated_at', now)
+      lines[#lines + 1] = i .. ' changed ' .. peak_text .. ' ' .. stop_text .. ' ' ..
+        flag .. ' ' .. triggered
+    elseif triggered == '1' then
+      lines[#lines + 1] = i .. ' triggered'
+    end
   end
 end
 return table.concat(lines, '\\n')
@@ -139,16 +156,24 @@ class CorruptStopState(ValueError):
     """A stored stop cannot be read back (hand-edited or truncated)."""
 
 
-@dataclass(frozen=True)
-class StopUpdate:
-    """One position's stop after a tick; ``triggered`` means sell now."""
+@dataclass(frozen=True, slots=True)
+class TriggeredStop:
+    """A position whose stop the market reached this tick: sell now."""
 
     position_id: int
+    user_id: int
     state: StopState
-    triggered: bool
 
 
 @dataclass(frozen=True)
+class Advance:
+    """What one tick did to the stops: how many advanced, and which must sell."""
+
+    positions: int
+    triggered: list[TriggeredStop]
+
+
+@dataclass(frozen=True, slots=True)
 class TrackedStop:
     """A position's stop together with whose position it is."""
 
@@ -170,6 +195,10 @@ class StopStore(Protocol):
         """Every position with a stop, as last seen, ordered by position id."""
         ...
 
+    def symbols(self) -> set[str]:
+        """The symbols of every position with a stop."""
+        ...
+
     async def add(self, position_id: int, user_id: int, symbol: str, state: StopState) -> None:
         """Start (or replace) the stop of a freshly filled position; durable on return."""
         ...
@@ -181,12 +210,14 @@ class StopStore(Protocol):
     async def advance_all(
         self,
         prices: Mapping[str, float],
-        params_by_position: Mapping[int, TrailingParams],
+        params_by_user: Mapping[int, TrailingParams],
         now: float,
-    ) -> list[StopUpdate]:
-        """Advance every position whose symbol has a price; one update per such position,
-        ordered by position id. A priced position missing from ``params_by_position``, or
-        an unusable price (0, NaN, inf), is a ``ValueError`` raised before anything moves."""
+    ) -> Advance:
+        """Advance every position whose symbol has a price (settings are per trader).
+
+        Reports how many advanced and, ordered by position id, those whose stop the price
+        reached. A priced position whose trader is missing from ``params_by_user``, or an
+        unusable price (0, NaN, inf), is a ``ValueError`` raised before anything moves."""
         ...
 
     async def get(self, position_id: int) -> StopState | None:
@@ -213,7 +244,10 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def _row(tracked: TrackedStop) -> tuple[int, int, str, float, float, float, int, float]:
+_Row = tuple[int, int, str, float, float, float, int, float]
+
+
+def _row(tracked: TrackedStop) -> _Row:
     state = tracked.state
     return (
         tracked.position_id,
@@ -282,11 +316,11 @@ def _from_hash(position_id: int, raw: Mapping[Any, Any]) -> TrackedStop:
     return tracked
 
 
-def _script_fields(price: float, params: TrailingParams) -> str:
+def _settings_fields(params: TrailingParams) -> str:
+    """One settings slot of the script: five fields, see ``ADVANCE_SCRIPT``."""
     positive = params.trailing_stop_positive
     return " ".join(
         (
-            _number(price),
             _number(params.stoploss),
             "1" if params.trailing_stop else "0",
             _NO_POSITIVE if positive is None else _number(positive),
@@ -309,6 +343,29 @@ def _escape_glob(text: str) -> str:
     return "".join("\\" + char if char in "\\*?[]" else char for char in text)
 
 
+def _usable_prices(symbols: Iterable[str], prices: Mapping[str, float]) -> dict[str, float]:
+    """The price of each tracked symbol that has one, checked before any I/O so that a bad
+    input changes nothing."""
+    usable: dict[str, float] = {}
+    for symbol in sorted(symbols):
+        if symbol not in prices:
+            continue
+        price = prices[symbol]
+        if isinstance(price, bool) or not isinstance(price, int | float):
+            raise ValueError(f"price of {symbol} must be a number, got {price!r}")
+        if not (math.isfinite(price) and price > 0):
+            raise ValueError(f"price of {symbol} must be positive and finite, got {price!r}")
+        usable[symbol] = float(price)
+    return usable
+
+
+def _params_of(user_id: int, params_by_user: Mapping[int, TrailingParams]) -> TrailingParams:
+    try:
+        return params_by_user[user_id]
+    except KeyError:
+        raise ValueError(f"no trailing-stop settings for trader {user_id}") from None
+
+
 @dataclass(frozen=True)
 class _Step:
     tracked: TrackedStop
@@ -319,24 +376,177 @@ class _Step:
 def _plan(
     tracked: Mapping[int, TrackedStop],
     prices: Mapping[str, float],
-    params_by_position: Mapping[int, TrailingParams],
+    params_by_user: Mapping[int, TrailingParams],
 ) -> list[_Step]:
     """The positions a tick moves, validated before any I/O so a bad input changes nothing."""
+    usable = _usable_prices({stop.symbol for stop in tracked.values()}, prices)
     steps: list[_Step] = []
     for position_id in sorted(tracked):
-        entry = tracked[position_id]
-        if entry.symbol not in prices:
-            continue
-        price = prices[entry.symbol]
-        if isinstance(price, bool) or not isinstance(price, int | float):
-            raise ValueError(f"price of {entry.symbol} must be a number, got {price!r}")
-        if not (math.isfinite(price) and price > 0):
-            raise ValueError(f"price of {entry.symbol} must be positive and finite, got {price!r}")
-        params = params_by_position.get(position_id)
-        if params is None:
-            raise ValueError(f"no trailing-stop settings for position {position_id}")
-        steps.append(_Step(entry, float(price), params))
+        stop = tracked[position_id]
+        price = usable.get(stop.symbol)
+        if price is not None:
+            steps.append(_Step(stop, price, _params_of(stop.user_id, params_by_user)))
     return steps
+
+
+@dataclass(slots=True)
+class _LiveStop:
+    """A stop as the Redis store keeps it between ticks. Updated in place: a tick that
+    moves thousands of stops leaves no objects behind for the garbage collector to trace,
+    which would otherwise make the occasional full collection land inside a tick."""
+
+    position_id: int
+    user_id: int
+    symbol: str
+    entry_price: float
+    peak_price: float
+    stop_price: float
+    activated: bool
+    updated_at: float
+
+    @classmethod
+    def of(cls, stop: TrackedStop) -> _LiveStop:
+        state = stop.state
+        return cls(
+            stop.position_id,
+            stop.user_id,
+            stop.symbol,
+            state.entry_price,
+            state.peak_price,
+            state.stop_price,
+            state.activated,
+            state.updated_at,
+        )
+
+    def state(self) -> StopState:
+        return StopState(
+            self.entry_price, self.peak_price, self.stop_price, self.activated, self.updated_at
+        )
+
+    def tracked(self) -> TrackedStop:
+        return TrackedStop(self.position_id, self.user_id, self.symbol, self.state())
+
+    def row(self) -> _Row:
+        return (
+            self.position_id,
+            self.user_id,
+            self.symbol,
+            self.entry_price,
+            self.peak_price,
+            self.stop_price,
+            int(self.activated),
+            self.updated_at,
+        )
+
+    def move(self, peak: float, stop: float, activated: bool, now: float) -> None:
+        self.peak_price = peak
+        self.stop_price = stop
+        self.activated = activated
+        self.updated_at = now
+
+
+@dataclass(frozen=True)
+class _Roster:
+    """The positions a tick sends to the script, in position-id order, with the symbol slot
+    of each; rebuilt only when a position comes or goes or a symbol gains or loses its price.
+    """
+
+    priced: frozenset[str]
+    position_ids: list[int]
+    user_ids: list[int]
+    keys: list[bytes]
+    symbols: list[str]
+    symbol_slots: list[int]
+    users: list[int]
+
+    @classmethod
+    def of(cls, tracked: Mapping[int, _LiveStop], priced: frozenset[str], prefix: str) -> _Roster:
+        symbols = sorted(priced)
+        slot_of = {symbol: slot for slot, symbol in enumerate(symbols, start=1)}
+        stops = [tracked[i] for i in sorted(tracked) if tracked[i].symbol in slot_of]
+        return cls(
+            priced=priced,
+            position_ids=[stop.position_id for stop in stops],
+            user_ids=[stop.user_id for stop in stops],
+            keys=[f"{prefix}{stop.position_id}".encode() for stop in stops],
+            symbols=symbols,
+            symbol_slots=[slot_of[stop.symbol] for stop in stops],
+            users=sorted({stop.user_id for stop in stops}),
+        )
+
+
+@dataclass(frozen=True)
+class _SettingsSlots:
+    """The traders' settings as the script's settings slots (one per distinct setting, not
+    per trader) and each position's pair of slots, packed per call; rebuilt only when the
+    roster or someone's settings change."""
+
+    roster: _Roster
+    params: tuple[TrailingParams, ...]
+    settings_text: str
+    slots_per_call: list[str]
+
+    @classmethod
+    def of(cls, roster: _Roster, params: tuple[TrailingParams, ...], chunk: int) -> _SettingsSlots:
+        slot_of: dict[TrailingParams, int] = {}
+        user_slot = {
+            user_id: slot_of.setdefault(user_params, len(slot_of) + 1)
+            for user_id, user_params in zip(roster.users, params, strict=True)
+        }
+        pairs = [
+            f"{symbol_slot} {user_slot[user_id]}"
+            for symbol_slot, user_id in zip(roster.symbol_slots, roster.user_ids, strict=True)
+        ]
+        return cls(
+            roster=roster,
+            params=params,
+            settings_text=" ".join(map(_settings_fields, slot_of)),
+            slots_per_call=[
+                " ".join(pairs[start : start + chunk]) for start in range(0, len(pairs), chunk)
+            ],
+        )
+
+
+_Call = Callable[[Any], Awaitable[Any]]
+
+
+async def _send(reply: Awaitable[Any] | Any) -> Any:
+    return await cast(Awaitable[Any], reply)
+
+
+async def _live_keys(redis: Redis, prefix: str, call: _Call) -> list[tuple[int, str]]:
+    """(position id, key) of every stop hash under ``prefix``, found with SCAN."""
+    keys: list[tuple[int, str]] = []
+    pattern = _escape_glob(prefix) + "*"
+    cursor: int = 0
+    while True:
+        cursor, batch = await call(redis.scan(cursor, match=pattern, count=1000))
+        for raw_key in batch:
+            key = _text(raw_key)
+            suffix = key[len(prefix) :]
+            if suffix.isdigit():
+                keys.append((int(suffix), key))
+        if int(cursor) == 0:
+            return keys
+
+
+async def _read_live(redis: Redis, prefix: str, call: _Call) -> dict[int, TrackedStop]:
+    keys = await _live_keys(redis, prefix, call)
+    if not keys:
+        return {}
+    pipe = redis.pipeline(transaction=False)
+    for _, key in keys:
+        pipe.hgetall(key)
+    replies = await call(pipe.execute())
+    live: dict[int, TrackedStop] = {}
+    for (position_id, _), raw in zip(keys, replies, strict=True):
+        if not raw:
+            continue
+        try:
+            live[position_id] = _from_hash(position_id, raw)
+        except CorruptStopState as error:
+            logger.warning("ignoring unreadable Redis copy: %s", error)
+    return live
 
 
 class _StopTable:
@@ -346,19 +556,16 @@ class _StopTable:
         self._db = db
 
     async def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        began = not self._db.in_transaction
-        if began:
-            await self._db.execute("BEGIN")
-        try:
+        # Traders of one tick write concurrently on this connection: the writer lock
+        # makes their transactions take turns (a task already inside one joins it).
+        async with transaction(self._db):
             await self._db.executemany(sql, rows)
-        except BaseException:
-            if began:
-                await self._db.rollback()
-            raise
-        await self._db.commit()
 
     async def upsert(self, stops: Sequence[TrackedStop]) -> None:
         await self._write(_UPSERT, [_row(stop) for stop in stops])
+
+    async def upsert_rows(self, rows: Sequence[_Row]) -> None:
+        await self._write(_UPSERT, rows)
 
     async def delete(self, position_id: int) -> None:
         await self._write(f"DELETE FROM {TABLE} WHERE position_id = ?", [(position_id,)])
@@ -389,11 +596,15 @@ class RedisStopStore:
             raise ValueError("max_positions_per_call must be at least 1")
         self._redis = redis
         self._table = _StopTable(db)
-        self._prefix = f"lunara:{name}:stop:"
+        self._prefix = stop_key_prefix(name)
         self._chunk = max_positions_per_call
-        self._tracked: dict[int, TrackedStop] = {}
+        self._tracked: dict[int, _LiveStop] = {}
         self._dirty: set[int] = set()
         self._round_trips = 0
+        # Derived from who is tracked; dropped whenever a position comes or goes.
+        self._symbols: set[str] | None = None
+        self._roster: _Roster | None = None
+        self._settings_slots: _SettingsSlots | None = None
 
     @property
     def round_trips(self) -> int:
@@ -403,7 +614,17 @@ class RedisStopStore:
         return f"{self._prefix}{position_id}"
 
     def tracked(self) -> list[TrackedStop]:
-        return [self._tracked[position_id] for position_id in sorted(self._tracked)]
+        return [self._tracked[position_id].tracked() for position_id in sorted(self._tracked)]
+
+    def symbols(self) -> set[str]:
+        if self._symbols is None:
+            self._symbols = {stop.symbol for stop in self._tracked.values()}
+        return set(self._symbols)
+
+    def _members_changed(self) -> None:
+        self._symbols = None
+        self._roster = None
+        self._settings_slots = None
 
     async def _call(self, reply: Awaitable[Any] | Any) -> Any:
         self._round_trips += 1
@@ -413,12 +634,14 @@ class RedisStopStore:
         stop = TrackedStop(position_id, user_id, symbol, state)
         await self._call(self._redis.hset(self.key(position_id), mapping=_to_hash(stop)))
         await self._table.upsert([stop])
-        self._tracked[position_id] = stop
+        self._tracked[position_id] = _LiveStop.of(stop)
         self._dirty.discard(position_id)
+        self._members_changed()
 
     async def remove(self, position_id: int) -> None:
         self._tracked.pop(position_id, None)
         self._dirty.discard(position_id)
+        self._members_changed()
         await self._call(self._redis.delete(self.key(position_id)))
         await self._table.delete(position_id)
 
@@ -426,59 +649,86 @@ class RedisStopStore:
         raw = await self._call(self._redis.hgetall(self.key(position_id)))
         return _from_hash(position_id, raw).state if raw else None
 
-    async def _evaluate(self, keys: list[str], args: list[str]) -> list[str]:
+    async def _evaluate(self, keys: list[bytes], args: list[str]) -> list[str]:
         try:
             reply = await self._call(self._redis.evalsha(_ADVANCE_SHA, len(keys), *keys, *args))
         except NoScriptError:
             # First call since Redis started (or its script cache was flushed).
             await self._call(self._redis.script_load(ADVANCE_SCRIPT))
             reply = await self._call(self._redis.evalsha(_ADVANCE_SHA, len(keys), *keys, *args))
-        return _text(reply).split("\n")
+        return _text(reply).splitlines()
+
+    def _slots(
+        self, usable: Mapping[str, float], params_by_user: Mapping[int, TrailingParams]
+    ) -> _SettingsSlots:
+        """The script's view of who is advanced with which settings, built again only when
+        that changes: most ticks reuse the last one as it is."""
+        priced = frozenset(usable)
+        roster = self._roster
+        if roster is None or roster.priced != priced:
+            roster = self._roster = _Roster.of(self._tracked, priced, self._prefix)
+        params = tuple(_params_of(user_id, params_by_user) for user_id in roster.users)
+        slots = self._settings_slots
+        if slots is None or slots.roster is not roster or slots.params != params:
+            slots = self._settings_slots = _SettingsSlots.of(roster, params, self._chunk)
+        return slots
 
     async def advance_all(
         self,
         prices: Mapping[str, float],
-        params_by_position: Mapping[int, TrailingParams],
+        params_by_user: Mapping[int, TrailingParams],
         now: float,
-    ) -> list[StopUpdate]:
-        steps = _plan(self._tracked, prices, params_by_position)
-        updates: list[StopUpdate] = []
-        lost: list[_Step] = []
-        for start in range(0, len(steps), self._chunk):
-            chunk = steps[start : start + self._chunk]
-            keys = [self.key(step.tracked.position_id) for step in chunk]
-            packed = " ".join(_script_fields(step.price, step.params) for step in chunk)
-            lines = await self._evaluate(keys, [_number(now), packed])
-            for step, line in zip(chunk, lines, strict=True):
+    ) -> Advance:
+        usable = _usable_prices(self.symbols(), prices)
+        slots = self._slots(usable, params_by_user)
+        roster = slots.roster
+        # As sent: a position removed or replaced meanwhile is recognised by identity.
+        sent = [self._tracked[position_id] for position_id in roster.position_ids]
+        now = float(now)
+        fixed_args = [
+            _number(now),
+            " ".join(_number(usable[symbol]) for symbol in roster.symbols),
+            slots.settings_text,
+        ]
+        triggered: list[TriggeredStop] = []
+        lost: list[_LiveStop] = []
+        for call, start in enumerate(range(0, len(sent), self._chunk)):
+            keys = roster.keys[start : start + self._chunk]
+            lines = await self._evaluate(keys, [*fixed_args, slots.slots_per_call[call]])
+            for line in lines:
                 fields = line.split(" ")
-                if fields[0] != _STATUS_OK:
-                    lost.append(step)
-                    continue
-                _, peak, stop, activated, updated_at, triggered = fields
-                state = StopState(
-                    entry_price=step.tracked.state.entry_price,
-                    peak_price=float(peak),
-                    stop_price=float(stop),
-                    activated=activated == "1",
-                    updated_at=float(updated_at),
-                )
-                self._remember(step.tracked, state)
-                updates.append(StopUpdate(step.tracked.position_id, state, triggered == "1"))
+                before = sent[start + int(fields[0]) - 1]
+                kind = fields[1]
+                if kind == _MISSING:
+                    lost.append(before)
+                elif kind == _TRIGGERED:
+                    triggered.append(
+                        TriggeredStop(before.position_id, before.user_id, before.state())
+                    )
+                else:
+                    _, _, peak_text, stop_text, flag, hit = fields
+                    peak, stop, activated = float(peak_text), float(stop_text), flag == "1"
+                    # A position removed or replaced while the call was in flight keeps
+                    # its new value.
+                    if self._tracked.get(before.position_id) is before:
+                        before.move(peak, stop, activated, now)
+                        self._dirty.add(before.position_id)
+                    if hit == "1":
+                        state = StopState(before.entry_price, peak, stop, activated, now)
+                        triggered.append(TriggeredStop(before.position_id, before.user_id, state))
         if lost:
-            updates.extend(await self._restore(lost, now))
-            updates.sort(key=lambda update: update.position_id)
-        return updates
+            params_of_user = dict(zip(roster.users, slots.params, strict=True))
+            triggered.extend(await self._restore(lost, usable, params_of_user, now))
+            triggered.sort(key=lambda stop: stop.position_id)
+        return Advance(len(sent), triggered)
 
-    def _remember(self, before: TrackedStop, state: StopState) -> None:
-        # A position removed or replaced while the call was in flight keeps its new value.
-        if self._tracked.get(before.position_id) is not before or state == before.state:
-            return
-        self._tracked[before.position_id] = TrackedStop(
-            before.position_id, before.user_id, before.symbol, state
-        )
-        self._dirty.add(before.position_id)
-
-    async def _restore(self, lost: list[_Step], now: float) -> list[StopUpdate]:
+    async def _restore(
+        self,
+        lost: list[_LiveStop],
+        prices: Mapping[str, float],
+        params_by_user: Mapping[int, TrailingParams],
+        now: float,
+    ) -> list[TriggeredStop]:
         """Rewrite stops Redis no longer holds (flushed, evicted) from the last known state.
 
         The last known state is at least as new as the SQLite checkpoint, so nothing is
@@ -488,63 +738,39 @@ class RedisStopStore:
             "%d trailing stop(s) missing from Redis; restoring from the last known state",
             len(lost),
         )
-        updates: list[StopUpdate] = []
+        triggered: list[TriggeredStop] = []
+        restored = 0
         pipe = self._redis.pipeline(transaction=False)
-        for step in lost:
-            if self._tracked.get(step.tracked.position_id) is not step.tracked:
+        for before in lost:
+            if self._tracked.get(before.position_id) is not before:
                 continue
-            state = advance(step.tracked.state, step.price, step.params, now)
-            restored = TrackedStop(
-                step.tracked.position_id, step.tracked.user_id, step.tracked.symbol, state
-            )
-            pipe.hset(self.key(restored.position_id), mapping=_to_hash(restored))
-            self._tracked[restored.position_id] = restored
-            self._dirty.add(restored.position_id)
-            updates.append(StopUpdate(restored.position_id, state, is_triggered(state, step.price)))
-        if updates:
+            price = prices[before.symbol]
+            state = advance(before.state(), price, params_by_user[before.user_id], now)
+            before.move(state.peak_price, state.stop_price, state.activated, state.updated_at)
+            pipe.hset(self.key(before.position_id), mapping=_to_hash(before.tracked()))
+            self._dirty.add(before.position_id)
+            restored += 1
+            if is_triggered(state, price):
+                triggered.append(TriggeredStop(before.position_id, before.user_id, state))
+        if restored:
             await self._call(pipe.execute())
-        return updates
+        return triggered
 
     async def checkpoint(self) -> int:
-        stops = [self._tracked[i] for i in sorted(self._dirty) if i in self._tracked]
+        rows = [self._tracked[i].row() for i in sorted(self._dirty) if i in self._tracked]
         self._dirty.intersection_update(self._tracked)
-        if not stops:
+        if not rows:
             return 0
-        await self._table.upsert(stops)
-        for stop in stops:
+        await self._table.upsert_rows(rows)
+        for row in rows:
             # Changed again while the transaction ran: stays dirty for the next checkpoint.
-            if self._tracked.get(stop.position_id) is stop:
-                self._dirty.discard(stop.position_id)
-        return len(stops)
+            live = self._tracked.get(row[0])
+            if live is not None and live.row() == row:
+                self._dirty.discard(row[0])
+        return len(rows)
 
     async def _load_live(self) -> dict[int, TrackedStop]:
-        keys: list[tuple[int, str]] = []
-        pattern = _escape_glob(self._prefix) + "*"
-        cursor: int = 0
-        while True:
-            cursor, batch = await self._call(self._redis.scan(cursor, match=pattern, count=1000))
-            for raw_key in batch:
-                key = _text(raw_key)
-                suffix = key[len(self._prefix) :]
-                if suffix.isdigit():
-                    keys.append((int(suffix), key))
-            if int(cursor) == 0:
-                break
-        if not keys:
-            return {}
-        pipe = self._redis.pipeline(transaction=False)
-        for _, key in keys:
-            pipe.hgetall(key)
-        replies = await self._call(pipe.execute())
-        live: dict[int, TrackedStop] = {}
-        for (position_id, _), raw in zip(keys, replies, strict=True):
-            if not raw:
-                continue
-            try:
-                live[position_id] = _from_hash(position_id, raw)
-            except CorruptStopState as error:
-                logger.warning("ignoring unreadable Redis copy: %s", error)
-        return live
+        return await _read_live(self._redis, self._prefix, self._call)
 
     async def reconcile(self) -> int:
         live = await self._load_live()
@@ -562,7 +788,8 @@ class RedisStopStore:
             await self._call(pipe.execute())
         if to_sqlite:
             await self._table.upsert(sorted(to_sqlite, key=lambda stop: stop.position_id))
-        self._tracked = winners
+        self._tracked = {position_id: _LiveStop.of(stop) for position_id, stop in winners.items()}
+        self._members_changed()
         self._dirty.clear()
         if to_redis or to_sqlite:
             logger.info(
@@ -589,6 +816,9 @@ class SqliteStopStore:
     def tracked(self) -> list[TrackedStop]:
         return [self._tracked[position_id] for position_id in sorted(self._tracked)]
 
+    def symbols(self) -> set[str]:
+        return {stop.symbol for stop in self._tracked.values()}
+
     async def add(self, position_id: int, user_id: int, symbol: str, state: StopState) -> None:
         stop = TrackedStop(position_id, user_id, symbol, state)
         self._round_trips += 1
@@ -607,11 +837,11 @@ class SqliteStopStore:
     async def advance_all(
         self,
         prices: Mapping[str, float],
-        params_by_position: Mapping[int, TrailingParams],
+        params_by_user: Mapping[int, TrailingParams],
         now: float,
-    ) -> list[StopUpdate]:
-        steps = _plan(self._tracked, prices, params_by_position)
-        updates: list[StopUpdate] = []
+    ) -> Advance:
+        steps = _plan(self._tracked, prices, params_by_user)
+        triggered: list[TriggeredStop] = []
         changed: list[tuple[TrackedStop, TrackedStop]] = []
         for step in steps:
             before = step.tracked
@@ -619,7 +849,8 @@ class SqliteStopStore:
             if state != before.state:
                 after = TrackedStop(before.position_id, before.user_id, before.symbol, state)
                 changed.append((before, after))
-            updates.append(StopUpdate(before.position_id, state, is_triggered(state, step.price)))
+            if is_triggered(state, step.price):
+                triggered.append(TriggeredStop(before.position_id, before.user_id, state))
         if changed:
             self._round_trips += 1
             await self._table.upsert([after for _, after in changed])
@@ -627,7 +858,7 @@ class SqliteStopStore:
                 # Kept in memory only once durable; a concurrent remove/add wins.
                 if self._tracked.get(before.position_id) is before:
                     self._tracked[before.position_id] = after
-        return updates
+        return Advance(len(steps), triggered)
 
     async def checkpoint(self) -> int:
         """Nothing is pending: every change was written when it happened."""
@@ -645,3 +876,54 @@ def make_stop_store(
     if redis is None:
         return SqliteStopStore(db)
     return RedisStopStore(redis, db, name=name)
+
+
+# For backups and restores (`lunara backup|restore`), which run beside the bot, not in it.
+
+STORE_NAME = "lunara"
+"""The name the engine gives its stop store (``open_trading``)."""
+
+
+def stop_key_prefix(name: str) -> str:
+    """The Redis keys of a store's stops: ``lunara:<name>:stop:<position_id>``."""
+    return f"lunara:{name}:stop:"
+
+
+async def read_live_stops(redis: Redis, *, name: str = STORE_NAME) -> dict[int, TrackedStop]:
+    """Every stop Redis holds, read as ``reconcile`` reads them (unreadable ones skipped).
+
+    Not one atomic read: each hash is read whole, and a stop that moves meanwhile is
+    taken at one of its states, which the newest-wins merge handles like any other.
+    """
+    return await _read_live(redis, stop_key_prefix(name), _send)
+
+
+async def clear_live_stops(redis: Redis, *, name: str = STORE_NAME) -> int:
+    """Delete every stop hash, so the next start reloads the stops from SQLite alone.
+
+    After a restore the restored checkpoint must win; left in Redis, the stops of the
+    replaced database would be newer and ``reconcile`` would keep them.
+    """
+    keys = [key for _, key in await _live_keys(redis, stop_key_prefix(name), _send)]
+    deleted = 0
+    for start in range(0, len(keys), 1000):
+        deleted += int(await _send(redis.delete(*keys[start : start + 1000])))
+    return deleted
+
+
+async def save_newer_stops(db: aiosqlite.Connection, live: Mapping[int, TrackedStop]) -> int:
+    """Write each live stop newer than its checkpoint (or without one) into ``trailing_stops``.
+
+    The rule is ``reconcile``'s (newest ``updated_at`` wins, the live copy on a tie), in
+    one transaction; returns how many rows were written.
+    """
+    table = _StopTable(db)
+    saved = await table.load_all()
+    newer = [
+        stop
+        for position_id, stop in sorted(live.items())
+        if stop != saved.get(position_id) and _newest(stop, saved.get(position_id)) is stop
+    ]
+    if newer:
+        await table.upsert(newer)
+    return len(newer)

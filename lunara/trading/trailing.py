@@ -91,7 +91,7 @@ class TrailingParams:
         object.__setattr__(self, "trailing_stop_positive_offset", offset)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StopState:
     """Where a position's stop stands; ``updated_at`` is when any level last changed."""
 

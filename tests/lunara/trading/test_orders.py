@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lunara.services import TradingError
 from lunara.storage import positions as store
 from lunara.storage import users
 from lunara.storage.database import open_database
@@ -153,6 +154,51 @@ async def test_an_accepted_order_whose_answer_was_lost_is_found_by_its_client_id
         balances = {b.asset: b.free for b in await paper.balances()}
         assert balances["ETH"] == Decimal("0.05")
         assert len(await store.list_open(db, USER)) == 1  # type: ignore[arg-type]
+    finally:
+        await db.close()  # type: ignore[attr-defined]
+        await stop_db.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("fault", ["crash_before_send", "crash_after_fill"])
+async def test_a_keyed_entry_asked_again_after_a_crash_never_buys_twice(
+    tmp_path: Path, fault: str
+) -> None:
+    # A Telegram /buy delivered again after the bot died carries the same request key.
+    path = tmp_path / "lunara.db"
+    market = SimMarket(seed=5)
+    db, stop_db, paper, orders = await _setup(path, market)
+    price = (await market.prices(["ETHUSDT"]))["ETHUSDT"]
+    request = OrderRequest(
+        USER, "ETHUSDT", store.OrderSide.BUY, Decimal("0.05"), price, request_key="tg:11:7"
+    )
+    with pytest.raises(Crash):
+        await orders.submit(FaultyExchange(paper, fault), request)
+    await db.close()  # type: ignore[attr-defined]
+    await stop_db.close()  # type: ignore[attr-defined]
+
+    db, stop_db, paper, orders = await _setup(path, market)
+    try:
+        await orders.recover(lambda user_id: _exchange(paper))
+        if fault == "crash_before_send":
+            with pytest.raises(TradingError, match="nothing was bought"):
+                await orders.submit(paper, request)
+            assert await store.list_open(db, USER) == []  # type: ignore[arg-type]
+        else:
+            first = await orders.submit(paper, request)
+            again = await orders.submit(paper, request)
+            assert first.order.client_order_id == again.order.client_order_id
+            assert first.position.id == again.position.id
+            assert len(await store.list_open(db, USER)) == 1  # type: ignore[arg-type]
+            balances = {b.asset: b.free for b in await paper.balances()}
+            assert balances["ETH"] == Decimal("0.05")
+        # Another message is another entry.
+        other = OrderRequest(
+            USER, "ETHUSDT", store.OrderSide.BUY, Decimal("0.05"), price, request_key="tg:11:8"
+        )
+        await orders.submit(paper, other)
+        async with db.execute("SELECT COUNT(*) FROM orders WHERE status = 'filled'") as cur:  # type: ignore[attr-defined]
+            row = await cur.fetchone()
+        assert row[0] == (1 if fault == "crash_before_send" else 2)
     finally:
         await db.close()  # type: ignore[attr-defined]
         await stop_db.close()  # type: ignore[attr-defined]

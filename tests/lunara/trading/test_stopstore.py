@@ -19,7 +19,7 @@ from lunara.trading.stopstore import (
     RedisStopStore,
     SqliteStopStore,
     StopStore,
-    StopUpdate,
+    TriggeredStop,
     make_stop_store,
 )
 from lunara.trading.trailing import StopState, TrailingParams, advance, initial_state, is_triggered
@@ -94,7 +94,16 @@ def every_symbol(price: float) -> dict[str, float]:
 
 
 def params_for(count: int) -> dict[int, TrailingParams]:
-    return dict.fromkeys(range(1, count + 1), PARAMS)
+    """Settings for the traders of ``open_positions(store, count)``."""
+    return dict.fromkeys(range(1001, 1001 + count), PARAMS)
+
+
+TRADER = 7
+TRADER_PARAMS = {TRADER: PARAMS}
+
+
+def states(store: StopStore) -> dict[int, StopState]:
+    return {stop.position_id: stop.state for stop in store.tracked()}
 
 
 # -- Lua and Python agree --------------------------------------------------------------
@@ -123,8 +132,8 @@ async def lua_matches_python(
         expected: dict[int, StopState] = {}
         for position_id, (params, _) in enumerate(positions):
             expected[position_id] = initial_state(entry, params, 0.25)
-            await store.add(position_id, 1, f"S{position_id}", expected[position_id])
-        params_by_position = {i: params for i, (params, _) in enumerate(positions)}
+            await store.add(position_id, position_id, f"S{position_id}", expected[position_id])
+        params_by_user = {i: params for i, (params, _) in enumerate(positions)}
         for tick in range(max(len(path) for _, path in positions)):
             now = 1_700_000_000.1 + tick * 0.7
             prices = {
@@ -132,18 +141,17 @@ async def lua_matches_python(
                 for i, (_, path) in enumerate(positions)
                 if tick < len(path)
             }
-            updates = await store.advance_all(prices, params_by_position, now)
-            assert [update.position_id for update in updates] == sorted(
-                i for i in expected if f"S{i}" in prices
-            )
-            for update in updates:
-                price = prices[f"S{update.position_id}"]
-                want = advance(
-                    expected[update.position_id], price, params_by_position[update.position_id], now
-                )
-                assert bits(update.state) == bits(want)
-                assert update.triggered == is_triggered(want, price)
-                expected[update.position_id] = want
+            advanced = await store.advance_all(prices, params_by_user, now)
+            priced = sorted(i for i in expected if f"S{i}" in prices)
+            assert advanced.positions == len(priced)
+            for i in priced:
+                expected[i] = advance(expected[i], prices[f"S{i}"], params_by_user[i], now)
+            assert {i: bits(state) for i, state in states(store).items()} == {
+                i: bits(state) for i, state in expected.items()
+            }
+            assert [(stop.position_id, bits(stop.state)) for stop in advanced.triggered] == [
+                (i, bits(expected[i])) for i in priced if is_triggered(expected[i], prices[f"S{i}"])
+            ]
         for position_id, want in expected.items():
             stored = await store.get(position_id)
             assert stored is not None
@@ -189,9 +197,9 @@ async def test_one_round_trip_per_tick_whatever_the_number_of_positions(
     await store.advance_all(every_symbol(101.0), params_for(count), 1.0)  # loads the script
     await redis.config_resetstat()
     before = store.round_trips
-    updates = await store.advance_all(every_symbol(104.0), params_for(count), 2.0)
+    advanced = await store.advance_all(every_symbol(104.0), params_for(count), 2.0)
     assert store.round_trips - before == 1
-    assert len(updates) == count
+    assert advanced.positions == count
     calls = await command_calls(redis)
     # Counted by Redis itself: one EVALSHA from us, the rest ran inside the script.
     assert calls.pop("evalsha") == 1
@@ -207,13 +215,14 @@ async def test_batches_above_the_chunk_size_cost_one_round_trip_per_chunk(
     await open_positions(store, 25)
     await store.advance_all(every_symbol(101.0), params_for(25), 1.0)
     before = store.round_trips
-    updates = await store.advance_all(every_symbol(104.0), params_for(25), 2.0)
+    advanced = await store.advance_all(every_symbol(104.0), params_for(25), 2.0)
     assert store.round_trips - before == 3
     expected = advance(
         advance(initial_state(100.0, PARAMS, 0.0), 101.0, PARAMS, 1.0), 104.0, PARAMS, 2.0
     )
-    assert [update.position_id for update in updates] == list(range(1, 26))
-    assert all(update.state == expected for update in updates)
+    assert advanced.positions == 25
+    assert states(store) == dict.fromkeys(range(1, 26), expected)
+    assert states(store) == {i: await store.get(i) for i in range(1, 26)}
     assert MAX_POSITIONS_PER_CALL == 5000
 
 
@@ -224,9 +233,9 @@ async def test_script_is_reloaded_after_redis_forgets_it(
     await open_positions(store, 3)
     await redis.script_flush()
     before = store.round_trips
-    updates = await store.advance_all(every_symbol(110.0), params_for(3), 1.0)
+    await store.advance_all(every_symbol(110.0), params_for(3), 1.0)
     assert store.round_trips - before == 3  # refused EVALSHA, SCRIPT LOAD, EVALSHA
-    assert updates[0].state.stop_price == 110.0 * 0.98
+    assert store.tracked()[0].state.stop_price == 110.0 * 0.98
 
 
 # -- Ticks -----------------------------------------------------------------------------
@@ -236,30 +245,66 @@ async def test_triggered_positions_are_reported_until_removed(
     redis: Redis, db: aiosqlite.Connection
 ) -> None:
     store = RedisStopStore(redis, db, name=NAME)
-    await store.add(1, 7, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
-    await store.add(2, 7, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
-    params = params_for(2)
-    await store.advance_all({"BTCUSDT": 110.0, "ETHUSDT": 100.0}, params, 1.0)
-    updates = await store.advance_all({"BTCUSDT": 107.8, "ETHUSDT": 95.0}, params, 2.0)
-    assert updates == [
-        StopUpdate(1, StopState(100.0, 110.0, 110.0 * 0.98, True, 1.0), triggered=True),
-        StopUpdate(2, StopState(100.0, 100.0, 90.0, False, 0.0), triggered=False),
+    await store.add(1, TRADER, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
+    await store.add(2, TRADER, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
+    await store.advance_all({"BTCUSDT": 110.0, "ETHUSDT": 100.0}, TRADER_PARAMS, 1.0)
+    advanced = await store.advance_all({"BTCUSDT": 107.8, "ETHUSDT": 95.0}, TRADER_PARAMS, 2.0)
+    assert advanced.positions == 2
+    assert advanced.triggered == [
+        TriggeredStop(1, TRADER, StopState(100.0, 110.0, 110.0 * 0.98, True, 1.0))
     ]
+    assert states(store)[2] == StopState(100.0, 100.0, 90.0, False, 0.0)
     await store.remove(1)
     assert await store.get(1) is None
     assert await saved_rows(db) == {2: (100.0, 90.0, 0, 0.0)}
-    updates = await store.advance_all({"BTCUSDT": 1.0, "ETHUSDT": 90.0}, params, 3.0)
-    assert updates == [StopUpdate(2, StopState(100.0, 100.0, 90.0, False, 0.0), triggered=True)]
+    advanced = await store.advance_all({"BTCUSDT": 1.0, "ETHUSDT": 90.0}, TRADER_PARAMS, 3.0)
+    assert advanced.positions == 1
+    assert advanced.triggered == [
+        TriggeredStop(2, TRADER, StopState(100.0, 100.0, 90.0, False, 0.0))
+    ]
+
+
+async def test_positions_added_between_ticks_are_advanced_from_the_next_tick(
+    redis: Redis, db: aiosqlite.Connection
+) -> None:
+    store = RedisStopStore(redis, db, name=NAME)
+    await store.add(1, TRADER, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
+    await store.advance_all({"BTCUSDT": 110.0}, TRADER_PARAMS, 1.0)
+    await store.add(2, 8, "BTCUSDT", initial_state(110.0, PARAMS, 1.5))
+    advanced = await store.advance_all({"BTCUSDT": 120.0}, {TRADER: PARAMS, 8: PARAMS}, 2.0)
+    assert advanced.positions == 2
+    assert states(store)[2] == advance(initial_state(110.0, PARAMS, 1.5), 120.0, PARAMS, 2.0)
+    assert await store.get(2) == states(store)[2]
+
+
+async def test_changed_settings_apply_from_the_next_tick(
+    redis: Redis, db: aiosqlite.Connection
+) -> None:
+    store = RedisStopStore(redis, db, name=NAME)
+    await store.add(1, TRADER, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
+    await store.advance_all({"BTCUSDT": 110.0}, TRADER_PARAMS, 1.0)
+    tighter = TrailingParams(
+        stoploss=-0.05,
+        trailing_stop=True,
+        trailing_stop_positive=0.01,
+        trailing_stop_positive_offset=0.02,
+    )
+    await store.advance_all({"BTCUSDT": 111.0}, {TRADER: tighter}, 2.0)
+    expected = advance(
+        advance(initial_state(100.0, PARAMS, 0.0), 110.0, PARAMS, 1.0), 111.0, tighter, 2.0
+    )
+    assert states(store)[1] == expected
+    assert await store.get(1) == expected
 
 
 async def test_positions_without_a_price_are_left_alone(
     redis: Redis, db: aiosqlite.Connection
 ) -> None:
     store = RedisStopStore(redis, db, name=NAME)
-    await store.add(1, 7, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
-    await store.add(2, 7, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
-    updates = await store.advance_all({"BTCUSDT": 120.0}, {1: PARAMS}, 1.0)
-    assert [update.position_id for update in updates] == [1]
+    await store.add(1, TRADER, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
+    await store.add(2, 8, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
+    advanced = await store.advance_all({"BTCUSDT": 120.0}, TRADER_PARAMS, 1.0)
+    assert advanced.positions == 1
     assert await store.get(2) == initial_state(100.0, PARAMS, 0.0)
 
 
@@ -270,12 +315,13 @@ async def test_bad_tick_input_is_refused_before_anything_changes(
     store: StopStore = (
         RedisStopStore(redis, db, name=NAME) if store_kind == "redis" else SqliteStopStore(db)
     )
-    await store.add(1, 7, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
-    await store.add(2, 7, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
+    await store.add(1, TRADER, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
+    await store.add(2, 8, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
+    both = {TRADER: PARAMS, 8: PARAMS}
     with pytest.raises(ValueError, match="price of ETHUSDT"):
-        await store.advance_all({"BTCUSDT": 120.0, "ETHUSDT": float("nan")}, params_for(2), 1.0)
-    with pytest.raises(ValueError, match="no trailing-stop settings for position 2"):
-        await store.advance_all({"BTCUSDT": 120.0, "ETHUSDT": 120.0}, {1: PARAMS}, 1.0)
+        await store.advance_all({"BTCUSDT": 120.0, "ETHUSDT": float("nan")}, both, 1.0)
+    with pytest.raises(ValueError, match="no trailing-stop settings for trader 8"):
+        await store.advance_all({"BTCUSDT": 120.0, "ETHUSDT": 120.0}, TRADER_PARAMS, 1.0)
     assert await store.get(1) == initial_state(100.0, PARAMS, 0.0)
 
 
@@ -286,12 +332,12 @@ async def test_stops_lost_from_redis_mid_run_are_restored_on_the_next_tick(
     await open_positions(store, 4)
     await store.advance_all(every_symbol(110.0), params_for(4), 1.0)
     await redis.delete(f"lunara:{NAME}:stop:2", f"lunara:{NAME}:stop:3")
-    updates = await store.advance_all(every_symbol(112.0), params_for(4), 2.0)
+    advanced = await store.advance_all(every_symbol(112.0), params_for(4), 2.0)
     expected = advance(
         advance(initial_state(100.0, PARAMS, 0.0), 110.0, PARAMS, 1.0), 112.0, PARAMS, 2.0
     )
-    assert [update.position_id for update in updates] == [1, 2, 3, 4]
-    assert all(update.state == expected for update in updates)
+    assert advanced.positions == 4
+    assert states(store) == dict.fromkeys([1, 2, 3, 4], expected)
     for position_id in range(1, 5):
         assert await store.get(position_id) == expected
 
@@ -303,13 +349,13 @@ async def test_checkpoint_writes_only_changed_stops_in_one_go(
     redis: Redis, db: aiosqlite.Connection
 ) -> None:
     store = RedisStopStore(redis, db, name=NAME)
-    await store.add(1, 7, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
-    await store.add(2, 7, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
+    await store.add(1, TRADER, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
+    await store.add(2, TRADER, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
     assert await store.checkpoint() == 0  # add already wrote both sides
-    updates = await store.advance_all({"BTCUSDT": 105.0, "ETHUSDT": 99.0}, params_for(2), 1.0)
+    await store.advance_all({"BTCUSDT": 105.0, "ETHUSDT": 99.0}, TRADER_PARAMS, 1.0)
     assert await saved_rows(db) == {1: (100.0, 90.0, 0, 0.0), 2: (100.0, 90.0, 0, 0.0)}
     assert await store.checkpoint() == 1
-    assert (await saved_rows(db))[1] == as_row(updates[0].state)
+    assert (await saved_rows(db))[1] == as_row(states(store)[1])
     assert await store.checkpoint() == 0
     assert CHECKPOINT_INTERVAL_S == 5.0
 
@@ -332,19 +378,19 @@ async def test_reconcile_restores_a_flushed_redis_from_the_checkpoint(
     assert await restarted.get(1) == checkpointed
     assert [stop.position_id for stop in restarted.tracked()] == [1, 2, 3]
     assert restarted.tracked()[0].user_id == 1001
-    updates = await restarted.advance_all(every_symbol(130.0), params_for(3), 2.0)
+    await restarted.advance_all(every_symbol(130.0), params_for(3), 2.0)
     assert checkpointed is not None
-    assert updates[0].state == advance(checkpointed, 130.0, PARAMS, 2.0)
+    assert states(restarted)[1] == advance(checkpointed, 130.0, PARAMS, 2.0)
 
 
 async def test_newer_redis_wins_over_an_older_checkpoint_and_updates_it(
     redis: Redis, db: aiosqlite.Connection
 ) -> None:
     store = RedisStopStore(redis, db, name=NAME)
-    await store.add(1, 7, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
-    await store.advance_all({"BTCUSDT": 110.0}, {1: PARAMS}, 1.0)
+    await store.add(1, TRADER, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
+    await store.advance_all({"BTCUSDT": 110.0}, TRADER_PARAMS, 1.0)
     await store.checkpoint()
-    await store.advance_all({"BTCUSDT": 125.0}, {1: PARAMS}, 2.0)  # not checkpointed
+    await store.advance_all({"BTCUSDT": 125.0}, TRADER_PARAMS, 2.0)  # not checkpointed
     live = await store.get(1)
     assert live is not None
     assert (await saved_rows(db))[1] != as_row(live)
@@ -448,20 +494,22 @@ async def test_sqlite_store_writes_each_change_through(
     store = SqliteStopStore(db)
     await open_positions(store, 3)
     before = store.round_trips
-    updates = await store.advance_all(every_symbol(120.0), params_for(3), 1.0)
+    advanced = await store.advance_all(every_symbol(120.0), params_for(3), 1.0)
+    assert advanced.positions == 3
     assert store.round_trips - before == 1
     assert await store.checkpoint() == 0
-    unchanged = await store.advance_all(every_symbol(119.0), params_for(3), 2.0)
+    moved = states(store)
+    await store.advance_all(every_symbol(119.0), params_for(3), 2.0)
     assert store.round_trips - before == 1  # nothing moved, nothing written
-    assert unchanged == updates
+    assert states(store) == moved
 
     other = await aiosqlite.connect(db_path)
     try:
         restarted = SqliteStopStore(other)
         assert await restarted.reconcile() == 3
-        assert await restarted.get(2) == updates[1].state
+        assert await restarted.get(2) == moved[2]
         expected = advance(initial_state(100.0, PARAMS, 0.0), 120.0, PARAMS, 1.0)
-        assert updates[1].state == expected
+        assert moved[2] == expected
     finally:
         await other.close()
 
@@ -471,3 +519,17 @@ async def test_factory_picks_redis_only_when_a_client_is_given(
 ) -> None:
     assert isinstance(make_stop_store(name=NAME, db=db, redis=redis), RedisStopStore)
     assert isinstance(make_stop_store(name=NAME, db=db), SqliteStopStore)
+
+
+@pytest.mark.parametrize("with_redis", [True, False])
+async def test_traders_adding_stops_at_once_all_get_them_saved(
+    redis: Redis, db: aiosqlite.Connection, with_redis: bool
+) -> None:
+    # The executor opens positions of several traders concurrently on one connection.
+    store: StopStore = RedisStopStore(redis, db, name=NAME) if with_redis else SqliteStopStore(db)
+    await store.reconcile()
+    await asyncio.gather(
+        *(store.add(n, n, "BTCUSDT", initial_state(100.0, PARAMS, 0.0)) for n in range(1, 6))
+    )
+    assert sorted(stop.position_id for stop in store.tracked()) == [1, 2, 3, 4, 5]
+    assert sorted(await saved_rows(db)) == [1, 2, 3, 4, 5]
