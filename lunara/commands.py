@@ -7,6 +7,7 @@ by `lunara.cli` only when a command other than a plain `status` is run.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,13 +18,19 @@ from blueprint.errors import BlueprintError
 from blueprint.session import open_session
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from lunara.config import Settings
+    from lunara.storage.backup import LiveStops
     from lunara.trading.market import Candle
+    from lunara.trading.stopstore import TrackedStop
 
 config_app = typer.Typer(help="The bot's configuration.", no_args_is_help=True)
 keys_app = typer.Typer(help="Encryption keys for exchange credentials.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
+
+REDIS_TIMEOUT_S = 5.0
 
 
 @config_app.command("show")
@@ -72,21 +79,92 @@ def keys_rotate(ctx: typer.Context) -> None:
 @app.command()
 def backup(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="Where to write the backup.")],
+    path: Annotated[
+        Path, typer.Argument(help="Where to write the backup; with --keep, a directory.")
+    ],
+    keep: Annotated[
+        int | None,
+        typer.Option(
+            "--keep",
+            min=1,
+            help="Write a timestamped backup into the directory PATH; keep the newest N.",
+        ),
+    ] = None,
 ) -> None:
-    """A consistent copy of the database (safe while the bot runs)."""
+    """A consistent copy of the database and the live trailing stops (safe while running)."""
 
     def body() -> int:
         from lunara.config import load_settings
-        from lunara.storage.backup import backup_database
+        from lunara.storage.backup import backup_database, backup_into
 
         session = open_session(options_of(ctx), "bot.backup", "backup")
-        summary = backup_database(load_settings().paths.database, path)
-        session.outcome("ok", {"path": str(path)})
-        typer.echo(f"backup written to {path} ({summary})")
+        settings = load_settings()
+        warnings: list[str] = []
+        live = None if settings.redis_url is None else _live_stops(settings.redis_url, warnings)
+        if keep is None:
+            summary = backup_database(settings.paths.database, path, live_stops=live)
+            pruned: list[Path] = []
+        else:
+            summary, pruned = backup_into(path, settings.paths.database, keep=keep, live_stops=live)
+        for warning in warnings:
+            typer.echo(f"warning: {warning}", err=True)
+        session.outcome("ok", {"path": str(summary.path), "pruned": len(pruned)})
+        typer.echo(f"backup written to {summary.path} ({summary})")
+        if pruned:
+            typer.echo(f"removed {len(pruned)} older backups")
         return 0
 
     finish(body)
+
+
+def _live_stops(redis_url: str, warnings: list[str]) -> LiveStops:
+    """Reads Redis's trailing stops for a backup; Redis down leaves the SQLite checkpoint
+    (at most 5 s older) in the backup, with a warning, rather than no backup at all."""
+
+    async def read() -> Mapping[int, TrackedStop]:
+        from redis.exceptions import RedisError
+
+        from lunara.trading.stopstore import read_live_stops
+
+        redis = _redis_client(redis_url)
+        try:
+            return await read_live_stops(redis)
+        except (RedisError, OSError) as error:
+            warnings.append(
+                f"Redis is unreachable ({type(error).__name__}): the backup holds the "
+                "trailing stops as last checkpointed to SQLite (at most 5 s older)"
+            )
+            return {}
+        finally:
+            await redis.aclose()
+
+    return read
+
+
+async def _clear_live_stops(redis_url: str) -> int:
+    from redis.exceptions import RedisError
+
+    from lunara.trading.stopstore import clear_live_stops
+
+    redis = _redis_client(redis_url)
+    try:
+        return await clear_live_stops(redis)
+    except (RedisError, OSError) as error:
+        raise BlueprintError(
+            f"Redis is unreachable ({type(error).__name__}): nothing was restored. Its "
+            "trailing stops must be cleared so that the restored ones win on start; "
+            "bring Redis back (or unset REDIS_URL) and restore again"
+        ) from None
+    finally:
+        await redis.aclose()
+
+
+def _redis_client(redis_url: str) -> Redis:
+    from redis.asyncio import Redis
+
+    return Redis.from_url(
+        redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+    )
 
 
 @app.command()
@@ -94,19 +172,32 @@ def restore(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="A backup made by `lunara backup`.")],
 ) -> None:
-    """Replace the database with a backup (refused while the bot runs)."""
+    """Replace the database with a backup (refused while the bot runs).
+
+    With REDIS_URL set, the trailing stops in Redis are deleted first: the restored
+    file is the one truth, and the bot's start-up reconcile loads its stops into Redis.
+    """
 
     def body() -> int:
         from lunara.config import load_settings
-        from lunara.storage.backup import restore_database
+        from lunara.storage.backup import inspect_database, restore_database
 
         session = open_session(options_of(ctx), "bot.restore", "restore")
         running = session.controller.status(session.principal).pid is not None
         if running:
             raise BlueprintError("the bot is running: run `lunara stop` first, then restore")
-        result = restore_database(path, load_settings().paths.database, is_running=False)
-        session.outcome("ok", {"path": str(path)})
+        settings = load_settings()
+        inspect_database(path)  # a bad file is refused before anything changes
+        cleared = 0
+        if settings.redis_url is not None:
+            cleared = asyncio.run(_clear_live_stops(settings.redis_url))
+        result = restore_database(path, settings.paths.database, is_running=False)
+        session.outcome("ok", {"path": str(path), "redis_stops_cleared": cleared})
         typer.echo(f"restored {path} ({result})")
+        if settings.redis_url is not None:
+            typer.echo(
+                f"cleared {cleared} trailing stops from Redis; the restored ones load on start"
+            )
         return 0
 
     finish(body)

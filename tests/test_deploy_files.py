@@ -40,3 +40,26 @@ def test_dockerfile_runs_as_non_root_without_exposed_port() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".env", ".venv", ".lunara", "tests"):
         assert entry in ignored
+
+
+def _unit(name: str) -> list[tuple[str, str]]:
+    """The `key=value` settings of a systemd unit, in order."""
+    lines = (ROOT / "deploy" / name).read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if "=" in line and not line.startswith("#")]
+    return [(key, value) for key, value in pairs]
+
+
+def test_the_backup_timer_runs_a_pruned_backup_as_the_bot_user_on_the_bot_home() -> None:
+    bot, backup = _unit("lunara.service"), _unit("lunara-backup.service")
+    timer = dict(_unit("lunara-backup.timer"))
+    shared = ("User", "Group", "WorkingDirectory", "EnvironmentFile", "Environment",
+              "ReadWritePaths")  # fmt: skip
+    assert [p for p in backup if p[0] in shared] == [p for p in bot if p[0] in shared]
+    settings = dict(backup)
+    assert settings["Type"] == "oneshot"
+    command = settings["ExecStart"].split()
+    assert command[:3] == ["/opt/lunara/.venv/bin/lunara", "backup", "--keep"]
+    assert int(command[3]) >= 1
+    assert command[4].startswith(settings["ReadWritePaths"] + "/")  # writable under ProtectSystem
+    assert timer["OnCalendar"] and timer["Persistent"] == "true"
+    assert timer["WantedBy"] == "timers.target"

@@ -4,6 +4,17 @@ Backups use SQLite's online backup API in a single step: the copy is one consist
 snapshot taken under a read transaction, and in WAL mode the bot keeps writing
 meanwhile. The copy is a self-contained file (rollback journal, not WAL), private to
 the owner, written under a temporary name and renamed into place.
+
+With Redis (``REDIS_URL``) the freshest trailing stops live there, and SQLite holds a
+checkpoint at most 5 s older. A backup is still one file: right after the snapshot the
+live stops are read and those newer than the copy's checkpoint are written into the
+copy (by the start-up reconcile's rule, newest ``updated_at`` wins), for the positions
+open in the copy only. The file alone holds the freshest stops of its positions; after a
+restore the bot's start-up reconcile pushes them back into Redis.
+
+A restore makes the restored file the one truth: the CLI clears the Redis stops first
+(``stopstore.clear_live_stops``), otherwise the replaced database's newer stops in Redis
+would win the reconcile.
 """
 
 from __future__ import annotations
@@ -12,21 +23,34 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiosqlite
 
 from lunara.crypto import KeyRing
 from lunara.storage import credentials
 from lunara.storage.database import SchemaError, StorageError, open_database
 from lunara.storage.migrations import APPLICATION_ID, KNOWN_TABLES, LATEST_VERSION, checked_table
 
+if TYPE_CHECKING:
+    from lunara.trading.stopstore import TrackedStop
+
+LiveStops = Callable[[], Awaitable[Mapping[int, "TrackedStop"]]]
+"""Reads the live trailing stops (from Redis), called right after the SQLite snapshot."""
+
 logger = logging.getLogger("lunara.storage.backup")
 
 BACKUP_FILE_MODE = 0o600
 BUSY_TIMEOUT_S = 5.0
+BACKUP_DIRECTORY_MODE = 0o700
+SCHEDULED_NAME = re.compile(r"^lunara-\d{8}T\d{6}\.\d{3}Z\.db$")
+"""Names `backup_into` gives its files; pruning never touches anything else."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +117,18 @@ def inspect_database(path: Path) -> DatabaseSummary:
     return DatabaseSummary(path, version, counts, path.stat().st_size)
 
 
-def backup_database(src_path: Path, dest_path: Path, *, overwrite: bool = False) -> DatabaseSummary:
-    """Copy the live database to `dest_path` as one consistent snapshot."""
+def backup_database(
+    src_path: Path,
+    dest_path: Path,
+    *,
+    overwrite: bool = False,
+    live_stops: LiveStops | None = None,
+) -> DatabaseSummary:
+    """Copy the live database to `dest_path` as one consistent snapshot.
+
+    With `live_stops`, the copy's trailing-stop checkpoints are brought up to the live
+    state before the file is renamed into place (see the module's docstring).
+    """
     if not src_path.is_file():
         raise StorageError(f"no database at {src_path}")
     if dest_path.exists() and not overwrite:
@@ -112,6 +146,7 @@ def backup_database(src_path: Path, dest_path: Path, *, overwrite: bool = False)
             ):
                 source.backup(copy)  # all pages in one step: one snapshot
                 copy.execute("PRAGMA journal_mode = DELETE")
+            refreshed = 0 if live_stops is None else asyncio.run(_refresh(temporary, live_stops))
         except sqlite3.Error as error:
             raise StorageError(f"backup of {src_path} failed: {error}") from None
         _fsync(temporary)
@@ -120,8 +155,61 @@ def backup_database(src_path: Path, dest_path: Path, *, overwrite: bool = False)
     finally:
         temporary.unlink(missing_ok=True)
     summary = inspect_database(dest_path)
-    logger.info("backed up %s to %s (schema %d)", src_path, dest_path, summary.schema_version)
+    logger.info(
+        "backed up %s to %s (schema %d, %d trailing stops newer in Redis)",
+        src_path,
+        dest_path,
+        summary.schema_version,
+        refreshed,
+    )
     return summary
+
+
+async def _refresh(copy_path: Path, live_stops: LiveStops) -> int:
+    """Write the live stops newer than the copy's checkpoints into the copy."""
+    from lunara.trading.stopstore import save_newer_stops
+
+    async with aiosqlite.connect(copy_path, isolation_level=None) as copy:
+        async with copy.execute("SELECT id FROM positions WHERE status = 'open'") as cursor:
+            open_ids = {int(row[0]) for row in await cursor.fetchall()}
+        live = await live_stops()
+        # A position opened after the snapshot is not in the copy; one closed after it
+        # is still open there and keeps its checkpoint.
+        return await save_newer_stops(copy, {i: s for i, s in live.items() if i in open_ids})
+
+
+def backup_into(
+    directory: Path,
+    src_path: Path,
+    *,
+    keep: int,
+    live_stops: LiveStops | None = None,
+    now: float | None = None,
+) -> tuple[DatabaseSummary, list[Path]]:
+    """A timestamped backup in `directory`, then only the newest `keep` of them remain.
+
+    For scheduled backups (a systemd timer or cron). Returns the new backup's summary
+    and the older backups removed.
+    """
+    if keep < 1:
+        raise StorageError("keep at least one backup")
+    directory.mkdir(parents=True, exist_ok=True, mode=BACKUP_DIRECTORY_MODE)
+    moment = time.time() if now is None else now
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(moment))
+    millis = int(moment * 1000) % 1000
+    summary = backup_database(
+        src_path, directory / f"lunara-{stamp}.{millis:03d}Z.db", live_stops=live_stops
+    )
+    scheduled = sorted(
+        (path for path in directory.iterdir() if SCHEDULED_NAME.match(path.name)),
+        reverse=True,
+    )
+    removed = scheduled[keep:]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    if removed:
+        logger.info("pruned %d old backups from %s", len(removed), directory)
+    return summary, removed
 
 
 def restore_database(backup_path: Path, dest_path: Path, *, is_running: bool) -> RestoreResult:

@@ -6,15 +6,18 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from lunara.crypto import KeyMismatch, KeyRing, generate_key
-from lunara.storage import credentials, users
+from lunara.storage import credentials, positions, users
 from lunara.storage.backup import (
+    LiveStops,
     backup_database,
+    backup_into,
     inspect_database,
     restore_database,
     rotate_keys,
@@ -22,6 +25,14 @@ from lunara.storage.backup import (
 from lunara.storage.credentials import Exchange
 from lunara.storage.database import SchemaError, StorageError, connect, open_database
 from lunara.storage.migrations import LATEST_VERSION, apply_migrations
+from lunara.trading.stopstore import (
+    STORE_NAME,
+    RedisStopStore,
+    TrackedStop,
+    clear_live_stops,
+    read_live_stops,
+)
+from lunara.trading.trailing import StopState
 
 API_KEY = "A" * 60 + "KEY1"
 API_SECRET = "S" * 64
@@ -131,6 +142,130 @@ def test_a_backup_never_overwrites_by_accident(tmp_path: Path) -> None:
     assert target.read_text() == "precious"
     with pytest.raises(StorageError, match="no database"):
         backup_database(tmp_path / "absent.db", tmp_path / "other.db")
+
+
+def _stop_rows(path: Path) -> dict[int, tuple[float, float, float]]:
+    connection = sqlite3.connect(path)
+    try:
+        rows = connection.execute(
+            "SELECT position_id, peak_price, stop_price, updated_at FROM trailing_stops"
+        ).fetchall()
+    finally:
+        connection.close()
+    return {int(row[0]): (float(row[1]), float(row[2]), float(row[3])) for row in rows}
+
+
+async def _trade_on_in_redis(path: Path, redis_url: str) -> dict[int, TrackedStop]:
+    """Three positions: BTC moves on in Redis only (not yet checkpointed); ETH's
+    checkpoint is newer than Redis; SOL is closed in SQLite but still in Redis."""
+    from redis.asyncio import Redis
+
+    db = await open_database(path)
+    redis = Redis.from_url(redis_url)
+    store = RedisStopStore(redis, db, name=STORE_NAME)
+    await users.register(db, 1, None)
+    ids = {}
+    for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
+        position = await positions.open(db, 1, symbol, Decimal(1), Decimal(100), None)
+        await store.add(position.id, 1, symbol, StopState(100.0, 100.0, 95.0, False, 10.0))
+        ids[symbol] = position.id
+    await store.add(ids["BTCUSDT"], 1, "BTCUSDT", StopState(100.0, 110.0, 104.5, True, 20.0))
+    await db.execute(  # the checkpoint lags behind Redis
+        "UPDATE trailing_stops SET peak_price = 100, stop_price = 95, activated = 0, "
+        "updated_at = 10 WHERE position_id = ?",
+        (ids["BTCUSDT"],),
+    )
+    await db.execute(
+        "UPDATE trailing_stops SET peak_price = 105, stop_price = 99.75, updated_at = 30 "
+        "WHERE position_id = ?",
+        (ids["ETHUSDT"],),
+    )
+    await db.commit()
+    await positions.close(db, ids["SOLUSDT"], Decimal(96), "stop_loss", None)
+    live = await read_live_stops(redis)
+    await redis.aclose()
+    await db.close()
+    return live
+
+
+def _reader(redis_url: str) -> LiveStops:
+    async def read() -> Mapping[int, TrackedStop]:
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(redis_url)
+        try:
+            return await read_live_stops(redis)
+        finally:
+            await redis.aclose()
+
+    return read
+
+
+def test_a_backup_holds_the_live_stops_that_are_newer_than_the_checkpoint(
+    tmp_path: Path, redis_db: str
+) -> None:
+    live_path = tmp_path / "lunara.db"
+    live = asyncio.run(_trade_on_in_redis(live_path, redis_db))
+    btc, eth, sol = sorted(live)
+    checkpoint = _stop_rows(live_path)
+    assert checkpoint[btc] == (100.0, 95.0, 10.0)  # Redis is ahead of SQLite
+    summary = backup_database(live_path, tmp_path / "backup.db", live_stops=_reader(redis_db))
+    saved = _stop_rows(summary.path)
+    state = live[btc].state
+    assert (
+        saved[btc]
+        == (state.peak_price, state.stop_price, state.updated_at)
+        == (
+            110.0,
+            104.5,
+            20.0,
+        )
+    )
+    assert saved[eth] == checkpoint[eth] == (105.0, 99.75, 30.0)  # newer checkpoint wins
+    assert sol not in saved  # closed in the snapshot: no stop comes back for it
+    assert _stop_rows(live_path) == checkpoint  # the live database is only read
+    assert inspect_database(summary.path).row_counts["trailing_stops"] == 2
+
+
+def test_clearing_the_live_stops_leaves_the_rest_of_redis(tmp_path: Path, redis_db: str) -> None:
+    import redis
+
+    live = asyncio.run(_trade_on_in_redis(tmp_path / "lunara.db", redis_db))
+    client = redis.Redis.from_url(redis_db)
+    client.set("lunara:lunara:ledger", "kept")
+    client.hset("lunara:other:stop:1", "user_id", "1")
+
+    async def clear() -> int:
+        from redis.asyncio import Redis
+
+        connection = Redis.from_url(redis_db)
+        try:
+            return await clear_live_stops(connection)
+        finally:
+            await connection.aclose()
+
+    assert asyncio.run(clear()) == len(live) == 3
+    assert sorted(client.keys()) == [b"lunara:lunara:ledger", b"lunara:other:stop:1"]
+    client.close()
+
+
+def test_scheduled_backups_are_timestamped_and_pruned_to_the_newest(tmp_path: Path) -> None:
+    source = tmp_path / "lunara.db"
+    _create(source, 1)
+    directory = tmp_path / "backups"
+    directory.mkdir()
+    unrelated = directory / "notes.db"
+    unrelated.write_text("mine")
+    written = []
+    for hour in range(4):
+        summary, removed = backup_into(directory, source, keep=2, now=1_767_225_600 + hour * 3600)
+        written.append(summary.path)
+        assert removed == ([written[hour - 2]] if hour >= 2 else [])
+    assert written[0].name == "lunara-20260101T000000.000Z.db"
+    assert sorted(directory.iterdir()) == sorted([*written[-2:], unrelated])
+    assert inspect_database(written[-1]).row_counts["users"] == 1
+    with pytest.raises(StorageError, match="at least one"):
+        backup_into(directory, source, keep=0)
 
 
 def test_restore_is_refused_while_the_bot_runs(tmp_path: Path) -> None:
