@@ -81,7 +81,10 @@ class TradingService(Protocol):
 
     async def positions(self, user_id: int) -> list[PositionView]: ...
 
-    async def buy(self, user_id: int, symbol: str, quote_amount: Decimal) -> OrderResult: ...
+    async def buy(
+        self, user_id: int, symbol: str, quote_amount: Decimal, request_key: str | None = None
+    ) -> OrderResult:
+        """Market buy; the same `request_key` (one per Telegram message) buys at most once."""
 
     async def sell(self, user_id: int, symbol: str) -> list[OrderResult]: ...
 

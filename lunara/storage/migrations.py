@@ -147,9 +147,21 @@ _TRAILING_STOPS_AND_REFUNDS = (
     "CREATE INDEX payments_by_user ON payments (user_id, paid_at)",
 )
 
+_HANDLED_COMMANDS = (
+    """CREATE TABLE handled_commands (
+        chat_id INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        handled_at REAL NOT NULL,
+        PRIMARY KEY (chat_id, message_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX handled_commands_by_age ON handled_commands (handled_at)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _CORE_TABLES),
     Migration(2, "trailing stops and payment refunds", _TRAILING_STOPS_AND_REFUNDS),
+    Migration(3, "commands already answered", _HANDLED_COMMANDS),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -168,6 +180,7 @@ KNOWN_TABLES: frozenset[str] = frozenset(
         "usage_counters",
         "bot_flags",
         "trailing_stops",
+        "handled_commands",
     }
 )
 

@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 import aiosqlite
-from telegram import LabeledPrice, Update
+from telegram import LabeledPrice, Message, ReplyParameters, Update
 from telegram.error import (
     Forbidden,
     RetryAfter,
@@ -43,6 +43,7 @@ from lunara import payments
 from lunara import plans as plan_book
 from lunara.config import Settings
 from lunara.services import TradingService
+from lunara.storage import handled
 from lunara.telegram import formatting as fmt
 from lunara.telegram.commands import COMMANDS, EXPECTED_ERRORS, CommandContext, Deps
 from lunara.telegram.errors import (
@@ -138,10 +139,13 @@ class TelegramBot:
 
     # -- sending ------------------------------------------------------------------------
 
-    async def send(self, chat_id: int, text: str) -> None:
-        """Send HTML text, split under the limit; retry timeouts, honour RetryAfter."""
-        for chunk in fmt.split_message(text):
-            await self._send_chunk(chat_id, chunk)
+    async def send(self, chat_id: int, text: str, reply_to: int | None = None) -> None:
+        """Send HTML text, split under the limit; retry timeouts, honour RetryAfter.
+
+        With `reply_to`, the first part is threaded to that message (the command answered).
+        """
+        for index, chunk in enumerate(fmt.split_message(text)):
+            await self._send_chunk(chat_id, chunk, reply_to if index == 0 else None)
 
     async def notify(self, user_id: int, text: str) -> None:
         """The Notifier the trading engine uses; a blocked user is marked inactive."""
@@ -150,7 +154,8 @@ class TelegramBot:
         except Forbidden:
             await self.errors.mark_inactive(user_id)
 
-    async def _send_chunk(self, chat_id: int, text: str) -> None:
+    async def _send_chunk(self, chat_id: int, text: str, reply_to: int | None = None) -> None:
+        threading = _reply_parameters(reply_to)
         for _ in range(3):
             try:
                 async for attempt in AsyncRetrying(
@@ -160,7 +165,9 @@ class TelegramBot:
                     reraise=True,
                 ):
                     with attempt:
-                        await self.application.bot.send_message(chat_id, text, parse_mode="HTML")
+                        await self.application.bot.send_message(
+                            chat_id, text, parse_mode="HTML", reply_parameters=threading
+                        )
                 return
             except RetryAfter as error:
                 await asyncio.sleep(retry_after_seconds(error))
@@ -172,8 +179,9 @@ class TelegramBot:
         except TelegramError as error:
             logger.warning("could not delete a message carrying keys: %s", type(error).__name__)
 
-    async def _send_invoice(self, chat_id: int, plan: plan_book.Plan) -> None:
+    async def _send_invoice(self, chat_id: int, plan: plan_book.Plan, reply_to: int | None) -> None:
         await self.application.bot.send_invoice(
+            reply_parameters=_reply_parameters(reply_to),
             chat_id=chat_id,
             title=f"Lunara {plan.title}",
             description=f"{plan.title} plan for 30 days",
@@ -194,47 +202,61 @@ class TelegramBot:
         if message is None or sender is None or sender.is_bot or not message.text:
             return
         self.updates_handled += 1
-        name = command_name(message.text)
-        command = COMMANDS.get(name)
-        if command is None:
-            await self.send(message.chat_id, "I don't know that command. Send /help for the list.")
+        if await handled.was_handled(self.db, message.chat_id, message.message_id):
+            logger.info("command %d in chat %d was answered before a restart; skipping",
+                        message.message_id, message.chat_id)  # fmt: skip
             return
-        verdict = self.guard.check(sender.id, command)
+        await self._answer_command(message, sender.id, message.text)
+        await handled.mark_handled(self.db, message.chat_id, message.message_id, sender.id)
+
+    async def _answer_command(self, message: Message, sender_id: int, text: str) -> None:
+        name = command_name(text)
+        command = COMMANDS.get(name)
+        reply_to = message.message_id
+        if command is None:
+            await self.send(
+                message.chat_id, "I don't know that command. Send /help for the list.", reply_to
+            )
+            return
+        verdict = self.guard.check(sender_id, command)
         if verdict is Verdict.DENIED:
-            await self.send(message.chat_id, "Sorry, your role does not allow that command.")
+            await self.send(
+                message.chat_id, "Sorry, your role does not allow that command.", reply_to
+            )
             return
         if verdict is Verdict.RATE_LIMITED:
             await self.send(
                 message.chat_id,
                 f"Slow down a little: at most {self.guard.limiter.limit} commands a minute.",
+                reply_to,
             )
             return
         context = CommandContext(
-            user_id=sender.id,
+            user_id=sender_id,
             chat_id=message.chat_id,
             chat_type=message.chat.type,
             message_id=message.message_id,
-            username=sender.username,
+            username=message.from_user.username if message.from_user else None,
             arguments=[],
-            text=message.text,
+            text=text,
             deps=self.deps,
             command=command,
         )
         try:
-            context.arguments = split_arguments(message.text)
+            context.arguments = split_arguments(text)
             await command.handler(context)
         except UsageError as error:
             await context.usage(str(error))
         except EXPECTED_ERRORS as error:
             await context.reply(fmt.escape(getattr(error, "message", None) or str(error)))
         for reply in context.replies:
-            await self.send(message.chat_id, reply)
+            await self.send(message.chat_id, reply, reply_to)
 
     async def _on_text(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
         if message is not None and message.chat.type == "private":
             self.updates_handled += 1
-            await self.send(message.chat_id, "Send /help to see the commands.")
+            await self.send(message.chat_id, "Send /help to see the commands.", message.message_id)
 
     async def _on_pre_checkout(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.pre_checkout_query
@@ -301,6 +323,7 @@ class TelegramService:
             return
         application = bot.application
         try:
+            await handled.prune(bot.db)
             await application.initialize()
             await application.start()
             assert application.updater is not None
@@ -327,3 +350,10 @@ class TelegramService:
             with contextlib.suppress(Exception):
                 await application.shutdown()
             await lease.release()
+
+
+def _reply_parameters(message_id: int | None) -> ReplyParameters | None:
+    """Thread an answer to its command; still deliver it if the command was deleted."""
+    if message_id is None:
+        return None
+    return ReplyParameters(message_id, allow_sending_without_reply=True)

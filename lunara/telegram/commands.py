@@ -46,7 +46,7 @@ class Deps:
     keyring: Any  # lunara.crypto.KeyRing, loaded lazily (paper mode may never need it)
     send: Callable[[int, str], Awaitable[None]]  # message any chat (broadcasts)
     delete_message: Callable[[int, int], Awaitable[None]]
-    send_invoice: Callable[[int, plan_book.Plan], Awaitable[None]]
+    send_invoice: Callable[[int, plan_book.Plan, int | None], Awaitable[None]]  # .., reply to
     refund: Callable[[int, str], Awaitable[None]]
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
@@ -169,7 +169,9 @@ async def buy(ctx: CommandContext) -> None:
             "positions. Close one, or see /plans."
         )
         return
-    result = await ctx.deps.trading.buy(ctx.user_id, symbol, amount)
+    # Keyed by the message: a command delivered again after a crash buys once.
+    request_key = f"tg:{ctx.chat_id}:{ctx.message_id}"
+    result = await ctx.deps.trading.buy(ctx.user_id, symbol, amount, request_key)
     await ctx.reply(
         f"Bought {fmt.escape(result.quantity)} {fmt.escape(symbol)} at "
         f"{fmt.escape(result.price)} (fee {fmt.escape(result.fee)})."
@@ -294,7 +296,7 @@ async def subscribe(ctx: CommandContext) -> None:
         ))  # fmt: skip
         return
     await _user(ctx)
-    await ctx.deps.send_invoice(ctx.chat_id, plan)
+    await ctx.deps.send_invoice(ctx.chat_id, plan, ctx.message_id)
 
 
 # -- admins ------------------------------------------------------------------------------

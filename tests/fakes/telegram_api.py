@@ -155,6 +155,14 @@ class PollRecord:
     outcome: str = "pending"  # "updates:N" | "conflict" | "abandoned" | "injected:STATUS"
 
 
+def _reply_to(params: dict[str, Any]) -> int | None:
+    """The message an answer was threaded to (`reply_parameters`), if any."""
+    threading = params.get("reply_parameters")
+    if isinstance(threading, dict) and "message_id" in threading:
+        return int(threading["message_id"])
+    return None
+
+
 class _ApiError(Exception):
     def __init__(self, status: int, description: str, retry_after: int | None = None) -> None:
         super().__init__(description)
@@ -184,12 +192,15 @@ class FakeTelegram(BackgroundServer):
     polls_by_token: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     conflicts_by_token: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     max_concurrent_polls: int = 0
+    pushed: dict[int, tuple[int, int]] = field(default_factory=dict)  # update -> (chat, message)
+    confirmed_below: int = 0  # every update with a smaller id was confirmed by an offset
 
     name = "fake-telegram"
 
     def __post_init__(self) -> None:
         self._init_server()
         self._updates: list[dict[str, Any]] = []
+        self._history: dict[int, dict[str, Any]] = {}
         self._next_update_id = 1
         self._next_message_id = 1
         self._lock = threading.Lock()
@@ -229,7 +240,21 @@ class FakeTelegram(BackgroundServer):
             update["update_id"] = self._next_update_id
             self._next_update_id += 1
             self._updates.append(update)
+            self._history[int(update["update_id"])] = update
+            message = update.get("message")
+            if message is not None:
+                self.pushed[int(update["update_id"])] = (
+                    int(message["chat"]["id"]),
+                    int(message["message_id"]),
+                )
             return int(update["update_id"])
+
+    def redeliver(self, update_id: int) -> int:
+        """Queue an earlier update again under a new id, as Telegram does when the
+        poller died before confirming it; returns the new update_id."""
+        with self._lock:
+            earlier = self._history[update_id]
+        return self._push({k: v for k, v in earlier.items() if k != "update_id"})
 
     def push_text(self, user_id: int, text: str, chat_type: str = "private",
                   username: str | None = None) -> int:  # fmt: skip
@@ -329,6 +354,7 @@ class FakeTelegram(BackgroundServer):
                 "polls_by_token": dict(self.polls_by_token),
                 "conflicts_by_token": dict(self.conflicts_by_token),
                 "max_concurrent_polls": self.max_concurrent_polls,
+                "confirmed_below": self.confirmed_below,
                 "in_flight_polls": sum(self._in_flight.values()),
             }
 
@@ -356,7 +382,10 @@ class FakeTelegram(BackgroundServer):
         body = await json_body(request)
         update_id = self.push_text(int(body["user_id"]), str(body["text"]),
                                    str(body.get("chat_type", "private")), body.get("username"))  # fmt: skip
-        return web.json_response({"update_id": update_id})
+        chat_id, message_id = self.pushed[update_id]
+        return web.json_response(
+            {"update_id": update_id, "chat_id": chat_id, "message_id": message_id}
+        )
 
     async def _control_push_pre_checkout(self, request: web.Request) -> web.Response:
         body = await json_body(request)
@@ -515,6 +544,7 @@ class FakeTelegram(BackgroundServer):
                         self.conflicts_by_token[token] += 1
                         raise _ApiError(409, CONFLICT)
                     if offset:  # confirming an offset forgets every earlier update
+                        self.confirmed_below = max(self.confirmed_below, offset)
                         self._updates = [u for u in self._updates if u["update_id"] >= offset]
                     ready = list(self._updates[: max(1, min(limit, 100))])
                     if ready or time.monotonic() >= deadline:
@@ -539,6 +569,7 @@ class FakeTelegram(BackgroundServer):
             self.sent.append({"chat_id": chat_id, "text": text,
                               "parse_mode": params.get("parse_mode"),
                               "message_id": message["message_id"],
+                              "reply_to": _reply_to(params),
                               "reply_markup": params.get("reply_markup")})  # fmt: skip
         return message
 

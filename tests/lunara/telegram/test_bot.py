@@ -8,6 +8,7 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
+import aiosqlite
 from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -152,6 +153,29 @@ async def test_a_reply_stalled_past_the_client_timeout_is_sent_again(
         assert "Plans" in await bot.ask(TRADER, "/plans")
         await asyncio.sleep(0.5)
         assert len(fake_telegram.messages_to(TRADER)) == 1
+
+
+async def test_answers_are_threaded_and_a_redelivered_command_is_not_answered_twice(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    async with running_bot(fake_telegram, bot_home) as bot:
+        await bot.ask(TRADER, "/start")
+        update_id = fake_telegram.push_text(TRADER, "/buy BTCUSDT 100", username="trader")
+        _, message_id = fake_telegram.pushed[update_id]
+        await bot.until(
+            lambda: any(m["reply_to"] == message_id for m in fake_telegram.sent), what="a reply"
+        )
+        # The poller died before confirming: Telegram delivers the same message again.
+        fake_telegram.redeliver(update_id)
+        assert "Plans" in await bot.ask(TRADER, "/plans")  # handled after the redelivery
+    answers = [m for m in fake_telegram.sent if m["reply_to"] == message_id]
+    assert len(answers) == 1 and answers[0]["text"].startswith("Bought")
+    async with (
+        aiosqlite.connect(bot_home / "lunara.db") as db,
+        db.execute("SELECT COUNT(*) FROM orders WHERE user_id = ?", (TRADER,)) as cur,
+    ):
+        row = await cur.fetchone()
+    assert row is not None and row[0] == 1
 
 
 async def test_admin_pause_blocks_buys_until_resume(
