@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -66,6 +67,10 @@ SERVICE_NAME = "trading"
 ANALYSIS_CANDLES = 200
 # Shutdown: how long in-flight orders get to finish (stay under runtime.SHUTDOWN_GRACE_S).
 ORDER_DRAIN_S = 5.0
+
+
+MAX_CACHED_CLIENTS = 256
+"""Traders whose Binance client is kept between orders; the least recently used go first."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,7 @@ class TradingEngine:
         self._analyst = analyst
         self._notifier = notifier
         self._clock = clock
-        self._binance: dict[int, tuple[float, BinanceExchange]] = {}
+        self._binance: OrderedDict[int, tuple[float, BinanceExchange]] = OrderedDict()
         self.settings_cache = SettingsCache(db)
         self.signals: SignalSource = signals if signals is not None else StreamingSignals()
         self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown_s)
@@ -212,6 +217,7 @@ class TradingEngine:
             raise TradingError("add your Binance API key first (/keys)")
         cached = self._binance.get(user_id)
         if cached is not None and cached[0] == info.updated_at:
+            self._binance.move_to_end(user_id)
             return cached[1]
         pair = await credentials.load(
             self._db, self._keyring, user_id, credentials.Exchange.BINANCE
@@ -220,6 +226,9 @@ class TradingEngine:
             raise TradingError("add your Binance API key first (/keys)")
         exchange = BinanceExchange(self._gateway, pair.api_key, pair.api_secret)
         self._binance[user_id] = (info.updated_at, exchange)
+        self._binance.move_to_end(user_id)
+        while len(self._binance) > MAX_CACHED_CLIENTS:
+            self._binance.popitem(last=False)  # each client holds an HTTP session and pool
         return exchange
 
     # TradingService
@@ -511,8 +520,11 @@ async def open_trading(
 ) -> TradingRuntime:
     """The engine and its runner, wired from the settings.
 
-    ``db`` may be the connection the rest of the bot uses; the stop store always gets a
-    connection of its own (its checkpoints must not join another task's transaction).
+    ``db`` may be the connection the rest of the bot uses; the stop store writes through
+    the same one. One connection per database means writers queue on its writer lock
+    (``storage.database.transaction``) instead of contending for SQLite's file lock,
+    where a busy event loop could hold a transaction past the busy timeout and make
+    another connection fail with "database is locked".
     ``redis`` defaults to a client for ``REDIS_URL`` when that is set.
     """
     closers: list[Any] = []
@@ -520,14 +532,12 @@ async def open_trading(
     if db is None:
         db = await open_database(paths.database)
         closers.append(db.close)
-    stop_db = await open_database(paths.database)
-    closers.append(stop_db.close)
     if redis is None and settings.redis_url is not None:
         from redis.asyncio import Redis
 
         redis = Redis.from_url(settings.redis_url, socket_timeout=5.0)
         closers.append(redis.aclose)
-    stops = make_stop_store(name=STORE_NAME, db=stop_db, redis=redis)
+    stops = make_stop_store(name=STORE_NAME, db=db, redis=redis)
     needs_binance = settings.mode is Mode.LIVE or settings.market.kind is MarketKind.BINANCE
     gateway = (
         BinanceGateway(base_url=settings.binance_api_base_url, limiter=WeightLimiter())
