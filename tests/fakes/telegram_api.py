@@ -367,6 +367,7 @@ class FakeTelegram(BackgroundServer):
         app.router.add_post("/_control/push_pre_checkout", self._control_push_pre_checkout)
         app.router.add_post("/_control/push_successful_payment", self._control_push_payment)
         app.router.add_get("/_control/sent", self._control_sent)
+        app.router.add_get("/_control/invoices", self._control_invoices)
         app.router.add_get("/_control/calls", self._control_calls)
         app.router.add_get("/_control/polls", self._control_polls)
         app.router.add_get("/_control/stats", self._control_stats)
@@ -402,6 +403,12 @@ class FakeTelegram(BackgroundServer):
     async def _control_sent(self, request: web.Request) -> web.Response:
         chat = request.query.get("chat_id")
         return web.json_response(self.sent_messages(int(chat) if chat else None))
+
+    async def _control_invoices(self, request: web.Request) -> web.Response:
+        """Accepted sendInvoice calls, each with the command it answers (`reply_to`)."""
+        with self._lock:
+            invoices = [dict(i, reply_to=_reply_to(i)) for i in self.invoices]
+        return web.json_response(invoices)
 
     async def _control_calls(self, request: web.Request) -> web.Response:
         with self._lock:
