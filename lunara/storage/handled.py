@@ -1,12 +1,18 @@
-"""Telegram commands already answered, so a command delivered again is not answered twice.
+"""Telegram commands taken and answered: each command is answered once, even across crashes.
 
-Telegram delivers an update until the poller confirms it with the next offset. When the
-bot dies after answering a command but before that confirmation, the next run receives
-the command again; the bot looks it up here and stays silent. A command is recorded
-after its replies are sent: one that was interrupted half-way is run again, which is
-safe because the commands with effects are idempotent (a `/buy` is keyed by its message,
-a `/sell` by its position, a payment by its charge id).
+python-telegram-bot confirms a batch of updates to Telegram (with the next getUpdates
+offset) as soon as it has fetched them, before their handlers have run; and the bot can
+die after answering a command but before confirming it. So a command is written here
+(`begin`, state `started`, with the update itself) before it is worked on and marked
+`answered` after its replies are sent:
 
+- a command Telegram delivers again that is already `answered` is skipped;
+- on start, commands left `started` by a run that died are handed to the handlers again
+  (`unfinished`), which is safe because the commands with effects are idempotent (a
+  `/buy` is keyed by its message, a `/sell` by its position, a payment by its charge id).
+
+A command that carries a secret (`/setkeys`) is recorded without its update, so its text
+is never stored; if the bot dies while handling it, the trader sends it again.
 Telegram forgets undelivered updates after 24 hours; rows older than `KEEP_S` are pruned.
 """
 
@@ -17,24 +23,52 @@ import aiosqlite
 from lunara.storage.database import now_s, transaction
 
 KEEP_S = 2 * 24 * 3600.0
+STARTED = "started"
+ANSWERED = "answered"
 
 
-async def was_handled(db: aiosqlite.Connection, chat_id: int, message_id: int) -> bool:
-    async with db.execute(
-        "SELECT 1 FROM handled_commands WHERE chat_id = ? AND message_id = ?",
-        (chat_id, message_id),
-    ) as cursor:
-        return await cursor.fetchone() is not None
+async def begin(
+    db: aiosqlite.Connection,
+    chat_id: int,
+    message_id: int,
+    user_id: int,
+    update_json: str | None,
+    now: float | None = None,
+) -> bool:
+    """Record the command as taken; False if it was answered already (skip it)."""
+    async with transaction(db):
+        async with db.execute(
+            "SELECT state FROM handled_commands WHERE chat_id = ? AND message_id = ?",
+            (chat_id, message_id),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is not None:
+            return str(row[0]) != ANSWERED
+        await db.execute(
+            "INSERT INTO handled_commands VALUES (?, ?, ?, ?, ?, ?)",
+            (chat_id, message_id, user_id, STARTED, update_json, now_s() if now is None else now),
+        )
+    return True
 
 
-async def mark_handled(
-    db: aiosqlite.Connection, chat_id: int, message_id: int, user_id: int, now: float | None = None
-) -> None:
+async def finish(db: aiosqlite.Connection, chat_id: int, message_id: int) -> None:
+    """The command's replies were sent: forget its update, remember that it was answered."""
     async with transaction(db):
         await db.execute(
-            "INSERT OR IGNORE INTO handled_commands VALUES (?, ?, ?, ?)",
-            (chat_id, message_id, user_id, now_s() if now is None else now),
+            "UPDATE handled_commands SET state = ?, update_json = NULL"
+            " WHERE chat_id = ? AND message_id = ?",
+            (ANSWERED, chat_id, message_id),
         )
+
+
+async def unfinished(db: aiosqlite.Connection) -> list[str]:
+    """Updates of commands a previous run took but did not answer, oldest first."""
+    async with db.execute(
+        "SELECT update_json FROM handled_commands WHERE state = ? AND update_json IS NOT NULL"
+        " ORDER BY handled_at",
+        (STARTED,),
+    ) as cursor:
+        return [str(row[0]) for row in await cursor.fetchall()]
 
 
 async def prune(db: aiosqlite.Connection, now: float | None = None) -> int:

@@ -152,10 +152,13 @@ _HANDLED_COMMANDS = (
         chat_id INTEGER NOT NULL,
         message_id INTEGER NOT NULL,
         user_id INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('started', 'answered')),
+        update_json TEXT,
         handled_at REAL NOT NULL,
         PRIMARY KEY (chat_id, message_id)
     ) WITHOUT ROWID""",
     "CREATE INDEX handled_commands_by_age ON handled_commands (handled_at)",
+    "CREATE INDEX handled_commands_started ON handled_commands (state) WHERE state = 'started'",
 )
 
 MIGRATIONS: tuple[Migration, ...] = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import Any
 
@@ -63,6 +64,7 @@ POLL_TIMEOUT_S = 10
 CLIENT_TIMEOUT_S = 5.0
 """Connect, write and read timeout of every Bot API call (long polls add POLL_TIMEOUT_S)."""
 SEND_ATTEMPTS = 4
+SECRET_COMMANDS = frozenset({"setkeys"})
 
 
 class TelegramBot:
@@ -90,6 +92,7 @@ class TelegramBot:
         self.state = TelegramState(paths.root / STATE_FILE)
         self.errors = ErrorHandler(db, self.state, self.send, self.admin_ids)
         self.updates_handled = 0
+        self._in_hand: set[tuple[int, int]] = set()  # (chat, message) being answered now
         builder = (
             Application.builder()
             .token(token.get_secret_value())
@@ -202,12 +205,21 @@ class TelegramBot:
         if message is None or sender is None or sender.is_bot or not message.text:
             return
         self.updates_handled += 1
-        if await handled.was_handled(self.db, message.chat_id, message.message_id):
-            logger.info("command %d in chat %d was answered before a restart; skipping",
-                        message.message_id, message.chat_id)  # fmt: skip
+        key = (message.chat_id, message.message_id)
+        if key in self._in_hand:  # delivered again while a replay of it runs
             return
-        await self._answer_command(message, sender.id, message.text)
-        await handled.mark_handled(self.db, message.chat_id, message.message_id, sender.id)
+        # The update is stored until answered, except one that carries a secret.
+        payload = None if command_name(message.text) in SECRET_COMMANDS else update.to_json()
+        self._in_hand.add(key)
+        try:
+            if not await handled.begin(self.db, *key, sender.id, payload):
+                logger.info("command %d in chat %d was answered before a restart; skipping",
+                            message.message_id, message.chat_id)  # fmt: skip
+                return
+            await self._answer_command(message, sender.id, message.text)
+            await handled.finish(self.db, *key)
+        finally:
+            self._in_hand.discard(key)
 
     async def _answer_command(self, message: Message, sender_id: int, text: str) -> None:
         name = command_name(text)
@@ -317,39 +329,62 @@ class TelegramService:
         bot = self.bot
         token = bot.settings.telegram_bot_token
         assert token is not None
-        lease = PollLease(token.get_secret_value(), bot.paths.root, bot.redis)
-        logger.info("waiting for the Telegram poller lease (one poller per token)")
-        if not await lease.acquire(stop):
-            return
         application = bot.application
+        await handled.prune(bot.db)
+        await application.initialize()
+        await application.start()
+        replayed = False
         try:
-            await handled.prune(bot.db)
-            await application.initialize()
-            await application.start()
-            assert application.updater is not None
-            await application.updater.start_polling(
-                timeout=POLL_TIMEOUT_S,
-                allowed_updates=Update.ALL_TYPES,
-                error_callback=bot.errors.on_polling_error,
-            )
-            logger.info("Telegram polling as @%s", application.bot.username)
-            stopper = asyncio.create_task(stop.wait())
-            lost = asyncio.create_task(lease.lost.wait())
-            await asyncio.wait({stopper, lost}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            lost.cancel()
-            if lease.lost.is_set():
-                logger.error("lost the poller lease; stopping polling")
+            while not stop.is_set():
+                lease = PollLease(token.get_secret_value(), bot.paths.root, bot.redis)
+                logger.info("waiting for the Telegram poller lease (one poller per token)")
+                if not await lease.acquire(stop):
+                    return
+                try:
+                    if not replayed:
+                        await self._replay_unfinished()
+                        replayed = True
+                    await self._poll(stop, lease)
+                finally:
+                    with contextlib.suppress(Exception):
+                        if application.updater is not None and application.updater.running:
+                            await application.updater.stop()
+                    await lease.release()
+                if lease.lost.is_set() and not stop.is_set():
+                    logger.error("another instance took the poller lease; waiting to get it back")
         finally:
-            with contextlib.suppress(Exception):
-                if application.updater is not None and application.updater.running:
-                    await application.updater.stop()
             with contextlib.suppress(Exception):
                 if application.running:
                     await application.stop()
             with contextlib.suppress(Exception):
                 await application.shutdown()
-            await lease.release()
+
+    async def _replay_unfinished(self) -> None:
+        """Hand commands a previous run took but did not answer to the handlers again."""
+        application = self.bot.application
+        pending = await handled.unfinished(self.bot.db)
+        for payload in pending:
+            update = Update.de_json(json.loads(payload), application.bot)
+            if update is not None:
+                await application.update_queue.put(update)
+        if pending:
+            logger.info("answering %d command(s) a previous run took but did not answer",
+                        len(pending))  # fmt: skip
+
+    async def _poll(self, stop: asyncio.Event, lease: PollLease) -> None:
+        application = self.bot.application
+        assert application.updater is not None
+        await application.updater.start_polling(
+            timeout=POLL_TIMEOUT_S,
+            allowed_updates=Update.ALL_TYPES,
+            error_callback=self.bot.errors.on_polling_error,
+        )
+        logger.info("Telegram polling as @%s", application.bot.username)
+        stopper = asyncio.create_task(stop.wait())
+        lost = asyncio.create_task(lease.lost.wait())
+        await asyncio.wait({stopper, lost}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        lost.cancel()
 
 
 def _reply_parameters(message_id: int | None) -> ReplyParameters | None:

@@ -34,7 +34,7 @@ CONFLICT_LOG_EVERY_S = 60.0
 MAX_RETRY_AFTER_S = 60.0
 STATE_FILE = "telegram-state.json"
 
-Send = Callable[[int, str], Awaitable[None]]
+Send = Callable[[int, str, int | None], Awaitable[None]]  # chat, text, reply to
 
 
 def is_retryable(error: BaseException) -> bool:
@@ -127,13 +127,15 @@ class ErrorHandler:
         reference = secrets.token_hex(4)
         logger.error("unexpected error (ref %s)", reference, exc_info=error)
         chat = update.effective_chat if isinstance(update, Update) else None
+        message = update.effective_message if isinstance(update, Update) else None
         with contextlib.suppress(TelegramError):
             if chat is not None:
                 await self.send(
                     chat.id,
                     f"Sorry, something went wrong on our side (reference {fmt.code(reference)}).",
+                    None if message is None else message.message_id,
                 )
             for admin in self.admin_ids():
                 await self.send(
-                    admin, f"Error {fmt.code(reference)}: {fmt.escape(type(error).__name__)}"
+                    admin, f"Error {fmt.code(reference)}: {fmt.escape(type(error).__name__)}", None
                 )

@@ -24,8 +24,14 @@ LEASE_TTL_MS = 15_000
 RENEW_EVERY_S = 5.0
 RETRY_EVERY_S = 1.0
 
-# Renew only our own lease; release only our own lease.
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+# Renew only our own lease; take it back if it vanished (Redis flushed or restarted
+# empty); release only our own lease.
+_RENEW = """
+local holder = redis.call('get', KEYS[1])
+if holder == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if not holder then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"""
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
@@ -75,7 +81,7 @@ class PollLease:
                 renewed = await self.redis.eval(_RENEW, 1, self.key, self._owner, LEASE_TTL_MS)
             except Exception:  # Redis hiccup: keep polling; the TTL leaves a margin
                 continue
-            if not renewed:
+            if not renewed:  # another instance holds it now
                 self.lost.set()
                 return
 

@@ -25,6 +25,8 @@ from decimal import Decimal
 from typing import Any
 
 import aiosqlite
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lunara.ai.analyst import NOTE_OFF, Analyst, MarketSummary
 from lunara.analysis.analyzer import InsufficientData, analyze_candles
@@ -455,12 +457,19 @@ class EngineRunner:
             await engine.start()
         executor = engine.executor
         next_tick = time.monotonic()
+        redis_down = False
         try:
             while not stop.is_set():
                 now = time.monotonic()
                 if now >= next_tick:
                     try:
                         await executor.tick()
+                        redis_down = False
+                    except (RedisConnectionError, RedisTimeoutError) as error:
+                        if not redis_down:  # once per outage; stops resume when it answers
+                            logger.warning("Redis unavailable (%s); trailing stops wait for it",
+                                           type(error).__name__)  # fmt: skip
+                        redis_down = True
                     except Exception:
                         logger.exception("tick failed; the next one runs on schedule")
                     next_tick = max(next_tick + self._tick_seconds, time.monotonic())

@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from decimal import Decimal
 from pathlib import Path
 
 import aiosqlite
+import pytest
 from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lunara import plans as plan_book
-from lunara.storage import credentials, payments, users
+from lunara.storage import credentials, handled, payments, users
+from lunara.storage.database import open_database
+from lunara.telegram import lease as lease_module
 from lunara.telegram.bot import CLIENT_TIMEOUT_S
 from lunara.telegram.commands import COMMANDS
 from lunara.telegram.lease import PollLease
@@ -330,6 +334,63 @@ async def test_redis_lease_is_exclusive_and_released(redis_db: str, tmp_path: Pa
         await second.release()
     finally:
         await client.aclose()
+
+
+async def test_a_lease_lost_with_a_flushed_redis_is_taken_back(
+    redis_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.asyncio import Redis
+
+    monkeypatch.setattr(lease_module, "RENEW_EVERY_S", 0.05)
+    client = Redis.from_url(redis_db)
+    try:
+        lease = PollLease(TOKEN, tmp_path, client)
+        assert await lease.acquire(asyncio.Event())
+        await client.flushdb()
+        await asyncio.sleep(0.3)
+        assert not lease.lost.is_set()
+        assert await client.exists(lease.key)  # renewed by taking it back
+        await client.set(lease.key, "another instance")
+        await asyncio.wait_for(lease.lost.wait(), 2)  # a real owner is respected
+        await lease.release()
+        assert await client.get(lease.key) == b"another instance"
+    finally:
+        await client.aclose()
+
+
+async def test_a_command_taken_but_not_answered_before_a_crash_is_answered_on_start(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    # The poller had confirmed the update (it fetched the next batch); the bot died in
+    # the handler. Telegram will not send it again: the next run must answer it.
+    message_id = 900
+    update = {
+        "update_id": 77,
+        "message": {
+            "message_id": message_id, "date": int(time.time()),
+            "chat": {"id": TRADER, "type": "private"},
+            "from": {"id": TRADER, "is_bot": False, "first_name": "trader"},
+            "text": "/plans", "entities": [{"type": "bot_command", "offset": 0, "length": 6}],
+        },
+    }  # fmt: skip
+    db = await open_database(bot_home / "lunara.db")
+    try:
+        assert await handled.begin(db, TRADER, message_id, TRADER, json.dumps(update))
+    finally:
+        await db.close()
+    async with running_bot(fake_telegram, bot_home) as bot:
+        await bot.until(
+            lambda: any(m["reply_to"] == message_id for m in fake_telegram.sent),
+            what="the answer to the command taken before the crash",
+        )
+        assert "Plans" in await bot.ask(TRADER, "/plans")
+    answers = [m for m in fake_telegram.sent if m["reply_to"] == message_id]
+    assert len(answers) == 1 and "Plans" in answers[0]["text"]
+    db = await open_database(bot_home / "lunara.db")
+    try:
+        assert await handled.unfinished(db) == []
+    finally:
+        await db.close()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))

@@ -40,7 +40,7 @@ class Outbox:
     def __init__(self) -> None:
         self.sent: list[tuple[int, str]] = []
 
-    async def send(self, chat_id: int, text: str) -> None:
+    async def send(self, chat_id: int, text: str, reply_to: int | None = None) -> None:
         self.sent.append((chat_id, text))
 
 
