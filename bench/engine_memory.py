@@ -278,12 +278,19 @@ def write_bench_manifest(directory: Path) -> Path:
 class CommandStream:
     """Commands from random traders, in a fixed mix, at a steady rate."""
 
-    def __init__(self, traders: Sequence[Trader], symbols: Sequence[Symbol], seed: int = 11):
+    def __init__(
+        self,
+        traders: Sequence[Trader],
+        symbols: Sequence[Symbol],
+        seed: int = 11,
+        only: str | None = None,
+    ):
         self.traders = traders
         self.symbols = [symbol.name for symbol in symbols]
         self.random = random.Random(seed)
-        self.kinds = list(COMMAND_WEIGHTS)
-        self.weights = list(COMMAND_WEIGHTS.values())
+        mix = COMMAND_WEIGHTS if only is None else {only: 1}
+        self.kinds = list(mix)
+        self.weights = list(mix.values())
         self.sent = 0
 
     def next(self) -> tuple[int, str]:
@@ -551,7 +558,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Outcome:
             raise SystemExit(f"the bot exited with {bot.returncode}; see {workdir}/bot-output.log")
         print(f"  bot polling after {time.monotonic() - started:.1f} s; driving load", flush=True)
 
-        stream = CommandStream(traders, symbols)
+        stream = CommandStream(traders, symbols, only=args.only)
 
         def on_minute(minute: int, samples: Samples) -> None:
             progress(minute, samples)
@@ -681,6 +688,8 @@ def main() -> int:
                         metavar=f"1..{len(BASE_ASSETS)}")  # fmt: skip
     parser.add_argument("--rate", type=int, default=20, help="commands per second")
     parser.add_argument("--no-peer", action="store_true", help="skip the bare PTB peer")
+    parser.add_argument("--only", choices=sorted(COMMAND_WEIGHTS),
+                        help="send only this kind of command (to see what memory follows)")  # fmt: skip
     parser.add_argument("--tracemalloc", action="store_true", help="report what grows")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--peer-url", help=argparse.SUPPRESS)

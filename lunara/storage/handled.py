@@ -8,8 +8,10 @@ die after answering a command but before confirming it. So a command is written 
 
 - a command Telegram delivers again that is already `answered` is skipped;
 - on start, commands left `started` by a run that died are handed to the handlers again
-  (`unfinished`), which is safe because the commands with effects are idempotent (a
-  `/buy` is keyed by its message, a `/sell` by its position, a payment by its charge id).
+  (`unfinished`), and so, while running, is a command whose answer could not be sent
+  (Telegram unreachable past every retry); this is safe because the commands with effects
+  are idempotent (a `/buy` is keyed by its message, a `/sell` by its position, a payment
+  by its charge id).
 
 A command that carries a secret (`/setkeys`) is recorded without its update, so its text
 is never stored; if the bot dies while handling it, the trader sends it again.
@@ -61,12 +63,13 @@ async def finish(db: aiosqlite.Connection, chat_id: int, message_id: int) -> Non
         )
 
 
-async def unfinished(db: aiosqlite.Connection) -> list[str]:
-    """Updates of commands a previous run took but did not answer, oldest first."""
+async def unfinished(db: aiosqlite.Connection, taken_before: float | None = None) -> list[str]:
+    """Updates of commands taken but not answered (before `taken_before`), oldest first."""
+    cutoff = now_s() if taken_before is None else taken_before
     async with db.execute(
         "SELECT update_json FROM handled_commands WHERE state = ? AND update_json IS NOT NULL"
-        " ORDER BY handled_at",
-        (STARTED,),
+        " AND handled_at <= ? ORDER BY handled_at",
+        (STARTED, cutoff),
     ) as cursor:
         return [str(row[0]) for row in await cursor.fetchall()]
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 import aiosqlite
@@ -65,6 +66,8 @@ CLIENT_TIMEOUT_S = 5.0
 """Connect, write and read timeout of every Bot API call (long polls add POLL_TIMEOUT_S)."""
 SEND_ATTEMPTS = 4
 SECRET_COMMANDS = frozenset({"setkeys"})
+RETRY_UNANSWERED_S = 30.0
+"""A command taken this long ago and still not answered is tried again."""
 
 
 class TelegramBot:
@@ -92,7 +95,7 @@ class TelegramBot:
         self.state = TelegramState(paths.root / STATE_FILE)
         self.errors = ErrorHandler(db, self.state, self.send, self.admin_ids)
         self.updates_handled = 0
-        self._in_hand: set[tuple[int, int]] = set()  # (chat, message) being answered now
+        self.in_hand: set[tuple[int, int]] = set()  # (chat, message) being answered now
         builder = (
             Application.builder()
             .token(token.get_secret_value())
@@ -206,20 +209,26 @@ class TelegramBot:
             return
         self.updates_handled += 1
         key = (message.chat_id, message.message_id)
-        if key in self._in_hand:  # delivered again while a replay of it runs
+        if key in self.in_hand:  # delivered again while a replay of it runs
             return
         # The update is stored until answered, except one that carries a secret.
         payload = None if command_name(message.text) in SECRET_COMMANDS else update.to_json()
-        self._in_hand.add(key)
+        self.in_hand.add(key)
         try:
             if not await handled.begin(self.db, *key, sender.id, payload):
                 logger.info("command %d in chat %d was answered before a restart; skipping",
                             message.message_id, message.chat_id)  # fmt: skip
                 return
-            await self._answer_command(message, sender.id, message.text)
+            try:
+                await self._answer_command(message, sender.id, message.text)
+            except Exception as error:
+                if not is_retryable(error):
+                    # The error handler apologises for it: answered, never replayed.
+                    await handled.finish(self.db, *key)
+                raise
             await handled.finish(self.db, *key)
         finally:
-            self._in_hand.discard(key)
+            self.in_hand.discard(key)
 
     async def _answer_command(self, message: Message, sender_id: int, text: str) -> None:
         name = command_name(text)
@@ -359,17 +368,21 @@ class TelegramService:
             with contextlib.suppress(Exception):
                 await application.shutdown()
 
-    async def _replay_unfinished(self) -> None:
-        """Hand commands a previous run took but did not answer to the handlers again."""
+    async def _replay_unfinished(self, taken_before: float | None = None) -> None:
+        """Hand commands taken but not answered (by a run that died, or whose answer could
+        not be sent) to the handlers again."""
         application = self.bot.application
-        pending = await handled.unfinished(self.bot.db)
+        pending = await handled.unfinished(self.bot.db, taken_before)
+        replayed = 0
         for payload in pending:
             update = Update.de_json(json.loads(payload), application.bot)
-            if update is not None:
-                await application.update_queue.put(update)
-        if pending:
-            logger.info("answering %d command(s) a previous run took but did not answer",
-                        len(pending))  # fmt: skip
+            message = None if update is None else update.effective_message
+            if message is None or (message.chat_id, message.message_id) in self.bot.in_hand:
+                continue
+            await application.update_queue.put(update)
+            replayed += 1
+        if replayed:
+            logger.info("answering %d command(s) taken earlier but not answered", replayed)
 
     async def _poll(self, stop: asyncio.Event, lease: PollLease) -> None:
         application = self.bot.application
@@ -382,9 +395,17 @@ class TelegramService:
         logger.info("Telegram polling as @%s", application.bot.username)
         stopper = asyncio.create_task(stop.wait())
         lost = asyncio.create_task(lease.lost.wait())
-        await asyncio.wait({stopper, lost}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        lost.cancel()
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {stopper, lost}, timeout=RETRY_UNANSWERED_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                if done:
+                    return
+                await self._replay_unfinished(time.time() - RETRY_UNANSWERED_S)
+        finally:
+            stopper.cancel()
+            lost.cancel()
 
 
 def _reply_parameters(message_id: int | None) -> ReplyParameters | None:

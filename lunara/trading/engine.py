@@ -25,8 +25,6 @@ from decimal import Decimal
 from typing import Any
 
 import aiosqlite
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lunara.ai.analyst import NOTE_OFF, Analyst, MarketSummary
 from lunara.analysis.analyzer import InsufficientData, analyze_candles
@@ -60,7 +58,7 @@ from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket, Market, ReplayMarket, SimMarket, interval_name
 from lunara.trading.orders import OrderPath, OrderRequest, Settlement
 from lunara.trading.paper import PaperExchange
-from lunara.trading.stopstore import STORE_NAME, StopStore, make_stop_store
+from lunara.trading.stopstore import REDIS_OUTAGE, STORE_NAME, StopStore, make_stop_store
 from lunara.trading.trailing import initial_state
 
 logger = logging.getLogger(__name__)
@@ -465,7 +463,7 @@ class EngineRunner:
                     try:
                         await executor.tick()
                         redis_down = False
-                    except (RedisConnectionError, RedisTimeoutError) as error:
+                    except REDIS_OUTAGE as error:
                         if not redis_down:  # once per outage; stops resume when it answers
                             logger.warning("Redis unavailable (%s); trailing stops wait for it",
                                            type(error).__name__)  # fmt: skip

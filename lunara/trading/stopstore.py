@@ -33,13 +33,18 @@ from typing import Any, Protocol, cast
 
 import aiosqlite
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
 from lunara.storage.database import transaction
 from lunara.trading.trailing import StopState, TrailingParams, advance, is_triggered
 
 logger = logging.getLogger(__name__)
+
+REDIS_OUTAGE = (RedisConnectionError, RedisTimeoutError)
+"""Redis is down or restarting: what the store rides out instead of failing an order."""
 
 CHECKPOINT_INTERVAL_S = 5.0
 """The executor checkpoints at least this often: SQLite lags Redis by at most 5 s."""
@@ -631,19 +636,30 @@ class RedisStopStore:
         return await cast(Awaitable[Any], reply)
 
     async def add(self, position_id: int, user_id: int, symbol: str, state: StopState) -> None:
+        # SQLite first: an order that filled always leaves its stop somewhere durable.
         stop = TrackedStop(position_id, user_id, symbol, state)
-        await self._call(self._redis.hset(self.key(position_id), mapping=_to_hash(stop)))
         await self._table.upsert([stop])
         self._tracked[position_id] = _LiveStop.of(stop)
         self._dirty.discard(position_id)
         self._members_changed()
+        try:
+            await self._call(self._redis.hset(self.key(position_id), mapping=_to_hash(stop)))
+        except REDIS_OUTAGE as error:
+            # The next tick finds it missing from Redis and writes it back from memory.
+            logger.warning("Redis unavailable (%s): stop of position %d kept in SQLite until "
+                           "it answers", type(error).__name__, position_id)  # fmt: skip
 
     async def remove(self, position_id: int) -> None:
         self._tracked.pop(position_id, None)
         self._dirty.discard(position_id)
         self._members_changed()
-        await self._call(self._redis.delete(self.key(position_id)))
         await self._table.delete(position_id)
+        try:
+            await self._call(self._redis.delete(self.key(position_id)))
+        except REDIS_OUTAGE as error:
+            # Left behind in Redis, it is dropped at the next start (no open position).
+            logger.warning("Redis unavailable (%s): stop of closed position %d removed from "
+                           "SQLite only", type(error).__name__, position_id)  # fmt: skip
 
     async def get(self, position_id: int) -> StopState | None:
         raw = await self._call(self._redis.hgetall(self.key(position_id)))

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from lunara import plans as plan_book
 from lunara.storage import credentials, handled, payments, users
 from lunara.storage.database import open_database
+from lunara.telegram import bot as bot_module
 from lunara.telegram import lease as lease_module
 from lunara.telegram.bot import CLIENT_TIMEOUT_S
 from lunara.telegram.commands import COMMANDS
@@ -180,6 +181,17 @@ async def test_answers_are_threaded_and_a_redelivered_command_is_not_answered_tw
     ):
         row = await cur.fetchone()
     assert row is not None and row[0] == 1
+
+
+async def test_an_answer_telegram_refused_past_every_retry_is_sent_later(
+    fake_telegram: FakeTelegram, bot_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bot_module, "RETRY_UNANSWERED_S", 0.5)
+    async with running_bot(fake_telegram, bot_home) as bot:
+        fake_telegram.inject("sendMessage", 502, "Bad Gateway", times=bot_module.SEND_ATTEMPTS)
+        assert "Plans" in await bot.ask(TRADER, "/plans")
+        await asyncio.sleep(1.5)  # later sweeps find it answered
+    assert len(fake_telegram.messages_to(TRADER)) == 1
 
 
 async def test_admin_pause_blocks_buys_until_resume(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import socket
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from lunara.trading.stopstore import (
     CHECKPOINT_INTERVAL_S,
@@ -533,3 +537,36 @@ async def test_traders_adding_stops_at_once_all_get_them_saved(
     )
     assert sorted(stop.position_id for stop in store.tracked()) == [1, 2, 3, 4, 5]
     assert sorted(await saved_rows(db)) == [1, 2, 3, 4, 5]
+
+
+async def test_stops_ride_out_a_redis_outage_and_are_written_back_when_it_returns(
+    db: aiosqlite.Connection, tmp_path: Path
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
+    store = RedisStopStore(client, db, name=NAME)
+    await store.add(1, 1001, "C1USDT", initial_state(100.0, PARAMS, 0.0))  # Redis is down
+    await store.add(2, 1002, "C2USDT", initial_state(100.0, PARAMS, 0.0))
+    await store.remove(2)
+    assert sorted(await saved_rows(db)) == [1]  # the filled order's stop is durable
+    server = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            with contextlib.suppress(RedisConnectionError):
+                if await client.ping():
+                    break
+            await asyncio.sleep(0.05)
+        await store.advance_all(every_symbol(120.0), params_for(2), 1.0)
+        assert await client.exists(store.key(1))  # written back from memory
+        assert (await store.get(1)) == store.tracked()[0].state
+    finally:
+        await client.aclose()
+        server.terminate()
+        server.wait(10)
