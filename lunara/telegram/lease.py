@@ -20,8 +20,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-LEASE_TTL_MS = 15_000
-RENEW_EVERY_S = 5.0
+LEASE_TTL_MS = 6_000  # a SIGKILLed holder frees the lease within this
+RENEW_EVERY_S = 2.0
 RETRY_EVERY_S = 1.0
 
 # Renew only our own lease; take it back if it vanished (Redis flushed or restarted
