@@ -200,6 +200,7 @@ class BinanceGateway:
         method: Callable[..., Any],
         *,
         retry_unknown: bool = True,
+        max_wait_s: float | None = None,
         **params: Any,
     ) -> Any:
         """Send one request; see the module docstring for what is retried.
@@ -218,18 +219,23 @@ class BinanceGateway:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._send_resyncing(client, weight, method, params)
+                return await self._send_resyncing(client, weight, method, params, max_wait_s)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _send_resyncing(
-        self, client: Client, weight: float, method: Callable[..., Any], params: dict[str, Any]
+        self,
+        client: Client,
+        weight: float,
+        method: Callable[..., Any],
+        params: dict[str, Any],
+        max_wait_s: float | None = None,
     ) -> Any:
         try:
-            return await self._send(client, weight, method, params)
+            return await self._send(client, weight, method, params, max_wait_s)
         except _ClockSkew:
             await self.resync_time(client)
         try:
-            return await self._send(client, weight, method, params)
+            return await self._send(client, weight, method, params, max_wait_s)
         except _ClockSkew:
             raise ExchangeUnavailable(
                 "Binance refuses our clock even after resynchronising; check the system time"
@@ -247,9 +253,14 @@ class BinanceGateway:
         return offset
 
     async def _send(
-        self, client: Client, weight: float, method: Callable[..., Any], params: dict[str, Any]
+        self,
+        client: Client,
+        weight: float,
+        method: Callable[..., Any],
+        params: dict[str, Any],
+        max_wait_s: float | None = None,
     ) -> Any:
-        await self.limiter.acquire(weight)
+        await self.limiter.acquire(weight, max_wait_s)
         async with self._slots:
             self.requests_sent += 1
             try:
@@ -321,9 +332,13 @@ class BinanceExchange:
     def timestamp_offset_ms(self) -> int:
         return int(self._client.timestamp_offset)
 
-    async def balances(self) -> list[AssetBalance]:
+    async def balances(self, max_wait_s: float | None = None) -> list[AssetBalance]:
         account = await self._gateway.call(
-            self._client, Weight.ACCOUNT, self._client.get_account, omitZeroBalances="true"
+            self._client,
+            Weight.ACCOUNT,
+            self._client.get_account,
+            max_wait_s=max_wait_s,
+            omitZeroBalances="true",
         )
         found: list[AssetBalance] = []
         for entry in account.get("balances") or ():

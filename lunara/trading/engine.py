@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -42,7 +42,13 @@ from lunara.storage import positions as position_store
 from lunara.storage.database import open_database
 from lunara.storage.positions import ExitReason, OrderSide
 from lunara.trading.binance import BinanceExchange, BinanceGateway
-from lunara.trading.exchange import CredentialsRejected, Exchange, ExchangeError
+from lunara.trading.exchange import (
+    CredentialsRejected,
+    Exchange,
+    ExchangeBusy,
+    ExchangeError,
+    RateLimited,
+)
 from lunara.trading.executor import (
     CircuitBreaker,
     Executor,
@@ -56,7 +62,7 @@ from lunara.trading.executor import (
 from lunara.trading.filters import quantity_for_quote
 from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket, Market, ReplayMarket, SimMarket, interval_name
-from lunara.trading.orders import OrderPath, OrderRequest, Settlement
+from lunara.trading.orders import OrderOutcomeUnknown, OrderPath, OrderRequest, Settlement
 from lunara.trading.paper import PaperExchange
 from lunara.trading.stopstore import REDIS_OUTAGE, STORE_NAME, StopStore, make_stop_store
 from lunara.trading.trailing import initial_state
@@ -68,6 +74,9 @@ ANALYSIS_CANDLES = 200
 # Shutdown: how long in-flight orders get to finish (stay under runtime.SHUTDOWN_GRACE_S).
 ORDER_DRAIN_S = 5.0
 
+
+INTERACTIVE_WAIT_S = 10.0
+"""A trader's read (/balance) waits at most this long for Binance's request budget."""
 
 MAX_CACHED_CLIENTS = 256
 """Traders whose Binance client is kept between orders; the least recently used go first."""
@@ -270,8 +279,9 @@ class TradingEngine:
 
     async def balances(self, user_id: int) -> list[AssetBalance]:
         await self._require_user(user_id)
-        exchange = await self.exchange_for(user_id)
-        return await exchange.balances()
+        with _exchange_trouble():
+            exchange = await self.exchange_for(user_id)
+            return await exchange.balances(max_wait_s=INTERACTIVE_WAIT_S)
 
     async def positions(self, user_id: int) -> list[PositionView]:
         await self._require_user(user_id)
@@ -301,6 +311,16 @@ class TradingEngine:
 
     async def buy(
         self, user_id: int, symbol: str, quote_amount: Decimal, request_key: str | None = None
+    ) -> OrderResult:
+        with _exchange_trouble():
+            return await self._buy(user_id, symbol, quote_amount, request_key)
+
+    async def sell(self, user_id: int, symbol: str) -> list[OrderResult]:
+        with _exchange_trouble():
+            return await self._sell(user_id, symbol)
+
+    async def _buy(
+        self, user_id: int, symbol: str, quote_amount: Decimal, request_key: str | None
     ) -> OrderResult:
         user = await self._require_user(user_id)
         name = self._check_symbol(symbol)
@@ -335,7 +355,7 @@ class TradingEngine:
         )
         return _result(settlement)
 
-    async def sell(self, user_id: int, symbol: str) -> list[OrderResult]:
+    async def _sell(self, user_id: int, symbol: str) -> list[OrderResult]:
         await self._require_user(user_id)
         name = symbol.strip().upper()
         held = [p for p in await position_store.list_open(self._db, user_id) if p.symbol == name]
@@ -426,6 +446,23 @@ class TradingEngine:
             "stop_store": type(self._stops).__name__,
             "ai_enabled": self._analyst is not None and self._analyst.enabled,
         }
+
+
+@contextlib.contextmanager
+def _exchange_trouble() -> Iterator[None]:
+    """At the service boundary an exchange problem is a clear answer, not an apology."""
+    try:
+        yield
+    except OrderOutcomeUnknown as error:
+        raise TradingError(str(error)) from None
+    except CredentialsRejected:
+        raise TradingError(
+            "Binance refused your API key; check it and send /setkeys again"
+        ) from None
+    except (RateLimited, ExchangeBusy):
+        raise TradingError("Binance asked us to slow down; try again in a minute") from None
+    except ExchangeError:
+        raise TradingError("Binance is not answering right now; try again in a minute") from None
 
 
 def _result(settlement: Settlement) -> OrderResult:

@@ -64,6 +64,10 @@ class RateLimited(ExchangeError):
         self.retry_after_s = retry_after_s
 
 
+class ExchangeBusy(ExchangeError):
+    """The shared request budget would make this caller wait longer than it accepts."""
+
+
 class CredentialsRejected(ExchangeError):
     """The exchange refused the trader's API key (bad key, signature, permissions or IP)."""
 
@@ -88,7 +92,7 @@ class Exchange(Protocol):
         """Venue name recorded with credentials ("binance", "paper")."""
         ...
 
-    async def balances(self) -> list[AssetBalance]:
+    async def balances(self, max_wait_s: float | None = None) -> list[AssetBalance]:
         """Non-zero balances of the account."""
         ...
 

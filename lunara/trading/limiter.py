@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 
 from aiolimiter import AsyncLimiter
 
+from lunara.trading.exchange import ExchangeBusy
+
 logger = logging.getLogger(__name__)
 
 # Binance spot: 6,000 weight per minute per IP. Stay well inside it.
@@ -59,6 +61,7 @@ class WeightLimiter:
         self._clock = clock
         self._sleep = sleep
         self._blocked_until = 0.0
+        self._queued = 0.0  # weight waiting for the bucket
         self.penalties = 0
         self.waited_s = 0.0
 
@@ -75,12 +78,32 @@ class WeightLimiter:
         self.penalties += 1
         logger.warning("Binance asked to slow down: all requests paused for %.1f s", retry_after_s)
 
-    async def acquire(self, weight: float = 1.0) -> None:
-        """Wait out any Retry-After block, then take ``weight`` from the budget."""
+    def expected_wait_s(self, weight: float) -> float:
+        """Roughly how long a request of ``weight`` would wait now (block plus queue)."""
+        amount = min(weight, self._capacity)
+        queue_s = 0.0
+        if not self._bucket.has_capacity(amount):
+            queue_s = (self._queued + amount) / (self._capacity / 60.0)
+        return self.blocked_for_s + queue_s
+
+    async def acquire(self, weight: float = 1.0, max_wait_s: float | None = None) -> None:
+        """Wait out any Retry-After block, then take ``weight`` from the budget.
+
+        With ``max_wait_s``, raise ``ExchangeBusy`` instead of queueing when the wait would
+        be longer: an interactive read then fails fast instead of piling up behind the
+        budget (trading calls pass no bound: they wait their turn).
+        """
+        if max_wait_s is not None and self.expected_wait_s(weight) > max_wait_s:
+            raise ExchangeBusy("Binance's request budget is used up for now")
         while True:
             remaining = self._blocked_until - self._clock()
             if remaining <= 0:
                 break
             self.waited_s += remaining
             await self._sleep(remaining)
-        await self._bucket.acquire(min(weight, self._capacity))
+        amount = min(weight, self._capacity)
+        self._queued += amount
+        try:
+            await self._bucket.acquire(amount)
+        finally:
+            self._queued -= amount

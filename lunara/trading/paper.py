@@ -62,7 +62,7 @@ class PaperExchange:
             self._db, self._user_id, self._quote_asset, self._start_balance
         )
 
-    async def balances(self) -> list[AssetBalance]:
+    async def balances(self, max_wait_s: float | None = None) -> list[AssetBalance]:
         await self._ensure_seeded()
         held = await store.paper_balances(self._db, self._user_id)
         return [AssetBalance(asset, free) for asset, free in held.items() if free > 0]

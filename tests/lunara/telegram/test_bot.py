@@ -145,6 +145,9 @@ async def test_setkeys_in_live_mode_stores_only_keys_the_exchange_accepts(
             saved = await bot.ask(TRADER, f"/setkeys {good[0]} {good[1]}")
             assert "Keys saved" in saved, saved
             assert "USDT" in await bot.ask(TRADER, "/balance")  # the stored pair trades live
+            binance.inject("account", 503, -1001, "Internal error", times=RetryPolicy().attempts)
+            down = await bot.ask(TRADER, "/balance")
+            assert "Binance is not answering right now" in down, down  # not an apology
         assert len(fake_telegram.deleted) == 4  # every message that carried a secret
 
 

@@ -12,8 +12,8 @@ from tenacity import wait_none
 from lunara.storage import positions as store
 from lunara.storage import users
 from lunara.storage.database import open_database
-from lunara.trading.binance import BinanceExchange, BinanceGateway, RetryPolicy
-from lunara.trading.exchange import OrderRefused, RateLimited
+from lunara.trading.binance import BinanceExchange, BinanceGateway, RetryPolicy, Weight
+from lunara.trading.exchange import ExchangeBusy, OrderRefused, RateLimited
 from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket
 from lunara.trading.orders import OrderPath, OrderRequest
@@ -71,6 +71,23 @@ async def test_a_429_with_retry_after_holds_back_every_caller(fake: FakeBinance)
     balances = await second.balances()
     assert clock.slept == [7.0]
     assert {b.asset for b in balances} == {"USDT"}
+
+
+async def test_a_read_that_would_wait_long_for_the_budget_fails_fast(fake: FakeBinance) -> None:
+    # A budget of one account request a minute: the second would queue for ~60 s.
+    gateway = _gateway(fake, WeightLimiter(weight_per_minute=Weight.ACCOUNT), attempts=1)
+    exchange = BinanceExchange(gateway, KEY, SECRET)
+    await exchange.balances(max_wait_s=10)
+    requests_before = gateway.requests_sent
+    with pytest.raises(ExchangeBusy):
+        await exchange.balances(max_wait_s=10)
+    assert gateway.requests_sent == requests_before  # refused before anything was sent
+    clock = FakeClock()
+    blocked = _gateway(fake, WeightLimiter(clock=clock, sleep=clock.sleep), attempts=1)
+    blocked.limiter.penalize(30)  # a Retry-After longer than the caller accepts
+    with pytest.raises(ExchangeBusy):
+        await BinanceExchange(blocked, KEY, SECRET).balances(max_wait_s=10)
+    assert clock.slept == []
 
 
 async def test_a_timestamp_refusal_resyncs_server_time_then_succeeds(fake: FakeBinance) -> None:
