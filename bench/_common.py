@@ -85,3 +85,28 @@ def wait_for(
             return
         time.sleep(poll_s)
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def start_fake(
+    module: str, workdir: Path, env: dict[str, str], *args: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m tests.fakes.<module> --port 0`; its first output line is its URL.
+
+    The caller owns the returned process (and stops it); stderr goes to
+    `workdir/<module>.log`.
+    """
+    log = (workdir / f"{module}.log").open("wb")
+    child = subprocess.Popen(
+        [sys.executable, "-m", f"tests.fakes.{module}", "--port", "0", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    assert child.stdout is not None
+    url = child.stdout.readline().decode().strip()
+    if not url.startswith("http://127.0.0.1:"):
+        child.kill()
+        child.wait()
+        raise SystemExit(f"{module} did not start (see {workdir / (module + '.log')})")
+    return child, url

@@ -47,6 +47,7 @@ from typing import IO, Any
 import httpx
 import psutil
 from _common import ROOT, bench_env, wait_for
+from _common import start_fake as common_start_fake
 
 sys.path.insert(0, str(ROOT))
 
@@ -157,21 +158,8 @@ def child_env(home: Path) -> dict[str, str]:
 def start_fake(
     processes: Processes, module: str, workdir: Path, *args: str
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`python -m tests.fakes.<module> --port 0`; its first output line is its URL."""
-    log = (workdir / f"{module}.log").open("wb")
-    child = processes.add(
-        subprocess.Popen(
-            [sys.executable, "-m", f"tests.fakes.{module}", "--port", "0", *args],
-            cwd=ROOT,
-            env=child_env(workdir),
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-    )
-    assert child.stdout is not None
-    url = child.stdout.readline().decode().strip()
-    if not url.startswith("http://127.0.0.1:"):
-        raise SystemExit(f"{module} did not start (see {workdir / (module + '.log')})")
+    child, url = common_start_fake(module, workdir, child_env(workdir), *args)
+    processes.add(child)
     return child, url
 
 
