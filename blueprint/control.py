@@ -530,6 +530,7 @@ class Controller:
 
         def stopping(document: LedgerDocument) -> None:
             document.state = BotState.STOPPING
+            document.stop_timeout_s = timeout_s  # the watchdog gives the bot this grace
             document.add_event(ControlEvent.STOP_REQUESTED, f"stop requested by {principal}")
 
         self.ledger.update(stopping)
@@ -541,19 +542,31 @@ class Controller:
             return True, f"stopped the orphaned bot (pid {bot.pid})"
         signal_process(watchdog, signal.SIGTERM)
         leftovers = wait_gone(tree, timeout_s + 0.5)
-        if leftovers:
-            for process in list(leftovers):
-                leftovers.extend(descendants(process))
-            for process in leftovers:
-                signal_process(process, signal.SIGKILL)
-            wait_gone(leftovers, WATCHDOG_EXIT_GRACE_S)
-        if not self._wait_watchdog_exit(watchdog, WATCHDOG_EXIT_GRACE_S):
+        for process in list(leftovers):
+            leftovers.extend(descendants(process))
+        self._kill_all(leftovers)
+        # With no bot seen here (backoff), the watchdog may have spawned one just before
+        # it took the signal: it then gives that bot the full grace before it exits.
+        watchdog_grace = WATCHDOG_EXIT_GRACE_S + (0.0 if tree else timeout_s)
+        if not self._wait_watchdog_exit(watchdog, watchdog_grace):
+            stragglers = descendants(watchdog)
             signal_process(watchdog, signal.SIGKILL)
             wait_gone([watchdog], WATCHDOG_EXIT_GRACE_S)
+            self._kill_all(stragglers)
+        late = find_process(self.ledger.read().document.bot)
+        if late is not None:  # recorded by a watchdog that did not live to stop it
+            kill_tree(late, timeout_s)
         if str(self.ledger.read().document.state) != State.STOPPED:
             self._mark_stopped(f"stopped by {principal} (the watchdog did not finish)")
         where = f"bot pid {bot.pid}, " if bot is not None else ""
         return True, f"stopped ({where}watchdog pid {watchdog.pid})"
+
+    @staticmethod
+    def _kill_all(processes: list[psutil.Process]) -> None:
+        if processes:
+            for process in processes:
+                signal_process(process, signal.SIGKILL)
+            wait_gone(processes, WATCHDOG_EXIT_GRACE_S)
 
     def _wait_watchdog_exit(self, watchdog: psutil.Process, timeout_s: float) -> bool:
         return not wait_gone([watchdog], timeout_s)
@@ -566,6 +579,7 @@ class Controller:
             document.bot = None
             document.watchdog = None
             document.foreground = False
+            document.stop_timeout_s = None
             document.add_event(ControlEvent.STOPPED, detail)
 
         self.ledger.update(stopped)

@@ -112,6 +112,9 @@ class LedgerDocument:
     events: list[dict[str, Any]] = field(default_factory=list)
     updated_at: str | None = None
     foreground: bool = False
+    # Grace the stopping CLI asked for (`lunara stop --timeout`); the watchdog gives the
+    # bot this long instead of the manifest's stop_timeout_s. None: the manifest's.
+    stop_timeout_s: float | None = None
     # Events added since this object was loaded: `Ledger.update` forwards them to the mirror.
     _added_events: list[dict[str, Any]] = field(
         default_factory=list, init=False, repr=False, compare=False
@@ -140,6 +143,7 @@ class LedgerDocument:
             "events": [dict(event) for event in self.events],
             "updated_at": self.updated_at,
             "foreground": self.foreground,
+            "stop_timeout_s": self.stop_timeout_s,
         }
 
     @classmethod
@@ -169,6 +173,11 @@ class LedgerDocument:
         foreground = data.get("foreground", False)
         if not isinstance(foreground, bool):
             raise LedgerCorrupt(f"'foreground' must be true or false, got {_show(foreground)}")
+        stop_timeout = data.get("stop_timeout_s")
+        if stop_timeout is not None and (not _is_number(stop_timeout) or stop_timeout < 0):
+            raise LedgerCorrupt(
+                f"'stop_timeout_s' must be a non-negative number or null, got {_show(stop_timeout)}"
+            )
         return cls(
             name=name,
             revision=revision,
@@ -183,6 +192,7 @@ class LedgerDocument:
             events=_events_from(data.get("events", [])),
             updated_at=_optional_str(data, "updated_at"),
             foreground=foreground,
+            stop_timeout_s=None if stop_timeout is None else float(stop_timeout),
         )
 
 

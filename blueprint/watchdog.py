@@ -330,6 +330,7 @@ class Watchdog:
             pid, create_time = identity_of(me)
             doc.watchdog = ProcessRecord(pid=pid, create_time=create_time)
             doc.foreground = self.foreground
+            doc.stop_timeout_s = None
             if adopted is not None:
                 doc.state = BotState.RUNNING
                 doc.add_event(
@@ -592,6 +593,15 @@ class Watchdog:
                     kill_tree(child, min(self.program.stop_timeout_s, 2.0))
         self._reap_orphans()
 
+    def _stop_grace_s(self) -> float:
+        """The grace `lunara stop --timeout` recorded, else the manifest's stop_timeout_s."""
+        try:
+            asked = self.ledger.read().document.stop_timeout_s
+        except BlueprintError as error:
+            self.log(f"could not read the ledger: {error.message}")
+            asked = None
+        return self.program.stop_timeout_s if asked is None else asked
+
     def _finish_stop(self) -> int:
         from blueprint.ledger import BotState, ExitRecord
 
@@ -599,8 +609,9 @@ class Watchdog:
         self._bot = None
         exit_record: ExitRecord | None = None
         if bot is not None:
-            self.log(f"stopping bot pid {bot.process.pid}")
-            result = kill_tree(bot.process, self.program.stop_timeout_s)
+            grace = self._stop_grace_s()
+            self.log(f"stopping bot pid {bot.process.pid} (grace {grace:g} s)")
+            result = kill_tree(bot.process, grace)
             code, signum = bot.reap()
             if bot.adopted and signum is None and not result.graceful:
                 signum = int(signal.SIGKILL)
@@ -620,6 +631,7 @@ class Watchdog:
             doc.bot = None
             doc.watchdog = None
             doc.foreground = False
+            doc.stop_timeout_s = None
             if exit_record is not None:
                 doc.last_exit = exit_record
             doc.add_event(Event.BOT_STOPPED, "bot and watchdog stopped")

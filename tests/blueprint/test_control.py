@@ -316,6 +316,48 @@ def test_stop_kills_a_sigterm_ignoring_tree_within_the_timeout_plus_one_second(
         kill_everything(tree)
 
 
+def test_stop_timeout_longer_than_the_manifests_is_the_grace_the_bot_gets(
+    supervised: Factory,
+) -> None:
+    slow = supervised(tight_program(program("healthy_bot", "2.5"), stop_timeout_s=1))
+    slow.controller.start(PRINCIPAL, 10)
+    bot = slow.bot()
+    assert bot is not None
+    result = slow.controller.stop(PRINCIPAL, 8)
+    assert result.changed and gone(bot)
+    last_exit = slow.document().last_exit
+    assert last_exit is not None and (last_exit.code, last_exit.signal) == (0, None), last_exit
+    assert "healthy bot stopped" in slow.bot_log()
+    assert "grace 8 s" in slow.watchdog_log()
+    assert slow.document().stop_timeout_s is None
+
+
+def test_a_stop_that_sees_no_bot_waits_for_the_one_the_watchdog_is_stopping(
+    supervised: Factory,
+) -> None:
+    """The ledger names no bot (backoff, or a bot spawned a moment before its record), yet
+    the watchdog has one: the stop must wait out the watchdog's grace for it, not kill the
+    watchdog after a few seconds and leave that bot running with nobody supervising it."""
+    slow = supervised(tight_program(program("healthy_bot", "6.5"), stop_timeout_s=9))
+    slow.controller.start(PRINCIPAL, 10)
+    bot = slow.bot()
+    assert bot is not None
+
+    def forget_the_bot(document: Any) -> None:
+        document.bot = None
+
+    slow.ledger.update(forget_the_bot)
+    try:
+        result = slow.controller.stop(PRINCIPAL, None)
+        assert result.changed and result.status.state == "stopped"
+        assert gone(bot), "the bot outlived its watchdog"
+        assert "healthy bot stopped" in slow.bot_log()
+        last_exit = slow.document().last_exit
+        assert last_exit is not None and (last_exit.code, last_exit.signal) == (0, None), last_exit
+    finally:
+        kill_everything([bot])
+
+
 def test_stop_when_nothing_runs_is_a_no_op(supervised: Factory) -> None:
     idle = supervised(tight_program(program("healthy_bot")))
     result = idle.controller.stop(PRINCIPAL, None)

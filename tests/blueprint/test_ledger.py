@@ -288,7 +288,7 @@ def test_a_corrupt_mirror_copy_is_ignored(redis_db: str, home: Path) -> None:
 
 FIELD_NAMES = (
     "name", "revision", "state", "watchdog", "bot", "started_at", "started_by", "restarts",
-    "restart_times", "last_exit", "events", "updated_at", "foreground",
+    "restart_times", "last_exit", "events", "updated_at", "foreground", "stop_timeout_s",
 )  # fmt: skip
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
@@ -320,6 +320,7 @@ documents = st.builds(
     events=st.lists(events, max_size=5),
     updated_at=st.none() | text,
     foreground=st.booleans(),
+    stop_timeout_s=st.none() | st.floats(0, 3600),
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | finite | text,
@@ -356,6 +357,7 @@ WRONG_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "events": text | st.integers() | st.lists(st.integers(), min_size=1) | st.none(),
     "updated_at": not_a_string,
     "foreground": st.integers() | text | st.none(),
+    "stop_timeout_s": st.integers(max_value=-1) | text | st.booleans() | st.just(float("nan")),
 }
 
 
