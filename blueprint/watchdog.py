@@ -79,6 +79,22 @@ class Event:
     BOT_FATAL = "bot.fatal"
     BOT_STOPPED = "bot.stopped"
     SPAWN_FAILED = "bot.spawn_failed"
+    LEDGER_RESTORED = "ledger.restored"
+
+
+def _ledger_lost(document: LedgerDocument, ours: LedgerDocument) -> str:
+    """What `document` no longer says that we wrote (empty: nothing)."""
+    lost = [
+        name
+        for name, now, written in (
+            ("the watchdog", document.watchdog, ours.watchdog),
+            ("the bot", document.bot, ours.bot),
+            ("the state", document.state, ours.state),
+            ("the restart count", document.restarts, ours.restarts),
+        )
+        if now != written
+    ]
+    return ", ".join(lost)
 
 
 class Reason:
@@ -228,6 +244,7 @@ class Watchdog:
         self._failures = 0
         self._restart_at: float | None = None
         self._previous_handlers: dict[int, Any] = {}
+        self._written: LedgerDocument | None = None  # the ledger as we last wrote it
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -257,13 +274,16 @@ class Watchdog:
     def _update(self, mutate: Callable[[LedgerDocument], None]) -> bool:
         """Write the ledger; a ledger that cannot be written must not kill the supervisor."""
         try:
-            self.ledger.update(mutate)
+            self._written = self.ledger.update(mutate)
         except BlueprintError as error:
             self.log(f"could not update the ledger: {error.message}")
             return False
         return True
 
-    def _stopping_recorded(self) -> bool:
+    def _check_ledger(self) -> bool:
+        """Whether a stop is recorded. A ledger rebuilt from weaker evidence (corrupt file,
+        Redis flushed, an adopted bot that is not our child) is put right from what we
+        last wrote: we are the authority on our own processes and restart count."""
         from blueprint.ledger import BotState
 
         try:
@@ -273,7 +293,34 @@ class Watchdog:
             return False
         if read.recovered:
             self.log(read.recovered)
-        return read.document.state == BotState.STOPPING
+        document = read.document
+        if document.state == BotState.STOPPING:
+            return True
+        ours = self._written
+        if ours is not None and _ledger_lost(document, ours):
+            self._restore_ledger(ours)
+        return False
+
+    def _restore_ledger(self, ours: LedgerDocument) -> None:
+        from blueprint.ledger import BotState
+
+        def restore(doc: LedgerDocument) -> None:
+            if doc.state == BotState.STOPPING:
+                return
+            lost = _ledger_lost(doc, ours)
+            doc.state = ours.state
+            doc.watchdog = ours.watchdog
+            doc.bot = ours.bot
+            doc.started_at = ours.started_at
+            doc.started_by = ours.started_by
+            doc.restarts = ours.restarts
+            doc.restart_times = list(ours.restart_times)
+            doc.last_exit = ours.last_exit
+            doc.foreground = ours.foreground
+            doc.add_event(Event.LEDGER_RESTORED, f"the watchdog restored {lost} in the ledger")
+
+        if self._update(restore):
+            self.log("the ledger had lost track of this watchdog or its bot; restored it")
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -345,7 +392,7 @@ class Watchdog:
             doc.bot = None
             doc.add_event(Event.WATCHDOG_STARTED, f"watchdog started by {self.started_by or '?'}")
 
-        self.ledger.update(register)
+        self._written = self.ledger.update(register)
         if adopted is not None:
             self._bot = adopted
             self.log(f"adopted bot pid {adopted.process.pid}")
@@ -407,7 +454,7 @@ class Watchdog:
             if self._child_exited.is_set():
                 self._child_exited.clear()
                 self._reap_orphans()
-            if self._stop.is_set() or self._stopping_recorded():
+            if self._stop.is_set() or self._check_ledger():
                 return self._finish_stop()
             now = time.time()
             bot = self._bot

@@ -264,6 +264,39 @@ def test_start_adopts_the_bot_of_a_killed_watchdog(supervised: Factory) -> None:
     assert new_bot.ppid() == result.status.supervisor_pid
 
 
+def test_the_watchdog_puts_right_a_ledger_rebuilt_without_its_adopted_bot(
+    supervised: Factory,
+) -> None:
+    """Corrupt ledger, no mirror, and a bot that is not the watchdog's child (adopted):
+    the process table alone cannot name the bot nor the restart count; the watchdog can."""
+    healthy = supervised(tight_program(program("healthy_bot")))
+    healthy.controller.start(PRINCIPAL, 10)
+    first = healthy.bot()
+    assert first is not None
+    first.send_signal(signal.SIGKILL)
+    bot = wait_until(
+        lambda: healthy.document().restarts == 1 and healthy.bot(), 15, "a restarted bot"
+    )
+    old_watchdog = healthy.watchdog()
+    assert old_watchdog is not None
+    old_watchdog.send_signal(signal.SIGKILL)
+    wait_until(lambda: gone(old_watchdog), 10, "the watchdog to die")
+    adopted = healthy.controller.start(PRINCIPAL, 10)
+    assert "adopted" in adopted.message and adopted.status.pid == bot.pid
+
+    healthy.paths.ledger.write_text('{"revision": 12, "state": "runn')
+    rebuilt = healthy.controller.status(PRINCIPAL)  # rebuilt from the process table
+    assert rebuilt.pid is None and rebuilt.restarts == 0  # all the table can tell
+
+    def put_right() -> bool:
+        report = healthy.controller.status(PRINCIPAL)
+        return report.state == "running" and report.pid == bot.pid and report.restarts == 1
+
+    wait_until(put_right, 5, "the watchdog to restore its bot and restart count")
+    assert healthy.events("ledger.restored")
+    assert healthy.controller.stop(PRINCIPAL, None).changed and gone(bot)
+
+
 def test_a_reused_pid_is_never_signalled(supervised: Factory) -> None:
     healthy = supervised(tight_program(program("healthy_bot")))
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
