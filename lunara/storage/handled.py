@@ -3,8 +3,10 @@
 python-telegram-bot confirms a batch of updates to Telegram (with the next getUpdates
 offset) as soon as it has fetched them, before their handlers have run; and the bot can
 die after answering a command but before confirming it. So a command is written here
-(`begin`, state `started`, with the update itself) before it is worked on and marked
-`answered` after its replies are sent:
+(`take`, state `started`, with the update itself) as soon as it is fetched, before the
+batch is confirmed (the client does it: `lunara.telegram.bot.InboxBot`); `begin` is
+called as it is worked on (and records a command a replay brought that was never taken);
+it is marked `answered` after its replies are sent:
 
 - a command Telegram delivers again that is already `answered` is skipped;
 - on start, commands left `started` by a run that died are handed to the handlers again
@@ -20,6 +22,8 @@ Telegram forgets undelivered updates after 24 hours; rows older than `KEEP_S` ar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import aiosqlite
 
 from lunara.storage.database import now_s, transaction
@@ -27,6 +31,25 @@ from lunara.storage.database import now_s, transaction
 KEEP_S = 2 * 24 * 3600.0
 STARTED = "started"
 ANSWERED = "answered"
+
+
+async def take(
+    db: aiosqlite.Connection,
+    commands: Sequence[tuple[int, int, int, str | None]],
+    now: float | None = None,
+) -> None:
+    """Record fetched commands (chat, message, user, update) as `started`, in one
+    transaction, before Telegram is told they arrived; a command already known (delivered
+    again) keeps its state."""
+    taken_at = now_s() if now is None else now
+    async with transaction(db):
+        await db.executemany(
+            "INSERT OR IGNORE INTO handled_commands VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (chat, message, user, STARTED, update, taken_at)
+                for chat, message, user, update in commands
+            ],
+        )
 
 
 async def begin(

@@ -13,13 +13,16 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiosqlite
-from telegram import LabeledPrice, Message, ReplyParameters, Update
+from telegram import LabeledPrice, Message, ReplyParameters, Update, User
 from telegram.error import (
     Forbidden,
+    NetworkError,
     RetryAfter,
     TelegramError,
     TimedOut,
@@ -27,10 +30,12 @@ from telegram.error import (
 from telegram.ext import (
     Application,
     ContextTypes,
+    ExtBot,
     MessageHandler,
     PreCheckoutQueryHandler,
     filters,
 )
+from telegram.request import HTTPXRequest
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -68,6 +73,56 @@ SEND_ATTEMPTS = 4
 SECRET_COMMANDS = frozenset({"setkeys"})
 RETRY_UNANSWERED_S = 30.0
 """A command taken this long ago and still not answered is tried again."""
+CONNECTION_POOL = 256  # python-telegram-bot's own default for concurrent updates
+
+
+class InboxBot(ExtBot[None]):
+    """The Bot API client, writing every command it fetches to the inbox
+    (`lunara.storage.handled`) before python-telegram-bot confirms it to Telegram with the
+    next getUpdates offset: a command Telegram will not deliver again is one we hold."""
+
+    __slots__ = ("_take",)
+
+    def __init__(
+        self, *args: Any, take: Callable[[Sequence[Update]], Awaitable[None]], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._take = take
+
+    async def get_updates(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
+        updates = await super().get_updates(*args, **kwargs)
+        if updates:
+            try:
+                await self._take(updates)
+            except sqlite3.Error as error:
+                # Not confirmed: the updater fetches the same batch again after a pause.
+                raise NetworkError(
+                    f"could not record the fetched commands ({type(error).__name__})"
+                ) from error
+        return updates
+
+
+def _request(pool_size: int) -> HTTPXRequest:
+    return HTTPXRequest(
+        connection_pool_size=pool_size,
+        connect_timeout=CLIENT_TIMEOUT_S,
+        read_timeout=CLIENT_TIMEOUT_S,
+        write_timeout=CLIENT_TIMEOUT_S,
+    )
+
+
+def command_of(update: Update) -> tuple[Message, User] | None:
+    """The message and sender of a command the command handler answers, else None."""
+    message = update.effective_message
+    sender = update.effective_user
+    if message is None or sender is None or sender.is_bot or not message.text:
+        return None
+    return (message, sender) if filters.COMMAND.check_update(update) else None
+
+
+def _stored_update(update: Update, message: Message) -> str | None:
+    """What the inbox keeps to answer a command again: never the text of a secret one."""
+    return None if command_name(message.text or "") in SECRET_COMMANDS else update.to_json()
 
 
 class TelegramBot:
@@ -96,21 +151,16 @@ class TelegramBot:
         self.errors = ErrorHandler(db, self.state, self.send, self.admin_ids)
         self.updates_handled = 0
         self.in_hand: set[tuple[int, int]] = set()  # (chat, message) being answered now
-        builder = (
-            Application.builder()
-            .token(token.get_secret_value())
-            .concurrent_updates(64)
-            .connect_timeout(CLIENT_TIMEOUT_S)
-            .read_timeout(CLIENT_TIMEOUT_S)
-            .write_timeout(CLIENT_TIMEOUT_S)
-            .get_updates_connect_timeout(CLIENT_TIMEOUT_S)
-            .get_updates_read_timeout(CLIENT_TIMEOUT_S)
-            .get_updates_write_timeout(CLIENT_TIMEOUT_S)
+        base = settings.telegram_api_base_url or "https://api.telegram.org"
+        client = InboxBot(
+            token.get_secret_value(),
+            base_url=f"{base}/bot",
+            base_file_url=f"{base}/file/bot",
+            request=_request(CONNECTION_POOL),
+            get_updates_request=_request(1),
+            take=self._take,
         )
-        if settings.telegram_api_base_url:
-            base = settings.telegram_api_base_url
-            builder = builder.base_url(f"{base}/bot").base_file_url(f"{base}/file/bot")
-        self.application = builder.build()
+        self.application = Application.builder().bot(client).concurrent_updates(64).build()
         self._keyring: Any = None
         self.deps = Deps(
             settings=settings,
@@ -202,25 +252,38 @@ class TelegramBot:
 
     # -- handlers -----------------------------------------------------------------------
 
+    async def _take(self, updates: Sequence[Update]) -> None:
+        """Into the inbox, as fetched (InboxBot): the commands among a batch of updates."""
+        taken = []
+        for update in updates:
+            command = command_of(update)
+            if command is not None:
+                message, sender = command
+                taken.append((message.chat_id, message.message_id, sender.id,
+                              _stored_update(update, message)))  # fmt: skip
+        if taken:
+            await handled.take(self.db, taken)
+
     async def _on_command(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = update.effective_message
-        sender = update.effective_user
-        if message is None or sender is None or sender.is_bot or not message.text:
+        command = command_of(update)
+        if command is None:
             return
+        message, sender = command
+        text = message.text or ""
         self.updates_handled += 1
         key = (message.chat_id, message.message_id)
         if key in self.in_hand:  # delivered again while a replay of it runs
             return
-        # The update is stored until answered, except one that carries a secret.
-        payload = None if command_name(message.text) in SECRET_COMMANDS else update.to_json()
         self.in_hand.add(key)
         try:
+            # Taken into the inbox when fetched; a replayed update may predate that.
+            payload = _stored_update(update, message)
             if not await handled.begin(self.db, *key, sender.id, payload):
                 logger.info("command %d in chat %d was answered before a restart; skipping",
                             message.message_id, message.chat_id)  # fmt: skip
                 return
             try:
-                await self._answer_command(message, sender.id, message.text)
+                await self._answer_command(message, sender.id, text)
             except Exception as error:
                 if not is_retryable(error):
                     # The error handler apologises for it: answered, never replayed.

@@ -577,7 +577,8 @@ class FakeTelegram(BackgroundServer):
                               "parse_mode": params.get("parse_mode"),
                               "message_id": message["message_id"],
                               "reply_to": _reply_to(params),
-                              "reply_markup": params.get("reply_markup")})  # fmt: skip
+                              "reply_markup": params.get("reply_markup"),
+                              "at": time.time()})  # fmt: skip
         return message
 
     async def _api_editMessageText(self, token: str, params: dict[str, Any],

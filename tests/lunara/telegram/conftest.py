@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,9 +94,10 @@ class RunningBot:
 
 
 @contextlib.asynccontextmanager
-async def running_bot(
+async def built_bot(
     fake: FakeTelegram, home: Path, *, default_role: str | None = "trader", **extra: str
-) -> AsyncIterator[RunningBot]:
+) -> AsyncIterator[tuple[TelegramBot, Any]]:
+    """The bot and its trading engine as `python -m lunara` wires them, not yet running."""
     from lunara.trading.engine import open_trading
 
     manifest_path = write_manifest(home.parent / "manifest.json", default_role=default_role)
@@ -104,24 +106,34 @@ async def running_bot(
     paths.ensure()
     db = await open_database(paths.database)
     trading = await open_trading(settings, db=db)
-    await trading.engine.start()
-    bot = TelegramBot(
-        settings, paths, load_manifest(manifest_path), AuditLog(paths.audit, NullMirror()), db,
-        trading.engine,
-    )  # fmt: skip
-    trading.engine.attach_notifier(bot)
-    stop = asyncio.Event()
-    service = asyncio.create_task(bot.service().run(stop))
-    engine_task = asyncio.create_task(trading.runner.run(stop))
-    running = RunningBot(fake, bot, home)
     try:
-        await running.until(lambda: fake.polls_by_token.get(TOKEN, 0) > 0, what="polling")
-        yield running
+        await trading.engine.start()
+        bot = TelegramBot(
+            settings, paths, load_manifest(manifest_path), AuditLog(paths.audit, NullMirror()), db,
+            trading.engine,
+        )  # fmt: skip
+        trading.engine.attach_notifier(bot)
+        yield bot, trading
     finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(service, engine_task, return_exceptions=True), 30)
         await trading.aclose()
         await db.close()
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    fake: FakeTelegram, home: Path, *, default_role: str | None = "trader", **extra: str
+) -> AsyncIterator[RunningBot]:
+    async with built_bot(fake, home, default_role=default_role, **extra) as (bot, trading):
+        stop = asyncio.Event()
+        service = asyncio.create_task(bot.service().run(stop))
+        engine_task = asyncio.create_task(trading.runner.run(stop))
+        running = RunningBot(fake, bot, home)
+        try:
+            await running.until(lambda: fake.polls_by_token.get(TOKEN, 0) > 0, what="polling")
+            yield running
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(service, engine_task, return_exceptions=True), 30)
 
 
 @pytest.fixture

@@ -26,7 +26,14 @@ from lunara.telegram.lease import PollLease
 from lunara.trading.binance import RetryPolicy
 from tests.fakes.binance_api import FakeBinance
 from tests.fakes.telegram_api import FakeTelegram, check_html
-from tests.lunara.telegram.conftest import ADMIN, STRANGER, TOKEN, TRADER, running_bot
+from tests.lunara.telegram.conftest import (
+    ADMIN,
+    STRANGER,
+    TOKEN,
+    TRADER,
+    built_bot,
+    running_bot,
+)
 
 ADMIN_ONLY = {"users", "user", "broadcast", "pause", "resume", "botstatus", "refund"}
 
@@ -406,6 +413,34 @@ async def test_a_command_taken_but_not_answered_before_a_crash_is_answered_on_st
         assert await handled.unfinished(db) == []
     finally:
         await db.close()
+
+
+async def test_a_command_fetched_and_confirmed_but_never_handled_is_answered_after_a_crash(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    """The poller fetched a batch and confirmed it (the next getUpdates carries the
+    offset), and the bot died before any handler ran: Telegram will not deliver it again,
+    so it must already be in the inbox."""
+    update_id = fake_telegram.push_text(TRADER, "/plans", username="trader")
+    _, message_id = fake_telegram.pushed[update_id]
+    async with built_bot(fake_telegram, bot_home) as (bot, _):
+        client = bot.application.bot
+        await client.initialize()
+        try:
+            fetched = await client.get_updates(timeout=0)
+            assert [update.update_id for update in fetched] == [update_id]
+            assert await client.get_updates(offset=update_id + 1, timeout=0) == ()
+        finally:
+            await client.shutdown()
+    assert fake_telegram.confirmed_below > update_id  # Telegram has forgotten it
+    async with running_bot(fake_telegram, bot_home) as running:
+        await running.until(
+            lambda: any(m["reply_to"] == message_id for m in fake_telegram.sent),
+            what="the answer to the command fetched before the crash",
+        )
+        assert "Plans" in await running.ask(TRADER, "/plans")
+    answers = [m for m in fake_telegram.sent if m["reply_to"] == message_id]
+    assert len(answers) == 1 and "Plans" in answers[0]["text"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
