@@ -57,6 +57,37 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+# Errors that are a remote API's answer (Telegram said 409, timed out, asked to wait), not
+# a fault of ours: (module, class) of their base class, matched without importing it.
+REMOTE_ERRORS: tuple[tuple[str, str], ...] = (("telegram.error", "TelegramError"),)
+
+
+class RemoteErrorsInOneLine(logging.Filter):
+    """A library's record about a remote API error keeps one line, not a traceback.
+
+    python-telegram-bot logs some errors it handles itself (a failed final getUpdates
+    while stopping, say) with the whole stack; the stack is the library's and says
+    nothing an operator can act on. The error's type and text stay, at WARNING at most.
+    Our own loggers (`lunara.*`) are left alone: a traceback there is a bug to see.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None or record.name.startswith("lunara") or not _is_remote(error):
+            return True
+        record.msg = f"{record.getMessage()} ({type(error).__name__}: {error})"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _is_remote(error: BaseException) -> bool:
+    return any((kind.__module__, kind.__name__) in REMOTE_ERRORS for kind in type(error).__mro__)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers."""
 
@@ -114,7 +145,9 @@ def configure_logging(
     for existing in list(root.handlers):
         root.removeHandler(existing)
         existing.close()
+    one_line = RemoteErrorsInOneLine()
     for handler in handlers:
+        handler.addFilter(one_line)
         handler.addFilter(redactor)
         handler.setFormatter(formatter)
         root.addHandler(handler)

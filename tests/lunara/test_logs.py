@@ -75,3 +75,23 @@ def test_log_file_rotates_with_bounded_backups(
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["bot.log", "bot.log.1", "bot.log.2"]
     assert all(p.stat().st_size <= 2_200 for p in tmp_path.iterdir())
+
+
+def test_a_telegram_error_a_library_logs_is_one_line_and_ours_keep_their_traceback(
+    tmp_path: Path,
+) -> None:
+    from telegram.error import Conflict
+
+    log_file = tmp_path / "bot.log"
+    configure_logging("INFO", "text", [], log_file=log_file)
+    for name in ("telegram.ext.Updater", "lunara.telegram"):
+        try:
+            raise Conflict("terminated by other getUpdates request")
+        except Conflict:
+            logging.getLogger(name).exception("final getUpdates failed")
+    library, ours = log_file.read_text().split("\n", 1)
+    assert "WARNING telegram.ext.Updater: final getUpdates failed" in library
+    assert "(Conflict: terminated by other getUpdates request)" in library
+    assert "ERROR lunara.telegram: final getUpdates failed" in ours
+    assert "Traceback (most recent call last)" in ours
+    assert log_file.read_text().count("Traceback") == 1
