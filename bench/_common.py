@@ -110,3 +110,62 @@ def start_fake(
         child.wait()
         raise SystemExit(f"{module} did not start (see {workdir / (module + '.log')})")
     return child, url
+
+
+# -- tracemalloc: what grows inside the bot ----------------------------------------------
+
+# Runs the bot like `python -m lunara`, with tracemalloc on: each SIGUSR1 writes a
+# snapshot to DIRECTORY/snapshot-<pid>-<n>.bin (written aside, then renamed).
+TRACED_BOT = """
+import os, runpy, signal, sys, tracemalloc
+directory = sys.argv[1]
+tracemalloc.start(25)
+count = [0]
+def dump(*_):
+    count[0] += 1
+    path = f"{directory}/snapshot-{os.getpid()}-{count[0]}.bin"
+    tracemalloc.take_snapshot().dump(path + ".tmp")
+    os.replace(path + ".tmp", path)
+signal.signal(signal.SIGUSR1, dump)
+sys.argv = ["lunara"]
+runpy.run_module("lunara", run_name="__main__", alter_sys=True)
+"""
+
+
+def traced_bot_command(directory: Path) -> list[str]:
+    return [sys.executable, "-c", TRACED_BOT, str(directory)]
+
+
+def snapshots_of(directory: Path, pid: int) -> list[Path]:
+    found = directory.glob(f"snapshot-{pid}-*.bin")
+    return sorted(found, key=lambda path: int(path.stem.rsplit("-", 1)[1]))
+
+
+def take_snapshot(pid: int, directory: Path, timeout_s: float = 120) -> Path:
+    """Ask a traced bot for a snapshot and wait until it is written."""
+    import signal
+
+    taken = len(snapshots_of(directory, pid))
+    os.kill(pid, signal.SIGUSR1)
+    path = directory / f"snapshot-{pid}-{taken + 1}.bin"
+    wait_for(path.exists, timeout_s, "a tracemalloc snapshot", poll_s=0.5)
+    return path
+
+
+def report_growth(snapshots: Sequence[Path], top: int = 25) -> None:
+    """What grew between the first and the last snapshot, and what is largest now."""
+    import tracemalloc
+
+    if len(snapshots) < 2:
+        print("  tracemalloc: fewer than two snapshots")
+        return
+    first = tracemalloc.Snapshot.load(str(snapshots[0]))
+    last = tracemalloc.Snapshot.load(str(snapshots[-1]))
+    mib = 2**20
+    print(f"  tracemalloc: traced {sum(s.size for s in last.statistics('filename')) / mib:.1f} MiB")
+    print(f"  top growth, {snapshots[0].name} → {snapshots[-1].name} (by line):")
+    for stat in last.compare_to(first, "lineno")[:top]:
+        print(f"    {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d}  {stat.traceback}")
+    print("  largest now (by file):")
+    for stat in last.statistics("filename")[:top]:
+        print(f"    {stat.size / 1024:9.1f} KiB  {stat.traceback}")

@@ -46,7 +46,15 @@ from typing import IO, Any
 
 import httpx
 import psutil
-from _common import ROOT, bench_env, wait_for
+from _common import (
+    ROOT,
+    bench_env,
+    report_growth,
+    snapshots_of,
+    take_snapshot,
+    traced_bot_command,
+    wait_for,
+)
 from _common import start_fake as common_start_fake
 
 sys.path.insert(0, str(ROOT))
@@ -413,43 +421,6 @@ def run_peer(base_url: str) -> int:
     return 0
 
 
-# -- tracemalloc ----------------------------------------------------------------------
-
-# Runs the bot like `python -m lunara`, with tracemalloc on: SIGUSR1 writes a snapshot.
-TRACED_BOT = """
-import os, runpy, signal, sys, tracemalloc
-directory = sys.argv[1]
-tracemalloc.start(25)
-count = [0]
-def dump(*_):
-    count[0] += 1
-    path = f"{directory}/snapshot-{count[0]}.bin"
-    tracemalloc.take_snapshot().dump(path + ".tmp")
-    os.replace(path + ".tmp", path)
-signal.signal(signal.SIGUSR1, dump)
-sys.argv = ["lunara"]
-runpy.run_module("lunara", run_name="__main__", alter_sys=True)
-"""
-
-
-def report_growth(workdir: Path, top: int = 25) -> None:
-    import tracemalloc
-
-    snapshots = sorted(workdir.glob("snapshot-*.bin"), key=lambda p: int(p.stem.split("-")[1]))
-    if len(snapshots) < 2:
-        print("  tracemalloc: fewer than two snapshots")
-        return
-    first = tracemalloc.Snapshot.load(str(snapshots[0]))
-    last = tracemalloc.Snapshot.load(str(snapshots[-1]))
-    print(f"  tracemalloc: traced {sum(s.size for s in last.statistics('filename')) / MIB:.1f} MiB")
-    print(f"  top growth, {snapshots[0].name} → {snapshots[-1].name} (by line):")
-    for stat in last.compare_to(first, "lineno")[:top]:
-        print(f"    {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d}  {stat.traceback}")
-    print("  largest now (by file):")
-    for stat in last.statistics("filename")[:top]:
-        print(f"    {stat.size / 1024:9.1f} KiB  {stat.traceback}")
-
-
 # -- the run --------------------------------------------------------------------------
 
 
@@ -468,9 +439,7 @@ class Outcome:
 
 
 def bot_command(workdir: Path, traced: bool) -> list[str]:
-    if traced:
-        return [sys.executable, "-c", TRACED_BOT, str(workdir)]
-    return [sys.executable, "-m", "lunara"]
+    return traced_bot_command(workdir) if traced else [sys.executable, "-m", "lunara"]
 
 
 def run(args: argparse.Namespace, workdir: Path) -> Outcome:
@@ -551,16 +520,13 @@ def run(args: argparse.Namespace, workdir: Path) -> Outcome:
         def on_minute(minute: int, samples: Samples) -> None:
             progress(minute, samples)
             if args.tracemalloc and minute == 1:
-                bot.send_signal(signal.SIGUSR1)
+                take_snapshot(bot.pid, workdir)
 
         ours = drive(
             bot, args.minutes * 60, telegram, binance, stream, symbols, args.rate, on_minute
         )
         if args.tracemalloc:
-            taken = len(list(workdir.glob("snapshot-*.bin")))
-            bot.send_signal(signal.SIGUSR1)
-            last = workdir / f"snapshot-{taken + 1}.bin"
-            wait_for(last.exists, 120, "the last tracemalloc snapshot", poll_s=0.5)
+            take_snapshot(bot.pid, workdir)
         commands = stream.sent
         try:
             wait_for(lambda: telegram_stats(telegram)["pending_updates"] == 0, 60, "the backlog")
@@ -594,7 +560,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Outcome:
             )  # fmt: skip
             stop(peer_process)
         if args.tracemalloc:
-            report_growth(workdir)
+            report_growth(snapshots_of(workdir, bot.pid))
         return Outcome(
             ours, peer, commands, int(stats["sent"]), int(stats["rejected"]), orders,
             positions_open, log_errors, exceptions, exit_code,

@@ -37,10 +37,12 @@ FAIL:
 - `lunara status --json` always answered within 1 s and was never wrong about whether
   the bot was running (probes within 1.5 s of a process fault are not judged);
 - bot RSS: peak (target <= 200 MiB) and least-squares slope over the last half of the
-  run, pooled over the bot lives in it (each from its own mean, after its first 30 s,
-  60 s in long runs), so restarts do not read as a trend (target <= 1 MiB per 10
-  minutes; judged only in runs of 10 minutes or more, where process faults come about
-  once a minute; printed always);
+  run (target <= 1 MiB per 10 minutes; judged only in runs of 10 minutes or more, printed
+  always). In a judged run the bot is SIGKILLed and SIGTERMed only in the first 30 % of
+  it, so the last half is one bot life, well past its warm-up, under everything else
+  (watchdog kills, Redis restarts, the flush, the injected faults, the full load). Were
+  there several lives in it, the slope is pooled over them (each from its own mean,
+  after its first 30 s, 60 s in long runs), so a restart does not read as a trend;
 - restarts counted by the watchdog equal the bot SIGKILLs plus SIGTERMs injected. A
   killed watchdog does not count: the bot it leaves lives on and the new watchdog
   adopts it, keeping the count.
@@ -105,6 +107,7 @@ SLOPE_TARGET_MIB_PER_10MIN = 1.0
 SLOPE_MIN_RUN_MIN = 10.0
 SLOPE_WARMUP_S = 30.0  # a bot's first seconds (imports, caches) are not a leak
 SLOPE_WARMUP_LONG_S = 60.0
+BOT_FAULTS_UNTIL = 0.3  # judged runs: bot kills and SIGTERMs only in this first part
 RECOVERY_DEADLINE_S = 90.0
 SHORT_RUN_MIN = 5.0
 SHORT_ONBOARD = 40  # Telegram onboarding runs at ~10 commands/s; the short mode must be short
@@ -593,8 +596,8 @@ class FaultLog:
 def plan_faults(minutes: float, rng: random.Random) -> list[tuple[float, str]]:
     """(seconds into the run, kind): every kind at least once, more in longer runs."""
     duration = minutes * 60
-    # Process faults about once a minute in long runs (bots live long enough to show an
-    # RSS trend); the cheap injected ones every few seconds.
+    # Process faults about once a minute in long runs; the cheap injected ones every few
+    # seconds.
     process_scale = max(1, int(minutes / 6))
     injected_scale = max(1, int(minutes / 2))
     process = ["kill_bot", "kill_bot", "sigterm_bot", "kill_watchdog", "redis_restart"]
@@ -603,9 +606,16 @@ def plan_faults(minutes: float, rng: random.Random) -> list[tuple[float, str]]:
     injected = list(INJECTED_FAULTS) * injected_scale
     plan = []
     span_start, span_end = 6.0, duration - 20.0
-    slot = (span_end - span_start) / len(process)
-    for index, kind in enumerate(process):
-        plan.append((span_start + index * slot + rng.uniform(0, slot * 0.3), kind))
+    # In a judged run the bot is killed only before BOT_FAULTS_UNTIL of it: the last half
+    # is one bot life (past its warm-up) whose RSS trend can be read, while the watchdog
+    # kills, Redis and ledger faults and the injected ones go on to the end.
+    judged = minutes >= SLOPE_MIN_RUN_MIN
+    bot_kills = [kind for kind in process if judged and kind in BOT_FAULTS]
+    others = [kind for kind in process if kind not in bot_kills]
+    for kinds, end in ((bot_kills, duration * BOT_FAULTS_UNTIL), (others, span_end)):
+        slot = (end - span_start) / max(1, len(kinds))
+        for index, kind in enumerate(kinds):
+            plan.append((span_start + index * slot + rng.uniform(0, slot * 0.3), kind))
     for kind in injected:
         plan.append((rng.uniform(span_start, span_end), kind))
     return sorted(plan)
@@ -796,6 +806,7 @@ class Collected:
     replies: Counter[int]
     polls: list[dict[str, Any]]
     reply_texts: list[str]
+    sent: list[dict[str, Any]]  # the fake's sendMessage records (reply_to, text, at)
     orders: list[dict[str, Any]]
     binance_stats: dict[str, Any]
     levels: list[Level]
@@ -816,6 +827,7 @@ class Collected:
     minutes: float
     run_started: float
     run_ended: float
+    load_window: tuple[float, float]  # monotonic: the faults and the load (not the drain)
     payments: int
     load_errors: list[str]
 
@@ -974,7 +986,9 @@ def run(args: argparse.Namespace, workdir: Path) -> Collected:
         observers.start()
         load.start()
         run_started = time.time()
+        load_started = time.monotonic()
         drive(args.minutes * 60, staircase, injector, plan)
+        load_window = (load_started, time.monotonic())
         load.stop()
         drain(telegram, 90)
         restarts_status = installation.status()
@@ -994,6 +1008,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Collected:
             replies=telegram.replies(),
             polls=telegram.get("/_control/polls"),
             reply_texts=[str(m.get("text", "")) for m in sent] + [json.dumps(i) for i in invoices],
+            sent=sent,
             orders=binance.get("/_control/orders").json(),
             binance_stats=binance.get("/_control/stats").json(),
             levels=staircase.levels,
@@ -1014,6 +1029,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Collected:
             minutes=args.minutes,
             run_started=run_started,
             run_ended=run_ended,
+            load_window=load_window,
             payments=load.payments,
             load_errors=load.errors,
         )
@@ -1209,10 +1225,35 @@ def check_replies(data: Collected) -> Verdict:
         f"a live bot went more than {POLL_GAP_LIMIT_S:g} s without polling: {len(gaps)} times",
         *[f"    bot pid {pid}: no getUpdates for {gap:.0f} s" for pid, gap in gaps[:5]],
         *[f"    no reply: {p.kind} {p.text[:40]!r} (update {p.update_id})" for p in none[:5]],
-        *[f"    {data.replies[p.message_id]} replies: {p.kind} {p.text[:40]!r}" for p in many[:5]],
+        *[line for p in many[:5] for line in describe_replies(data, p)],
     ]
     passed = not none and not many and not unconfirmed and not gaps
     return Verdict("exactly one reply per accepted command", passed, figures)
+
+
+def describe_replies(data: Collected, command: Pushed) -> list[str]:
+    """A command answered more than once: when each answer came, after which fault."""
+    lines = [f"    {data.replies[command.message_id]} replies: {command.kind} {command.text[:40]!r} "
+             f"(update {command.update_id})"]  # fmt: skip
+    for message in data.sent:
+        if message.get("reply_to") != command.message_id:
+            continue
+        at = float(message.get("at") or 0.0)
+        text = str(message.get("text", "")).replace("\n", " ")[:60]
+        lines.append(f"      {clock(at)} ({after_fault(data, at)}): {text!r}")
+    return lines
+
+
+def clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def after_fault(data: Collected, at: float) -> str:
+    """Which faults came in the 30 s before `at`, the latest first."""
+    recent = [(t, kind) for t, kind, _ in data.faults.injected if at - 30 <= t <= at]
+    if not recent:
+        return "no fault in the 30 s before"
+    return ", ".join(f"{at - t:.1f} s after {kind}" for t, kind in reversed(recent[-3:]))
 
 
 def polling_gaps(data: Collected) -> list[tuple[int, float]]:
@@ -1300,7 +1341,9 @@ def check_status(data: Collected) -> Verdict:
         f"{latencies[len(latencies) // 2] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms; "
         f"over {STATUS_BUDGET_S:g} s: {len(slow)}; wrong about the bot: {wrong}",
         *examples[:5],
-    ]
+        *[f"    slow: {clock(p.at)} {p.latency_s * 1000:.0f} ms, exit {p.code} "
+          f"({after_fault(data, p.at)})" for p in slow[:5]],
+    ]  # fmt: skip
     return Verdict("status within 1 s and never wrong", not slow and wrong == 0, figures)
 
 
@@ -1331,13 +1374,14 @@ def check_rss(data: Collected) -> Verdict:
     peak = max(m for _, _, m in data.rss)
     judged_run = data.minutes >= SLOPE_MIN_RUN_MIN
     warmup = SLOPE_WARMUP_LONG_S if judged_run else SLOPE_WARMUP_S
-    half = (data.rss[0][0] + data.rss[-1][0]) / 2
+    began, ended = data.load_window
+    half = (began + ended) / 2
     born: dict[int, float] = {}
     for t, pid, _ in data.rss:
         born.setdefault(pid, t)
     lives: dict[int, list[tuple[float, float]]] = {}
     for t, pid, mib in data.rss:
-        if t >= half and t >= born[pid] + warmup:
+        if half <= t <= ended and t >= born[pid] + warmup:
             lives.setdefault(pid, []).append((t, mib))
     slope = pooled_slope_mib_per_10min(list(lives.values()))
     samples = sum(len(points) for points in lives.values())
@@ -1354,8 +1398,8 @@ def check_rss(data: Collected) -> Verdict:
     figures = [
         f"peak {peak:.1f} MiB (target <= {RSS_TARGET_MIB:.0f}); final {data.rss[-1][2]:.1f} MiB; "
         f"{len(born)} bot processes sampled",
-        f"slope over the last half ({samples} samples from {len(lives)} bot lives, each after "
-        f"its first {warmup:.0f} s, pooled): {shown} MiB per 10 min (target <= "
+        f"slope over the last half of the load ({samples} samples from {len(lives)} bot "
+        f"lives, each after its first {warmup:.0f} s, pooled): {shown} MiB per 10 min (target <= "
         f"{SLOPE_TARGET_MIB_PER_10MIN:g}; {verdict})",
     ]
     passed = peak <= RSS_TARGET_MIB and (slope_ok if judged_run else True)
