@@ -519,7 +519,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Outcome:
 
         def on_minute(minute: int, samples: Samples) -> None:
             progress(minute, samples)
-            if args.tracemalloc and minute == 1:
+            if args.tracemalloc and minute == args.snapshot_at:
                 take_snapshot(bot.pid, workdir)
 
         ours = drive(
@@ -645,6 +645,9 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(COMMAND_WEIGHTS),
                         help="send only this kind of command (to see what memory follows)")  # fmt: skip
     parser.add_argument("--tracemalloc", action="store_true", help="report what grows")
+    parser.add_argument("--snapshot-at", type=int, default=1, metavar="MINUTE",
+                        help="with --tracemalloc: the minute of the first snapshot (the last "
+                        "is taken at the end)")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--peer-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
