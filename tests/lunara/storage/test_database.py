@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,13 +18,6 @@ from lunara.storage.database import (
     transaction,
 )
 from lunara.storage.migrations import LATEST_VERSION, current_version
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
-    connection = await open_database(tmp_path / "lunara.db")
-    yield connection
-    await connection.close()
 
 
 async def _scalar(connection: aiosqlite.Connection, sql: str) -> object:

@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import aiosqlite
-import pytest
 
 from lunara.storage import handled
-from lunara.storage.database import open_database
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
-    connection = await open_database(tmp_path / "lunara.db")
-    yield connection
-    await connection.close()
 
 
 async def test_a_taken_command_is_unfinished_until_answered(db: aiosqlite.Connection) -> None:

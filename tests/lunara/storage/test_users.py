@@ -1,21 +1,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiosqlite
 import pytest
 
 from lunara.storage import users
-from lunara.storage.database import InvalidValue, RecordNotFound, open_database
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
-    connection = await open_database(tmp_path / "lunara.db")
-    yield connection
-    await connection.close()
+from lunara.storage.database import InvalidValue, RecordNotFound
 
 
 async def test_register_creates_a_free_active_user(db: aiosqlite.Connection) -> None:
