@@ -380,6 +380,18 @@ async def test_a_lease_lost_with_a_flushed_redis_is_taken_back(
         await client.aclose()
 
 
+async def plans_answered_once_on_start(
+    fake: FakeTelegram, home: Path, message_id: int, what: str
+) -> None:
+    """Start the bot: the `/plans` in message `message_id`, left from a crash, gets exactly
+    one answer, and new commands are answered too."""
+    async with running_bot(fake, home) as running:
+        await running.until(lambda: any(m["reply_to"] == message_id for m in fake.sent), what=what)
+        assert "Plans" in await running.ask(TRADER, "/plans")
+    answers = [m for m in fake.sent if m["reply_to"] == message_id]
+    assert len(answers) == 1 and "Plans" in answers[0]["text"]
+
+
 async def test_a_command_taken_but_not_answered_before_a_crash_is_answered_on_start(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:
@@ -400,14 +412,9 @@ async def test_a_command_taken_but_not_answered_before_a_crash_is_answered_on_st
         assert await handled.begin(db, TRADER, message_id, TRADER, json.dumps(update))
     finally:
         await db.close()
-    async with running_bot(fake_telegram, bot_home) as bot:
-        await bot.until(
-            lambda: any(m["reply_to"] == message_id for m in fake_telegram.sent),
-            what="the answer to the command taken before the crash",
-        )
-        assert "Plans" in await bot.ask(TRADER, "/plans")
-    answers = [m for m in fake_telegram.sent if m["reply_to"] == message_id]
-    assert len(answers) == 1 and "Plans" in answers[0]["text"]
+    await plans_answered_once_on_start(
+        fake_telegram, bot_home, message_id, "the answer to the command taken before the crash"
+    )
     db = await open_database(bot_home / "lunara.db")
     try:
         assert await handled.unfinished(db) == []
@@ -433,14 +440,9 @@ async def test_a_command_fetched_and_confirmed_but_never_handled_is_answered_aft
         finally:
             await client.shutdown()
     assert fake_telegram.confirmed_below > update_id  # Telegram has forgotten it
-    async with running_bot(fake_telegram, bot_home) as running:
-        await running.until(
-            lambda: any(m["reply_to"] == message_id for m in fake_telegram.sent),
-            what="the answer to the command fetched before the crash",
-        )
-        assert "Plans" in await running.ask(TRADER, "/plans")
-    answers = [m for m in fake_telegram.sent if m["reply_to"] == message_id]
-    assert len(answers) == 1 and "Plans" in answers[0]["text"]
+    await plans_answered_once_on_start(
+        fake_telegram, bot_home, message_id, "the answer to the command fetched before the crash"
+    )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
