@@ -1,5 +1,9 @@
 """Telegram commands taken and answered: each command is answered once, even across crashes.
 
+The same holds for the service message of a completed payment (Telegram sends it once):
+it is taken, recorded and thanked for exactly like a command, so "command" below means
+either.
+
 python-telegram-bot confirms a batch of updates to Telegram (with the next getUpdates
 offset) as soon as it has fetched them, before their handlers have run; and the bot can
 die after answering a command but before confirming it. So a command is written here

@@ -120,6 +120,20 @@ def command_of(update: Update) -> tuple[Message, User] | None:
     return (message, sender) if filters.COMMAND.check_update(update) else None
 
 
+def inbox_entry_of(update: Update) -> tuple[Message, User] | None:
+    """The message and sender of an update the inbox holds until it is answered: a command,
+    or the service message of a completed payment (Telegram sends it once; losing it
+    would lose a plan the user paid for)."""
+    command = command_of(update)
+    if command is not None:
+        return command
+    message = update.effective_message
+    sender = update.effective_user
+    if message is None or sender is None or message.successful_payment is None:
+        return None
+    return message, sender
+
+
 def _stored_update(update: Update, message: Message) -> str | None:
     """What the inbox keeps to answer a command again: never the text of a secret one."""
     return None if command_name(message.text or "") in SECRET_COMMANDS else update.to_json()
@@ -253,12 +267,12 @@ class TelegramBot:
     # -- handlers -----------------------------------------------------------------------
 
     async def _take(self, updates: Sequence[Update]) -> None:
-        """Into the inbox, as fetched (InboxBot): the commands among a batch of updates."""
+        """Into the inbox, as fetched (InboxBot): the commands and payments among a batch."""
         taken = []
         for update in updates:
-            command = command_of(update)
-            if command is not None:
-                message, sender = command
+            entry = inbox_entry_of(update)
+            if entry is not None:
+                message, sender = entry
                 taken.append((message.chat_id, message.message_id, sender.id,
                               _stored_update(update, message)))  # fmt: skip
         if taken:
@@ -271,6 +285,20 @@ class TelegramBot:
         message, sender = command
         text = message.text or ""
         self.updates_handled += 1
+        await self._answer_once(
+            update, message, sender, lambda: self._answer_command(message, sender.id, text)
+        )
+
+    async def _answer_once(
+        self,
+        update: Update,
+        message: Message,
+        sender: User,
+        answer: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Run `answer` for an inbox entry unless it was answered already (a replay, or
+        Telegram delivering it again), then mark it answered; one that failed on a
+        network error stays in the inbox and is tried again."""
         key = (message.chat_id, message.message_id)
         if key in self.in_hand:  # delivered again while a replay of it runs
             return
@@ -279,11 +307,11 @@ class TelegramBot:
             # Taken into the inbox when fetched; a replayed update may predate that.
             payload = _stored_update(update, message)
             if not await handled.begin(self.db, *key, sender.id, payload):
-                logger.info("command %d in chat %d was answered before a restart; skipping",
+                logger.info("message %d in chat %d was answered before a restart; skipping",
                             message.message_id, message.chat_id)  # fmt: skip
                 return
             try:
-                await self._answer_command(message, sender.id, text)
+                await answer()
             except Exception as error:
                 if not is_retryable(error):
                     # The error handler apologises for it: answered, never replayed.
@@ -354,11 +382,18 @@ class TelegramBot:
     async def _on_successful_payment(
         self, update: Update, _context: ContextTypes.DEFAULT_TYPE
     ) -> None:
-        message = update.effective_message
-        sender = update.effective_user
-        if message is None or sender is None or message.successful_payment is None:
+        entry = inbox_entry_of(update)
+        if entry is None:
             return
+        message, sender = entry
+        await self._answer_once(
+            update, message, sender, lambda: self._record_payment(message, sender)
+        )
+
+    async def _record_payment(self, message: Message, sender: User) -> None:
+        """Record the payment (once per charge id, so a replay is harmless), thank the payer."""
         paid = message.successful_payment
+        assert paid is not None
         outcome = await payments.record_payment(
             self.db,
             sender.id,
@@ -370,6 +405,7 @@ class TelegramBot:
         await self.send(
             message.chat_id,
             f"Thank you! Your {fmt.escape(plan.title if plan else outcome.payment.plan)} plan is active.",
+            message.message_id,
         )
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -8,6 +8,7 @@ import json
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import pytest
@@ -15,6 +16,7 @@ from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lunara import payments as payments_flow
 from lunara import plans as plan_book
 from lunara.storage import credentials, handled, payments, users
 from lunara.storage.database import open_database
@@ -443,6 +445,41 @@ async def test_a_command_fetched_and_confirmed_but_never_handled_is_answered_aft
     await plans_answered_once_on_start(
         fake_telegram, bot_home, message_id, "the answer to the command fetched before the crash"
     )
+
+
+async def test_a_payment_fetched_and_confirmed_but_never_handled_is_recorded_after_a_crash(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    """Telegram sends a completed payment once: a bot that dies after confirming it must
+    still grant the plan, and thank the payer once, when it comes back."""
+    pro = plan_book.PLANS[plan_book.PlanName.PRO]
+    payload = payments_flow.invoice_payload(pro, TRADER)
+    async with running_bot(fake_telegram, bot_home) as running:
+        await running.ask(TRADER, "/start")
+    update_id = fake_telegram.push_successful_payment(TRADER, payload, "charge-7", pro.price_stars)
+    _, message_id = fake_telegram.pushed[update_id]
+    async with built_bot(fake_telegram, bot_home) as (bot, _):
+        client = bot.application.bot
+        await client.initialize()
+        try:
+            assert [u.update_id for u in await client.get_updates(timeout=0)] == [update_id]
+            assert await client.get_updates(offset=update_id + 1, timeout=0) == ()
+        finally:
+            await client.shutdown()
+        assert await payments.get(bot.db, "charge-7") is None  # died before recording it
+    assert fake_telegram.confirmed_below > update_id  # Telegram has forgotten it
+
+    def thanks() -> list[dict[str, Any]]:
+        return [m for m in fake_telegram.sent if m["reply_to"] == message_id]
+
+    async with running_bot(fake_telegram, bot_home) as running:
+        await running.until(lambda: thanks() != [], what="the thanks for the payment")
+        assert "Plans" in await running.ask(TRADER, "/plans")
+        payment = await payments.get(running.bot.db, "charge-7")
+        user = await users.get(running.bot.db, TRADER)
+    assert payment is not None and payment.status is payments.PaymentStatus.PAID
+    assert user is not None and user.plan == "pro"
+    assert [m["text"] for m in thanks()] == ["Thank you! Your Pro plan is active."]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
