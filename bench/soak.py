@@ -31,7 +31,8 @@ FAIL:
 - every open position's trailing stop equals the pure `trailing.replay` of the price
   levels it lived through;
 - every accepted Telegram command (its update confirmed by the poller) got exactly one
-  threaded reply (message or invoice);
+  threaded reply (message or invoice), and every accepted payment (its service message)
+  is recorded and was thanked exactly once;
 - zero tracebacks / "unexpected" lines in the logs; zero secrets in logs, replies, the
   audit log or the ledger;
 - `lunara status --json` always answered within 1 s and was never wrong about whether
@@ -368,6 +369,19 @@ class Telegram:
             self.pushed.append(record)
         return record
 
+    def push_payment(self, user_id: int, payload: str, total: int, charge_id: str) -> Pushed:
+        """The service message of a completed payment, answered (thanked) like a command."""
+        reply = self.http.post("/_control/push_successful_payment",
+                               json={"user_id": user_id, "payload": payload,
+                                     "total_amount": total, "charge_id": charge_id})  # fmt: skip
+        reply.raise_for_status()
+        body = reply.json()
+        record = Pushed(int(body["update_id"]), int(body["message_id"]), user_id, "payment",
+                        charge_id)  # fmt: skip
+        with self.lock:
+            self.pushed.append(record)
+        return record
+
     def get(self, path: str) -> Any:
         reply = self.http.get(path)
         reply.raise_for_status()
@@ -398,7 +412,6 @@ class CommandLoad:
         self.stop_event = threading.Event()
         self.subscribes: dict[int, int] = {}  # command message id -> user id
         self.paid: set[int] = set()
-        self.payments = 0
         self.errors: list[str] = []
         self.thread = threading.Thread(target=self._run, name="load", daemon=True)
 
@@ -448,12 +461,7 @@ class CommandLoad:
             payload = str(invoice["payload"])
             self.telegram.post("/_control/push_pre_checkout",
                                {"user_id": user_id, "payload": payload, "total_amount": total})  # fmt: skip
-            self.payments += 1
-            self.telegram.post(
-                "/_control/push_successful_payment",
-                {"user_id": user_id, "payload": payload, "total_amount": total,
-                 "charge_id": f"soak-charge-{message_id}"},
-            )  # fmt: skip
+            self.telegram.push_payment(user_id, payload, total, f"soak-charge-{message_id}")
 
     def start(self) -> None:
         self.thread.start()
@@ -807,6 +815,7 @@ class Collected:
     polls: list[dict[str, Any]]
     reply_texts: list[str]
     sent: list[dict[str, Any]]  # the fake's sendMessage records (reply_to, text, at)
+    invoices: list[dict[str, Any]]  # the fake's sendInvoice records (reply_to, payload, at)
     orders: list[dict[str, Any]]
     binance_stats: dict[str, Any]
     levels: list[Level]
@@ -828,7 +837,7 @@ class Collected:
     run_started: float
     run_ended: float
     load_window: tuple[float, float]  # monotonic: the faults and the load (not the drain)
-    payments: int
+    recorded_payments: set[str]  # charge ids in the payments table
     load_errors: list[str]
 
 
@@ -1009,6 +1018,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Collected:
             polls=telegram.get("/_control/polls"),
             reply_texts=[str(m.get("text", "")) for m in sent] + [json.dumps(i) for i in invoices],
             sent=sent,
+            invoices=invoices,
             orders=binance.get("/_control/orders").json(),
             binance_stats=binance.get("/_control/stats").json(),
             levels=staircase.levels,
@@ -1030,7 +1040,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Collected:
             run_started=run_started,
             run_ended=run_ended,
             load_window=load_window,
-            payments=load.payments,
+            recorded_payments=recorded_payments(database),
             load_errors=load.errors,
         )
     finally:
@@ -1087,6 +1097,13 @@ def read_database(
             int(row["position_id"]): dict(row) for row in db.execute("SELECT * FROM trailing_stops")
         }
     return positions, orders, stops
+
+
+def recorded_payments(database: Path) -> set[str]:
+    with contextlib.closing(
+        sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+    ) as db:
+        return {str(row[0]) for row in db.execute("SELECT charge_id FROM payments")}
 
 
 def read_redis_stops(url: str) -> dict[int, StopState]:
@@ -1217,29 +1234,35 @@ def check_replies(data: Collected) -> Verdict:
     none = [p for p in accepted if data.replies[p.message_id] == 0]
     many = [p for p in accepted if data.replies[p.message_id] > 1]
     unconfirmed = len(data.pushed) - len(accepted)
+    paid = [p for p in accepted if p.kind == "payment"]
+    unrecorded = [p for p in paid if p.text not in data.recorded_payments]
     gaps = polling_gaps(data)
     figures = [
-        f"{len(data.pushed)} commands pushed, {len(accepted)} accepted, "
-        f"{unconfirmed} never confirmed; {data.payments} payments",
+        f"{len(data.pushed)} commands and payments pushed, {len(accepted)} accepted, "
+        f"{unconfirmed} never confirmed",
         f"accepted with no reply: {len(none)}; with more than one: {len(many)}",
+        f"payments accepted: {len(paid)}, recorded: {len(paid) - len(unrecorded)}",
         f"a live bot went more than {POLL_GAP_LIMIT_S:g} s without polling: {len(gaps)} times",
         *[f"    bot pid {pid}: no getUpdates for {gap:.0f} s" for pid, gap in gaps[:5]],
         *[f"    no reply: {p.kind} {p.text[:40]!r} (update {p.update_id})" for p in none[:5]],
+        *[f"    not recorded: payment {p.text} (update {p.update_id})" for p in unrecorded[:5]],
         *[line for p in many[:5] for line in describe_replies(data, p)],
     ]
-    passed = not none and not many and not unconfirmed and not gaps
-    return Verdict("exactly one reply per accepted command", passed, figures)
+    passed = not none and not many and not unconfirmed and not unrecorded and not gaps
+    return Verdict("exactly one reply per accepted command and payment; payments recorded",
+                   passed, figures)  # fmt: skip
 
 
 def describe_replies(data: Collected, command: Pushed) -> list[str]:
     """A command answered more than once: when each answer came, after which fault."""
     lines = [f"    {data.replies[command.message_id]} replies: {command.kind} {command.text[:40]!r} "
              f"(update {command.update_id})"]  # fmt: skip
-    for message in data.sent:
-        if message.get("reply_to") != command.message_id:
+    answers = [*data.sent, *({**i, "text": f"invoice {i.get('payload')}"} for i in data.invoices)]
+    for answer in sorted(answers, key=lambda a: float(a.get("at") or 0.0)):
+        if answer.get("reply_to") != command.message_id:
             continue
-        at = float(message.get("at") or 0.0)
-        text = str(message.get("text", "")).replace("\n", " ")[:60]
+        at = float(answer.get("at") or 0.0)
+        text = str(answer.get("text", "")).replace("\n", " ")[:60]
         lines.append(f"      {clock(at)} ({after_fault(data, at)}): {text!r}")
     return lines
 

@@ -398,7 +398,8 @@ class FakeTelegram(BackgroundServer):
         body = await json_body(request)
         update_id = self.push_successful_payment(int(body["user_id"]), str(body["payload"]),
                                                  str(body["charge_id"]), int(body["total_amount"]))  # fmt: skip
-        return web.json_response({"update_id": update_id})
+        _, message_id = self.pushed[update_id]
+        return web.json_response({"update_id": update_id, "message_id": message_id})
 
     async def _control_sent(self, request: web.Request) -> web.Response:
         chat = request.query.get("chat_id")
@@ -616,7 +617,7 @@ class FakeTelegram(BackgroundServer):
         if params.get("currency") == "XTR" and params.get("provider_token") not in (None, ""):
             raise _ApiError(400, "Bad Request: provider_token must be empty for Telegram Stars")
         with self._lock:
-            self.invoices.append(params)
+            self.invoices.append(dict(params, at=time.time()))
         message = self._bot_message(int(params["chat_id"]))
         message["invoice"] = {
             "title": params.get("title", ""), "description": params.get("description", ""),
