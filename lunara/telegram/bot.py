@@ -165,6 +165,7 @@ class TelegramBot:
         self.errors = ErrorHandler(db, self.state, self.send, self.admin_ids)
         self.updates_handled = 0
         self.in_hand: set[tuple[int, int]] = set()  # (chat, message) being answered now
+        self.stopping = False  # set once the bot is shutting down: start no new answers
         base = settings.telegram_api_base_url or "https://api.telegram.org"
         client = InboxBot(
             token.get_secret_value(),
@@ -297,15 +298,20 @@ class TelegramBot:
         answer: Callable[[], Awaitable[None]],
     ) -> None:
         """Run `answer` for an inbox entry unless it was answered already (a replay, or
-        Telegram delivering it again), then mark it answered; one that failed on a
-        network error stays in the inbox and is tried again."""
+        Telegram delivering it again) or the bot is stopping, then mark it answered; one
+        that failed on a network error stays in the inbox and is tried again."""
         key = (message.chat_id, message.message_id)
         if key in self.in_hand:  # delivered again while a replay of it runs
+            return
+        payload = _stored_update(update, message)
+        if self.stopping and payload is not None:
+            # Fetched but not begun when the stop came: it stays in the inbox and is
+            # answered on the next start, so a stop waits only for the answers under way.
+            # (A secret command is not stored, so it cannot wait: it is answered now.)
             return
         self.in_hand.add(key)
         try:
             # Taken into the inbox when fetched; a replayed update may predate that.
-            payload = _stored_update(update, message)
             if not await handled.begin(self.db, *key, sender.id, payload):
                 logger.info("message %d in chat %d was answered before a restart; skipping",
                             message.message_id, message.chat_id)  # fmt: skip
@@ -461,6 +467,7 @@ class TelegramService:
                 if lease.lost.is_set() and not stop.is_set():
                     logger.error("another instance took the poller lease; waiting to get it back")
         finally:
+            bot.stopping = True
             with contextlib.suppress(Exception):
                 if application.running:
                     await application.stop()

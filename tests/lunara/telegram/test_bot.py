@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -480,6 +481,35 @@ async def test_a_payment_fetched_and_confirmed_but_never_handled_is_recorded_aft
     assert payment is not None and payment.status is payments.PaymentStatus.PAID
     assert user is not None and user.plan == "pro"
     assert [m["text"] for m in thanks()] == ["Thank you! Your Pro plan is active."]
+
+
+async def test_a_stop_finishes_the_answers_under_way_and_leaves_the_backlog_for_the_next_start(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    """A stop waits for the answers being sent, not for a backlog behind them (a slow stop
+    is cut short by the watchdog, mid-answer): commands fetched but not begun stay in the
+    inbox, and the next start answers each of them once."""
+    count = 100  # more than the 64 commands answered at a time
+    fake_telegram.inject_stall("sendMessage", 2.0, times=count)
+    async with running_bot(fake_telegram, bot_home) as running:
+        pushed = [fake_telegram.push_text(6000 + n, "/plans") for n in range(count)]
+        await running.until(lambda: fake_telegram.confirmed_below > pushed[-1], what="all fetched")
+    message_ids = {fake_telegram.pushed[update_id][1] for update_id in pushed}
+
+    def answers() -> Counter[int]:
+        return Counter(m["reply_to"] for m in fake_telegram.sent if m["reply_to"] in message_ids)
+
+    answered_before_the_stop = sum(answers().values())
+    assert answered_before_the_stop < count
+    assert set(answers().values()) <= {1}
+    db = await open_database(bot_home / "lunara.db")
+    try:
+        assert len(await handled.unfinished(db)) == count - answered_before_the_stop
+    finally:
+        await db.close()
+    async with running_bot(fake_telegram, bot_home) as running:
+        await running.until(lambda: len(answers()) == count, what="every command answered")
+    assert set(answers().values()) == {1}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
