@@ -26,6 +26,7 @@ from typing import Any
 import requests
 from binance.client import Client
 from binance.exceptions import BinanceAPIException, BinanceRequestException
+from requests.adapters import HTTPAdapter
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -103,14 +104,39 @@ class RetryPolicy:
     )
 
 
-class _EndpointClient(Client):
-    """``Client`` pointed at ``BINANCE_API_BASE_URL`` (a test server or a regional mirror)."""
+class _PooledClient(Client):
+    """``Client`` whose connections come from the gateway's one pool.
+
+    python-binance gives every client its own ``requests.Session`` (the API key travels in
+    its headers) and with it its own connection pool: one open socket (in production a TLS
+    session) per trader. Here a trader's session keeps its headers and mounts the shared
+    adapter, so a client costs a few objects and every trader's requests reuse the same few
+    connections. Closing a client (python-binance does it when one is collected) leaves
+    the shared pool alone.
+    """
 
     def __init__(
-        self, api_key: str | None, api_secret: str | None, api_url: str, timeout_s: float
+        self,
+        api_key: str | None,
+        api_secret: str | None,
+        *,
+        adapter: HTTPAdapter,
+        api_url: str | None,
+        timeout_s: float,
     ) -> None:
-        self.API_URL = api_url
+        self._adapter = adapter
+        if api_url is not None:  # ``BINANCE_API_BASE_URL``: a test server or a regional mirror
+            self.API_URL = api_url
         super().__init__(api_key, api_secret, requests_params={"timeout": timeout_s}, ping=False)
+
+    def _init_session(self) -> requests.Session:
+        session = super()._init_session()
+        for prefix in ("https://", "http://"):
+            session.mount(prefix, self._adapter)
+        return session
+
+    def close_connection(self) -> None:
+        """The connections are the gateway's; nothing of this client's to close."""
 
 
 def api_url(base_url: str) -> str:
@@ -178,13 +204,25 @@ class BinanceGateway:
         self._rules_ttl_s = rules_ttl_s
         self._rules_lock = asyncio.Lock()
         self._public: Client | None = None
+        # One connection pool for every trader's client; requests run at most
+        # `max_concurrency` at a time, so that many connections per host are kept.
+        self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_concurrency)
         self.requests_sent = 0
 
     def client(self, api_key: str | None = None, api_secret: str | None = None) -> Client:
-        """A python-binance client for one set of keys; no request is made here."""
-        if self._api_url is not None:
-            return _EndpointClient(api_key, api_secret, self._api_url, self._timeout_s)
-        return Client(api_key, api_secret, requests_params={"timeout": self._timeout_s}, ping=False)
+        """A python-binance client for one set of keys, on the shared connection pool; no
+        request is made here."""
+        return _PooledClient(
+            api_key,
+            api_secret,
+            adapter=self._adapter,
+            api_url=self._api_url,
+            timeout_s=self._timeout_s,
+        )
+
+    async def aclose(self) -> None:
+        """Close the shared connections (at shutdown)."""
+        self._adapter.close()
 
     @property
     def public(self) -> Client:

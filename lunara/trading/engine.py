@@ -79,7 +79,8 @@ INTERACTIVE_WAIT_S = 10.0
 """A trader's read (/balance) waits at most this long for Binance's request budget."""
 
 MAX_CACHED_CLIENTS = 256
-"""Traders whose Binance client is kept between orders; the least recently used go first."""
+"""Traders whose Binance client (their keys, decrypted; the connections are shared) is kept
+between orders; the least recently used go first."""
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ class TradingEngine:
         self._binance[user_id] = (info.updated_at, exchange)
         self._binance.move_to_end(user_id)
         while len(self._binance) > MAX_CACHED_CLIENTS:
-            self._binance.popitem(last=False)  # each client holds an HTTP session and pool
+            self._binance.popitem(last=False)
         return exchange
 
     # TradingService
@@ -588,6 +589,8 @@ async def open_trading(
         if needs_binance
         else None
     )
+    if gateway is not None:
+        closers.append(gateway.aclose)
     keyring = None
     if settings.mode is Mode.LIVE:
         from lunara.crypto import load_keyring

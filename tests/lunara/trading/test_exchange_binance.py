@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import psutil
 import pytest
 from tenacity import wait_none
 
@@ -105,6 +107,28 @@ async def test_prices_for_all_symbols_come_in_one_request(fake: FakeBinance) -> 
     tick = await market.tick(["BTCUSDT", "ETHUSDT"], 0.0)
     assert tick.prices == {"BTCUSDT": Decimal(50000), "ETHUSDT": Decimal(3000)}
     assert fake.count("GET", "ticker/price") == 1
+
+
+async def test_every_traders_client_shares_the_gateways_few_connections(
+    fake: FakeBinance,
+) -> None:
+    """A trader's client carries their keys, not a connection pool of its own: forty
+    traders' reads go over at most the gateway's `max_concurrency` connections, each
+    still signed with its own key."""
+    traders = [(f"{n:02d}" * 32, f"{n:02d}s" * 21 + "s") for n in range(40)]
+    for n, (key, secret) in enumerate(traders):
+        fake.add_account(key, secret, USDT=str(100 + n))
+    gateway = _gateway(fake)
+    exchanges = [BinanceExchange(gateway, key, secret) for key, secret in traders]
+    balances = [await exchange.balances() for exchange in exchanges]
+    assert [b[0].free for b in balances] == [Decimal(100 + n) for n in range(40)]
+    port = urlsplit(fake.base_url).port
+    open_to_the_exchange = [
+        c
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    ]
+    assert 1 <= len(open_to_the_exchange) <= 4  # the gateway's max_concurrency
 
 
 async def _order_path(tmp_path: Path) -> tuple[object, object, OrderPath]:
