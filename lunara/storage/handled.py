@@ -13,9 +13,10 @@ called as it is worked on (and records a command a replay brought that was never
 it is marked `answered` after its replies are sent:
 
 - a command Telegram delivers again that is already `answered` is skipped;
-- on start, commands left `started` by a run that died are handed to the handlers again
-  (`unfinished`), and so, while running, is a command whose answer could not be sent
-  (Telegram unreachable past every retry); this is safe because the commands with effects
+- on start, commands left `started` by a run that died (or that stopped before it began
+  them) are handed to the handlers again (`unfinished`), and so, while running, is a
+  command whose answer could not be sent (Telegram unreachable past every retry), or a
+  payment the database could not record; this is safe because the commands with effects
   are idempotent (a `/buy` is keyed by its message, a `/sell` by its position, a payment
   by its charge id).
 

@@ -77,9 +77,9 @@ CONNECTION_POOL = 256  # python-telegram-bot's own default for concurrent update
 
 
 class InboxBot(ExtBot[None]):
-    """The Bot API client, writing every command it fetches to the inbox
+    """The Bot API client, writing every command and payment it fetches to the inbox
     (`lunara.storage.handled`) before python-telegram-bot confirms it to Telegram with the
-    next getUpdates offset: a command Telegram will not deliver again is one we hold."""
+    next getUpdates offset: an update Telegram will not deliver again is one we hold."""
 
     __slots__ = ("_take",)
 
@@ -97,7 +97,7 @@ class InboxBot(ExtBot[None]):
             except sqlite3.Error as error:
                 # Not confirmed: the updater fetches the same batch again after a pause.
                 raise NetworkError(
-                    f"could not record the fetched commands ({type(error).__name__})"
+                    f"could not record the fetched updates ({type(error).__name__})"
                 ) from error
         return updates
 
@@ -296,10 +296,13 @@ class TelegramBot:
         message: Message,
         sender: User,
         answer: Callable[[], Awaitable[None]],
+        *,
+        retry_on: type[Exception] | tuple[type[Exception], ...] = (),
     ) -> None:
         """Run `answer` for an inbox entry unless it was answered already (a replay, or
         Telegram delivering it again) or the bot is stopping, then mark it answered; one
-        that failed on a network error stays in the inbox and is tried again."""
+        that failed on a network error (or a `retry_on` error) stays in the inbox and is
+        tried again by the sweep."""
         key = (message.chat_id, message.message_id)
         if key in self.in_hand:  # delivered again while a replay of it runs
             return
@@ -319,7 +322,7 @@ class TelegramBot:
             try:
                 await answer()
             except Exception as error:
-                if not is_retryable(error):
+                if not is_retryable(error) and not isinstance(error, retry_on):
                     # The error handler apologises for it: answered, never replayed.
                     await handled.finish(self.db, *key)
                 raise
@@ -393,7 +396,11 @@ class TelegramBot:
             return
         message, sender = entry
         await self._answer_once(
-            update, message, sender, lambda: self._record_payment(message, sender)
+            update,
+            message,
+            sender,
+            lambda: self._record_payment(message, sender),
+            retry_on=sqlite3.Error,  # the payer cannot send it again: keep it, try again
         )
 
     async def _record_payment(self, message: Message, sender: User) -> None:
@@ -463,20 +470,31 @@ class TelegramService:
                     with contextlib.suppress(Exception):
                         if application.updater is not None and application.updater.running:
                             await application.updater.stop()
-                    await lease.release()
+                    try:
+                        if stop.is_set():
+                            # Finish the answers under way while the lease is still ours:
+                            # the next holder replays what the inbox holds unanswered.
+                            await self._stop_application()
+                    finally:
+                        await lease.release()
                 if lease.lost.is_set() and not stop.is_set():
                     logger.error("another instance took the poller lease; waiting to get it back")
         finally:
-            bot.stopping = True
-            with contextlib.suppress(Exception):
-                if application.running:
-                    await application.stop()
+            await self._stop_application()
             with contextlib.suppress(Exception):
                 await application.shutdown()
 
+    async def _stop_application(self) -> None:
+        """Answer no new update, finish those under way (python-telegram-bot waits for them)."""
+        self.bot.stopping = True
+        with contextlib.suppress(Exception):
+            if self.bot.application.running:
+                await self.bot.application.stop()
+
     async def _replay_unfinished(self, taken_before: float | None = None) -> None:
-        """Hand commands taken but not answered (by a run that died, or whose answer could
-        not be sent) to the handlers again."""
+        """Hand commands and payments taken but not answered (by a run that died or
+        stopped before it began them, or whose answer could not be sent) to the handlers
+        again."""
         application = self.bot.application
         pending = await handled.unfinished(self.bot.db, taken_before)
         replayed = 0

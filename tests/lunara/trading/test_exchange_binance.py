@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -120,7 +121,7 @@ async def test_every_traders_client_shares_the_gateways_few_connections(
         fake.add_account(key, secret, USDT=str(100 + n))
     gateway = _gateway(fake)
     exchanges = [BinanceExchange(gateway, key, secret) for key, secret in traders]
-    balances = [await exchange.balances() for exchange in exchanges]
+    balances = await asyncio.gather(*(exchange.balances() for exchange in exchanges))
     assert [b[0].free for b in balances] == [Decimal(100 + n) for n in range(40)]
     port = urlsplit(fake.base_url).port
     open_to_the_exchange = [
