@@ -361,23 +361,22 @@ class Telegram:
         self.pushed: list[Pushed] = []
 
     def push(self, user_id: int, text: str, kind: str) -> Pushed:
-        reply = self.http.post("/_control/push_command", json={"user_id": user_id, "text": text})
-        reply.raise_for_status()
-        body = reply.json()
-        record = Pushed(int(body["update_id"]), int(body["message_id"]), user_id, kind, text)
-        with self.lock:
-            self.pushed.append(record)
-        return record
+        return self._push("/_control/push_command", {"user_id": user_id, "text": text},
+                          user_id, kind, text)  # fmt: skip
 
     def push_payment(self, user_id: int, payload: str, total: int, charge_id: str) -> Pushed:
         """The service message of a completed payment, answered (thanked) like a command."""
-        reply = self.http.post("/_control/push_successful_payment",
-                               json={"user_id": user_id, "payload": payload,
-                                     "total_amount": total, "charge_id": charge_id})  # fmt: skip
+        body = {"user_id": user_id, "payload": payload, "total_amount": total,
+                "charge_id": charge_id}  # fmt: skip
+        return self._push("/_control/push_successful_payment", body, user_id, "payment",
+                          charge_id)  # fmt: skip
+
+    def _push(self, path: str, body: dict[str, Any], user_id: int, kind: str,
+              text: str) -> Pushed:  # fmt: skip
+        reply = self.http.post(path, json=body)
         reply.raise_for_status()
-        body = reply.json()
-        record = Pushed(int(body["update_id"]), int(body["message_id"]), user_id, "payment",
-                        charge_id)  # fmt: skip
+        pushed = reply.json()
+        record = Pushed(int(pushed["update_id"]), int(pushed["message_id"]), user_id, kind, text)
         with self.lock:
             self.pushed.append(record)
         return record
@@ -1010,7 +1009,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Collected:
         invoices = telegram.get("/_control/invoices")
         stats = telegram.get("/_control/stats")
         database = home / "lunara.db"
-        positions, ledger_orders, saved = read_database(database)
+        positions, ledger_orders, saved, paid = read_database(database)
         return Collected(
             pushed=list(telegram.pushed),
             confirmed_below=int(stats["confirmed_below"]),
@@ -1040,7 +1039,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Collected:
             run_started=run_started,
             run_ended=run_ended,
             load_window=load_window,
-            recorded_payments=recorded_payments(database),
+            recorded_payments=paid,
             load_errors=load.errors,
         )
     finally:
@@ -1084,7 +1083,8 @@ def drive(
 
 def read_database(
     database: Path,
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[int, dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], dict[int, dict[str, Any]], set[str]]:
+    """Positions, ledger orders by client id, saved stops by position, recorded charge ids."""
     with contextlib.closing(
         sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
     ) as db:
@@ -1096,14 +1096,8 @@ def read_database(
         stops = {
             int(row["position_id"]): dict(row) for row in db.execute("SELECT * FROM trailing_stops")
         }
-    return positions, orders, stops
-
-
-def recorded_payments(database: Path) -> set[str]:
-    with contextlib.closing(
-        sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
-    ) as db:
-        return {str(row[0]) for row in db.execute("SELECT charge_id FROM payments")}
+        paid = {str(row["charge_id"]) for row in db.execute("SELECT charge_id FROM payments")}
+    return positions, orders, stops, paid
 
 
 def read_redis_stops(url: str) -> dict[int, StopState]:
