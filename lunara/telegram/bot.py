@@ -20,6 +20,7 @@ from typing import Any
 
 import aiosqlite
 from telegram import LabeledPrice, Message, ReplyParameters, Update, User
+from telegram.constants import ChatType
 from telegram.error import (
     Forbidden,
     NetworkError,
@@ -71,13 +72,17 @@ CLIENT_TIMEOUT_S = 5.0
 """Connect, write and read timeout of every Bot API call (long polls add POLL_TIMEOUT_S)."""
 SEND_ATTEMPTS = 4
 SECRET_COMMANDS = frozenset({"setkeys"})
+HINT = "Send /help to see the commands."
+"""The answer to a plain text in a private chat."""
+BLANKED_TEXT = "…"
+"""What the inbox keeps of a plain text's words."""
 RETRY_UNANSWERED_S = 30.0
 """A command taken this long ago and still not answered is tried again."""
 CONNECTION_POOL = 256  # python-telegram-bot's own default for concurrent updates
 
 
 class InboxBot(ExtBot[None]):
-    """The Bot API client, writing every command and payment it fetches to the inbox
+    """The Bot API client, writing every command, plain text and payment it fetches to the inbox
     (`lunara.storage.handled`) before python-telegram-bot confirms it to Telegram with the
     next getUpdates offset: an update Telegram will not deliver again is one we hold."""
 
@@ -120,13 +125,25 @@ def command_of(update: Update) -> tuple[Message, User] | None:
     return (message, sender) if filters.COMMAND.check_update(update) else None
 
 
+def plain_text_of(update: Update) -> tuple[Message, User] | None:
+    """The message and sender of a plain text in a private chat (answered with `HINT`),
+    else None; plain text in a group is not for the bot."""
+    message = update.effective_message
+    sender = update.effective_user
+    if message is None or sender is None or sender.is_bot or not message.text:
+        return None
+    if message.chat.type != ChatType.PRIVATE or filters.COMMAND.check_update(update):
+        return None
+    return message, sender
+
+
 def inbox_entry_of(update: Update) -> tuple[Message, User] | None:
     """The message and sender of an update the inbox holds until it is answered: a command,
-    or the service message of a completed payment (Telegram sends it once; losing it
-    would lose a plan the user paid for)."""
-    command = command_of(update)
-    if command is not None:
-        return command
+    a plain text the bot answers, or the service message of a completed payment (Telegram
+    sends it once; losing it would lose a plan the user paid for)."""
+    entry = command_of(update) or plain_text_of(update)
+    if entry is not None:
+        return entry
     message = update.effective_message
     sender = update.effective_user
     if message is None or sender is None or message.successful_payment is None:
@@ -135,8 +152,19 @@ def inbox_entry_of(update: Update) -> tuple[Message, User] | None:
 
 
 def _stored_update(update: Update, message: Message) -> str | None:
-    """What the inbox keeps to answer a command again: never the text of a secret one."""
-    return None if command_name(message.text or "") in SECRET_COMMANDS else update.to_json()
+    """What the inbox keeps to answer an update again: never the text of a secret command,
+    nor the words of a plain text (its answer does not depend on them, and they may be
+    anything a user pasted, an exchange key too): they are kept as `BLANKED_TEXT`."""
+    if command_name(message.text or "") in SECRET_COMMANDS:
+        return None
+    if plain_text_of(update) is None:
+        return update.to_json()
+    data = update.to_dict()
+    for field in data.values():
+        if isinstance(field, dict) and "text" in field:
+            field["text"] = BLANKED_TEXT
+            field.pop("entities", None)
+    return json.dumps(data)
 
 
 class TelegramBot:
@@ -268,7 +296,7 @@ class TelegramBot:
     # -- handlers -----------------------------------------------------------------------
 
     async def _take(self, updates: Sequence[Update]) -> None:
-        """Into the inbox, as fetched (InboxBot): the commands and payments among a batch."""
+        """Into the inbox, as fetched (InboxBot): the commands, plain texts and payments of a batch."""
         taken = []
         for update in updates:
             entry = inbox_entry_of(update)
@@ -374,10 +402,14 @@ class TelegramBot:
             await self.send(message.chat_id, reply, reply_to)
 
     async def _on_text(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = update.effective_message
-        if message is not None and message.chat.type == "private":
-            self.updates_handled += 1
-            await self.send(message.chat_id, "Send /help to see the commands.", message.message_id)
+        plain = plain_text_of(update)
+        if plain is None:
+            return
+        message, sender = plain
+        self.updates_handled += 1
+        await self._answer_once(
+            update, message, sender, lambda: self.send(message.chat_id, HINT, message.message_id)
+        )
 
     async def _on_pre_checkout(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.pre_checkout_query

@@ -196,6 +196,24 @@ async def test_answers_are_threaded_and_a_redelivered_command_is_not_answered_tw
     assert row is not None and row[0] == 1
 
 
+async def test_a_plain_text_gets_one_hint_even_when_delivered_again(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    async with running_bot(fake_telegram, bot_home) as bot:
+        update_id = fake_telegram.push_text(TRADER, "buy btc pls", username="trader")
+        _, message_id = fake_telegram.pushed[update_id]
+        await bot.until(
+            lambda: any(m["reply_to"] == message_id for m in fake_telegram.sent), what="a hint"
+        )
+        # The bot died after answering, before the next getUpdates confirmed the batch.
+        fake_telegram.redeliver(update_id)
+        fake_telegram.push_text(TRADER, "anyone there?", chat_type="group")
+        assert "Plans" in await bot.ask(TRADER, "/plans")  # handled after the redelivery
+    answers = [m for m in fake_telegram.sent if m["reply_to"] == message_id]
+    assert [a["text"] for a in answers] == [bot_module.HINT]
+    assert fake_telegram.messages_to(-1000000000 - TRADER) == []  # group chatter is not ours
+
+
 async def test_an_answer_telegram_refused_past_every_retry_is_sent_later(
     fake_telegram: FakeTelegram, bot_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -453,6 +471,34 @@ async def test_a_command_fetched_and_confirmed_but_never_handled_is_answered_aft
     await plans_answered_once_on_start(
         fake_telegram, bot_home, message_id, "the answer to the command fetched before the crash"
     )
+
+
+async def test_a_plain_text_fetched_before_a_crash_is_answered_on_start_without_its_words(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    """Users paste anything into a chat, keys too: the inbox keeps a plain text until it
+    is answered, but never its words (the hint does not depend on them)."""
+    words = "my secret is Zq81vKx0ExampleOnly"
+    update_id = fake_telegram.push_text(TRADER, words, username="trader")
+    _, message_id = fake_telegram.pushed[update_id]
+    await fetch_and_confirm_then_die(fake_telegram, bot_home, update_id)
+    async with (
+        aiosqlite.connect(bot_home / "lunara.db") as db,
+        db.execute("SELECT state, update_json FROM handled_commands") as cursor,
+    ):
+        rows = list(await cursor.fetchall())
+    assert [row[0] for row in rows] == [handled.STARTED]
+    assert "Zq81vKx0" not in rows[0][1]
+    assert json.loads(rows[0][1])["message"]["text"] == bot_module.BLANKED_TEXT
+    async with running_bot(fake_telegram, bot_home) as running:
+        await running.until(
+            lambda: any(m["reply_to"] == message_id for m in fake_telegram.sent),
+            what="the hint for the text fetched before the crash",
+        )
+        assert "Plans" in await running.ask(TRADER, "/plans")
+    answers = [m for m in fake_telegram.sent if m["reply_to"] == message_id]
+    assert [a["text"] for a in answers] == [bot_module.HINT]
+    assert "Zq81vKx0" not in (bot_home / "lunara.db").read_bytes().decode("latin-1")
 
 
 async def test_a_payment_fetched_and_confirmed_but_never_handled_is_recorded_after_a_crash(
