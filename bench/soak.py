@@ -1423,6 +1423,13 @@ def check_rss(data: Collected) -> Verdict:
     return Verdict("bot RSS", passed, figures)
 
 
+def write_rss(data: Collected, path: Path) -> None:
+    """The RSS samples as CSV (seconds since the load began, bot pid, MiB), for a closer look."""
+    began, _ = data.load_window
+    lines = [f"{t - began:.1f},{pid},{mib:.2f}" for t, pid, mib in data.rss]
+    path.write_text("seconds,pid,mib\n" + "\n".join(lines) + "\n", encoding="utf-8")
+
+
 def check_restarts(data: Collected) -> Verdict:
     kills = data.faults.count(*BOT_FAULTS)
     watchdog_kills = data.faults.count("kill_watchdog")
@@ -1466,7 +1473,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="users onboarded through Telegram (/start, /setkeys, /settings); "
                         f"the rest are seeded in the database (default: all, "
                         f"{SHORT_ONBOARD} in runs under {SHORT_RUN_MIN:g} minutes)")  # fmt: skip
-    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the scratch directory (with bot-rss.csv, the RSS samples)",
+    )
     args = parser.parse_args(argv)
     if args.onboard is None and args.minutes < SHORT_RUN_MIN:
         args.onboard = SHORT_ONBOARD
@@ -1474,6 +1485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="lunara-soak-"))
     try:
         data = run(args, workdir)
+        if args.keep:
+            write_rss(data, workdir / "bot-rss.csv")
         return 0 if report(data) else 1
     finally:
         if args.keep:
