@@ -159,12 +159,10 @@ def _stored_update(update: Update, message: Message) -> str | None:
         return None
     if plain_text_of(update) is None:
         return update.to_json()
-    data = update.to_dict()
-    for field in data.values():
-        if isinstance(field, dict) and "text" in field:
-            field["text"] = BLANKED_TEXT
-            field.pop("entities", None)
-    return json.dumps(data)
+    # Only what the hint needs: no words, nor those of a message it replies to or quotes.
+    blanked = Message(message.message_id, message.date, message.chat,
+                      from_user=message.from_user, text=BLANKED_TEXT)  # fmt: skip
+    return Update(update.update_id, message=blanked).to_json()
 
 
 class TelegramBot:

@@ -257,10 +257,14 @@ class FakeTelegram(BackgroundServer):
         return self._push({k: v for k, v in earlier.items() if k != "update_id"})
 
     def push_text(self, user_id: int, text: str, chat_type: str = "private",
-                  username: str | None = None) -> int:  # fmt: skip
-        """Queue a message update; text starting with "/" carries a bot_command entity."""
+                  username: str | None = None, replying_to: str | None = None) -> int:  # fmt: skip
+        """Queue a message update; text starting with "/" carries a bot_command entity.
+        With `replying_to`, it replies to an earlier message of the sender with that text."""
         message = self._message(user_id, chat_type, username)
         message["text"] = text
+        if replying_to is not None:
+            message["reply_to_message"] = {**self._message(user_id, chat_type, username),
+                                           "text": replying_to}  # fmt: skip
         if text.startswith("/"):
             length = len(text.split(maxsplit=1)[0])
             message["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]

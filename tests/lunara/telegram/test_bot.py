@@ -479,7 +479,9 @@ async def test_a_plain_text_fetched_before_a_crash_is_answered_on_start_without_
     """Users paste anything into a chat, keys too: the inbox keeps a plain text until it
     is answered, but never its words (the hint does not depend on them)."""
     words = "my secret is Zq81vKx0ExampleOnly"
-    update_id = fake_telegram.push_text(TRADER, words, username="trader")
+    update_id = fake_telegram.push_text(
+        TRADER, words, username="trader", replying_to="and the other Pq52wYt7ExampleOnly"
+    )
     _, message_id = fake_telegram.pushed[update_id]
     await fetch_and_confirm_then_die(fake_telegram, bot_home, update_id)
     async with (
@@ -488,7 +490,7 @@ async def test_a_plain_text_fetched_before_a_crash_is_answered_on_start_without_
     ):
         rows = list(await cursor.fetchall())
     assert [row[0] for row in rows] == [handled.STARTED]
-    assert "Zq81vKx0" not in rows[0][1]
+    assert "Zq81vKx0" not in rows[0][1] and "Pq52wYt7" not in rows[0][1]
     assert json.loads(rows[0][1])["message"]["text"] == bot_module.BLANKED_TEXT
     async with running_bot(fake_telegram, bot_home) as running:
         await running.until(
@@ -498,7 +500,8 @@ async def test_a_plain_text_fetched_before_a_crash_is_answered_on_start_without_
         assert "Plans" in await running.ask(TRADER, "/plans")
     answers = [m for m in fake_telegram.sent if m["reply_to"] == message_id]
     assert [a["text"] for a in answers] == [bot_module.HINT]
-    assert "Zq81vKx0" not in (bot_home / "lunara.db").read_bytes().decode("latin-1")
+    stored = (bot_home / "lunara.db").read_bytes().decode("latin-1")
+    assert "Zq81vKx0" not in stored and "Pq52wYt7" not in stored
 
 
 async def test_a_payment_fetched_and_confirmed_but_never_handled_is_recorded_after_a_crash(
