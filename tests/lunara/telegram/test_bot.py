@@ -401,16 +401,15 @@ async def test_a_lease_lost_with_a_flushed_redis_is_taken_back(
         await client.aclose()
 
 
-async def plans_answered_once_on_start(
-    fake: FakeTelegram, home: Path, message_id: int, what: str
-) -> None:
-    """Start the bot: the `/plans` in message `message_id`, left from a crash, gets exactly
-    one answer, and new commands are answered too."""
+async def answered_once_on_start(fake: FakeTelegram, home: Path, message_id: int, what: str) -> str:
+    """Start the bot: message `message_id`, left from a crash, gets exactly one answer
+    (returned), and new commands are answered too."""
     async with running_bot(fake, home) as running:
         await running.until(lambda: any(m["reply_to"] == message_id for m in fake.sent), what=what)
         assert "Plans" in await running.ask(TRADER, "/plans")
     answers = [m for m in fake.sent if m["reply_to"] == message_id]
-    assert len(answers) == 1 and "Plans" in answers[0]["text"]
+    assert len(answers) == 1
+    return str(answers[0]["text"])
 
 
 async def test_a_command_taken_but_not_answered_before_a_crash_is_answered_on_start(
@@ -433,9 +432,10 @@ async def test_a_command_taken_but_not_answered_before_a_crash_is_answered_on_st
         assert await handled.begin(db, TRADER, message_id, TRADER, json.dumps(update))
     finally:
         await db.close()
-    await plans_answered_once_on_start(
+    answer = await answered_once_on_start(
         fake_telegram, bot_home, message_id, "the answer to the command taken before the crash"
     )
+    assert "Plans" in answer
     db = await open_database(bot_home / "lunara.db")
     try:
         assert await handled.unfinished(db) == []
@@ -468,9 +468,10 @@ async def test_a_command_fetched_and_confirmed_but_never_handled_is_answered_aft
     update_id = fake_telegram.push_text(TRADER, "/plans", username="trader")
     _, message_id = fake_telegram.pushed[update_id]
     await fetch_and_confirm_then_die(fake_telegram, bot_home, update_id)
-    await plans_answered_once_on_start(
+    answer = await answered_once_on_start(
         fake_telegram, bot_home, message_id, "the answer to the command fetched before the crash"
     )
+    assert "Plans" in answer
 
 
 async def test_a_plain_text_fetched_before_a_crash_is_answered_on_start_without_its_words(
@@ -492,14 +493,10 @@ async def test_a_plain_text_fetched_before_a_crash_is_answered_on_start_without_
     assert [row[0] for row in rows] == [handled.STARTED]
     assert "Zq81vKx0" not in rows[0][1] and "Pq52wYt7" not in rows[0][1]
     assert json.loads(rows[0][1])["message"]["text"] == bot_module.BLANKED_TEXT
-    async with running_bot(fake_telegram, bot_home) as running:
-        await running.until(
-            lambda: any(m["reply_to"] == message_id for m in fake_telegram.sent),
-            what="the hint for the text fetched before the crash",
-        )
-        assert "Plans" in await running.ask(TRADER, "/plans")
-    answers = [m for m in fake_telegram.sent if m["reply_to"] == message_id]
-    assert [a["text"] for a in answers] == [bot_module.HINT]
+    answer = await answered_once_on_start(
+        fake_telegram, bot_home, message_id, "the hint for the text fetched before the crash"
+    )
+    assert answer == bot_module.HINT
     stored = (bot_home / "lunara.db").read_bytes().decode("latin-1")
     assert "Zq81vKx0" not in stored and "Pq52wYt7" not in stored
 
