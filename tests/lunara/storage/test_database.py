@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lunara.storage.database import (
+    PAGE_CACHE_KIB,
     StateConflict,
     StorageError,
     decimal_to_text,
@@ -27,12 +28,13 @@ async def _scalar(connection: aiosqlite.Connection, sql: str) -> object:
     return row[0]
 
 
-async def test_open_database_uses_wal_foreign_keys_and_a_busy_timeout(
+async def test_open_database_uses_wal_foreign_keys_a_busy_timeout_and_a_small_cache(
     db: aiosqlite.Connection,
 ) -> None:
     assert await _scalar(db, "PRAGMA journal_mode") == "wal"
     assert await _scalar(db, "PRAGMA foreign_keys") == 1
     assert int(str(await _scalar(db, "PRAGMA busy_timeout"))) >= 1000
+    assert await _scalar(db, "PRAGMA cache_size") == -PAGE_CACHE_KIB  # KiB, not the 2 MiB default
     assert await current_version(db) == LATEST_VERSION
 
 
