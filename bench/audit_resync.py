@@ -14,8 +14,8 @@ like a bot's) and the same audit log (`--lines` entries written through the real
 `AuditLog`; 7,000 is the soak's log at its flush). Its mirror has sent all of the log
 when Redis is flushed; one more `AuditLog.record` then resends the backlog through the
 real `RedisMirror` to a private redis-server. Printed per side: the RSS step (after a
-full collection), how long that one `record` call took and how many entries the stream
-holds afterwards. The peer is the same code with the 256 KiB batches used before.
+full collection), how long that one `record` call took, how much of the log it resent
+and how many entries the stream holds afterwards. The peer is the same code with the 256 KiB batches used before.
 Target: a step of at most 0.25 MiB.
 """
 
