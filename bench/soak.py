@@ -32,7 +32,10 @@ FAIL:
   levels it lived through;
 - every accepted Telegram command (its update confirmed by the poller) got exactly one
   threaded reply (message or invoice), and every accepted payment (its service message)
-  is recorded and was thanked exactly once;
+  is recorded and was thanked exactly once; the one duplicate excused (and counted) is
+  an answer a SIGKILL caught between its send and its record: it reached Telegram at
+  most `CAUGHT_WINDOW_S` before the kill and is sent again after the restart, because
+  the Bot API has no idempotent send;
 - zero tracebacks / "unexpected" lines in the logs; zero secrets in logs, replies, the
   audit log or the ledger;
 - `lunara status --json` always answered within 1 s and was never wrong about whether
@@ -114,6 +117,9 @@ SHORT_RUN_MIN = 5.0
 SHORT_ONBOARD = 40  # Telegram onboarding runs at ~10 commands/s; the short mode must be short
 FLUSH_QUIET_S = 30.0  # no bot kill this long after the flush: a bot deafened by it shows
 DRAIN_STUCK_S = 20.0  # stop waiting for replies once none came for this long
+# A command answered just before a SIGKILL, its answer not yet recorded, is answered again
+# after the restart; only an answer this close before the kill can have been caught so.
+CAUGHT_WINDOW_S = 0.5
 POLL_GAP_LIMIT_S = 20.0  # a live bot never goes this long without polling Telegram
 # getUpdates: the bot's CLIENT_TIMEOUT_S (5) plus its poll timeout (10), and some.
 TELEGRAM_STALL_S = 17.0
@@ -1226,7 +1232,9 @@ def check_stops(data: Collected) -> Verdict:
 def check_replies(data: Collected) -> Verdict:
     accepted = [p for p in data.pushed if p.update_id < data.confirmed_below]
     none = [p for p in accepted if data.replies[p.message_id] == 0]
-    many = [p for p in accepted if data.replies[p.message_id] > 1]
+    twice = [p for p in accepted if data.replies[p.message_id] > 1]
+    caught = {p.message_id: gap for p in twice if (gap := caught_by_kill(data, p)) is not None}
+    many = [p for p in twice if p.message_id not in caught]
     unconfirmed = len(data.pushed) - len(accepted)
     paid = [p for p in accepted if p.kind == "payment"]
     unrecorded = [p for p in paid if p.text not in data.recorded_payments]
@@ -1235,6 +1243,9 @@ def check_replies(data: Collected) -> Verdict:
         f"{len(data.pushed)} commands and payments pushed, {len(accepted)} accepted, "
         f"{unconfirmed} never confirmed",
         f"accepted with no reply: {len(none)}; with more than one: {len(many)}",
+        f"answered again because a SIGKILL fell between an answer's send and its record: "
+        f"{len(caught)}"
+        + "".join(f" ({gap * 1000:.0f} ms before the kill)" for gap in caught.values()),
         f"payments accepted: {len(paid)}, recorded: {len(paid) - len(unrecorded)}",
         f"a live bot went more than {POLL_GAP_LIMIT_S:g} s without polling: {len(gaps)} times",
         *[f"    bot pid {pid}: no getUpdates for {gap:.0f} s" for pid, gap in gaps[:5]],
@@ -1247,14 +1258,37 @@ def check_replies(data: Collected) -> Verdict:
                    passed, figures)  # fmt: skip
 
 
+def answers_to(data: Collected, command: Pushed) -> list[dict[str, Any]]:
+    """The messages and invoices threaded to `command`, in the order Telegram got them."""
+    answers = [*data.sent, *({**i, "text": f"invoice {i.get('payload')}"} for i in data.invoices)]
+    threaded = [a for a in answers if a.get("reply_to") == command.message_id]
+    return sorted(threaded, key=lambda a: float(a.get("at") or 0.0))
+
+
+def caught_by_kill(data: Collected, command: Pushed) -> float | None:
+    """How long before a bot SIGKILL the first of exactly two answers reached Telegram,
+    if the kill came within CAUGHT_WINDOW_S of it and the second answer after the kill.
+
+    That is the one duplicate no bot can avoid: the Bot API has no idempotent send, so
+    an answer sent but not yet recorded when the process dies is sent again by the next
+    run's replay (the inbox chooses answering twice over never answering). Anything else
+    answered twice is a bug.
+    """
+    answers = answers_to(data, command)
+    if len(answers) != 2:
+        return None
+    first, second = (float(a.get("at") or 0.0) for a in answers)
+    for at, kind, _ in data.faults.injected:
+        if kind == "kill_bot" and 0.0 <= at - first <= CAUGHT_WINDOW_S and second > at:
+            return at - first
+    return None
+
+
 def describe_replies(data: Collected, command: Pushed) -> list[str]:
     """A command answered more than once: when each answer came, after which fault."""
     lines = [f"    {data.replies[command.message_id]} replies: {command.kind} {command.text[:40]!r} "
              f"(update {command.update_id})"]  # fmt: skip
-    answers = [*data.sent, *({**i, "text": f"invoice {i.get('payload')}"} for i in data.invoices)]
-    for answer in sorted(answers, key=lambda a: float(a.get("at") or 0.0)):
-        if answer.get("reply_to") != command.message_id:
-            continue
+    for answer in answers_to(data, command):
         at = float(answer.get("at") or 0.0)
         text = str(answer.get("text", "")).replace("\n", " ")[:60]
         lines.append(f"      {clock(at)} ({after_fault(data, at)}): {text!r}")
