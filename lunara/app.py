@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("lunara")
 
+REPORT_RETRY_FIRST_S = 5.0
+REPORT_RETRY_MAX_S = 300.0
+"""Waits between attempts to send a crash report Telegram refused: doubling to the most."""
+
 
 def disabled_features(settings: Settings) -> list[str]:
     """What is switched off by the configuration, each with the reason, for the log."""
@@ -142,20 +146,51 @@ class CrashReporter:
         self.paths = paths
 
     async def run(self, stop: asyncio.Event) -> None:
+        from telegram.error import TelegramError
+
         from blueprint.ledger import Ledger
         from blueprint.mirror import NullMirror
         from lunara.crash_report import ReportMarker, pending_report
+        from lunara.telegram.errors import is_retryable
 
         marker = ReportMarker(self.paths.root / "crash-report.json")
         document = Ledger(self.paths, "lunara", NullMirror()).read().document
         policy = self.telegram.guard.manifest.program.restart
         report = pending_report(document, policy, marker.load())
-        if report is None:
+        if report is None or not await _first_set(self.telegram.up, stop):
             return
-        for admin in self.telegram.admin_ids():
-            await self.telegram.notify(admin, report.to_html())
+        admins = self.telegram.admin_ids()
+        unsent, delay = list(admins), REPORT_RETRY_FIRST_S
+        while unsent:
+            try:
+                await self.telegram.notify(unsent[0], report.to_html())
+            except TelegramError as error:
+                if not is_retryable(error):
+                    logger.warning(
+                        "the crash report could not reach admin %d: %s", unsent[0], error
+                    )
+                    unsent.pop(0)
+                    continue
+                logger.warning("the crash report could not be sent (%s: %s); trying again in "
+                               "%.0f s", type(error).__name__, error, delay)  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    return  # still owed: the next start sends it
+                delay = min(delay * 2, REPORT_RETRY_MAX_S)
+                continue
+            unsent.pop(0)
         marker.save(report.exit.at)
-        logger.info("crash report sent to %d admins", len(self.telegram.admin_ids()))
+        logger.info("crash report sent to %d admins", len(admins))
+
+
+async def _first_set(wanted: asyncio.Event, stop: asyncio.Event) -> bool:
+    """Wait until `wanted` or `stop` is set; True if `wanted` came first."""
+    waits = {asyncio.ensure_future(wanted.wait()), asyncio.ensure_future(stop.wait())}
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in pending:
+        waiting.cancel()
+    return wanted.is_set() and not stop.is_set()
 
 
 async def serve(settings: Settings, paths: HomePaths) -> int:

@@ -78,6 +78,9 @@ BLANKED_TEXT = "…"
 """What the inbox keeps of a plain text's words."""
 RETRY_UNANSWERED_S = 30.0
 """A command taken this long ago and still not answered is tried again."""
+START_RETRY_FIRST_S = 0.5
+START_RETRY_MAX_S = 30.0
+"""Waits between attempts to reach Telegram at start: doubling from the first to the most."""
 CONNECTION_POOL = 256  # python-telegram-bot's own default for concurrent updates
 
 
@@ -192,6 +195,7 @@ class TelegramBot:
         self.updates_handled = 0
         self.in_hand: set[tuple[int, int]] = set()  # (chat, message) being answered now
         self.stopping = False  # set once the bot is shutting down: start no new answers
+        self.up = asyncio.Event()  # set once Telegram answered and the application started
         base = settings.telegram_api_base_url or "https://api.telegram.org"
         client = InboxBot(
             token.get_secret_value(),
@@ -482,8 +486,10 @@ class TelegramService:
         assert token is not None
         application = bot.application
         await handled.prune(bot.db)
-        await application.initialize()
+        if not await self._initialize(stop):
+            return
         await application.start()
+        bot.up.set()
         replayed = False
         try:
             while not stop.is_set():
@@ -513,6 +519,30 @@ class TelegramService:
             await self._stop_application()
             with contextlib.suppress(Exception):
                 await application.shutdown()
+
+    async def _initialize(self, stop: asyncio.Event) -> bool:
+        """Set the application up (its first call, getMe, reaches Telegram), waiting out a
+        Telegram outage or timeout with growing pauses; False if stopped meanwhile."""
+        delay = START_RETRY_FIRST_S
+        reason: TelegramError
+        while not stop.is_set():
+            try:
+                await self.bot.application.initialize()
+                return True
+            except RetryAfter as error:
+                wait, reason = retry_after_seconds(error), error
+            except NetworkError as error:
+                if not is_retryable(error):
+                    raise
+                wait, reason = delay, error
+                delay = min(delay * 2, START_RETRY_MAX_S)
+            logger.warning(
+                "Telegram is not reachable (%s: %s); trying again in %.1f s",
+                type(reason).__name__, reason, wait,
+            )  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+        return False
 
     async def _stop_application(self) -> None:
         """Answer no new update, finish those under way (python-telegram-bot waits for them)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import time
 from collections import Counter
 from decimal import Decimal
@@ -17,8 +18,12 @@ from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from blueprint.ledger import ExitRecord, Ledger, LedgerDocument, utc_now
+from blueprint.mirror import NullMirror
+from blueprint.paths import HomePaths
 from lunara import payments as payments_flow
 from lunara import plans as plan_book
+from lunara.app import CrashReporter
 from lunara.storage import credentials, handled, payments, users
 from lunara.storage.database import open_database
 from lunara.telegram import bot as bot_module
@@ -34,6 +39,7 @@ from tests.lunara.telegram.conftest import (
     STRANGER,
     TOKEN,
     TRADER,
+    RunningBot,
     built_bot,
     running_bot,
 )
@@ -634,3 +640,72 @@ async def test_an_unknown_user_without_a_default_role_is_refused_everything(
     mine = [entry for entry in audit if entry["principal"] == f"telegram:{STRANGER}"]
     assert len(mine) == len(COMMANDS)
     assert all(entry["decision"] == "denied" for entry in mine)
+
+
+async def test_telegram_unreachable_at_start_is_waited_out_without_a_traceback(
+    fake_telegram: FakeTelegram, bot_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # getMe (the first call of a start) fails: a Telegram outage when the bot starts.
+    fake_telegram.inject("getMe", 502, "Bad Gateway", times=2)
+    fake_telegram.inject_stall("getMe", CLIENT_TIMEOUT_S + 1)
+    async with running_bot(fake_telegram, bot_home) as bot:
+        assert "Plans" in await bot.ask(TRADER, "/plans")
+    assert not [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")]
+    waits = [
+        r.getMessage() for r in caplog.records if "Telegram is not reachable" in r.getMessage()
+    ]
+    assert len(waits) == 3, waits
+
+
+async def test_a_stop_while_telegram_is_unreachable_at_start_ends_the_service_at_once(
+    fake_telegram: FakeTelegram, bot_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_telegram.inject("getMe", 502, "Bad Gateway", times=100)
+    async with built_bot(fake_telegram, bot_home) as (bot, _trading):
+        stop = asyncio.Event()
+        service = asyncio.create_task(bot.service().run(stop))
+        deadline = time.monotonic() + 15
+        while not any("not reachable" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "no warning that Telegram is not reachable"
+            await asyncio.sleep(0.02)
+        stop.set()
+        await asyncio.wait_for(service, 2)  # returns (no exception) well within the grace
+    assert fake_telegram.polls_by_token.get(TOKEN, 0) == 0
+
+
+def crashed_before(home: Path) -> None:
+    """The ledger of a bot whose last run was SIGKILLed: the next run owes the admins a report."""
+    record = ExitRecord(code=None, signal=signal.SIGKILL, at=utc_now(), reason="killed by SIGKILL")
+
+    def mutate(document: LedgerDocument) -> None:
+        document.last_exit = record
+        document.restart_times = [time.time()]
+
+    Ledger(HomePaths.resolve(home), "lunara", NullMirror()).update(mutate)
+
+
+async def test_the_crash_report_waits_out_a_telegram_outage_and_reaches_the_admin_once(
+    fake_telegram: FakeTelegram, bot_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    crashed_before(bot_home)
+    fake_telegram.inject("getMe", 502, "Bad Gateway", times=2)
+    fake_telegram.inject("sendMessage", 502, "Bad Gateway", times=6)  # past a send's retries
+    async with built_bot(fake_telegram, bot_home) as (bot, _trading):
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(service.run(stop))
+            for service in (bot.service(), CrashReporter(bot, HomePaths.resolve(bot_home)))
+        ]
+        running = RunningBot(fake_telegram, bot, bot_home)
+        try:
+            await running.until(
+                lambda: bool(fake_telegram.messages_to(ADMIN)), timeout=40, what="the report"
+            )
+            assert "Plans" in await running.ask(TRADER, "/plans")
+        finally:
+            stop.set()
+            results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+    assert results == [None, None]
+    reports = fake_telegram.messages_to(ADMIN)
+    assert len(reports) == 1 and "SIGKILL" in reports[0]
+    assert not [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")]
