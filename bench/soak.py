@@ -13,9 +13,10 @@ analyses, /positions, /balance, payments, garbage) while prices move as a stairc
 (each level held `LEVEL_HOLD_S`, so the live bot observes every level even around
 kills) that makes trailing stops activate and trigger.
 
-At seeded random times the fault injector SIGKILLs the bot, SIGKILLs the watchdog
-(`lunara start` then adopts the bot), SIGTERMs the bot, restarts Redis, flushes Redis
-once, corrupts the ledger file once; makes the fake Telegram answer 409, 429 with
+At seeded random times the fault injector SIGKILLs the bot (and the next bot's first
+Telegram call, getMe, gets a 502), SIGKILLs the watchdog (`lunara start` then adopts the
+bot), SIGTERMs the bot (getMe again 502), restarts Redis, flushes Redis once, corrupts
+the ledger file once; makes the fake Telegram answer 409, 429 with
 retry_after, 5xx, and stall getUpdates past the client timeout; makes the fake exchange
 answer 429 with Retry-After, -1021 (clock skew), stall an order past the bot's timeout,
 and execute an order but drop the reply; makes the fake Gemini answer 429 and 503.
@@ -677,6 +678,10 @@ class FaultInjector:
         self.log.last_bot_kill = time.time()
         bot.send_signal(signum)
         self._record(kind, f"pid {bot.pid}")
+        # The next bot's first call to Telegram fails: it must wait that out, not crash.
+        # (Not before the signal: waiting on the fake would time the kill to its answers.)
+        self.telegram.post("/_control/inject", {"method": "getMe", "status": 502,
+                                                "description": "Bad Gateway", "times": 1})  # fmt: skip
         with contextlib.suppress(psutil.TimeoutExpired):
             bot.wait(20)
         self.wait_running(exclude=bot.pid, what=f"a new bot after {kind}")
