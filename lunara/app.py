@@ -159,8 +159,7 @@ class CrashReporter:
         report = pending_report(document, policy, marker.load())
         if report is None or not await _first_set(self.telegram.up, stop):
             return
-        admins = self.telegram.admin_ids()
-        unsent, delay = list(admins), REPORT_RETRY_FIRST_S
+        unsent, delay, sent = self.telegram.admin_ids(), REPORT_RETRY_FIRST_S, 0
         while unsent:
             try:
                 await self.telegram.notify(unsent[0], report.to_html())
@@ -180,16 +179,19 @@ class CrashReporter:
                 delay = min(delay * 2, REPORT_RETRY_MAX_S)
                 continue
             unsent.pop(0)
+            sent += 1
         marker.save(report.exit.at)
-        logger.info("crash report sent to %d admins", len(admins))
+        logger.info("crash report sent to %d admins", sent)
 
 
 async def _first_set(wanted: asyncio.Event, stop: asyncio.Event) -> bool:
     """Wait until `wanted` or `stop` is set; True if `wanted` came first."""
     waits = {asyncio.ensure_future(wanted.wait()), asyncio.ensure_future(stop.wait())}
-    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    for waiting in pending:
-        waiting.cancel()
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
     return wanted.is_set() and not stop.is_set()
 
 

@@ -4,7 +4,9 @@ The watchdog records every abnormal exit in the ledger (exit code or signal, its
 reason — memory limit, stale heartbeat, a SIGKILL that may have been the kernel's
 OOM killer — and the RSS just before). A process killed by the OOM killer cannot
 report anything itself, so the *next* bot reads the ledger on start and sends the
-report. A marker file remembers which exit was reported, so a report goes out once.
+report once Telegram answers. A marker file remembers which exit was reported, so a
+report goes out once (an admin may get it twice only if the bot stops while Telegram
+refuses it to another admin: the next start sends it to all again).
 """
 
 from __future__ import annotations

@@ -65,11 +65,14 @@ def test_soak_excuses_only_an_answer_a_sigkill_caught_before_it_was_recorded(
     command = soak.Pushed(update_id=1, message_id=7, user_id=1, kind="status", text="/status")
     caught = replies_and_kills(soak, [100.0, 106.0], [(100.04, "kill_bot")])
     assert soak.caught_by_kill(caught, command) == pytest.approx(0.04)
+    # Sent just before the kill, taken in by Telegram a moment after it: the same case.
+    late = replies_and_kills(soak, [100.0, 106.0], [(99.97, "kill_bot")])
+    assert soak.caught_by_kill(late, command) == pytest.approx(-0.03)
 
     # Answered twice with no SIGKILL right after the first answer: a bug, not excused.
     for answers, kills in [
         ([100.0, 106.0], [(101.0, "kill_bot")]),  # the kill came too late to catch it
-        ([100.0, 106.0], [(99.9, "kill_bot")]),  # the kill came before the first answer
+        ([100.0, 106.0], [(99.0, "kill_bot")]),  # the kill came 1 s before the first answer
         ([100.0, 100.2], [(100.3, "kill_bot")]),  # both answers came before the kill
         ([100.0, 106.0], [(100.04, "sigterm_bot")]),  # a SIGTERM lets the answer be recorded
         ([100.0, 106.0, 107.0], [(100.04, "kill_bot")]),  # three answers are never one kill

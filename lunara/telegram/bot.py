@@ -487,6 +487,8 @@ class TelegramService:
         application = bot.application
         await handled.prune(bot.db)
         if not await self._initialize(stop):
+            with contextlib.suppress(Exception):
+                await application.bot.shutdown()  # the HTTP clients the first try opened
             return
         await application.start()
         bot.up.set()

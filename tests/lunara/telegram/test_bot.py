@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from blueprint.ledger import ExitRecord, Ledger, LedgerDocument, utc_now
 from blueprint.mirror import NullMirror
 from blueprint.paths import HomePaths
+from lunara import app as app_module
 from lunara import payments as payments_flow
 from lunara import plans as plan_book
 from lunara.app import CrashReporter
@@ -643,11 +644,16 @@ async def test_an_unknown_user_without_a_default_role_is_refused_everything(
 
 
 async def test_telegram_unreachable_at_start_is_waited_out_without_a_traceback(
-    fake_telegram: FakeTelegram, bot_home: Path, caplog: pytest.LogCaptureFixture
+    fake_telegram: FakeTelegram,
+    bot_home: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(bot_module, "CLIENT_TIMEOUT_S", 1.0)  # a short stall times out
+    monkeypatch.setattr(bot_module, "START_RETRY_FIRST_S", 0.2)
     # getMe (the first call of a start) fails: a Telegram outage when the bot starts.
     fake_telegram.inject("getMe", 502, "Bad Gateway", times=2)
-    fake_telegram.inject_stall("getMe", CLIENT_TIMEOUT_S + 1)
+    fake_telegram.inject_stall("getMe", 2.0)
     async with running_bot(fake_telegram, bot_home) as bot:
         assert "Plans" in await bot.ask(TRADER, "/plans")
     assert not [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")]
@@ -655,11 +661,16 @@ async def test_telegram_unreachable_at_start_is_waited_out_without_a_traceback(
         r.getMessage() for r in caplog.records if "Telegram is not reachable" in r.getMessage()
     ]
     assert len(waits) == 3, waits
+    assert "TimedOut" in waits[2]
 
 
 async def test_a_stop_while_telegram_is_unreachable_at_start_ends_the_service_at_once(
-    fake_telegram: FakeTelegram, bot_home: Path, caplog: pytest.LogCaptureFixture
+    fake_telegram: FakeTelegram,
+    bot_home: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(bot_module, "START_RETRY_FIRST_S", 60.0)  # the stop must cut this
     fake_telegram.inject("getMe", 502, "Bad Gateway", times=100)
     async with built_bot(fake_telegram, bot_home) as (bot, _trading):
         stop = asyncio.Event()
@@ -708,4 +719,33 @@ async def test_the_crash_report_waits_out_a_telegram_outage_and_reaches_the_admi
     assert results == [None, None]
     reports = fake_telegram.messages_to(ADMIN)
     assert len(reports) == 1 and "SIGKILL" in reports[0]
+    assert (bot_home / "crash-report.json").exists()  # the next start does not send it again
     assert not [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")]
+
+
+async def test_a_crash_report_telegram_keeps_refusing_stays_owed_after_a_stop(
+    fake_telegram: FakeTelegram,
+    bot_home: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(app_module, "REPORT_RETRY_FIRST_S", 60.0)  # the stop must cut this
+    crashed_before(bot_home)
+    fake_telegram.inject("sendMessage", 502, "Bad Gateway", times=100)
+    async with built_bot(fake_telegram, bot_home) as (bot, _trading):
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(service.run(stop))
+            for service in (bot.service(), CrashReporter(bot, HomePaths.resolve(bot_home)))
+        ]
+        deadline = time.monotonic() + 15
+        while not any("crash report could not" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "no warning that the report was refused"
+            await asyncio.sleep(0.02)
+        stop.set()
+        assert await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5) == [
+            None,
+            None,
+        ]
+    assert not fake_telegram.messages_to(ADMIN)
+    assert not (bot_home / "crash-report.json").exists()  # the next start sends it
