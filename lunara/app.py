@@ -148,6 +148,7 @@ class CrashReporter:
     async def run(self, stop: asyncio.Event) -> None:
         from telegram.error import TelegramError
 
+        from blueprint.backoff import backoff_delay
         from blueprint.ledger import Ledger
         from blueprint.mirror import NullMirror
         from lunara.crash_report import ReportMarker, pending_report
@@ -159,7 +160,7 @@ class CrashReporter:
         report = pending_report(document, policy, marker.load())
         if report is None or not await _first_set(self.telegram.up, stop):
             return
-        unsent, delay, sent = self.telegram.admin_ids(), REPORT_RETRY_FIRST_S, 0
+        unsent, failures, sent = self.telegram.admin_ids(), 0, 0
         while unsent:
             try:
                 await self.telegram.notify(unsent[0], report.to_html())
@@ -170,13 +171,14 @@ class CrashReporter:
                     )
                     unsent.pop(0)
                     continue
+                failures += 1
+                delay = backoff_delay(failures, REPORT_RETRY_FIRST_S, REPORT_RETRY_MAX_S)
                 logger.warning("the crash report could not be sent (%s: %s); trying again in "
                                "%.0f s", type(error).__name__, error, delay)  # fmt: skip
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 if stop.is_set():
                     return  # still owed: the next start sends it
-                delay = min(delay * 2, REPORT_RETRY_MAX_S)
                 continue
             unsent.pop(0)
             sent += 1

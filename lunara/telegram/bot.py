@@ -45,6 +45,7 @@ from tenacity import (
 )
 
 from blueprint.audit import AuditLog
+from blueprint.backoff import backoff_delay
 from blueprint.manifest import Manifest
 from blueprint.paths import HomePaths
 from lunara import payments
@@ -525,23 +526,23 @@ class TelegramService:
     async def _initialize(self, stop: asyncio.Event) -> bool:
         """Set the application up (its first call, getMe, reaches Telegram), waiting out a
         Telegram outage or timeout with growing pauses; False if stopped meanwhile."""
-        delay = START_RETRY_FIRST_S
-        reason: TelegramError
+        failures = 0
         while not stop.is_set():
             try:
                 await self.bot.application.initialize()
                 return True
-            except RetryAfter as error:
-                wait, reason = retry_after_seconds(error), error
-            except NetworkError as error:
-                if not is_retryable(error):
+            except (RetryAfter, NetworkError) as error:
+                if isinstance(error, RetryAfter):
+                    wait = retry_after_seconds(error)
+                elif is_retryable(error):
+                    failures += 1
+                    wait = backoff_delay(failures, START_RETRY_FIRST_S, START_RETRY_MAX_S)
+                else:
                     raise
-                wait, reason = delay, error
-                delay = min(delay * 2, START_RETRY_MAX_S)
-            logger.warning(
-                "Telegram is not reachable (%s: %s); trying again in %.1f s",
-                type(reason).__name__, reason, wait,
-            )  # fmt: skip
+                logger.warning(
+                    "Telegram is not reachable (%s: %s); trying again in %.1f s",
+                    type(error).__name__, error, wait,
+                )  # fmt: skip
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
         return False
