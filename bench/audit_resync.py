@@ -15,8 +15,8 @@ like a bot's) and the same audit log (`--lines` entries written through the real
 when Redis is flushed; one more `AuditLog.record` then resends the backlog through the
 real `RedisMirror` to a private redis-server. Printed per side: the RSS step (after a
 full collection), how long that one `record` call took, how much of the log it resent
-and how many entries the stream holds afterwards. The peer is the same code with the 256 KiB batches used before.
-Target: a step of at most 0.25 MiB.
+and how many entries the stream holds afterwards. The peer is the same code with the
+256 KiB batches used before. Target: a step of at most 0.25 MiB.
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ kills) that makes trailing stops activate and trigger.
 At seeded random times the fault injector SIGKILLs the bot (and the next bot's first
 Telegram call, getMe, gets a 502), SIGKILLs the watchdog (`lunara start` then adopts the
 bot), SIGTERMs the bot (getMe again 502), restarts Redis, flushes Redis once, corrupts
-the ledger file once; makes the fake Telegram answer 409, 429 with
-retry_after, 5xx, and stall getUpdates past the client timeout; makes the fake exchange
-answer 429 with Retry-After, -1021 (clock skew), stall an order past the bot's timeout,
-and execute an order but drop the reply; makes the fake Gemini answer 429 and 503.
+the ledger file once; makes the fake Telegram answer 409, 429 with retry_after, 5xx, and
+stall getUpdates past the client timeout; makes the fake exchange answer 429 with
+Retry-After, -1021 (clock skew), stall an order past the bot's timeout, and execute an
+order but drop the reply; makes the fake Gemini answer 429 and 503.
 Process faults are spaced so that every price level is observed by a live bot; the
 flush never lands within 10 s after a bot kill, and no bot kill follows it within 30 s
 (a bot that the flush left deaf to Telegram must show as a polling gap).

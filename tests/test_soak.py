@@ -69,7 +69,7 @@ def test_soak_excuses_only_an_answer_a_sigkill_caught_before_it_was_recorded(
     late = replies_and_kills(soak, [100.0, 106.0], [(99.97, "kill_bot")])
     assert soak.caught_by_kill(late, command) == pytest.approx(-0.03)
 
-    # Answered twice with no SIGKILL right after the first answer: a bug, not excused.
+    # Answered twice with no SIGKILL close to the first answer: a bug, not excused.
     for answers, kills in [
         ([100.0, 106.0], [(101.0, "kill_bot")]),  # the kill came too late to catch it
         ([100.0, 106.0], [(99.0, "kill_bot")]),  # the kill came 1 s before the first answer

@@ -675,13 +675,26 @@ async def test_a_stop_while_telegram_is_unreachable_at_start_ends_the_service_at
     async with built_bot(fake_telegram, bot_home) as (bot, _trading):
         stop = asyncio.Event()
         service = asyncio.create_task(bot.service().run(stop))
-        deadline = time.monotonic() + 15
-        while not any("not reachable" in r.getMessage() for r in caplog.records):
-            assert time.monotonic() < deadline, "no warning that Telegram is not reachable"
-            await asyncio.sleep(0.02)
+        await RunningBot(fake_telegram, bot, bot_home).until(
+            lambda: logged(caplog, "not reachable"), what="a warning that Telegram is not reachable"
+        )
         stop.set()
         await asyncio.wait_for(service, 2)  # returns (no exception) well within the grace
     assert fake_telegram.polls_by_token.get(TOKEN, 0) == 0
+
+
+def logged(caplog: pytest.LogCaptureFixture, words: str) -> bool:
+    return any(words in record.getMessage() for record in caplog.records)
+
+
+def with_crash_reporter(
+    bot: bot_module.TelegramBot, home: Path, stop: asyncio.Event
+) -> list[asyncio.Task[None]]:
+    """The Telegram service and the crash reporter, running as `python -m lunara` runs them."""
+    return [
+        asyncio.create_task(service.run(stop))
+        for service in (bot.service(), CrashReporter(bot, HomePaths.resolve(home)))
+    ]
 
 
 def crashed_before(home: Path) -> None:
@@ -703,10 +716,7 @@ async def test_the_crash_report_waits_out_a_telegram_outage_and_reaches_the_admi
     fake_telegram.inject("sendMessage", 502, "Bad Gateway", times=6)  # past a send's retries
     async with built_bot(fake_telegram, bot_home) as (bot, _trading):
         stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(service.run(stop))
-            for service in (bot.service(), CrashReporter(bot, HomePaths.resolve(bot_home)))
-        ]
+        tasks = with_crash_reporter(bot, bot_home, stop)
         running = RunningBot(fake_telegram, bot, bot_home)
         try:
             await running.until(
@@ -734,14 +744,10 @@ async def test_a_crash_report_telegram_keeps_refusing_stays_owed_after_a_stop(
     fake_telegram.inject("sendMessage", 502, "Bad Gateway", times=100)
     async with built_bot(fake_telegram, bot_home) as (bot, _trading):
         stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(service.run(stop))
-            for service in (bot.service(), CrashReporter(bot, HomePaths.resolve(bot_home)))
-        ]
-        deadline = time.monotonic() + 15
-        while not any("crash report could not" in r.getMessage() for r in caplog.records):
-            assert time.monotonic() < deadline, "no warning that the report was refused"
-            await asyncio.sleep(0.02)
+        tasks = with_crash_reporter(bot, bot_home, stop)
+        await RunningBot(fake_telegram, bot, bot_home).until(
+            lambda: logged(caplog, "crash report could not"), what="a warning that it was refused"
+        )
         stop.set()
         assert await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5) == [
             None,
