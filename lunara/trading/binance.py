@@ -438,6 +438,13 @@ class BinanceExchange:
             newClientOrderId=client_order_id,
             newOrderRespType="FULL",
         )
+        if "code" in reply and "orderId" not in reply:
+            # An error body under a 2xx status: python-binance hands it back as a reply.
+            code = reply.get("code")
+            message = str(reply.get("msg") or "no message")[:200]
+            if code in _UNKNOWN_OUTCOME_CODES:
+                raise ExchangeUnavailable(f"Binance could not say what became of it: {message}")
+            raise OrderRefused(f"Binance refused the request: {message}", code)
         fill = parse_fill(reply, client_order_id)
         if fill is None:
             status = reply.get("status", "?")

@@ -67,6 +67,7 @@ class _Injected:
     body: dict[str, Any]
     headers: dict[str, str]
     stall_s: float = 0.0
+    method: str | None = None  # only requests with this method ("POST") get it
 
 
 class _Refusal(Exception):
@@ -151,12 +152,15 @@ class FakeBinance(BackgroundServer):
 
     def inject(self, endpoint: str, status: int, code: int, msg: str, *,
                headers: dict[str, str] | None = None, stall_s: float = 0.0,
-               times: int = 1) -> None:  # fmt: skip
-        """The next `times` requests to `endpoint` ("order", "ticker/price") get this error."""
+               times: int = 1, method: str | None = None) -> None:  # fmt: skip
+        """The next `times` requests to `endpoint` ("order", "ticker/price") get this error;
+        with `method`, only requests of that method ("POST": order placements)."""
         with self._lock:
             for _ in range(times):
                 self._errors[endpoint].append(
-                    _Injected(status, {"code": code, "msg": msg}, dict(headers or {}), stall_s)
+                    _Injected(
+                        status, {"code": code, "msg": msg}, dict(headers or {}), stall_s, method
+                    )  # fmt: skip
                 )
 
     def inject_rate_limit(self, endpoint: str, retry_after_s: int, *, banned: bool = False,
@@ -295,7 +299,7 @@ class FakeBinance(BackgroundServer):
         with self._lock:
             self.requests.append((request.method, endpoint))
             self.recorded.append(RecordedRequest(request.method, endpoint, params, header_key))
-            injected = self._errors[endpoint].pop(0) if self._errors[endpoint] else None
+            injected = self._pop_injected(endpoint, request.method)
             if self.advance_on == endpoint:
                 self._advance_locked(None, 1)
         if injected is not None:
@@ -321,6 +325,13 @@ class FakeBinance(BackgroundServer):
                 {"code": -1007, "msg": "Timeout waiting for response."}, status=408
             )
         return web.json_response(result)
+
+    def _pop_injected(self, endpoint: str, method: str) -> _Injected | None:
+        queue = self._errors[endpoint]
+        for index, injected in enumerate(queue):
+            if injected.method is None or injected.method == method:
+                return queue.pop(index)
+        return None
 
     def _verify(self, request: web.Request, raw_query: str, raw_body: str) -> str:
         api_key = request.headers.get("X-MBX-APIKEY")
