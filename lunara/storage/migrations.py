@@ -161,10 +161,30 @@ _HANDLED_COMMANDS = (
     "CREATE INDEX handled_commands_started ON handled_commands (state) WHERE state = 'started'",
 )
 
+_ORDER_FIDELITY = (
+    # What a position really bought, sold and left behind, fees included.
+    "ALTER TABLE positions ADD COLUMN entry_cost TEXT",
+    "ALTER TABLE positions ADD COLUMN sold_quantity TEXT",
+    "ALTER TABLE positions ADD COLUMN exit_proceeds TEXT",
+    "ALTER TABLE positions ADD COLUMN residue_quantity TEXT",
+    "ALTER TABLE positions ADD COLUMN realized_pnl TEXT",
+    # The commission per asset (JSON), whether the exchange expired the order part-filled,
+    # and whether its fill has been applied to its position (a partial exit leaves the
+    # position open, so "position still open" no longer means "fill not applied").
+    "ALTER TABLE orders ADD COLUMN fees TEXT",
+    "ALTER TABLE orders ADD COLUMN expired INTEGER NOT NULL DEFAULT 0 CHECK (expired IN (0, 1))",
+    "ALTER TABLE orders ADD COLUMN settled INTEGER NOT NULL DEFAULT 0 CHECK (settled IN (0, 1))",
+    """UPDATE orders SET settled = 1 WHERE status = 'filled' AND (
+        (side = 'BUY' AND position_id IS NOT NULL)
+        OR (side = 'SELL' AND position_id IN (SELECT id FROM positions WHERE status = 'closed'))
+    )""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _CORE_TABLES),
     Migration(2, "trailing stops and payment refunds", _TRAILING_STOPS_AND_REFUNDS),
     Migration(3, "commands already answered", _HANDLED_COMMANDS),
+    Migration(4, "fees, partial fills and residues of orders", _ORDER_FIDELITY),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

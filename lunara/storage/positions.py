@@ -8,8 +8,9 @@ of guessing. Quantities and prices are Decimals stored as text.
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
@@ -80,7 +81,7 @@ ORDER_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
 
 # Columns an order transition may set; anything else in the dynamic UPDATE is refused.
 _ORDER_UPDATABLE_COLUMNS = frozenset(
-    {"exchange_order_id", "fill_price", "fee", "error", "quantity"}
+    {"exchange_order_id", "fill_price", "fee", "error", "quantity", "fees", "expired"}
 )
 
 UNSETTLED_ORDER_STATUSES = (OrderStatus.PENDING, OrderStatus.SENT, OrderStatus.UNKNOWN)
@@ -100,6 +101,13 @@ class Position:
     exit_reason: str | None
     entry_client_order_id: str | None
     exit_client_order_id: str | None
+    # Quote spent on the entry (fees in quote included), base sold so far, quote received
+    # for it net of fees, base left on the account when it closed, and the profit.
+    entry_cost: Decimal | None = None
+    sold_quantity: Decimal = Decimal(0)
+    exit_proceeds: Decimal = Decimal(0)
+    residue_quantity: Decimal | None = None
+    realized_pnl: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,9 @@ class Order:
     created_at: float
     updated_at: float
     error: str | None
+    fees: dict[str, Decimal] = field(default_factory=dict)  # commission per asset
+    expired: bool = False  # the exchange ended it before filling all it asked
+    settled: bool = False  # its fill has been applied to its position
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,11 @@ def _row_to_position(row: aiosqlite.Row) -> Position:
         exit_reason=row["exit_reason"],
         entry_client_order_id=row["entry_client_order_id"],
         exit_client_order_id=row["exit_client_order_id"],
+        entry_cost=optional_decimal(row["entry_cost"]),
+        sold_quantity=optional_decimal(row["sold_quantity"]) or Decimal(0),
+        exit_proceeds=optional_decimal(row["exit_proceeds"]) or Decimal(0),
+        residue_quantity=optional_decimal(row["residue_quantity"]),
+        realized_pnl=optional_decimal(row["realized_pnl"]),
     )
 
 
@@ -189,9 +205,11 @@ async def open(
     entry_price: Decimal,
     entry_client_order_id: str | None,
     *,
+    entry_cost: Decimal | None = None,
     now: float | None = None,
 ) -> Position:
-    """Record a position opened by a filled buy order."""
+    """Record a position opened by a filled buy order; ``quantity`` is what the account
+    received (net of a commission taken in the base asset)."""
     _check_symbol(symbol)
     _check_positive("quantity", quantity)
     _check_positive("entry_price", entry_price)
@@ -200,7 +218,7 @@ async def open(
         await users.require(connection, user_id)
         cursor = await connection.execute(
             "INSERT INTO positions (user_id, symbol, quantity, entry_price, status, opened_at, "
-            "entry_client_order_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "entry_client_order_id, entry_cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 user_id,
                 symbol,
@@ -209,6 +227,7 @@ async def open(
                 PositionStatus.OPEN.value,
                 at,
                 entry_client_order_id,
+                None if entry_cost is None else decimal_to_text(entry_cost),
             ),
         )
         position_id = cursor.lastrowid
@@ -227,23 +246,45 @@ async def close(
     exit_reason: str,
     exit_client_order_id: str | None,
     *,
+    sold: Decimal | None = None,
+    proceeds: Decimal | None = None,
     now: float | None = None,
 ) -> Position:
-    """Close an open position and drop its trailing-stop checkpoint, atomically."""
+    """Close an open position and drop its trailing-stop checkpoint, atomically.
+
+    With ``sold`` (base this last exit sold) and ``proceeds`` (quote it brought, net of
+    fees) the position also records what it sold in all, the residue it left on the
+    account (what was held minus what was sold: dust under the lot step) and its
+    profit from what was really bought and sold.
+    """
     _check_positive("exit_price", exit_price)
     if not EXIT_REASON_PATTERN.match(exit_reason):
         raise InvalidValue("exit_reason", "must be a lower-case reason such as trailing_stop")
     at = now_s() if now is None else now
     async with transaction(connection):
+        position = await get(connection, position_id)
+        totals: dict[str, str | None] = {}
+        if position is not None and sold is not None and proceeds is not None:
+            total_proceeds = position.exit_proceeds + proceeds
+            totals = {
+                "sold_quantity": decimal_to_text(position.sold_quantity + sold),
+                "exit_proceeds": decimal_to_text(total_proceeds),
+                "residue_quantity": decimal_to_text(max(position.quantity - sold, Decimal(0))),
+                "realized_pnl": None
+                if position.entry_cost is None
+                else decimal_to_text(total_proceeds - position.entry_cost),
+            }
+        assignments = "".join(f", {name} = ?" for name in totals)
         cursor = await connection.execute(
             "UPDATE positions SET status = ?, closed_at = ?, exit_price = ?, exit_reason = ?, "
-            "exit_client_order_id = ? WHERE id = ? AND status = ?",
+            f"exit_client_order_id = ?{assignments} WHERE id = ? AND status = ?",
             (
                 PositionStatus.CLOSED.value,
                 at,
                 decimal_to_text(exit_price),
                 exit_reason,
                 exit_client_order_id,
+                *totals.values(),
                 position_id,
                 PositionStatus.OPEN.value,
             ),
@@ -258,6 +299,37 @@ async def close(
     if closed is None:
         raise StorageError(f"position {position_id} vanished while being closed")
     return closed
+
+
+async def record_partial_exit(
+    connection: aiosqlite.Connection, position_id: int, sold: Decimal, proceeds: Decimal
+) -> Position:
+    """An exit the exchange filled only partly: the position keeps what was not sold.
+
+    It stays open (its trailing stop with it), so the rest is sold by the next exit.
+    """
+    _check_positive("sold", sold)
+    async with transaction(connection):
+        position = await get(connection, position_id)
+        if position is None:
+            raise RecordNotFound(f"position {position_id} does not exist")
+        if position.status is not PositionStatus.OPEN:
+            raise StateConflict(f"position {position_id} is already closed")
+        if sold >= position.quantity:
+            raise StateConflict(f"position {position_id} holds only {position.quantity}")
+        await connection.execute(
+            "UPDATE positions SET quantity = ?, sold_quantity = ?, exit_proceeds = ? WHERE id = ?",
+            (
+                decimal_to_text(position.quantity - sold),
+                decimal_to_text(position.sold_quantity + sold),
+                decimal_to_text(position.exit_proceeds + proceeds),
+                position_id,
+            ),
+        )
+        updated = await get(connection, position_id)
+    if updated is None:
+        raise StorageError(f"position {position_id} vanished while being updated")
+    return updated
 
 
 async def list_open(connection: aiosqlite.Connection, user_id: int | None = None) -> list[Position]:
@@ -308,7 +380,20 @@ def _row_to_order(row: aiosqlite.Row) -> Order:
         created_at=float(row["created_at"]),
         updated_at=float(row["updated_at"]),
         error=row["error"],
+        fees=_fees_from_text(row["fees"]),
+        expired=bool(row["expired"]),
+        settled=bool(row["settled"]),
     )
+
+
+def _fees_from_text(raw: str | None) -> dict[str, Decimal]:
+    if not raw:
+        return {}
+    return {str(asset): text_to_decimal(str(amount)) for asset, amount in json.loads(raw).items()}
+
+
+def _fees_to_text(fees: dict[str, Decimal]) -> str:
+    return json.dumps({asset: decimal_to_text(amount) for asset, amount in sorted(fees.items())})
 
 
 async def get_order(connection: aiosqlite.Connection, client_order_id: str) -> Order | None:
@@ -409,9 +494,15 @@ async def mark_order_filled(
     *,
     filled_quantity: Decimal | None = None,
     exchange_order_id: str | None = None,
+    fees: dict[str, Decimal] | None = None,
+    expired: bool = False,
     now: float | None = None,
 ) -> Order:
-    """`filled_quantity` replaces the requested one when the exchange filled another amount."""
+    """`filled_quantity` replaces the requested one when the exchange filled another amount.
+
+    `fee` is the commission valued in the quote asset (BNB excluded); `fees` the
+    commission per asset as paid; `expired` that the exchange ended it part-filled.
+    """
     _check_positive("fill_price", fill_price)
     if not isinstance(fee, Decimal) or not fee.is_finite() or fee < 0:
         raise InvalidValue("fee", "must be a decimal of at least 0")
@@ -424,7 +515,21 @@ async def mark_order_filled(
         columns["quantity"] = decimal_to_text(_check_positive("filled_quantity", filled_quantity))
     if exchange_order_id is not None:
         columns["exchange_order_id"] = exchange_order_id
+    if fees:
+        columns["fees"] = _fees_to_text(fees)
+    if expired:
+        columns["expired"] = 1
     return await _transition(connection, client_order_id, OrderStatus.FILLED, now, **columns)
+
+
+async def mark_order_settled(connection: aiosqlite.Connection, client_order_id: str) -> Order:
+    """The filled order's effect on its position is written (in the caller's transaction)."""
+    async with transaction(connection):
+        await connection.execute(
+            "UPDATE orders SET settled = 1 WHERE client_order_id = ? AND status = ?",
+            (client_order_id, OrderStatus.FILLED.value),
+        )
+        return await _require_order(connection, client_order_id)
 
 
 async def mark_order_rejected(

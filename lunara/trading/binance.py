@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -59,6 +59,7 @@ class ErrorCode:
     """Binance error codes the bot reacts to."""
 
     TOO_MANY_REQUESTS = -1003
+    UNEXPECTED_RESPONSE = -1006
     EXECUTION_STATUS_UNKNOWN = -1007
     TIMESTAMP_OUTSIDE_RECV_WINDOW = -1021
     INVALID_SIGNATURE = -1022
@@ -72,6 +73,12 @@ _CREDENTIAL_CODES = frozenset(
     {ErrorCode.INVALID_SIGNATURE, ErrorCode.INVALID_API_KEY, ErrorCode.REJECTED_API_KEY}
 )
 _DUPLICATE_MESSAGE = "duplicate order"
+_UNKNOWN_OUTCOME_CODES = frozenset(
+    {ErrorCode.UNEXPECTED_RESPONSE, ErrorCode.EXECUTION_STATUS_UNKNOWN}
+)
+# Statuses of an order Binance ended before filling all of it (market liquidity ran out,
+# self-trade prevention): what executed is real, the rest was never traded.
+_EXPIRED_STATUSES = frozenset({"EXPIRED", "EXPIRED_IN_MATCH"})
 
 
 class Weight:
@@ -80,6 +87,8 @@ class Weight:
     PRICES = 4
     ORDER = 1
     QUERY_ORDER = 4
+    ALL_ORDERS = 20
+    MY_TRADES = 20
     ACCOUNT = 20
     EXCHANGE_INFO = 20
     SERVER_TIME = 1
@@ -155,18 +164,30 @@ def _decimal(value: Any, field: str) -> Decimal:
     return number
 
 
-def parse_fill(reply: Mapping[str, Any], client_order_id: str) -> Fill | None:
+def parse_fill(
+    reply: Mapping[str, Any],
+    client_order_id: str,
+    trades: Sequence[Mapping[str, Any]] | None = None,
+) -> Fill | None:
     """An order reply (``POST /order`` FULL or ``GET /order``) → ``Fill``; ``None`` if
-    nothing was executed."""
+    nothing was executed.
+
+    The commission comes from the FULL reply's ``fills`` or, for an order looked up
+    (``GET /order`` carries none), from its ``trades`` (``GET /myTrades?orderId=``);
+    it is summed per asset, since one order can pay in the base asset and in BNB.
+    """
     executed = _decimal(reply.get("executedQty", "0"), "executedQty")
     if executed <= 0:
         return None
     quote = _decimal(reply.get("cummulativeQuoteQty", "0"), "cummulativeQuoteQty")
-    fee = Decimal(0)
-    fee_asset: str | None = None
-    for part in reply.get("fills") or ():
-        fee += _decimal(part.get("commission", "0"), "commission")
-        fee_asset = fee_asset or part.get("commissionAsset")
+    fees: dict[str, Decimal] = {}
+    for part in list(reply.get("fills") or ()) + list(trades or ()):
+        amount = _decimal(part.get("commission", "0"), "commission")
+        asset = str(part.get("commissionAsset") or "")
+        if asset and amount > 0:
+            fees[asset] = fees.get(asset, Decimal(0)) + amount
+    fee_asset, fee = next(iter(fees.items()), (None, Decimal(0)))
+    requested = reply.get("origQty")
     return Fill(
         client_order_id=str(reply.get("clientOrderId") or client_order_id),
         exchange_order_id=str(reply.get("orderId", "")),
@@ -176,6 +197,9 @@ def parse_fill(reply: Mapping[str, Any], client_order_id: str) -> Fill | None:
         quote_quantity=quote,
         fee=fee,
         fee_asset=fee_asset,
+        fees=fees,
+        requested_quantity=None if requested is None else _decimal(requested, "origQty"),
+        expired=str(reply.get("status", "")) in _EXPIRED_STATUSES,
     )
 
 
@@ -325,8 +349,10 @@ class BinanceGateway:
             return _NoSuchOrder(message)
         if code in _CREDENTIAL_CODES or status == 401:
             return CredentialsRejected(f"Binance refused the API key: {message}")
-        if status >= 500 or status == 408 or code == ErrorCode.EXECUTION_STATUS_UNKNOWN:
-            # -1007 "Timeout waiting for response": the order may or may not have executed.
+        if status >= 500 or status == 408 or code in _UNKNOWN_OUTCOME_CODES:
+            # -1006 "An unexpected response was received from the message bus" and -1007
+            # "Timeout waiting for response": the order may or may not have executed,
+            # whatever HTTP status carried the code.
             return ExchangeUnavailable(f"Binance server error {status}: {message}")
         if _DUPLICATE_MESSAGE in message.lower():
             return DuplicateOrder(f"Binance refused the order: {message}", code)
@@ -412,6 +438,13 @@ class BinanceExchange:
             newClientOrderId=client_order_id,
             newOrderRespType="FULL",
         )
+        if "code" in reply and "orderId" not in reply:
+            # An error body under a 2xx status: python-binance hands it back as a reply.
+            code = reply.get("code")
+            message = str(reply.get("msg") or "no message")[:200]
+            if code in _UNKNOWN_OUTCOME_CODES:
+                raise ExchangeUnavailable(f"Binance could not say what became of it: {message}")
+            raise OrderRefused(f"Binance refused the request: {message}", code)
         fill = parse_fill(reply, client_order_id)
         if fill is None:
             status = reply.get("status", "?")
@@ -419,6 +452,14 @@ class BinanceExchange:
         return fill
 
     async def find_order(self, symbol: str, client_order_id: str) -> Fill | None:
+        """The order by its client id, with its real commission; ``None`` if not seen.
+
+        ``GET /order`` reads Binance's database, which can lag an accepted order and
+        answer -2013 for a while: ``allOrders`` is asked too before saying it is not
+        there. Neither carries the commission, so a filled order's trades are read
+        from ``myTrades``. Whether "not there" means "never placed" is the caller's
+        call (it waits out the recvWindow first).
+        """
         try:
             reply = await self._gateway.call(
                 self._client,
@@ -428,8 +469,23 @@ class BinanceExchange:
                 origClientOrderId=client_order_id,
             )
         except _NoSuchOrder:
-            return None
-        fill = parse_fill(reply, client_order_id)
+            listed = await self._gateway.call(
+                self._client, Weight.ALL_ORDERS, self._client.get_all_orders, symbol=symbol
+            )
+            matches = [o for o in listed or () if o.get("clientOrderId") == client_order_id]
+            if not matches:
+                return None
+            reply = matches[-1]
+        trades: list[Mapping[str, Any]] = []
+        if _decimal(reply.get("executedQty", "0"), "executedQty") > 0:
+            trades = await self._gateway.call(
+                self._client,
+                Weight.MY_TRADES,
+                self._client.get_my_trades,
+                symbol=symbol,
+                orderId=reply.get("orderId"),
+            )
+        fill = parse_fill(reply, client_order_id, trades)
         if fill is None:
             status = str(reply.get("status", "?"))
             if status in ("NEW", "PARTIALLY_FILLED", "PENDING_NEW"):

@@ -9,7 +9,7 @@ classes below encode exactly that split.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
 
@@ -30,6 +30,10 @@ class Fill:
     ``quantity`` is the base amount executed, ``quote_quantity`` what it cost or
     yielded before fees, ``fee`` the commission in ``fee_asset`` (zero and ``None``
     when the exchange did not say, e.g. for an order looked up after the fact).
+    ``fees`` holds the commission per asset when it was paid in several (base, quote,
+    BNB); ``expired`` says the exchange ended the order before filling
+    ``requested_quantity`` (a MARKET order that ran out of liquidity: EXPIRED or
+    EXPIRED_IN_MATCH), so the rest of a position is still held.
     """
 
     client_order_id: str
@@ -40,6 +44,18 @@ class Fill:
     quote_quantity: Decimal
     fee: Decimal
     fee_asset: str | None
+    fees: dict[str, Decimal] = field(default_factory=dict)
+    requested_quantity: Decimal | None = None
+    expired: bool = False
+
+    @property
+    def fees_by_asset(self) -> dict[str, Decimal]:
+        """The commission per asset, whichever of ``fees`` or ``fee``/``fee_asset`` was set."""
+        if self.fees:
+            return dict(self.fees)
+        if self.fee_asset is not None and self.fee > 0:
+            return {self.fee_asset: self.fee}
+        return {}
 
     @property
     def average_price(self) -> Decimal:

@@ -4,11 +4,19 @@
    entry on a symbol, or the exit of one position), the side and a sequence number.
 2. The order is recorded as ``pending`` under that id *before* anything is sent.
 3. A definite refusal (filters, -2010, bad keys) marks it ``rejected``; it is never
-   sent again. A lost answer (timeout, dropped connection, 5xx) marks it ``unknown``
-   and the exchange is asked for the order by its client id; only if the exchange has
-   never seen it is it sent again, under the same id.
-4. A fill is settled in one transaction: the order marked ``filled`` and the position
-   opened or closed. The trailing stop is then started or dropped.
+   sent again. A lost answer (timeout, dropped connection, 5xx, -1006, -1007) marks it
+   ``unknown`` and the exchange is asked for the order by its client id (``GET /order``,
+   whose database can lag, then ``allOrders``) until the recvWindow of the send has
+   passed: only then can the exchange no longer accept it. Only an order it never
+   took is sent again, and under a NEW client id (its successor): Binance accepts a
+   filled order's id a second time, so the same id would buy twice.
+4. A fill is settled in one transaction: the order marked ``filled`` with its real
+   commission per asset, and the position opened (with the quantity the account
+   received, net of a commission in the base asset), reduced (an exit the exchange
+   expired part-filled: the rest stays open under its stop) or closed (recording what
+   was sold, the residue left under the lot step, and the profit from what was really
+   bought and sold). The trailing stop is then started or dropped.
+5. An exit never asks to sell more than the account's free balance of the asset.
 
 After a crash, ``recover`` walks the unsettled orders (pending, sent, unknown) and asks
 the exchange about each one, and settles fills whose position change was not written.
@@ -53,14 +61,21 @@ logger = logging.getLogger(__name__)
 CLIENT_ORDER_ID_PREFIX = "lu-"
 ENTRY_INTENT = "entry"
 EXIT_INTENT = "exit"
-# How many times an order whose outcome stayed unknown is re-sent after the exchange
-# confirmed it never saw it. Each re-send reuses the same client order id.
+# How many orders are sent for one request whose outcome stayed unknown, once the
+# exchange is known never to have taken the earlier one. Each has its own client id.
 MAX_SENDS = 2
+RESEND_INTENT = "resend"
+# python-binance signs every request with recvWindow 5000 ms: an order not on the
+# exchange that long after it was signed can no longer be accepted. One second more
+# for the clocks' disagreement.
+DEFAULT_UNKNOWN_ORDER_WINDOW_S = 6.0
+NOT_PLACED = "not placed: the exchange never took it"
 # Exits of one position tried before giving up for this tick (each refused one counts).
 MAX_EXIT_SEQUENCE = 1000
 NOT_PLACED_AFTER_RESTART = "not placed: the exchange has no such order (found after a restart)"
 
 Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 ExchangeFor = Callable[[int], Awaitable[Exchange]]
 
 
@@ -81,6 +96,12 @@ def entry_intent(symbol: str, request_key: str | None = None) -> str:
 
 def exit_intent(position_id: int) -> str:
     return f"{EXIT_INTENT}:{position_id}"
+
+
+def successor_id(order: Order) -> str:
+    """The id an order is sent again under once the exchange never took it: derived, so
+    a restart finds it, and new, so Binance cannot take it for the first one."""
+    return client_order_id(order.user_id, f"{RESEND_INTENT}:{order.client_order_id}", order.side, 0)
 
 
 @dataclass(frozen=True)
@@ -131,10 +152,14 @@ class OrderOutcomeUnknown(ExchangeError):
 
 
 def _quote_fee(fill: Fill, base_asset: str, quote_asset: str) -> Decimal:
-    """The commission in the quote asset, as the ``orders.fee`` column holds it."""
-    if fill.fee_asset == base_asset:
-        return fill.fee * fill.average_price
-    return fill.fee
+    """The commission valued in the quote asset, as the ``orders.fee`` column holds it.
+
+    A commission paid in a third asset (BNB) is not converted: it is recorded as paid,
+    per asset, in ``orders.fees``.
+    """
+    fees = fill.fees_by_asset
+    zero = Decimal(0)
+    return fees.get(quote_asset, zero) + fees.get(base_asset, zero) * fill.average_price
 
 
 def _split(symbol: str) -> tuple[str, str]:
@@ -156,11 +181,18 @@ class OrderPath:
         *,
         default_stop_params: Callable[[int], Awaitable[TrailingParams]],
         clock: Clock = time.time,
+        unknown_order_window_s: float = DEFAULT_UNKNOWN_ORDER_WINDOW_S,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._db = db
         self._stops = stops
         self._default_stop_params = default_stop_params
         self._clock = clock
+        self._unknown_window_s = unknown_order_window_s
+        self._sleep = sleep
+        # An order of an earlier process was signed before this one started.
+        self._started_at = clock()
+        self._sent_at: dict[str, float] = {}  # client id -> when this process signed it
         self._locks: dict[int, asyncio.Lock] = {}
         self.sends = 0
         self.placed = 0  # orders settled with a fill (for /metrics)
@@ -185,13 +217,16 @@ class OrderPath:
             if earlier is not None:
                 return await self._resume_entry(exchange, earlier, request)
             rules = await exchange.symbol_rules(request.symbol)
-            quantity = check_order(rules, request.quantity, request.reference_price)
+            wanted = request.quantity
             if request.side is Side.SELL:
+                check_order(rules, request.quantity, request.reference_price)
                 if request.position_id is None:
                     raise TradingError("an exit order needs the position it closes")
                 done = await self._resume_exit(exchange, request)
                 if done is not None:
                     return done
+                wanted = await self._sellable(exchange, rules.base_asset, request)
+            quantity = check_order(rules, wanted, request.reference_price)
             order = await self._record(request, quantity)
             return await self._send_and_settle(exchange, order, request)
 
@@ -234,6 +269,66 @@ class OrderPath:
                 continue
         raise TradingError("too many attempts for this order; ask an admin to check the logs")
 
+    async def _sellable(self, exchange: Exchange, asset: str, request: OrderRequest) -> Decimal:
+        """The position's quantity, or less if the account holds less of it (a fee taken
+        in the asset, dust sold elsewhere): asking for more is refused -2010 each time."""
+        free = next((b.free for b in await exchange.balances() if b.asset == asset), Decimal(0))
+        if free >= request.quantity:
+            return request.quantity
+        logger.warning(
+            "position %s of user %d: the account holds %s %s, less than the %s recorded; "
+            "selling what is there",
+            request.position_id,
+            request.user_id,
+            free,
+            asset,
+            request.quantity,
+        )
+        return free
+
+    async def _successor(self, order: Order) -> Order:
+        """Record the order that replaces one the exchange never took (a new client id)."""
+        return await store.record_pending_order(
+            self._db,
+            successor_id(order),
+            order.user_id,
+            order.symbol,
+            order.side,
+            order.quantity,
+            position_id=order.position_id,
+            now=self._clock(),
+        )
+
+    async def _latest(self, order: Order) -> Order:
+        """The last of an order's successors, the one that stands for the request now."""
+        while order.status is OrderStatus.REJECTED:
+            following = await store.get_order(self._db, successor_id(order))
+            if following is None:
+                break
+            order = following
+        return order
+
+    async def _resolve(self, exchange: Exchange, order: Order) -> Fill | None:
+        """The fill of an order whose outcome is unknown; ``None`` once it is certain the
+        exchange never took it.
+
+        Not found is only certain after the recvWindow of its send: until then Binance
+        may still accept it, or have accepted it without its database showing it yet.
+        """
+        deadline = self._sent_at.get(order.client_order_id, self._started_at)
+        deadline += self._unknown_window_s
+        fill = await self._lookup(exchange, order)
+        remaining = deadline - self._clock()
+        if fill is not None or remaining <= 0:
+            return fill
+        logger.info(
+            "order %s not on the exchange yet; asking again in %.1f s",
+            order.client_order_id,
+            remaining,
+        )
+        await self._sleep(remaining)
+        return await self._lookup(exchange, order)
+
     async def _order_count(self, user_id: int) -> int:
         async with self._db.execute(
             "SELECT COUNT(*) FROM orders WHERE user_id = ?", (user_id,)
@@ -251,14 +346,19 @@ class OrderPath:
             order = await store.get_order(self._db, order_id)
             if order is None:
                 return None
+            order = await self._latest(order)
             if order.status in OPEN_ORDER_STATUSES:
-                fill = await self._lookup(exchange, order)
+                fill = await self._resolve(exchange, order)
                 if fill is not None:
                     return await self._settle(order, fill, request.exit_reason, request.stop_params)
                 await store.mark_order_rejected(
-                    self._db, order_id, NOT_PLACED_AFTER_RESTART, now=self._clock()
+                    self._db, order.client_order_id, NOT_PLACED_AFTER_RESTART, now=self._clock()
                 )
-            elif order.status is OrderStatus.FILLED and order.fill_price is not None:
+            elif (
+                order.status is OrderStatus.FILLED
+                and not order.settled
+                and order.fill_price is not None
+            ):
                 fill = _fill_from_order(order)
                 return await self._settle(order, fill, request.exit_reason, request.stop_params)
         return None
@@ -267,16 +367,17 @@ class OrderPath:
         self, exchange: Exchange, order: Order, request: OrderRequest
     ) -> Settlement:
         """The same keyed entry asked again (a redelivered command): settle it, never repeat it."""
+        order = await self._latest(order)
         if order.status is OrderStatus.FILLED and order.fill_price is not None:
             return await self._settle(
                 order, _fill_from_order(order), request.exit_reason, request.stop_params
             )
         if order.status in OPEN_ORDER_STATUSES:
-            fill = await self._lookup(exchange, order)
+            fill = await self._resolve(exchange, order)
             if fill is not None:
                 return await self._settle(order, fill, request.exit_reason, request.stop_params)
             return await self._send_and_settle(exchange, order, request)
-        if order.error == NOT_PLACED_AFTER_RESTART:
+        if order.error in (NOT_PLACED_AFTER_RESTART, NOT_PLACED):
             raise TradingError(
                 "a restart interrupted this order before it reached the exchange; "
                 "nothing was bought, send the command again"
@@ -288,6 +389,7 @@ class OrderPath:
     ) -> Settlement:
         for send in range(MAX_SENDS):
             self.sends += 1
+            self._sent_at[order.client_order_id] = self._clock()
             fill: Fill | None
             try:
                 fill = await exchange.place_market_order(
@@ -314,16 +416,21 @@ class OrderPath:
                 )
                 await self._mark_unknown(order, str(error))
                 try:
-                    fill = await self._lookup(exchange, order)
+                    fill = await self._resolve(exchange, order)
                 except ExchangeError as lookup_error:
                     raise OrderOutcomeUnknown(
                         "the exchange did not confirm the order; it will be checked again "
                         "and never placed twice"
                     ) from lookup_error
                 if fill is None:
+                    await store.mark_order_rejected(
+                        self._db, order.client_order_id, NOT_PLACED, now=self._clock()
+                    )
+                    self._sent_at.pop(order.client_order_id, None)
                     if send + 1 < MAX_SENDS:
+                        order = await self._successor(order)
                         logger.info(
-                            "order %s never reached the exchange; sending it again",
+                            "order never reached the exchange; sending it again as %s",
                             order.client_order_id,
                         )
                         continue
@@ -366,10 +473,12 @@ class OrderPath:
         stop_params: TrailingParams | None,
     ) -> Settlement:
         self.placed += 1
+        self._sent_at.pop(order.client_order_id, None)
         base, quote = _split(order.symbol)
         fee_in_quote = _quote_fee(fill, base, quote)
         price = fill.average_price
         now = self._clock()
+        opened = closed = False
         async with transaction(self._db):
             current = await store.get_order(self._db, order.client_order_id)
             if current is None:
@@ -382,29 +491,42 @@ class OrderPath:
                     fee_in_quote,
                     filled_quantity=fill.quantity,
                     exchange_order_id=fill.exchange_order_id or None,
+                    fees=fill.fees_by_asset,
+                    expired=fill.expired,
                     now=now,
                 )
-            opened = False
-            if order.side is Side.BUY:
-                position, opened = await self._open_position(current, fill, base)
+            if current.settled and current.position_id is not None:
+                position = await store.get(self._db, current.position_id)
+                if position is None:
+                    raise TradingError(f"position {current.position_id} does not exist")
+            elif order.side is Side.BUY:
+                position, opened = await self._open_position(current, fill, base, quote)
             else:
-                position = await self._close_position(current, price, exit_reason, now)
+                position, closed = await self._apply_exit(current, fill, exit_reason, now)
+            await store.mark_order_settled(self._db, order.client_order_id)
         if opened:
             params = stop_params or await self._default_stop_params(order.user_id)
             state = initial_state(float(price), params, now)
             await self._stops.add(position.id, position.user_id, position.symbol, state)
-        elif order.side is Side.SELL:
+        elif closed:
             await self._stops.remove(position.id)
         final = await store.get_order(self._db, order.client_order_id)
         return Settlement(final or current, fill, position, fee_in_quote)
 
-    async def _open_position(self, order: Order, fill: Fill, base: str) -> tuple[Position, bool]:
-        """The position this buy opened, and whether it was opened just now."""
+    async def _open_position(
+        self, order: Order, fill: Fill, base: str, quote: str
+    ) -> tuple[Position, bool]:
+        """The position this buy opened, and whether it was opened just now.
+
+        It holds what the account received: a commission in the base asset is taken
+        from the bought quantity. Its cost is what was paid, quote commission included.
+        """
         if order.position_id is not None:
             existing = await store.get(self._db, order.position_id)
             if existing is not None:
                 return existing, False
-        quantity = fill.quantity - fill.fee if fill.fee_asset == base else fill.quantity
+        fees = fill.fees_by_asset
+        quantity = fill.quantity - fees.get(base, Decimal(0))
         position = await store.open(
             self._db,
             order.user_id,
@@ -412,24 +534,54 @@ class OrderPath:
             quantity,
             fill.average_price,
             order.client_order_id,
+            entry_cost=fill.quote_quantity + fees.get(quote, Decimal(0)),
             now=self._clock(),
         )
         await store.link_order_to_position(self._db, order.client_order_id, position.id)
         return position, True
 
-    async def _close_position(
-        self, order: Order, price: Decimal, reason: str, now: float
-    ) -> Position:
+    async def _apply_exit(
+        self, order: Order, fill: Fill, reason: str, now: float
+    ) -> tuple[Position, bool]:
+        """Close the position, or reduce it when the exchange expired the exit part-filled;
+        and whether it closed just now."""
         if order.position_id is None:
             raise TradingError(f"exit order {order.client_order_id} names no position")
         position = await store.get(self._db, order.position_id)
         if position is None:
             raise TradingError(f"position {order.position_id} does not exist")
         if position.status is store.PositionStatus.CLOSED:
-            return position
-        return await store.close(
-            self._db, position.id, price, reason, order.client_order_id, now=now
+            return position, False
+        base, quote = _split(order.symbol)
+        fees = fill.fees_by_asset
+        zero = Decimal(0)
+        proceeds = (
+            fill.quote_quantity - fees.get(quote, zero) - fees.get(base, zero) * fill.average_price
         )
+        if fill.expired and fill.quantity < position.quantity:
+            logger.warning(
+                "exit %s of position %d filled %s of %s before the exchange expired it; "
+                "the rest stays open under its stop",
+                order.client_order_id,
+                position.id,
+                fill.quantity,
+                position.quantity,
+            )
+            reduced = await store.record_partial_exit(
+                self._db, position.id, fill.quantity, proceeds
+            )
+            return reduced, False
+        closed = await store.close(
+            self._db,
+            position.id,
+            fill.average_price,
+            reason,
+            order.client_order_id,
+            sold=fill.quantity,
+            proceeds=proceeds,
+            now=now,
+        )
+        return closed, True
 
     async def recover(
         self, exchange_for: ExchangeFor, *, skip_busy: bool = False
@@ -449,7 +601,7 @@ class OrderPath:
                     continue
                 try:
                     exchange = await exchange_for(order.user_id)
-                    fill = await self._lookup(exchange, current)
+                    fill = await self._resolve(exchange, current)
                 except OrderRefused:
                     report.not_placed += 1
                     continue
@@ -497,13 +649,10 @@ class OrderPath:
             return await cursor.fetchone() is not None
 
     async def _filled_without_effect(self) -> list[Order]:
-        """Filled buys that opened no position; filled exits whose position is still open."""
+        """Filled orders whose effect on their position was not written (a crash between)."""
         async with self._db.execute(
-            "SELECT o.client_order_id FROM orders o "
-            "WHERE o.status = 'filled' AND o.side = 'BUY' AND o.position_id IS NULL "
-            "UNION ALL "
-            "SELECT o.client_order_id FROM orders o JOIN positions p ON p.id = o.position_id "
-            "WHERE o.status = 'filled' AND o.side = 'SELL' AND p.status = 'open'"
+            "SELECT client_order_id FROM orders WHERE status = 'filled' AND settled = 0 "
+            "ORDER BY created_at"
         ) as cursor:
             rows = await cursor.fetchall()
         found: list[Order] = []
@@ -525,6 +674,8 @@ def _fill_from_order(order: Order) -> Fill:
         quote_quantity=order.quantity * price,
         fee=Decimal(0),
         fee_asset=None,
+        fees=dict(order.fees),
+        expired=order.expired,
     )
 
 

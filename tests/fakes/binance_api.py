@@ -44,7 +44,7 @@ INTERVALS_S = {
     "2h": 7200, "4h": 14400, "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400,
     "3d": 259200, "1w": 604800,
 }  # fmt: skip
-SIGNED = {"account", "order", "openOrders", "allOrders", "myTrades"}
+SIGNED = {"account", "account/commission", "order", "openOrders", "allOrders", "myTrades"}
 DUPLICATE = "Duplicate order sent."
 INSUFFICIENT = "Account has insufficient balance for requested action."
 DROP_STALL = "stall"  # the reply comes after the client gave up
@@ -67,6 +67,7 @@ class _Injected:
     body: dict[str, Any]
     headers: dict[str, str]
     stall_s: float = 0.0
+    method: str | None = None  # only requests with this method ("POST") get it
 
 
 class _Refusal(Exception):
@@ -109,6 +110,21 @@ class FakeBinance(BackgroundServer):
     drop_mode: str = DROP_STALL
     drop_stall_s: float = 3.0
     advance_on: str | None = None  # e.g. "ticker/price": each such request advances the paths
+    # Order fidelity (strict by default, as Binance): commission taken from what the
+    # order yields (the base asset of a BUY, the quote of a SELL), or in BNB when
+    # `bnb_pays_fees` and the account holds enough BNB at the BNB<quote> price.
+    commission_rate: Decimal = Decimal("0.001")
+    bnb_pays_fees: bool = False
+    # Client ids are unique among OPEN orders only; a filled order's id is accepted again.
+    refuse_reused_client_ids: bool = False  # friendly: refuse any id seen before (-2010)
+    # After a dropped order reply, GET /order answers -2013 for this long (Memory =>
+    # Database lag) while allOrders and myTrades already show the order.
+    lookup_lag_s: float = 1.0
+    # The next market order fills only this fraction (down to the step) and ends with
+    # `next_fill_status` (EXPIRED, or EXPIRED_IN_MATCH for self-trade prevention).
+    next_fill_fraction: Decimal | None = None
+    next_fill_status: str = "EXPIRED"
+    trades: list[dict[str, Any]] = field(default_factory=list)
 
     name = "fake-binance"
 
@@ -119,6 +135,7 @@ class FakeBinance(BackgroundServer):
         self._paths: dict[str, list[Decimal]] = {}
         self._cursor: dict[str, int] = {}
         self._owner: dict[int, str] = {}  # orderId -> api key
+        self._hidden_until: dict[int, float] = {}  # orderId -> monotonic end of the lookup lag
 
     @property
     def api_url(self) -> str:
@@ -135,12 +152,15 @@ class FakeBinance(BackgroundServer):
 
     def inject(self, endpoint: str, status: int, code: int, msg: str, *,
                headers: dict[str, str] | None = None, stall_s: float = 0.0,
-               times: int = 1) -> None:  # fmt: skip
-        """The next `times` requests to `endpoint` ("order", "ticker/price") get this error."""
+               times: int = 1, method: str | None = None) -> None:  # fmt: skip
+        """The next `times` requests to `endpoint` ("order", "ticker/price") get this error;
+        with `method`, only requests of that method ("POST": order placements)."""
         with self._lock:
             for _ in range(times):
                 self._errors[endpoint].append(
-                    _Injected(status, {"code": code, "msg": msg}, dict(headers or {}), stall_s)
+                    _Injected(
+                        status, {"code": code, "msg": msg}, dict(headers or {}), stall_s, method
+                    )  # fmt: skip
                 )
 
     def inject_rate_limit(self, endpoint: str, retry_after_s: int, *, banned: bool = False,
@@ -180,6 +200,14 @@ class FakeBinance(BackgroundServer):
                 self._cursor[name] = min(self._cursor[name] + steps, len(path) - 1)
                 self.prices[name] = path[self._cursor[name]]
         return dict(self.prices)
+
+    def fill_next_partly(self, fraction: Decimal | str, status: str = "EXPIRED") -> None:
+        """The next market order executes only `fraction` of its quantity, then expires."""
+        if status not in ("EXPIRED", "EXPIRED_IN_MATCH"):
+            raise ValueError("a partly filled market order ends EXPIRED or EXPIRED_IN_MATCH")
+        with self._lock:
+            self.next_fill_fraction = Decimal(str(fraction))
+            self.next_fill_status = status
 
     def count(self, method: str, endpoint: str) -> int:
         with self._lock:
@@ -271,7 +299,7 @@ class FakeBinance(BackgroundServer):
         with self._lock:
             self.requests.append((request.method, endpoint))
             self.recorded.append(RecordedRequest(request.method, endpoint, params, header_key))
-            injected = self._errors[endpoint].pop(0) if self._errors[endpoint] else None
+            injected = self._pop_injected(endpoint, request.method)
             if self.advance_on == endpoint:
                 self._advance_locked(None, 1)
         if injected is not None:
@@ -297,6 +325,13 @@ class FakeBinance(BackgroundServer):
                 {"code": -1007, "msg": "Timeout waiting for response."}, status=408
             )
         return web.json_response(result)
+
+    def _pop_injected(self, endpoint: str, method: str) -> _Injected | None:
+        queue = self._errors[endpoint]
+        for index, injected in enumerate(queue):
+            if injected.method is None or injected.method == method:
+                return queue.pop(index)
+        return None
 
     def _verify(self, request: web.Request, raw_query: str, raw_body: str) -> str:
         api_key = request.headers.get("X-MBX-APIKEY")
@@ -354,6 +389,12 @@ class FakeBinance(BackgroundServer):
             return self._place(api_key, params)
         if endpoint == "order" and method == "GET":
             return self._find(api_key, params)
+        if endpoint == "allOrders":
+            return self._all_orders(api_key, params)
+        if endpoint == "myTrades":
+            return self._my_trades(api_key, params)
+        if endpoint == "account/commission":
+            return self._commission(params)
         if endpoint == "openOrders":
             return []  # MARKET orders fill at once; nothing ever rests on the book
         raise _Refusal(404, -1000, f"unknown endpoint {endpoint}")
@@ -435,38 +476,87 @@ class FakeBinance(BackgroundServer):
             price = self.prices[symbol]
             client_id = params.get("newClientOrderId") or f"fake{len(self.orders) + 1}"
             if any(o["clientOrderId"] == client_id for o in self.orders):
+                # Binance refuses only the id of an OPEN order; market orders never rest,
+                # so a reused id is a new order. Either way the attempt is recorded.
                 self.duplicates.append(dict(params))
-                raise _Refusal(400, -2010, DUPLICATE)
+                if self.refuse_reused_client_ids:
+                    raise _Refusal(400, -2010, DUPLICATE)
             quantity = self._quantity(params, price, filters)
             _check_filters(quantity, price, filters)
+            executed, status = quantity, "FILLED"
+            if self.next_fill_fraction is not None:
+                lot = _filter(filters, "LOT_SIZE")
+                step = Decimal(str(lot["stepSize"])) if lot else Decimal("0.00000001")
+                executed = (quantity * self.next_fill_fraction / step).to_integral_value(
+                    ROUND_DOWN
+                ) * step
+                status = self.next_fill_status if executed < quantity else "FILLED"
+                self.next_fill_fraction = None
             wallet = self.balances.setdefault(api_key, {})
-            cost = quantity * price
+            cost = executed * price
             if side == "BUY":
-                if wallet.get(quote, Decimal(0)) < cost:
+                if wallet.get(quote, Decimal(0)) < quantity * price:
                     raise _Refusal(400, -2010, INSUFFICIENT)
+            elif wallet.get(base, Decimal(0)) < quantity:
+                raise _Refusal(400, -2010, INSUFFICIENT)
+            fee, fee_asset = self._commission_for(wallet, side, base, quote, executed, cost)
+            if side == "BUY":
                 wallet[quote] -= cost
-                wallet[base] = wallet.get(base, Decimal(0)) + quantity
+                wallet[base] = wallet.get(base, Decimal(0)) + executed
             else:
-                if wallet.get(base, Decimal(0)) < quantity:
-                    raise _Refusal(400, -2010, INSUFFICIENT)
-                wallet[base] -= quantity
+                wallet[base] -= executed
                 wallet[quote] = wallet.get(quote, Decimal(0)) + cost
+            wallet[fee_asset] -= fee
             order_id = len(self.orders) + 1
+            now_ms = int(time.time() * 1000)
+            fills = []
+            if executed > 0:
+                fills = [{"price": str(price), "qty": str(executed), "commission": str(fee),
+                          "commissionAsset": fee_asset, "tradeId": len(self.trades) + 1}]  # fmt: skip
+                self.trades.append({
+                    "symbol": symbol, "id": len(self.trades) + 1, "orderId": order_id,
+                    "orderListId": -1, "price": str(price), "qty": str(executed),
+                    "quoteQty": str(cost), "commission": str(fee), "commissionAsset": fee_asset,
+                    "time": now_ms, "isBuyer": side == "BUY", "isMaker": False,
+                    "isBestMatch": True,
+                })  # fmt: skip
             order = {
                 "symbol": symbol, "orderId": order_id, "orderListId": -1,
-                "clientOrderId": client_id, "transactTime": int(time.time() * 1000),
-                "price": "0.00000000", "origQty": str(quantity), "executedQty": str(quantity),
-                "cummulativeQuoteQty": str(cost), "status": "FILLED", "timeInForce": "GTC",
-                "type": "MARKET", "side": side,
-                "fills": [{"price": str(price), "qty": str(quantity), "commission": "0",
-                           "commissionAsset": quote, "tradeId": order_id}],
+                "clientOrderId": client_id, "transactTime": now_ms,
+                "price": "0.00000000", "origQty": str(quantity), "executedQty": str(executed),
+                "cummulativeQuoteQty": str(cost), "status": status, "timeInForce": "GTC",
+                "type": "MARKET", "side": side, "fills": fills,
             }  # fmt: skip
             self.orders.append(order)
             self._owner[order_id] = api_key
             if self.drop_next_order_response:
                 self.drop_next_order_response = False
+                self._hidden_until[order_id] = time.monotonic() + self.lookup_lag_s
                 return _Drop()
         return order
+
+    def _commission_for(
+        self,
+        wallet: dict[str, Decimal],
+        side: str,
+        base: str,
+        quote: str,
+        executed: Decimal,
+        cost: Decimal,
+    ) -> tuple[Decimal, str]:
+        """Binance's taker commission: from what the order yields, or in BNB if enabled."""
+        rate = self.commission_rate
+        bnb_price = self.prices.get(f"BNB{quote}")
+        if self.bnb_pays_fees and base != "BNB" and bnb_price:
+            in_bnb = _fee(cost * rate / bnb_price)
+            if wallet.get("BNB", Decimal(0)) >= in_bnb:
+                wallet.setdefault("BNB", Decimal(0))
+                return in_bnb, "BNB"
+        if side == "BUY":
+            wallet.setdefault(base, Decimal(0))
+            return _fee(executed * rate), base
+        wallet.setdefault(quote, Decimal(0))
+        return _fee(cost * rate), quote
 
     @staticmethod
     def _quantity(params: dict[str, str], price: Decimal, filters: list[dict[str, Any]]) -> Decimal:
@@ -492,19 +582,57 @@ class FakeBinance(BackgroundServer):
                 400, -1102, "Param 'origClientOrderId' or 'orderId' must be sent, but both were empty/null!"
             )  # fmt: skip
         with self._lock:
-            for order in self.orders:
+            for order in reversed(self.orders):  # a reused client id names the newest
                 if order["symbol"] != symbol or self._owner.get(order["orderId"]) != api_key:
                     continue
                 if client_id is not None and order["clientOrderId"] != client_id:
                     continue
                 if order_id is not None and str(order["orderId"]) != order_id:
                     continue
-                found = {k: v for k, v in order.items() if k != "fills"}
-                found |= {"stopPrice": "0.00000000", "icebergQty": "0.00000000",
-                          "time": order["transactTime"], "updateTime": order["transactTime"],
-                          "isWorking": True, "origQuoteOrderQty": "0.00000000"}  # fmt: skip
-                return found
+                if time.monotonic() < self._hidden_until.get(order["orderId"], 0.0):
+                    break  # not in the database yet: "Memory => Database" lag
+                return _queried(order)
         raise _Refusal(400, -2013, "Order does not exist.")
+
+    def _all_orders(self, api_key: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        symbol = self._symbol(params.get("symbol"))
+        limit = max(1, min(int(params.get("limit", 500)), 1000))
+        with self._lock:
+            mine = [o for o in self.orders
+                    if o["symbol"] == symbol and self._owner.get(o["orderId"]) == api_key]  # fmt: skip
+        return [_queried(o) for o in mine[-limit:]]
+
+    def _my_trades(self, api_key: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        symbol = self._symbol(params.get("symbol"))
+        order_id = params.get("orderId")
+        with self._lock:
+            return [dict(t) for t in self.trades
+                    if t["symbol"] == symbol and self._owner.get(t["orderId"]) == api_key
+                    and (order_id is None or str(t["orderId"]) == order_id)]  # fmt: skip
+
+    def _commission(self, params: dict[str, str]) -> dict[str, Any]:
+        symbol = self._symbol(params.get("symbol"))
+        rate = str(self.commission_rate)
+        return {
+            "symbol": symbol,
+            "standardCommission": {"maker": rate, "taker": rate, "buyer": "0", "seller": "0"},
+            "taxCommission": {"maker": "0", "taker": "0", "buyer": "0", "seller": "0"},
+            "discount": {"enabledAccount": self.bnb_pays_fees, "enabledStandard": False,
+                         "discountAsset": "BNB", "discount": "1"},
+        }  # fmt: skip
+
+
+def _queried(order: dict[str, Any]) -> dict[str, Any]:
+    """An order as GET /order and allOrders show it: no fills, no commission."""
+    found = {k: v for k, v in order.items() if k != "fills"}
+    found |= {"stopPrice": "0.00000000", "icebergQty": "0.00000000",
+              "time": order["transactTime"], "updateTime": order["transactTime"],
+              "isWorking": True, "origQuoteOrderQty": "0.00000000"}  # fmt: skip
+    return found
+
+
+def _fee(amount: Decimal) -> Decimal:
+    return amount.quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
 
 
 def _check_filters(quantity: Decimal, price: Decimal, filters: list[dict[str, Any]]) -> None:

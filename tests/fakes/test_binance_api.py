@@ -82,15 +82,43 @@ def test_signed_market_order_fills_and_is_found_by_client_id(bn: FakeBinance) ->
                            newClientOrderId="cid-1")  # fmt: skip
     assert order["status"] == "FILLED" and order["clientOrderId"] == "cid-1"
     assert order["fills"][0]["price"] == "50000" and order["fills"][0]["qty"] == "0.01"
+    # The 0.1 % commission of a BUY is taken from the base asset received.
+    assert (order["fills"][0]["commission"], order["fills"][0]["commissionAsset"]) == (
+        "0.00001000", "BTC",
+    )  # fmt: skip
     found = c.get_order(symbol="BTCUSDT", origClientOrderId="cid-1")
     assert found["orderId"] == order["orderId"] and found["executedQty"] == "0.01"
+    assert "fills" not in found  # GET /order carries no fills and no commission
     assert c.get_order(symbol="BTCUSDT", orderId=order["orderId"])["clientOrderId"] == "cid-1"
     balances = {b["asset"]: b["free"] for b in c.get_account()["balances"]}
-    assert Decimal(balances["USDT"]) == Decimal(500) and Decimal(balances["BTC"]) == Decimal("0.01")
+    assert Decimal(balances["USDT"]) == Decimal(500)
+    assert Decimal(balances["BTC"]) == Decimal("0.00999")
+    trades = c.get_my_trades(symbol="BTCUSDT", orderId=order["orderId"])
+    assert [(t["qty"], t["commission"], t["commissionAsset"]) for t in trades] == [
+        ("0.01", "0.00001000", "BTC")
+    ]
+    with pytest.raises(BinanceAPIException) as caught:  # more than the account holds
+        c.create_order(symbol="BTCUSDT", side="SELL", type="MARKET", quantity="0.01")
+    assert caught.value.code == -2010
+    sold = c.create_order(symbol="BTCUSDT", side="SELL", type="MARKET", quantity="0.00999")
+    assert (sold["fills"][0]["commission"], sold["fills"][0]["commissionAsset"]) == (
+        "0.49950000", "USDT",
+    )  # fmt: skip
     assert bn.recorded[-1].api_key == KEY
 
 
-def test_reused_client_order_id_is_refused_as_a_duplicate(bn: FakeBinance) -> None:
+def test_a_filled_orders_client_id_is_accepted_again_as_a_new_order(bn: FakeBinance) -> None:
+    c = client(bn)
+    for _ in range(2):
+        c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.001",
+                       newClientOrderId="same")  # fmt: skip
+    assert [o["clientOrderId"] for o in bn.orders] == ["same", "same"]
+    assert len(bn.duplicates) == 1  # the reuse is on record for the tests' checks
+    assert c.get_order(symbol="BTCUSDT", origClientOrderId="same")["orderId"] == 2
+
+
+def test_reused_client_order_id_is_refused_with_the_friendly_switch(bn: FakeBinance) -> None:
+    bn.refuse_reused_client_ids = True
     c = client(bn)
     c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.001",
                    newClientOrderId="same")  # fmt: skip
@@ -161,12 +189,62 @@ def test_stall_times_the_client_out_then_recovers(bn: FakeBinance) -> None:
 def test_dropped_order_reply_still_records_the_order(bn: FakeBinance, mode: str) -> None:
     c = client(bn, timeout=0.3)
     bn.drop_mode, bn.drop_stall_s = mode, 1.0
+    bn.lookup_lag_s = 0.0  # friendly: this test is about the order being kept
     bn.drop_next_order_response = True
     with pytest.raises(requests.exceptions.RequestException):
         c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.001",
                        newClientOrderId="lost")  # fmt: skip
     assert c.get_order(symbol="BTCUSDT", origClientOrderId="lost")["status"] == "FILLED"
     assert [o["clientOrderId"] for o in bn.orders] == ["lost"]
+
+
+def test_after_a_dropped_reply_get_order_lags_while_all_orders_and_my_trades_show_it(
+    bn: FakeBinance,
+) -> None:
+    c = client(bn, timeout=0.3)
+    bn.drop_mode, bn.drop_stall_s, bn.lookup_lag_s = DROP_CLOSE, 0.0, 3600.0
+    bn.drop_next_order_response = True
+    with pytest.raises(requests.exceptions.RequestException):
+        c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.001",
+                       newClientOrderId="lost")  # fmt: skip
+    with pytest.raises(BinanceAPIException) as caught:
+        c.get_order(symbol="BTCUSDT", origClientOrderId="lost")
+    assert caught.value.code == -2013
+    listed = c.get_all_orders(symbol="BTCUSDT")
+    assert [(o["clientOrderId"], o["status"]) for o in listed] == [("lost", "FILLED")]
+    assert "fills" not in listed[0]
+    trades = c.get_my_trades(symbol="BTCUSDT", orderId=listed[0]["orderId"])
+    assert [t["commissionAsset"] for t in trades] == ["BTC"]
+
+
+@pytest.mark.parametrize("status", ["EXPIRED", "EXPIRED_IN_MATCH"])
+def test_a_market_order_can_fill_partly_and_expire(bn: FakeBinance, status: str) -> None:
+    bn.commission_rate = Decimal(0)
+    c = client(bn)
+    c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.01")
+    bn.fill_next_partly("0.4", status)
+    sold = c.create_order(symbol="BTCUSDT", side="SELL", type="MARKET", quantity="0.01")
+    assert (sold["status"], sold["origQty"], sold["executedQty"]) == (status, "0.01", "0.004")
+    balances = {b["asset"]: Decimal(b["free"]) for b in c.get_account()["balances"]}
+    assert balances == {"USDT": Decimal(1000 - 500 + 200), "BTC": Decimal("0.006")}
+    again = c.create_order(symbol="BTCUSDT", side="SELL", type="MARKET", quantity="0.006")
+    assert again["status"] == "FILLED"  # only the next order was cut short
+
+
+def test_bnb_pays_the_commission_when_switched_on_and_held(bn: FakeBinance) -> None:
+    bn.bnb_pays_fees = True
+    bn.set_price("BNBUSDT", "500")
+    bn.add_account(KEY, SECRET, USDT="1000", BNB="1")
+    c = client(bn)
+    order = c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.01")
+    assert (order["fills"][0]["commission"], order["fills"][0]["commissionAsset"]) == (
+        "0.00100000", "BNB",
+    )  # fmt: skip
+    balances = {b["asset"]: Decimal(b["free"]) for b in c.get_account()["balances"]}
+    assert balances == {"USDT": Decimal(500), "BTC": Decimal("0.01"), "BNB": Decimal("0.999")}
+    commission = c._get("account/commission", True, data={"symbol": "BTCUSDT"})
+    assert commission["standardCommission"]["taker"] == "0.001"
+    assert commission["discount"]["enabledAccount"] is True
 
 
 def test_standalone_process_prints_its_url_and_obeys_control() -> None:
