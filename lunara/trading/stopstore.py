@@ -136,7 +136,8 @@ for symbol_slot, settings_slot in string.gmatch(ARGV[4], '(%d+) (%d+)') do
     local activated = old_activated
     local stop = old_stop
     if params.trailing then
-      local profit = (price * (1.0 - fee)) / (entry * (1.0 + fee)) - 1.0
+      local ratio = (price * (1.0 - fee)) / (entry * (1.0 + fee)) - 1.0
+      local profit = tonumber(string.format('%.8f', ratio))
       local candidate = nil
       if not (params.only_offset and profit < params.offset) then
         if params.positive ~= nil and profit > params.offset then

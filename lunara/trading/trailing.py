@@ -13,7 +13,7 @@ The semantics are the ones traders know from freqtrade (``ft_stoploss_adjust`` a
   is below the offset (``<``, so reaching it exactly counts).
 * *Profit* is fee-inclusive, as freqtrade's ``calc_profit_ratio``: what selling at ``p``
   returns after an exit fee at ``fee_rate``, over what the entry cost with the entry fee
-  at the same rate, minus one. With a 0.1 % fee a 1 % offset therefore needs the price
+  at the same rate, minus one, rounded to 8 decimals. With a 0.1 % fee a 1 % offset therefore needs the price
   about 1.2 % above the entry. ``advance`` takes the fee rate so the live path, the Lua
   script and the backtest all use the fee the position really pays.
 * Without ``trailing_stop`` the stop is static and the other trailing settings are
@@ -158,9 +158,14 @@ def validated_fee_rate(value: float) -> float:
 def profit_ratio(entry: float, price: float, fee_rate: float) -> float:
     """Fee-inclusive profit of selling at ``price`` a position bought at ``entry``.
 
-    The operation order is mirrored by the Lua script in ``stopstore``.
+    Rounded to 8 decimals as freqtrade's ``calc_profit_ratio`` rounds it, so a price at
+    exactly the offset counts as reaching it and not as passing it (``1.03 - 1`` is
+    ``0.030000000000000027`` in doubles). The operation order, and the rounding (C's
+    ``%.8f`` and Python's ``.8f`` both round the exact double correctly), are mirrored
+    by the Lua script in ``stopstore``.
     """
-    return (price * (1.0 - fee_rate)) / (entry * (1.0 + fee_rate)) - 1.0
+    ratio = (price * (1.0 - fee_rate)) / (entry * (1.0 + fee_rate)) - 1.0
+    return float(f"{ratio:.8f}")
 
 
 def proposed_stop(
