@@ -132,6 +132,8 @@ PARAMS = TrailingParams(
     trailing_stop_positive_offset=0.015,
     trailing_only_offset_is_reached=False,
 )
+# The bot's fee rate (LUNARA_PAPER_FEE_RATE unset): the trailing offset is fee-inclusive.
+FEE_RATE = 0.001
 SETTINGS_COMMAND = (
     "/settings stoploss=-0.03 trailing_stop_positive=0.01 "
     "trailing_stop_positive_offset=0.015 trailing_only_offset_is_reached=off"
@@ -1197,7 +1199,7 @@ def expected_stop(
             break
     state = initial_state(entry, PARAMS, 0.0)
     for level in levels[start:]:
-        state = advance(state, float(level.prices[symbol]), PARAMS, 0.0)
+        state = advance(state, float(level.prices[symbol]), PARAMS, 0.0, FEE_RATE)
     return state
 
 

@@ -1,11 +1,28 @@
 """Backtests: the live analyzer, entry rule and trailing-stop logic replayed over candles.
 
-One position at a time, `stake` in quote currency, `fee_rate` paid on both sides.
-Each candle is first fed to the streaming analyzer (the same code as the live path).
-With a position open, the stop is advanced with the candle's high (the best price it
-reached) and the position exits if the candle's low reaches the stop — at the stop, or
-at the open when the candle gapped below it. Without a position, an entry signal at the
-candle's close buys at that close.
+One position at a time, `stake` in quote currency, `fee_rate` paid on both sides (and
+in the fee-inclusive profit the trailing offset is compared with, as live). Each candle
+is first fed to the streaming analyzer (the same code as the live path). Without a
+position, an entry signal at the candle's close buys at that close.
+
+With a position open, stops are priced the way freqtrade's backtesting prices them
+(``ft_stoploss_reached`` with the candle's low and high, ``_get_close_rate_for_stoploss``):
+
+1. The stop as it stood at the candle's open is checked first: a candle opening at or
+   below it exits at the open (a gap), a low reaching it exits at that stop. The stop
+   is not trailed in such a candle.
+2. Otherwise the stop is trailed with the candle's high (the same ``trailing.advance``
+   as live), and a low reaching the raised stop exits at the raised stop: the high is
+   taken to come first, as freqtrade does.
+3. The first candle after the entry is the one the trade opened in (an entry at a
+   close is the next candle's open). There the order of high and low is least known, so
+   an exit at a stop raised inside it takes freqtrade's worst case: the price moved
+   just enough to raise the stop and fell back at once (open x (1 + offset - positive)
+   with ``trailing_only_offset_is_reached``, else open x (1 - the distance in effect)),
+   but never below the candle's low.
+
+The exit reason is "trailing stop" when the stop had moved above where it was placed,
+otherwise "stop loss", as live.
 
 Metrics: win rate over closed trades; profit (absolute and % of the stake); maximum
 drawdown of the equity curve marked to market at every close; Sharpe ratio of the
@@ -23,7 +40,13 @@ from typing import Any
 
 from lunara.analysis import AnalyzerParams, StreamingAnalyzer, entry_signal
 from lunara.analysis.analyzer import CandleLike
-from lunara.trading.trailing import StopState, TrailingParams, advance, initial_state
+from lunara.trading.trailing import (
+    StopState,
+    TrailingParams,
+    advance,
+    initial_state,
+    profit_ratio,
+)
 
 SECONDS_PER_YEAR = 365 * 24 * 3600
 
@@ -44,7 +67,7 @@ class Trade:
     exit_price: float
     quantity: float
     profit: float  # quote currency, after fees
-    reason: str  # "trailing stop" or "end of data"
+    reason: str  # "trailing stop", "stop loss" or "end of data"
 
     @property
     def profit_ratio(self) -> float:
@@ -101,6 +124,43 @@ def sharpe_ratio(equity: Sequence[float], interval_s: float) -> float | None:
     return mean / math.sqrt(variance) * math.sqrt(SECONDS_PER_YEAR / interval_s)
 
 
+def candle_stop(
+    state: StopState,
+    opened: float,
+    high: float,
+    low: float,
+    stops: TrailingParams,
+    fee_rate: float,
+    *,
+    first: bool,
+    now: float = 0.0,
+) -> tuple[StopState, float | None]:
+    """One candle against an open position's stop: the stop after it, and the exit price
+    when the stop was reached (None when the position stays open).
+
+    ``first`` marks the candle the trade opened in (see the module docstring).
+    """
+    standing = state.stop_price
+    if opened <= standing:
+        return state, opened
+    if low <= standing:
+        return state, standing
+    trailed = advance(state, high, stops, now, fee_rate)
+    if low > trailed.stop_price:
+        return trailed, None
+    if not first:
+        return trailed, trailed.stop_price
+    positive = stops.trailing_stop_positive
+    offset = stops.trailing_stop_positive_offset
+    if stops.trailing_only_offset_is_reached and positive is not None:
+        worst = opened * (1.0 + offset - positive)
+    elif positive is not None and profit_ratio(state.entry_price, high, fee_rate) > offset:
+        worst = opened * (1.0 - positive)
+    else:
+        worst = opened * (1.0 + stops.stoploss)
+    return trailed, max(low, worst)
+
+
 def run_backtest(
     symbol: str,
     candles: Sequence[CandleLike],
@@ -129,16 +189,21 @@ def run_backtest(
         quantity = 0.0
         state = None
 
+    entry_index = -1
     for index, candle in enumerate(candles):
         high, low, close_price = float(candle.high), float(candle.low), float(candle.close)
         opened = float(getattr(candle, "open", close_price))
         if state is not None:
-            state = advance(state, high, stops, float(candle.open_time))
-            if low <= state.stop_price:
-                close(int(candle.open_time), min(state.stop_price, opened), "trailing stop")
+            first = index == entry_index + 1
+            state, exit_price = candle_stop(
+                state, opened, high, low, stops, fee_rate, first=first, now=float(candle.open_time)
+            )
+            if exit_price is not None:
+                reason = "trailing stop" if state.activated else "stop loss"
+                close(int(candle.open_time), exit_price, reason)
         analysis = analyzer.update(candle)
         if state is None and analysis is not None and entry_signal(analysis) and cash > 0:
-            entry_price, entry_time = close_price, int(candle.open_time)
+            entry_price, entry_time, entry_index = close_price, int(candle.open_time), index
             quantity = cash / (entry_price * (1 + fee_rate))
             cash = 0.0
             state = initial_state(entry_price, stops, float(candle.open_time))

@@ -180,11 +180,19 @@ _ORDER_FIDELITY = (
     )""",
 )
 
+# Plain (non-trailing) stops become a trader's choice, as freqtrade's `trailing_stop`.
+# Every existing trader keeps the trailing stop they had (the default 1).
+_TRAILING_STOP_SETTING = (
+    "ALTER TABLE user_settings ADD COLUMN trailing_stop INTEGER NOT NULL DEFAULT 1 "
+    "CHECK (trailing_stop IN (0, 1))",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _CORE_TABLES),
     Migration(2, "trailing stops and payment refunds", _TRAILING_STOPS_AND_REFUNDS),
     Migration(3, "commands already answered", _HANDLED_COMMANDS),
     Migration(4, "fees, partial fills and residues of orders", _ORDER_FIDELITY),
+    Migration(5, "trailing stop as a trader setting", _TRAILING_STOP_SETTING),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -2,10 +2,13 @@
 
 Text typed by a trader in a chat ("/set stoploss 5%") is parsed and validated here,
 so the Telegram layer only forwards it and formats the error it gets back.
-The trailing-stop fields follow freqtrade's meaning: `stoploss` is the initial stop
-as a negative fraction of the entry price; once the profit reaches
-`trailing_stop_positive_offset` (or at once, unless `trailing_only_offset_is_reached`),
-the stop trails the peak by `trailing_stop_positive`.
+The stop fields follow freqtrade's meaning: `stoploss` is the initial stop as a
+negative fraction of the entry price; with `trailing_stop` off it stays there (a plain
+stop). With it on, the stop trails the price at the `stoploss` distance (only once the
+profit after fees reaches `trailing_stop_positive_offset`, with
+`trailing_only_offset_is_reached`), and by `trailing_stop_positive` while the profit is
+above that offset. A change made while a position is open applies from the current
+price on (see lunara.trading.trailing): it never sells by itself.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ ALL_SYMBOLS_WORDS = frozenset({"all", "*", "default"})
 NONE_WORDS = frozenset({"none", "off", "-"})
 TRUE_WORDS = frozenset({"on", "true", "yes", "1", "enable", "enabled"})
 FALSE_WORDS = frozenset({"off", "false", "no", "0", "disable", "disabled"})
+_FLAGS = frozenset({"trailing_stop", "trailing_only_offset_is_reached", "auto_mode"})
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class UserSettings:
     user_id: int
     stake_usdt: Decimal = Decimal("100")
     symbols: tuple[str, ...] = ()
+    trailing_stop: bool = True
     trailing_stop_positive: float | None = 0.02
     trailing_stop_positive_offset: float = 0.03
     trailing_only_offset_is_reached: bool = True
@@ -116,7 +121,7 @@ def parse_setting(name: str, raw: str) -> object:
     if name == "stoploss":
         # "5%" and "-5%" both mean: sell 5 % below the entry price.
         return -abs(parse_ratio(raw, name))
-    if name in ("trailing_only_offset_is_reached", "auto_mode"):
+    if name in _FLAGS:
         return parse_flag(raw, name)
     raise InvalidValue(name, f"unknown setting; known: {', '.join(SETTING_NAMES)}")
 
@@ -166,6 +171,7 @@ def _row_to_settings(row: aiosqlite.Row) -> UserSettings:
         user_id=int(row["user_id"]),
         stake_usdt=text_to_decimal(row["stake_usdt"]),
         symbols=tuple(symbols.split(",")) if symbols else (),
+        trailing_stop=bool(row["trailing_stop"]),
         trailing_stop_positive=row["trailing_stop_positive"],
         trailing_stop_positive_offset=float(row["trailing_stop_positive_offset"]),
         trailing_only_offset_is_reached=bool(row["trailing_only_offset_is_reached"]),
@@ -195,14 +201,14 @@ async def save(
         await connection.execute(
             "INSERT INTO user_settings (user_id, stake_usdt, symbols, trailing_stop_positive, "
             "trailing_stop_positive_offset, trailing_only_offset_is_reached, stoploss, "
-            "auto_mode, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "auto_mode, updated_at, trailing_stop) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (user_id) DO UPDATE SET stake_usdt = excluded.stake_usdt, "
             "symbols = excluded.symbols, "
             "trailing_stop_positive = excluded.trailing_stop_positive, "
             "trailing_stop_positive_offset = excluded.trailing_stop_positive_offset, "
             "trailing_only_offset_is_reached = excluded.trailing_only_offset_is_reached, "
             "stoploss = excluded.stoploss, auto_mode = excluded.auto_mode, "
-            "updated_at = excluded.updated_at",
+            "updated_at = excluded.updated_at, trailing_stop = excluded.trailing_stop",
             (
                 settings.user_id,
                 decimal_to_text(settings.stake_usdt),
@@ -213,6 +219,7 @@ async def save(
                 settings.stoploss,
                 int(settings.auto_mode),
                 at,
+                int(settings.trailing_stop),
             ),
         )
     return dataclasses.replace(settings, updated_at=at)
@@ -243,7 +250,7 @@ def _coerce(name: str, value: object) -> object:
         return Decimal(value)
     if name == "symbols" and isinstance(value, list | tuple):
         return tuple(str(symbol).upper() for symbol in value)
-    if name in ("trailing_only_offset_is_reached", "auto_mode") and isinstance(value, bool):
+    if name in _FLAGS and isinstance(value, bool):
         return value
     if name == "trailing_stop_positive" and value is None:
         return None

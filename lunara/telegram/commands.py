@@ -238,6 +238,7 @@ async def settings_command(ctx: CommandContext) -> None:
         ("stake_usdt", str(current.stake_usdt)),
         ("symbols", ",".join(current.symbols) or "all"),
         ("stoploss", f"{current.stoploss:g}"),
+        ("trailing_stop", "on" if current.trailing_stop else "off (plain stop)"),
         ("trailing_stop_positive", f"{current.trailing_stop_positive}"),
         ("trailing_stop_positive_offset", f"{current.trailing_stop_positive_offset:g}"),
         (

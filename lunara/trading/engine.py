@@ -154,6 +154,7 @@ class TradingEngine:
                 symbols=config.symbols,
                 quote_asset=config.quote_asset,
                 max_concurrent_users=config.max_concurrent_users,
+                fee_rate=float(config.paper_fee_rate),
             ),
             notifier=lambda: self._notifier,
             clock=clock,

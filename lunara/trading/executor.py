@@ -94,12 +94,13 @@ class StreamingSignals:
 
 
 def trailing_params(settings: UserSettings) -> TrailingParams:
-    """A trader's settings as stop parameters; settings that contradict fall back to the
-    plain stop loss rather than leaving a position unprotected."""
+    """A trader's settings as stop parameters (``trailing_stop`` off: a plain stop, as in
+    freqtrade); settings that contradict fall back to the default stop loss rather than
+    leaving a position unprotected."""
     try:
         return TrailingParams(
             stoploss=settings.stoploss,
-            trailing_stop=True,
+            trailing_stop=settings.trailing_stop,
             trailing_stop_positive=settings.trailing_stop_positive,
             trailing_stop_positive_offset=settings.trailing_stop_positive_offset,
             trailing_only_offset_is_reached=settings.trailing_only_offset_is_reached,
@@ -222,6 +223,8 @@ class ExecutorConfig:
     quote_asset: str = "USDT"
     max_concurrent_users: int = DEFAULT_MAX_CONCURRENT_USERS
     checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S
+    fee_rate: float = 0.001
+    """Paid on each side; the trailing offset is compared with the profit after both fees."""
 
 
 class Executor:
@@ -274,7 +277,9 @@ class Executor:
         market = await self._market.tick(symbols, now)
         self._feed_signals(market)
         float_prices = {symbol: float(price) for symbol, price in market.prices.items()}
-        advanced = await self._stops.advance_all(float_prices, self._settings.params, now)
+        advanced = await self._stops.advance_all(
+            float_prices, self._settings.params, now, fee_rate=self._config.fee_rate
+        )
         report.positions = advanced.positions
         exits = self._exits_by_user(advanced.triggered)
         entries = {} if report.paused else await self._entries_by_user(market)
@@ -412,6 +417,8 @@ class Executor:
         price = market.prices.get(position.symbol)
         if price is None:
             return None
+        # `activated`: the stop moved above where it was placed (freqtrade's
+        # is_stop_loss_trailing); a stop still at its initial level is a plain stop loss.
         reason = (
             ExitReason.TRAILING_STOP if update.state.activated else ExitReason.STOP_LOSS
         ).value

@@ -39,7 +39,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
 from lunara.storage.database import transaction
-from lunara.trading.trailing import StopState, TrailingParams, advance, is_triggered
+from lunara.trading.trailing import (
+    StopState,
+    TrailingParams,
+    advance,
+    is_triggered,
+    validated_fee_rate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +81,17 @@ _TRIGGERED = "triggered"
 _MISSING = "missing"
 _NO_POSITIVE = "-"
 
-# Mirrors trailing.advance operation for operation (same order, same doubles); numbers
+# Mirrors trailing.advance operation for operation (same order, same doubles): the stop is
+# proposed from the current price, so settings sent on a tick after a trader changed them
+# apply from that price on and never sell by themselves. Numbers
 # travel as round-trip exact text: Python's repr in, "%.17g" out. Lua's own number to
 # string conversion keeps only 14 digits, so every stored number is formatted here.
 #
 # KEYS: one hash per position. ARGV[1]: now. ARGV[2]: the price of each symbol slot,
 # space-separated. ARGV[3]: five fields per settings slot: stoploss, trailing_stop (1|0),
 # trailing_stop_positive ("-" for none), offset, trailing_only_offset_is_reached (1|0).
-# ARGV[4]: two numbers per position, its symbol slot and its settings slot. Prices and
+# ARGV[4]: two numbers per position, its symbol slot and its settings slot. ARGV[5]: the
+# fee rate, for the fee-inclusive profit the offset is compared with. Prices and
 # settings are shared by many positions, so each is sent and parsed once, not once per
 # position. The reply has one line per position that needs the client's attention,
 # "<i> changed peak stop activated triggered", "<i> triggered" (levels unchanged) or
@@ -91,6 +100,7 @@ _NO_POSITIVE = "-"
 # the client's CPU: a nested reply per position costs more to parse than the script to run.
 ADVANCE_SCRIPT = """
 local now = ARGV[1]
+local fee = tonumber(ARGV[5])
 local prices = {}
 for token in string.gmatch(ARGV[2], '%S+') do prices[#prices + 1] = tonumber(token) end
 local tokens = {}
@@ -124,18 +134,23 @@ for symbol_slot, settings_slot in string.gmatch(ARGV[4], '(%d+) (%d+)') do
     local peak = old_peak
     if price > old_peak then peak = price end
     local activated = old_activated
-    local candidate = old_stop
+    local stop = old_stop
     if params.trailing then
-      local threshold = entry * (1.0 + params.offset)
-      if peak > threshold then activated = true end
-      if activated and params.positive ~= nil then
-        candidate = peak * (1.0 - params.positive)
-      elseif (not params.only_offset) or peak >= threshold then
-        candidate = peak * (1.0 + params.stoploss)
+      local ratio = (price * (1.0 - fee)) / (entry * (1.0 + fee)) - 1.0
+      local profit = tonumber(string.format('%.8f', ratio))
+      local candidate = nil
+      if not (params.only_offset and profit < params.offset) then
+        if params.positive ~= nil and profit > params.offset then
+          candidate = price * (1.0 - params.positive)
+        else
+          candidate = price * (1.0 + params.stoploss)
+        end
+      end
+      if candidate ~= nil and candidate > old_stop then
+        stop = candidate
+        activated = true
       end
     end
-    local stop = old_stop
-    if candidate > old_stop then stop = candidate end
     local triggered = '0'
     if price <= stop then triggered = '1' end
     if peak ~= old_peak or stop ~= old_stop or activated ~= old_activated then
@@ -217,8 +232,13 @@ class StopStore(Protocol):
         prices: Mapping[str, float],
         params_by_user: Mapping[int, TrailingParams],
         now: float,
+        *,
+        fee_rate: float,
     ) -> Advance:
         """Advance every position whose symbol has a price (settings are per trader).
+
+        ``fee_rate`` is paid on each side; the trailing offset is compared with the
+        profit after both fees, as in ``trailing.advance``.
 
         Reports how many advanced and, ordered by position id, those whose stop the price
         reached. A priced position whose trader is missing from ``params_by_user``, or an
@@ -694,7 +714,10 @@ class RedisStopStore:
         prices: Mapping[str, float],
         params_by_user: Mapping[int, TrailingParams],
         now: float,
+        *,
+        fee_rate: float,
     ) -> Advance:
+        fee = validated_fee_rate(fee_rate)
         usable = _usable_prices(self.symbols(), prices)
         slots = self._slots(usable, params_by_user)
         roster = slots.roster
@@ -710,7 +733,8 @@ class RedisStopStore:
         lost: list[_LiveStop] = []
         for call, start in enumerate(range(0, len(sent), self._chunk)):
             keys = roster.keys[start : start + self._chunk]
-            lines = await self._evaluate(keys, [*fixed_args, slots.slots_per_call[call]])
+            call_args = [*fixed_args, slots.slots_per_call[call], _number(fee)]
+            lines = await self._evaluate(keys, call_args)
             for line in lines:
                 fields = line.split(" ")
                 before = sent[start + int(fields[0]) - 1]
@@ -734,7 +758,7 @@ class RedisStopStore:
                         triggered.append(TriggeredStop(before.position_id, before.user_id, state))
         if lost:
             params_of_user = dict(zip(roster.users, slots.params, strict=True))
-            triggered.extend(await self._restore(lost, usable, params_of_user, now))
+            triggered.extend(await self._restore(lost, usable, params_of_user, now, fee))
             triggered.sort(key=lambda stop: stop.position_id)
         return Advance(len(sent), triggered)
 
@@ -744,6 +768,7 @@ class RedisStopStore:
         prices: Mapping[str, float],
         params_by_user: Mapping[int, TrailingParams],
         now: float,
+        fee_rate: float,
     ) -> list[TriggeredStop]:
         """Rewrite stops Redis no longer holds (flushed, evicted) from the last known state.
 
@@ -761,7 +786,7 @@ class RedisStopStore:
             if self._tracked.get(before.position_id) is not before:
                 continue
             price = prices[before.symbol]
-            state = advance(before.state(), price, params_by_user[before.user_id], now)
+            state = advance(before.state(), price, params_by_user[before.user_id], now, fee_rate)
             before.move(state.peak_price, state.stop_price, state.activated, state.updated_at)
             pipe.hset(self.key(before.position_id), mapping=_to_hash(before.tracked()))
             self._dirty.add(before.position_id)
@@ -855,13 +880,16 @@ class SqliteStopStore:
         prices: Mapping[str, float],
         params_by_user: Mapping[int, TrailingParams],
         now: float,
+        *,
+        fee_rate: float,
     ) -> Advance:
+        fee = validated_fee_rate(fee_rate)
         steps = _plan(self._tracked, prices, params_by_user)
         triggered: list[TriggeredStop] = []
         changed: list[tuple[TrackedStop, TrackedStop]] = []
         for step in steps:
             before = step.tracked
-            state = advance(before.state, step.price, step.params, now)
+            state = advance(before.state, step.price, step.params, now, fee)
             if state != before.state:
                 after = TrackedStop(before.position_id, before.user_id, before.symbol, state)
                 changed.append((before, after))

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from lunara.analysis.candles import Candle
-from lunara.backtest import max_drawdown, run_backtest
+from lunara.backtest import DEFAULT_STOPS, candle_stop, max_drawdown, run_backtest
+from lunara.trading.trailing import TrailingParams, advance, initial_state
 from tests.blueprint.cli_harness import TOKENS, Cli, manifest_document, write_manifest
 
 
@@ -34,6 +35,69 @@ def test_a_dip_entry_exits_on_the_trailing_stop_with_the_expected_profit() -> No
     assert trade.profit == pytest.approx(100.0 / 98.0 * (expected_exit - 98.0))
     assert result.win_rate == 1.0
     assert result.profit == pytest.approx(trade.profit)
+
+
+TRAILING = TrailingParams(
+    stoploss=-0.05,
+    trailing_stop=True,
+    trailing_stop_positive=0.02,
+    trailing_stop_positive_offset=0.03,
+)
+
+
+def test_a_candle_opening_below_the_standing_stop_exits_at_the_open() -> None:
+    state = initial_state(100.0, TRAILING, 0.0)  # stop 95
+    after, price = candle_stop(state, 94.0, 112.0, 90.0, TRAILING, 0.0, first=False)
+    assert price == 94.0
+    assert after is state  # the high of a gapped candle does not trail
+
+
+def test_a_low_reaching_the_standing_stop_exits_at_it_whatever_the_high() -> None:
+    state = initial_state(100.0, TRAILING, 0.0)
+    after, price = candle_stop(state, 100.0, 120.0, 94.0, TRAILING, 0.0, first=False)
+    assert price == state.stop_price == 95.0
+    assert not after.activated
+
+
+def test_a_stop_raised_inside_a_candle_exits_at_the_raised_stop_not_the_open() -> None:
+    state = initial_state(100.0, TRAILING, 0.0)
+    after, price = candle_stop(state, 104.0, 110.0, 107.0, TRAILING, 0.0, first=False)
+    assert price == after.stop_price == 110.0 * (1 - 0.02)  # 107.8, above the open
+    assert after.activated
+
+
+def test_a_candle_whose_low_stays_above_the_raised_stop_only_trails() -> None:
+    state = initial_state(100.0, TRAILING, 0.0)
+    after, price = candle_stop(state, 104.0, 110.0, 108.0, TRAILING, 0.001, first=False, now=5.0)
+    assert price is None
+    assert after == advance(state, 110.0, TRAILING, 5.0, 0.001)
+
+
+def test_the_entry_candle_takes_freqtrades_worst_case_with_only_offset() -> None:
+    state = initial_state(100.0, DEFAULT_STOPS, 0.0)  # only_offset, positive 2 %, offset 3 %
+    _, price = candle_stop(state, 100.0, 110.0, 100.5, DEFAULT_STOPS, 0.0, first=True)
+    assert price == pytest.approx(100.0 * (1 + 0.03 - 0.02))  # just armed, then fell
+    _, floored = candle_stop(state, 100.0, 110.0, 107.0, DEFAULT_STOPS, 0.0, first=True)
+    assert floored == 107.0  # never below the candle's low
+
+
+def test_the_entry_candle_worst_case_uses_the_distance_in_effect() -> None:
+    state = initial_state(100.0, TRAILING, 0.0)
+    _, tightened = candle_stop(state, 100.0, 110.0, 90.0 + 5.5, TRAILING, 0.0, first=True)
+    assert tightened == pytest.approx(100.0 * (1 - 0.02))
+    plain_trail = TrailingParams(stoploss=-0.05, trailing_stop=True)
+    state = initial_state(100.0, plain_trail, 0.0)
+    _, price = candle_stop(state, 100.0, 102.0, 94.0 + 1.0, plain_trail, 0.0, first=True)
+    assert price == pytest.approx(95.0)  # open x (1 - 5 %), the low 95 allows it
+
+
+def test_a_plain_stop_exits_as_stop_loss_at_the_stop() -> None:
+    candles = dip_then_rally_then_fall()
+    candles += [Candle(len(candles) * 60_000, 99.0, 99.2, 90.0, 91.0, 1.0)]
+    plain = TrailingParams(stoploss=-0.05)
+    result = run_backtest("BTCUSDT", candles, stake=100.0, fee_rate=0.0, stops=plain)
+    first = result.trades[0]
+    assert (first.entry_price, first.reason, first.exit_price) == (98.0, "stop loss", 98.0 * 0.95)
 
 
 def test_max_drawdown_is_the_largest_fall_from_a_peak() -> None:

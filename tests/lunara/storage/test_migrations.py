@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import aiosqlite
 import pytest
 
-from lunara.storage import payments, positions, users
+from lunara.storage import payments, positions, user_settings, users
 from lunara.storage.database import SchemaError, connect, open_database
 from lunara.storage.migrations import (
     APPLICATION_ID,
@@ -77,6 +78,34 @@ async def test_upgrading_from_every_earlier_version_keeps_the_data(
             assert payment.status is payments.PaymentStatus.PAID
             assert payment.refunded_at is None
             assert str(await positions.paper_balance(upgraded, 42, "USDT")) == "9950.5"
+    finally:
+        await upgraded.close()
+
+
+async def test_traders_with_settings_before_version_5_keep_a_trailing_stop(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "lunara.db"
+    connection = await connect(path)
+    await apply_migrations(connection, target=4)
+    await connection.executescript(
+        """
+        INSERT INTO users (telegram_id, username, plan, active, created_at)
+            VALUES (42, 'alice', 'free', 1, 1000);
+        INSERT INTO user_settings (user_id, stake_usdt, symbols, trailing_stop_positive,
+            trailing_stop_positive_offset, trailing_only_offset_is_reached, stoploss,
+            auto_mode, updated_at)
+            VALUES (42, '75', 'BTCUSDT', 0.01, 0.02, 1, -0.07, 0, 1000);
+        """
+    )
+    await connection.close()
+    upgraded = await open_database(path)
+    try:
+        settings = await user_settings.get(upgraded, 42)
+        assert settings.trailing_stop is True
+        assert (settings.stoploss, settings.trailing_stop_positive) == (-0.07, 0.01)
+        with pytest.raises(sqlite3.IntegrityError):
+            await upgraded.execute("UPDATE user_settings SET trailing_stop = 2")
     finally:
         await upgraded.close()
 

@@ -57,6 +57,19 @@ async def test_updates_from_a_traders_text_are_parsed_and_stored(
     assert again.stake_usdt == Decimal("1250.50")
 
 
+async def test_a_trader_can_choose_a_plain_stop_and_it_is_stored(
+    db: aiosqlite.Connection,
+) -> None:
+    assert (await user_settings.get(db, 7)).trailing_stop is True
+    plain = await user_settings.update(db, 7, {"trailing_stop": "off"})
+    assert plain.trailing_stop is False
+    assert await user_settings.get(db, 7) == plain
+    again = await user_settings.update(db, 7, {"trailing_stop": True})
+    assert again.trailing_stop is True
+    with pytest.raises(InvalidValue, match="trailing_stop"):
+        await user_settings.update(db, 7, {"trailing_stop": "sometimes"})
+
+
 async def test_typed_updates_from_code_are_accepted(db: aiosqlite.Connection) -> None:
     updated = await user_settings.update(
         db, 7, {"stake_usdt": 25, "stoploss": -0.1, "symbols": ["solusdt"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import time
 from collections import Counter
@@ -110,6 +111,24 @@ async def test_settings_are_shown_and_updated(fake_telegram: FakeTelegram, bot_h
         reply = await bot.ask(TRADER, "/settings stake_usdt=50 symbols=BTCUSDT auto_mode=on")
         assert "50" in reply and "BTCUSDT" in reply
         assert "auto_mode" in await bot.ask(TRADER, "/settings")
+
+
+async def test_a_trader_can_switch_to_a_plain_stop_and_back(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    async with running_bot(fake_telegram, bot_home) as bot:
+        await bot.ask(TRADER, "/start")
+        assert "trailing_stop on" in _plain(await bot.ask(TRADER, "/settings"))
+        reply = _plain(await bot.ask(TRADER, "/settings trailing_stop=off"))
+        assert "trailing_stop off (plain stop)" in reply
+        assert "trailing_stop off (plain stop)" in _plain(await bot.ask(TRADER, "/settings"))
+        assert "trailing_stop on" in _plain(await bot.ask(TRADER, "/settings trailing_stop=on"))
+        assert "Usage" in await bot.ask(TRADER, "/settings trailing_stop=maybe")
+
+
+def _plain(reply: str) -> str:
+    """A settings table with its markup and column padding collapsed to single spaces."""
+    return " ".join(re.sub(r"<[^>]+>", " ", reply).split())
 
 
 async def test_setkeys_is_private_only_deletes_the_message_and_stores_encrypted(

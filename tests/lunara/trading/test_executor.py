@@ -15,7 +15,7 @@ from lunara.storage import user_settings, users
 from lunara.storage.database import open_database
 from lunara.trading.engine import EngineConfig, TradingEngine
 from lunara.trading.exchange import CredentialsRejected, Exchange
-from lunara.trading.executor import CircuitBreaker
+from lunara.trading.executor import CircuitBreaker, trailing_params
 from lunara.trading.market import SimMarket
 from lunara.trading.stopstore import RedisStopStore
 
@@ -83,6 +83,29 @@ async def test_triggered_trailing_stops_exit_through_the_order_path(engine: Trad
         assert closed[0].exit_reason in ("stop_loss", "trailing_stop")
     notified = {user_id for user_id, text in inbox.messages if "hit: sold" in text}
     assert notified == {1, 2}
+
+
+async def test_a_trader_with_a_plain_stop_keeps_the_initial_stop_and_exits_as_stop_loss(
+    engine: TradingEngine,
+) -> None:
+    await user_settings.update(engine.orders._db, 1, {"trailing_stop": "off"})
+    assert not trailing_params(await user_settings.get(engine.orders._db, 1)).trailing_stop
+    bought = await engine.buy(1, "BTCUSDT", Decimal(100))
+    [stop] = engine.stop_store.tracked()
+    initial = stop.state.stop_price
+    highest = 0.0
+    for _ in range(MAX_TICKS):
+        await engine.executor.tick()
+        tracked = engine.stop_store.tracked()
+        if not tracked:
+            break
+        assert tracked[0].state.stop_price == initial
+        highest = max(highest, tracked[0].state.peak_price)
+    assert engine.stop_store.tracked() == []
+    [closed] = await store.by_user(engine.orders._db, 1)
+    assert closed.id == bought.position_id and closed.exit_reason == "stop_loss"
+    # The price rose enough on the way that a trailing stop would have moved.
+    assert highest * (1 - 0.02) > initial
 
 
 async def test_one_traders_failing_keys_trip_the_breaker_and_others_keep_trading(

@@ -27,7 +27,7 @@ from lunara.trading.stopstore import (
     make_stop_store,
 )
 from lunara.trading.trailing import StopState, TrailingParams, advance, initial_state, is_triggered
-from tests.lunara.trading.test_trailing import price_paths, trailing_params
+from tests.lunara.trading.test_trailing import fee_rates, price_paths, trailing_params
 
 NAME = "lunara"
 PARAMS = TrailingParams(
@@ -36,6 +36,8 @@ PARAMS = TrailingParams(
     trailing_stop_positive=0.02,
     trailing_stop_positive_offset=0.03,
 )
+
+FEE = 0.001
 
 TRAILING_STOPS_DDL = """
 CREATE TABLE trailing_stops (
@@ -126,30 +128,38 @@ def bits(state: StopState) -> tuple[str, str, str, bool, str]:
 
 
 async def lua_matches_python(
-    redis_url: str, entry: float, positions: list[tuple[TrailingParams, list[float]]]
+    redis_url: str,
+    entry: float,
+    positions: list[tuple[TrailingParams, TrailingParams, list[float]]],
+    fee: float,
 ) -> None:
+    """Each position trails with its first settings, then with its second from the middle
+    of its path on (a trader changing settings while the position is open)."""
     client = Redis.from_url(redis_url)
     db = await aiosqlite.connect(":memory:")
     try:
         await create_stop_table(db)
         store = RedisStopStore(client, db, name=f"lua{next(_names)}")
         expected: dict[int, StopState] = {}
-        for position_id, (params, _) in enumerate(positions):
+        for position_id, (params, _, _) in enumerate(positions):
             expected[position_id] = initial_state(entry, params, 0.25)
             await store.add(position_id, position_id, f"S{position_id}", expected[position_id])
-        params_by_user = {i: params for i, (params, _) in enumerate(positions)}
-        for tick in range(max(len(path) for _, path in positions)):
+        for tick in range(max(len(path) for _, _, path in positions)):
+            params_by_user = {
+                i: first if tick < len(path) // 2 else later
+                for i, (first, later, path) in enumerate(positions)
+            }
             now = 1_700_000_000.1 + tick * 0.7
             prices = {
                 f"S{i}": entry / 100.0 * path[tick]
-                for i, (_, path) in enumerate(positions)
+                for i, (_, _, path) in enumerate(positions)
                 if tick < len(path)
             }
-            advanced = await store.advance_all(prices, params_by_user, now)
+            advanced = await store.advance_all(prices, params_by_user, now, fee_rate=fee)
             priced = sorted(i for i in expected if f"S{i}" in prices)
             assert advanced.positions == len(priced)
             for i in priced:
-                expected[i] = advance(expected[i], prices[f"S{i}"], params_by_user[i], now)
+                expected[i] = advance(expected[i], prices[f"S{i}"], params_by_user[i], now, fee)
             assert {i: bits(state) for i, state in states(store).items()} == {
                 i: bits(state) for i, state in expected.items()
             }
@@ -173,15 +183,30 @@ async def lua_matches_python(
 @given(
     entry=st.floats(min_value=0.0001, max_value=100_000.0),
     positions=st.lists(
-        st.tuples(trailing_params(), price_paths(max_size=25).filter(bool)),
+        st.tuples(trailing_params(), trailing_params(), price_paths(max_size=25).filter(bool)),
         min_size=1,
         max_size=6,
     ),
+    fee=fee_rates,
 )
-def test_lua_script_matches_pure_advance_bit_for_bit(
-    redis_db: str, entry: float, positions: list[tuple[TrailingParams, list[float]]]
+def test_lua_script_matches_pure_advance_bit_for_bit_with_fees_and_settings_changes(
+    redis_db: str,
+    entry: float,
+    positions: list[tuple[TrailingParams, TrailingParams, list[float]]],
+    fee: float,
 ) -> None:
-    asyncio.run(lua_matches_python(redis_db, entry, positions))
+    asyncio.run(lua_matches_python(redis_db, entry, positions, fee))
+
+
+@pytest.mark.parametrize("fee", [-0.01, 1.0, float("nan")])
+async def test_unusable_fee_rates_are_refused_before_anything_moves(
+    redis: Redis, db: aiosqlite.Connection, fee: float
+) -> None:
+    for store in (RedisStopStore(redis, db, name=NAME), SqliteStopStore(db)):
+        await store.add(1, TRADER, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
+        with pytest.raises(ValueError, match="fee rate"):
+            await store.advance_all({"BTCUSDT": 120.0}, TRADER_PARAMS, 1.0, fee_rate=fee)
+        assert states(store)[1] == initial_state(100.0, PARAMS, 0.0)
 
 
 # -- Round trips -----------------------------------------------------------------------
@@ -198,10 +223,12 @@ async def test_one_round_trip_per_tick_whatever_the_number_of_positions(
 ) -> None:
     store = RedisStopStore(redis, db, name=NAME)
     await open_positions(store, count)
-    await store.advance_all(every_symbol(101.0), params_for(count), 1.0)  # loads the script
+    await store.advance_all(
+        every_symbol(101.0), params_for(count), 1.0, fee_rate=FEE
+    )  # loads the script
     await redis.config_resetstat()
     before = store.round_trips
-    advanced = await store.advance_all(every_symbol(104.0), params_for(count), 2.0)
+    advanced = await store.advance_all(every_symbol(104.0), params_for(count), 2.0, fee_rate=FEE)
     assert store.round_trips - before == 1
     assert advanced.positions == count
     calls = await command_calls(redis)
@@ -217,12 +244,12 @@ async def test_batches_above_the_chunk_size_cost_one_round_trip_per_chunk(
 ) -> None:
     store = RedisStopStore(redis, db, name=NAME, max_positions_per_call=10)
     await open_positions(store, 25)
-    await store.advance_all(every_symbol(101.0), params_for(25), 1.0)
+    await store.advance_all(every_symbol(101.0), params_for(25), 1.0, fee_rate=FEE)
     before = store.round_trips
-    advanced = await store.advance_all(every_symbol(104.0), params_for(25), 2.0)
+    advanced = await store.advance_all(every_symbol(104.0), params_for(25), 2.0, fee_rate=FEE)
     assert store.round_trips - before == 3
     expected = advance(
-        advance(initial_state(100.0, PARAMS, 0.0), 101.0, PARAMS, 1.0), 104.0, PARAMS, 2.0
+        advance(initial_state(100.0, PARAMS, 0.0), 101.0, PARAMS, 1.0, FEE), 104.0, PARAMS, 2.0, FEE
     )
     assert advanced.positions == 25
     assert states(store) == dict.fromkeys(range(1, 26), expected)
@@ -237,7 +264,7 @@ async def test_script_is_reloaded_after_redis_forgets_it(
     await open_positions(store, 3)
     await redis.script_flush()
     before = store.round_trips
-    await store.advance_all(every_symbol(110.0), params_for(3), 1.0)
+    await store.advance_all(every_symbol(110.0), params_for(3), 1.0, fee_rate=FEE)
     assert store.round_trips - before == 3  # refused EVALSHA, SCRIPT LOAD, EVALSHA
     assert store.tracked()[0].state.stop_price == 110.0 * 0.98
 
@@ -251,8 +278,10 @@ async def test_triggered_positions_are_reported_until_removed(
     store = RedisStopStore(redis, db, name=NAME)
     await store.add(1, TRADER, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
     await store.add(2, TRADER, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
-    await store.advance_all({"BTCUSDT": 110.0, "ETHUSDT": 100.0}, TRADER_PARAMS, 1.0)
-    advanced = await store.advance_all({"BTCUSDT": 107.8, "ETHUSDT": 95.0}, TRADER_PARAMS, 2.0)
+    await store.advance_all({"BTCUSDT": 110.0, "ETHUSDT": 100.0}, TRADER_PARAMS, 1.0, fee_rate=FEE)
+    advanced = await store.advance_all(
+        {"BTCUSDT": 107.8, "ETHUSDT": 95.0}, TRADER_PARAMS, 2.0, fee_rate=FEE
+    )
     assert advanced.positions == 2
     assert advanced.triggered == [
         TriggeredStop(1, TRADER, StopState(100.0, 110.0, 110.0 * 0.98, True, 1.0))
@@ -261,7 +290,9 @@ async def test_triggered_positions_are_reported_until_removed(
     await store.remove(1)
     assert await store.get(1) is None
     assert await saved_rows(db) == {2: (100.0, 90.0, 0, 0.0)}
-    advanced = await store.advance_all({"BTCUSDT": 1.0, "ETHUSDT": 90.0}, TRADER_PARAMS, 3.0)
+    advanced = await store.advance_all(
+        {"BTCUSDT": 1.0, "ETHUSDT": 90.0}, TRADER_PARAMS, 3.0, fee_rate=FEE
+    )
     assert advanced.positions == 1
     assert advanced.triggered == [
         TriggeredStop(2, TRADER, StopState(100.0, 100.0, 90.0, False, 0.0))
@@ -273,11 +304,13 @@ async def test_positions_added_between_ticks_are_advanced_from_the_next_tick(
 ) -> None:
     store = RedisStopStore(redis, db, name=NAME)
     await store.add(1, TRADER, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
-    await store.advance_all({"BTCUSDT": 110.0}, TRADER_PARAMS, 1.0)
+    await store.advance_all({"BTCUSDT": 110.0}, TRADER_PARAMS, 1.0, fee_rate=FEE)
     await store.add(2, 8, "BTCUSDT", initial_state(110.0, PARAMS, 1.5))
-    advanced = await store.advance_all({"BTCUSDT": 120.0}, {TRADER: PARAMS, 8: PARAMS}, 2.0)
+    advanced = await store.advance_all(
+        {"BTCUSDT": 120.0}, {TRADER: PARAMS, 8: PARAMS}, 2.0, fee_rate=FEE
+    )
     assert advanced.positions == 2
-    assert states(store)[2] == advance(initial_state(110.0, PARAMS, 1.5), 120.0, PARAMS, 2.0)
+    assert states(store)[2] == advance(initial_state(110.0, PARAMS, 1.5), 120.0, PARAMS, 2.0, FEE)
     assert await store.get(2) == states(store)[2]
 
 
@@ -286,19 +319,47 @@ async def test_changed_settings_apply_from_the_next_tick(
 ) -> None:
     store = RedisStopStore(redis, db, name=NAME)
     await store.add(1, TRADER, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
-    await store.advance_all({"BTCUSDT": 110.0}, TRADER_PARAMS, 1.0)
+    await store.advance_all({"BTCUSDT": 110.0}, TRADER_PARAMS, 1.0, fee_rate=FEE)
     tighter = TrailingParams(
         stoploss=-0.05,
         trailing_stop=True,
         trailing_stop_positive=0.01,
         trailing_stop_positive_offset=0.02,
     )
-    await store.advance_all({"BTCUSDT": 111.0}, {TRADER: tighter}, 2.0)
+    await store.advance_all({"BTCUSDT": 111.0}, {TRADER: tighter}, 2.0, fee_rate=FEE)
     expected = advance(
-        advance(initial_state(100.0, PARAMS, 0.0), 110.0, PARAMS, 1.0), 111.0, tighter, 2.0
+        advance(initial_state(100.0, PARAMS, 0.0), 110.0, PARAMS, 1.0, FEE),
+        111.0,
+        tighter,
+        2.0,
+        FEE,
     )
     assert states(store)[1] == expected
     assert await store.get(1) == expected
+
+
+@pytest.mark.parametrize("store_kind", ["redis", "sqlite"])
+async def test_tightening_settings_while_open_does_not_sell_by_itself(
+    redis: Redis, db: aiosqlite.Connection, store_kind: str
+) -> None:
+    store: StopStore = (
+        RedisStopStore(redis, db, name=NAME) if store_kind == "redis" else SqliteStopStore(db)
+    )
+    loose = TrailingParams(stoploss=-0.10, trailing_stop=True, trailing_stop_positive=0.10,
+                           trailing_stop_positive_offset=0.15)  # fmt: skip
+    tight = TrailingParams(stoploss=-0.01, trailing_stop=True, trailing_stop_positive=0.01,
+                           trailing_stop_positive_offset=0.02)  # fmt: skip
+    await store.add(1, TRADER, "BTCUSDT", initial_state(100.0, loose, 0.0))
+    await store.advance_all({"BTCUSDT": 130.0}, {TRADER: loose}, 1.0, fee_rate=FEE)
+    assert not (
+        await store.advance_all({"BTCUSDT": 121.0}, {TRADER: loose}, 2.0, fee_rate=FEE)
+    ).triggered
+    # Trailed from the old peak (130 x 0.99 = 128.7) the new settings would sell at 121.
+    advanced = await store.advance_all({"BTCUSDT": 121.0}, {TRADER: tight}, 3.0, fee_rate=FEE)
+    assert advanced.triggered == []
+    assert states(store)[1].stop_price == 121.0 * (1.0 - 0.01)
+    falling = await store.advance_all({"BTCUSDT": 119.0}, {TRADER: tight}, 4.0, fee_rate=FEE)
+    assert [stop.position_id for stop in falling.triggered] == [1]
 
 
 async def test_positions_without_a_price_are_left_alone(
@@ -307,7 +368,7 @@ async def test_positions_without_a_price_are_left_alone(
     store = RedisStopStore(redis, db, name=NAME)
     await store.add(1, TRADER, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
     await store.add(2, 8, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
-    advanced = await store.advance_all({"BTCUSDT": 120.0}, TRADER_PARAMS, 1.0)
+    advanced = await store.advance_all({"BTCUSDT": 120.0}, TRADER_PARAMS, 1.0, fee_rate=FEE)
     assert advanced.positions == 1
     assert await store.get(2) == initial_state(100.0, PARAMS, 0.0)
 
@@ -323,9 +384,13 @@ async def test_bad_tick_input_is_refused_before_anything_changes(
     await store.add(2, 8, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
     both = {TRADER: PARAMS, 8: PARAMS}
     with pytest.raises(ValueError, match="price of ETHUSDT"):
-        await store.advance_all({"BTCUSDT": 120.0, "ETHUSDT": float("nan")}, both, 1.0)
+        await store.advance_all(
+            {"BTCUSDT": 120.0, "ETHUSDT": float("nan")}, both, 1.0, fee_rate=FEE
+        )
     with pytest.raises(ValueError, match="no trailing-stop settings for trader 8"):
-        await store.advance_all({"BTCUSDT": 120.0, "ETHUSDT": 120.0}, TRADER_PARAMS, 1.0)
+        await store.advance_all(
+            {"BTCUSDT": 120.0, "ETHUSDT": 120.0}, TRADER_PARAMS, 1.0, fee_rate=FEE
+        )
     assert await store.get(1) == initial_state(100.0, PARAMS, 0.0)
 
 
@@ -334,11 +399,11 @@ async def test_stops_lost_from_redis_mid_run_are_restored_on_the_next_tick(
 ) -> None:
     store = RedisStopStore(redis, db, name=NAME)
     await open_positions(store, 4)
-    await store.advance_all(every_symbol(110.0), params_for(4), 1.0)
+    await store.advance_all(every_symbol(110.0), params_for(4), 1.0, fee_rate=FEE)
     await redis.delete(f"lunara:{NAME}:stop:2", f"lunara:{NAME}:stop:3")
-    advanced = await store.advance_all(every_symbol(112.0), params_for(4), 2.0)
+    advanced = await store.advance_all(every_symbol(112.0), params_for(4), 2.0, fee_rate=FEE)
     expected = advance(
-        advance(initial_state(100.0, PARAMS, 0.0), 110.0, PARAMS, 1.0), 112.0, PARAMS, 2.0
+        advance(initial_state(100.0, PARAMS, 0.0), 110.0, PARAMS, 1.0, FEE), 112.0, PARAMS, 2.0, FEE
     )
     assert advanced.positions == 4
     assert states(store) == dict.fromkeys([1, 2, 3, 4], expected)
@@ -356,7 +421,7 @@ async def test_checkpoint_writes_only_changed_stops_in_one_go(
     await store.add(1, TRADER, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
     await store.add(2, TRADER, "ETHUSDT", initial_state(100.0, PARAMS, 0.0))
     assert await store.checkpoint() == 0  # add already wrote both sides
-    await store.advance_all({"BTCUSDT": 105.0, "ETHUSDT": 99.0}, TRADER_PARAMS, 1.0)
+    await store.advance_all({"BTCUSDT": 105.0, "ETHUSDT": 99.0}, TRADER_PARAMS, 1.0, fee_rate=FEE)
     assert await saved_rows(db) == {1: (100.0, 90.0, 0, 0.0), 2: (100.0, 90.0, 0, 0.0)}
     assert await store.checkpoint() == 1
     assert (await saved_rows(db))[1] == as_row(states(store)[1])
@@ -372,7 +437,7 @@ async def test_reconcile_restores_a_flushed_redis_from_the_checkpoint(
 ) -> None:
     store = RedisStopStore(redis, db, name=NAME)
     await open_positions(store, 3)
-    await store.advance_all(every_symbol(120.0), params_for(3), 1.0)
+    await store.advance_all(every_symbol(120.0), params_for(3), 1.0, fee_rate=FEE)
     await store.checkpoint()
     checkpointed = await store.get(1)
     await redis.flushdb()
@@ -382,9 +447,9 @@ async def test_reconcile_restores_a_flushed_redis_from_the_checkpoint(
     assert await restarted.get(1) == checkpointed
     assert [stop.position_id for stop in restarted.tracked()] == [1, 2, 3]
     assert restarted.tracked()[0].user_id == 1001
-    await restarted.advance_all(every_symbol(130.0), params_for(3), 2.0)
+    await restarted.advance_all(every_symbol(130.0), params_for(3), 2.0, fee_rate=FEE)
     assert checkpointed is not None
-    assert states(restarted)[1] == advance(checkpointed, 130.0, PARAMS, 2.0)
+    assert states(restarted)[1] == advance(checkpointed, 130.0, PARAMS, 2.0, FEE)
 
 
 async def test_newer_redis_wins_over_an_older_checkpoint_and_updates_it(
@@ -392,9 +457,11 @@ async def test_newer_redis_wins_over_an_older_checkpoint_and_updates_it(
 ) -> None:
     store = RedisStopStore(redis, db, name=NAME)
     await store.add(1, TRADER, "BTCUSDT", initial_state(100.0, PARAMS, 0.0))
-    await store.advance_all({"BTCUSDT": 110.0}, TRADER_PARAMS, 1.0)
+    await store.advance_all({"BTCUSDT": 110.0}, TRADER_PARAMS, 1.0, fee_rate=FEE)
     await store.checkpoint()
-    await store.advance_all({"BTCUSDT": 125.0}, TRADER_PARAMS, 2.0)  # not checkpointed
+    await store.advance_all(
+        {"BTCUSDT": 125.0}, TRADER_PARAMS, 2.0, fee_rate=FEE
+    )  # not checkpointed
     live = await store.get(1)
     assert live is not None
     assert (await saved_rows(db))[1] != as_row(live)
@@ -411,7 +478,7 @@ async def test_newer_checkpoint_wins_over_a_stale_redis_copy(
     store = RedisStopStore(redis, db, name=NAME)
     stale = initial_state(100.0, PARAMS, 0.0)
     await store.add(1, 7, "BTCUSDT", stale)
-    newer = advance(stale, 130.0, PARAMS, 5.0)
+    newer = advance(stale, 130.0, PARAMS, 5.0, FEE)
     await db.execute(
         "UPDATE trailing_stops SET peak_price = ?, stop_price = ?, activated = ?, "
         "updated_at = ? WHERE position_id = 1",
@@ -444,7 +511,7 @@ async def test_crash_recovery_resumes_from_the_exact_stop(
         store = RedisStopStore(first_redis, db, name=NAME)
         await open_positions(store, 5)
         for tick, price in enumerate([101.0, 104.5, 109.25, 107.0, 111.125], start=1):
-            await store.advance_all(every_symbol(price), params_for(5), float(tick))
+            await store.advance_all(every_symbol(price), params_for(5), float(tick), fee_rate=FEE)
             if tick == 2:
                 await store.checkpoint()
         before = [await store.get(position_id) for position_id in range(1, 6)]
@@ -469,7 +536,7 @@ async def test_removed_positions_are_not_resurrected_by_reconcile(
 ) -> None:
     store = RedisStopStore(redis, db, name=NAME)
     await open_positions(store, 2)
-    await store.advance_all(every_symbol(120.0), params_for(2), 1.0)
+    await store.advance_all(every_symbol(120.0), params_for(2), 1.0, fee_rate=FEE)
     await store.remove(1)
     await store.checkpoint()
     restarted = RedisStopStore(redis, db, name=NAME)
@@ -498,12 +565,12 @@ async def test_sqlite_store_writes_each_change_through(
     store = SqliteStopStore(db)
     await open_positions(store, 3)
     before = store.round_trips
-    advanced = await store.advance_all(every_symbol(120.0), params_for(3), 1.0)
+    advanced = await store.advance_all(every_symbol(120.0), params_for(3), 1.0, fee_rate=FEE)
     assert advanced.positions == 3
     assert store.round_trips - before == 1
     assert await store.checkpoint() == 0
     moved = states(store)
-    await store.advance_all(every_symbol(119.0), params_for(3), 2.0)
+    await store.advance_all(every_symbol(119.0), params_for(3), 2.0, fee_rate=FEE)
     assert store.round_trips - before == 1  # nothing moved, nothing written
     assert states(store) == moved
 
@@ -512,7 +579,7 @@ async def test_sqlite_store_writes_each_change_through(
         restarted = SqliteStopStore(other)
         assert await restarted.reconcile() == 3
         assert await restarted.get(2) == moved[2]
-        expected = advance(initial_state(100.0, PARAMS, 0.0), 120.0, PARAMS, 1.0)
+        expected = advance(initial_state(100.0, PARAMS, 0.0), 120.0, PARAMS, 1.0, FEE)
         assert moved[2] == expected
     finally:
         await other.close()
@@ -563,7 +630,7 @@ async def test_stops_ride_out_a_redis_outage_and_are_written_back_when_it_return
                 if await client.ping():
                     break
             await asyncio.sleep(0.05)
-        await store.advance_all(every_symbol(120.0), params_for(2), 1.0)
+        await store.advance_all(every_symbol(120.0), params_for(2), 1.0, fee_rate=FEE)
         assert await client.exists(store.key(1))  # written back from memory
         assert (await store.get(1)) == store.tracked()[0].state
     finally:
