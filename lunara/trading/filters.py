@@ -9,6 +9,7 @@ a float cannot represent ``0.1`` and a step check on floats fails at random.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
@@ -33,6 +34,23 @@ class FilterKind:
     PRICE_FILTER = "PRICE_FILTER"
     MIN_NOTIONAL = "MIN_NOTIONAL"
     NOTIONAL = "NOTIONAL"
+    MARKET_LOT_SIZE = "MARKET_LOT_SIZE"
+    PERCENT_PRICE = "PERCENT_PRICE"
+    PERCENT_PRICE_BY_SIDE = "PERCENT_PRICE_BY_SIDE"
+
+
+class SymbolStatus:
+    """``exchangeInfo`` symbol states; only ``TRADING`` takes new orders (enums.md)."""
+
+    TRADING = "TRADING"
+    END_OF_DAY = "END_OF_DAY"
+    HALT = "HALT"
+    BREAK = "BREAK"
+    CANCEL_ONLY = "CANCEL_ONLY"
+
+
+MARKET_ORDER = "MARKET"
+SPOT_PERMISSION = "SPOT"
 
 
 class InvalidSymbolInfo(ValueError):
@@ -86,7 +104,15 @@ def _round_to_multiple(value: Decimal, step: Decimal, rounding: str) -> Decimal:
 
 @dataclass(frozen=True)
 class SymbolRules:
-    """The filters of one symbol. A zero maximum or step means "no such rule" (Binance)."""
+    """The filters of one symbol. A zero maximum or step means "no such rule" (Binance).
+
+    The fields after ``max_notional`` carry defaults so that a rule written by hand (the
+    paper table, tests) is a plain spot symbol that is trading and takes market orders;
+    parsed from ``exchangeInfo`` they hold what Binance published. ``market_*`` is the
+    ``MARKET_LOT_SIZE`` filter (a zero step there means the ``LOT_SIZE`` step applies),
+    the multipliers are ``PERCENT_PRICE_BY_SIDE`` (zero: no bound), and a market order is
+    valued at the ``avg_price_mins``-minute average price for the notional check.
+    """
 
     symbol: str
     base_asset: str
@@ -99,6 +125,24 @@ class SymbolRules:
     tick_size: Decimal
     min_notional: Decimal
     max_notional: Decimal
+    status: str = SymbolStatus.TRADING
+    spot_allowed: bool = True
+    market_allowed: bool = True
+    market_min_qty: Decimal = ZERO
+    market_max_qty: Decimal = ZERO
+    market_step_size: Decimal = ZERO
+    apply_min_to_market: bool = True
+    apply_max_to_market: bool = True
+    avg_price_mins: int = 5
+    bid_multiplier_up: Decimal = ZERO
+    bid_multiplier_down: Decimal = ZERO
+    ask_multiplier_up: Decimal = ZERO
+    ask_multiplier_down: Decimal = ZERO
+
+    @property
+    def trading(self) -> bool:
+        """Binance takes new orders on the symbol (not in ``BREAK``, ``HALT``, ...)."""
+        return self.status == SymbolStatus.TRADING
 
     def round_quantity_down(self, qty: DecimalLike) -> Decimal:
         """Down, never up: rounding up could spend more than the trader has."""
@@ -124,9 +168,44 @@ def _filter_value(entry: Mapping[str, Any], symbol: str, kind: str, field: str) 
     return value
 
 
+def _flag(entry: Mapping[str, Any], field: str, default: bool) -> bool:
+    """A boolean filter or symbol field; absent means ``default``, anything but ``false``
+    counts as set (Binance sends JSON booleans)."""
+    raw = entry.get(field)
+    if raw is None:
+        return default
+    return raw is not False and str(raw).lower() != "false"
+
+
+def _minutes(entry: Mapping[str, Any] | None, default: int) -> int:
+    raw = None if entry is None else entry.get("avgPriceMins")
+    try:
+        return int(raw) if raw is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _spot_permitted(entry: Mapping[str, Any]) -> bool:
+    """Spot orders are possible when ``isSpotTradingAllowed`` is not false and, if Binance
+    lists permission sets, ``SPOT`` is in one of them (an account needs one permission of
+    every set; the other sets are trading groups the account itself must hold). An
+    absent list is the old ``permissions`` field, or nothing published: allowed."""
+    if not _flag(entry, "isSpotTradingAllowed", True):
+        return False
+    sets = entry.get("permissionSets")
+    if isinstance(sets, list) and sets:
+        return any(isinstance(s, list) and SPOT_PERMISSION in s for s in sets)
+    legacy = entry.get("permissions")
+    if isinstance(legacy, list) and legacy:
+        return SPOT_PERMISSION in legacy
+    return True
+
+
 def parse_symbol(entry: Mapping[str, Any]) -> SymbolRules:
     """One element of ``exchangeInfo["symbols"]``; a missing price or notional filter
-    disables that rule, a missing ``LOT_SIZE`` is an error (orders cannot be sized)."""
+    disables that rule, a missing ``LOT_SIZE`` is an error (orders cannot be sized).
+    ``status``, ``orderTypes`` and the permissions are read too, so that an order on a
+    symbol Binance would refuse is refused here with the reason."""
     symbol = entry.get("symbol")
     if not isinstance(symbol, str) or not symbol:
         raise InvalidSymbolInfo(f"symbol entry has no symbol name: {entry!r:.120}")
@@ -147,12 +226,38 @@ def parse_symbol(entry: Mapping[str, Any]) -> SymbolRules:
         max_price = _filter_value(price, symbol, FilterKind.PRICE_FILTER, "maxPrice")
         tick = _filter_value(price, symbol, FilterKind.PRICE_FILTER, "tickSize")
     min_notional = max_notional = ZERO
+    apply_min = apply_max = True
+    notional_filter: Mapping[str, Any] | None = None
     if (notional := filters.get(FilterKind.NOTIONAL)) is not None:
+        notional_filter = notional
         min_notional = _filter_value(notional, symbol, FilterKind.NOTIONAL, "minNotional")
         if notional.get("maxNotional") is not None:
             max_notional = _filter_value(notional, symbol, FilterKind.NOTIONAL, "maxNotional")
+        apply_min = _flag(notional, "applyMinToMarket", True)
+        apply_max = _flag(notional, "applyMaxToMarket", True)
     elif (legacy := filters.get(FilterKind.MIN_NOTIONAL)) is not None:
+        notional_filter = legacy
         min_notional = _filter_value(legacy, symbol, FilterKind.MIN_NOTIONAL, "minNotional")
+        apply_min = _flag(legacy, "applyToMarket", True)
+    market_min = market_max = market_step = ZERO
+    if (market_lot := filters.get(FilterKind.MARKET_LOT_SIZE)) is not None:
+        kind = FilterKind.MARKET_LOT_SIZE
+        market_min = _filter_value(market_lot, symbol, kind, "minQty")
+        market_max = _filter_value(market_lot, symbol, kind, "maxQty")
+        market_step = _filter_value(market_lot, symbol, kind, "stepSize")
+    bid_up = bid_down = ask_up = ask_down = ZERO
+    band = filters.get(FilterKind.PERCENT_PRICE_BY_SIDE)
+    if band is not None:
+        kind = FilterKind.PERCENT_PRICE_BY_SIDE
+        bid_up = _filter_value(band, symbol, kind, "bidMultiplierUp")
+        bid_down = _filter_value(band, symbol, kind, "bidMultiplierDown")
+        ask_up = _filter_value(band, symbol, kind, "askMultiplierUp")
+        ask_down = _filter_value(band, symbol, kind, "askMultiplierDown")
+    elif (band := filters.get(FilterKind.PERCENT_PRICE)) is not None:
+        kind = FilterKind.PERCENT_PRICE
+        bid_up = ask_up = _filter_value(band, symbol, kind, "multiplierUp")
+        bid_down = ask_down = _filter_value(band, symbol, kind, "multiplierDown")
+    order_types = entry.get("orderTypes")
     return SymbolRules(
         symbol=symbol,
         base_asset=base,
@@ -165,6 +270,19 @@ def parse_symbol(entry: Mapping[str, Any]) -> SymbolRules:
         tick_size=tick,
         min_notional=min_notional,
         max_notional=max_notional,
+        status=str(entry.get("status") or SymbolStatus.TRADING),
+        spot_allowed=_spot_permitted(entry),
+        market_allowed=not isinstance(order_types, list) or MARKET_ORDER in order_types,
+        market_min_qty=market_min,
+        market_max_qty=market_max,
+        market_step_size=market_step,
+        apply_min_to_market=apply_min,
+        apply_max_to_market=apply_max,
+        avg_price_mins=_minutes(notional_filter, _minutes(band, 5)),
+        bid_multiplier_up=bid_up,
+        bid_multiplier_down=bid_down,
+        ask_multiplier_up=ask_up,
+        ask_multiplier_down=ask_down,
     )
 
 
@@ -194,55 +312,157 @@ def _check_limit_price(rules: SymbolRules, price: Decimal) -> None:
         )
 
 
+def check_tradable(rules: SymbolRules, *, limit: bool = False) -> None:
+    """``OrderRejected`` when Binance would refuse any order on the symbol as it stands:
+    not ``TRADING`` (a ``BREAK`` or ``HALT`` answers -1013 "Market is closed."), closed to
+    spot, or (for a market order) without ``MARKET`` among its order types. Refused here
+    the trader reads why, and no order is recorded, sent or retried."""
+    symbol = rules.symbol
+    if not rules.trading:
+        raise OrderRejected(
+            f"{symbol} is not trading on the exchange right now (status {rules.status}); "
+            "try again once it reopens"
+        )
+    if not rules.spot_allowed:
+        raise OrderRejected(f"{symbol} is not open to spot trading")
+    if not limit and not rules.market_allowed:
+        raise OrderRejected(f"{symbol} takes no market orders")
+
+
+def _common_step(first: Decimal, second: Decimal) -> Decimal:
+    """The smallest amount that is a multiple of both steps (zero: no step)."""
+    if first <= ZERO or second <= ZERO:
+        return max(first, second)
+    exponent = min(_exponent(first), _exponent(second))
+    scale = Decimal(1).scaleb(exponent)
+    lcm = math.lcm(int(first / scale), int(second / scale))
+    return Decimal(lcm) * scale
+
+
+def _exponent(value: Decimal) -> int:
+    exponent = value.normalize().as_tuple().exponent
+    return exponent if isinstance(exponent, int) else 0
+
+
+def _check_quantity(rules: SymbolRules, requested: Decimal, *, limit: bool) -> Decimal:
+    """``LOT_SIZE`` for every order (``quantity % stepSize == 0``), and ``MARKET_LOT_SIZE``
+    on top for a market order: both ranges apply, and both steps."""
+    symbol, base = rules.symbol, rules.base_asset
+    step, min_qty, max_qty = rules.step_size, rules.min_qty, rules.max_qty
+    market_max = False
+    if not limit:
+        step = _common_step(step, rules.market_step_size)
+        min_qty = max(min_qty, rules.market_min_qty)
+        if rules.market_max_qty > ZERO and (max_qty <= ZERO or rules.market_max_qty < max_qty):
+            max_qty, market_max = rules.market_max_qty, True
+    adjusted = _round_to_multiple(requested, step, ROUND_DOWN)
+    if adjusted < min_qty or adjusted <= ZERO:
+        raise OrderRejected(
+            f"quantity {format_amount(requested)} is below the minimum "
+            f"{format_amount(max(min_qty, step))} {base} for {symbol}"
+        )
+    if max_qty > ZERO and adjusted > max_qty:
+        where = f"a market order on {symbol}" if market_max else symbol
+        raise OrderRejected(
+            f"quantity {format_amount(adjusted)} is above the maximum "
+            f"{format_amount(max_qty)} {base} for {where}"
+        )
+    return adjusted
+
+
+def _check_price_band(rules: SymbolRules, price: Decimal, side: str, average: Decimal) -> None:
+    """``PERCENT_PRICE_BY_SIDE``: a limit price within the side's multipliers of the
+    average price. It judges the order's own price, which a market order does not send,
+    so Binance does not apply it to market orders and neither does this."""
+    if str(side) == "BUY":
+        up, down = rules.bid_multiplier_up, rules.bid_multiplier_down
+    else:
+        up, down = rules.ask_multiplier_up, rules.ask_multiplier_down
+    symbol, quote = rules.symbol, rules.quote_asset
+    average_text = f"the {rules.avg_price_mins}-minute average {format_amount(average)} {quote}"
+    if up > ZERO and price > average * up:
+        raise OrderRejected(
+            f"price {format_amount(price)} is above {format_amount(average * up)} {quote}, "
+            f"the highest a {side} on {symbol} may ask ({format_amount(up)} x {average_text})"
+        )
+    if down > ZERO and price < average * down:
+        raise OrderRejected(
+            f"price {format_amount(price)} is below {format_amount(average * down)} {quote}, "
+            f"the lowest a {side} on {symbol} may ask ({format_amount(down)} x {average_text})"
+        )
+
+
 def check_order(
-    rules: SymbolRules, quantity: DecimalLike, price: DecimalLike, *, limit: bool = False
+    rules: SymbolRules,
+    quantity: DecimalLike,
+    price: DecimalLike,
+    *,
+    limit: bool = False,
+    side: str | None = None,
+    average_price: DecimalLike | None = None,
 ) -> Decimal:
     """The quantity to send (rounded down to the step), or ``OrderRejected`` saying why.
 
-    ``price`` is the price expected to fill, which the notional check values the order
-    at. With ``limit`` it is the order's own price and must also respect the price
-    filter (range and tick grid; round it with ``round_price`` first). A market order
-    sends no price, so the price filter does not apply to it.
+    ``price`` is the price expected to fill. With ``limit`` it is the order's own price
+    and must also respect the price filter (range and tick grid; round it with
+    ``round_price`` first). A market order sends no price, so the price filter does not
+    apply to it, and Binance values it for ``NOTIONAL`` at its ``avgPriceMins``-minute
+    average price (``GET /api/v3/avgPrice``), only against the bounds with
+    ``applyMinToMarket`` / ``applyMaxToMarket``: pass that price as ``average_price``
+    (without it the order is valued at ``price``). A limit order is valued at its own
+    price against both bounds, and with ``side`` and ``average_price`` its price must
+    sit in the ``PERCENT_PRICE_BY_SIDE`` band. The function is pure: fetching the
+    average is the caller's business.
     """
     symbol, base, quote = rules.symbol, rules.base_asset, rules.quote_asset
     requested = to_decimal(quantity, "quantity")
     order_price = to_decimal(price, "price")
+    average = None if average_price is None else to_decimal(average_price, "average price")
+    check_tradable(rules, limit=limit)
     if requested <= ZERO:
         raise OrderRejected(f"quantity must be positive, got {format_amount(requested)} {base}")
     if order_price <= ZERO:
         raise OrderRejected(f"price must be positive, got {format_amount(order_price)} {quote}")
-    adjusted = rules.round_quantity_down(requested)
-    if adjusted < rules.min_qty or adjusted <= ZERO:
-        raise OrderRejected(
-            f"quantity {format_amount(requested)} is below the minimum "
-            f"{format_amount(max(rules.min_qty, rules.step_size))} {base} for {symbol}"
-        )
-    if rules.max_qty > ZERO and adjusted > rules.max_qty:
-        raise OrderRejected(
-            f"quantity {format_amount(adjusted)} is above the maximum "
-            f"{format_amount(rules.max_qty)} {base} for {symbol}"
-        )
+    if average is not None and average <= ZERO:
+        raise OrderRejected(f"no average price for {symbol} yet; the exchange takes no order")
+    adjusted = _check_quantity(rules, requested, limit=limit)
     if limit:
         _check_limit_price(rules, order_price)
-    value = adjusted * order_price
-    if value < rules.min_notional:
+        if side is not None and average is not None:
+            _check_price_band(rules, order_price, side, average)
+    valued_at = order_price if limit or average is None else average
+    apply_min = limit or rules.apply_min_to_market
+    apply_max = limit or rules.apply_max_to_market
+    at = (
+        ""
+        if valued_at is order_price
+        else f" (at the {rules.avg_price_mins}-minute average price "
+        f"{format_amount(valued_at)} {quote})"
+    )
+    value = adjusted * valued_at
+    if apply_min and value < rules.min_notional:
         raise OrderRejected(
-            f"order value {format_value(value)} {quote} is below the minimum notional "
+            f"order value {format_value(value)} {quote}{at} is below the minimum notional "
             f"{format_amount(rules.min_notional)} {quote} for {symbol}"
         )
-    if rules.max_notional > ZERO and value > rules.max_notional:
+    if apply_max and rules.max_notional > ZERO and value > rules.max_notional:
         raise OrderRejected(
-            f"order value {format_value(value)} {quote} is above the maximum notional "
+            f"order value {format_value(value)} {quote}{at} is above the maximum notional "
             f"{format_amount(rules.max_notional)} {quote} for {symbol}"
         )
     return adjusted
 
 
 def quantity_for_quote(
-    rules: SymbolRules, quote_amount: DecimalLike, price: DecimalLike
+    rules: SymbolRules,
+    quote_amount: DecimalLike,
+    price: DecimalLike,
+    *,
+    average_price: DecimalLike | None = None,
 ) -> Decimal:
     """How much base asset ``quote_amount`` buys at ``price`` (e.g. 100 USDT of BTC),
-    rounded down so the order never costs more than the amount, then checked."""
+    rounded down so the order never costs more than the amount, then checked as a
+    market order (valued at ``average_price`` when given, see ``check_order``)."""
     amount = to_decimal(quote_amount, "amount")
     order_price = to_decimal(price, "price")
     if amount <= ZERO:
@@ -256,7 +476,7 @@ def quantity_for_quote(
     with localcontext() as context:
         context.prec = _PRECISION
         raw = amount / order_price
-    return check_order(rules, raw, order_price)
+    return check_order(rules, raw, order_price, average_price=average_price)
 
 
 def _lot(min_qty: str, max_qty: str, step: str) -> dict[str, str]:
@@ -277,16 +497,29 @@ def _price_filter(min_price: str, max_price: str, tick: str) -> dict[str, str]:
     }
 
 
-def _notional(min_notional: str, max_notional: str) -> dict[str, str]:
+def _notional(min_notional: str, max_notional: str) -> dict[str, Any]:
+    # As on Binance's spot USDT pairs: the minimum binds market orders, the maximum not.
     return {
         "filterType": FilterKind.NOTIONAL,
         "minNotional": min_notional,
+        "applyMinToMarket": True,
         "maxNotional": max_notional,
+        "applyMaxToMarket": False,
+        "avgPriceMins": 5,
     }
 
 
-def _entry(base: str, quote: str, filters: list[dict[str, str]]) -> dict[str, Any]:
-    return {"symbol": base + quote, "baseAsset": base, "quoteAsset": quote, "filters": filters}
+def _entry(base: str, quote: str, filters: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "symbol": base + quote,
+        "status": SymbolStatus.TRADING,
+        "baseAsset": base,
+        "quoteAsset": quote,
+        "orderTypes": ["LIMIT", "LIMIT_MAKER", MARKET_ORDER],
+        "isSpotTradingAllowed": True,
+        "permissionSets": [[SPOT_PERMISSION]],
+        "filters": filters,
+    }
 
 
 # Binance spot values for the sim/paper market, in exchangeInfo's own shape so they go
