@@ -22,6 +22,9 @@ BOT_METRICS = {
     "orders_failed_total": "Orders refused or rejected since the bot started.",
     "telegram_updates_total": "Telegram updates handled since the bot started.",
     "telegram_conflicts_total": "409 Conflict answers from Telegram since the bot started.",
+    "binance_weight_used": "Request weight Binance counts for this IP in the current minute.",
+    "binance_weight_budget": "Request weight per minute the bot plans to use (from exchangeInfo).",
+    "binance_ban_seconds": "Seconds left of a Binance IP ban (HTTP 418); 0 when not banned.",
 }
 
 

@@ -121,6 +121,11 @@ class MetricsWriter:
         }
         if report is not None:
             values["tick_duration_seconds"] = float(report.duration_s)
+        binance = self.engine.binance_limits()
+        if binance:
+            values["binance_weight_used"] = float(binance["binance_weight_used_1m"])
+            values["binance_weight_budget"] = float(binance["binance_weight_budget_1m"])
+            values["binance_ban_seconds"] = float(binance["binance_banned_for_s"])
         if self.telegram is not None:
             values["telegram_updates_total"] = float(self.telegram.updates_handled)
             values["telegram_conflicts_total"] = float(self.telegram.state.conflicts)

@@ -459,6 +459,14 @@ class TelegramBot:
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         await self.errors.on_error(update, context.error)
 
+    async def notify_admins(self, text: str) -> None:
+        """Tell every admin something about the bot itself (e.g. a Binance IP ban)."""
+        for admin in self.admin_ids():
+            try:
+                await self.notify(admin, text)
+            except TelegramError as error:
+                logger.warning("could not tell admin %d: %s", admin, type(error).__name__)
+
     def admin_ids(self) -> list[int]:
         ids = []
         for principal in self.guard.manifest.principals:

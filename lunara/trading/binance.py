@@ -5,7 +5,11 @@ through ``BinanceGateway.call``: it waits for the shared ``WeightLimiter``, runs
 request in a worker thread under a concurrency bound, and turns Binance's errors into
 the ``exchange`` error classes:
 
-* 429/418 → the limiter is told to hold *every* caller back for ``Retry-After``;
+* 429 → the limiter is told to hold *every* caller back for ``Retry-After``; a 418 (IP
+  ban, up to 3 days) makes every request fail fast until it ends; a 429 -1015 (one
+  account's ORDERS limit) holds back only that account's orders;
+* every reply's ``X-MBX-USED-WEIGHT-1M`` is fed to the limiter, and ``exchangeInfo``'s
+  ``rateLimits`` set its budget and each account's order limits;
 * -1021 (timestamp outside recvWindow) → the server-time offset is resynchronised and
   the request sent once more (Binance did not process it);
 * network errors and 5xx → retried with jittered exponential backoff (tenacity) for
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +35,7 @@ from requests.adapters import HTTPAdapter
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     stop_after_attempt,
     wait_exponential_jitter,
 )
@@ -42,12 +48,23 @@ from lunara.trading.exchange import (
     ExchangeError,
     ExchangeUnavailable,
     Fill,
+    IpBanned,
     OrderRefused,
+    OrdersRateLimited,
     RateLimited,
     Side,
 )
 from lunara.trading.filters import InvalidSymbolInfo, SymbolRules, format_amount, parse_symbol
-from lunara.trading.limiter import WeightLimiter, parse_retry_after
+from lunara.trading.limiter import (
+    MAX_BAN_S,
+    RateLimit,
+    RateLimitKind,
+    WeightLimiter,
+    WindowCounter,
+    parse_rate_limits,
+    parse_retry_after,
+    weight_per_minute,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +77,7 @@ class ErrorCode:
 
     TOO_MANY_REQUESTS = -1003
     UNEXPECTED_RESPONSE = -1006
+    TOO_MANY_ORDERS = -1015
     EXECUTION_STATUS_UNKNOWN = -1007
     TIMESTAMP_OUTSIDE_RECV_WINDOW = -1021
     INVALID_SIGNATURE = -1022
@@ -79,6 +97,9 @@ _UNKNOWN_OUTCOME_CODES = frozenset(
 # Statuses of an order Binance ended before filling all of it (market liquidity ran out,
 # self-trade prevention): what executed is real, the rest was never traded.
 _EXPIRED_STATUSES = frozenset({"EXPIRED", "EXPIRED_IN_MATCH"})
+NO_TRADING = "this API key may not trade: enable Spot & Margin Trading for it"
+# The quote amount of /setkeys' test order (never executed), when above the minimum.
+TEST_ORDER_QUOTE = Decimal(10)
 
 
 class Weight:
@@ -86,6 +107,7 @@ class Weight:
 
     PRICES = 4
     ORDER = 1
+    TEST_ORDER = 1
     QUERY_ORDER = 4
     ALL_ORDERS = 20
     MY_TRADES = 20
@@ -93,6 +115,37 @@ class Weight:
     EXCHANGE_INFO = 20
     SERVER_TIME = 1
     KLINES = 2
+
+
+USED_WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
+
+# The headers of the last reply each worker thread received (set by a requests hook, so
+# two requests of one client in two threads never read each other's reply).
+_last_reply = threading.local()
+
+
+def _remember_reply(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    _last_reply.headers = response.headers
+
+
+def used_weight(headers: Mapping[str, str] | None) -> float | None:
+    """``X-MBX-USED-WEIGHT-1M`` as a number; ``None`` if absent or unreadable."""
+    if not headers:
+        return None
+    raw = headers.get(USED_WEIGHT_HEADER)
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _run_keeping_headers(
+    method: Callable[..., Any], params: dict[str, Any]
+) -> tuple[Any, Mapping[str, str] | None]:
+    """Run a request in this worker thread; return its result and its reply's headers."""
+    _last_reply.headers = None
+    result = method(**params)
+    return result, _last_reply.headers
 
 
 class _ClockSkew(Exception):
@@ -142,6 +195,7 @@ class _PooledClient(Client):
         session = super()._init_session()
         for prefix in ("https://", "http://"):
             session.mount(prefix, self._adapter)
+        session.hooks["response"].append(_remember_reply)
         return session
 
     def close_connection(self) -> None:
@@ -232,6 +286,7 @@ class BinanceGateway:
         # `max_concurrency` at a time, so that many connections per host are kept.
         self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_concurrency)
         self.requests_sent = 0
+        self.order_limits: list[RateLimit] = []  # per account, from exchangeInfo
 
     def client(self, api_key: str | None = None, api_secret: str | None = None) -> Client:
         """A python-binance client for one set of keys, on the shared connection pool; no
@@ -276,7 +331,9 @@ class BinanceGateway:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._retry.attempts),
             wait=self._retry.wait,
-            retry=retry_if_exception_type(retryable),
+            # A ban or one account's order limit outlasts any retry: fail fast.
+            retry=retry_if_exception_type(retryable)
+            & retry_if_not_exception_type((IpBanned, OrdersRateLimited)),
             reraise=True,
         )
         async for attempt in retrying:
@@ -326,20 +383,36 @@ class BinanceGateway:
         async with self._slots:
             self.requests_sent += 1
             try:
-                return await asyncio.to_thread(method, **params)
+                result, headers = await asyncio.to_thread(_run_keeping_headers, method, params)
             except BinanceAPIException as error:
+                self._observe(getattr(error.response, "headers", None))
                 raise self._translate(error) from None
             except (requests.RequestException, BinanceRequestException) as error:
                 raise ExchangeUnavailable(
                     f"Binance is unreachable: {type(error).__name__}"
                 ) from None
+            self._observe(headers)
+            return result
+
+    def _observe(self, headers: Mapping[str, str] | None) -> None:
+        used = used_weight(headers)
+        if used is not None:
+            self.limiter.observe_used(used)
 
     def _translate(self, error: BinanceAPIException) -> Exception:
         status = int(error.status_code)
         code = error.code if isinstance(error.code, int) else None
         message = str(error.message or "no message")[:200]
-        if status in (429, 418) or code == ErrorCode.TOO_MANY_REQUESTS:
-            headers = getattr(error.response, "headers", None) or {}
+        headers = getattr(error.response, "headers", None) or {}
+        if status == 418:
+            ban_s = parse_retry_after(headers.get("Retry-After"), longest=MAX_BAN_S)
+            self.limiter.ban(ban_s)
+            return IpBanned(f"Binance banned this server's IP (418): {message}", ban_s)
+        if code == ErrorCode.TOO_MANY_ORDERS:
+            retry_after = parse_retry_after(headers.get("Retry-After"))
+            return OrdersRateLimited(f"Binance order limit of this account: {message}",
+                                     retry_after)  # fmt: skip
+        if status == 429 or code == ErrorCode.TOO_MANY_REQUESTS:
             retry_after = parse_retry_after(headers.get("Retry-After"))
             self.limiter.penalize(retry_after)
             return RateLimited(f"Binance rate limit ({status}): {message}", retry_after)
@@ -358,13 +431,36 @@ class BinanceGateway:
             return DuplicateOrder(f"Binance refused the order: {message}", code)
         return OrderRefused(f"Binance refused the request: {message}", code)
 
+    def apply_rate_limits(self, entries: object) -> None:
+        """``exchangeInfo.rateLimits``: the weight budget for the limiter, the ORDERS limits
+        for every account; limits Binance leaves out keep their previous values."""
+        limits = parse_rate_limits(entries)
+        per_minute = weight_per_minute(limits)
+        if per_minute is not None:
+            self.limiter.set_limit(per_minute)
+        orders = [limit for limit in limits if limit.kind == RateLimitKind.ORDERS]
+        if orders:
+            self.order_limits = orders
+
+    async def load_exchange_info(self) -> None:
+        """Read ``exchangeInfo`` now (at start) so its limits apply from the first tick."""
+        await self._refresh_rules_if_stale()
+
     async def symbol_rules(self, symbol: str) -> SymbolRules:
         """Filters from ``exchangeInfo``, fetched once for all symbols and kept an hour."""
+        await self._refresh_rules_if_stale()
+        found = self._rules.get(symbol)
+        if found is None:
+            raise TradingError(f"{symbol} is not traded on Binance")
+        return found
+
+    async def _refresh_rules_if_stale(self) -> None:
         async with self._rules_lock:
             if time.monotonic() - self._rules_loaded_at > self._rules_ttl_s:
                 info = await self.call(
                     self.public, Weight.EXCHANGE_INFO, self.public.get_exchange_info
                 )
+                self.apply_rate_limits(info.get("rateLimits"))
                 rules: dict[str, SymbolRules] = {}
                 for entry in info.get("symbols") or ():
                     try:
@@ -375,10 +471,6 @@ class BinanceGateway:
                     rules[parsed.symbol] = parsed
                 self._rules = rules
                 self._rules_loaded_at = time.monotonic()
-        found = self._rules.get(symbol)
-        if found is None:
-            raise TradingError(f"{symbol} is not traded on Binance")
-        return found
 
 
 class BinanceExchange:
@@ -387,6 +479,9 @@ class BinanceExchange:
     def __init__(self, gateway: BinanceGateway, api_key: str, api_secret: str) -> None:
         self._gateway = gateway
         self._client = gateway.client(api_key, api_secret)
+        # Binance's ORDERS limits are per account: a -1015 holds back this trader only.
+        self._orders_held_until = 0.0  # time.monotonic()
+        self._orders = WindowCounter()
 
     @property
     def name(self) -> str:
@@ -412,16 +507,51 @@ class BinanceExchange:
                 found.append(AssetBalance(str(entry.get("asset")), free, locked))
         return found
 
-    async def check_access(self) -> None:
-        """Prove the key pair signs requests and may trade spot; `CredentialsRejected` if not."""
+    async def check_access(self, symbol: str = "BTCUSDT") -> None:
+        """Prove the key pair signs requests and may trade spot; `CredentialsRejected` if not.
+
+        ``account.canTrade`` describes the account, not the key: a key created without
+        "Enable Spot & Margin Trading" reads the account fine and is refused on its first
+        order. So after the signed read, a test order (``POST /order/test``: validated
+        like an order, never executed) on ``symbol`` must be accepted too.
+        """
         account = await self._gateway.call(
             self._client, Weight.ACCOUNT, self._client.get_account, omitZeroBalances="true"
         )
         if account.get("canTrade") is False:
-            raise CredentialsRejected("this API key may not trade: enable spot trading for it")
+            raise CredentialsRejected(NO_TRADING)
+        rules = await self._gateway.symbol_rules(symbol)
+        try:
+            await self._gateway.call(
+                self._client,
+                Weight.TEST_ORDER,
+                self._client.create_test_order,
+                retry_unknown=False,
+                symbol=symbol,
+                side=Side.BUY.value,
+                type="MARKET",
+                quoteOrderQty=format_amount(max(rules.min_notional, TEST_ORDER_QUOTE)),
+            )
+        except CredentialsRejected:
+            raise CredentialsRejected(NO_TRADING) from None  # the signed read went through
+        except OrderRefused as error:
+            if error.code == ErrorCode.NEW_ORDER_REJECTED:  # "trading disabled on this account"
+                raise CredentialsRejected(f"{NO_TRADING} ({error})") from None
+            raise
 
     async def symbol_rules(self, symbol: str) -> SymbolRules:
         return await self._gateway.symbol_rules(symbol)
+
+    def _hold_orders_if_limited(self) -> None:
+        """Refuse (before sending) an order this account's ORDERS limits would refuse."""
+        self._orders.set_limits(self._gateway.order_limits)
+        wait = max(self._orders_held_until - time.monotonic(), self._orders.seconds_until_allowed())
+        if wait > 0:
+            raise OrdersRateLimited(
+                f"this account placed as many orders as Binance allows for now; "
+                f"try again in {wait:.0f} s",
+                wait,
+            )
 
     async def place_market_order(
         self, symbol: str, side: Side, quantity: Decimal, client_order_id: str
@@ -445,6 +575,26 @@ class BinanceExchange:
             if code in _UNKNOWN_OUTCOME_CODES:
                 raise ExchangeUnavailable(f"Binance could not say what became of it: {message}")
             raise OrderRefused(f"Binance refused the request: {message}", code)
+        self._hold_orders_if_limited()
+        self._orders.record()
+        try:
+            reply = await self._gateway.call(
+                self._client,
+                Weight.ORDER,
+                self._client.create_order,
+                retry_unknown=False,
+                symbol=symbol,
+                side=side.value,
+                type="MARKET",
+                quantity=format_amount(quantity),
+                newClientOrderId=client_order_id,
+                newOrderRespType="FULL",
+            )
+        except OrdersRateLimited as error:
+            self._orders_held_until = time.monotonic() + error.retry_after_s
+            logger.warning("one account hit Binance's order limit; its orders wait %.0f s",
+                           error.retry_after_s)  # fmt: skip
+            raise
         fill = parse_fill(reply, client_order_id)
         if fill is None:
             status = reply.get("status", "?")

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import aiosqlite
 
@@ -47,6 +47,7 @@ from lunara.trading.exchange import (
     Exchange,
     ExchangeBusy,
     ExchangeError,
+    IpBanned,
     RateLimited,
 )
 from lunara.trading.executor import (
@@ -81,6 +82,13 @@ INTERACTIVE_WAIT_S = 10.0
 MAX_CACHED_CLIENTS = 256
 """Traders whose Binance client (their keys, decrypted; the connections are shared) is kept
 between orders; the least recently used go first."""
+
+
+@runtime_checkable
+class AdminNotifier(Protocol):
+    """A notifier that can also reach the bot's admins (the Telegram layer's)."""
+
+    async def notify_admins(self, text: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,7 @@ class TradingEngine:
         self._notifier = notifier
         self._clock = clock
         self._binance: OrderedDict[int, tuple[float, BinanceExchange]] = OrderedDict()
+        self._bans_reported = 0
         self.settings_cache = SettingsCache(db)
         self.signals: SignalSource = signals if signals is not None else StreamingSignals()
         self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown_s)
@@ -187,6 +196,11 @@ class TradingEngine:
                 params = self.settings_cache.params_for(position.user_id)
                 state = initial_state(float(position.entry_price), params, now)
                 await self._stops.add(position.id, position.user_id, position.symbol, state)
+        if self._gateway is not None:
+            try:
+                await self._gateway.load_exchange_info()
+            except (ExchangeError, TradingError) as error:
+                logger.warning("Binance limits not read (%s); the default budget applies", error)
         await self._warm_up()
         self.started = True
         logger.info(
@@ -225,7 +239,7 @@ class TradingEngine:
             raise TradingError("live trading is not configured on this bot")
         info = await credentials.info(self._db, user_id, credentials.Exchange.BINANCE)
         if info is None:
-            raise TradingError("add your Binance API key first (/keys)")
+            raise TradingError("add your Binance API key first (/setkeys)")
         cached = self._binance.get(user_id)
         if cached is not None and cached[0] == info.updated_at:
             self._binance.move_to_end(user_id)
@@ -234,7 +248,7 @@ class TradingEngine:
             self._db, self._keyring, user_id, credentials.Exchange.BINANCE
         )
         if pair is None:
-            raise TradingError("add your Binance API key first (/keys)")
+            raise TradingError("add your Binance API key first (/setkeys)")
         exchange = BinanceExchange(self._gateway, pair.api_key, pair.api_secret)
         self._binance[user_id] = (info.updated_at, exchange)
         self._binance.move_to_end(user_id)
@@ -268,7 +282,8 @@ class TradingEngine:
         if self._gateway is None:
             raise TradingError("live trading is not configured on this bot")
         try:
-            await BinanceExchange(self._gateway, api_key, api_secret).check_access()
+            exchange = BinanceExchange(self._gateway, api_key, api_secret)
+            await exchange.check_access(self._config.symbols[0])
         except CredentialsRejected as error:
             raise TradingError(
                 f"Binance refused these keys, so I did not save them: {error}"
@@ -447,7 +462,47 @@ class TradingEngine:
             "paused_users": self.breaker.paused_users(),
             "stop_store": type(self._stops).__name__,
             "ai_enabled": self._analyst is not None and self._analyst.enabled,
+        } | self.binance_limits()
+
+    def binance_limits(self) -> dict[str, Any]:
+        """Binance's request weight as it counts it and any IP ban (for /botstatus and
+        metrics); empty when the bot does not talk to Binance."""
+        if self._gateway is None:
+            return {}
+        limiter = self._gateway.limiter
+        banned_until = limiter.banned_until
+        return {
+            "binance_weight_used_1m": limiter.used_weight,
+            "binance_weight_budget_1m": limiter.budget,
+            "binance_banned_for_s": round(limiter.banned_for_s),
+            "binance_banned_until": None
+            if banned_until is None
+            else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(banned_until)),
         }
+
+    async def report_ban_if_new(self) -> bool:
+        """Tell the admins once per Binance IP ban (418); True when a report went out."""
+        if self._gateway is None:
+            return False
+        limiter = self._gateway.limiter
+        if limiter.bans == self._bans_reported or limiter.banned_for_s <= 0:
+            return False
+        self._bans_reported = limiter.bans
+        until = self.binance_limits()["binance_banned_until"]
+        text = (
+            f"Binance banned this bot's IP address until {until} (HTTP 418, too many "
+            "requests). No Binance request is sent until then: orders, stops and /balance "
+            "fail at once. Check for another program on this IP using the API."
+        )
+        if not isinstance(self._notifier, AdminNotifier):
+            return False
+        try:
+            await self._notifier.notify_admins(text)
+        except Exception as error:
+            logger.warning("could not tell the admins of the Binance ban: %s",
+                           type(error).__name__)  # fmt: skip
+            return False
+        return True
 
 
 @contextlib.contextmanager
@@ -461,10 +516,20 @@ def _exchange_trouble() -> Iterator[None]:
         raise TradingError(
             "Binance refused your API key; check it and send /setkeys again"
         ) from None
+    except IpBanned as error:
+        raise TradingError(
+            "Binance has blocked this bot's server for "
+            f"{_minutes(error.retry_after_s)}; the admins know. Try again after that"
+        ) from None
     except (RateLimited, ExchangeBusy):
         raise TradingError("Binance asked us to slow down; try again in a minute") from None
     except ExchangeError:
         raise TradingError("Binance is not answering right now; try again in a minute") from None
+
+
+def _minutes(seconds: float) -> str:
+    minutes = max(1, round(seconds / 60))
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
 def _result(settlement: Settlement) -> OrderResult:
@@ -509,6 +574,7 @@ class EngineRunner:
                         redis_down = True
                     except Exception:
                         logger.exception("tick failed; the next one runs on schedule")
+                    await engine.report_ban_if_new()
                     next_tick = max(next_tick + self._tick_seconds, time.monotonic())
                     continue
                 await executor.checkpoint_if_due()

@@ -80,6 +80,16 @@ class RateLimited(ExchangeError):
         self.retry_after_s = retry_after_s
 
 
+class IpBanned(RateLimited):
+    """HTTP 418: Binance banned this server's IP (2 minutes to 3 days); nothing is sent
+    until the ban ends, every request fails at once instead of sleeping through it."""
+
+
+class OrdersRateLimited(RateLimited):
+    """429 -1015 "Too many new orders": one account's ORDERS limit, not the shared budget;
+    only that trader's orders are held back."""
+
+
 class ExchangeBusy(ExchangeError):
     """The shared request budget would make this caller wait longer than it accepts."""
 

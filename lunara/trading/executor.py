@@ -395,7 +395,7 @@ class Executor:
         await self.notify(
             user_id,
             f"Trading on your account is paused for {pause / 60:.0f} minutes: {reason}. "
-            "Check your keys with /keys; open positions stay recorded.",
+            "Check your keys and send them again with /setkeys; open positions stay recorded.",
         )
 
     async def notify(self, user_id: int, text: str) -> None:

@@ -6,6 +6,12 @@ answers MARKET orders with FULL responses, looks orders up by client order id or
 order id, and refuses a reused client order id (-2010 "Duplicate order sent.").
 Tests inject errors (429/418 + Retry-After, -1021 by clock skew, -2010, 5xx, stalls)
 and can make it accept an order but lose the reply, as a dying connection would.
+Rate limits as Binance applies them: every reply carries `X-MBX-USED-WEIGHT-1M` (the
+IP's weight this minute, by Binance's weight per endpoint); past `weight_limit` requests
+get 429 -1003 with Retry-After, and more 429s in the same minute an IP ban (418, 2 min
+doubling per ban up to 3 days); each account's new orders are limited per 10 s and per
+day (429 -1015). `enforce_rate_limits=False` turns the refusals off (headers stay).
+Keys in `no_trading` lack the TRADE permission: orders and `order/test` get -2015.
 Prices are set directly or follow a scripted path per symbol.
 
 Standalone: `python -m tests.fakes.binance_api --port N --account KEY:SECRET:USDT=1000`
@@ -22,7 +28,7 @@ import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any
@@ -44,11 +50,37 @@ INTERVALS_S = {
     "2h": 7200, "4h": 14400, "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400,
     "3d": 259200, "1w": 604800,
 }  # fmt: skip
-SIGNED = {"account", "account/commission", "order", "openOrders", "allOrders", "myTrades"}
+SIGNED = {"account", "account/commission", "order", "openOrders", "allOrders", "myTrades",
+          "order/test"}  # fmt: skip
 DUPLICATE = "Duplicate order sent."
 INSUFFICIENT = "Account has insufficient balance for requested action."
 DROP_STALL = "stall"  # the reply comes after the client gave up
 DROP_CLOSE = "close"  # the connection is closed with no reply
+USED_WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
+REJECTED_KEY = "Invalid API-key, IP, or permissions for action."
+ACCOUNT_CANNOT_TRADE = "This account may not place or cancel orders."
+FIRST_BAN_S = 120  # Binance: bans scale from 2 minutes ...
+LONGEST_BAN_S = 3 * 86400  # ... to 3 days
+# Request weight per endpoint (rest-api.md); parameters change some, see `request_weight`.
+ENDPOINT_WEIGHTS = {
+    "ping": 1, "time": 1, "exchangeInfo": 20, "klines": 2, "avgPrice": 2, "account": 20,
+    "allOrders": 20, "account/commission": 20, "rateLimit/order": 40,
+}  # fmt: skip
+
+
+def request_weight(method: str, endpoint: str, params: dict[str, str]) -> int:
+    """What Binance counts for one request against the IP's REQUEST_WEIGHT limit."""
+    if endpoint == "ticker/price":
+        return 2 if "symbol" in params else 4
+    if endpoint == "openOrders":
+        return 6 if "symbol" in params else 80
+    if endpoint == "myTrades":
+        return 5 if "orderId" in params else 20
+    if endpoint == "order/test":
+        return 20 if params.get("computeCommissionRates") == "true" else 1
+    if endpoint == "order":
+        return 4 if method == "GET" else 1
+    return ENDPOINT_WEIGHTS.get(endpoint, 1)
 
 
 @dataclass
@@ -97,7 +129,8 @@ class FakeBinance(BackgroundServer):
     """Start with `with FakeBinance() as bn:`; point the client at `bn.api_url`."""
 
     keys: dict[str, str] = field(default_factory=dict)  # api key -> secret
-    no_trading: set[str] = field(default_factory=set)  # api keys whose account has canTrade off
+    no_trading: set[str] = field(default_factory=set)  # api keys without the TRADE permission
+    trading_disabled: set[str] = field(default_factory=set)  # accounts with canTrade off
     prices: dict[str, Decimal] = field(default_factory=lambda: {"BTCUSDT": Decimal("50000")})
     balances: dict[str, dict[str, Decimal]] = field(default_factory=dict)
     orders: list[dict[str, Any]] = field(default_factory=list)
@@ -125,6 +158,13 @@ class FakeBinance(BackgroundServer):
     next_fill_fraction: Decimal | None = None
     next_fill_status: str = "EXPIRED"
     trades: list[dict[str, Any]] = field(default_factory=list)
+    # Rate limits (published in exchangeInfo.rateLimits, enforced unless switched off).
+    enforce_rate_limits: bool = True
+    weight_limit: int = 6000  # REQUEST_WEIGHT per minute per IP
+    orders_per_10s: int = 100  # ORDERS per account
+    orders_per_day: int = 200_000
+    bans_after_429s: int = 3  # this many 429s in one minute, and the next request is banned
+    clock: Callable[[], float] = time.time  # the rate windows' clock (tests may pin it)
 
     name = "fake-binance"
 
@@ -136,6 +176,11 @@ class FakeBinance(BackgroundServer):
         self._cursor: dict[str, int] = {}
         self._owner: dict[int, str] = {}  # orderId -> api key
         self._hidden_until: dict[int, float] = {}  # orderId -> monotonic end of the lookup lag
+        self._weight: dict[str, tuple[int, int]] = {}  # ip -> (minute, weight used)
+        self._strikes: dict[str, tuple[int, int]] = {}  # ip -> (minute, 429s answered)
+        self._banned_until: dict[str, float] = {}  # ip -> end of its ban (self.clock)
+        self._bans: dict[str, int] = {}  # ip -> bans so far (each lasts twice the last)
+        self._order_counts: dict[tuple[str, int], tuple[int, int]] = {}  # (key, s) -> (window, n)
 
     @property
     def api_url(self) -> str:
@@ -160,7 +205,7 @@ class FakeBinance(BackgroundServer):
                 self._errors[endpoint].append(
                     _Injected(
                         status, {"code": code, "msg": msg}, dict(headers or {}), stall_s, method
-                    )  # fmt: skip
+                    )
                 )
 
     def inject_rate_limit(self, endpoint: str, retry_after_s: int, *, banned: bool = False,
@@ -231,6 +276,7 @@ class FakeBinance(BackgroundServer):
     # -- HTTP ---------------------------------------------------------------------------
 
     def add_routes(self, app: web.Application) -> None:
+        app.middlewares.append(self._limits_middleware())
         app.router.add_route("*", "/api/v3/{endpoint:.*}", self._handle)
         app.router.add_post("/_control/inject", self._control_inject)
         app.router.add_post("/_control/account", self._control_account)
@@ -289,6 +335,159 @@ class FakeBinance(BackgroundServer):
 
     async def _control_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
+
+    # -- rate limits ----------------------------------------------------------------------
+
+    def rate_limits(self) -> list[dict[str, Any]]:
+        """`exchangeInfo.rateLimits` as Binance publishes them (RAW_REQUESTS not enforced)."""
+
+        def entry(kind: str, interval: str, number: int, limit: int) -> dict[str, Any]:
+            return {"rateLimitType": kind, "interval": interval, "intervalNum": number,
+                    "limit": limit}  # fmt: skip
+
+        return [
+            entry("REQUEST_WEIGHT", "MINUTE", 1, self.weight_limit),
+            entry("ORDERS", "SECOND", 10, self.orders_per_10s),
+            entry("ORDERS", "DAY", 1, self.orders_per_day),
+            entry("RAW_REQUESTS", "MINUTE", 5, 61000),
+        ]
+
+    def used_weight(self, ip: str = "127.0.0.1") -> int:
+        """The weight `ip` used in the current minute, as the header reports it."""
+        with self._lock:
+            minute, used = self._weight.get(ip, (-1, 0))
+            return used if minute == int(self.clock() // 60) else 0
+
+    def ban_ends_in(self, ip: str = "127.0.0.1") -> float:
+        """Seconds left of `ip`'s ban; 0 when not banned."""
+        with self._lock:
+            return max(0.0, self._banned_until.get(ip, 0.0) - self.clock())
+
+    def _limits_middleware(self) -> Any:
+        @web.middleware
+        async def limits(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            if not request.path.startswith("/api/v3/"):
+                return await handler(request)
+            return await self._apply_limits(request, handler)
+
+        return limits
+
+    async def _apply_limits(
+        self, request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:  # fmt: skip
+        """Count the request's weight, refuse it as Binance would, stamp the header."""
+        endpoint = request.path.removeprefix("/api/v3/")
+        raw_query = request.query_string
+        raw_body = (await request.read()).decode()  # aiohttp keeps it for the handler
+        params = dict(parse_qsl(raw_query)) | dict(parse_qsl(raw_body))
+        ip = request.remote or "?"
+        api_key = request.headers.get("X-MBX-APIKEY")
+        placing = request.method == "POST" and endpoint == "order"
+        with self._lock:
+            used = self._add_weight_locked(ip, request_weight(request.method, endpoint, params))
+            refusal = self._refusal_locked(ip, api_key if placing else None)
+            if refusal is not None:
+                self.requests.append((request.method, endpoint))
+                self.recorded.append(RecordedRequest(request.method, endpoint, params, api_key))
+        trading = endpoint in ("order", "order/test") and request.method == "POST"
+        if refusal is None and trading and api_key in self.no_trading | self.trading_disabled:
+            refusal = self._permission_refusal(request, raw_query, raw_body, api_key)
+        response = refusal if refusal is not None else await handler(request)
+        if placing and response.status == 200 and api_key is not None:
+            with self._lock:
+                self._count_order_locked(api_key, response)
+        response.headers[USED_WEIGHT_HEADER] = str(used)
+        return response
+
+    def _add_weight_locked(self, ip: str, weight: int) -> int:
+        minute = int(self.clock() // 60)
+        last, used = self._weight.get(ip, (minute, 0))
+        used = (used if last == minute else 0) + weight
+        self._weight[ip] = (minute, used)
+        return used
+
+    def _refusal_locked(self, ip: str, placing_key: str | None) -> web.Response | None:
+        if not self.enforce_rate_limits:
+            return None
+        now = self.clock()
+        banned_until = self._banned_until.get(ip, 0.0)
+        if now < banned_until:
+            return self._ban_reply(banned_until, now)
+        minute = int(now // 60)
+        if self._weight[ip][1] > self.weight_limit:
+            last, strikes = self._strikes.get(ip, (minute, 0))
+            strikes = (strikes if last == minute else 0) + 1
+            self._strikes[ip] = (minute, strikes)
+            if strikes > self.bans_after_429s:
+                bans = self._bans.get(ip, 0) + 1
+                self._bans[ip] = bans
+                self._banned_until[ip] = now + min(FIRST_BAN_S * 2 ** (bans - 1), LONGEST_BAN_S)
+                return self._ban_reply(self._banned_until[ip], now)
+            msg = (f"Too much request weight used; current limit is {self.weight_limit} request "
+                   "weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid "
+                   "polling the API.")  # fmt: skip
+            return _limit_reply(429, -1003, msg, (minute + 1) * 60 - now)
+        if placing_key is None:
+            return None
+        for interval_s, limit, name in self._order_windows():
+            window = int(now // interval_s)
+            last_window, count = self._order_counts.get((placing_key, interval_s), (window, 0))
+            if last_window == window and count >= limit:
+                msg = f"Too many new orders; current limit is {limit} orders per {name}."
+                return _limit_reply(429, -1015, msg, (window + 1) * interval_s - now)
+        return None
+
+    def _order_windows(self) -> list[tuple[int, int, str]]:
+        return [(10, self.orders_per_10s, "10 SECOND"), (86400, self.orders_per_day, "DAY")]
+
+    def _ban_reply(self, banned_until: float, now: float) -> web.Response:
+        msg = (f"Way too much request weight used; IP banned until {int(banned_until * 1000)}. "
+               "Please use WebSocket Streams for live updates to avoid bans.")  # fmt: skip
+        return _limit_reply(418, -1003, msg, banned_until - now)
+
+    def _count_order_locked(self, api_key: str, response: web.StreamResponse) -> None:
+        """A placed order counts against the account's ORDERS windows. Binance later gives
+        a filled order back; the fake does not (the stricter reading)."""
+        now = self.clock()
+        for interval_s, _, _ in self._order_windows():
+            window = int(now // interval_s)
+            last, count = self._order_counts.get((api_key, interval_s), (window, 0))
+            count = (count if last == window else 0) + 1
+            self._order_counts[(api_key, interval_s)] = (window, count)
+            label = "10S" if interval_s == 10 else "1D"
+            response.headers[f"X-MBX-ORDER-COUNT-{label}"] = str(count)
+
+    def _permission_refusal(
+        self, request: web.Request, raw_query: str, raw_body: str, api_key: str | None
+    ) -> web.Response:
+        """A key without the TRADE permission (-2015) or an account that may not trade
+        (-2010): signed correctly, still refused."""
+        try:
+            self._verify(request, raw_query, raw_body)
+        except _Refusal as refusal:
+            return web.json_response(
+                {"code": refusal.code, "msg": refusal.msg}, status=refusal.status
+            )
+        if api_key in self.no_trading:
+            return web.json_response({"code": -2015, "msg": REJECTED_KEY}, status=401)
+        return web.json_response({"code": -2010, "msg": ACCOUNT_CANNOT_TRADE}, status=400)
+
+    def _test_order(self, params: dict[str, str]) -> dict[str, Any]:
+        """`POST /order/test`: validated like an order, never executed; `{}` when valid."""
+        symbol = self._symbol(params.get("symbol"))
+        if params.get("side") not in ("BUY", "SELL"):
+            raise _Refusal(400, -1117, "Invalid side.")
+        if params.get("type") != "MARKET":
+            raise _Refusal(400, -1116, "Invalid orderType.")
+        filters = self.filters.get(symbol, SYMBOL_FILTERS)
+        with self._lock:
+            price = self.prices[symbol]
+        quantity = self._quantity(params, price, filters)
+        _check_filters(quantity, price, filters)
+        return {}
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         endpoint = request.match_info["endpoint"]
@@ -379,7 +578,7 @@ class FakeBinance(BackgroundServer):
                 wallet = dict(self.balances.get(api_key, {}))
             return {
                 "makerCommission": 10, "takerCommission": 10,
-                "canTrade": api_key not in self.no_trading,
+                "canTrade": api_key not in self.trading_disabled,
                 "canWithdraw": False, "canDeposit": True, "accountType": "SPOT",
                 "updateTime": int(time.time() * 1000), "permissions": ["SPOT"],
                 "balances": [{"asset": a, "free": str(v), "locked": "0"}
@@ -397,6 +596,8 @@ class FakeBinance(BackgroundServer):
             return self._commission(params)
         if endpoint == "openOrders":
             return []  # MARKET orders fill at once; nothing ever rests on the book
+        if endpoint == "order/test" and method == "POST":
+            return self._test_order(params)
         raise _Refusal(404, -1000, f"unknown endpoint {endpoint}")
 
     def _symbol(self, symbol: str | None) -> str:
@@ -420,7 +621,8 @@ class FakeBinance(BackgroundServer):
                 "filters": self.filters.get(name, SYMBOL_FILTERS),
             })  # fmt: skip
         return {"timezone": "UTC", "serverTime": int(time.time() * 1000) + self.skew_ms,
-                "rateLimits": [], "exchangeFilters": [], "symbols": symbols}  # fmt: skip
+                "rateLimits": self.rate_limits(), "exchangeFilters": [],
+                "symbols": symbols}  # fmt: skip
 
     def _tickers(self, params: dict[str, str]) -> Any:
         with self._lock:
@@ -633,6 +835,11 @@ def _queried(order: dict[str, Any]) -> dict[str, Any]:
 
 def _fee(amount: Decimal) -> Decimal:
     return amount.quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
+
+
+def _limit_reply(status: int, code: int, msg: str, retry_after_s: float) -> web.Response:
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+    return web.json_response({"code": code, "msg": msg}, status=status, headers=headers)
 
 
 def _check_filters(quantity: Decimal, price: Decimal, filters: list[dict[str, Any]]) -> None:
