@@ -160,7 +160,7 @@ class FakeBinance(BackgroundServer):
                 self._errors[endpoint].append(
                     _Injected(
                         status, {"code": code, "msg": msg}, dict(headers or {}), stall_s, method
-                    )  # fmt: skip
+                    )
                 )
 
     def inject_rate_limit(self, endpoint: str, retry_after_s: int, *, banned: bool = False,
