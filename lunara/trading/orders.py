@@ -70,7 +70,7 @@ RESEND_INTENT = "resend"
 # for the clocks' disagreement.
 DEFAULT_UNKNOWN_ORDER_WINDOW_S = 6.0
 NOT_PLACED = "not placed: the exchange never took it"
-# Exits of one position tried before giving up for this tick (each refused one counts).
+# Free ids probed past the expected next one before giving up (races only).
 MAX_EXIT_SEQUENCE = 1000
 NOT_PLACED_AFTER_RESTART = "not placed: the exchange has no such order (found after a restart)"
 
@@ -249,7 +249,10 @@ class OrderPath:
             )
         else:
             assert request.position_id is not None
-            intent, sequence = exit_intent(request.position_id), 0
+            # Start past every earlier exit of the position: however many were refused,
+            # the next one always finds a free id.
+            intent = exit_intent(request.position_id)
+            sequence = len(await store.orders_of_position(self._db, request.position_id))
         for offset in range(MAX_EXIT_SEQUENCE):
             order_id = client_order_id(request.user_id, intent, request.side, sequence + offset)
             if await store.get_order(self._db, order_id) is not None:
@@ -339,14 +342,9 @@ class OrderPath:
     async def _resume_exit(self, exchange: Exchange, request: OrderRequest) -> Settlement | None:
         """Settle an earlier exit of this position whose outcome was left open."""
         assert request.position_id is not None
-        for sequence in range(MAX_EXIT_SEQUENCE):
-            order_id = client_order_id(
-                request.user_id, exit_intent(request.position_id), Side.SELL, sequence
-            )
-            order = await store.get_order(self._db, order_id)
-            if order is None:
-                return None
-            order = await self._latest(order)
+        for order in await store.orders_of_position(self._db, request.position_id):
+            if order.side is not Side.SELL:
+                continue
             if order.status in OPEN_ORDER_STATUSES:
                 fill = await self._resolve(exchange, order)
                 if fill is not None:

@@ -23,7 +23,14 @@ from lunara.storage import users
 from lunara.storage.database import open_database
 from lunara.trading.binance import BinanceExchange, BinanceGateway, RetryPolicy
 from lunara.trading.limiter import WeightLimiter
-from lunara.trading.orders import OrderOutcomeUnknown, OrderPath, OrderRequest, successor_id
+from lunara.trading.orders import (
+    OrderOutcomeUnknown,
+    OrderPath,
+    OrderRequest,
+    client_order_id,
+    exit_intent,
+    successor_id,
+)
 from lunara.trading.stopstore import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
 from tests.fakes.binance_api import DROP_CLOSE, FakeBinance
@@ -255,3 +262,24 @@ async def test_an_exit_that_expires_part_filled_keeps_the_rest_open_under_its_st
 
 async def _same(exchange: BinanceExchange) -> BinanceExchange:
     return exchange
+
+
+async def test_a_position_whose_exit_was_refused_a_thousand_times_can_still_be_sold(
+    fake: FakeBinance, bot: Bot
+) -> None:
+    fake.commission_rate = Decimal(0)
+    position = await bot.buy("0.001")
+    for sequence in range(1000):  # earlier exits, each refused by the exchange
+        order_id = client_order_id(USER, exit_intent(position.id), store.OrderSide.SELL, sequence)
+        await store.record_pending_order(
+            bot.db,
+            order_id,
+            USER,
+            "BTCUSDT",
+            store.OrderSide.SELL,
+            Decimal("0.001"),
+            position_id=position.id,
+        )
+        await store.mark_order_rejected(bot.db, order_id, "Account has insufficient balance")
+    closed = await bot.sell(position)
+    assert closed.status is store.PositionStatus.CLOSED and _free(fake, "BTC") == 0
