@@ -46,7 +46,15 @@ from lunara.trading.exchange import (
     RateLimited,
     Side,
 )
-from lunara.trading.filters import InvalidSymbolInfo, SymbolRules, format_amount, parse_symbol
+from lunara.trading.filters import (
+    InvalidSymbolInfo,
+    OrderRejected,
+    SymbolRules,
+    check_order,
+    check_tradable,
+    format_amount,
+    parse_symbol,
+)
 from lunara.trading.limiter import WeightLimiter, parse_retry_after
 
 logger = logging.getLogger(__name__)
@@ -62,6 +70,7 @@ class ErrorCode:
     EXECUTION_STATUS_UNKNOWN = -1007
     TIMESTAMP_OUTSIDE_RECV_WINDOW = -1021
     INVALID_SIGNATURE = -1022
+    INVALID_MESSAGE = -1013
     NEW_ORDER_REJECTED = -2010
     NO_SUCH_ORDER = -2013
     INVALID_API_KEY = -2014
@@ -72,6 +81,8 @@ _CREDENTIAL_CODES = frozenset(
     {ErrorCode.INVALID_SIGNATURE, ErrorCode.INVALID_API_KEY, ErrorCode.REJECTED_API_KEY}
 )
 _DUPLICATE_MESSAGE = "duplicate order"
+# -1013 refusals that mean our cached exchangeInfo no longer matches Binance's.
+_STALE_RULES_MESSAGES = ("Filter failure", "Market is closed", "Market orders are not supported")
 
 
 class Weight:
@@ -84,6 +95,7 @@ class Weight:
     EXCHANGE_INFO = 20
     SERVER_TIME = 1
     KLINES = 2
+    AVERAGE_PRICE = 2
 
 
 class _ClockSkew(Exception):
@@ -328,9 +340,30 @@ class BinanceGateway:
         if status >= 500 or status == 408 or code == ErrorCode.EXECUTION_STATUS_UNKNOWN:
             # -1007 "Timeout waiting for response": the order may or may not have executed.
             return ExchangeUnavailable(f"Binance server error {status}: {message}")
+        if code == ErrorCode.INVALID_MESSAGE and message.startswith(_STALE_RULES_MESSAGES):
+            return self._refused_on_stale_rules(message)
         if _DUPLICATE_MESSAGE in message.lower():
             return DuplicateOrder(f"Binance refused the order: {message}", code)
         return OrderRefused(f"Binance refused the request: {message}", code)
+
+    def _refused_on_stale_rules(self, message: str) -> OrderRefused:
+        """Binance judged the order by rules our cache does not hold (a filter or status
+        changed within the hour): forget the cache so the next order loads
+        ``exchangeInfo`` once more. The refusal stays definite: the order is not resent."""
+        self._rules_loaded_at = float("-inf")
+        logger.info("Binance refused an order (%s); symbol rules will be reloaded", message)
+        return OrderRefused(
+            f"Binance refused the order: {message}; its current rules were reloaded, "
+            "so check the amount and try again",
+            ErrorCode.INVALID_MESSAGE,
+        )
+
+    async def average_price(self, symbol: str) -> Decimal:
+        """``GET /api/v3/avgPrice``: the price Binance values a market order at."""
+        reply = await self.call(
+            self.public, Weight.AVERAGE_PRICE, self.public.get_avg_price, symbol=symbol
+        )
+        return _decimal(reply.get("price", "0"), "average price")
 
     async def symbol_rules(self, symbol: str) -> SymbolRules:
         """Filters from ``exchangeInfo``, fetched once for all symbols and kept an hour."""
@@ -400,6 +433,7 @@ class BinanceExchange:
     async def place_market_order(
         self, symbol: str, side: Side, quantity: Decimal, client_order_id: str
     ) -> Fill:
+        await self._check_market_order(symbol, side, quantity)
         reply = await self._gateway.call(
             self._client,
             Weight.ORDER,
@@ -417,6 +451,23 @@ class BinanceExchange:
             status = reply.get("status", "?")
             raise OrderRefused(f"Binance did not fill the market order (status {status})")
         return fill
+
+    async def _check_market_order(self, symbol: str, side: Side, quantity: Decimal) -> None:
+        """Binance's filters as it applies them to a market order: valued at the average
+        price. ``OrderRejected`` (definite, never resent) if they refuse it; when the
+        average cannot be read, Binance itself judges the order."""
+        rules = await self._gateway.symbol_rules(symbol)
+        check_tradable(rules)
+        try:
+            average = await self._gateway.average_price(symbol)
+        except ExchangeError as error:
+            logger.info("no average price for %s (%s); Binance will judge the order", symbol, error)
+            return
+        accepted = check_order(rules, quantity, average, side=side, average_price=average)
+        if accepted != quantity:
+            raise OrderRejected(
+                f"quantity {format_amount(quantity)} is off the lot step of {symbol}"
+            )
 
     async def find_order(self, symbol: str, client_order_id: str) -> Fill | None:
         try:
