@@ -54,7 +54,15 @@ from lunara.trading.exchange import (
     RateLimited,
     Side,
 )
-from lunara.trading.filters import InvalidSymbolInfo, SymbolRules, format_amount, parse_symbol
+from lunara.trading.filters import (
+    InvalidSymbolInfo,
+    OrderRejected,
+    SymbolRules,
+    check_order,
+    check_tradable,
+    format_amount,
+    parse_symbol,
+)
 from lunara.trading.limiter import (
     MAX_BAN_S,
     RateLimit,
@@ -81,6 +89,7 @@ class ErrorCode:
     EXECUTION_STATUS_UNKNOWN = -1007
     TIMESTAMP_OUTSIDE_RECV_WINDOW = -1021
     INVALID_SIGNATURE = -1022
+    INVALID_MESSAGE = -1013
     NEW_ORDER_REJECTED = -2010
     NO_SUCH_ORDER = -2013
     INVALID_API_KEY = -2014
@@ -100,6 +109,8 @@ _EXPIRED_STATUSES = frozenset({"EXPIRED", "EXPIRED_IN_MATCH"})
 NO_TRADING = "this API key may not trade: enable Spot & Margin Trading for it"
 # The quote amount of /setkeys' test order (never executed), when above the minimum.
 TEST_ORDER_QUOTE = Decimal(10)
+# -1013 refusals that mean our cached exchangeInfo no longer matches Binance's.
+_STALE_RULES_MESSAGES = ("Filter failure", "Market is closed", "Market orders are not supported")
 
 
 class Weight:
@@ -115,6 +126,7 @@ class Weight:
     EXCHANGE_INFO = 20
     SERVER_TIME = 1
     KLINES = 2
+    AVERAGE_PRICE = 2
 
 
 USED_WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
@@ -427,6 +439,8 @@ class BinanceGateway:
             # "Timeout waiting for response": the order may or may not have executed,
             # whatever HTTP status carried the code.
             return ExchangeUnavailable(f"Binance server error {status}: {message}")
+        if code == ErrorCode.INVALID_MESSAGE and message.startswith(_STALE_RULES_MESSAGES):
+            return self._refused_on_stale_rules(message)
         if _DUPLICATE_MESSAGE in message.lower():
             return DuplicateOrder(f"Binance refused the order: {message}", code)
         return OrderRefused(f"Binance refused the request: {message}", code)
@@ -445,6 +459,25 @@ class BinanceGateway:
     async def load_exchange_info(self) -> None:
         """Read ``exchangeInfo`` now (at start) so its limits apply from the first tick."""
         await self._refresh_rules_if_stale()
+
+    def _refused_on_stale_rules(self, message: str) -> OrderRefused:
+        """Binance judged the order by rules our cache does not hold (a filter or status
+        changed within the hour): forget the cache so the next order loads
+        ``exchangeInfo`` once more. The refusal stays definite: the order is not resent."""
+        self._rules_loaded_at = float("-inf")
+        logger.info("Binance refused an order (%s); symbol rules will be reloaded", message)
+        return OrderRefused(
+            f"Binance refused the order: {message}; its current rules were reloaded, "
+            "so check the amount and try again",
+            ErrorCode.INVALID_MESSAGE,
+        )
+
+    async def average_price(self, symbol: str) -> Decimal:
+        """``GET /api/v3/avgPrice``: the price Binance values a market order at."""
+        reply = await self.call(
+            self.public, Weight.AVERAGE_PRICE, self.public.get_avg_price, symbol=symbol
+        )
+        return _decimal(reply.get("price", "0"), "average price")
 
     async def symbol_rules(self, symbol: str) -> SymbolRules:
         """Filters from ``exchangeInfo``, fetched once for all symbols and kept an hour."""
@@ -556,6 +589,7 @@ class BinanceExchange:
     async def place_market_order(
         self, symbol: str, side: Side, quantity: Decimal, client_order_id: str
     ) -> Fill:
+        await self._check_market_order(symbol, side, quantity)
         reply = await self._gateway.call(
             self._client,
             Weight.ORDER,
@@ -600,6 +634,23 @@ class BinanceExchange:
             status = reply.get("status", "?")
             raise OrderRefused(f"Binance did not fill the market order (status {status})")
         return fill
+
+    async def _check_market_order(self, symbol: str, side: Side, quantity: Decimal) -> None:
+        """Binance's filters as it applies them to a market order: valued at the average
+        price. ``OrderRejected`` (definite, never resent) if they refuse it; when the
+        average cannot be read, Binance itself judges the order."""
+        rules = await self._gateway.symbol_rules(symbol)
+        check_tradable(rules)
+        try:
+            average = await self._gateway.average_price(symbol)
+        except ExchangeError as error:
+            logger.info("no average price for %s (%s); Binance will judge the order", symbol, error)
+            return
+        accepted = check_order(rules, quantity, average, side=side, average_price=average)
+        if accepted != quantity:
+            raise OrderRejected(
+                f"quantity {format_amount(quantity)} is off the lot step of {symbol}"
+            )
 
     async def find_order(self, symbol: str, client_order_id: str) -> Fill | None:
         """The order by its client id, with its real commission; ``None`` if not seen.

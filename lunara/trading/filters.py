@@ -430,14 +430,14 @@ def check_order(
         _check_limit_price(rules, order_price)
         if side is not None and average is not None:
             _check_price_band(rules, order_price, side, average)
-    valued_at = order_price if limit or average is None else average
+    at_average = not limit and average is not None
+    valued_at = average if at_average and average is not None else order_price
     apply_min = limit or rules.apply_min_to_market
     apply_max = limit or rules.apply_max_to_market
     at = (
-        ""
-        if valued_at is order_price
-        else f" (at the {rules.avg_price_mins}-minute average price "
-        f"{format_amount(valued_at)} {quote})"
+        f" (at the {rules.avg_price_mins}-minute average price {format_amount(valued_at)} {quote})"
+        if at_average
+        else ""
     )
     value = adjusted * valued_at
     if apply_min and value < rules.min_notional:

@@ -41,9 +41,32 @@ from tests.fakes.http import BackgroundServer, json_body, run_standalone
 SYMBOL_FILTERS: list[dict[str, Any]] = [
     {"filterType": "PRICE_FILTER", "minPrice": "0.01", "maxPrice": "1000000", "tickSize": "0.01"},
     {"filterType": "LOT_SIZE", "minQty": "0.00001", "maxQty": "9000", "stepSize": "0.00001"},
-    {"filterType": "NOTIONAL", "minNotional": "5", "maxNotional": "9000000",
-     "applyMinToMarket": True, "applyMaxToMarket": False, "avgPriceMins": 5},
-]  # fmt: skip
+    {
+        "filterType": "NOTIONAL",
+        "minNotional": "5",
+        "maxNotional": "9000000",
+        "applyMinToMarket": True,
+        "applyMaxToMarket": False,
+        "avgPriceMins": 5,
+    },
+    {
+        "filterType": "MARKET_LOT_SIZE",
+        "minQty": "0.00000000",
+        "maxQty": "100.00000000",
+        "stepSize": "0.00000000",
+    },
+    {
+        "filterType": "PERCENT_PRICE_BY_SIDE",
+        "bidMultiplierUp": "5",
+        "bidMultiplierDown": "0.2",
+        "askMultiplierUp": "5",
+        "askMultiplierDown": "0.2",
+        "avgPriceMins": 5,
+    },
+]  # fmt: skip (as on real BTCUSDT)
+MARKET_CLOSED = "Market is closed."
+NO_MARKET_ORDERS = "Market orders are not supported for this symbol."
+NOT_PERMITTED = "This symbol is not permitted for this account."
 QUOTES = ("USDT", "FDUSD", "USDC", "BUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
 INTERVALS_S = {
     "1s": 1, "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600,
@@ -165,6 +188,10 @@ class FakeBinance(BackgroundServer):
     orders_per_day: int = 200_000
     bans_after_429s: int = 3  # this many 429s in one minute, and the next request is banned
     clock: Callable[[], float] = time.time  # the rate windows' clock (tests may pin it)
+    symbol_status: dict[str, str] = field(default_factory=dict)  # e.g. {"BTCUSDT": "BREAK"}
+    order_types: dict[str, list[str]] = field(default_factory=dict)  # per-symbol override
+    permission_sets: dict[str, list[list[str]]] = field(default_factory=dict)
+    average_prices: dict[str, Decimal] = field(default_factory=dict)  # default: current price
 
     name = "fake-binance"
 
@@ -570,6 +597,11 @@ class FakeBinance(BackgroundServer):
             return self._tickers(params)
         if endpoint == "klines":
             return self._klines(params)
+        if endpoint == "avgPrice":
+            symbol = self._symbol(params.get("symbol"))
+            with self._lock:
+                average = self._average_locked(symbol)
+            return {"mins": 5, "price": _fmt(average), "closeTime": int(time.time() * 1000)}
         if api_key is None:
             raise _Refusal(404, -1000, f"unknown endpoint {endpoint}")
         if endpoint == "account":
@@ -615,9 +647,12 @@ class FakeBinance(BackgroundServer):
         for name in wanted:
             base, quote = split_symbol(name)
             symbols.append({
-                "symbol": name, "status": "TRADING", "baseAsset": base, "quoteAsset": quote,
+                "symbol": name, "status": self.symbol_status.get(name, "TRADING"),
+                "baseAsset": base, "quoteAsset": quote,
                 "baseAssetPrecision": 8, "quoteAssetPrecision": 8,
-                "orderTypes": ["MARKET", "LIMIT"], "isSpotTradingAllowed": True,
+                "orderTypes": self.order_types.get(name, ["LIMIT", "LIMIT_MAKER", "MARKET"]),
+                "isSpotTradingAllowed": self._spot_locked(name),
+                "permissionSets": self.permission_sets.get(name, [["SPOT", "MARGIN"]]),
                 "filters": self.filters.get(name, SYMBOL_FILTERS),
             })  # fmt: skip
         return {"timezone": "UTC", "serverTime": int(time.time() * 1000) + self.skew_ms,
@@ -684,7 +719,7 @@ class FakeBinance(BackgroundServer):
                 if self.refuse_reused_client_ids:
                     raise _Refusal(400, -2010, DUPLICATE)
             quantity = self._quantity(params, price, filters)
-            _check_filters(quantity, price, filters)
+            self._check_order_rules_locked(symbol, quantity, filters)
             executed, status = quantity, "FILLED"
             if self.next_fill_fraction is not None:
                 lot = _filter(filters, "LOT_SIZE")
@@ -759,6 +794,24 @@ class FakeBinance(BackgroundServer):
             return _fee(executed * rate), base
         wallet.setdefault(quote, Decimal(0))
         return _fee(cost * rate), quote
+
+    def _average_locked(self, symbol: str) -> Decimal:
+        return self.average_prices.get(symbol, self.prices[symbol])
+
+    def _spot_locked(self, symbol: str) -> bool:
+        return any("SPOT" in s for s in self.permission_sets.get(symbol, [["SPOT"]]))
+
+    def _check_order_rules_locked(
+        self, symbol: str, quantity: Decimal, filters: list[dict[str, Any]]
+    ) -> None:
+        """What Binance checks of a MARKET order before it matches (errors.md)."""
+        if self.symbol_status.get(symbol, "TRADING") != "TRADING":
+            raise _Refusal(400, -1013, MARKET_CLOSED)
+        if "MARKET" not in self.order_types.get(symbol, ["MARKET"]):
+            raise _Refusal(400, -1013, NO_MARKET_ORDERS)
+        if not self._spot_locked(symbol):
+            raise _Refusal(400, -2010, NOT_PERMITTED)
+        _check_filters(quantity, self._average_locked(symbol), filters)
 
     @staticmethod
     def _quantity(params: dict[str, str], price: Decimal, filters: list[dict[str, Any]]) -> Decimal:
@@ -842,18 +895,35 @@ def _limit_reply(status: int, code: int, msg: str, retry_after_s: float) -> web.
     return web.json_response({"code": code, "msg": msg}, status=status, headers=headers)
 
 
-def _check_filters(quantity: Decimal, price: Decimal, filters: list[dict[str, Any]]) -> None:
-    lot = _filter(filters, "LOT_SIZE")
-    if lot is not None:
+def _check_filters(quantity: Decimal, average: Decimal, filters: list[dict[str, Any]]) -> None:
+    """A MARKET order against Binance's filters.md: LOT_SIZE and MARKET_LOT_SIZE with
+    `quantity % stepSize == 0` (a zero step is no step rule), NOTIONAL bounds only where
+    applyMin/MaxToMarket say so and MIN_NOTIONAL with applyToMarket, both valued at the
+    average price. PERCENT_PRICE_BY_SIDE judges an order's price; MARKET sends none."""
+    for kind in ("LOT_SIZE", "MARKET_LOT_SIZE"):
+        lot = _filter(filters, kind)
+        if lot is None:
+            continue
         low, high = Decimal(str(lot["minQty"])), Decimal(str(lot["maxQty"]))
         step = Decimal(str(lot["stepSize"]))
-        off_step = step > 0 and (quantity - low) % step != 0
-        if quantity < low or quantity > high or off_step:
-            raise _Refusal(400, -1013, "Filter failure: LOT_SIZE")
-    for kind in ("NOTIONAL", "MIN_NOTIONAL"):
-        rule = _filter(filters, kind)
-        if rule is not None and quantity * price < Decimal(str(rule["minNotional"])):
+        off_step = step > 0 and quantity % step != 0
+        if quantity < low or (high > 0 and quantity > high) or off_step:
             raise _Refusal(400, -1013, f"Filter failure: {kind}")
+    value = quantity * average
+    notional = _filter(filters, "NOTIONAL")
+    if notional is not None:
+        low, high = Decimal(str(notional["minNotional"])), Decimal(str(notional["maxNotional"]))
+        if (notional.get("applyMinToMarket", True) and value < low) or (
+            notional.get("applyMaxToMarket", False) and high > 0 and value > high
+        ):
+            raise _Refusal(400, -1013, "Filter failure: NOTIONAL")
+    legacy = _filter(filters, "MIN_NOTIONAL")
+    if (
+        legacy is not None
+        and legacy.get("applyToMarket", True)
+        and value < Decimal(str(legacy["minNotional"]))
+    ):
+        raise _Refusal(400, -1013, "Filter failure: MIN_NOTIONAL")
 
 
 def _symbol_list(raw: str) -> list[str]:

@@ -275,3 +275,39 @@ def test_standalone_process_prints_its_url_and_obeys_control() -> None:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_symbol_status_order_types_and_market_lot_size_refuse_as_binance(bn: FakeBinance) -> None:
+    c = client(bn)
+    info = c.get_exchange_info()["symbols"][0]
+    assert (info["status"], info["isSpotTradingAllowed"]) == ("TRADING", True)
+    assert "MARKET" in info["orderTypes"] and info["permissionSets"] == [["SPOT", "MARGIN"]]
+    cases = [
+        ({"symbol_status": {"BTCUSDT": "BREAK"}}, -1013, "Market is closed."),
+        ({"order_types": {"BTCUSDT": ["LIMIT"]}}, -1013, "Market orders are not supported"),
+        ({"permission_sets": {"BTCUSDT": [["MARGIN"]]}}, -2010, "not permitted"),
+    ]
+    for change, code, message in cases:
+        for name, value in change.items():
+            setattr(bn, name, value)
+        with pytest.raises(BinanceAPIException) as caught:
+            c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.001")
+        assert caught.value.code == code and message in caught.value.message
+        for name in change:
+            setattr(bn, name, {})
+    bn.balances[KEY]["USDT"] = Decimal(10_000_000)
+    with pytest.raises(BinanceAPIException, match="Filter failure: MARKET_LOT_SIZE"):
+        c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="100.1")
+    assert bn.orders == []
+
+
+def test_notional_judges_a_market_order_at_the_average_price(bn: FakeBinance) -> None:
+    c = client(bn)
+    bn.average_prices["BTCUSDT"] = Decimal(40000)
+    assert c.get_avg_price(symbol="BTCUSDT")["price"] == "40000.00000000"
+    # 0.00012 BTC is 6 USDT at the 50000 price but 4.80 at the 40000 average.
+    with pytest.raises(BinanceAPIException, match="Filter failure: NOTIONAL"):
+        c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.00012")
+    bn.average_prices.clear()
+    c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.00012")
+    assert len(bn.orders) == 1

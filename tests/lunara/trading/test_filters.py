@@ -286,3 +286,86 @@ def test_orders_either_pass_every_filter_or_are_rejected_with_a_reason(
         assert 0 < accepted <= quantity
         assert accepted >= min_qty
         assert accepted * price >= min_notional
+
+
+def _btc_entry(**changes: Any) -> dict[str, Any]:
+    entry = dict(EXCHANGE_INFO["symbols"][0])
+    entry["filters"] = [
+        *entry["filters"],
+        {"filterType": "MARKET_LOT_SIZE", "minQty": "0", "maxQty": "80", "stepSize": "0"},
+        {
+            "filterType": "PERCENT_PRICE_BY_SIDE",
+            "bidMultiplierUp": "1.2",
+            "bidMultiplierDown": "0.2",
+            "askMultiplierUp": "5",
+            "askMultiplierDown": "0.8",
+            "avgPriceMins": 5,
+        },
+    ]
+    return entry | changes
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"status": "BREAK"}, "not trading on the exchange right now (status BREAK)"),
+        ({"status": "HALT"}, "status HALT"),
+        ({"isSpotTradingAllowed": False}, "not open to spot trading"),
+        ({"permissionSets": [["MARGIN"], ["TRD_GRP_004"]]}, "not open to spot trading"),
+        ({"orderTypes": ["LIMIT", "LIMIT_MAKER"]}, "takes no market orders"),
+    ],
+)
+def test_symbols_binance_would_refuse_are_refused_with_the_reason(
+    changes: dict[str, Any], reason: str
+) -> None:
+    rules = parse_symbol(_btc_entry(**changes))
+    with pytest.raises(OrderRejected, match=re.escape(reason)):
+        check_order(rules, "0.001", "64000")
+
+
+def test_market_lot_size_with_zero_step_keeps_the_lot_step_and_caps_market_orders() -> None:
+    rules = parse_symbol(_btc_entry())
+    assert check_order(rules, "0.0012345", "64000") == D("0.00123")
+    with pytest.raises(OrderRejected, match="above the maximum 80 BTC for a market order"):
+        check_order(rules, "80.5", "64000")
+    assert check_order(rules, "80.5", "64000", limit=True) == D("80.5")
+
+
+def test_min_notional_of_a_market_order_uses_the_average_price() -> None:
+    rules = parse_symbol(_btc_entry())
+    assert check_order(rules, "0.0001", "64000") == D("0.0001")
+    with pytest.raises(OrderRejected, match=r"3\.20 USDT \(at the 5-minute average price 32000"):
+        check_order(rules, "0.0001", "64000", average_price="32000")
+
+
+def test_a_limit_price_must_sit_in_its_sides_percent_price_band() -> None:
+    rules = parse_symbol(_btc_entry())
+    with pytest.raises(OrderRejected, match="above 60000 USDT"):
+        check_order(rules, "1", "60000.01", limit=True, side="BUY", average_price="50000")
+    with pytest.raises(OrderRejected, match="below 40000 USDT"):
+        check_order(rules, "1", "39999.99", limit=True, side="SELL", average_price="50000")
+    assert check_order(rules, "1", "60000", limit=True, side="BUY", average_price="50000") == 1
+    # A market order sends no price, so the band does not judge it (filters.md).
+    assert check_order(rules, "1", "90000", side="BUY", average_price="50000") == 1
+
+
+@settings(max_examples=200)
+@given(
+    lot_step=steps,
+    market_step=st.sampled_from([D(0), D("0.1"), D("0.001"), D(5)]),
+    quantity=quantities,
+)
+def test_market_quantities_are_multiples_of_both_steps(
+    lot_step: Decimal, market_step: Decimal, quantity: Decimal
+) -> None:
+    rules = SymbolRules(
+        "XUSDT", "X", "USDT", D(0), D(0), lot_step, D(0), D(0), D(0), D(0), D(0),
+        market_step_size=market_step,
+    )  # fmt: skip
+    try:
+        accepted = check_order(rules, quantity, "1")
+    except OrderRejected as rejection:
+        assert "below the minimum" in rejection.reason
+    else:
+        assert accepted % lot_step == 0 and 0 < accepted <= quantity
+        assert market_step == 0 or accepted % market_step == 0
