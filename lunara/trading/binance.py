@@ -513,8 +513,8 @@ class BinanceExchange:
         self._gateway = gateway
         self._client = gateway.client(api_key, api_secret)
         # Binance's ORDERS limits are per account: a -1015 holds back this trader only.
-        self._orders_held_until = 0.0  # time.monotonic()
-        self._orders = WindowCounter()
+        self._orders_held_until = 0.0  # on the limiter's (monotonic) clock
+        self._orders = WindowCounter(gateway.limiter.wall)
 
     @property
     def name(self) -> str:
@@ -578,7 +578,8 @@ class BinanceExchange:
     def _hold_orders_if_limited(self) -> None:
         """Refuse (before sending) an order this account's ORDERS limits would refuse."""
         self._orders.set_limits(self._gateway.order_limits)
-        wait = max(self._orders_held_until - time.monotonic(), self._orders.seconds_until_allowed())
+        held_s = self._orders_held_until - self._gateway.limiter.clock()
+        wait = max(held_s, self._orders.seconds_until_allowed())
         if wait > 0:
             raise OrdersRateLimited(
                 f"this account placed as many orders as Binance allows for now; "
@@ -625,7 +626,7 @@ class BinanceExchange:
                 newOrderRespType="FULL",
             )
         except OrdersRateLimited as error:
-            self._orders_held_until = time.monotonic() + error.retry_after_s
+            self._orders_held_until = self._gateway.limiter.clock() + error.retry_after_s
             logger.warning("one account hit Binance's order limit; its orders wait %.0f s",
                            error.retry_after_s)  # fmt: skip
             raise

@@ -117,7 +117,7 @@ class WindowCounter:
     intervals at once; one trader's ORDERS limits are kept with it."""
 
     def __init__(self, wall: Clock = time.time) -> None:
-        self._wall = wall
+        self.wall = wall
         self._limits: list[RateLimit] = []
         self._counts: dict[int, tuple[int, int]] = {}  # interval_s -> (window index, count)
 
@@ -126,7 +126,7 @@ class WindowCounter:
 
     def seconds_until_allowed(self) -> float:
         """0 when one more event fits every window; else how long until it does."""
-        now = self._wall()
+        now = self.wall()
         wait = 0.0
         for limit in self._limits:
             window, count = self._counts.get(limit.interval_s, (-1, 0))
@@ -135,7 +135,7 @@ class WindowCounter:
         return wait
 
     def record(self) -> None:
-        now = self._wall()
+        now = self.wall()
         for limit in self._limits:
             index = int(now // limit.interval_s)
             window, count = self._counts.get(limit.interval_s, (index, 0))
@@ -157,8 +157,8 @@ class WeightLimiter:
             raise ValueError("weight_per_minute must be positive")
         self._bucket = AsyncLimiter(weight_per_minute, 60.0)
         self._capacity = weight_per_minute
-        self._clock = clock
-        self._wall = wall
+        self.clock = clock
+        self.wall = wall
         self._sleep = sleep
         self._blocked_until = 0.0
         self._banned_until = 0.0
@@ -209,34 +209,34 @@ class WeightLimiter:
         self._used, self._used_minute = used, minute
 
     def _minute(self) -> int:
-        return int(self._wall() // 60)
+        return int(self.wall() // 60)
 
     def _window_wait_s(self, amount: float) -> float:
         if self.used_weight + amount <= self._capacity:
             return 0.0
-        return 60.0 - self._wall() % 60 + WINDOW_SLACK_S
+        return 60.0 - self.wall() % 60 + WINDOW_SLACK_S
 
     @property
     def banned_for_s(self) -> float:
         """How long Binance's 418 ban still runs; 0 when not banned."""
-        return max(0.0, self._banned_until - self._clock())
+        return max(0.0, self._banned_until - self.clock())
 
     @property
     def banned_until(self) -> float | None:
         """When the ban ends (Unix time), ``None`` when not banned."""
         remaining = self.banned_for_s
-        return None if remaining <= 0 else self._wall() + remaining
+        return None if remaining <= 0 else self.wall() + remaining
 
     def ban(self, retry_after_s: float) -> None:
         """A 418: no request is sent for ``retry_after_s``; logged once per ban."""
-        until = self._clock() + max(0.0, retry_after_s)
+        until = self.clock() + max(0.0, retry_after_s)
         if until <= self._banned_until:
             return
         was_banned = self.banned_for_s > 0
         self._banned_until = until
         if not was_banned:
             self.bans += 1
-            ends = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self._wall() + retry_after_s))
+            ends = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.wall() + retry_after_s))
             logger.warning("Binance banned this server's IP for %.0f s (until %s): every "
                            "Binance request fails until then", retry_after_s, ends)  # fmt: skip
 
@@ -252,11 +252,11 @@ class WeightLimiter:
     @property
     def blocked_for_s(self) -> float:
         """How long callers will be held back from now; 0 when requests may flow."""
-        return max(0.0, self._blocked_until - self._clock())
+        return max(0.0, self._blocked_until - self.clock())
 
     def penalize(self, retry_after_s: float) -> None:
         """Hold every caller back for ``retry_after_s`` (never shortens a longer block)."""
-        until = self._clock() + max(0.0, retry_after_s)
+        until = self.clock() + max(0.0, retry_after_s)
         if until > self._blocked_until:
             self._blocked_until = until
         self.penalties += 1
@@ -282,7 +282,7 @@ class WeightLimiter:
         if max_wait_s is not None and self.expected_wait_s(weight) > max_wait_s:
             raise ExchangeBusy("Binance's request budget is used up for now")
         while True:
-            remaining = self._blocked_until - self._clock()
+            remaining = self._blocked_until - self.clock()
             if remaining <= 0:
                 break
             self.waited_s += remaining

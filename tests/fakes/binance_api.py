@@ -422,6 +422,9 @@ class FakeBinance(BackgroundServer):
         trading = endpoint in ("order", "order/test") and request.method == "POST"
         if refusal is None and trading and api_key in self.no_trading | self.trading_disabled:
             refusal = self._permission_refusal(request, raw_query, raw_body, api_key)
+            with self._lock:
+                self.requests.append((request.method, endpoint))
+                self.recorded.append(RecordedRequest(request.method, endpoint, params, api_key))
         response = refusal if refusal is not None else await handler(request)
         if placing and response.status == 200 and api_key is not None:
             with self._lock:
