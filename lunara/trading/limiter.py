@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 # Binance spot: 6,000 weight per minute per IP. Until exchangeInfo says, stay well inside it.
 DEFAULT_WEIGHT_PER_MINUTE = 3000.0
+# Binance spot's published REQUEST_WEIGHT per minute, assumed for Binance's own count
+# until exchangeInfo has been read.
+ASSUMED_BINANCE_LIMIT = 6000.0
 # The share of Binance's published limit the bot plans to use (the rest is headroom for
 # in-flight requests and anything else on this IP).
 SAFETY_MARGIN = 0.8
@@ -203,16 +206,26 @@ class WeightLimiter:
         if used < 0 or used != used:
             return
         minute = self._minute()
-        if used > self._capacity and (minute != self._used_minute or self._used <= self._capacity):
+        limit = self.window_limit
+        if used > limit and (minute != self._used_minute or self._used <= limit):
             logger.warning("Binance counts %.0f request weight this minute, over our budget "
-                           "of %.0f: requests wait for the next minute", used, self._capacity)  # fmt: skip
+                           "of %.0f: requests wait for the next minute", used, limit)  # fmt: skip
         self._used, self._used_minute = used, minute
 
     def _minute(self) -> int:
         return int(self.wall() // 60)
 
+    @property
+    def window_limit(self) -> float:
+        """How far Binance's own count may go this minute: the margin of its published
+        limit (of the usual 6,000 before exchangeInfo was read). Our bucket paces what we
+        send; this bounds what Binance counted, other processes and earlier lives of this
+        bot included, so a restart after a busy minute is not held back by the start-up
+        budget alone."""
+        return max(self._capacity, (self.binance_limit or ASSUMED_BINANCE_LIMIT) * SAFETY_MARGIN)
+
     def _window_wait_s(self, amount: float) -> float:
-        if self.used_weight + amount <= self._capacity:
+        if self.used_weight + amount <= self.window_limit:
             return 0.0
         return 60.0 - self.wall() % 60 + WINDOW_SLACK_S
 

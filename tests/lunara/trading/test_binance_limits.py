@@ -132,12 +132,27 @@ async def test_binance_counting_more_than_we_sent_holds_requests_until_the_next_
     clock: FakeClock,
 ) -> None:
     limiter = _limiter(clock, 100)
+    limiter.set_limit(125)  # Binance publishes 125 a minute: 100 planned, 100 counted at most
     await limiter.acquire(10)
     assert limiter.used_weight == 10 and clock.slept == []
     limiter.observe_used(95)  # Binance counted more: another program on this IP
     await limiter.acquire(10)
     assert clock.slept == [pytest.approx(40 + 1)]  # to the minute's end, plus slack
     assert limiter.used_weight == 10  # a new minute: only this request
+
+
+async def test_a_restart_after_a_busy_minute_is_held_only_past_binances_limit(
+    clock: FakeClock,
+) -> None:
+    # Before exchangeInfo is read the bot plans the start-up budget, but Binance's own
+    # count (earlier lives of the bot included) is judged against Binance's usual limit.
+    limiter = _limiter(clock, 100)
+    limiter.observe_used(3300)
+    await limiter.acquire(10)
+    assert clock.slept == []
+    limiter.observe_used(4795)
+    await limiter.acquire(10)
+    assert clock.slept == [pytest.approx(40 + 1)]
 
 
 async def test_a_ban_fails_every_request_at_once_until_it_ends(clock: FakeClock) -> None:

@@ -432,9 +432,14 @@ def fake_binance() -> Iterator[ObservedBinance]:
     # Friendly on fees only: the ledger checks below pair each exit with the quantity its
     # entry bought, which a commission in the base asset would make differ (the fee path
     # has its own tests in test_order_fidelity.py). Lookup lag and reused ids stay strict.
+    # The weight limit is published ten times Binance's: this test packs dozens of bot
+    # starts (each reading exchangeInfo and resolving its orders) into a minute or two,
+    # which a real deployment never does; the limits have their own tests
+    # (test_binance_limits.py), and the bot still obeys whatever limit is published.
     fake = ObservedBinance(
         prices={symbol: as_price(p) for symbol, p in START_PRICES.items()},
         commission_rate=Decimal(0),
+        weight_limit=60_000,
     )
     for user_id in TRADERS:
         fake.add_account(api_key(user_id), api_secret(user_id), USDT="1000000")
