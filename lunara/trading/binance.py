@@ -591,25 +591,6 @@ class BinanceExchange:
         self, symbol: str, side: Side, quantity: Decimal, client_order_id: str
     ) -> Fill:
         await self._check_market_order(symbol, side, quantity)
-        reply = await self._gateway.call(
-            self._client,
-            Weight.ORDER,
-            self._client.create_order,
-            retry_unknown=False,
-            symbol=symbol,
-            side=side.value,
-            type="MARKET",
-            quantity=format_amount(quantity),
-            newClientOrderId=client_order_id,
-            newOrderRespType="FULL",
-        )
-        if "code" in reply and "orderId" not in reply:
-            # An error body under a 2xx status: python-binance hands it back as a reply.
-            code = reply.get("code")
-            message = str(reply.get("msg") or "no message")[:200]
-            if code in _UNKNOWN_OUTCOME_CODES:
-                raise ExchangeUnavailable(f"Binance could not say what became of it: {message}")
-            raise OrderRefused(f"Binance refused the request: {message}", code)
         self._hold_orders_if_limited()
         self._orders.record()
         try:
@@ -630,6 +611,13 @@ class BinanceExchange:
             logger.warning("one account hit Binance's order limit; its orders wait %.0f s",
                            error.retry_after_s)  # fmt: skip
             raise
+        if "code" in reply and "orderId" not in reply:
+            # An error body under a 2xx status: python-binance hands it back as a reply.
+            code = reply.get("code")
+            message = str(reply.get("msg") or "no message")[:200]
+            if code in _UNKNOWN_OUTCOME_CODES:
+                raise ExchangeUnavailable(f"Binance could not say what became of it: {message}")
+            raise OrderRefused(f"Binance refused the request: {message}", code)
         fill = parse_fill(reply, client_order_id)
         if fill is None:
             status = reply.get("status", "?")
