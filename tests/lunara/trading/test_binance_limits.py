@@ -273,11 +273,13 @@ async def test_one_accounts_order_limit_holds_back_that_account_only(
     await busy.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "busy-1")
     with pytest.raises(OrdersRateLimited) as limited:
         await busy.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "busy-2")
-    assert limited.value.retry_after_s == 10
-    assert fake.count("POST", "order") == 2  # not retried into the limit
+    assert 0 < limited.value.retry_after_s <= 10
+    # The order check read exchangeInfo, so its published ORDERS limit held the second
+    # order back before Binance had to refuse it; never retried into the limit.
+    assert fake.count("POST", "order") == 1
     with pytest.raises(OrdersRateLimited):
         await busy.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "busy-3")
-    assert fake.count("POST", "order") == 2  # held back before sending
+    assert fake.count("POST", "order") == 1  # held back before sending
     assert gateway.limiter.blocked_for_s == 0  # the shared budget was not touched
     fill = await calm.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "calm-1")
     assert fill.quantity == Decimal("0.001")
