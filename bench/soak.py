@@ -1155,12 +1155,18 @@ def check_orders(data: Collected) -> Verdict:
         (owner.get(str(o["clientOrderId"])), o["symbol"], o["side"], Decimal(o["executedQty"]))
         for o in data.orders
     )
+    # Each exchange order must be a filled order of some position. A position holds what
+    # its buy executed less a commission in the base asset, and an exit can be partial,
+    # so orders are matched by the executed quantity their ledger row records, and the
+    # position by its id.
+    positions = {position["id"]: position for position in data.positions}
     accounted: Counter[tuple[Any, ...]] = Counter()
-    for position in data.positions:
-        quantity = Decimal(position["quantity"])
-        accounted[(position["user_id"], position["symbol"], "BUY", quantity)] += 1
-        if position["status"] == "closed" and position["exit_client_order_id"]:
-            accounted[(position["user_id"], position["symbol"], "SELL", quantity)] += 1
+    for row in data.ledger_orders.values():
+        position = positions.get(row["position_id"])
+        if row["status"] != "filled" or position is None:
+            continue
+        key = (position["user_id"], position["symbol"], row["side"], Decimal(row["quantity"]))
+        accounted[key] += 1
     extra = exchange - accounted
     buys = Counter(owner.get(str(o["clientOrderId"])) for o in data.orders if o["side"] == "BUY")
     commands = Counter(p.user_id for p in data.pushed if p.kind == "buy")
