@@ -431,7 +431,8 @@ class BinanceMarket:
         gap = None if newest is None else (cutoff - newest.open_time) // interval_ms - 1
         try:
             if newest is None or gap is None or gap > self._history_limit:
-                rows = await self._klines(symbol, limit=self._history_limit)
+                # One more than kept: Binance's last one is still open.
+                rows = await self._klines(symbol, limit=min(self._history_limit + 1, MAX_KLINES))
                 window = self._candles[symbol] = CandleWindow(self._history_limit)
             else:
                 rows = await self._klines(
