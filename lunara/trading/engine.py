@@ -300,26 +300,27 @@ class TradingEngine:
     async def _check_listed(self, symbol: str) -> None:
         """On Binance, ``symbol`` must be one ``exchangeInfo`` lists (a configured symbol
         is checked at start, unless Binance could not be read then)."""
-        await self.check_symbols((symbol,))
+        with _exchange_trouble():
+            _refuse_unlisted(await self._unlisted((symbol,)))
 
     async def check_symbols(self, symbols: Sequence[str]) -> None:
         """``TradingError`` naming every symbol the exchange does not list. Without Binance
         (the simulator, a replay) every well-formed symbol has a market."""
-        if self._gateway is None or not symbols:
-            return
         try:
-            listed = await self._gateway.listed_symbols()
-        except ExchangeError:
+            with _exchange_trouble():
+                unlisted = await self._unlisted(symbols)
+        except TradingError as error:
             raise TradingError(
-                "I could not check the symbols with Binance just now; try again in a minute"
+                f"I could not check the symbols with Binance, so nothing was changed: "
+                f"{error.message}"
             ) from None
-        unknown = [symbol for symbol in dict.fromkeys(symbols) if symbol not in listed]
-        if unknown:
-            names = ", ".join(symbol[:20] for symbol in unknown)
-            raise TradingError(
-                f"Binance does not list {names}; check the spelling (base and quote "
-                "asset together, e.g. BTCUSDT)"
-            )
+        _refuse_unlisted(unlisted)
+
+    async def _unlisted(self, symbols: Sequence[str]) -> list[str]:
+        if self._gateway is None or not symbols:
+            return []
+        listed = await self._gateway.listed_symbols()
+        return [symbol for symbol in dict.fromkeys(symbols) if symbol not in listed]
 
     async def validate_keys(self, api_key: str, api_secret: str) -> None:
         """Live mode: a signed account request with the new pair, before anything is stored."""
@@ -573,6 +574,15 @@ def _exchange_trouble() -> Iterator[None]:
         raise TradingError("Binance asked us to slow down; try again in a minute") from None
     except ExchangeError:
         raise TradingError("Binance is not answering right now; try again in a minute") from None
+
+
+def _refuse_unlisted(unlisted: Sequence[str]) -> None:
+    if unlisted:
+        names = ", ".join(symbol[:20] for symbol in unlisted)
+        raise TradingError(
+            f"Binance does not list {names}; check the spelling (base and quote asset "
+            "together, e.g. BTCUSDT)"
+        )
 
 
 def _minutes(seconds: float) -> str:
