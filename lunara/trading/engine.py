@@ -220,7 +220,7 @@ class TradingEngine:
         name must not cost the others their trading. (``exchangeInfo`` unreadable at
         start: the list stays as configured; the tick leaves a bad symbol out then.)"""
         unlisted = [symbol for symbol in self._config.symbols if symbol not in listed]
-        if not unlisted:
+        if not unlisted or not listed:  # none listed at all: a broken reply, not typos
             return
         self._symbols = tuple(symbol for symbol in self._config.symbols if symbol in listed)
         self.executor.use_symbols(self._symbols)
@@ -451,7 +451,8 @@ class TradingEngine:
         user = await self._require_user(user_id)
         name = self._check_symbol(symbol)
         await self._check_listed(name)
-        candles = await self._market.history(name, ANALYSIS_CANDLES)
+        with _exchange_trouble():
+            candles = await self._market.history(name, ANALYSIS_CANDLES)
         if not candles:
             raise TradingError(f"no market history for {name} yet; try again in a minute")
         try:

@@ -14,6 +14,7 @@ the wall clock, which keeps it deterministic.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -383,11 +384,11 @@ class BinanceMarket:
     async def tick(self, symbols: Sequence[str], now: float) -> MarketTick:
         await self._recheck_unknown_if_due()
         prices = await self.prices(symbols)
-        closed: dict[str, list[Candle]] = {}
-        for symbol in sorted(prices):
-            candles = await self._new_closed(symbol, now)
-            if candles:
-                closed[symbol] = candles
+        # Side by side (within the gateway's concurrency bound): at a minute's close every
+        # symbol in use reads its new kline, and the stops wait for this tick to return.
+        in_use = sorted(prices)
+        fresh = await asyncio.gather(*(self._new_closed(symbol, now) for symbol in in_use))
+        closed = {symbol: candles for symbol, candles in zip(in_use, fresh, strict=True) if candles}
         return MarketTick(now, prices, closed, unknown=frozenset(self._unknown))
 
     async def _new_closed(self, symbol: str, now: float) -> list[Candle]:
