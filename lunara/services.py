@@ -8,6 +8,7 @@ exchange.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -76,6 +77,11 @@ class TradingService(Protocol):
 
     async def validate_keys(self, api_key: str, api_secret: str) -> None:
         """Live mode: `TradingError` unless the exchange accepts the key pair for trading."""
+
+    async def check_symbols(self, symbols: Sequence[str]) -> None:
+        """`TradingError` naming each symbol the exchange does not list (before a trader's
+        settings take them: one unknown name would make the exchange refuse a whole
+        batched price request)."""
 
     async def balances(self, user_id: int) -> list[AssetBalance]: ...
 

@@ -225,6 +225,12 @@ async def settings_command(ctx: CommandContext) -> None:
     try:
         if ctx.arguments:
             changes = parse_pairs(ctx.arguments)
+            if "symbols" in changes:
+                # Before they are saved: one symbol Binance does not know would make it
+                # refuse every price request that carries it.
+                symbols = user_settings.parse_setting("symbols", changes["symbols"])
+                if isinstance(symbols, tuple):
+                    await ctx.deps.trading.check_symbols(symbols)
             current = await user_settings.update(ctx.deps.db, ctx.user_id, changes)
         else:
             current = await user_settings.get(ctx.deps.db, ctx.user_id)

@@ -88,6 +88,7 @@ class ErrorCode:
     TOO_MANY_ORDERS = -1015
     EXECUTION_STATUS_UNKNOWN = -1007
     TIMESTAMP_OUTSIDE_RECV_WINDOW = -1021
+    INVALID_SYMBOL = -1121
     INVALID_SIGNATURE = -1022
     INVALID_MESSAGE = -1013
     NEW_ORDER_REJECTED = -2010
@@ -299,6 +300,8 @@ class BinanceGateway:
         self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_concurrency)
         self.requests_sent = 0
         self.order_limits: list[RateLimit] = []  # per account, from exchangeInfo
+        self._listed: frozenset[str] = frozenset()  # every symbol exchangeInfo names
+        self.listing_version = 0  # counts exchangeInfo reads (a market re-checks on a change)
 
     def client(self, api_key: str | None = None, api_secret: str | None = None) -> Client:
         """A python-binance client for one set of keys, on the shared connection pool; no
@@ -495,7 +498,10 @@ class BinanceGateway:
                 )
                 self.apply_rate_limits(info.get("rateLimits"))
                 rules: dict[str, SymbolRules] = {}
+                listed: set[str] = set()
                 for entry in info.get("symbols") or ():
+                    if isinstance(entry, Mapping) and isinstance(entry.get("symbol"), str):
+                        listed.add(entry["symbol"])
                     try:
                         parsed = parse_symbol(entry)
                     except InvalidSymbolInfo as error:
@@ -503,7 +509,21 @@ class BinanceGateway:
                         continue
                     rules[parsed.symbol] = parsed
                 self._rules = rules
+                self._listed = frozenset(listed)
+                self.listing_version += 1
                 self._rules_loaded_at = time.monotonic()
+
+    async def listed_symbols(self) -> frozenset[str]:
+        """Every symbol ``exchangeInfo`` names (read at most once per ``rules_ttl_s``):
+        what ``ticker/price`` and ``klines`` accept; any other name makes Binance refuse
+        the whole request with -1121 "Invalid symbol."."""
+        await self._refresh_rules_if_stale()
+        return self._listed
+
+    def listed_now(self) -> frozenset[str]:
+        """The symbols of the last ``exchangeInfo`` read, without reading it (empty
+        before the first read)."""
+        return self._listed
 
 
 class BinanceExchange:

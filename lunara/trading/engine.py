@@ -145,6 +145,7 @@ class TradingEngine:
         self._notifier = notifier
         self._clock = clock
         self._binance: OrderedDict[int, tuple[float, BinanceExchange]] = OrderedDict()
+        self._symbols = config.symbols  # the configured ones Binance lists (see start)
         self._bans_reported = 0
         self.settings_cache = SettingsCache(db)
         self.signals: SignalSource = signals if signals is not None else StreamingSignals()
@@ -201,6 +202,8 @@ class TradingEngine:
                 await self._gateway.load_exchange_info()
             except (ExchangeError, TradingError) as error:
                 logger.warning("Binance limits not read (%s); the default budget applies", error)
+            else:
+                self._leave_out_unlisted(self._gateway.listed_now())
         await self._warm_up()
         self.started = True
         logger.info(
@@ -210,8 +213,26 @@ class TradingEngine:
             len(open_positions),
         )
 
+    def _leave_out_unlisted(self, listed: frozenset[str]) -> None:
+        """A configured symbol Binance does not list (a typo in ``LUNARA_SYMBOLS``, a
+        delisting) is left out and named in the log, rather than refusing to start: a
+        bot that does not start runs no stop for anyone's open positions, and one bad
+        name must not cost the others their trading. (``exchangeInfo`` unreadable at
+        start: the list stays as configured; the tick leaves a bad symbol out then.)"""
+        unlisted = [symbol for symbol in self._config.symbols if symbol not in listed]
+        if not unlisted or not listed:  # none listed at all: a broken reply, not typos
+            return
+        self._symbols = tuple(symbol for symbol in self._config.symbols if symbol in listed)
+        self.executor.use_symbols(self._symbols)
+        logger.error(
+            "LUNARA_SYMBOLS names %s, which Binance does not list; left out (fix the "
+            "setting): the bot trades %s",
+            ", ".join(unlisted),
+            ", ".join(self._symbols) or "no symbol until it is fixed",
+        )
+
     async def _warm_up(self) -> None:
-        for symbol in self._config.symbols:
+        for symbol in self._symbols:
             try:
                 candles = await self._market.history(symbol, ANALYSIS_CANDLES)
             except Exception as error:
@@ -268,12 +289,38 @@ class TradingEngine:
 
     def _check_symbol(self, symbol: str) -> str:
         name = symbol.strip().upper()
-        if name not in self._config.symbols:
+        if not self._symbols:
+            raise TradingError("this bot trades no symbol: ask an admin to fix LUNARA_SYMBOLS")
+        if name not in self._symbols:
             raise TradingError(
-                f"{name[:20]} is not traded by this bot; choose one of "
-                + ", ".join(self._config.symbols)
+                f"{name[:20]} is not traded by this bot; choose one of " + ", ".join(self._symbols)
             )
         return name
+
+    async def _check_listed(self, symbol: str) -> None:
+        """On Binance, ``symbol`` must be one ``exchangeInfo`` lists (a configured symbol
+        is checked at start, unless Binance could not be read then)."""
+        with _exchange_trouble():
+            _refuse_unlisted(await self._unlisted((symbol,)))
+
+    async def check_symbols(self, symbols: Sequence[str]) -> None:
+        """``TradingError`` naming every symbol the exchange does not list. Without Binance
+        (the simulator, a replay) every well-formed symbol has a market."""
+        try:
+            with _exchange_trouble():
+                unlisted = await self._unlisted(symbols)
+        except TradingError as error:
+            raise TradingError(
+                f"I could not check the symbols with Binance, so nothing was changed: "
+                f"{error.message}"
+            ) from None
+        _refuse_unlisted(unlisted)
+
+    async def _unlisted(self, symbols: Sequence[str]) -> list[str]:
+        if self._gateway is None or not symbols:
+            return []
+        listed = await self._gateway.listed_symbols()
+        return [symbol for symbol in dict.fromkeys(symbols) if symbol not in listed]
 
     async def validate_keys(self, api_key: str, api_secret: str) -> None:
         """Live mode: a signed account request with the new pair, before anything is stored."""
@@ -283,7 +330,7 @@ class TradingEngine:
             raise TradingError("live trading is not configured on this bot")
         try:
             exchange = BinanceExchange(self._gateway, api_key, api_secret)
-            await exchange.check_access(self._config.symbols[0])
+            await exchange.check_access((self._symbols or self._config.symbols)[0])
         except CredentialsRejected as error:
             raise TradingError(
                 f"Binance refused these keys, so I did not save them: {error}"
@@ -341,6 +388,7 @@ class TradingEngine:
     ) -> OrderResult:
         user = await self._require_user(user_id)
         name = self._check_symbol(symbol)
+        await self._check_listed(name)
         if await user_settings.is_trading_paused(self._db):
             raise TradingPaused("trading is paused by an admin; try again later")
         if not self.breaker.allows(user_id):
@@ -402,7 +450,9 @@ class TradingEngine:
     async def analyze(self, user_id: int, symbol: str, with_ai: bool) -> AnalysisView:
         user = await self._require_user(user_id)
         name = self._check_symbol(symbol)
-        candles = await self._market.history(name, ANALYSIS_CANDLES)
+        await self._check_listed(name)
+        with _exchange_trouble():
+            candles = await self._market.history(name, ANALYSIS_CANDLES)
         if not candles:
             raise TradingError(f"no market history for {name} yet; try again in a minute")
         try:
@@ -525,6 +575,15 @@ def _exchange_trouble() -> Iterator[None]:
         raise TradingError("Binance asked us to slow down; try again in a minute") from None
     except ExchangeError:
         raise TradingError("Binance is not answering right now; try again in a minute") from None
+
+
+def _refuse_unlisted(unlisted: Sequence[str]) -> None:
+    if unlisted:
+        names = ", ".join(symbol[:20] for symbol in unlisted)
+        raise TradingError(
+            f"Binance does not list {names}; check the spelling (base and quote asset "
+            "together, e.g. BTCUSDT)"
+        )
 
 
 def _minutes(seconds: float) -> str:

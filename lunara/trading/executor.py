@@ -20,6 +20,7 @@ because a stop that does not sell is the one thing worse than a paused bot.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -261,6 +262,13 @@ class Executor:
         self._last_recovery = time.monotonic()
         self.last_report: TickReport | None = None
         self.ticks = 0
+        self._unknown_seen: frozenset[str] = frozenset()
+        self._unknown_told: set[tuple[int, str]] = set()  # (trader, symbol) told once
+
+    def use_symbols(self, symbols: tuple[str, ...]) -> None:
+        """The bot's symbols for auto-traders without their own list (the engine leaves
+        out the configured ones the exchange does not list)."""
+        self._config = dataclasses.replace(self._config, symbols=symbols)
 
     # The tick
 
@@ -275,6 +283,7 @@ class Executor:
         symbols = self._symbols_needed(self._stops.symbols())
         report.symbols = len(symbols)
         market = await self._market.tick(symbols, now)
+        await self._tell_about_unknown(market.unknown)
         self._feed_signals(market)
         float_prices = {symbol: float(price) for symbol, price in market.prices.items()}
         advanced = await self._stops.advance_all(
@@ -303,6 +312,42 @@ class Executor:
         for settings in self._settings.auto_traders():
             needed.update(settings.symbols or self._config.symbols)
         return sorted(needed)
+
+    async def _tell_about_unknown(self, unknown: frozenset[str]) -> None:
+        """A symbol the exchange refused as unknown has no price, and so no stop and no
+        entry, while every other symbol goes on (the market logged it once). Told once
+        to each trader who asked for it in their settings, and to each trader holding a
+        position on it (the positions are scanned only when the set of unknown symbols
+        changes)."""
+        if not unknown:
+            return
+        for settings in list(self._settings.by_user.values()):
+            for symbol in sorted(unknown.intersection(settings.symbols)):
+                await self._tell_once(
+                    settings.user_id,
+                    symbol,
+                    f"{symbol} in your /settings symbols is not a symbol Binance knows, so "
+                    "the bot cannot watch or trade it; your other symbols go on. Change the "
+                    "list with /settings symbols=...",
+                )
+        if unknown == self._unknown_seen:
+            return
+        self._unknown_seen = unknown
+        for stop in self._stops.tracked():
+            if stop.symbol in unknown:
+                await self._tell_once(
+                    stop.user_id,
+                    stop.symbol,
+                    f"Binance does not know {stop.symbol}, so it sends no price for it and "
+                    f"the stop of your {stop.symbol} position cannot run; check that "
+                    "position on Binance yourself.",
+                )
+
+    async def _tell_once(self, user_id: int, symbol: str, text: str) -> None:
+        if (user_id, symbol) in self._unknown_told:
+            return
+        self._unknown_told.add((user_id, symbol))
+        await self.notify(user_id, text)
 
     def _feed_signals(self, market: MarketTick) -> None:
         if self._signals is None:

@@ -166,6 +166,7 @@ class FakeBinance(BackgroundServer):
     drop_mode: str = DROP_STALL
     drop_stall_s: float = 3.0
     advance_on: str | None = None  # e.g. "ticker/price": each such request advances the paths
+    market_clock: Callable[[], float] | None = None  # klines' "now" (s); default: wall + skew
     # Order fidelity (strict by default, as Binance): commission taken from what the
     # order yields (the base asset of a BUY, the quote of a SELL), or in BNB when
     # `bnb_pays_fees` and the account holds enough BNB at the BNB<quote> price.
@@ -201,6 +202,8 @@ class FakeBinance(BackgroundServer):
         self._errors: dict[str, list[_Injected]] = defaultdict(list)
         self._paths: dict[str, list[Decimal]] = {}
         self._cursor: dict[str, int] = {}
+        self._closed_klines: dict[tuple[str, str], dict[int, list[Any]]] = {}  # served, final
+        self._open_klines: dict[tuple[str, str], list[Any]] = {}  # the open one last served
         self._owner: dict[int, str] = {}  # orderId -> api key
         self._hidden_until: dict[int, float] = {}  # orderId -> monotonic end of the lookup lag
         self._weight: dict[str, tuple[int, int]] = {}  # ip -> (minute, weight used)
@@ -672,36 +675,79 @@ class FakeBinance(BackgroundServer):
         return [{"symbol": self._symbol(s), "price": str(prices[s])} for s in names]
 
     def _klines(self, params: dict[str, str]) -> list[list[Any]]:
-        """Closed candles ending at the current price; scripted paths are the closes."""
+        """Binance's klines: the candles opening within [startTime, endTime], ``limit`` of
+        them (from startTime on, else the latest), and when the range reaches now, the
+        candle still being built comes last (its closeTime lies ahead, its close is the
+        current price). A closed candle never changes once served; the candle served
+        open is served closed as it last stood. A scripted path is the closes of the
+        candles up to now (re-scripting rewrites that history, for tests that need one).
+        """
         symbol = self._symbol(params.get("symbol"))
         interval = params.get("interval", "")
         if interval not in INTERVALS_S:
             raise _Refusal(400, -1120, "Invalid interval.")
         limit = max(1, min(int(params.get("limit", 500)), 1000))
         step_ms = INTERVALS_S[interval] * 1000
+        current = self._market_now_ms() // step_ms * step_ms
+        last_open = current
+        if "endTime" in params:
+            last_open = min(current, int(params["endTime"]) // step_ms * step_ms)
         with self._lock:
-            if symbol in self._paths:
-                closes = self._paths[symbol][: self._cursor[symbol] + 1][-limit:]
+            path = self._paths.get(symbol)
+            closes = path[: self._cursor[symbol] + 1] if path else None
+            earliest = None if closes is None else current - (len(closes) - 1) * step_ms
+            if "startTime" in params:
+                first = -(-int(params["startTime"]) // step_ms) * step_ms  # opening at or after
+                opens = range(max(first, earliest or first), last_open + 1, step_ms)[:limit]
             else:
-                last = self.prices[symbol]
-                closes = [last * Decimal(str(1 + 0.01 * math.sin(i / 3)))
-                          for i in range(limit - 1, -1, -1)]  # fmt: skip
-        end_ms = int(params.get("endTime", time.time() * 1000 + self.skew_ms))
-        first_open = (end_ms // step_ms - len(closes) + 1) * step_ms
-        if "startTime" in params:
-            first_open = int(params["startTime"]) // step_ms * step_ms
-        rows = []
-        previous = closes[0]
-        for i, close in enumerate(closes):
-            open_ = previous
+                first = last_open - (limit - 1) * step_ms
+                opens = range(max(first, earliest or first), last_open + 1, step_ms)
+            return [self._kline_locked(symbol, interval, step_ms, opened, current, closes)
+                    for opened in opens]  # fmt: skip
+
+    def _market_now_ms(self) -> int:
+        if self.market_clock is not None:
+            return int(self.market_clock() * 1000)
+        return int(time.time() * 1000) + self.skew_ms
+
+    def _kline_locked(self, symbol: str, interval: str, step_ms: int, opened: int, current: int,
+                      closes: list[Decimal] | None) -> list[Any]:  # fmt: skip
+        key = (symbol, interval)
+        served = self._closed_klines.setdefault(key, {})
+        if closes is None and opened in served:
+            return served[opened]
+        last_open = self._open_klines.get(key)
+        if closes is None and opened < current and last_open is not None and last_open[0] == opened:
+            row = last_open  # it closed as it stood when last served
+        else:
+            close = self._kline_close_locked(symbol, interval, step_ms, opened, current, closes)
+            open_ = self._kline_close_locked(
+                symbol, interval, step_ms, opened - step_ms, current, closes
+            )
             high, low = max(open_, close) * Decimal("1.001"), min(open_, close) * Decimal("0.999")
-            volume = Decimal(10 + i % 7)
-            opened = first_open + i * step_ms
-            rows.append([opened, _fmt(open_), _fmt(high), _fmt(low), _fmt(close), _fmt(volume),
-                         opened + step_ms - 1, _fmt(volume * close), 5 + i % 11,
-                         _fmt(volume / 2), _fmt(volume * close / 2), "0"])  # fmt: skip
-            previous = close
-        return rows
+            volume = Decimal(10 + opened // step_ms % 7)
+            row = [opened, _fmt(open_), _fmt(high), _fmt(low), _fmt(close), _fmt(volume),
+                   opened + step_ms - 1, _fmt(volume * close), 5 + opened // step_ms % 11,
+                   _fmt(volume / 2), _fmt(volume * close / 2), "0"]  # fmt: skip
+        if closes is not None:
+            return row
+        if opened < current:
+            served[opened] = row
+            while len(served) > 10_000:
+                del served[next(iter(served))]
+        else:
+            self._open_klines[key] = row
+        return row
+
+    def _kline_close_locked(self, symbol: str, interval: str, step_ms: int, opened: int,
+                            current: int, closes: list[Decimal] | None) -> Decimal:  # fmt: skip
+        back = (current - opened) // step_ms  # candles before the current one
+        if closes is not None:
+            return closes[max(0, len(closes) - 1 - back)]
+        served = self._closed_klines.get((symbol, interval), {})
+        if opened in served:
+            return Decimal(str(served[opened][4]))
+        return self.prices[symbol] * Decimal(str(1 + 0.01 * math.sin(back / 3)))
 
     def _place(self, api_key: str, params: dict[str, str]) -> Any:
         symbol = self._symbol(params.get("symbol"))

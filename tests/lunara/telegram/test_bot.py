@@ -113,6 +113,29 @@ async def test_settings_are_shown_and_updated(fake_telegram: FakeTelegram, bot_h
         assert "auto_mode" in await bot.ask(TRADER, "/settings")
 
 
+async def test_symbols_binance_does_not_list_are_refused_by_settings_and_buy_naming_them(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    prices = {"BTCUSDT": Decimal("50000"), "ETHUSDT": Decimal("2500")}
+    with FakeBinance(prices=prices) as binance:
+        on_binance = {
+            "LUNARA_MARKET": "binance",
+            "BINANCE_API_BASE_URL": binance.base_url,
+            "LUNARA_SYMBOLS": "BTCUSDT,ETHUSTD",  # a typo: left out at start
+        }
+        async with running_bot(fake_telegram, bot_home, **on_binance) as bot:
+            await bot.ask(TRADER, "/start")
+            refused = await bot.ask(TRADER, "/settings symbols=BTCUSDT,NOPEUSDT auto_mode=on")
+            assert "Binance does not list NOPEUSDT" in refused, refused
+            unchanged = await bot.ask(TRADER, "/settings")
+            assert "NOPEUSDT" not in unchanged and "off" in unchanged.split("auto_mode")[1]
+            saved = await bot.ask(TRADER, "/settings symbols=ethusdt")
+            assert "ETHUSDT" in saved, saved
+            buy = await bot.ask(TRADER, "/buy ETHUSTD 100")
+            assert "ETHUSTD is not traded by this bot; choose one of BTCUSDT" in buy, buy
+            assert (await bot.ask(TRADER, "/buy BTCUSDT 100")).startswith("Bought")
+
+
 async def test_a_trader_can_switch_to_a_plain_stop_and_back(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:

@@ -1,4 +1,5 @@
-"""The engine as the Telegram layer and the runtime see it (paper exchange, sim market)."""
+"""The engine as the Telegram layer and the runtime see it (paper exchange; the sim market,
+or the Binance market of the local fake Binance)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from lunara.ai.analyst import NOTE_OFF
 from lunara.config import load_settings
 from lunara.services import TradingError
 from lunara.storage import positions as store
-from lunara.storage import users
+from lunara.storage import user_settings, users
 from lunara.trading.engine import TradingRuntime, open_trading
+from tests.fakes.binance_api import FakeBinance
 
 
 @pytest.fixture
@@ -74,3 +76,40 @@ async def test_the_runner_ticks_until_stopped_then_checkpoints_the_stops(
     for position_id, state in live.items():
         assert saved[position_id].stop_price == state.stop_price
         assert saved[position_id].peak_price == state.peak_price
+
+
+async def test_a_configured_symbol_binance_does_not_list_is_named_in_the_log_and_left_out(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typo in LUNARA_SYMBOLS does not stop the bot (its stops must run): the name is
+    logged and left out; buying it is refused naming it, the others trade."""
+    with FakeBinance(prices={"BTCUSDT": Decimal(50000), "ETHUSDT": Decimal(3000)}) as binance:
+        settings = load_settings(
+            {
+                "LUNARA_HOME": str(home),
+                "LUNARA_MARKET": "binance",
+                "BINANCE_API_BASE_URL": binance.base_url,
+                "LUNARA_SYMBOLS": "BTCUSDT,BTCUSTD,ETHUSDT",
+            },
+            env_file=None,
+        )
+        runtime = await open_trading(settings)
+        try:
+            engine = runtime.engine
+            await users.register(engine.orders._db, 42, "trader")
+            await engine.start()
+            errors = [r for r in caplog.records if r.levelname == "ERROR"]
+            assert len(errors) == 1 and "BTCUSTD" in errors[0].getMessage()
+            with pytest.raises(TradingError, match="BTCUSTD is not traded by this bot"):
+                await engine.buy(42, "BTCUSTD", Decimal(100))
+            assert (await engine.buy(42, "ETHUSDT", Decimal(100))).symbol == "ETHUSDT"
+            with pytest.raises(TradingError, match="Binance does not list NOPEUSDT, XUSDT;"):
+                await engine.check_symbols(("BTCUSDT", "NOPEUSDT", "XUSDT"))
+            await engine.check_symbols(("BTCUSDT", "ETHUSDT"))
+            await user_settings.update(engine.orders._db, 42, {"auto_mode": True})
+            await engine.executor.tick()  # an auto-trader watches the bot's symbols
+            asked = [r.params for r in binance.recorded if r.endpoint == "ticker/price"]
+            assert asked[-1]["symbols"] == '["BTCUSDT","ETHUSDT"]'
+            assert not any("BTCUSTD" in str(params) for params in asked)
+        finally:
+            await runtime.aclose()

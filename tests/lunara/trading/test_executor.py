@@ -8,16 +8,20 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from tenacity import wait_none
 
 from lunara.services import TradingPaused
 from lunara.storage import positions as store
 from lunara.storage import user_settings, users
 from lunara.storage.database import open_database
+from lunara.trading.binance import BinanceGateway, RetryPolicy
 from lunara.trading.engine import EngineConfig, TradingEngine
 from lunara.trading.exchange import CredentialsRejected, Exchange
 from lunara.trading.executor import CircuitBreaker, trailing_params
-from lunara.trading.market import SimMarket
+from lunara.trading.limiter import WeightLimiter
+from lunara.trading.market import BinanceMarket, SimMarket
 from lunara.trading.stopstore import RedisStopStore
+from tests.fakes.binance_api import FakeBinance
 
 MAX_TICKS = 400
 
@@ -146,3 +150,55 @@ async def test_an_admin_pause_refuses_buys_until_resumed(engine: TradingEngine) 
     await engine.set_paused(False, "telegram:1")
     result = await engine.buy(1, "BTCUSDT", Decimal(100))
     assert result.side == "BUY" and result.position_id is not None
+
+
+async def test_one_unknown_symbol_in_a_traders_settings_costs_no_one_their_stops(
+    tmp_path: Path, redis_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Binance refuses a price batch that names one unknown symbol; the trader whose
+    settings hold one (saved before symbols were checked, or delisted since) must not
+    blind the tick: the other trader's stop still sells, and that trader is told once."""
+    prices = {"BTCUSDT": Decimal(50000), "ETHUSDT": Decimal(3000)}
+    with FakeBinance(prices=prices) as binance:
+        gateway = BinanceGateway(
+            base_url=binance.base_url,
+            limiter=WeightLimiter(),
+            timeout_s=2.0,
+            retry=RetryPolicy(attempts=1, wait=wait_none()),
+        )
+        path = tmp_path / "lunara.db"
+        db, stop_db = await open_database(path), await open_database(path)
+        redis = Redis.from_url(redis_db)
+        inbox = Inbox()
+        engine = TradingEngine(
+            db=db,
+            stops=RedisStopStore(redis, stop_db, name="test"),
+            market=BinanceMarket(gateway),
+            config=EngineConfig(symbols=("BTCUSDT", "ETHUSDT")),
+            gateway=gateway,
+            notifier=inbox,
+        )
+        try:
+            for user_id in (1, 2):
+                await users.register(db, user_id, f"trader{user_id}")
+            await user_settings.update(db, 1, {"stoploss": -0.02, "trailing_stop": False})
+            await user_settings.update(
+                db, 2, {"symbols": ("ETHUSDT", "NOPEUSDT"), "auto_mode": True}
+            )
+            await engine.start()
+            await engine.buy(1, "BTCUSDT", Decimal(100))
+            binance.set_price("BTCUSDT", 48000)  # below trader 1's 2 % stop
+            for _ in range(3):
+                await engine.executor.tick()
+            assert await store.list_open(db, 1) == []
+            sold = await store.by_user(db, 1)
+            assert sold[0].exit_reason == "stop_loss"
+            told = [(user, text) for user, text in inbox.messages if "NOPEUSDT" in text]
+            assert len(told) == 1 and told[0][0] == 2 and "/settings" in told[0][1]
+            logged = [r for r in caplog.records if "NOPEUSDT" in r.getMessage()]
+            assert len(logged) == 1
+        finally:
+            await redis.aclose()
+            await db.close()
+            await stop_db.close()
+            await gateway.aclose()
