@@ -38,30 +38,16 @@ from lunara.trading.limiter import (
 from lunara.trading.market import BinanceMarket
 from lunara.trading.stopstore import SqliteStopStore
 from tests.fakes.binance_api import FakeBinance
+from tests.lunara.trading.support import FakeClock
 
 KEY, SECRET = "k" * 64, "s" * 64
 OTHER_KEY, OTHER_SECRET = "o" * 64, "p" * 64
 START = 1_000_040.0  # 20 s into a minute, at the start of a 10 s window
 
 
-class FakeClock:
-    """Wall and monotonic time at once, passing only when someone sleeps."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(START)
 
 
 @pytest.fixture

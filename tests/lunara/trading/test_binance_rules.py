@@ -10,16 +10,13 @@ import pytest
 from tenacity import wait_none
 
 from lunara.storage import positions as store
-from lunara.storage import users
-from lunara.storage.database import open_database
 from lunara.trading.binance import BinanceExchange, BinanceGateway, RetryPolicy
 from lunara.trading.exchange import OrderRefused, Side
 from lunara.trading.filters import OrderRejected
 from lunara.trading.limiter import WeightLimiter
-from lunara.trading.orders import OrderPath, OrderRequest
-from lunara.trading.stopstore import SqliteStopStore
-from lunara.trading.trailing import TrailingParams
+from lunara.trading.orders import OrderRequest
 from tests.fakes.binance_api import SYMBOL_FILTERS, FakeBinance
+from tests.lunara.trading.support import order_path
 
 KEY, SECRET = "k" * 64, "s" * 64
 
@@ -41,23 +38,12 @@ def _exchange(fake: FakeBinance) -> BinanceExchange:
     return BinanceExchange(gateway, KEY, SECRET)
 
 
-async def _order_path(tmp_path: Path) -> tuple[object, object, OrderPath]:
-    db = await open_database(tmp_path / "state.db")
-    stop_db = await open_database(tmp_path / "state.db")
-    await users.register(db, 5, "live")
-
-    async def params(user_id: int) -> TrailingParams:
-        return TrailingParams(stoploss=-0.05, trailing_stop=True)
-
-    return db, stop_db, OrderPath(db, SqliteStopStore(stop_db), default_stop_params=params)
-
-
 @pytest.mark.parametrize("status", ["BREAK", "HALT"])
 async def test_an_order_on_a_symbol_not_trading_is_refused_before_sending(
     fake: FakeBinance, tmp_path: Path, status: str
 ) -> None:
     fake.symbol_status["BTCUSDT"] = status
-    db, stop_db, orders = await _order_path(tmp_path)
+    db, stop_db, orders = await order_path(tmp_path)
     try:
         with pytest.raises(OrderRejected, match=rf"not trading.*status {status}"):
             await orders.submit(
@@ -66,8 +52,8 @@ async def test_an_order_on_a_symbol_not_trading_is_refused_before_sending(
             )
         assert fake.count("POST", "order") == 0
     finally:
-        await db.close()  # type: ignore[attr-defined]
-        await stop_db.close()  # type: ignore[attr-defined]
+        await db.close()
+        await stop_db.close()
 
 
 async def test_symbols_without_spot_or_market_orders_are_refused_before_sending(
@@ -114,7 +100,7 @@ async def test_a_filter_failure_reloads_the_rules_once_and_is_not_resent(
     fake.filters["BTCUSDT"] = [
         {**f, "stepSize": "0.001"} if f["filterType"] == "LOT_SIZE" else f for f in SYMBOL_FILTERS
     ]
-    db, stop_db, orders = await _order_path(tmp_path)
+    db, stop_db, orders = await order_path(tmp_path)
     try:
         with pytest.raises(OrderRefused, match=r"Filter failure: LOT_SIZE.*reloaded"):
             await orders.submit(
@@ -129,5 +115,5 @@ async def test_a_filter_failure_reloads_the_rules_once_and_is_not_resent(
         await exchange.symbol_rules("BTCUSDT")
         assert fake.count("GET", "exchangeInfo") == 2  # reloaded once, then cached again
     finally:
-        await db.close()  # type: ignore[attr-defined]
-        await stop_db.close()  # type: ignore[attr-defined]
+        await db.close()
+        await stop_db.close()

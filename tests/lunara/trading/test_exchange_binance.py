@@ -13,34 +13,16 @@ import pytest
 from tenacity import wait_none
 
 from lunara.storage import positions as store
-from lunara.storage import users
-from lunara.storage.database import open_database
 from lunara.trading.binance import BinanceExchange, BinanceGateway, RetryPolicy, Weight
 from lunara.trading.exchange import ExchangeBusy, OrderRefused, RateLimited
 from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket
-from lunara.trading.orders import OrderPath, OrderRequest
-from lunara.trading.stopstore import SqliteStopStore
-from lunara.trading.trailing import TrailingParams
+from lunara.trading.orders import OrderRequest
 from tests.fakes.binance_api import FakeBinance
+from tests.lunara.trading.support import FakeClock, order_path
 
 KEY, SECRET = "k" * 64, "s" * 64
 OTHER_KEY, OTHER_SECRET = "o" * 64, "p" * 64
-
-
-class FakeClock:
-    """Time that passes only when the limiter sleeps: waits are observed, not endured."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture
@@ -132,19 +114,8 @@ async def test_every_traders_client_shares_the_gateways_few_connections(
     assert 1 <= len(open_to_the_exchange) <= 4  # the gateway's max_concurrency
 
 
-async def _order_path(tmp_path: Path) -> tuple[object, object, OrderPath]:
-    db = await open_database(tmp_path / "lunara.db")
-    stop_db = await open_database(tmp_path / "lunara.db")
-    await users.register(db, 5, "live")
-
-    async def params(user_id: int) -> TrailingParams:
-        return TrailingParams(stoploss=-0.05, trailing_stop=True)
-
-    return db, stop_db, OrderPath(db, SqliteStopStore(stop_db), default_stop_params=params)
-
-
 async def test_a_rejected_order_is_never_retried(fake: FakeBinance, tmp_path: Path) -> None:
-    db, stop_db, orders = await _order_path(tmp_path)
+    db, stop_db, orders = await order_path(tmp_path)
     try:
         fake.inject("order", 400, -2010, "Account has insufficient balance for requested action.")
         exchange = BinanceExchange(_gateway(fake), KEY, SECRET)
@@ -158,14 +129,14 @@ async def test_a_rejected_order_is_never_retried(fake: FakeBinance, tmp_path: Pa
         async with db.execute("SELECT status FROM orders") as cursor:  # type: ignore[attr-defined]
             assert [row[0] for row in await cursor.fetchall()] == ["rejected"]
     finally:
-        await db.close()  # type: ignore[attr-defined]
-        await stop_db.close()  # type: ignore[attr-defined]
+        await db.close()
+        await stop_db.close()
 
 
 async def test_a_dropped_answer_is_resolved_by_client_id_without_a_duplicate(
     fake: FakeBinance, tmp_path: Path
 ) -> None:
-    db, stop_db, orders = await _order_path(tmp_path)
+    db, stop_db, orders = await order_path(tmp_path)
     try:
         fake.drop_next_order_response = True
         exchange = BinanceExchange(_gateway(fake), KEY, SECRET)
@@ -180,5 +151,5 @@ async def test_a_dropped_answer_is_resolved_by_client_id_without_a_duplicate(
         # commission Binance takes from the base asset of a BUY (read from myTrades).
         assert settled.position.quantity == fake.balances[KEY]["BTC"] == Decimal("0.000999")
     finally:
-        await db.close()  # type: ignore[attr-defined]
-        await stop_db.close()  # type: ignore[attr-defined]
+        await db.close()
+        await stop_db.close()

@@ -34,25 +34,11 @@ from lunara.trading.orders import (
 from lunara.trading.stopstore import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
 from tests.fakes.binance_api import DROP_CLOSE, FakeBinance
+from tests.lunara.trading.support import FakeClock
 
 KEY, SECRET = "k" * 64, "s" * 64
 USER = 5
 WINDOW_S = 6.0
-
-
-class FakeClock:
-    """Time that passes only when the order path waits: the recvWindow is not endured."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 @dataclass

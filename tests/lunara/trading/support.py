@@ -1,0 +1,46 @@
+"""Pieces the Binance-facing trading tests share: a clock that passes only when slept on,
+and an order path over a fresh SQLite database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiosqlite
+
+from lunara.storage import users
+from lunara.storage.database import open_database
+from lunara.trading.orders import OrderPath
+from lunara.trading.stopstore import SqliteStopStore
+from lunara.trading.trailing import TrailingParams
+
+TRADER = 5
+
+
+class FakeClock:
+    """Time that passes only when someone sleeps: waits are observed, not endured."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+async def order_path(
+    tmp_path: Path,
+) -> tuple[aiosqlite.Connection, aiosqlite.Connection, OrderPath]:
+    """An order path for trader 5 (registered, live) with stops in SQLite; the caller
+    closes both connections."""
+    db = await open_database(tmp_path / "lunara.db")
+    stop_db = await open_database(tmp_path / "lunara.db")
+    await users.register(db, TRADER, "live")
+
+    async def params(user_id: int) -> TrailingParams:
+        return TrailingParams(stoploss=-0.05, trailing_stop=True)
+
+    return db, stop_db, OrderPath(db, SqliteStopStore(stop_db), default_stop_params=params)
