@@ -550,12 +550,7 @@ class OrderPath:
             raise TradingError(f"position {order.position_id} does not exist")
         if position.status is store.PositionStatus.CLOSED:
             return position, False
-        base, quote = _split(order.symbol)
-        fees = fill.fees_by_asset
-        zero = Decimal(0)
-        proceeds = (
-            fill.quote_quantity - fees.get(quote, zero) - fees.get(base, zero) * fill.average_price
-        )
+        proceeds = fill.quote_quantity - _quote_fee(fill, *_split(order.symbol))
         if fill.expired and fill.quantity < position.quantity:
             logger.warning(
                 "exit %s of position %d filled %s of %s before the exchange expired it; "
