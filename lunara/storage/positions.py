@@ -52,6 +52,7 @@ class ExitReason(StrEnum):
     STOP_LOSS = "stop_loss"
     TRAILING_STOP = "trailing_stop"
     ADMIN = "admin"
+    DUST = "dust"  # what was left is below what the exchange takes; kept as residue
 
 
 class OrderSide(StrEnum):

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import aiosqlite
 
@@ -51,6 +51,7 @@ from lunara.trading.exchange import (
     RateLimited,
 )
 from lunara.trading.executor import (
+    AdminNotifier,
     CircuitBreaker,
     Executor,
     ExecutorConfig,
@@ -82,13 +83,6 @@ INTERACTIVE_WAIT_S = 10.0
 MAX_CACHED_CLIENTS = 256
 """Traders whose Binance client (their keys, decrypted; the connections are shared) is kept
 between orders; the least recently used go first."""
-
-
-@runtime_checkable
-class AdminNotifier(Protocol):
-    """A notifier that can also reach the bot's admins (the Telegram layer's)."""
-
-    async def notify_admins(self, text: str) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ Each tick:
    enter on the analyzers' entry signals within their stake, symbols and plan limits;
    traders are worked on concurrently up to a bound, each inside a guard so that one
    trader's failure never stops another, and a circuit breaker pauses a trader whose
-   exchange keys keep failing (and tells them through the ``Notifier``);
+   exchange keys keep failing (and tells them through the ``Notifier``); an exit the
+   exchange refused is tried again on a doubling, capped schedule for as long as the
+   stop asks for it: the trader is told why once, and the admins when it persists;
 5. the stop store is checkpointed to SQLite at least every ``CHECKPOINT_INTERVAL_S``.
 
 An admin pause (the ``trading_paused`` bot flag) stops new entries; exits keep running,
@@ -26,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Protocol, cast
+from typing import Protocol, cast, runtime_checkable
 
 import aiosqlite
 
@@ -41,7 +43,7 @@ from lunara.storage.user_settings import UserSettings
 from lunara.trading.exchange import CredentialsRejected, Exchange, ExchangeError
 from lunara.trading.filters import quantity_for_quote
 from lunara.trading.market import Market, MarketTick
-from lunara.trading.orders import OrderPath, OrderRequest, Settlement
+from lunara.trading.orders import OrderPath, OrderRequest, PositionLeftAsDust, Settlement
 from lunara.trading.stopstore import CHECKPOINT_INTERVAL_S, StopStore, TriggeredStop
 from lunara.trading.trailing import InvalidTrailingParams, TrailingParams
 
@@ -49,6 +51,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONCURRENT_USERS = 32
 RECOVERY_INTERVAL_S = 30.0
+EXIT_RETRY_FIRST_S = 10.0
+"""The wait before a refused exit is tried again; it doubles with each refusal..."""
+EXIT_RETRY_MAX_S = 300.0
+"""...up to this, and stays there: an exit the stop asks for is never given up."""
+EXIT_REFUSED_ADMINS_AFTER_S = 900.0
+"""An exit still refused this long after its first refusal is reported to the admins."""
 
 Clock = Callable[[], float]
 ExchangeFor = Callable[[int], Awaitable[Exchange]]
@@ -58,6 +66,13 @@ class Notifier(Protocol):
     """How the engine tells a trader something (the Telegram layer provides it)."""
 
     async def notify(self, user_id: int, text: str) -> None: ...
+
+
+@runtime_checkable
+class AdminNotifier(Protocol):
+    """A notifier that can also reach the bot's admins (the Telegram layer's)."""
+
+    async def notify_admins(self, text: str) -> None: ...
 
 
 class SignalSource(Protocol):
@@ -164,6 +179,77 @@ class CircuitBreaker:
         return pause
 
 
+@dataclass
+class RefusedExit:
+    """One position's exit that keeps being refused, and what was said about it."""
+
+    first_at: float
+    next_at: float
+    reason: str
+    attempts: int = 1
+    admins_told: bool = False
+
+
+class ExitRetries:
+    """When an exit the exchange refused may be tried again.
+
+    A stop that says sell keeps saying it every tick; sending the same refused order
+    every tick would spend the request budget of every trader on one that cannot sell.
+    So each refusal doubles the wait (``first_s``, twice that, ... up to ``max_s``), and
+    the exit is tried again whenever the stop asks once the wait is over, for as long as
+    it asks. A success, or a position no longer open, forgets it.
+    """
+
+    def __init__(
+        self,
+        first_s: float = EXIT_RETRY_FIRST_S,
+        max_s: float = EXIT_RETRY_MAX_S,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if first_s <= 0 or max_s < first_s:
+            raise ValueError("the first wait must be positive and at most the longest")
+        self._first_s = first_s
+        self._max_s = max_s
+        self._clock = clock
+        self._refused: dict[int, RefusedExit] = {}
+
+    def __len__(self) -> int:
+        return len(self._refused)
+
+    def due(self, position_id: int) -> bool:
+        refused = self._refused.get(position_id)
+        return refused is None or self._clock() >= refused.next_at
+
+    def refused(self, position_id: int, reason: str) -> RefusedExit:
+        """Count a refusal; the record's ``attempts`` is 1 on the first."""
+        now = self._clock()
+        record = self._refused.get(position_id)
+        if record is None:
+            record = self._refused[position_id] = RefusedExit(
+                first_at=now, next_at=now + self._first_s, reason=reason
+            )
+            return record
+        record.attempts += 1
+        record.reason = reason
+        wait = min(self._first_s * 2 ** (record.attempts - 1), self._max_s)
+        record.next_at = now + wait
+        return record
+
+    def wait_after(self, record: RefusedExit) -> float:
+        return max(0.0, record.next_at - self._clock())
+
+    def persisting_for(self, record: RefusedExit) -> float:
+        return self._clock() - record.first_at
+
+    def forget(self, position_id: int) -> None:
+        self._refused.pop(position_id, None)
+
+    def keep_only(self, position_ids: set[int]) -> None:
+        """Forget positions that no longer have a stop (sold by hand, closed elsewhere)."""
+        for position_id in [known for known in self._refused if known not in position_ids]:
+            del self._refused[position_id]
+
+
 class ParamsByUser(dict[int, TrailingParams]):
     """Each trader's stop parameters; a trader without a settings row gets the defaults."""
 
@@ -245,6 +331,7 @@ class Executor:
         config: ExecutorConfig,
         notifier: Callable[[], Notifier | None] = lambda: None,
         clock: Clock = time.time,
+        exit_retries: ExitRetries | None = None,
     ) -> None:
         self._db = db
         self._market = market
@@ -264,6 +351,7 @@ class Executor:
         self.ticks = 0
         self._unknown_seen: frozenset[str] = frozenset()
         self._unknown_told: set[tuple[int, str]] = set()  # (trader, symbol) told once
+        self.exit_retries = exit_retries if exit_retries is not None else ExitRetries()
 
     def use_symbols(self, symbols: tuple[str, ...]) -> None:
         """The bot's symbols for auto-traders without their own list (the engine leaves
@@ -290,6 +378,8 @@ class Executor:
             float_prices, self._settings.params, now, fee_rate=self._config.fee_rate
         )
         report.positions = advanced.positions
+        if len(self.exit_retries):
+            self.exit_retries.keep_only({stop.position_id for stop in self._stops.tracked()})
         exits = self._exits_by_user(advanced.triggered)
         entries = {} if report.paused else await self._entries_by_user(market)
         work = [
@@ -401,8 +491,7 @@ class Executor:
         async with self._slots:
             try:
                 for update in exits:
-                    await self._exit(user_id, update, market)
-                    report.exits += 1
+                    await self._exit_guarded(user_id, update, market, report)
                 for symbol in entries:
                     if await self._enter(user_id, symbol, market):
                         report.entries += 1
@@ -426,6 +515,73 @@ class Executor:
                 await self._key_failure(user_id, None)
                 return
         self._breaker.record_success(user_id)
+
+    async def _exit_guarded(
+        self, user_id: int, update: TriggeredStop, market: MarketTick, report: TickReport
+    ) -> None:
+        """One exit, its refusal kept to itself: another position of the same trader
+        still exits. Key failures go on to the trader's guard (the circuit breaker)."""
+        position_id = update.position_id
+        if not self.exit_retries.due(position_id):
+            return
+        try:
+            settlement = await self._exit(user_id, update, market)
+        except PositionLeftAsDust as dust:
+            self.exit_retries.forget(position_id)
+            report.exits += 1
+            logger.info("user %d: position %d closed as dust", user_id, position_id)
+            await self.notify(user_id, f"Your stop asked to sell, but {dust.message}.")
+            return
+        except (CredentialsRejected, KeyMismatch):
+            raise
+        except (TradingError, ExchangeError) as error:
+            report.failures += 1
+            reason = error.message if isinstance(error, TradingError) else str(error)
+            await self._exit_refused(user_id, update, reason)
+            return
+        self.exit_retries.forget(position_id)
+        if settlement is not None:
+            report.exits += 1
+
+    async def _exit_refused(self, user_id: int, update: TriggeredStop, reason: str) -> None:
+        """Wait longer before the next try; tell the trader on the first refusal, and the
+        admins once it has lasted ``EXIT_REFUSED_ADMINS_AFTER_S``."""
+        record = self.exit_retries.refused(update.position_id, reason)
+        wait = self.exit_retries.wait_after(record)
+        position = await position_store.get(self._db, update.position_id)
+        symbol = position.symbol if position is not None else "?"
+        logger.warning(
+            "user %d: exit of position %d refused (attempt %d, next in %.0f s): %s",
+            user_id,
+            update.position_id,
+            record.attempts,
+            wait,
+            reason,
+        )
+        if record.attempts == 1:
+            await self.notify(
+                user_id,
+                f"Your stop on position {update.position_id} ({symbol}) asked to sell, "
+                f"but the sell did not go through: {reason}. The bot tries again in "
+                f"{wait:.0f} s, then less often (at least every "
+                f"{EXIT_RETRY_MAX_S / 60:.0f} minutes) for as long as the stop asks to sell.",
+            )
+        persisting = self.exit_retries.persisting_for(record)
+        if record.admins_told or persisting < EXIT_REFUSED_ADMINS_AFTER_S:
+            return
+        notifier = self._notifier()
+        if not isinstance(notifier, AdminNotifier):
+            return
+        record.admins_told = True
+        try:
+            await notifier.notify_admins(
+                f"The exit of position {update.position_id} ({symbol}, user {user_id}) "
+                f"has been refused for {persisting / 60:.0f} minutes, {record.attempts} "
+                f"attempts: {reason}. The bot keeps trying while the stop asks to sell."
+            )
+        except Exception as error:
+            logger.warning("could not tell the admins of a refused exit: %s",
+                           type(error).__name__)  # fmt: skip
 
     async def _key_failure(self, user_id: int, error: Exception | None) -> None:
         pause = self._breaker.record_failure(user_id)

@@ -370,6 +370,28 @@ def _check_quantity(rules: SymbolRules, requested: Decimal, *, limit: bool) -> D
     return adjusted
 
 
+def below_minimum_quantity(rules: SymbolRules, quantity: DecimalLike) -> bool:
+    """Whether no market order can sell ``quantity``, at any price: once rounded down to
+    the market step it is below the minimum quantity (or nothing)."""
+    held = to_decimal(quantity, "quantity")
+    step = _common_step(rules.step_size, rules.market_step_size)
+    sellable = _round_to_multiple(held, step, ROUND_DOWN)
+    return sellable <= ZERO or sellable < max(rules.min_qty, rules.market_min_qty)
+
+
+def unsellable_remainder(rules: SymbolRules, quantity: DecimalLike, price: DecimalLike) -> bool:
+    """Whether a market order cannot sell ``quantity`` at ``price``: below the minimum
+    quantity, or worth less than the minimum notional where Binance applies it to market
+    orders. What an exit leaves behind in that state is dust: it stays on the account as
+    residue, and Binance's own small-balance conversion can sweep it."""
+    if below_minimum_quantity(rules, quantity):
+        return True
+    step = _common_step(rules.step_size, rules.market_step_size)
+    sellable = _round_to_multiple(to_decimal(quantity, "quantity"), step, ROUND_DOWN)
+    value = sellable * to_decimal(price, "price")
+    return rules.apply_min_to_market and value < rules.min_notional
+
+
 def _check_price_band(rules: SymbolRules, price: Decimal, side: str, average: Decimal) -> None:
     """``PERCENT_PRICE_BY_SIDE``: a limit price within the side's multipliers of the
     average price. It judges the order's own price, which a market order does not send,

@@ -17,6 +17,11 @@
    was sold, the residue left under the lot step, and the profit from what was really
    bought and sold). The trailing stop is then started or dropped.
 5. An exit never asks to sell more than the account's free balance of the asset.
+6. What an exit cannot sell because the exchange takes no order that small (below the
+   minimum quantity; or, left by an earlier part-filled exit, below the minimum
+   notional) closes the position as ``dust``: the remainder is recorded as residue and
+   the profit is what was really sold. Anything else refused is refused: the caller
+   retries an exit the stop still asks for.
 
 After a crash, ``recover`` walks the unsettled orders (pending, sent, unknown) and asks
 the exchange about each one, and settles fills whose position change was not written.
@@ -52,7 +57,14 @@ from lunara.trading.exchange import (
     RateLimited,
     Side,
 )
-from lunara.trading.filters import check_order
+from lunara.trading.filters import (
+    SymbolRules,
+    below_minimum_quantity,
+    check_order,
+    check_tradable,
+    format_amount,
+    unsellable_remainder,
+)
 from lunara.trading.stopstore import StopStore
 from lunara.trading.trailing import TrailingParams, initial_state
 
@@ -151,6 +163,20 @@ class OrderOutcomeUnknown(ExchangeError):
     """The exchange could not say whether the order went through; it will be checked again."""
 
 
+class PositionLeftAsDust(TradingError):
+    """The exit found only dust to sell: the position is closed with it as residue."""
+
+    def __init__(self, position: Position, residue: Decimal, base_asset: str) -> None:
+        super().__init__(
+            f"the {format_amount(residue)} {base_asset} left of position {position.id} is "
+            f"below the smallest order Binance takes for {position.symbol}; the position is "
+            "closed and that remainder stays on your account (Binance can convert small "
+            "balances to BNB)"
+        )
+        self.position = position
+        self.residue = residue
+
+
 def _quote_fee(fill: Fill, base_asset: str, quote_asset: str) -> Decimal:
     """The commission valued in the quote asset, as the ``orders.fee`` column holds it.
 
@@ -219,13 +245,14 @@ class OrderPath:
             rules = await exchange.symbol_rules(request.symbol)
             wanted = request.quantity
             if request.side is Side.SELL:
-                check_order(rules, request.quantity, request.reference_price)
                 if request.position_id is None:
                     raise TradingError("an exit order needs the position it closes")
+                check_tradable(rules)
                 done = await self._resume_exit(exchange, request)
                 if done is not None:
                     return done
                 wanted = await self._sellable(exchange, rules.base_asset, request)
+                await self._close_if_dust(rules, wanted, request)
             quantity = check_order(rules, wanted, request.reference_price)
             order = await self._record(request, quantity)
             return await self._send_and_settle(exchange, order, request)
@@ -288,6 +315,51 @@ class OrderPath:
             request.quantity,
         )
         return free
+
+    async def _close_if_dust(
+        self, rules: SymbolRules, sellable: Decimal, request: OrderRequest
+    ) -> None:
+        """Close the position as dust when no order can sell what is left of it.
+
+        Below the minimum quantity nothing sells at any price. Below the minimum notional
+        only the remainder of a part-sold position counts as dust: a whole position worth
+        too little after a fall is refused, and its exit is tried again while the stop
+        asks for it (the price may come back). Nothing held at all is refused too: the
+        asset may be locked in an order the trader placed by hand.
+        """
+        assert request.position_id is not None
+        position = await store.get(self._db, request.position_id)
+        if position is None or position.status is not store.PositionStatus.OPEN:
+            return
+        if sellable <= 0:
+            return
+        if position.sold_quantity > 0:
+            dust = unsellable_remainder(rules, sellable, request.reference_price)
+        else:
+            dust = below_minimum_quantity(rules, sellable)
+        if not dust:
+            return
+        closed = await store.close(
+            self._db,
+            position.id,
+            request.reference_price,
+            ExitReason.DUST.value,
+            None,
+            sold=Decimal(0),
+            proceeds=Decimal(0),
+            now=self._clock(),
+        )
+        await self._stops.remove(position.id)
+        residue = closed.residue_quantity if closed.residue_quantity is not None else sellable
+        logger.warning(
+            "position %d of user %d: %s %s left is below the smallest order for %s; closed as dust",
+            position.id,
+            position.user_id,
+            residue,
+            rules.base_asset,
+            position.symbol,
+        )
+        raise PositionLeftAsDust(closed, residue, rules.base_asset)
 
     async def _successor(self, order: Order) -> Order:
         """Record the order that replaces one the exchange never took (a new client id)."""
@@ -678,6 +750,7 @@ __all__ = [
     "OrderOutcomeUnknown",
     "OrderPath",
     "OrderRequest",
+    "PositionLeftAsDust",
     "RecoveryReport",
     "Settlement",
     "client_order_id",

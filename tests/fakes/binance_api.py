@@ -238,6 +238,11 @@ class FakeBinance(BackgroundServer):
                     )
                 )
 
+    def clear_injected(self, endpoint: str) -> None:
+        """Drop the errors still waiting for `endpoint`: it answers normally again."""
+        with self._lock:
+            self._errors.pop(endpoint, None)
+
     def inject_rate_limit(self, endpoint: str, retry_after_s: int, *, banned: bool = False,
                           times: int = 1) -> None:  # fmt: skip
         """429 (or 418 when `banned`) with code -1003 and a Retry-After header."""
