@@ -164,6 +164,30 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def identify(
+    manifest: Manifest,
+    audit: AuditLog,
+    token: str | None,
+    permission: str,
+    action: str,
+    uid: int | None = None,
+) -> str:
+    """The caller's principal; a token that matches none is refused and audited as such."""
+    from blueprint.identity import UNKNOWN_TOKEN_PRINCIPAL, UnknownToken, principal_for
+
+    try:
+        return principal_for(manifest, token, uid)
+    except UnknownToken:
+        audit.record(
+            UNKNOWN_TOKEN_PRINCIPAL,
+            action,
+            Decision.DENIED,
+            outcome="unknown token",
+            permission=permission,
+        )
+        raise
+
+
 def authorize(
     manifest: Manifest, audit: AuditLog, principal: str, permission: str, action: str
 ) -> None:

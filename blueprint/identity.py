@@ -1,8 +1,10 @@
 """Who is asking: the principal a CLI call or a Telegram update acts as.
 
 A token proves more than a login (a CI job runs as some OS user but should hold only
-the `ci` role), so a matching `LUNARA_TOKEN` wins; otherwise the caller is the OS user
-the process runs as. Telegram users are named by their numeric id, which never changes,
+the `ci` role), so a matching `LUNARA_TOKEN` wins; without one the caller is the OS user
+the process runs as. A token that matches no principal is refused: a credential that
+fails never falls back to another identity (a mistyped CI token must not act with the
+runner's OS user's role). Telegram users are named by their numeric id, which never changes,
 unlike a username.
 """
 
@@ -12,19 +14,36 @@ import os
 import pwd
 from collections.abc import Mapping
 
+from blueprint.errors import PermissionDenied
 from blueprint.manifest import Manifest, PrincipalKind
 
 TOKEN_ENV = "LUNARA_TOKEN"
+UNKNOWN_TOKEN_PRINCIPAL = "token:?"
+"""How the audit log names a caller whose token matched no principal (no manifest
+principal can have this name)."""
+
+
+class UnknownToken(PermissionDenied):
+    """A token was given and matches no token principal of the manifest (exit 4)."""
+
+
+def principal_for(manifest: Manifest, token: str | None, uid: int | None = None) -> str:
+    """`token:<name>` for a token the manifest knows, `os_user:<login>` of ``uid`` (default:
+    the effective uid) when no token is given; ``UnknownToken`` for any other token."""
+    if token:
+        principal = manifest.principal_for_token(token)
+        if principal is None:
+            raise UnknownToken(
+                f"{TOKEN_ENV} matches no token principal in the manifest; fix the token, "
+                f"or unset {TOKEN_ENV} to act as your OS user"
+            )
+        return principal
+    return os_user_principal(uid)
 
 
 def cli_principal(manifest: Manifest, environ: Mapping[str, str]) -> str:
-    """`token:<name>` when LUNARA_TOKEN matches a token principal, else `os_user:<login>`."""
-    raw_token = environ.get(TOKEN_ENV)
-    if raw_token:
-        principal = manifest.principal_for_token(raw_token)
-        if principal is not None:
-            return principal
-    return os_user_principal()
+    """The principal of a CLI caller with this environment (see ``principal_for``)."""
+    return principal_for(manifest, environ.get(TOKEN_ENV))
 
 
 def os_user_principal(uid: int | None = None) -> str:

@@ -60,8 +60,8 @@ def active_manifest_path(options: Options) -> Path:
 
 def open_session(options: Options, permission: str, action: str) -> Session:
     """Load the manifest, identify the caller and authorize `permission` (audited)."""
-    from blueprint.audit import AuditLog, authorize
-    from blueprint.identity import cli_principal
+    from blueprint.audit import AuditLog, authorize, identify
+    from blueprint.identity import TOKEN_ENV
     from blueprint.manifest import load_manifest
     from blueprint.mirror import open_mirror
 
@@ -71,7 +71,7 @@ def open_session(options: Options, permission: str, action: str) -> Session:
     paths.ensure()
     mirror = open_mirror(os.environ.get("REDIS_URL") or None, manifest.name, audit_path=paths.audit)
     audit = AuditLog(paths.audit, mirror)
-    principal = cli_principal(manifest, os.environ)
+    principal = identify(manifest, audit, os.environ.get(TOKEN_ENV), permission, action)
     authorize(manifest, audit, principal, permission, action)
     return Session(paths, manifest, manifest_path, principal, audit, mirror, action)
 

@@ -7,7 +7,8 @@ plane. The answer is computed by the same `Controller.status` as the local path,
 the request is authorized and audited exactly as a local command would be:
 
 - identity: the peer's uid from the kernel (SO_PEERCRED) → `os_user:<login>`, or a
-  `token:<name>` when the client sends a LUNARA_TOKEN that matches the manifest;
+  `token:<name>` when the client sends a LUNARA_TOKEN that matches the manifest (a
+  token that matches none is refused with exit 4, never taken for the peer's uid);
 - authorization: `bot.status` against the manifest the client names (loaded with the
   same validation, cached by path, size and modification time);
 - audit: the decision and the outcome, like the CLI.
@@ -131,9 +132,8 @@ class StatusServer:
 
     def answer(self, request: dict[str, Any], uid: int) -> dict[str, Any]:
         """Authorize, audit and compute one status request, as the local CLI would."""
-        from blueprint.audit import AuditLog, Decision, authorize
+        from blueprint.audit import AuditLog, Decision, authorize, identify
         from blueprint.control import Controller
-        from blueprint.identity import os_user_principal
 
         manifest_path = Path(str(request.get("manifest", "")))
         token = request.get("token")
@@ -141,12 +141,9 @@ class StatusServer:
             if not manifest_path.is_absolute():
                 raise BlueprintError("the manifest path must be absolute", ExitCode.USAGE)
             manifest = self._manifests.load(manifest_path)
-            principal = None
-            if isinstance(token, str) and token:
-                principal = manifest.principal_for_token(token)
-            if principal is None:
-                principal = os_user_principal(uid)
             audit = AuditLog(self.paths.audit, self.mirror)
+            given = token if isinstance(token, str) else None
+            principal = identify(manifest, audit, given, "bot.status", "status", uid)
             authorize(manifest, audit, principal, "bot.status", "status")
             controller = Controller(self.paths, manifest, manifest_path, self.ledger, self.mirror)
             report = controller.status(principal)

@@ -359,3 +359,33 @@ def test_a_ledger_corrupted_under_a_running_watchdog_is_rebuilt_and_logged(cli: 
     status = cli.status()
     assert status["state"] == "running" and status["pid"] == bot_pid
     assert cli.run("stop").returncode == 0
+
+
+def test_a_token_that_matches_no_principal_is_refused_and_never_acts_as_the_os_user(
+    tmp_path: Path,
+) -> None:
+    """The OS user running the CLI is an owner here; a mistyped CI token must still be
+    refused (exit 4, audited as an unknown token), locally and by the running watchdog."""
+    import getpass
+
+    document = manifest_document()
+    document["principals"][f"os_user:{getpass.getuser()}"] = "owner"
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    cli = Cli(home, write_manifest(tmp_path / "manifest.json", document))
+    try:
+        for command in (("status",), ("start", "--wait", "30"), ("audit",)):
+            refused = cli.run(*command, token="not-a-token")
+            assert refused.returncode == 4, refused.stderr
+            assert "LUNARA_TOKEN matches no token principal" in refused.stderr
+            assert "Traceback" not in refused.stderr
+        assert cli.run("status", token=None).returncode == 3  # nothing was started
+        assert cli.run("start", "--wait", "30", token=None).returncode == 0
+        refused = cli.run("status", token="not-a-token")  # answered by the watchdog
+        assert refused.returncode == 4, refused.stderr
+        unknown = [e for e in cli.audit_entries() if e["principal"] == "token:?"]
+        assert len(unknown) == 4
+        assert {(e["decision"], e["outcome"]) for e in unknown} == {("denied", "unknown token")}
+        assert all("not-a-token" not in json.dumps(e) for e in cli.audit_entries())
+    finally:
+        cli.run("stop", "--timeout", "5", token=None)

@@ -9,7 +9,12 @@ from typing import Any
 
 import pytest
 
-from blueprint.identity import cli_principal, os_user_principal, telegram_principal
+from blueprint.identity import (
+    UnknownToken,
+    cli_principal,
+    os_user_principal,
+    telegram_principal,
+)
 from blueprint.manifest import Manifest, validate_manifest
 
 CI_TOKEN = "ci-token-for-tests-only"
@@ -39,8 +44,15 @@ def test_a_matching_token_makes_the_caller_the_token_principal(manifest: Manifes
     assert cli_principal(manifest, {"LUNARA_TOKEN": CI_TOKEN}) == "token:ci"
 
 
-@pytest.mark.parametrize("environ", [{}, {"LUNARA_TOKEN": ""}, {"LUNARA_TOKEN": "wrong"}])
-def test_without_a_matching_token_the_caller_is_the_effective_os_user(
+def test_a_token_that_matches_no_principal_is_refused_not_taken_for_the_os_user(
+    manifest: Manifest,
+) -> None:
+    with pytest.raises(UnknownToken, match="matches no token principal"):
+        cli_principal(manifest, {"LUNARA_TOKEN": "wrong"})
+
+
+@pytest.mark.parametrize("environ", [{}, {"LUNARA_TOKEN": ""}])
+def test_without_a_token_the_caller_is_the_effective_os_user(
     manifest: Manifest, environ: dict[str, str]
 ) -> None:
     assert cli_principal(manifest, environ) == f"os_user:{current_login()}"
