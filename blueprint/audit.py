@@ -5,6 +5,13 @@ Several CLI processes (and the bot) may write at once, so each entry is a single
 write: the entry lands whole at the end of the file and lines never interleave.
 Reading is forgiving: a corrupt line (a crash mid-write, a hand edit) is skipped, never
 fatal, because the audit log is most wanted when something went wrong.
+
+The log is rotated by size, like logrotate's ``size`` and ``rotate`` (a health check
+every 30 s writes thousands of lines a day): past ``MAX_FILE_BYTES`` the file becomes
+``audit.jsonl.1`` (the older ones move up, the oldest of ``KEPT_FILES`` is dropped) and a
+new one is started. The writer that rotates holds the lock; a writer that opened the old
+file meanwhile sees, once it has the lock, that the name points to a new file and
+starts over. Reading walks the rotated files too.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from blueprint.manifest import Manifest
 from blueprint.mirror import Mirror
 
 FILE_MODE = 0o600
+MAX_FILE_BYTES = 4 * 1024 * 1024
+KEPT_FILES = 5
+_OPEN_ATTEMPTS = 5
 _READ_BLOCK = 64 * 1024
 REDACTED = "[redacted]"
 # Detail keys whose values are never written, whatever a caller passes in.
@@ -60,11 +70,29 @@ class AuditLog:
     """Append-only JSON-lines log at `path`, copied to the mirror entry by entry."""
 
     def __init__(
-        self, path: Path, mirror: Mirror, clock: Callable[[], datetime] = _utc_now
+        self,
+        path: Path,
+        mirror: Mirror,
+        clock: Callable[[], datetime] = _utc_now,
+        *,
+        max_file_bytes: int = MAX_FILE_BYTES,
+        kept_files: int = KEPT_FILES,
     ) -> None:
+        if max_file_bytes <= 0 or kept_files < 1:
+            raise ValueError("the audit log needs a positive size bound and one kept file")
         self.path = path
         self._mirror = mirror
         self._clock = clock
+        self._max_file_bytes = max_file_bytes
+        self._kept_files = kept_files
+
+    def rotated(self, number: int) -> Path:
+        """The `number`-th older file (1 is the most recent one rotated away)."""
+        return self.path.with_name(f"{self.path.name}.{number}")
+
+    def files(self) -> list[Path]:
+        """The current file and the rotated ones, newest first."""
+        return [self.path, *(self.rotated(n) for n in range(1, self._kept_files + 1))]
 
     def record(
         self,
@@ -92,33 +120,62 @@ class AuditLog:
         return entry
 
     def _append(self, data: bytes) -> None:
+        for _ in range(_OPEN_ATTEMPTS):
+            try:
+                fd = os.open(
+                    self.path,
+                    os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                    FILE_MODE,
+                )
+            except OSError as error:
+                raise AuditWriteError(
+                    f"cannot write the audit log {self.path}: {error.strerror}"
+                ) from None
+            try:
+                if self._append_locked(fd, data):
+                    return
+            except OSError as error:
+                raise AuditWriteError(
+                    f"cannot write the audit log {self.path}: {error.strerror}"
+                ) from None
+            finally:
+                os.close(fd)
+        raise AuditWriteError(f"cannot write the audit log {self.path}: it keeps being replaced")
+
+    def _append_locked(self, fd: int, data: bytes) -> bool:
+        """Write under the lock; False when the file was rotated away (open it again)."""
+        # The lock makes the rotation, the torn-line check and the append one step, and
+        # keeps lines whole even where O_APPEND alone is not atomic (NFS). Held for one write.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        info = os.fstat(fd)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        except OSError as error:
-            raise AuditWriteError(
-                f"cannot write the audit log {self.path}: {error.strerror}"
-            ) from None
-        try:
-            # The lock makes the torn-line check and the append one step, and keeps lines
-            # whole even where O_APPEND alone is not atomic (NFS). Held for one write.
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            info = os.fstat(fd)
-            if info.st_mode & 0o077:
-                os.fchmod(fd, FILE_MODE)
-            # A line cut short by a crash must not swallow this entry: start a fresh line.
-            if info.st_size > 0 and os.pread(fd, 1, info.st_size - 1) != b"\n":
-                data = b"\n" + data
-            written = os.write(fd, data)
-        except OSError as error:
-            raise AuditWriteError(
-                f"cannot write the audit log {self.path}: {error.strerror}"
-            ) from None
-        finally:
-            os.close(fd)
+            current = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if (current.st_dev, current.st_ino) != (info.st_dev, info.st_ino):
+            return False
+        if info.st_size > 0 and info.st_size + len(data) > self._max_file_bytes:
+            self._rotate()
+            return False
+        if info.st_mode & 0o077:
+            os.fchmod(fd, FILE_MODE)
+        # A line cut short by a crash must not swallow this entry: start a fresh line.
+        if info.st_size > 0 and os.pread(fd, 1, info.st_size - 1) != b"\n":
+            data = b"\n" + data
+        written = os.write(fd, data)
         if written != len(data):
             raise AuditWriteError(
                 f"cannot write the audit log {self.path}: short write (disk full?)"
             )
+        return True
+
+    def _rotate(self) -> None:
+        """audit.jsonl.N-1 → .N, ..., audit.jsonl → .1; the oldest beyond the bound goes."""
+        for number in range(self._kept_files - 1, 0, -1):
+            older = self.rotated(number)
+            if older.exists():
+                os.replace(older, self.rotated(number + 1))
+        os.replace(self.path, self.rotated(1))
 
     def tail(self, lines: int) -> list[dict[str, Any]]:
         """The last `lines` readable entries, oldest first; corrupt lines are skipped."""
@@ -135,23 +192,29 @@ class AuditLog:
         return newest_first
 
     def _lines_from_end(self) -> Iterator[bytes]:
-        """Yield the file's lines, last first, reading backwards a block at a time."""
-        try:
-            handle = self.path.open("rb")
-        except FileNotFoundError:
-            return
-        with handle:
-            position = handle.seek(0, os.SEEK_END)
-            remainder = b""
-            while position > 0:
-                size = min(_READ_BLOCK, position)
-                position -= size
-                handle.seek(position)
-                chunk = handle.read(size) + remainder
-                parts = chunk.split(b"\n")
-                remainder = parts[0]
-                yield from reversed(parts[1:])
-            yield remainder
+        """Yield every line, last first: the current file, then the rotated ones."""
+        for path in self.files():
+            yield from _lines_from_end_of(path)
+
+
+def _lines_from_end_of(path: Path) -> Iterator[bytes]:
+    """Yield a file's lines, last first, reading backwards a block at a time."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        position = handle.seek(0, os.SEEK_END)
+        remainder = b""
+        while position > 0:
+            size = min(_READ_BLOCK, position)
+            position -= size
+            handle.seek(position)
+            chunk = handle.read(size) + remainder
+            parts = chunk.split(b"\n")
+            remainder = parts[0]
+            yield from reversed(parts[1:])
+        yield remainder
 
 
 def _parse(raw: bytes) -> dict[str, Any] | None:

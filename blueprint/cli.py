@@ -113,6 +113,9 @@ def main(
 ) -> None:
     """Run the CLI. `load_app` lets the bot add its own commands (lunara.cli) to the
     control plane's app without blueprint ever importing the bot."""
+    from blueprint.paths import use_private_umask
+
+    use_private_umask()  # the home's files (audit, ledger, locks) are the owner's alone
     arguments = list(argv if argv is not None else sys.argv[1:])
     plain = parse_plain_status(arguments)
     if plain is not None:

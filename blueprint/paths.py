@@ -1,8 +1,16 @@
-"""Where Lunara keeps its state on disk: one place that knows the layout of LUNARA_HOME."""
+"""Where Lunara keeps its state on disk: one place that knows the layout of LUNARA_HOME.
+
+Everything in the home is private to its owner (files 0600, directories 0700): it holds
+the database with the traders' encrypted keys, the logs and the audit trail. The
+processes that write there run under ``PRIVATE_UMASK``, so what they create is private
+whatever umask they were started with, and the watchdog puts right what an older
+release or a hand copy left readable, once per start.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +79,47 @@ class HomePaths:
         return self.root / "lunara.db"
 
     def ensure(self) -> None:
-        """Create the home and its logs folder, private to the owner."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Create the home and its logs folder, private to the owner whatever mode the
+        operator gave the home itself."""
+        for directory in (self.root, self.logs):
+            directory.mkdir(parents=True, exist_ok=True, mode=DIRECTORY_MODE)
+            _make_private(directory, DIRECTORY_MODE)
+
+    def make_private(self) -> int:
+        """Give every file under the home 0600 and every directory 0700 (symlinks are
+        neither followed nor changed; what another user owns is left alone). Returns how
+        many entries were changed."""
+        changed = 0
+        for folder, directories, files in os.walk(self.root):
+            base = Path(folder)
+            for name in directories:
+                changed += _make_private(base / name, DIRECTORY_MODE)
+            for name in files:
+                changed += _make_private(base / name, FILE_MODE)
+        return changed + _make_private(self.root, DIRECTORY_MODE)
+
+
+FILE_MODE = 0o600
+DIRECTORY_MODE = 0o700
+PRIVATE_UMASK = 0o077
+
+
+def use_private_umask() -> None:
+    """Files and directories this process creates from now on are its owner's alone."""
+    os.umask(PRIVATE_UMASK)
+
+
+def _make_private(path: Path, mode: int) -> int:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return 0
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.geteuid():
+        return 0
+    if stat.S_IMODE(info.st_mode) & 0o077 == 0:
+        return 0
+    try:
+        os.chmod(path, stat.S_IMODE(info.st_mode) & mode, follow_symlinks=False)
+    except (OSError, NotImplementedError):
+        return 0
+    return 1

@@ -44,7 +44,7 @@ from blueprint.backoff import decide_restart
 from blueprint.errors import BlueprintError, ExitCode
 from blueprint.heartbeat import clear_heartbeat, heartbeat_mtime
 from blueprint.logfiles import open_append
-from blueprint.paths import HomePaths
+from blueprint.paths import HomePaths, use_private_umask
 from blueprint.process import (
     become_subreaper,
     find_process,
@@ -359,6 +359,9 @@ class Watchdog:
                 f"another watchdog already supervises {self.paths.root} "
                 f"(it holds {self.paths.watchdog_lock}); not starting a second one"
             )
+        changed = self.paths.make_private()
+        if changed:
+            self.log(f"made {changed} file(s) in {self.paths.root} private to their owner")
         try:
             self._register()
         except BaseException:
@@ -703,6 +706,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m blueprint.watchdog`; returns the exit code."""
     arguments = _parser().parse_args(list(argv) if argv is not None else None)
+    use_private_umask()  # and the bot it spawns inherits it
     from blueprint.ledger import Ledger
     from blueprint.manifest import load_manifest
     from blueprint.mirror import open_mirror

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from blueprint.errors import BlueprintError, ExitCode
-from blueprint.paths import HomePaths
+from blueprint.paths import HomePaths, use_private_umask
 from lunara.config import Settings, SettingsError, load_settings
 from lunara.logs import configure_logging
 from lunara.runtime import Service, run_services
@@ -211,6 +211,7 @@ async def serve(settings: Settings, paths: HomePaths) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    use_private_umask()  # the database, its WAL, logs and state files: the owner's alone
     try:
         settings = load_settings()
     except SettingsError as error:
