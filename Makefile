@@ -23,7 +23,10 @@ $(STAMP_DEV): requirements/dev.lock pyproject.toml | $(BIN)/python
 	@touch $@ $(STAMP_PROD)
 
 ## run: start the bot under the watchdog on its embedded defaults, then show its status
+## (a clone made under umask 002 leaves the shipped manifest group-writable, which the
+## CLI refuses: the shipped one is made go-w here; one an operator edits stays checked)
 run: $(STAMP_PROD)
+	chmod go-w manifest.json
 	$(BIN)/lunara start --wait 60
 	$(BIN)/lunara status
 

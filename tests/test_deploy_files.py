@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,3 +64,33 @@ def test_the_backup_timer_runs_a_pruned_backup_as_the_bot_user_on_the_bot_home()
     assert command[4].startswith(settings["ReadWritePaths"] + "/")  # writable under ProtectSystem
     assert timer["OnCalendar"] and timer["Persistent"] == "true"
     assert timer["WantedBy"] == "timers.target"
+
+
+def test_make_run_starts_a_clone_made_under_umask_002(tmp_path: Path) -> None:
+    """Ubuntu's umask 002 leaves the shipped manifest group-writable, which the CLI
+    refuses; `make run` makes it go-w before it starts the bot. The real Makefile runs,
+    with a stand-in `lunara` that records the manifest's mode when it is called."""
+    import shutil
+    import stat
+    import subprocess
+
+    for name in ("Makefile", "pyproject.toml", "manifest.json"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / "requirements").mkdir()
+    shutil.copy(ROOT / "requirements" / "prod.lock", tmp_path / "requirements" / "prod.lock")
+    manifest = tmp_path / "manifest.json"
+    manifest.chmod(0o664)
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").symlink_to(sys.executable)
+    seen = tmp_path / "seen"
+    stand_in = bin_dir / "lunara"
+    stand_in.write_text(f'#!/bin/sh\nstat -c "%a $1" manifest.json >> {seen}\n')
+    stand_in.chmod(0o755)
+    (tmp_path / ".venv" / ".installed-prod").touch()  # newer than the lock: no install
+    result = subprocess.run(
+        ["make", "run"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert seen.read_text().splitlines() == ["644 start", "644 status"]
+    assert stat.S_IMODE(manifest.stat().st_mode) & 0o022 == 0
