@@ -7,6 +7,7 @@ by `lunara.cli` only when a command other than a plain `status` is run.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -15,7 +16,7 @@ import typer
 
 from blueprint.commands import JsonOption, app, finish, options_of
 from blueprint.errors import BlueprintError
-from blueprint.session import open_session
+from blueprint.session import Session, open_session
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -33,15 +34,22 @@ app.add_typer(keys_app, name="keys")
 REDIS_TIMEOUT_S = 5.0
 
 
+def settings_of(session: Session) -> Settings:
+    """The bot's settings for the home this command resolved (``--home`` wins over
+    ``LUNARA_HOME``), so a command reads and writes the very home whose bot it checked."""
+    from lunara.config import load_settings
+
+    return load_settings({**os.environ, "LUNARA_HOME": str(session.paths.root)})
+
+
 @config_app.command("show")
 def config_show(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """The effective configuration, every secret redacted."""
 
     def body() -> int:
-        from lunara.config import load_settings
 
         session = open_session(options_of(ctx), "bot.config", "config show")
-        shown = load_settings().redacted()
+        shown = settings_of(session).redacted()
         session.outcome("ok")
         if as_json:
             from blueprint.render import print_json
@@ -61,12 +69,11 @@ def keys_rotate(ctx: typer.Context) -> None:
     """Re-encrypt every stored secret under the newest key of LUNARA_ENCRYPTION_KEY."""
 
     def body() -> int:
-        from lunara.config import load_settings
         from lunara.crypto import load_keyring
         from lunara.storage.backup import rotate_keys
 
         session = open_session(options_of(ctx), "bot.keys", "keys rotate")
-        settings = load_settings()
+        settings = settings_of(session)
         keyring = load_keyring(settings)
         count = rotate_keys(settings.paths.database, keyring)
         session.outcome("ok", {"re_encrypted": count})
@@ -94,11 +101,10 @@ def backup(
     """A consistent copy of the database and the live trailing stops (safe while running)."""
 
     def body() -> int:
-        from lunara.config import load_settings
         from lunara.storage.backup import backup_database, backup_into
 
         session = open_session(options_of(ctx), "bot.backup", "backup")
-        settings = load_settings()
+        settings = settings_of(session)
         warnings: list[str] = []
         live = None if settings.redis_url is None else _live_stops(settings.redis_url, warnings)
         if keep is None:
@@ -179,14 +185,13 @@ def restore(
     """
 
     def body() -> int:
-        from lunara.config import load_settings
         from lunara.storage.backup import inspect_database, restore_database
 
         session = open_session(options_of(ctx), "bot.restore", "restore")
         running = session.controller.status(session.principal).pid is not None
         if running:
             raise BlueprintError("the bot is running: run `lunara stop` first, then restore")
-        settings = load_settings()
+        settings = settings_of(session)
         inspect_database(path)  # a bad file is refused before anything changes
         cleared = 0
         if settings.redis_url is not None:
@@ -213,7 +218,6 @@ def analyze(
 
     def body() -> int:
         from lunara.analysis import InsufficientData, analyze_candles
-        from lunara.config import load_settings
         from lunara.services import TradingError
         from lunara.telegram.parsing import UsageError, parse_symbol
 
@@ -222,7 +226,7 @@ def analyze(
             name = parse_symbol(symbol)
         except UsageError as error:
             raise BlueprintError(str(error)) from None
-        settings = load_settings()
+        settings = settings_of(session)
         try:
             candles = asyncio.run(_history(settings, name))
             result = analyze_candles(candles, symbol=name)
@@ -285,7 +289,6 @@ def backtest(
     def body() -> int:
         from lunara.analysis.candles import CandleFileError, read_klines_csv
         from lunara.backtest import plot_equity, run_backtest
-        from lunara.config import load_settings
         from lunara.telegram.parsing import UsageError, parse_symbol
         from lunara.trading.market import simulated_candles
 
@@ -294,7 +297,7 @@ def backtest(
             name = parse_symbol(symbol)
         except UsageError as error:
             raise BlueprintError(str(error)) from None
-        settings = load_settings()
+        settings = settings_of(session)
         if data is not None:
             try:
                 candles = read_klines_csv(data)
