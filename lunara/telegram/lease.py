@@ -7,6 +7,11 @@ lease first: with Redis, a key set with `SET NX PX` and renewed well before it e
 file in LUNARA_HOME (freed by the kernel when the holder dies). A second instance
 waits for the lease instead of polling. The lease key is derived from a hash of the
 token, never the token itself.
+
+With Redis configured but unreachable (at start, or later before the lease is held)
+the poller waits for Redis rather than falling back to the file lock, which another
+host would not see: two pollers on one token is the failure this module exists to
+prevent. Trading does not wait (the stop store runs on SQLite meanwhile).
 """
 
 from __future__ import annotations
@@ -15,10 +20,15 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import secrets
 from pathlib import Path
 from typing import Any
+
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
 
 LEASE_TTL_MS = 6_000  # a SIGKILLed holder frees the lease within this
 RENEW_EVERY_S = 2.0
@@ -65,8 +75,22 @@ class PollLease:
         return True
 
     async def acquire(self, stop: asyncio.Event) -> bool:
+        redis_down = False
         while not stop.is_set():
-            if await self._try_once():
+            try:
+                held = await self._try_once()
+            except (RedisError, OSError) as error:
+                if not redis_down:
+                    logger.warning(
+                        "Redis unavailable (%s): Telegram polling waits for its lease until "
+                        "Redis answers; trading goes on",
+                        type(error).__name__,
+                    )
+                redis_down = True
+                held = False
+            if held:
+                if redis_down:
+                    logger.info("Redis answers again: Telegram poller lease taken")
                 if self.redis is not None:
                     self._renewer = asyncio.create_task(self._renew_forever())
                 return True

@@ -20,6 +20,13 @@ sides at once, so a position is never lost or resurrected by a checkpoint gap.
 On start ``reconcile()`` loads both sides and keeps, per position, the state with the
 newest ``updated_at`` (Redis on a tie: it is written first), then writes the winners to
 whichever side differs.
+
+Redis down (at start, or while running) never stops a stop: the store advances the
+stops it holds in memory with the same ``trailing.advance`` and writes every change
+through to SQLite, as the SQLite-only store does, and warns once. It asks Redis again
+every ``REDIS_RETRY_S``; when Redis answers, the stops in memory (the truth while it was
+away) are written back to it, hashes of positions closed meanwhile are deleted, and the
+Lua script takes over again.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -50,6 +58,8 @@ from lunara.trading.trailing import (
 logger = logging.getLogger(__name__)
 
 REDIS_OUTAGE = (RedisConnectionError, RedisTimeoutError)
+REDIS_RETRY_S = 30.0
+"""While Redis is down, how often it is asked again (each try may cost a timeout)."""
 """Redis is down or restarting: what the store rides out instead of failing an order."""
 
 CHECKPOINT_INTERVAL_S = 5.0
@@ -616,9 +626,15 @@ class RedisStopStore:
         *,
         name: str,
         max_positions_per_call: int = MAX_POSITIONS_PER_CALL,
+        retry_s: float = REDIS_RETRY_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_positions_per_call < 1:
             raise ValueError("max_positions_per_call must be at least 1")
+        self._retry_s = retry_s
+        self._clock = clock
+        self._down_since: float | None = None  # Redis unreachable since (clock)
+        self._next_try = 0.0
         self._redis = redis
         self._table = _StopTable(db)
         self._prefix = stop_key_prefix(name)
@@ -635,8 +651,87 @@ class RedisStopStore:
     def round_trips(self) -> int:
         return self._round_trips
 
+    @property
+    def redis_down(self) -> bool:
+        """Stops are advanced in memory and written to SQLite until Redis answers."""
+        return self._down_since is not None
+
     def key(self, position_id: int) -> str:
         return f"{self._prefix}{position_id}"
+
+    def _went_down(self, error: BaseException) -> None:
+        now = self._clock()
+        if self._down_since is None:
+            self._down_since = now
+            logger.warning(
+                "Redis unavailable (%s): trailing stops run from memory, written through to "
+                "SQLite, until it answers (asked again every %.0f s)",
+                type(error).__name__,
+                self._retry_s,
+            )
+        self._next_try = now + self._retry_s
+
+    async def _back_if_answering(self) -> bool:
+        """While down, ask Redis again when due; on an answer, write the stops held in
+        memory back to it. True when Redis is in use again."""
+        if self._down_since is None:
+            return True
+        if self._clock() < self._next_try:
+            return False
+        try:
+            stale = [
+                key
+                for position_id, key in await _live_keys(self._redis, self._prefix, self._call)
+                if position_id not in self._tracked
+            ]
+            pipe = self._redis.pipeline(transaction=False)
+            for live in self._tracked.values():
+                pipe.hset(self.key(live.position_id), mapping=_to_hash(live.tracked()))
+            for key in stale:
+                pipe.delete(key)
+            await self._call(pipe.execute())
+        except REDIS_OUTAGE as error:
+            self._went_down(error)
+            return False
+        logger.info(
+            "Redis answers again after %.0f s: %d trailing stops written back, %d stale removed",
+            self._clock() - self._down_since,
+            len(self._tracked),
+            len(stale),
+        )
+        self._down_since = None
+        return True
+
+    async def _advance_in_memory(
+        self,
+        prices: Mapping[str, float],
+        params_by_user: Mapping[int, TrailingParams],
+        now: float,
+        fee: float,
+    ) -> Advance:
+        """The tick without Redis: the same rules in Python, each change written to SQLite."""
+        usable = _usable_prices(self.symbols(), prices)
+        steps = [
+            (live, usable[live.symbol], _params_of(live.user_id, params_by_user))
+            for position_id, live in sorted(self._tracked.items())
+            if live.symbol in usable
+        ]
+        triggered: list[TriggeredStop] = []
+        changed: list[_LiveStop] = []
+        for live, price, params in steps:
+            before = live.state()
+            state = advance(before, price, params, now, fee)
+            if state is not before:
+                live.move(state.peak_price, state.stop_price, state.activated, state.updated_at)
+                changed.append(live)
+            if is_triggered(state, price):
+                triggered.append(TriggeredStop(live.position_id, live.user_id, state))
+        if changed:
+            rows = [live.row() for live in changed]
+            self._round_trips += 1
+            await self._table.upsert_rows(rows)
+            self._dirty.difference_update(row[0] for row in rows)
+        return Advance(len(steps), triggered)
 
     def tracked(self) -> list[TrackedStop]:
         return [self._tracked[position_id].tracked() for position_id in sorted(self._tracked)]
@@ -662,6 +757,8 @@ class RedisStopStore:
         self._tracked[position_id] = _LiveStop.of(stop)
         self._dirty.discard(position_id)
         self._members_changed()
+        if self.redis_down:
+            return  # written back to Redis with the others when it answers
         try:
             await self._call(self._redis.hset(self.key(position_id), mapping=_to_hash(stop)))
         except REDIS_OUTAGE as error:
@@ -674,6 +771,8 @@ class RedisStopStore:
         self._dirty.discard(position_id)
         self._members_changed()
         await self._table.delete(position_id)
+        if self.redis_down:
+            return  # its hash is deleted as stale when Redis answers
         try:
             await self._call(self._redis.delete(self.key(position_id)))
         except REDIS_OUTAGE as error:
@@ -682,6 +781,9 @@ class RedisStopStore:
                            "SQLite only", type(error).__name__, position_id)  # fmt: skip
 
     async def get(self, position_id: int) -> StopState | None:
+        if self.redis_down:
+            live = self._tracked.get(position_id)
+            return None if live is None else live.state()
         raw = await self._call(self._redis.hgetall(self.key(position_id)))
         return _from_hash(position_id, raw).state if raw else None
 
@@ -718,6 +820,21 @@ class RedisStopStore:
         fee_rate: float,
     ) -> Advance:
         fee = validated_fee_rate(fee_rate)
+        if not await self._back_if_answering():
+            return await self._advance_in_memory(prices, params_by_user, float(now), fee)
+        try:
+            return await self._advance_in_redis(prices, params_by_user, now, fee)
+        except REDIS_OUTAGE as error:
+            self._went_down(error)
+            return await self._advance_in_memory(prices, params_by_user, float(now), fee)
+
+    async def _advance_in_redis(
+        self,
+        prices: Mapping[str, float],
+        params_by_user: Mapping[int, TrailingParams],
+        now: float,
+        fee: float,
+    ) -> Advance:
         usable = _usable_prices(self.symbols(), prices)
         slots = self._slots(usable, params_by_user)
         roster = slots.roster
@@ -814,8 +931,17 @@ class RedisStopStore:
         return await _read_live(self._redis, self._prefix, self._call)
 
     async def reconcile(self) -> int:
-        live = await self._load_live()
         saved = await self._table.load_all()
+        try:
+            live = await self._load_live()
+        except REDIS_OUTAGE as error:
+            # Start on SQLite alone: its checkpoint is at most 5 s behind what Redis held,
+            # and Redis gets the stops back when it answers.
+            self._went_down(error)
+            self._tracked = {position_id: _LiveStop.of(stop) for position_id, stop in saved.items()}
+            self._members_changed()
+            self._dirty.clear()
+            return len(saved)
         winners = {
             position_id: _newest(live.get(position_id), saved.get(position_id))
             for position_id in live.keys() | saved.keys()

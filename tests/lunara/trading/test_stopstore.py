@@ -637,3 +637,59 @@ async def test_stops_ride_out_a_redis_outage_and_are_written_back_when_it_return
         await client.aclose()
         server.terminate()
         server.wait(10)
+
+
+async def test_a_store_started_with_redis_down_runs_every_stop_on_sqlite_then_hands_back(
+    db: aiosqlite.Connection, tmp_path: Path
+) -> None:
+    earlier = SqliteStopStore(db)  # the stops an earlier run checkpointed
+    await open_positions(earlier, 3)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
+    now = [0.0]
+    store = RedisStopStore(client, db, name=NAME, retry_s=30.0, clock=lambda: now[0])
+    assert await store.reconcile() == 3 and store.redis_down
+    moved = await store.advance_all(every_symbol(120.0), params_for(3), 1.0, fee_rate=FEE)
+    assert moved.positions == 3 and moved.triggered == []
+    expected = advance(initial_state(100.0, PARAMS, 0.0), 120.0, PARAMS, 1.0, FEE)
+    assert (await saved_rows(db))[1] == as_row(expected)  # written through, no checkpoint due
+    hit = await store.advance_all(every_symbol(110.0), params_for(3), 2.0, fee_rate=FEE)
+    assert [stop.position_id for stop in hit.triggered] == [1, 2, 3]  # stops still sell
+    await store.remove(3)  # sold while Redis was away
+    server = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            with contextlib.suppress(RedisConnectionError):
+                if await client.ping():
+                    break
+            await asyncio.sleep(0.05)
+        stale = initial_state(100.0, PARAMS, 0.0)
+        for position_id in (1, 3):  # what Redis held before it went away
+            await client.hset(store.key(position_id), mapping={"entry_price": "100",
+                              "peak_price": "100", "stop_price": repr(stale.stop_price),
+                              "activated": "0", "updated_at": "0", "user_id": "1001",
+                              "symbol": "C1USDT"})  # fmt: skip
+        now[0] += 10.0  # not yet due to ask Redis again
+        await store.advance_all(every_symbol(120.0), params_for(3), 3.0, fee_rate=FEE)
+        assert store.redis_down
+        assert (await client.hget(store.key(1), "peak_price")) == b"100"
+        now[0] += 30.0
+        await store.advance_all(every_symbol(120.0), params_for(3), 4.0, fee_rate=FEE)
+        assert not store.redis_down
+        assert await client.exists(store.key(3)) == 0  # closed meanwhile: not resurrected
+        assert (await store.get(1)) == expected  # Redis holds what memory held
+        before = store.round_trips
+        await store.advance_all(every_symbol(121.0), params_for(3), 5.0, fee_rate=FEE)
+        assert store.round_trips - before == 1  # one script call again
+        assert float(await client.hget(store.key(1), "peak_price") or 0) == 121.0
+    finally:
+        await client.aclose()
+        server.terminate()
+        server.wait(10)
