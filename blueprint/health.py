@@ -51,11 +51,13 @@ def render_metrics(report: StatusReport, bot: Mapping[str, float]) -> str:
             return
         lines.append(f"# HELP lunara_{name} {help_text}")
         lines.append(f"# TYPE lunara_{name} {kind}")
-        lines.append(f"lunara_{name} {value}")
+        # Counts and byte sizes are whole numbers: written as such (146800640, not 1.468e8).
+        shown = str(int(value)) if float(value).is_integer() else repr(float(value))
+        lines.append(f"lunara_{name} {shown}")
 
     metric("up", "gauge", "1 when the bot is running and healthy.", 1.0 if report.healthy else 0.0)
     metric("restarts_total", "counter", "Bot restarts since start.", float(report.restarts))
-    rss = None if report.rss_mib is None else report.rss_mib * 1024 * 1024
+    rss = None if report.rss_mib is None else round(report.rss_mib * 1024 * 1024)
     metric("bot_rss_bytes", "gauge", "Resident memory of the bot's process tree.", rss)
     metric(
         "heartbeat_age_seconds",

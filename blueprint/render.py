@@ -29,7 +29,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.1f}"
+        return f"{value:.10g}"  # a price keeps its own precision (0.55115, 62422.18177)
     if isinstance(value, Mapping | list | tuple):
         return json.dumps(value, sort_keys=True, default=str)
     return str(value)
@@ -90,4 +90,35 @@ def print_status(report: Mapping[str, Any], as_json: bool, quiet: bool) -> None:
     if as_json:
         print_json(dict(report))
         return
-    print_mapping(f"lunara: {report.get('state')}", report)
+    readable = dict(report)
+    readable["last_exit"] = describe_last_exit(report.get("last_exit"))
+    readable["mirror"] = describe_mirror(report.get("mirror"))
+    print_mapping(f"lunara: {report.get('state')}", readable)
+
+
+def describe_last_exit(last_exit: Any) -> str | None:
+    """``{code, signal, at, reason}`` as one line: "exit code 1 at 2026-...: reason"."""
+    if not isinstance(last_exit, Mapping):
+        return None if last_exit is None else str(last_exit)
+    if last_exit.get("signal") is not None:
+        how = f"signal {last_exit['signal']}"
+    elif last_exit.get("code") is not None:
+        how = f"exit code {last_exit['code']}"
+    else:
+        how = "exit"
+    at = f" at {last_exit['at']}" if last_exit.get("at") else ""
+    reason = f": {last_exit['reason']}" if last_exit.get("reason") else ""
+    return f"{how}{at}{reason}"
+
+
+def describe_mirror(mirror: Any) -> str | None:
+    """``{backend, healthy, synced_revision}`` as one line: "redis, healthy, revision 12"."""
+    if not isinstance(mirror, Mapping):
+        return None if mirror is None else str(mirror)
+    backend = str(mirror.get("backend", "off"))
+    if backend == "off":
+        return "off"
+    health = "healthy" if mirror.get("healthy") else "unreachable"
+    revision = mirror.get("synced_revision")
+    synced = "" if revision is None else f", revision {revision} synced"
+    return f"{backend}, {health}{synced}"

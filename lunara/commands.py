@@ -7,15 +7,17 @@ by `lunara.cli` only when a command other than a plain `status` is run.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from blueprint.commands import JsonOption, app, finish, options_of
-from blueprint.errors import BlueprintError
+from blueprint.errors import BlueprintError, ExitCode
 from blueprint.session import Session, open_session
 
 if TYPE_CHECKING:
@@ -32,6 +34,9 @@ app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
 
 REDIS_TIMEOUT_S = 5.0
+DEFAULT_SIM_DAYS = 7
+PLOT_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "webp", "tif", "tiff", "eps", "ps", "gif")
+"""What matplotlib writes without extra packages, named by the file's suffix."""
 
 
 def settings_of(session: Session) -> Settings:
@@ -220,6 +225,7 @@ def analyze(
         from lunara.analysis import InsufficientData, analyze_candles
         from lunara.services import TradingError
         from lunara.telegram.parsing import UsageError, parse_symbol
+        from lunara.trading.exchange import ExchangeError
 
         session = open_session(options_of(ctx), "bot.analyze", "analyze")
         try:
@@ -230,7 +236,7 @@ def analyze(
         try:
             candles = asyncio.run(_history(settings, name))
             result = analyze_candles(candles, symbol=name)
-        except (InsufficientData, TradingError) as error:
+        except (InsufficientData, TradingError, ExchangeError) as error:
             raise BlueprintError(str(error)) from None
         session.outcome("ok")
         if as_json:
@@ -275,18 +281,31 @@ def backtest(
         typer.Option("--data", help="Klines CSV (open_time,open,high,low,close,volume)."),
     ] = None,
     sim: Annotated[bool, typer.Option("--sim", help="Use the seeded simulated market.")] = False,
-    days: Annotated[int, typer.Option("--days", min=1, max=365, help="Days of sim candles.")] = 7,
+    days: Annotated[
+        int | None,
+        typer.Option("--days", min=1, max=365, help="Days of sim candles (default 7)."),
+    ] = None,
     stake: Annotated[
         float, typer.Option("--stake", min=1, help="Quote currency per trade.")
     ] = 100.0,
     as_json: JsonOption = False,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write an equity curve PNG.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write the equity curve to this image (.png, .svg, .pdf)."),
+    ] = None,
 ) -> None:
     """Replay the analyzer, entry rule and trailing stops over candles; print the results."""
     if (data is None) == (not sim):
         raise typer.BadParameter("give exactly one of --data FILE or --sim")
+    if data is not None and days is not None:
+        raise typer.BadParameter("--days sets how much the sim makes; a --data file has its own")
+    if not math.isfinite(stake):
+        raise typer.BadParameter(f"--stake must be a finite amount of at least 1, got {stake}")
+    if plot is not None:
+        _check_plot_path(plot)
 
     def body() -> int:
+        from lunara.analysis import AnalyzerParams
         from lunara.analysis.candles import CandleFileError, read_klines_csv
         from lunara.backtest import plot_equity, run_backtest
         from lunara.telegram.parsing import UsageError, parse_symbol
@@ -302,9 +321,16 @@ def backtest(
             try:
                 candles = read_klines_csv(data)
             except CandleFileError as error:
-                raise BlueprintError(str(error)) from None
+                raise BlueprintError(str(error), ExitCode.USAGE) from None
         else:
-            candles = simulated_candles(name, days * 1440)
+            candles = simulated_candles(name, (days or DEFAULT_SIM_DAYS) * 1440)
+        needed = AnalyzerParams().warmup + 1
+        if len(candles) < needed:
+            raise BlueprintError(
+                f"a backtest needs at least {needed} candles (the analyzer's warm-up and one "
+                f"to trade on); {data} has {len(candles)}",
+                ExitCode.USAGE,
+            )
         fee = float(settings.paper_fee_rate)
         from blueprint.render import wants_plain
 
@@ -332,10 +358,33 @@ def backtest(
         print_records(
             "trades",
             ["entry_time", "entry_price", "exit_time", "exit_price", "profit", "reason"],
-            [trade.__dict__ for trade in result.trades],
+            [
+                trade.__dict__
+                | {"entry_time": _utc(trade.entry_time), "exit_time": _utc(trade.exit_time)}
+                for trade in result.trades
+            ],
         )
         summary = {k: v for k, v in result.to_json().items() if k != "trades"}
         print_mapping(f"backtest {name}", summary)
         return 0
 
     finish(body)
+
+
+def _check_plot_path(plot: Path) -> None:
+    """Refused before the backtest runs rather than after it: a suffix matplotlib cannot
+    write, or a folder that does not exist."""
+    suffix = plot.suffix.lower().lstrip(".")
+    if suffix not in PLOT_FORMATS:
+        raise typer.BadParameter(
+            f"--plot {plot}: the file's suffix picks the image format; use one of "
+            + ", ".join(f".{name}" for name in PLOT_FORMATS)
+        )
+    if not plot.parent.resolve().is_dir():
+        raise typer.BadParameter(f"--plot {plot}: the folder {plot.parent} does not exist")
+
+
+def _utc(milliseconds: int) -> str:
+    """A candle time (epoch milliseconds) as people read it."""
+    moment = datetime.fromtimestamp(milliseconds / 1000, UTC)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")

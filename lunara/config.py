@@ -266,9 +266,10 @@ class Settings(BaseSettings):
                 values.extend(part.strip() for part in raw.split(",") if part.strip())
         return values
 
-    def redacted(self) -> dict[str, str]:
-        """Every variable and its effective value, secrets reduced to whether they are set."""
-        shown: dict[str, str] = {}
+    def redacted(self) -> dict[str, str | int | float | bool]:
+        """Every variable and its effective value, secrets reduced to whether they are set;
+        numbers and flags stay numbers and flags (``config show --json``)."""
+        shown: dict[str, str | int | float | bool] = {}
         for name, field in type(self).model_fields.items():
             variable = str(field.validation_alias)
             value = getattr(self, name)
@@ -280,6 +281,10 @@ class Settings(BaseSettings):
                 shown[variable] = ",".join(value)
             elif isinstance(value, StrEnum):
                 shown[variable] = value.value
+            elif isinstance(value, bool | int | float):
+                shown[variable] = value
+            elif isinstance(value, Decimal):
+                shown[variable] = float(value)
             else:
                 shown[variable] = str(value)
         return shown

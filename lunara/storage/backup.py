@@ -62,11 +62,37 @@ class DatabaseSummary:
     row_counts: dict[str, int]
     size_bytes: int
 
+    def __str__(self) -> str:
+        """One line for people: "schema 5, users: 3, positions: 2, orders: 4, ..., 96 KiB"."""
+        counts = ", ".join(
+            f"{table.replace('_', ' ')}: {self.row_counts[table]}"
+            for table in _SHOWN_TABLES
+            if table in self.row_counts
+        )
+        size = self.size_bytes / 1024
+        shown = f"{size:.0f} KiB" if size < 1024 else f"{size / 1024:.1f} MiB"
+        return (
+            f"schema {self.schema_version}, {counts}, {shown}"
+            if counts
+            else (f"schema {self.schema_version}, {shown}")
+        )
+
+
+_SHOWN_TABLES = ("users", "positions", "orders", "trailing_stops")
+
 
 @dataclass(frozen=True)
 class RestoreResult:
     restored: DatabaseSummary
     previous_copy: Path | None  # the database as it was before, kept beside it
+
+    def __str__(self) -> str:
+        kept = (
+            f"; the database it replaced is kept as {self.previous_copy}"
+            if self.previous_copy is not None
+            else ""
+        )
+        return f"{self.restored}{kept}"
 
 
 @contextlib.contextmanager

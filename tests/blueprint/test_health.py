@@ -61,8 +61,8 @@ def test_healthz_follows_the_bot_and_metrics_are_prometheus_text(tmp_path: Path)
         metrics_status, metrics = get(port, "/metrics")
         assert metrics_status == 200
         for name in (
-            "lunara_up 1.0",
-            "lunara_restarts_total 0.0",
+            "lunara_up 1",
+            "lunara_restarts_total 0",
             "lunara_bot_rss_bytes",
             "lunara_heartbeat_age_seconds",
         ):
@@ -119,6 +119,7 @@ def test_render_metrics_includes_the_bots_counters() -> None:
         ledger_revision=1, principal=None, healthy=True, notes=[],
     )  # fmt: skip
     text = render_metrics(report, {"orders_placed_total": 7.0, "tick_duration_seconds": 0.01})
-    assert "lunara_orders_placed_total 7.0" in text
+    assert "lunara_orders_placed_total 7\n" in text  # counts and bytes are whole numbers
     assert "lunara_tick_duration_seconds 0.01" in text
-    assert "lunara_restarts_total 3.0" in text
+    assert "lunara_restarts_total 3\n" in text
+    assert "lunara_bot_rss_bytes 10485760\n" in text
