@@ -65,7 +65,7 @@ def test_each_role_can_run_exactly_its_commands(tmp_path: Path, role: str) -> No
         cli.run("stop", "--timeout", "5")
 
 
-def test_a_token_that_matches_no_principal_falls_back_to_the_os_user_and_is_refused(
+def test_a_token_that_matches_no_principal_is_refused_as_an_unknown_token(
     tmp_path: Path,
 ) -> None:
     home = tmp_path / "home"
@@ -73,4 +73,5 @@ def test_a_token_that_matches_no_principal_falls_back_to_the_os_user_and_is_refu
     cli = Cli(home, write_manifest(tmp_path / "manifest.json", manifest_document()))
     result = cli.run("status", token="not-a-known-token")
     assert result.returncode == 4
-    assert "os_user:" in result.stderr
+    assert "matches no token principal" in result.stderr
+    assert "os_user:" not in result.stderr  # never judged as the OS user
