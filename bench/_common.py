@@ -14,6 +14,22 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LUNARA = [sys.executable, "-m", "blueprint"]
+# Fifty Binance spot base assets, each traded against USDT: the benchmarks' 50 symbols.
+BASE_ASSETS = (
+    "BTC", "ETH", "BNB", "SOL", "XRP", "ADA", "DOGE", "TRX", "DOT", "LTC",
+    "LINK", "AVAX", "ATOM", "XLM", "ETC", "FIL", "APT", "ARB", "NEAR", "ALGO",
+    "VET", "ICP", "SAND", "MANA", "AXS", "AAVE", "EOS", "XTZ", "THETA", "EGLD",
+    "GRT", "CHZ", "KAVA", "RUNE", "SNX", "CRV", "COMP", "ZEC", "DASH", "ENJ",
+    "BAT", "ZIL", "IOTA", "NEO", "QTUM", "ONE", "HBAR", "INJ", "SUI", "PEPE",
+)  # fmt: skip
+KNOWN_PRICES = {"BTC": 50000.0, "ETH": 3000.0, "BNB": 500.0, "SOL": 150.0}
+
+
+def start_price(index: int, base: str) -> float:
+    """A symbol's price at the start of a benchmark: the real order of magnitude where
+    known, else spread from 5 USDT up (every one a legal market order at a 20-50 USDT
+    stake under the fake exchange's filters)."""
+    return KNOWN_PRICES.get(base, round(5 + 13.7 * index, 2))
 
 
 def write_manifest(directory: Path, program: dict[str, Any] | None = None) -> Path:
@@ -164,8 +180,8 @@ def report_growth(snapshots: Sequence[Path], top: int = 25) -> None:
     mib = 2**20
     print(f"  tracemalloc: traced {sum(s.size for s in last.statistics('filename')) / mib:.1f} MiB")
     print(f"  top growth, {snapshots[0].name} → {snapshots[-1].name} (by line):")
-    for stat in last.compare_to(first, "lineno")[:top]:
-        print(f"    {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d}  {stat.traceback}")
+    for grown in last.compare_to(first, "lineno")[:top]:
+        print(f"    {grown.size_diff / 1024:+9.1f} KiB {grown.count_diff:+7d}  {grown.traceback}")
     print("  largest now (by file):")
-    for stat in last.statistics("filename")[:top]:
-        print(f"    {stat.size / 1024:9.1f} KiB  {stat.traceback}")
+    for held in last.statistics("filename")[:top]:
+        print(f"    {held.size / 1024:9.1f} KiB  {held.traceback}")

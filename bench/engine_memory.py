@@ -47,10 +47,12 @@ from typing import IO, Any
 import httpx
 import psutil
 from _common import (
+    BASE_ASSETS,
     ROOT,
     bench_env,
     report_growth,
     snapshots_of,
+    start_price,
     take_snapshot,
     traced_bot_command,
     wait_for,
@@ -72,14 +74,6 @@ AUTO_MODE_EVERY = 5  # every fifth user trades automatically
 PLANS = ("free", "pro", "elite")
 PEER_SECONDS_MAX = 60.0
 LOT_STEP = Decimal("0.00001")  # the fake exchange's LOT_SIZE step
-BASE_ASSETS = (
-    "BTC", "ETH", "BNB", "SOL", "XRP", "ADA", "DOGE", "TRX", "DOT", "LTC",
-    "LINK", "AVAX", "ATOM", "XLM", "ETC", "FIL", "APT", "ARB", "NEAR", "ALGO",
-    "VET", "ICP", "SAND", "MANA", "AXS", "AAVE", "EOS", "XTZ", "THETA", "EGLD",
-    "GRT", "CHZ", "KAVA", "RUNE", "SNX", "CRV", "COMP", "ZEC", "DASH", "ENJ",
-    "BAT", "ZIL", "IOTA", "NEO", "QTUM", "ONE", "HBAR", "INJ", "SUI", "PEPE",
-)  # fmt: skip
-KNOWN_PRICES = {"BTC": 50000.0, "ETH": 3000.0, "BNB": 500.0, "SOL": 150.0}
 # Prices swing ±4 % around their start over a few minutes, with noise: enough for
 # trailing stops to activate and fire, and for stop losses to fire now and then.
 SWING = 0.04
@@ -111,7 +105,7 @@ def make_symbols(count: int) -> list[Symbol]:
         Symbol(
             name=f"{base}USDT",
             base=base,
-            start_price=KNOWN_PRICES.get(base, round(5 + 13.7 * index, 2)),
+            start_price=start_price(index, base),
             period_s=chooser.uniform(120, 360),
             phase=chooser.uniform(0, 2 * math.pi),
         )

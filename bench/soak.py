@@ -31,6 +31,13 @@ FAIL:
   order the ledger's positions do not account for; more BUYs than /buy commands);
 - every open position's trailing stop equals the pure `trailing.replay` of the price
   levels it lived through;
+- 0 stuck: no position is left open under a replayed stop that the last price level
+  (held with a live bot, fault-free, until the stop) triggers; stops triggered at an
+  earlier level whose price came back above them are counted, not judged;
+- every closed position left at most one LOT_SIZE step of its base asset (the step from
+  the fake's exchangeInfo), as recorded and as the exchange's fills of it say;
+- every closed position's realised P&L equals the exchange's fills of it (quote from the
+  sells less quote paid for the buys, less commissions paid in quote) within 1e-8;
 - every accepted Telegram command (its update confirmed by the poller) got exactly one
   threaded reply (message or invoice), and every accepted payment (its service message)
   is recorded and was thanked exactly once; the one duplicate excused (and counted) is
@@ -90,7 +97,13 @@ from _common import start_fake as common_start_fake
 
 sys.path.insert(0, str(ROOT))
 
-from lunara.trading.trailing import StopState, TrailingParams, advance, initial_state
+from lunara.trading.trailing import (
+    StopState,
+    TrailingParams,
+    advance,
+    initial_state,
+    is_triggered,
+)
 
 TOKEN = "7312345678:AAH3soakTokenQ9ZxV0b1c2d3e4f5g6h7i8j9"
 GEMINI_KEY = "gemini-soak-key-5b7e0c1d2a3f4e5d"
@@ -125,6 +138,7 @@ POLL_GAP_LIMIT_S = 20.0  # a live bot never goes this long without polling Teleg
 # getUpdates: the bot's CLIENT_TIMEOUT_S (5) plus its poll timeout (10), and some.
 TELEGRAM_STALL_S = 17.0
 BINANCE_STALL_S = 12.0  # past the bot's 10 s timeout; the late order then fails -1021
+PNL_TOLERANCE = Decimal("1e-8")  # quote (and base) a recorded figure may differ from the fills'
 PARAMS = TrailingParams(
     stoploss=-0.03,
     trailing_stop=True,
@@ -817,6 +831,28 @@ class FaultInjector:
 # -- the run --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Lot:
+    """A symbol as the exchange lists it: its assets and its LOT_SIZE step."""
+
+    base: str
+    quote: str
+    step: Decimal
+
+
+def read_lots(binance: httpx.Client) -> dict[str, Lot]:
+    """Each symbol's assets and lot step, from the fake exchange's own exchangeInfo."""
+    reply = binance.get("/api/v3/exchangeInfo")
+    reply.raise_for_status()
+    lots = {}
+    for symbol in reply.json()["symbols"]:
+        lot = next(f for f in symbol["filters"] if f["filterType"] == "LOT_SIZE")
+        lots[str(symbol["symbol"])] = Lot(
+            str(symbol["baseAsset"]), str(symbol["quoteAsset"]), Decimal(lot["stepSize"])
+        )
+    return lots
+
+
 @dataclass
 class Collected:
     """Everything the checks read, gathered after the clean stop."""
@@ -828,8 +864,9 @@ class Collected:
     reply_texts: list[str]
     sent: list[dict[str, Any]]  # the fake's sendMessage records (reply_to, text, at)
     invoices: list[dict[str, Any]]  # the fake's sendInvoice records (reply_to, payload, at)
-    orders: list[dict[str, Any]]
+    orders: list[dict[str, Any]]  # the fake exchange's, each with its fills
     binance_stats: dict[str, Any]
+    lots: dict[str, Lot]
     levels: list[Level]
     positions: list[dict[str, Any]]
     ledger_orders: dict[str, dict[str, Any]]
@@ -1033,6 +1070,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Collected:
             invoices=invoices,
             orders=binance.get("/_control/orders").json(),
             binance_stats=binance.get("/_control/stats").json(),
+            lots=read_lots(binance),
             levels=staircase.levels,
             positions=positions,
             ledger_orders=ledger_orders,
@@ -1190,23 +1228,37 @@ def check_orders(data: Collected) -> Verdict:
     return Verdict("zero duplicate orders", passed, figures)
 
 
-def expected_stop(
-    entry: float, opened_at: float, symbol: str, levels: Sequence[Level]
-) -> StopState:
-    """Replay: from the level the position was filled at, through every later level."""
+def entry_level(entry: float, opened_at: float, symbol: str, levels: Sequence[Level]) -> int:
+    """The index of the level a position was filled at: the last one sent before it
+    opened or, if a level changed while the order filled, the one whose price it got."""
     start = 0
     for index, level in enumerate(levels):
         if level.sent_at <= opened_at:
             start = index
-    # If a level changed while the order filled, start where the fill price was current.
     for index in range(start, -1, -1):
         if float(levels[index].prices[symbol]) == entry or levels[index].set_at <= opened_at:
-            start = index
-            break
+            return index
+    return start
+
+
+def replayed_stops(
+    entry: float, opened_at: float, symbol: str, levels: Sequence[Level]
+) -> list[tuple[int, StopState]]:
+    """Replay: the stop after each level, from the one the position was filled at on."""
     state = initial_state(entry, PARAMS, 0.0)
-    for level in levels[start:]:
-        state = advance(state, float(level.prices[symbol]), PARAMS, 0.0, FEE_RATE)
-    return state
+    replayed = []
+    for index in range(entry_level(entry, opened_at, symbol, levels), len(levels)):
+        state = advance(state, float(levels[index].prices[symbol]), PARAMS, 0.0, FEE_RATE)
+        replayed.append((index, state))
+    return replayed
+
+
+def expected_stop(
+    entry: float, opened_at: float, symbol: str, levels: Sequence[Level]
+) -> StopState:
+    """The stop a position reaches through every level it lived through."""
+    replayed = replayed_stops(entry, opened_at, symbol, levels)
+    return replayed[-1][1] if replayed else initial_state(entry, PARAMS, 0.0)
 
 
 def check_stops(data: Collected) -> Verdict:
@@ -1240,6 +1292,219 @@ def check_stops(data: Collected) -> Verdict:
         *[f"    {line}" for line in wrong[:10]],
     ]
     return Verdict("trailing stops equal the replay", not wrong, figures)
+
+
+def first_trigger(position: dict[str, Any], levels: Sequence[Level]) -> int | None:
+    """The first level at which the replayed stop of `position` is triggered (advanced by
+    the level's price, then compared with it, as each tick does) while it was open."""
+    entry = float(Decimal(position["entry_price"]))
+    closed_at = position["closed_at"]
+    replayed = replayed_stops(entry, float(position["opened_at"]), position["symbol"], levels)
+    for index, state in replayed:
+        if closed_at is not None and levels[index].sent_at > float(closed_at):
+            break
+        if is_triggered(state, float(levels[index].prices[position["symbol"]])):
+            return index
+    return None
+
+
+def check_exits(data: Collected) -> Verdict:
+    """0 stuck: no position is left open under a stop that its market has triggered.
+
+    What the end of the run can prove: the last price level is held LEVEL_HOLD_S with a
+    live bot, then through the drain until the clean stop, with no fault left (the last
+    is injected 20 s before the end of the load), so every tick in that time sees it. A
+    position still open at the stop whose replayed stop (the pure rules over the levels
+    it lived through; check_stops holds the bot's stored stop to the same replay) is at
+    or above that last price had each of those ticks to sell it and none did: it is
+    stuck. Judged: stuck == 0, with the last level held at least LEVEL_HOLD_S.
+
+    A stop triggered at an earlier level and not exited before the price came back above
+    it is counted, not judged: a fault at that level (a clock skew refusing every signed
+    request for the whole level, an order stalled past the timeout holding the tick) can
+    rightly keep an exit from going through; the position stays under its stop, and the
+    next fall through it sells.
+    """
+    final = data.levels[-1]
+    held_s = data.run_ended - final.set_at
+    stuck: list[str] = []
+    missed: list[str] = []
+    exited = 0
+    delays: list[float] = []
+    for position in data.positions:
+        triggered = first_trigger(position, data.levels)
+        if triggered is None:
+            continue
+        symbol = position["symbol"]
+        if position["status"] == "closed":
+            exited += 1
+            if position["closed_at"] is not None and position["exit_reason"] != "manual":
+                delays.append(float(position["closed_at"]) - data.levels[triggered].set_at)
+            continue
+        stop = expected_stop(float(Decimal(position["entry_price"])),
+                             float(position["opened_at"]), symbol, data.levels)  # fmt: skip
+        attempts = Counter(
+            str(row["status"])
+            for row in data.ledger_orders.values()
+            if row["position_id"] == position["id"] and row["side"] == "SELL"
+        )
+        line = (f"position {position['id']} {symbol}: stop {stop.stop_price:.2f} first hit at "
+                f"level {triggered} ({data.levels[triggered].prices[symbol]}), last price "
+                f"{final.prices[symbol]}; exit orders {dict(attempts) or 'none'}")  # fmt: skip
+        if is_triggered(stop, float(final.prices[symbol])):
+            stuck.append(line)
+        else:
+            missed.append(line)
+    hit = exited + len(stuck) + len(missed)
+    delays.sort()
+    figures = [
+        f"{hit} positions hit their stop in the replay while open: {exited} exited, "
+        f"{len(stuck)} stuck "
+        f"(open under a stop the last price triggers; that price held {held_s:.0f} s, "
+        f"{held_s / float(TICK_SECONDS):.0f} ticks, before the stop)",
+        f"open with a stop hit at an earlier level, the price now above it (not judged): "
+        f"{len(missed)}",
+        "stop exits after the level that first triggered them: "
+        + (f"median {delays[len(delays) // 2]:.1f} s, max {delays[-1]:.1f} s" if delays
+           else "none"),
+        *[f"    stuck: {line}" for line in stuck[:10]],
+        *[f"    earlier: {line}" for line in missed[:5]],
+    ]  # fmt: skip
+    return Verdict("0 stuck: every stop the market triggered was exited",
+                   not stuck and held_s >= LEVEL_HOLD_S, figures)  # fmt: skip
+
+
+@dataclass
+class Flows:
+    """What a position's fills at the exchange moved on the account: quote (a commission
+    paid in it included), base (a commission taken from it included), and commissions
+    paid in any other asset (BNB)."""
+
+    quote: Decimal = Decimal(0)
+    base: Decimal = Decimal(0)
+    other_fees: dict[str, Decimal] = field(default_factory=dict)
+    fills: int = 0
+
+
+def exchange_orders_by_position(data: Collected) -> dict[int, list[dict[str, Any]]]:
+    """The exchange's orders of each position, found by the client ids of its ledger
+    orders (a client id names its trader, so it is unique across the run)."""
+    position_of: dict[str, int] = {}
+    for client_id, row in data.ledger_orders.items():
+        if row["position_id"] is not None:
+            position_of[client_id] = int(row["position_id"])
+    for position in data.positions:
+        for column in ("entry_client_order_id", "exit_client_order_id"):
+            if position[column]:
+                position_of.setdefault(str(position[column]), int(position["id"]))
+    found: dict[int, list[dict[str, Any]]] = {}
+    for order in data.orders:
+        position_id = position_of.get(str(order["clientOrderId"]))
+        if position_id is not None:
+            found.setdefault(position_id, []).append(order)
+    return found
+
+
+def fill_flows(orders: Sequence[dict[str, Any]], lot: Lot) -> Flows:
+    """Sum the exchange's fills of some orders, each at its own price and commission."""
+    flows = Flows()
+    for order in orders:
+        bought = 1 if order["side"] == "BUY" else -1
+        for fill in order.get("fills") or []:
+            quantity, price = Decimal(fill["qty"]), Decimal(fill["price"])
+            fee, asset = Decimal(fill["commission"]), str(fill["commissionAsset"])
+            flows.base += bought * quantity
+            flows.quote -= bought * quantity * price
+            if asset == lot.quote:
+                flows.quote -= fee
+            elif asset == lot.base:
+                flows.base -= fee
+            else:
+                flows.other_fees[asset] = flows.other_fees.get(asset, Decimal(0)) + fee
+            flows.fills += 1
+    return flows
+
+
+def check_residue(data: Collected) -> Verdict:
+    """The base left behind by each closed position is at most one LOT_SIZE step.
+
+    A position holds what its buy received (the commission taken in the base asset is
+    not there to sell), and an exit sells whole steps only, so less than one step may
+    stay on the account as dust; more means a position was not sold out. Judged from
+    both sides: the residue the bot recorded when it closed the position, and the base
+    the exchange's fills of that position left (bought, less the commission taken from
+    it, less sold). The step is the symbol's LOT_SIZE in the fake's exchangeInfo. Out
+    of [0, step] on either side fails, as does a recorded residue that differs from the
+    fills' by more than PNL_TOLERANCE of the base.
+    """
+    exchange = exchange_orders_by_position(data)
+    closed = [p for p in data.positions if p["status"] == "closed"]
+    worst = Decimal(0)
+    bad: list[str] = []
+    differ: list[str] = []
+    for position in closed:
+        lot = data.lots[position["symbol"]]
+        left = fill_flows(exchange.get(int(position["id"]), []), lot).base
+        label = f"position {position['id']} {position['symbol']}"
+        recorded = position["residue_quantity"]
+        if recorded is None:
+            bad.append(f"{label}: closed with no residue recorded")
+            continue
+        for source, residue in (("recorded", Decimal(recorded)), ("fills", left)):
+            worst = max(worst, abs(residue) / lot.step)
+            if not 0 <= residue <= lot.step:
+                bad.append(f"{label}: {source} residue {residue} "
+                           f"({residue / lot.step:.2f} steps of {lot.step})")  # fmt: skip
+        if abs(Decimal(recorded) - left) > PNL_TOLERANCE:
+            differ.append(f"{label}: recorded {recorded}, fills {left}")
+    figures = [
+        f"{len(closed)} closed positions; largest residue {worst:.3f} lot steps (limit 1)",
+        f"outside [0, 1 step]: {len(bad)}; recorded residue not the fills': {len(differ)}",
+        *[f"    {line}" for line in bad[:8]],
+        *[f"    {line}" for line in differ[:5]],
+    ]
+    return Verdict("base residue per closed position <= one lot step",
+                   not bad and not differ, figures)  # fmt: skip
+
+
+def check_pnl(data: Collected) -> Verdict:
+    """Every closed position's realised P&L equals what the exchange's fills of it say.
+
+    Recomputed from the fake exchange's own record of the position's orders (each fill's
+    price, quantity and commission), not from the bot's: quote received on the sell
+    fills minus quote paid on the buy fills, minus every commission paid in the quote
+    asset. A commission taken in the base asset needs no valuing: the base it took was
+    never there to sell, so the quote the sells brought is already short of it. One paid
+    in a third asset (BNB) moves no quote; the bot records it per asset, and the count
+    is shown. Equal within PNL_TOLERANCE of the quote; a position closed with no P&L
+    recorded, or with no fills at the exchange, is a mismatch.
+    """
+    exchange = exchange_orders_by_position(data)
+    closed = [p for p in data.positions if p["status"] == "closed"]
+    largest = Decimal(0)
+    mismatched: list[str] = []
+    other_fees = 0
+    total = Decimal(0)
+    for position in closed:
+        flows = fill_flows(exchange.get(int(position["id"]), []), data.lots[position["symbol"]])
+        other_fees += bool(flows.other_fees)
+        label = f"position {position['id']} {position['symbol']}"
+        recorded = position["realized_pnl"]
+        if recorded is None or flows.fills == 0:
+            mismatched.append(f"{label}: P&L {recorded}, {flows.fills} fills at the exchange")
+            continue
+        difference = abs(Decimal(recorded) - flows.quote)
+        largest = max(largest, difference)
+        total += flows.quote
+        if difference > PNL_TOLERANCE:
+            mismatched.append(f"{label}: recorded {recorded}, fills {flows.quote}")
+    figures = [
+        f"{len(closed)} closed positions, P&L from the fills {total:+.8f} in all; mismatches "
+        f"over {PNL_TOLERANCE:f}: {len(mismatched)}; largest difference {largest:f}",
+        f"commissions paid in a third asset (outside the quote flows): {other_fees} positions",
+        *[f"    {line}" for line in mismatched[:8]],
+    ]
+    return Verdict("realised P&L equals the fills", not mismatched, figures)
 
 
 def check_replies(data: Collected) -> Verdict:
@@ -1496,8 +1761,9 @@ def check_restarts(data: Collected) -> Verdict:
 
 
 def report(data: Collected) -> bool:
-    verdicts = [check_orders(data), check_stops(data), check_replies(data), *check_logs(data),
-                check_status(data), check_rss(data), check_restarts(data)]  # fmt: skip
+    verdicts = [check_orders(data), check_stops(data), check_exits(data), check_residue(data),
+                check_pnl(data), check_replies(data), *check_logs(data), check_status(data),
+                check_rss(data), check_restarts(data)]  # fmt: skip
     verdicts.append(Verdict("clean lunara stop", data.stop_exit == 0,
                             [f"exit {data.stop_exit}"]))  # fmt: skip
     print(f"soak: {data.minutes:g} min of faults and load, {data.users} users, live mode on the "

@@ -4,9 +4,11 @@
 and the real bot under `lunara start`, drives 500 users through it while a fault
 injector kills the bot and the watchdog, restarts and flushes Redis, corrupts the
 ledger and makes every fake misbehave; it exits 0 only when every property held
-(no duplicate orders, stops equal their replay, one reply per accepted command, no
-tracebacks or secrets in the logs, an honest and fast `lunara status`, bounded RSS,
-restarts equal kills). Its report is printed, so a failure shows every figure.
+(no duplicate orders, stops equal their replay, no position stuck under a triggered
+stop, residue under one lot step and P&L equal to the exchange's fills for every closed
+position, one reply per accepted command, no tracebacks or secrets in the logs, an
+honest and fast `lunara status`, bounded RSS, restarts equal kills). Its report is
+printed, so a failure shows every figure.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import importlib
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -79,3 +82,66 @@ def test_soak_excuses_only_an_answer_a_sigkill_caught_before_it_was_recorded(
         ([100.0, 106.0], []),
     ]:
         assert soak.caught_by_kill(replies_and_kills(soak, answers, kills), command) is None
+
+
+def traded(soak: ModuleType, realized_pnl: str, residue: str) -> Any:
+    """One BTCUSDT position as the checks see it: bought 0.001 at 50,000 (commission
+    0.000001 BTC), sold 0.00099 at 51,000 (commission 0.05049 USDT), recorded as closed
+    with `realized_pnl` and `residue`. Its fills say P&L 0.43951 and residue 0.000009."""
+    position = {"id": 1, "user_id": 5, "symbol": "BTCUSDT", "status": "closed",
+                "entry_price": "50000", "opened_at": 10.0, "closed_at": 20.0,
+                "exit_reason": "stop_loss", "entry_client_order_id": "lu-buy",
+                "exit_client_order_id": "lu-sell", "realized_pnl": realized_pnl,
+                "residue_quantity": residue}  # fmt: skip
+    ledger = {cid: {"position_id": 1, "side": side, "status": "filled", "user_id": 5}
+              for cid, side in (("lu-buy", "BUY"), ("lu-sell", "SELL"))}  # fmt: skip
+    orders = [
+        {"clientOrderId": "lu-buy", "side": "BUY", "fills": [
+            {"price": "50000", "qty": "0.001", "commission": "0.000001",
+             "commissionAsset": "BTC"}]},
+        {"clientOrderId": "lu-sell", "side": "SELL", "fills": [
+            {"price": "51000", "qty": "0.00099", "commission": "0.05049",
+             "commissionAsset": "USDT"}]},
+    ]  # fmt: skip
+    lots = {"BTCUSDT": soak.Lot("BTC", "USDT", Decimal("0.00001"))}
+    return SimpleNamespace(positions=[position], ledger_orders=ledger, orders=orders, lots=lots)
+
+
+def test_soak_recomputes_pnl_and_residue_from_the_exchange_fills(soak: ModuleType) -> None:
+    assert soak.check_pnl(traded(soak, "0.43951", "0.000009")).passed is True
+    assert soak.check_residue(traded(soak, "0.43951", "0.000009")).passed is True
+
+    off_by_more_than_tolerance = soak.check_pnl(traded(soak, "0.43951002", "0.000009"))
+    assert off_by_more_than_tolerance.passed is False
+    assert "largest difference 0.00000002" in off_by_more_than_tolerance.figures[0]
+    # The base commission counted twice (once in the quantity, once valued in quote).
+    assert soak.check_pnl(traded(soak, "0.38951", "0.000009")).passed is False
+
+    over_a_step = soak.check_residue(traded(soak, "0.43951", "0.000019"))
+    assert over_a_step.passed is False
+    assert "largest residue 1.900 lot steps" in over_a_step.figures[0]
+    assert soak.check_residue(traded(soak, "0.43951", "0.000008")).passed is False
+
+
+def test_soak_counts_a_position_open_under_a_stop_the_last_price_triggers_as_stuck(
+    soak: ModuleType,
+) -> None:
+    prices = [50000, 49000, 48400]  # the stop sits 3 % under the entry: 48,500
+    levels = [soak.Level(10.0 + 4 * i, 10.1 + 4 * i, {"BTCUSDT": Decimal(p)})
+              for i, p in enumerate(prices)]  # fmt: skip
+    position = {"id": 1, "symbol": "BTCUSDT", "entry_price": "50000", "opened_at": 10.5,
+                "status": "open", "closed_at": None, "exit_reason": None}  # fmt: skip
+    data = SimpleNamespace(levels=levels, positions=[position], ledger_orders={},
+                           run_ended=levels[-1].set_at + 30)  # fmt: skip
+    stuck = soak.check_exits(data)
+    assert stuck.passed is False
+    assert "while open: 0 exited, 1 stuck" in stuck.figures[0]
+
+    position.update(status="closed", closed_at=19.0, exit_reason="stop_loss")
+    assert soak.check_exits(data).passed is True
+    # Above its stop at the last level, the earlier fall through it is shown, not judged.
+    position.update(status="open", closed_at=None)
+    levels.append(soak.Level(22.0, 22.1, {"BTCUSDT": Decimal(49000)}))
+    recovered = soak.check_exits(data)
+    assert recovered.passed is True
+    assert recovered.figures[1].endswith(": 1")
