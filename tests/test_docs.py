@@ -39,6 +39,17 @@ def test_configuration_reference_is_the_generators_output() -> None:
     assert committed == expected, "run: python scripts/gen_config_docs.py"
 
 
+def test_telegram_reference_is_the_generators_output() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "gen_telegram_docs", ROOT / "scripts" / "gen_telegram_docs.py"
+    )
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    committed = (ROOT / "docs" / "telegram.md").read_text()
+    assert committed == generator.render(), "run: python scripts/gen_telegram_docs.py"
+
+
 def test_configuration_reference_names_every_setting_and_control_plane_variable() -> None:
     from lunara.config import CLI_ONLY_VARIABLES, settings_variables
 
