@@ -1,6 +1,6 @@
 """Soak: the real bot under the real watchdog, 500 users and a fault injector, then invariants.
 
-    .venv/bin/python bench/soak.py [--minutes 20] [--seed N] [--users 500] [--rate 6] [--keep]
+    .venv/bin/python bench/soak.py [--minutes 30] [--seed N] [--users 500] [--rate 6] [--keep]
 
 Starts a private redis-server (AOF on, so a restart keeps its data) and the fake
 Telegram, Binance and Gemini servers as separate processes (127.0.0.1 only), then
@@ -50,11 +50,12 @@ FAIL:
   the bot was running (probes within 1.5 s of a process fault are not judged);
 - bot RSS: peak (target <= 200 MiB) and least-squares slope over the last half of the
   run (target <= 1 MiB per 10 minutes; judged only in runs of 10 minutes or more, printed
-  always). In a judged run the bot is SIGKILLed and SIGTERMed only in the first 30 % of
-  it, so the last half is one bot life, well past its warm-up, under everything else
-  (watchdog kills, Redis restarts, the flush, the injected faults, the full load). Were
-  there several lives in it, the slope is pooled over them (each from its own mean,
-  after its first 30 s, 60 s in long runs), so a restart does not read as a trend;
+  always). In a judged run every process fault (bot and watchdog kills, SIGTERM, Redis
+  restarts and the flush, the corrupt ledger) falls in its first 20 %, so the rest is one
+  bot life, well past its warm-up, under the injected faults and the full load. Were
+  there several lives in the last half, the slope is pooled over them (each from its own
+  mean, after its first 30 s, 60 s in long runs), so a restart does not read as a trend.
+  `bench/memory_long.py` reads one bot life without any fault for longer;
 - restarts counted by the watchdog equal the bot SIGKILLs plus SIGTERMs injected. A
   killed watchdog does not count: the bot it leaves lives on and the new watchdog
   adopts it, keeping the count.
@@ -125,7 +126,7 @@ SLOPE_TARGET_MIB_PER_10MIN = 1.0
 SLOPE_MIN_RUN_MIN = 10.0
 SLOPE_WARMUP_S = 30.0  # a bot's first seconds (imports, caches) are not a leak
 SLOPE_WARMUP_LONG_S = 60.0
-BOT_FAULTS_UNTIL = 0.3  # judged runs: bot kills and SIGTERMs only in this first part
+PROCESS_FAULTS_UNTIL = 0.2  # judged runs: process faults only in this first part
 RECOVERY_DEADLINE_S = 90.0
 SHORT_RUN_MIN = 5.0
 SHORT_ONBOARD = 40  # Telegram onboarding runs at ~10 commands/s; the short mode must be short
@@ -626,26 +627,25 @@ class FaultLog:
 def plan_faults(minutes: float, rng: random.Random) -> list[tuple[float, str]]:
     """(seconds into the run, kind): every kind at least once, more in longer runs."""
     duration = minutes * 60
-    # Process faults about once a minute in long runs; the cheap injected ones every few
-    # seconds.
-    process_scale = max(1, int(minutes / 6))
+    span_start, span_end = 6.0, duration - 20.0
+    # In a judged run every process fault (kills of the bot and the watchdog, SIGTERM,
+    # Redis restarts and flushes, a corrupt ledger) falls in its first
+    # PROCESS_FAULTS_UNTIL: the rest is one bot life whose RSS trend can be read, while
+    # the cheap injected faults go on to the end. Process faults come about once a minute
+    # of the span they fall in; the injected ones every few seconds.
+    judged = minutes >= SLOPE_MIN_RUN_MIN
+    process_end = span_start + (duration * PROCESS_FAULTS_UNTIL if judged else span_end)
+    process_end = min(process_end, span_end)
+    process_scale = max(1, int((process_end - span_start) / 60 / 6))
     injected_scale = max(1, int(minutes / 2))
     process = ["kill_bot", "kill_bot", "sigterm_bot", "kill_watchdog", "redis_restart"]
     process = process * process_scale + ["redis_flush", "corrupt_ledger"]
     rng.shuffle(process)
     injected = list(INJECTED_FAULTS) * injected_scale
     plan = []
-    span_start, span_end = 6.0, duration - 20.0
-    # In a judged run the bot is killed only before BOT_FAULTS_UNTIL of it: the last half
-    # is one bot life (past its warm-up) whose RSS trend can be read, while the watchdog
-    # kills, Redis and ledger faults and the injected ones go on to the end.
-    judged = minutes >= SLOPE_MIN_RUN_MIN
-    bot_kills = [kind for kind in process if judged and kind in BOT_FAULTS]
-    others = [kind for kind in process if kind not in bot_kills]
-    for kinds, end in ((bot_kills, duration * BOT_FAULTS_UNTIL), (others, span_end)):
-        slot = (end - span_start) / max(1, len(kinds))
-        for index, kind in enumerate(kinds):
-            plan.append((span_start + index * slot + rng.uniform(0, slot * 0.3), kind))
+    slot = (process_end - span_start) / max(1, len(process))
+    for index, kind in enumerate(process):
+        plan.append((span_start + index * slot + rng.uniform(0, slot * 0.3), kind))
     for kind in injected:
         plan.append((rng.uniform(span_start, span_end), kind))
     return sorted(plan)
@@ -1040,7 +1040,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Collected:
         observers = Observers(installation)
         injector = FaultInjector(installation, redis_server, telegram, binance, gemini)
         load = CommandLoad(telegram, users, args.rate, rng.randrange(2**32))
-        plan = plan_faults(args.minutes, rng)
+        plan = plan_faults(args.minutes, rng) if getattr(args, "faults", True) else []
         observers.start()
         load.start()
         run_started = time.time()
@@ -1782,7 +1782,7 @@ def report(data: Collected) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=20261127)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--rate", type=float, default=6.0, help="commands per second")
