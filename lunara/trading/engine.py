@@ -638,6 +638,10 @@ class EngineRunner:
             await self._drain()
 
     async def _drain(self) -> None:
+        cut_short = await self._engine.executor.finish_in_flight(ORDER_DRAIN_S)
+        if cut_short:
+            logger.warning("%d trader(s) cut short at shutdown; their orders are resolved on "
+                           "start", cut_short)  # fmt: skip
         deadline = time.monotonic() + ORDER_DRAIN_S
         while self._engine.orders.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

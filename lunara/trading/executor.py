@@ -9,7 +9,11 @@ Each tick:
 4. triggered stops exit through the same order path as ``/sell``; auto-mode traders
    enter on the analyzers' entry signals within their stake, symbols and plan limits;
    traders are worked on concurrently up to a bound, each inside a guard so that one
-   trader's failure never stops another, and a circuit breaker pauses a trader whose
+   trader's failure never stops another, and a tick waits for their work at most
+   ``wait_for_traders_s``: a trader whose order hangs (a stalled request, an unknown
+   outcome waiting out Binance's recvWindow) goes on in the background and is left out of
+   later ticks until done, while everyone else's stops keep running on time; a circuit
+   breaker pauses a trader whose
    exchange keys keep failing (and tells them through the ``Notifier``); an exit the
    exchange refused is tried again on a doubling, capped schedule for as long as the
    stop asks for it: the trader is told why once, and the admins when it persists;
@@ -50,6 +54,7 @@ from lunara.trading.trailing import InvalidTrailingParams, TrailingParams
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONCURRENT_USERS = 32
+DEFAULT_WAIT_FOR_TRADERS_S = 5.0
 RECOVERY_INTERVAL_S = 30.0
 EXIT_RETRY_FIRST_S = 10.0
 """The wait before a refused exit is tried again; it doubles with each refusal..."""
@@ -299,6 +304,8 @@ class TickReport:
     exits: int = 0
     entries: int = 0
     failures: int = 0
+    still_working: int = 0  # traders whose work outlived the tick's wait (carried on)
+    skipped_busy: int = 0  # traders left out: their work from an earlier tick goes on
     store_round_trips: int = 0
     market_requests: int = 0
     paused: bool = False
@@ -312,6 +319,8 @@ class ExecutorConfig:
     checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S
     fee_rate: float = 0.001
     """Paid on each side; the trailing offset is compared with the profit after both fees."""
+    wait_for_traders_s: float = DEFAULT_WAIT_FOR_TRADERS_S
+    """How long a tick waits for the traders' orders before the next tick may start."""
 
 
 class Executor:
@@ -352,6 +361,7 @@ class Executor:
         self._unknown_seen: frozenset[str] = frozenset()
         self._unknown_told: set[tuple[int, str]] = set()  # (trader, symbol) told once
         self.exit_retries = exit_retries if exit_retries is not None else ExitRetries()
+        self._in_flight: dict[int, asyncio.Task[None]] = {}  # trader -> work still going
 
     def use_symbols(self, symbols: tuple[str, ...]) -> None:
         """The bot's symbols for auto-traders without their own list (the engine leaves
@@ -382,12 +392,31 @@ class Executor:
             self.exit_retries.keep_only({stop.position_id for stop in self._stops.tracked()})
         exits = self._exits_by_user(advanced.triggered)
         entries = {} if report.paused else await self._entries_by_user(market)
-        work = [
-            self._guarded(user_id, exits.get(user_id, []), entries.get(user_id, []), market, report)
-            for user_id in sorted(exits.keys() | entries.keys())
-        ]
-        if work:
-            await asyncio.gather(*work)
+        working: list[asyncio.Task[None]] = []
+        for user_id in sorted(exits.keys() | entries.keys()):
+            earlier = self._in_flight.get(user_id)
+            if earlier is not None and not earlier.done():
+                report.skipped_busy += 1  # its stop still asks next tick, if it still should
+                continue
+            task = asyncio.create_task(
+                self._guarded(
+                    user_id, exits.get(user_id, []), entries.get(user_id, []), market, report
+                ),
+                name=f"trader-{user_id}",
+            )
+            self._in_flight[user_id] = task
+            task.add_done_callback(self._forget_done)
+            working.append(task)
+        if working:
+            _, pending = await asyncio.wait(working, timeout=self._config.wait_for_traders_s)
+            report.still_working = len(pending)
+            if pending:
+                logger.warning(
+                    "%d trader(s) still waiting on the exchange after %.1f s; their orders go "
+                    "on while the next tick runs",
+                    len(pending),
+                    self._config.wait_for_traders_s,
+                )
         await self.checkpoint_if_due()
         await self._recover_if_due()
         report.store_round_trips = self._stops.round_trips - round_trips_before
@@ -396,6 +425,29 @@ class Executor:
         self.last_report = report
         self.ticks += 1
         return report
+
+    def _forget_done(self, task: asyncio.Task[None]) -> None:
+        for user_id, running in list(self._in_flight.items()):
+            if running is task:
+                del self._in_flight[user_id]
+
+    @property
+    def in_flight(self) -> int:
+        """Traders whose work from an earlier tick is still going on."""
+        return sum(1 for task in self._in_flight.values() if not task.done())
+
+    async def finish_in_flight(self, timeout_s: float) -> int:
+        """Wait for the traders' work still going on (at shutdown); what outlives the wait
+        is cancelled and left to the next start's order recovery. Returns how many."""
+        running = [task for task in self._in_flight.values() if not task.done()]
+        if not running:
+            return 0
+        _, pending = await asyncio.wait(running, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+        return len(pending)
 
     def _symbols_needed(self, tracked_symbols: set[str]) -> list[str]:
         needed = tracked_symbols

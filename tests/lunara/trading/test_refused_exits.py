@@ -1,7 +1,8 @@
 """Exits the exchange refuses, through the executor and the real python-binance client
 against the strict fake Binance: tried again on a doubling schedule for as long as the
 stop asks, never given up, told to the trader once and to the admins when it lasts; and
-a remainder no order can sell closed as dust instead of being refused forever."""
+a remainder no order can sell closed as dust instead of being refused forever; and an
+order that hangs holds back no other trader's stop."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ from tests.lunara.trading.support import FakeClock
 KEY, SECRET = "k" * 64, "s" * 64
 TRADER = 5
 INSUFFICIENT = "Account has insufficient balance for requested action."
+WAIT_S = 0.5  # how long a tick waits for the traders' orders
+OTHER = 6
 
 
 class Inbox:
@@ -118,7 +121,7 @@ async def bot(fake: FakeBinance, tmp_path: Path) -> AsyncIterator[Bot]:
         signals=None,
         settings=SettingsCache(db),
         breaker=CircuitBreaker(),
-        config=ExecutorConfig(symbols=("BTCUSDT", "ETHUSDT")),
+        config=ExecutorConfig(symbols=("BTCUSDT", "ETHUSDT"), wait_for_traders_s=WAIT_S),
         notifier=lambda: inbox,
         exit_retries=ExitRetries(clock=clock),
     )
@@ -260,3 +263,32 @@ async def test_a_remainder_too_small_to_sell_closes_the_position_as_dust(
     # The stop is gone: later ticks leave the closed position alone.
     await bot.executor.tick()
     assert _sells(fake) == sends
+
+
+async def test_an_order_that_hangs_holds_back_no_other_traders_stop(
+    fake: FakeBinance, bot: Bot
+) -> None:
+    await users.register(bot.db, OTHER, "other")
+    hanging = await bot.buy("BTCUSDT", "0.001", "50000")
+    other = (
+        await bot.orders.submit(
+            bot.exchange,
+            OrderRequest(OTHER, "ETHUSDT", store.OrderSide.BUY, Decimal("0.01"), Decimal(3000)),
+        )
+    ).position
+    fake.set_price("BTCUSDT", 45000)
+    fake.inject("order", 0, 0, "", stall_s=1.5, method="POST")  # the next sell hangs 1.5 s
+    first = await bot.executor.tick()
+    assert first.still_working == 1 and first.exits == 0
+    fake.set_price("ETHUSDT", 2700)  # the other trader's stop, while the first still waits
+    second = await bot.executor.tick()
+    assert second.skipped_busy == 1 and second.exits == 1
+    closed = await store.get(bot.db, other.id)
+    assert closed is not None and closed.status is store.PositionStatus.CLOSED
+    still = await store.get(bot.db, hanging.id)
+    assert still is not None and still.status is store.PositionStatus.OPEN
+    assert await bot.executor.finish_in_flight(10.0) == 0  # the hung sell completes
+    sold = await store.get(bot.db, hanging.id)
+    assert sold is not None and sold.status is store.PositionStatus.CLOSED
+    sells = [order for order in fake.orders if order["side"] == "SELL"]
+    assert len(sells) == 2  # each position sold once
