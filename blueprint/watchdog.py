@@ -268,6 +268,7 @@ class Watchdog:
         self._bot: Bot | None = None
         self._failures = 0
         self._restart_at: float | None = None
+        self._health_address: tuple[str, int] | None = None
         self._exit_code = ExitCode.UNHEALTHY  # when the loop gives up (crash loop)
         self._previous_handlers: dict[int, Any] = {}
         self._written: LedgerDocument | None = None  # the ledger as we last wrote it
@@ -376,10 +377,14 @@ class Watchdog:
     def prepare(self) -> None:
         """Take the lock, record ourselves, adopt or spawn the bot.
 
-        Raises BlueprintError when another watchdog already owns this home. Callers that
-        start watchdogs hold the start lock around this, so the ledger shows the
-        watchdog and its bot by the time the lock is released.
+        Raises BlueprintError when another watchdog already owns this home, ConfigError
+        (exit 6) when the health port is not a port. Callers that start watchdogs hold the
+        start lock around this, so the ledger shows the watchdog and its bot by the time
+        the lock is released.
         """
+        from blueprint.health import health_address
+
+        self._health_address = health_address(os.environ)
         if not self._take_lock():
             raise BlueprintError(
                 f"another watchdog already supervises {self.paths.root} "
@@ -453,15 +458,16 @@ class Watchdog:
         """The optional HTTP endpoint (blueprint.health); off unless a port is set."""
         from blueprint.health import start_health_server
 
+        if self._health_address is None:
+            return None
         try:
             server = start_health_server(
-                os.environ, self.paths, self.manifest, self.ledger, self.ledger.mirror
+                self._health_address, self.paths, self.manifest, self.ledger, self.ledger.mirror
             )
-        except (OSError, ValueError) as error:
+        except OSError as error:
             self.log(f"health endpoint not started: {error}")
             return None
-        if server is not None:
-            self.log(f"health endpoint listening on port {server.port}")
+        self.log(f"health endpoint listening on port {server.port}")
         return server
 
     def _start_status_server(self) -> StatusServer | None:
