@@ -63,3 +63,15 @@ def test_the_backup_timer_runs_a_pruned_backup_as_the_bot_user_on_the_bot_home()
     assert command[4].startswith(settings["ReadWritePaths"] + "/")  # writable under ProtectSystem
     assert timer["OnCalendar"] and timer["Persistent"] == "true"
     assert timer["WantedBy"] == "timers.target"
+
+
+def test_systemd_reads_the_settings_where_the_bot_does_not_and_never_retries_exit_6() -> None:
+    """A root-only .env in the unit's working directory is read by the bot as `lunara`
+    too, and stops it; systemd's EnvironmentFile= must live elsewhere. And exit 6 (an
+    invalid configuration) is not something a restart can fix."""
+    bot = dict(_unit("lunara.service"))
+    environment_file = Path(bot["EnvironmentFile"].removeprefix("-"))
+    working_directory = Path(bot["WorkingDirectory"])
+    assert environment_file.is_absolute()
+    assert working_directory not in environment_file.parents
+    assert "6" in bot["RestartPreventExitStatus"].split()
