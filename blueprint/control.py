@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from blueprint.errors import BlueprintError, ConfigError, ExitCode, StartFailed
+from blueprint.exit_message import is_invalid_config
 from blueprint.heartbeat import heartbeat_mtime
 from blueprint.logfiles import open_append
 from blueprint.paths import HomePaths
@@ -340,9 +341,9 @@ class Controller:
             bot_uptime_s=uptime,
             heartbeat_timeout_s=self.manifest.program.heartbeat_timeout_s,
         )
-        refused = doc.last_exit
-        invalid_config = (
-            refused is not None and refused.code == ExitCode.INVALID_CONFIG and not refused.signal
+        last_exit = doc.last_exit
+        invalid_config = last_exit is not None and is_invalid_config(
+            last_exit.code, last_exit.signal
         )
         verdict = decide_state(str(doc.state), facts, invalid_config)
         notes = list(verdict.notes)
@@ -558,12 +559,8 @@ class Controller:
             _wait_for(lambda: self.ledger.read().document.bot != dead_bot, EXIT_RECORD_WAIT_S)
         doc = self.ledger.read().document
         last_exit = doc.last_exit
-        if (
-            str(doc.state) == State.FATAL
-            and last_exit is not None
-            and last_exit.code == ExitCode.INVALID_CONFIG
-            and not last_exit.signal
-        ):
+        fatal = str(doc.state) == State.FATAL
+        if fatal and last_exit and is_invalid_config(last_exit.code, last_exit.signal):
             return ConfigError(redact(last_exit.reason, self.environ))
         reason = f" ({last_exit.reason})" if last_exit is not None else ""
         return StartFailed(what + reason + self._log_excerpt(self.paths.bot_output))

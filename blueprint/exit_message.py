@@ -14,10 +14,16 @@ import contextlib
 import os
 from pathlib import Path
 
+from blueprint.errors import ExitCode
 from blueprint.paths import HomePaths
 
 EXIT_MESSAGE_FILE = "exit-message"
 MAX_CHARS = 500
+
+
+def is_invalid_config(code: int | None, signum: int | None) -> bool:
+    """The bot refused its configuration (exit 6): restarting it cannot help."""
+    return signum is None and code == ExitCode.INVALID_CONFIG
 
 
 def exit_message_path(paths: HomePaths) -> Path:

@@ -45,7 +45,7 @@ import psutil
 
 from blueprint.backoff import decide_restart
 from blueprint.errors import BlueprintError, ExitCode
-from blueprint.exit_message import clear_exit_message, take_exit_message
+from blueprint.exit_message import clear_exit_message, is_invalid_config, take_exit_message
 from blueprint.heartbeat import clear_heartbeat, heartbeat_mtime
 from blueprint.logfiles import open_append
 from blueprint.paths import HomePaths
@@ -150,11 +150,6 @@ def exit_reason(code: int | None, signum: int | None, message: str | None) -> st
     if is_invalid_config(code, signum):
         return message
     return f"{described}: {message}"
-
-
-def is_invalid_config(code: int | None, signum: int | None) -> bool:
-    """The bot refused its configuration (exit 6): restarting it cannot help."""
-    return signum is None and code == ExitCode.INVALID_CONFIG
 
 
 def split_returncode(returncode: int) -> tuple[int | None, int | None]:

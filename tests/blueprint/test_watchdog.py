@@ -13,11 +13,11 @@ import psutil
 import pytest
 
 from blueprint.errors import ExitCode, StartFailed
+from blueprint.exit_message import is_invalid_config
 from blueprint.watchdog import (
     describe_exit,
     exit_reason,
     heartbeat_reason,
-    is_invalid_config,
     memory_reason,
     resolve_command,
 )
