@@ -110,12 +110,19 @@ def start(
     wait: Annotated[
         float | None,
         typer.Option(
-            "--wait", min=0, help="Block until the bot's first heartbeat; exit 7 on timeout."
+            "--wait",
+            min=0,
+            help="Block until the bot's first heartbeat; exit 6 when it refuses its "
+            "configuration, 7 on timeout or early death.",
         ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Start the watchdog and the bot (does nothing if already running)."""
+    """Start the watchdog and the bot (does nothing if already running).
+
+    Without --wait it returns once the bot is spawned and says `starting`: whether it
+    comes up is not known yet (`lunara status` tells).
+    """
     lifecycle(ctx, "bot.start", "start", lambda s: s.controller.start(s.principal, wait), as_json)
 
 
@@ -140,7 +147,10 @@ def restart(
     wait: Annotated[
         float | None,
         typer.Option(
-            "--wait", min=0, help="Block until the new bot's first heartbeat; exit 7 on timeout."
+            "--wait",
+            min=0,
+            help="Block until the new bot's first heartbeat; exit 6 when it refuses its "
+            "configuration, 7 on timeout or early death.",
         ),
     ] = None,
     as_json: JsonOption = False,
@@ -206,7 +216,11 @@ def run(ctx: typer.Context) -> None:
 
     def body() -> int:
         session = open_session(options_of(ctx), "bot.run", "run")
-        code = session.controller.run_foreground(session.principal)
+        try:
+            code = session.controller.run_foreground(session.principal)
+        except BlueprintError as error:  # a bad health port, a bot refusing its configuration
+            session.outcome("failed", {"error": error.message.splitlines()[0][:300]})
+            raise
         session.outcome("exited", {"code": code})
         return code
 

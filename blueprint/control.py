@@ -8,7 +8,10 @@ nor `stopped` for a live one, whatever the ledger claims.
 `start` spawns the watchdog detached (its own session, stdin from /dev/null, output to
 `logs/watchdog.log`) under the start lock, and only releases the lock once the watchdog
 has recorded itself and its bot, so concurrent starts find it. A bot left alive by a
-killed watchdog is adopted by the new watchdog rather than started twice.
+killed watchdog is adopted by the new watchdog rather than started twice. Without
+`--wait`, `start` cannot know yet whether the bot comes up, so it says `starting`; with
+it, it fails with exit 6 and the bot's own one-line reason when the bot refused its
+configuration, and with exit 7 and this start's log lines (not earlier runs') otherwise.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from blueprint.errors import BlueprintError, ExitCode, StartFailed
+from blueprint.errors import BlueprintError, ConfigError, ExitCode, StartFailed
+from blueprint.exit_message import is_invalid_config
 from blueprint.heartbeat import heartbeat_mtime
 from blueprint.logfiles import open_append
 from blueprint.paths import HomePaths
@@ -53,6 +57,9 @@ START_LOCK_TIMEOUT_S = 120.0
 WATCHDOG_EXIT_GRACE_S = 5.0
 EXIT_RECORD_WAIT_S = 2.0
 LOG_LINES_ON_FAILURE = 15
+INVALID_CONFIG_NOTE = (
+    "invalid configuration (last_exit.reason says what): not restarted; fix it, then start"
+)
 _SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 _SECRET_SHAPES = (
     (re.compile(r"\b\d{6,}:[A-Za-z0-9_-]{30,}\b"), "[redacted]"),  # Telegram bot tokens
@@ -102,8 +109,14 @@ class Verdict:
     notes: tuple[str, ...] = ()
 
 
-def decide_state(stored: str, facts: Liveness) -> Verdict:
-    """Name the state from the ledger's claim and the facts; the facts win."""
+def decide_state(stored: str, facts: Liveness, invalid_config: bool = False) -> Verdict:
+    """Name the state from the ledger's claim and the facts; the facts win.
+
+    `invalid_config`: the last exit had code 6, so a `fatal` state is the bot refusing its
+    configuration, not a crash loop.
+    """
+    if stored == State.FATAL and invalid_config and not facts.bot_alive:
+        return Verdict(State.FATAL, False, (INVALID_CONFIG_NOTE,))
     if not facts.watchdog_alive:
         if facts.bot_alive:
             return Verdict(
@@ -252,6 +265,13 @@ def _bot_started(doc: LedgerDocument, bot: psutil.Process) -> float:
     return created
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -284,6 +304,9 @@ class Controller:
         self.ledger = ledger
         self.mirror = mirror
         self.environ = dict(os.environ if environ is None else environ)
+        # Sizes of the captured logs when this controller's start began: a failure quotes
+        # only what this start wrote, not earlier runs' output in the same files.
+        self._run_offsets: dict[Path, int] = {}
 
     # -- status -------------------------------------------------------------------
 
@@ -318,7 +341,11 @@ class Controller:
             bot_uptime_s=uptime,
             heartbeat_timeout_s=self.manifest.program.heartbeat_timeout_s,
         )
-        verdict = decide_state(str(doc.state), facts)
+        last_exit = doc.last_exit
+        invalid_config = last_exit is not None and is_invalid_config(
+            last_exit.code, last_exit.signal
+        )
+        verdict = decide_state(str(doc.state), facts, invalid_config)
         notes = list(verdict.notes)
         if recovered:
             notes.insert(0, recovered)
@@ -361,19 +388,37 @@ class Controller:
             lock.release()
 
     def start(self, principal: str, wait_s: float | None) -> ActionResult:
-        """Start the watchdog (or adopt an orphaned bot); idempotent and concurrency-safe."""
+        """Start the watchdog (or adopt an orphaned bot); idempotent and concurrency-safe.
+
+        Without `wait_s` it returns once the watchdog has started the bot, saying
+        `starting`: whether the bot comes up is not known yet (`status` tells). With it,
+        it returns once the bot is up, or raises: ConfigError (exit 6) when the bot
+        refused its configuration, StartFailed (exit 7) when it died or did not beat.
+        """
+        self._run_offsets = {}
         try:
             with self._start_lock():
-                changed, message = self._start_locked(principal)
-        except StartFailed:
+                changed, message, spawned = self._start_locked(principal)
+        except (StartFailed, ConfigError):
             raise
         except BlueprintError as error:
             raise StartFailed(error.message) from None
         if wait_s is not None:
             self._wait_first_heartbeat(wait_s)
-        return ActionResult(changed, message, self.status(principal))
+        report = self.status(principal)
+        if spawned:
+            where = f"bot pid {report.pid or '-'}, watchdog pid {report.supervisor_pid or '-'}"
+            if wait_s is None:
+                message = (
+                    f"starting ({where}); not known to be up yet: `lunara status` tells, "
+                    "`lunara start --wait SECONDS` waits for it"
+                )
+            else:
+                message = f"started ({where}); the bot is up"
+        return ActionResult(changed, message, report)
 
-    def _start_locked(self, principal: str) -> tuple[bool, str]:
+    def _start_locked(self, principal: str) -> tuple[bool, str, bool]:
+        """(changed, message, whether a new bot was spawned) under the start lock."""
         from blueprint.ledger import BotState
 
         doc = self.ledger.read().document
@@ -385,19 +430,23 @@ class Controller:
         if watchdog is not None:
             bot = find_process(doc.bot)
             where = f"bot pid {bot.pid}, " if bot is not None else f"{doc.state}, "
-            return False, f"already running ({where}watchdog pid {watchdog.pid})"
+            return False, f"already running ({where}watchdog pid {watchdog.pid})", False
         orphan = find_process(doc.bot)
 
         def requested(document: LedgerDocument) -> None:
             document.add_event(ControlEvent.START_REQUESTED, f"start requested by {principal}")
 
         self.ledger.update(requested)
+        self._run_offsets = {
+            path: _size(path) for path in (self.paths.bot_output, self.paths.watchdog_log)
+        }
         self._spawn_watchdog(principal, adopt=orphan is not None)
         if orphan is not None:
-            return True, f"adopted the running bot (pid {orphan.pid}) under a new watchdog"
-        doc = self.ledger.read().document
-        bot = find_process(doc.bot)
-        return True, f"started (bot pid {bot.pid if bot else '-'})"
+            message = f"adopted the running bot (pid {orphan.pid}) under a new watchdog"
+            return True, message, False
+        if str(self.ledger.read().document.state) == State.FATAL:
+            raise self._start_failure("the bot could not be started (state fatal)", None)
+        return True, "started", True
 
     def watchdog_command(self, principal: str, *, adopt: bool = False) -> list[str]:
         """The exact command line of a detached watchdog."""
@@ -453,10 +502,22 @@ class Controller:
             doc = self.ledger.read().document
             if str(doc.state) == State.FATAL:
                 return  # it ran, crash-looped and gave up: the caller reports it
+            if popen.returncode == ExitCode.INVALID_CONFIG:
+                raise ConfigError(self._watchdog_refusal())
             raise StartFailed(
                 f"the watchdog exited at once (code {popen.returncode})"
                 + self._log_excerpt(self.paths.watchdog_log)
             )
+
+    def _watchdog_refusal(self) -> str:
+        """What a watchdog that refused its configuration said (its last line, this start)."""
+        from blueprint.logtail import last_lines
+
+        since = self._run_offsets.get(self.paths.watchdog_log, 0)
+        said = last_lines(self.paths.watchdog_log, 1, since)
+        if not said:
+            return "the watchdog refused its configuration (exit 6)"
+        return redact(said[0].removeprefix("watchdog: "), self.environ)
 
     def _wait_first_heartbeat(self, wait_s: float) -> None:
         deadline = time.monotonic() + wait_s
@@ -465,16 +526,14 @@ class Controller:
         while True:
             doc = self.ledger.read().document
             if str(doc.state) == State.FATAL:
-                raise StartFailed(
-                    "the bot crash-looped during start (state fatal)" + self._bot_failure(None)
-                )
+                raise self._start_failure("the bot crash-looped during start (state fatal)", None)
             if find_process(doc.watchdog) is None:
-                raise StartFailed("the watchdog exited during start" + self._bot_failure(None))
+                raise self._start_failure("the watchdog exited during start", None)
             bot = find_process(doc.bot)
             if first_bot is not None and (doc.bot != first_bot or find_process(first_bot) is None):
-                raise StartFailed("the bot exited during start" + self._bot_failure(first_bot))
+                raise self._start_failure("the bot exited during start", first_bot)
             if first_bot is None and str(doc.state) == State.BACKOFF:
-                raise StartFailed("the bot exited during start" + self._bot_failure(None))
+                raise self._start_failure("the bot exited during start", None)
             if bot is not None:
                 started = _bot_started(doc, bot)
                 beat = heartbeat_mtime(self.paths.heartbeat)
@@ -489,20 +548,31 @@ class Controller:
                 )
             time.sleep(POLL_S)
 
-    def _bot_failure(self, dead_bot: ProcessRecord | None) -> str:
-        """Why the bot died (once the watchdog has recorded it) and the end of its log."""
+    def _start_failure(self, what: str, dead_bot: ProcessRecord | None) -> BlueprintError:
+        """The error for a start that failed, once the watchdog has recorded the exit.
+
+        A bot that refused its configuration (exit 6, state fatal) is a ConfigError with
+        its own one-line reason; anything else is StartFailed with the recorded reason
+        and this start's lines of the bot's output.
+        """
         if dead_bot is not None:
             _wait_for(lambda: self.ledger.read().document.bot != dead_bot, EXIT_RECORD_WAIT_S)
         doc = self.ledger.read().document
-        reason = f" ({doc.last_exit.reason})" if doc.last_exit is not None else ""
-        return reason + self._log_excerpt(self.paths.bot_output)
+        last_exit = doc.last_exit
+        fatal = str(doc.state) == State.FATAL
+        if fatal and last_exit and is_invalid_config(last_exit.code, last_exit.signal):
+            return ConfigError(redact(last_exit.reason, self.environ))
+        reason = f" ({last_exit.reason})" if last_exit is not None else ""
+        return StartFailed(what + reason + self._log_excerpt(self.paths.bot_output))
 
     def _log_excerpt(self, path: Path) -> str:
+        """The end of `path` as written since this start began (all of it when unknown)."""
         from blueprint.logtail import last_lines
 
-        lines = last_lines(path, LOG_LINES_ON_FAILURE)
+        since = self._run_offsets.get(path)
+        lines = last_lines(path, LOG_LINES_ON_FAILURE, since or 0)
         if not lines:
-            return f"; {path} is empty"
+            return f"; nothing in {path} from this start" if since else f"; {path} is empty"
         body = "\n".join(f"  {redact(line, self.environ)}" for line in lines)
         return f"; last lines of {path}:\n{body}"
 
@@ -613,4 +683,9 @@ class Controller:
                 adopt=find_process(doc.bot) is not None,
             )
             supervisor.prepare()
-        return supervisor.run()
+        code = supervisor.run()
+        if code == ExitCode.INVALID_CONFIG:
+            last_exit = self.ledger.read().document.last_exit
+            reason = last_exit.reason if last_exit else "invalid configuration"
+            raise ConfigError(redact(reason, self.environ))
+        return code

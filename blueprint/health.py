@@ -1,9 +1,10 @@
 """An optional HTTP health endpoint, for platforms that insist on a web port.
 
 Off unless PORT or LUNARA_HEALTH_PORT is set (a worker needs no port; exposing one that
-nothing answers is what put the first version in a restart loop). Served by the
-watchdog, so it answers while the bot restarts. It binds LUNARA_HEALTH_HOST (default
-127.0.0.1; platforms that probe from outside need 0.0.0.0).
+nothing answers is what put the first version in a restart loop); a value that is not a
+port stops the watchdog before it starts anything (exit 6). Served by the watchdog, so
+it answers while the bot restarts. It binds LUNARA_HEALTH_HOST (default 127.0.0.1;
+platforms that probe from outside need 0.0.0.0).
 
 - GET /healthz → 200 while the bot is running and healthy, 503 otherwise, with a small
   JSON body: state, heartbeat age, restarts (nothing secret).
@@ -14,12 +15,14 @@ watchdog, so it answers while the bot restarts. It binds LUNARA_HEALTH_HOST (def
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from blueprint.errors import ConfigError
 from blueprint.metrics import BOT_METRICS, METRICS_FILE, read_metrics
 from blueprint.paths import HomePaths
 
@@ -30,15 +33,28 @@ if TYPE_CHECKING:
     from blueprint.mirror import Mirror
 
 DEFAULT_HOST = "127.0.0.1"
+PORT_VARIABLES = ("LUNARA_HEALTH_PORT", "PORT")  # the first one set wins
+PORT_PATTERN = re.compile(r"[0-9]{1,5}")
 
 
 def health_address(environ: Mapping[str, str]) -> tuple[str, int] | None:
-    """Where to listen, or None when the endpoint is off; a bad port is ignored (logged)."""
-    raw = environ.get("LUNARA_HEALTH_PORT") or environ.get("PORT")
-    if not raw:
+    """Where to listen, or None when the endpoint is off.
+
+    A port that is not one is a configuration error (exit 6) naming the variable: a
+    watchdog that carried on without the endpoint would look healthy here and be
+    restarted by the platform whose probe it never answers.
+    """
+    for variable in PORT_VARIABLES:
+        raw = environ.get(variable, "").strip()
+        if raw:
+            break
+    else:
         return None
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise ValueError(f"the health port must be a number from 1 to 65535 (got {raw[:10]!r})")
+    if not PORT_PATTERN.fullmatch(raw) or not 0 < int(raw) < 65536:
+        raise ConfigError(
+            f"invalid configuration: {variable}: must be a port number from 1 to 65535 "
+            f"(got {raw[:10]!r})"
+        )
     return environ.get("LUNARA_HEALTH_HOST") or DEFAULT_HOST, int(raw)
 
 
@@ -145,11 +161,8 @@ class HealthServer:
 
 
 def start_health_server(
-    environ: Mapping[str, str], paths: HomePaths, manifest: Manifest, ledger: Ledger, mirror: Mirror
-) -> HealthServer | None:
-    address = health_address(environ)
-    if address is None:
-        return None
+    address: tuple[str, int], paths: HomePaths, manifest: Manifest, ledger: Ledger, mirror: Mirror
+) -> HealthServer:
     server = HealthServer(address, paths, manifest, ledger, mirror)
     server.start()
     return server

@@ -10,16 +10,22 @@ from pathlib import Path
 _CHUNK = 64 * 1024
 
 
-def last_lines(path: Path, count: int) -> list[str]:
-    """The last `count` lines of a file without reading all of a large log into memory."""
+def last_lines(path: Path, count: int, since: int = 0) -> list[str]:
+    """The last `count` lines of a file without reading all of a large log into memory.
+
+    `since` is an offset (the file's size when a run began): nothing before it is read,
+    so one run's lines are told apart from earlier runs' in a log they all append to. A
+    file now shorter than `since` was rotated or truncated: it is read from its start.
+    """
     if count <= 0 or not path.exists():
         return []
     with path.open("rb") as handle:
         handle.seek(0, os.SEEK_END)
         position = handle.tell()
+        floor = since if 0 <= since <= position else 0
         buffer = b""
-        while position > 0 and buffer.count(b"\n") <= count:
-            step = min(_CHUNK, position)
+        while position > floor and buffer.count(b"\n") <= count:
+            step = min(_CHUNK, position - floor)
             position -= step
             handle.seek(position)
             buffer = handle.read(step) + buffer

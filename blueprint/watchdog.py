@@ -7,6 +7,9 @@ its whole life (the bot never inherits it). The watchdog
   `LUNARA_HOME` set, and records the bot's pid and create time in the ledger;
 - restarts it after an unexpected exit with exponential backoff, and gives up (state
   `fatal`, then exits) after more than `max_restarts` restarts within `window_s`;
+- never restarts a bot that exits with code 6 (its configuration is invalid: a restart
+  cannot fix it): state `fatal` at once, the bot's one-line reason (blueprint.exit_message)
+  in the ledger's last exit, and the watchdog exits 6;
 - restarts it gracefully when its whole-tree RSS passes `memory_limit_mib` or its
   heartbeat is older than `heartbeat_timeout_s`;
 - on SIGTERM/SIGINT (or the ledger saying `stopping`) stops the whole bot tree, marks the
@@ -42,6 +45,7 @@ import psutil
 
 from blueprint.backoff import decide_restart
 from blueprint.errors import BlueprintError, ExitCode
+from blueprint.exit_message import clear_exit_message, is_invalid_config, take_exit_message
 from blueprint.heartbeat import clear_heartbeat, heartbeat_mtime
 from blueprint.logfiles import open_append
 from blueprint.paths import HomePaths, use_private_umask
@@ -129,7 +133,23 @@ def describe_exit(code: int | None, signum: int | None) -> str:
         return f"killed by {name}"
     if code is None:
         return Reason.ADOPTED_EXIT
+    if code == ExitCode.INVALID_CONFIG:
+        return f"exited with code {code} (invalid configuration)"
     return f"exited with code {code}"
+
+
+def exit_reason(code: int | None, signum: int | None, message: str | None) -> str:
+    """How the bot ended, with the reason it left (blueprint.exit_message) when it did.
+
+    An invalid configuration is the bot's own words alone: they are what the operator
+    must fix, and `start --wait` prints them as they are.
+    """
+    described = describe_exit(code, signum)
+    if not message:
+        return described
+    if is_invalid_config(code, signum):
+        return message
+    return f"{described}: {message}"
 
 
 def split_returncode(returncode: int) -> tuple[int | None, int | None]:
@@ -243,6 +263,8 @@ class Watchdog:
         self._bot: Bot | None = None
         self._failures = 0
         self._restart_at: float | None = None
+        self._health_address: tuple[str, int] | None = None
+        self._exit_code = ExitCode.UNHEALTHY  # when the loop gives up (crash loop)
         self._previous_handlers: dict[int, Any] = {}
         self._written: LedgerDocument | None = None  # the ledger as we last wrote it
 
@@ -350,10 +372,14 @@ class Watchdog:
     def prepare(self) -> None:
         """Take the lock, record ourselves, adopt or spawn the bot.
 
-        Raises BlueprintError when another watchdog already owns this home. Callers that
-        start watchdogs hold the start lock around this, so the ledger shows the
-        watchdog and its bot by the time the lock is released.
+        Raises BlueprintError when another watchdog already owns this home, ConfigError
+        (exit 6) when the health port is not a port. Callers that start watchdogs hold the
+        start lock around this, so the ledger shows the watchdog and its bot by the time
+        the lock is released.
         """
+        from blueprint.health import health_address
+
+        self._health_address = health_address(os.environ)
         if not self._take_lock():
             raise BlueprintError(
                 f"another watchdog already supervises {self.paths.root} "
@@ -412,7 +438,8 @@ class Watchdog:
         return Bot(process=process, started=started, running_reported=True)
 
     def run(self) -> int:
-        """Supervise until stopped (exit 0) or a crash loop (exit 5). Call `prepare` first."""
+        """Supervise until stopped (exit 0), a crash loop (exit 5) or a bot that refused its
+        configuration (exit 6). Call `prepare` first."""
         status_server = self._start_status_server()
         health_server = self._start_health_server()
         try:
@@ -429,15 +456,16 @@ class Watchdog:
         """The optional HTTP endpoint (blueprint.health); off unless a port is set."""
         from blueprint.health import start_health_server
 
+        if self._health_address is None:
+            return None
         try:
             server = start_health_server(
-                os.environ, self.paths, self.manifest, self.ledger, self.ledger.mirror
+                self._health_address, self.paths, self.manifest, self.ledger, self.ledger.mirror
             )
-        except (OSError, ValueError) as error:
+        except OSError as error:
             self.log(f"health endpoint not started: {error}")
             return None
-        if server is not None:
-            self.log(f"health endpoint listening on port {server.port}")
+        self.log(f"health endpoint listening on port {server.port}")
         return server
 
     def _start_status_server(self) -> StatusServer | None:
@@ -472,7 +500,7 @@ class Watchdog:
                 self._restart_at = None
                 self._spawn()
             elif self._restart_at is None:
-                return int(ExitCode.UNHEALTHY)  # fatal: nothing left to supervise
+                return int(self._exit_code)  # fatal: nothing left to supervise
             self._stop.wait(TICK_S)
 
     def _reap_orphans(self) -> None:
@@ -485,6 +513,7 @@ class Watchdog:
         from blueprint.ledger import BotState, ProcessRecord
 
         clear_heartbeat(self.paths.heartbeat)
+        clear_exit_message(self.paths)
         argv = resolve_command(self.program.command)
         env = dict(os.environ)
         env["LUNARA_HOME"] = str(self.paths.root)
@@ -567,10 +596,11 @@ class Watchdog:
         """Record an exit and schedule what follows; True when a stop is under way."""
         self._bot = None
         self._kill_leftovers()
-        why = reason or describe_exit(code, signum)
+        why = reason or exit_reason(code, signum, take_exit_message(self.paths))
         self.log(f"bot pid {bot.process.pid} ended: {why}")
         uptime = max(0.0, time.time() - bot.started)
-        return self._decide(code, signum, bot.last_rss_mib, why, uptime)
+        refused = reason is None and is_invalid_config(code, signum)
+        return self._decide(code, signum, bot.last_rss_mib, why, uptime, invalid_config=refused)
 
     def _decide(
         self,
@@ -579,11 +609,16 @@ class Watchdog:
         rss_mib: float | None,
         reason: str,
         uptime_s: float,
+        *,
+        invalid_config: bool = False,
     ) -> bool:
+        """Record an exit; then restart after a backoff, or give up (state fatal) on a
+        crash loop or at once when the bot refused its configuration."""
         from blueprint.ledger import BotState, ExitRecord
 
         now = time.time()
-        # If the ledger cannot be written the decision is lost: wait the longest backoff.
+        # If the ledger cannot be written the decision is lost: wait the longest backoff
+        # (a bot that refused its configuration is still not restarted).
         outcome = _Outcome(delay_s=self.program.restart.backoff_max_s)
 
         def decide(doc: LedgerDocument) -> None:
@@ -596,6 +631,14 @@ class Watchdog:
             doc.add_event(Event.BOT_EXITED, detail)
             if doc.state == BotState.STOPPING or self._stop.is_set():
                 outcome.stopping = True
+                return
+            if invalid_config:
+                doc.state = BotState.FATAL
+                doc.watchdog = None
+                doc.add_event(
+                    Event.BOT_FATAL,
+                    "invalid configuration (exit 6): not restarting; fix it, then start",
+                )
                 return
             decision = decide_restart(
                 self.program.restart, doc.restart_times, self._failures, uptime_s, now
@@ -624,7 +667,11 @@ class Watchdog:
         if outcome.stopping:
             return True
         self._failures = int(outcome.values.get("failures", self._failures))
-        if outcome.fatal:
+        if invalid_config:
+            self.log("invalid configuration: not restarting (state fatal)")
+            self._exit_code = ExitCode.INVALID_CONFIG
+            self._restart_at = None
+        elif outcome.fatal:
             self.log("crash loop: giving up (state fatal)")
             self._restart_at = None
         else:

@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from blueprint.errors import BlueprintError, ExitCode
+from blueprint.errors import BlueprintError, ConfigError
+from blueprint.exit_message import leave_exit_message
 from blueprint.paths import HomePaths, use_private_umask
-from lunara.config import Settings, SettingsError, load_settings
+from lunara.config import Settings, load_settings
 from lunara.logs import configure_logging
 from lunara.runtime import Service, run_services
 
@@ -211,12 +212,15 @@ async def serve(settings: Settings, paths: HomePaths) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the bot; exit 6 when its configuration is invalid (the watchdog then does not
+    restart it), leaving the one-line reason for the watchdog (blueprint.exit_message)."""
     use_private_umask()  # the database, its WAL, logs and state files: the owner's alone
     try:
         settings = load_settings()
-    except SettingsError as error:
-        print(f"lunara: {error.message}", file=sys.stderr)
-        return int(ExitCode.INVALID_CONFIG)
+    except ConfigError as error:  # a bad variable, an unreadable .env
+        print(f"lunara: {error.message}", file=sys.stderr, flush=True)
+        leave_exit_message(HomePaths.resolve(None), error.message)
+        return int(error.exit_code)
     paths = HomePaths.resolve(settings.home)
     paths.ensure()
     configure_logging(
@@ -237,4 +241,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(settings, paths))
     except BlueprintError as error:  # a bad manifest, key or replay file: say which, exit
         logger.error("%s", error.message)
+        leave_exit_message(paths, error.message)
         return int(error.exit_code)

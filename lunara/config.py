@@ -7,6 +7,7 @@ the two in sync. Errors name the variable and what is wrong, and never echo a se
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Mapping
@@ -41,12 +42,15 @@ REPLAY_PREFIX = "replay:"
 
 
 class SettingsError(ConfigError):
-    """The configuration is invalid (exit 6); `problems` holds one line per bad variable."""
+    """The configuration is invalid (exit 6); `problems` holds one line per bad variable.
+
+    The message is one line (problems joined by "; "): the watchdog records it as the
+    reason the bot exited, and `start --wait` prints it.
+    """
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        lines = "\n".join(f"  - {problem}" for problem in problems)
-        super().__init__(f"invalid configuration:\n{lines}")
+        super().__init__(f"invalid configuration: {'; '.join(problems)}")
 
 
 class Mode(StrEnum):
@@ -322,12 +326,52 @@ def parse_symbols(raw: str) -> tuple[str, ...]:
 
 
 def read_env_file(path: Path | None) -> dict[str, str]:
-    """The variables set in a .env file; a missing file is simply empty."""
-    if path is None or not path.is_file():
+    """The variables set in a .env file; a missing file is simply empty.
+
+    One that exists but cannot be read (another owner's 0600 file, a directory that a
+    bind mount of a missing file left behind, text that is not UTF-8) is a configuration
+    error naming the file and the fix, never silently skipped nor a traceback.
+    """
+    if path is None:
         return {}
+    path = path.absolute()  # errors name the very file, whatever the working directory
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except PermissionError:
+        raise ConfigError(_unreadable_env_file(path)) from None
+    except OSError as error:
+        raise ConfigError(
+            f"invalid configuration: cannot read {path} ({error.strerror or error}): "
+            "it must be a file of VARIABLE=value lines, or absent"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"invalid configuration: {path} is not UTF-8 text (byte {error.start}): "
+            "save it as UTF-8"
+        ) from None
     from dotenv import dotenv_values
 
-    return {key: value for key, value in dotenv_values(path).items() if value is not None}
+    values = dotenv_values(stream=io.StringIO(text))
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _unreadable_env_file(path: Path) -> str:
+    import pwd
+
+    uid = os.geteuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    return (
+        f"invalid configuration: cannot read {path}: permission denied for user {user} "
+        f"(uid {uid}), who runs Lunara here; give the file to that user "
+        f"(`chown {user}: {path} && chmod 600 {path}`), or move it out of the working "
+        "directory and pass the variables in the environment (systemd EnvironmentFile=, "
+        "docker --env-file)"
+    )
 
 
 def load_settings(

@@ -94,3 +94,15 @@ def test_make_run_starts_a_clone_made_under_umask_002(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert seen.read_text().splitlines() == ["644 start", "644 status"]
     assert stat.S_IMODE(manifest.stat().st_mode) & 0o022 == 0
+
+
+def test_systemd_reads_the_settings_where_the_bot_does_not_and_never_retries_exit_6() -> None:
+    """A root-only .env in the unit's working directory is read by the bot as `lunara`
+    too, and stops it; systemd's EnvironmentFile= must live elsewhere. And exit 6 (an
+    invalid configuration) is not something a restart can fix."""
+    bot = dict(_unit("lunara.service"))
+    environment_file = Path(bot["EnvironmentFile"].removeprefix("-"))
+    working_directory = Path(bot["WorkingDirectory"])
+    assert environment_file.is_absolute()
+    assert working_directory not in environment_file.parents
+    assert "6" in bot["RestartPreventExitStatus"].split()

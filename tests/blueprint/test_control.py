@@ -43,11 +43,11 @@ facts = st.builds(
 )
 
 
-@given(stored_states, facts)
+@given(stored_states, facts, st.booleans())
 def test_status_never_calls_a_dead_bot_running_nor_a_live_one_stopped(
-    stored: str, liveness: Liveness
+    stored: str, liveness: Liveness, invalid_config: bool
 ) -> None:
-    verdict = decide_state(stored, liveness)
+    verdict = decide_state(stored, liveness, invalid_config)
     if verdict.state == State.RUNNING:
         assert liveness.bot_alive
     if liveness.bot_alive:

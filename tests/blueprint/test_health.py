@@ -10,6 +10,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.blueprint.cli_harness import Cli, manifest_document, wait_until, write_manifest
 
 SECRET = "7312345678:AAH3kq9ZxV0b1c2d3e4f5g6h7i8j9k0lMnOpQ"
@@ -104,6 +106,30 @@ def test_no_port_is_opened_unless_asked(tmp_path: Path) -> None:
         ]
         assert listening == []
         assert "health endpoint" not in (home / "logs" / "watchdog.log").read_text()
+    finally:
+        cli.run("stop", "--timeout", "5")
+
+
+@pytest.mark.parametrize("command", [("start",), ("start", "--wait", "30"), ("run",)])
+@pytest.mark.parametrize(
+    ("variable", "value"), [("LUNARA_HEALTH_PORT", "abc"), ("PORT", "99999"), ("PORT", "²")]
+)
+def test_a_health_port_that_is_not_a_port_is_a_configuration_error(
+    tmp_path: Path, command: tuple[str, ...], variable: str, value: str
+) -> None:
+    """Once logged and ignored: the watchdog ran without its endpoint, healthy by its own
+    account, while the platform probing the port restarted it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    cli = Cli(home, write_manifest(tmp_path / "manifest.json", manifest_document()))
+    try:
+        result = cli.run(*command, extra_env={variable: value}, timeout=30)
+        assert result.returncode == 6, result.stdout + result.stderr
+        assert result.stderr == (
+            f"lunara: invalid configuration: {variable}: must be a port number from 1 to "
+            f"65535 (got {value!r})\n"
+        )
+        assert cli.run("status", "--quiet").returncode == 3  # nothing was left running
     finally:
         cli.run("stop", "--timeout", "5")
 

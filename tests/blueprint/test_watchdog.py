@@ -13,7 +13,14 @@ import psutil
 import pytest
 
 from blueprint.errors import ExitCode, StartFailed
-from blueprint.watchdog import describe_exit, heartbeat_reason, memory_reason, resolve_command
+from blueprint.exit_message import is_invalid_config
+from blueprint.watchdog import (
+    describe_exit,
+    exit_reason,
+    heartbeat_reason,
+    memory_reason,
+    resolve_command,
+)
 from tests.blueprint.conftest import Factory
 from tests.programs.harness import (
     PRINCIPAL,
@@ -33,6 +40,16 @@ def test_exit_descriptions_name_the_signal_and_suspect_oom_for_sigkill() -> None
     assert describe_exit(None, 11) == "killed by SIGSEGV"
     assert describe_exit(3, None) == "exited with code 3"
     assert describe_exit(None, None) == "exited while adopted"
+
+
+def test_exit_reasons_carry_the_bots_own_words_and_a_refusal_is_those_words_alone() -> None:
+    refusal = "invalid configuration: LUNARA_MODE: must be paper or live (got 'x')"
+    assert exit_reason(6, None, refusal) == refusal
+    assert exit_reason(6, None, None) == "exited with code 6 (invalid configuration)"
+    assert exit_reason(1, None, "database is locked") == "exited with code 1: database is locked"
+    assert exit_reason(None, 9, None) == "killed by SIGKILL (possible out-of-memory kill)"
+    assert is_invalid_config(6, None)
+    assert not is_invalid_config(None, 6) and not is_invalid_config(1, None)
 
 
 def test_memory_reason_shows_the_measured_rss_and_the_limit() -> None:
