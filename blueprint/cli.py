@@ -66,6 +66,8 @@ def parse_plain_status(argv: Sequence[str]) -> tuple[Options, bool, bool] | None
             return None
         value = Path(argv[index + 1])
         if argv[index] == "--home":
+            if not value.is_dir():
+                return None  # the full parser says what is wrong with it
             options.home = value
         else:
             options.manifest = value
@@ -113,9 +115,20 @@ def main(
 ) -> None:
     """Run the CLI. `load_app` lets the bot add its own commands (lunara.cli) to the
     control plane's app without blueprint ever importing the bot."""
+    from blueprint.envfile import load_into_environment
     from blueprint.paths import use_private_umask
 
     use_private_umask()  # the home's files (audit, ledger, locks) are the owner's alone
+
+    # .env first: the home, manifest, token and Redis of every command come from the same
+    # place as the watchdog's and the bot's (environment, then .env, then defaults).
+    def read_env_file() -> int:
+        load_into_environment()
+        return 0
+
+    code = run_guarded(read_env_file)
+    if code:
+        sys.exit(code)
     arguments = list(argv if argv is not None else sys.argv[1:])
     plain = parse_plain_status(arguments)
     if plain is not None:

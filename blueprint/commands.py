@@ -51,7 +51,12 @@ def main_options(
     ctx: typer.Context,
     home: Annotated[
         Path | None,
-        typer.Option("--home", help="State directory (default: $LUNARA_HOME or ./.lunara)."),
+        typer.Option(
+            "--home",
+            exists=True,
+            file_okay=False,
+            help="State directory, which must exist (default: $LUNARA_HOME or ./.lunara).",
+        ),
     ] = None,
     manifest: Annotated[
         Path | None,

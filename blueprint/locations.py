@@ -18,15 +18,16 @@ CONTROL_SOCKET = "control.sock"
 
 
 def resolve_home(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The home given, else $LUNARA_HOME, else ./.lunara — always absolute."""
-    raw = explicit if explicit is not None else os.environ.get("LUNARA_HOME", DEFAULT_HOME)
-    return Path(raw).expanduser().resolve()
+    """The home given, else $LUNARA_HOME, else ./.lunara — always absolute. A blank
+    LUNARA_HOME means the default, never the working directory."""
+    raw = explicit if explicit is not None else os.environ.get("LUNARA_HOME", "").strip()
+    return Path(raw or DEFAULT_HOME).expanduser().resolve()
 
 
 def resolve_manifest(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path:
     """The manifest given, else $LUNARA_MANIFEST, else ./manifest.json."""
     env = os.environ if environ is None else environ
-    chosen = explicit or env.get(MANIFEST_ENV) or DEFAULT_MANIFEST
+    chosen = explicit or env.get(MANIFEST_ENV, "").strip() or DEFAULT_MANIFEST
     return Path(chosen).expanduser()
 
 

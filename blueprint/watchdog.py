@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from blueprint.backoff import decide_restart
+from blueprint.envfile import load_into_environment
 from blueprint.errors import BlueprintError, ExitCode
 from blueprint.exit_message import clear_exit_message, is_invalid_config, take_exit_message
 from blueprint.heartbeat import clear_heartbeat, heartbeat_mtime
@@ -758,8 +759,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from blueprint.manifest import load_manifest
     from blueprint.mirror import open_mirror
 
-    paths = HomePaths.resolve(arguments.home)
     try:
+        load_into_environment()  # the CLI that started it has merged it already
+        paths = HomePaths.resolve(arguments.home)
         manifest = load_manifest(Path(arguments.manifest))
         mirror = open_mirror(
             os.environ.get("REDIS_URL") or None, manifest.name, audit_path=paths.audit

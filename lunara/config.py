@@ -7,7 +7,6 @@ the two in sync. Errors name the variable and what is wrong, and never echo a se
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from blueprint.envfile import read_env_file
 from blueprint.errors import ConfigError
 from blueprint.paths import HomePaths
 
@@ -323,55 +323,6 @@ def parse_symbols(raw: str) -> tuple[str, ...]:
     if duplicates:
         raise ValueError(f"listed twice: {', '.join(duplicates)}")
     return symbols
-
-
-def read_env_file(path: Path | None) -> dict[str, str]:
-    """The variables set in a .env file; a missing file is simply empty.
-
-    One that exists but cannot be read (another owner's 0600 file, a directory that a
-    bind mount of a missing file left behind, text that is not UTF-8) is a configuration
-    error naming the file and the fix, never silently skipped nor a traceback.
-    """
-    if path is None:
-        return {}
-    path = path.absolute()  # errors name the very file, whatever the working directory
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except PermissionError:
-        raise ConfigError(_unreadable_env_file(path)) from None
-    except OSError as error:
-        raise ConfigError(
-            f"invalid configuration: cannot read {path} ({error.strerror or error}): "
-            "it must be a file of VARIABLE=value lines, or absent"
-        ) from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(
-            f"invalid configuration: {path} is not UTF-8 text (byte {error.start}): "
-            "save it as UTF-8"
-        ) from None
-    from dotenv import dotenv_values
-
-    values = dotenv_values(stream=io.StringIO(text))
-    return {key: value for key, value in values.items() if value is not None}
-
-
-def _unreadable_env_file(path: Path) -> str:
-    import pwd
-
-    uid = os.geteuid()
-    try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        user = str(uid)
-    return (
-        f"invalid configuration: cannot read {path}: permission denied for user {user} "
-        f"(uid {uid}), who runs Lunara here; give the file to that user "
-        f"(`chown {user}: {path} && chmod 600 {path}`), or move it out of the working "
-        "directory and pass the variables in the environment (systemd EnvironmentFile=, "
-        "docker --env-file)"
-    )
 
 
 def load_settings(

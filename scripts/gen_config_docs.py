@@ -20,7 +20,7 @@ from lunara.config import CLI_ONLY_VARIABLES, Settings, secret_variables  # noqa
 ENV_EXAMPLE = ROOT / ".env.example"
 OUTPUT = ROOT / "docs" / "configuration.md"
 SECTION = re.compile(r"# ===== (.+) =====")
-ASSIGNMENT = re.compile(r"([A-Z][A-Z0-9_]*)=(.*)")
+ASSIGNMENT = re.compile(r"(?:# )?([A-Z][A-Z0-9_]*)=(.*)")  # commented out: paths
 
 
 def example_comments(text: str) -> list[tuple[str, str, list[str]]]:

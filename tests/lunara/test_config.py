@@ -277,7 +277,9 @@ def _parse_env_example() -> tuple[list[str], list[str], dict[str, list[str]]]:
     block: list[str] = []
     for line in ENV_EXAMPLE.read_text().splitlines():
         section = re.fullmatch(r"# ===== (.+) =====", line)
-        assignment = re.fullmatch(r"([A-Z][A-Z0-9_]*)=(.*)", line)
+        # Paths are documented commented out (`# LUNARA_HOME=...`): a copied .env must
+        # not override what an image or a unit sets.
+        assignment = re.fullmatch(r"(?:# )?([A-Z][A-Z0-9_]*)=(.*)", line)
         if section:
             sections.append(section.group(1))
             block = []

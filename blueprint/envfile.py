@@ -1,0 +1,94 @@
+"""The `.env` file: one reader and one precedence for the CLI, the watchdog and the bot.
+
+Precedence, the same everywhere: the process environment, then `.env` in the working
+directory, then the defaults. A blank value counts as unset, so a `.env` copied from
+`.env.example` with blank lines means "use the default". The CLI merges `.env` into its
+own environment at start (`load_into_environment`), so the home, the manifest, the token
+and Redis it uses are the ones the watchdog and the bot it starts use; the bot reads
+the same file with the same rule (`lunara.config.load_settings`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import MutableMapping
+from pathlib import Path
+
+from blueprint.errors import ConfigError
+
+DEFAULT_ENV_FILE = Path(".env")
+PROJECT_PREFIXES = ("LUNARA_", "TELEGRAM_", "BINANCE_", "GEMINI_", "LOG_")
+PROJECT_VARIABLES = frozenset({"REDIS_URL", "PORT"})
+"""What `.env` may set in the control plane's environment: the project's own variables,
+never the interpreter's or the shell's (PYTHONPATH, PATH, LD_PRELOAD, ...)."""
+
+
+def read_env_file(path: Path | None) -> dict[str, str]:
+    """The variables set in a .env file; a missing file is simply empty.
+
+    One that exists but cannot be read (another owner's 0600 file, a directory that a
+    bind mount of a missing file left behind, text that is not UTF-8) is a configuration
+    error naming the file and the fix, never silently skipped nor a traceback.
+    """
+    if path is None:
+        return {}
+    path = path.absolute()  # errors name the very file, whatever the working directory
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except PermissionError:
+        raise ConfigError(_unreadable_env_file(path)) from None
+    except OSError as error:
+        raise ConfigError(
+            f"invalid configuration: cannot read {path} ({error.strerror or error}): "
+            "it must be a file of VARIABLE=value lines, or absent"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"invalid configuration: {path} is not UTF-8 text (byte {error.start}): "
+            "save it as UTF-8"
+        ) from None
+    from dotenv import dotenv_values
+
+    values = dotenv_values(stream=io.StringIO(text))
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _unreadable_env_file(path: Path) -> str:
+    import pwd
+
+    uid = os.geteuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    return (
+        f"invalid configuration: cannot read {path}: permission denied for user {user} "
+        f"(uid {uid}), who runs Lunara here; give the file to that user "
+        f"(`chown {user}: {path} && chmod 600 {path}`), or move it out of the working "
+        "directory and pass the variables in the environment (systemd EnvironmentFile=, "
+        "docker --env-file)"
+    )
+
+
+def is_project_variable(name: str) -> bool:
+    return name in PROJECT_VARIABLES or name.startswith(PROJECT_PREFIXES)
+
+
+def load_into_environment(
+    path: Path | None = DEFAULT_ENV_FILE, environ: MutableMapping[str, str] | None = None
+) -> list[str]:
+    """Set what `.env` gives for the project's variables the environment leaves unset (or
+    blank); returns their names. Never overrides a value the environment holds."""
+    target = os.environ if environ is None else environ
+    taken: list[str] = []
+    for name, value in read_env_file(path).items():
+        if not is_project_variable(name) or not value.strip():
+            continue
+        if target.get(name, "").strip():
+            continue
+        target[name] = value
+        taken.append(name)
+    return taken
