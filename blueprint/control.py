@@ -32,7 +32,8 @@ import psutil
 
 from blueprint.errors import BlueprintError, ConfigError, ExitCode, StartFailed
 from blueprint.exit_message import is_invalid_config
-from blueprint.heartbeat import heartbeat_mtime
+from blueprint.heartbeat import UP as SERVICES_UP
+from blueprint.heartbeat import heartbeat_mtime, heartbeat_services
 from blueprint.logfiles import open_append
 from blueprint.paths import HomePaths
 from blueprint.process import (
@@ -534,18 +535,24 @@ class Controller:
                 raise self._start_failure("the bot exited during start", first_bot)
             if first_bot is None and str(doc.state) == State.BACKOFF:
                 raise self._start_failure("the bot exited during start", None)
+            report: str | None = None
             if bot is not None:
                 started = _bot_started(doc, bot)
                 beat = heartbeat_mtime(self.paths.heartbeat)
                 if beat is not None and beat >= started:
-                    return
+                    report = heartbeat_services(self.paths.heartbeat)
+                    if report == SERVICES_UP:
+                        return
             if first_bot is None and doc.bot is not None:
                 first_bot = doc.bot
             if time.monotonic() >= deadline:
-                raise StartFailed(
+                what = (
                     f"no heartbeat from the bot within {wait_s:g} s"
-                    + self._log_excerpt(self.paths.bot_output)
+                    if report is None
+                    else f"the bot runs, but not every service is up within {wait_s:g} s "
+                    f"({report.replace(':', ': ', 1)})"
                 )
+                raise StartFailed(what + self._log_excerpt(self.paths.bot_output))
             time.sleep(POLL_S)
 
     def _start_failure(self, what: str, dead_bot: ProcessRecord | None) -> BlueprintError:

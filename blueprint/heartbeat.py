@@ -15,17 +15,28 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable
 
 
-def write_heartbeat(path: Path) -> None:
-    """Replace the heartbeat file atomically; its mtime is the time of the beat."""
+UP = "up"
+STARTING = "starting"
+
+
+def write_heartbeat(path: Path, services: str | None = None) -> None:
+    """Replace the heartbeat file atomically; its mtime is the time of the beat.
+
+    ``services`` is what the bot reports of its services: ``up`` once every one has
+    started, else ``starting:`` and the names still starting (`start --wait` waits for
+    ``up``). A program that reports nothing counts as up once it beats.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     import tempfile  # only writers pay for it; status only reads the mtime
 
     descriptor, temporary = tempfile.mkstemp(prefix=".heartbeat.", dir=path.parent)
+    report = "" if services is None else f" {services}"
     try:
         with os.fdopen(descriptor, "w", encoding="ascii") as handle:
-            handle.write(f"{time.time():.6f} {os.getpid()}\n")
+            handle.write(f"{time.time():.6f} {os.getpid()}{report}\n")
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -39,6 +50,18 @@ def heartbeat_mtime(path: Path) -> float | None:
         return path.stat().st_mtime
     except FileNotFoundError:
         return None
+
+
+def heartbeat_services(path: Path) -> str | None:
+    """What the last beat reported of the bot's services: ``up``, ``starting:NAMES``, or
+    None when there is no beat. A beat without a report counts as ``up``."""
+    try:
+        fields = path.read_text(encoding="ascii", errors="replace").split(maxsplit=2)
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    if len(fields) < 2:
+        return None
+    return fields[2].strip() if len(fields) > 2 else UP
 
 
 def heartbeat_age(path: Path, now: float | None = None) -> float | None:
@@ -56,7 +79,12 @@ def clear_heartbeat(path: Path) -> None:
         path.unlink()
 
 
-async def heartbeat_loop(path: Path, stop: asyncio.Event, interval_s: float = 1.0) -> None:
+async def heartbeat_loop(
+    path: Path,
+    stop: asyncio.Event,
+    interval_s: float = 1.0,
+    services: Callable[[], str] | None = None,
+) -> None:
     """Beat every `interval_s` until `stop` is set; the first beat is immediate.
 
     The write is a few syscalls on a tiny file, so it runs inline: a thread hop would
@@ -66,6 +94,6 @@ async def heartbeat_loop(path: Path, stop: asyncio.Event, interval_s: float = 1.
     import asyncio
 
     while not stop.is_set():
-        write_heartbeat(path)
+        write_heartbeat(path, None if services is None else services())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)

@@ -16,7 +16,7 @@ import signal
 from collections.abc import Sequence
 from typing import Protocol, cast
 
-from blueprint.heartbeat import heartbeat_loop
+from blueprint.heartbeat import STARTING, UP, heartbeat_loop
 from blueprint.paths import HomePaths
 
 logger = logging.getLogger("lunara.runtime")
@@ -27,7 +27,13 @@ SHUTDOWN_GRACE_S = 7.0
 
 
 class Service(Protocol):
-    """A long-running part of the bot (Telegram poller, trading engine, ...)."""
+    """A long-running part of the bot (Telegram poller, trading engine, ...).
+
+    A service with a ``ready`` event is up once it sets it (the engine once it has
+    reconciled its stops and resolved its orders, Telegram once it reached the Bot API);
+    one without is up once it runs. The heartbeat reports them, and `start --wait`
+    succeeds only when every one is up.
+    """
 
     name: str
 
@@ -52,7 +58,11 @@ async def run_services(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, signum, stop)
 
-    heartbeat = asyncio.create_task(heartbeat_loop(paths.heartbeat, stop, heartbeat_interval_s))
+    heartbeat = asyncio.create_task(
+        heartbeat_loop(
+            paths.heartbeat, stop, heartbeat_interval_s, lambda: services_report(services)
+        )
+    )
     tasks = {
         asyncio.create_task(service.run(stop), name=service.name): service for service in services
     }
@@ -101,6 +111,16 @@ async def run_services(
             loop.remove_signal_handler(signum)
     logger.info("lunara stopped (exit %d)", exit_code)
     return exit_code
+
+
+def services_report(services: Sequence[Service]) -> str:
+    """``up`` when every service is up, else ``starting:`` and the ones that are not."""
+    starting: list[str] = []
+    for service in services:
+        ready = getattr(service, "ready", None)
+        if isinstance(ready, asyncio.Event) and not ready.is_set():
+            starting.append(service.name)
+    return f"{STARTING}:{','.join(starting)}" if starting else UP
 
 
 def _on_signal(signum: int, stop: asyncio.Event) -> None:

@@ -488,6 +488,7 @@ class TelegramService:
 
     def __init__(self, bot: TelegramBot) -> None:
         self.bot = bot
+        self.ready = bot.up  # up once the Bot API answered (getMe) and the app started
 
     async def run(self, stop: asyncio.Event) -> None:
         bot = self.bot

@@ -605,11 +605,13 @@ class EngineRunner:
     def __init__(self, engine: TradingEngine, *, tick_seconds: float) -> None:
         self._engine = engine
         self._tick_seconds = tick_seconds
+        self.ready = asyncio.Event()  # stops reconciled, orders resolved: trading
 
     async def run(self, stop: asyncio.Event) -> None:
         engine = self._engine
         if not engine.started:
             await engine.start()
+        self.ready.set()
         executor = engine.executor
         next_tick = time.monotonic()
         redis_down = False

@@ -69,14 +69,24 @@ def test_an_unreadable_env_file_is_exit_6_naming_the_file_for_the_bot_and_the_cl
         ), lines[0]
         assert "chown " in lines[0] and f"chmod 600 {env_file}" in lines[0]
         assert "EnvironmentFile=" in lines[0] and "--env-file" in lines[0]
+        # The CLI reads the same .env first (one reader, one precedence): it refuses
+        # before anything is started, so nothing is left to restart or to clean up.
         status = cli.status()
-        assert status["state"] == "fatal" and status["restarts"] == 0
-        assert status["last_exit"]["code"] == 6
-        assert status["last_exit"]["reason"] == lines[0].removeprefix("lunara: ")
-        assert "Traceback" not in (home / "logs" / "bot-output.log").read_text()
+        assert status["state"] == "stopped" and status["restarts"] == 0
+        assert not (home / "logs" / "bot-output.log").exists()
 
         shown = cli.run("config", "show", entry=entry)
         assert shown.returncode == 6, shown.stdout + shown.stderr
         assert shown.stderr == started.stderr
+        bot = subprocess.run(  # the bot on its own reads it the same way
+            [*prefix, sys.executable, "-m", "lunara"],
+            cwd=env_file.parent,
+            env=cli.env(None, {"LUNARA_HOME": str(home)}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert bot.returncode == 6, bot.stderr
+        assert bot.stderr == started.stderr
     finally:
         cli.run("stop", "--timeout", "5")
