@@ -72,6 +72,7 @@ def every(points: Sequence[tuple[float, int, float]], seconds: float) -> list[tu
 def _peer(seconds: float, rate: float, users: int, seed: int) -> None:
     """The bare python-telegram-bot application, in a process of its own."""
     from telegram import Update
+    from telegram.error import NetworkError
     from telegram.ext import Application, ContextTypes, MessageHandler, filters
 
     from tests.fakes.telegram_api import FakeTelegram
@@ -88,6 +89,12 @@ def _peer(seconds: float, rate: float, users: int, seed: int) -> None:
                 .concurrent_updates(64).build()
             )  # fmt: skip
             app.add_handler(MessageHandler(filters.COMMAND, answer))
+
+            async def quiet(_update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+                if not isinstance(context.error, NetworkError):  # a slow poll on a busy box
+                    print(f"  peer: {type(context.error).__name__}: {context.error}", flush=True)
+
+            app.add_error_handler(quiet)
             await app.initialize()
             await app.start()
             assert app.updater is not None

@@ -33,7 +33,7 @@ from blueprint.mirror import Mirror
 FILE_MODE = 0o600
 MAX_FILE_BYTES = 4 * 1024 * 1024
 KEPT_FILES = 5
-_OPEN_ATTEMPTS = 5
+_OPEN_ATTEMPTS = 100  # each retry means another writer rotated meanwhile: progress
 _READ_BLOCK = 64 * 1024
 REDACTED = "[redacted]"
 # Detail keys whose values are never written, whatever a caller passes in.
