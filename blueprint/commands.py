@@ -7,6 +7,7 @@ library, audits the outcome and prints. Errors reach `blueprint.cli.run_guarded`
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -182,6 +183,12 @@ def status(
     finish(lambda: run_status(options_of(ctx), as_json, quiet))
 
 
+class LogSource(StrEnum):
+    ALL = "all"
+    BOT = "bot"
+    WATCHDOG = "watchdog"
+
+
 @app.command()
 def logs(
     ctx: typer.Context,
@@ -191,24 +198,38 @@ def logs(
     lines: Annotated[
         int, typer.Option("--lines", "-n", min=0, help="How many lines to show.")
     ] = 50,
+    source: Annotated[
+        LogSource,
+        typer.Option(
+            "--source",
+            case_sensitive=False,
+            help="all: the bot's log and the watchdog's events (restarts, crash reasons, "
+            "memory and heartbeat kills) in time order; bot or watchdog: one of them.",
+        ),
+    ] = LogSource.ALL,
 ) -> None:
-    """Show the bot's log."""
+    """Show the bot's log and the watchdog's events, interleaved in time order."""
 
     def body() -> int:
-        from blueprint.logtail import follow as follow_log
-        from blueprint.logtail import last_lines
+        from blueprint.logtail import follow_many, interleave, last_lines
 
         session = open_session(options_of(ctx), "bot.logs", "logs")
-        path = session.paths.bot_log
+        chosen = {
+            LogSource.ALL: [session.paths.bot_log, session.paths.watchdog_log],
+            LogSource.BOT: [session.paths.bot_log],
+            LogSource.WATCHDOG: [session.paths.watchdog_log],
+        }[source]
         session.outcome("ok")
         if not follow:
-            if not path.exists():
-                typer.echo(f"no log yet at {path}", err=True)
+            present = [path for path in chosen if path.exists()]
+            if not present:
+                typer.echo(f"no log yet at {' or '.join(map(str, chosen))}", err=True)
                 return 0
-            for line in last_lines(path, lines):
+            shown = interleave([last_lines(path, lines) for path in present])
+            for line in shown[-lines:] if lines else []:
                 typer.echo(line)
             return 0
-        for line in follow_log(path, start_lines=lines):
+        for line in follow_many(chosen, start_lines=lines):
             typer.echo(line)
         return 0
 

@@ -276,7 +276,32 @@ class Watchdog:
         if self._log_sink is not None:
             self._log_sink(line)
             return
-        print(line, file=sys.stderr if self.foreground else sys.stdout, flush=True)
+        # Detached, stdout is logs/watchdog.log. In the foreground (a container's PID 1,
+        # systemd Type=simple) stdout is what `docker logs` and journald show: the event
+        # goes there, and to watchdog.log too, so `lunara logs` shows it either way.
+        print(line, file=sys.stdout, flush=True)
+        if self.foreground:
+            with contextlib.suppress(OSError):
+                descriptor = open_append(self.paths.watchdog_log)
+                try:
+                    os.write(descriptor, (line + "\n").encode("utf-8", "replace"))
+                finally:
+                    os.close(descriptor)
+
+    def _echo_bot_log(self) -> threading.Thread | None:
+        """In the foreground, the bot's log lines go to stdout beside the watchdog's."""
+        if not self.foreground or self._log_sink is not None:
+            return None
+        from blueprint.logtail import follow
+
+        def echo() -> None:
+            # From the end of what is there: earlier runs' lines are not repeated.
+            for line in follow(self.paths.bot_log, start_lines=0, should_stop=self._stop.is_set):
+                print(line, file=sys.stdout, flush=True)
+
+        thread = threading.Thread(target=echo, name="bot-log", daemon=True)
+        thread.start()
+        return thread
 
     def _take_lock(self) -> bool:
         self.paths.ensure()
@@ -443,6 +468,7 @@ class Watchdog:
         configuration (exit 6). Call `prepare` first."""
         status_server = self._start_status_server()
         health_server = self._start_health_server()
+        self._echo_bot_log()
         try:
             return self._loop()
         finally:
@@ -720,8 +746,13 @@ class Watchdog:
                 reason=Reason.STOPPED,
                 rss_mib=None if bot.last_rss_mib is None else round(bot.last_rss_mib, 1),
             )
+            if signum == signal.SIGKILL and (result.forced or not result.graceful):
+                # The stop's own kill once its grace ran out, not the kernel's OOM killer.
+                how = f"killed by SIGKILL: the stop's grace of {grace:g} s ran out"
+            else:
+                how = describe_exit(code, signum)
             forced = f", {result.forced} killed after the timeout" if result.forced else ""
-            self.log(f"bot stopped ({describe_exit(code, signum)}{forced})")
+            self.log(f"bot stopped ({how}{forced})")
         self._kill_leftovers()
 
         def stopped(doc: LedgerDocument) -> None:
