@@ -21,6 +21,7 @@ from lunara.config import Settings
 from lunara.services import TradingError, TradingService
 from lunara.storage import credentials, user_settings, users
 from lunara.storage.database import InvalidValue, StorageError
+from lunara.storage.outbox import BroadcastStart
 from lunara.telegram import formatting as fmt
 from lunara.telegram.guard import Command, Guard
 from lunara.telegram.parsing import (
@@ -44,9 +45,9 @@ class Deps:
     trading: TradingService
     guard: Guard
     keyring: Any  # lunara.crypto.KeyRing, loaded lazily (paper mode may never need it)
-    send: Callable[[int, str], Awaitable[None]]  # message any chat (broadcasts)
+    # Queue a message for every active user: (chat, command message, text) -> its start.
+    broadcast: Callable[[int, int, str], Awaitable[BroadcastStart]]
     delete_message: Callable[[int, int], Awaitable[None]]
-    send_invoice: Callable[[int, plan_book.Plan, int | None], Awaitable[None]]  # .., reply to
     refund: Callable[[int, str], Awaitable[None]]
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
@@ -64,9 +65,13 @@ class CommandContext:
     deps: Deps
     command: Command
     replies: list[str] = field(default_factory=list)
+    invoices: list[str] = field(default_factory=list)  # plans whose invoice answers it
 
     async def reply(self, text: str) -> None:
         self.replies.append(text)
+
+    async def invoice(self, plan: plan_book.Plan) -> None:
+        self.invoices.append(plan.name.value)
 
     async def usage(self, reason: str | None = None) -> None:
         await self.reply(
@@ -303,7 +308,7 @@ async def subscribe(ctx: CommandContext) -> None:
         ))  # fmt: skip
         return
     await _user(ctx)
-    await ctx.deps.send_invoice(ctx.chat_id, plan, ctx.message_id)
+    await ctx.invoice(plan)
 
 
 # -- admins ------------------------------------------------------------------------------
@@ -345,17 +350,18 @@ async def broadcast(ctx: CommandContext) -> None:
     if not message:
         await ctx.usage()
         return
-    sent = 0
-    offset = 0
-    while True:
-        page = await users.list_page(ctx.deps.db, offset=offset, limit=200, active=True)
-        for user in page.users:
-            await ctx.deps.send(user.telegram_id, fmt.escape(message))
-            sent += 1
-        offset += len(page.users)
-        if not page.users or offset >= page.total:
-            break
-    await ctx.reply(f"Broadcast sent to {sent} users.")
+    text = fmt.escape(message)
+    if len(fmt.split_message(text)) > 1:
+        await ctx.usage("a broadcast must fit in one message")
+        return
+    started = await ctx.deps.broadcast(ctx.chat_id, ctx.message_id, text)
+    if not started.recipients:
+        await ctx.reply("No active user to send it to.")
+        return
+    await ctx.reply(
+        f"Broadcasting to {started.recipients} users, at the pace Telegram allows; "
+        "I will send you a summary when every one of them has been tried."
+    )
 
 
 async def pause(ctx: CommandContext) -> None:
