@@ -68,7 +68,7 @@ class FloodRule:
     burst: int
 
 
-BOT_FLOOD = FloodRule(per_second=30.0, burst=10)  # about 30 messages a second, all chats
+BOT_FLOOD = FloodRule(per_second=30.0, burst=30)  # about 30 a second, all chats (as PTB reads it)
 PRIVATE_FLOOD = FloodRule(per_second=1.0, burst=3)  # 1 a second sustained to one user
 GROUP_FLOOD = FloodRule(per_second=20 / 60, burst=5)  # 20 a minute to one group
 
@@ -268,7 +268,7 @@ class FakeTelegram(BackgroundServer):
         self._errors: dict[str, list[Injected]] = defaultdict(list)
         self._in_flight: dict[str, int] = defaultdict(int)
         self._active: dict[str, list[tuple[PollRecord, web.Request]]] = {}
-        self._buckets: dict[tuple[str, int], _Bucket] = {}
+        self._buckets: dict[tuple[str, int], _Bucket] = {}  # (token, chat or 0 for the bot)
 
     # -- test controls ------------------------------------------------------------------
 
@@ -471,9 +471,10 @@ class FakeTelegram(BackgroundServer):
                 "forbidden": self.forbidden,
             }
 
-    def _admit(self, method: str, params: dict[str, Any]) -> None:
+    def _admit(self, token: str, method: str, params: dict[str, Any]) -> None:
         """Refuse a send as Telegram would: 403 to a user who blocked the bot, 429 past a
-        flood limit (the bot's, or the chat's); a message that passes counts against both."""
+        flood limit (the bot's, or the chat's, each per bot token); a message that passes
+        counts against both."""
         if method not in FLOODED_METHODS or "chat_id" not in params:
             return
         chat_id = int(params["chat_id"])
@@ -486,13 +487,12 @@ class FakeTelegram(BackgroundServer):
             if not self.flood_limits:
                 return
             now = time.monotonic()
-            scopes = [("bot", 0, BOT_FLOOD),
-                      ("chat", chat_id, PRIVATE_FLOOD if chat_id > 0 else GROUP_FLOOD)]  # fmt: skip
+            scopes = [(0, BOT_FLOOD), (chat_id, PRIVATE_FLOOD if chat_id > 0 else GROUP_FLOOD)]
             buckets = []
-            for kind, key, rule in scopes:
-                bucket = self._buckets.get((kind, key))
+            for key, rule in scopes:
+                bucket = self._buckets.get((token, key))
                 if bucket is None:
-                    bucket = self._buckets[(kind, key)] = _Bucket(rule)
+                    bucket = self._buckets[(token, key)] = _Bucket(rule)
                 buckets.append(bucket)
             for bucket in buckets:
                 wait = bucket.wait(now)
@@ -617,7 +617,7 @@ class FakeTelegram(BackgroundServer):
         if handler is None:
             return _error(_ApiError(404, "Not Found: method not found"))
         try:
-            self._admit(method, params)
+            self._admit(token, method, params)
             result = await handler(token, params, request)
         except _ApiError as error:
             return _error(error)

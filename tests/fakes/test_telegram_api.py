@@ -390,3 +390,14 @@ async def test_a_group_upgraded_to_a_supergroup_answers_with_the_new_chat_id(
         await app.bot.send_message(chat_id=caught.value.new_chat_id, text="hi")
     assert caught.value.new_chat_id == -1000000000005
     assert tg.messages_to(-1000000000005) == ["hi"]
+
+
+async def test_each_bot_token_has_its_own_flood_limits(tg: FakeTelegram) -> None:
+    first, second = build(tg), build(tg, OTHER_TOKEN)
+    async with first, second:
+        results = [
+            *await sends(first, list(range(1, 11))),  # the burst of one bot
+            *await sends(second, list(range(1, 11))),  # and of another, to the same users
+        ]
+    assert not [r for r in results if isinstance(r, Exception)]
+    assert tg.too_many_requests == 0
