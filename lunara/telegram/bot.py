@@ -22,10 +22,11 @@ from typing import Any
 
 import aiosqlite
 from telegram import LabeledPrice, Message, ReplyParameters, Update, User
-from telegram.constants import ChatType
+from telegram.constants import ChatMemberStatus, ChatType
 from telegram.error import NetworkError, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
+    ChatMemberHandler,
     ContextTypes,
     ExtBot,
     MessageHandler,
@@ -42,8 +43,9 @@ from lunara import payments
 from lunara import plans as plan_book
 from lunara.config import Settings
 from lunara.services import TradingService
-from lunara.storage import handled
+from lunara.storage import handled, users
 from lunara.storage import outbox as outbox_store
+from lunara.storage.database import RecordNotFound
 from lunara.storage.outbox import Outgoing, Priority
 from lunara.telegram import formatting as fmt
 from lunara.telegram.commands import COMMANDS, EXPECTED_ERRORS, CommandContext, Deps
@@ -57,7 +59,7 @@ from lunara.telegram.errors import (
 from lunara.telegram.guard import Guard, RateLimiter, Verdict
 from lunara.telegram.lease import PollLease
 from lunara.telegram.outbox import TELEGRAM_LIMITS, Outbox, OutboxSender, SendLimits, messages
-from lunara.telegram.parsing import UsageError, command_name, split_arguments
+from lunara.telegram.parsing import UsageError, addressed_to, command_name, split_arguments
 
 logger = logging.getLogger("lunara.telegram")
 
@@ -65,6 +67,11 @@ POLL_TIMEOUT_S = 10
 CLIENT_TIMEOUT_S = 5.0
 """Connect, write and read timeout of every Bot API call (long polls add POLL_TIMEOUT_S)."""
 SECRET_COMMANDS = frozenset({"setkeys"})
+KEYS_IN_GROUP = (
+    "I deleted your message: exchange keys posted in a group are seen by everyone in it. "
+    "Revoke those keys on Binance now, make new ones and send them with /setkeys in our "
+    "private chat."
+)
 HINT = "Send /help to see the commands."
 """The answer to a plain text in a private chat."""
 BLANKED_TEXT = "…"
@@ -113,13 +120,16 @@ def _request(pool_size: int) -> HTTPXRequest:
     )
 
 
-def command_of(update: Update) -> tuple[Message, User] | None:
-    """The message and sender of a command the command handler answers, else None."""
+def command_of(update: Update, username: str) -> tuple[Message, User] | None:
+    """The message and sender of a command the command handler answers, else None: a
+    command addressed to another bot (`/buy@other_bot` in a group) is not ours."""
     message = update.effective_message
     sender = update.effective_user
     if message is None or sender is None or sender.is_bot or not message.text:
         return None
-    return (message, sender) if filters.COMMAND.check_update(update) else None
+    if not filters.COMMAND.check_update(update) or not addressed_to(message.text, username):
+        return None
+    return message, sender
 
 
 def plain_text_of(update: Update) -> tuple[Message, User] | None:
@@ -134,11 +144,11 @@ def plain_text_of(update: Update) -> tuple[Message, User] | None:
     return message, sender
 
 
-def inbox_entry_of(update: Update) -> tuple[Message, User] | None:
+def inbox_entry_of(update: Update, username: str) -> tuple[Message, User] | None:
     """The message and sender of an update the inbox holds until it is answered: a command,
     a plain text the bot answers, or the service message of a completed payment (Telegram
     sends it once; losing it would lose a plan the user paid for)."""
-    entry = command_of(update) or plain_text_of(update)
+    entry = command_of(update, username) or plain_text_of(update)
     if entry is not None:
         return entry
     message = update.effective_message
@@ -225,6 +235,9 @@ class TelegramBot:
         app.add_handler(MessageHandler(filters.SUCCESSFUL_PAYMENT, self._on_successful_payment))
         app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, self._on_text))
         app.add_handler(PreCheckoutQueryHandler(self._on_pre_checkout))
+        app.add_handler(
+            ChatMemberHandler(self._on_my_chat_member, ChatMemberHandler.MY_CHAT_MEMBER)
+        )
         app.add_error_handler(self._on_error)
 
     def _load_keyring(self) -> Any:
@@ -297,7 +310,7 @@ class TelegramBot:
         """Into the inbox, as fetched (InboxBot): the commands, plain texts and payments of a batch."""
         taken = []
         for update in updates:
-            entry = inbox_entry_of(update)
+            entry = inbox_entry_of(update, self.application.bot.username)
             if entry is not None:
                 message, sender = entry
                 taken.append((message.chat_id, message.message_id, sender.id,
@@ -306,7 +319,7 @@ class TelegramBot:
             await handled.take(self.db, taken)
 
     async def _on_command(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
-        command = command_of(update)
+        command = command_of(update, self.application.bot.username)
         if command is None:
             return
         message, sender = command
@@ -361,9 +374,23 @@ class TelegramBot:
         name = command_name(text)
         command = COMMANDS.get(name)
         reply_to = message.message_id
+        private = message.chat.type == ChatType.PRIVATE
         if command is None:
+            if not private:
+                return []  # in a group it may be another bot's: not ours to answer
             return messages(
                 message.chat_id, "I don't know that command. Send /help for the list.", reply_to
+            )
+        if not private and command.name in SECRET_COMMANDS:
+            await self._delete_message(message.chat_id, message.message_id)
+            return messages(message.chat_id, KEYS_IN_GROUP, reply_to)
+        if not private and command.private_only:
+            link = f"https://t.me/{self.application.bot.username}"
+            return messages(
+                message.chat_id,
+                f"I answer {fmt.code('/' + command.name)} only in "
+                f'<a href="{fmt.escape(link)}">our private chat</a>: send it there.',
+                reply_to,
             )
         verdict = self.guard.check(sender_id, command)
         if verdict is Verdict.DENIED:
@@ -410,6 +437,23 @@ class TelegramBot:
         self.updates_handled += 1
         await self._answer_once(update, message, sender, lambda: _hint(message))
 
+    async def _on_my_chat_member(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A user blocked the bot (`kicked`): inactive, so broadcasts and auto trades skip
+        them; unblocked it (`member`): active again. The bot leaving or joining a group
+        changes nobody."""
+        change = update.my_chat_member
+        if change is None or change.chat.type != ChatType.PRIVATE:
+            return
+        status = change.new_chat_member.status
+        if status not in (ChatMemberStatus.BANNED, ChatMemberStatus.MEMBER):
+            return
+        active = status == ChatMemberStatus.MEMBER
+        with contextlib.suppress(RecordNotFound):
+            await users.set_active(self.db, change.chat.id, active)
+            logger.info("user %d %s the bot; marked %s", change.chat.id,
+                        "unblocked" if active else "blocked",
+                        "active" if active else "inactive")  # fmt: skip
+
     async def _on_pre_checkout(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.pre_checkout_query
         if query is None:
@@ -422,7 +466,7 @@ class TelegramBot:
     async def _on_successful_payment(
         self, update: Update, _context: ContextTypes.DEFAULT_TYPE
     ) -> None:
-        entry = inbox_entry_of(update)
+        entry = inbox_entry_of(update, self.application.bot.username)
         if entry is None:
             return
         message, sender = entry

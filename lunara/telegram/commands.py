@@ -97,6 +97,8 @@ async def _user(ctx: CommandContext) -> users.User:
 
 async def start(ctx: CommandContext) -> None:
     user = await _user(ctx)
+    if not user.active:  # back after blocking the bot: notifications and broadcasts resume
+        user = await users.set_active(ctx.deps.db, ctx.user_id, True)
     await ctx.reply(
         fmt.lines(
             f"Welcome to Lunara, {fmt.escape(user.username or ctx.user_id)}.",
@@ -410,9 +412,25 @@ COMMANDS: dict[str, Command] = dict(
     [
         _command("start", "tg.info.start", "/start", "register and say hello", start),
         _command("help", "tg.info.help", "/help", "the commands you can use", help_command),
-        _command("status", "tg.info.status", "/status", "your plan and the bot's state", status),
-        _command("balance", "tg.trade.balance", "/balance", "your balances", balance),
-        _command("positions", "tg.trade.positions", "/positions", "your open positions", positions),
+        _command(
+            "status",
+            "tg.info.status",
+            "/status",
+            "your plan and the bot's state",
+            status,
+            private_only=True,
+        ),
+        _command(
+            "balance", "tg.trade.balance", "/balance", "your balances", balance, private_only=True
+        ),
+        _command(
+            "positions",
+            "tg.trade.positions",
+            "/positions",
+            "your open positions",
+            positions,
+            private_only=True,
+        ),
         _command("buy", "tg.trade.buy", "/buy SYMBOL AMOUNT_USDT", "open a position", buy),
         _command("sell", "tg.trade.sell", "/sell SYMBOL", "close your position", sell),
         _command(
@@ -424,6 +442,7 @@ COMMANDS: dict[str, Command] = dict(
             "/settings [key=value ...]",
             "your trading settings",
             settings_command,
+            private_only=True,
         ),
         _command(
             "setkeys",
@@ -440,6 +459,7 @@ COMMANDS: dict[str, Command] = dict(
             "/subscribe PLAN",
             "pay for a plan with Stars",
             subscribe,
+            private_only=True,
         ),
         _command("users", "tg.admin.users", "/users", "list users", users_command),
         _command("user", "tg.admin.user", "/user ID", "one user's details", user_command),
