@@ -78,6 +78,8 @@ BLANKED_TEXT = "…"
 """What the inbox keeps of a plain text's words."""
 RETRY_UNANSWERED_S = 30.0
 """A command taken this long ago and still not answered is tried again."""
+PRUNE_EVERY_S = 3600.0
+"""How often answered commands and sent messages older than two days are forgotten."""
 CRASH_REPORT_KEY = "crash-report"
 START_RETRY_FIRST_S = 0.5
 START_RETRY_MAX_S = 30.0
@@ -526,8 +528,7 @@ class TelegramService:
         token = bot.settings.telegram_bot_token
         assert token is not None
         application = bot.application
-        await handled.prune(bot.db)
-        await outbox_store.prune(bot.db)
+        await _prune(bot.db)
         if not await self._initialize(stop):
             with contextlib.suppress(Exception):
                 await application.bot.shutdown()  # the HTTP clients the first try opened
@@ -630,6 +631,7 @@ class TelegramService:
         logger.info("Telegram polling as @%s", application.bot.username)
         stopper = asyncio.create_task(stop.wait())
         lost = asyncio.create_task(lease.lost.wait())
+        pruned_at = time.monotonic()
         try:
             while True:
                 done, _ = await asyncio.wait(
@@ -638,9 +640,18 @@ class TelegramService:
                 if done:
                     return
                 await self._replay_unfinished(time.time() - RETRY_UNANSWERED_S)
+                if time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+                    pruned_at = time.monotonic()
+                    await _prune(self.bot.db)
         finally:
             stopper.cancel()
             lost.cancel()
+
+
+async def _prune(db: aiosqlite.Connection) -> None:
+    """Forget answered commands and finished messages older than two days."""
+    await handled.prune(db)
+    await outbox_store.prune(db)
 
 
 async def _hint(message: Message) -> list[Outgoing]:

@@ -264,7 +264,7 @@ class OutboxSender:
             with contextlib.suppress(sqlite3.Error):
                 due = await store.next_due(self.db)
                 if due is not None:
-                    timeout = min(timeout, max(0.0, due - self._clock()))
+                    timeout = min(timeout, max(RECHECK_S, due - self._clock()))
         waits = {
             asyncio.ensure_future(stop.wait()),
             asyncio.ensure_future(self.outbox.wakeup.wait()),
@@ -322,6 +322,8 @@ class OutboxSender:
                 await self.transport.send_invoice(row.chat_id, row.invoice, row.reply_to)
             elif row.text is not None:
                 await self.transport.send_text(row.chat_id, row.text, row.reply_to)
+            else:
+                raise LookupError("a queued message with nothing to send")
         except RetryAfter as error:
             wait = max(_seconds(error.retry_after), 0.0)
             self.flood_waits += 1
