@@ -28,10 +28,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("lunara")
 
-REPORT_RETRY_FIRST_S = 5.0
-REPORT_RETRY_MAX_S = 300.0
-"""Waits between attempts to send a crash report Telegram refused: doubling to the most."""
-
 
 def disabled_features(settings: Settings) -> list[str]:
     """What is switched off by the configuration, each with the reason, for the log."""
@@ -143,7 +139,9 @@ class MetricsWriter:
 
 
 class CrashReporter:
-    """Once Telegram is up, tell the admins why the previous bot ended (if abnormally)."""
+    """Tell the admins why the previous bot ended (if abnormally), through the outbox:
+    queued once per exit (a restart before it went out does not queue it twice), and
+    sent when Telegram allows, however long an outage lasts."""
 
     name = "crash-report"
 
@@ -152,55 +150,19 @@ class CrashReporter:
         self.paths = paths
 
     async def run(self, stop: asyncio.Event) -> None:
-        from telegram.error import TelegramError
-
-        from blueprint.backoff import backoff_delay
         from blueprint.ledger import Ledger
         from blueprint.mirror import NullMirror
         from lunara.crash_report import ReportMarker, pending_report
-        from lunara.telegram.errors import is_retryable
 
         marker = ReportMarker(self.paths.root / "crash-report.json")
         document = Ledger(self.paths, "lunara", NullMirror()).read().document
         policy = self.telegram.guard.manifest.program.restart
         report = pending_report(document, policy, marker.load())
-        if report is None or not await _first_set(self.telegram.up, stop):
+        if report is None:
             return
-        unsent, failures, sent = self.telegram.admin_ids(), 0, 0
-        while unsent:
-            try:
-                await self.telegram.notify(unsent[0], report.to_html())
-            except TelegramError as error:
-                if not is_retryable(error):
-                    logger.warning(
-                        "the crash report could not reach admin %d: %s", unsent[0], error
-                    )
-                    unsent.pop(0)
-                    continue
-                failures += 1
-                delay = backoff_delay(failures, REPORT_RETRY_FIRST_S, REPORT_RETRY_MAX_S)
-                logger.warning("the crash report could not be sent (%s: %s); trying again in "
-                               "%.0f s", type(error).__name__, error, delay)  # fmt: skip
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                if stop.is_set():
-                    return  # still owed: the next start sends it
-                continue
-            unsent.pop(0)
-            sent += 1
+        admins = await self.telegram.report_crash(report.to_html(), report.exit.at)
         marker.save(report.exit.at)
-        logger.info("crash report sent to %d admins", sent)
-
-
-async def _first_set(wanted: asyncio.Event, stop: asyncio.Event) -> bool:
-    """Wait until `wanted` or `stop` is set; True if `wanted` came first."""
-    waits = {asyncio.ensure_future(wanted.wait()), asyncio.ensure_future(stop.wait())}
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiting in waits:
-            waiting.cancel()
-    return wanted.is_set() and not stop.is_set()
+        logger.info("crash report queued for %d admins", admins)
 
 
 async def serve(settings: Settings, paths: HomePaths) -> int:

@@ -187,12 +187,47 @@ _TRAILING_STOP_SETTING = (
     "CHECK (trailing_stop IN (0, 1))",
 )
 
+# Every message the bot sends is written here before it is sent (lunara.storage.outbox).
+_OUTBOX = (
+    """CREATE TABLE broadcasts (
+        id INTEGER PRIMARY KEY,
+        chat_id INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        recipients INTEGER NOT NULL CHECK (recipients >= 0),
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        UNIQUE (chat_id, message_id)
+    )""",
+    """CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        chat_id INTEGER NOT NULL,
+        priority INTEGER NOT NULL CHECK (priority IN (0, 1, 2)),
+        text TEXT,
+        invoice TEXT,
+        reply_to INTEGER,
+        broadcast_id INTEGER REFERENCES broadcasts (id) ON DELETE CASCADE,
+        dedupe_key TEXT UNIQUE,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'blocked', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+        not_before REAL NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        done_at REAL,
+        CHECK (text IS NOT NULL OR invoice IS NOT NULL OR broadcast_id IS NOT NULL)
+    )""",
+    "CREATE INDEX outbox_queued ON outbox (chat_id, priority, id) WHERE state = 'queued'",
+    "CREATE INDEX outbox_by_broadcast ON outbox (broadcast_id, state)"
+    " WHERE broadcast_id IS NOT NULL",
+    "CREATE INDEX outbox_done ON outbox (done_at) WHERE state != 'queued'",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _CORE_TABLES),
     Migration(2, "trailing stops and payment refunds", _TRAILING_STOPS_AND_REFUNDS),
     Migration(3, "commands already answered", _HANDLED_COMMANDS),
     Migration(4, "fees, partial fills and residues of orders", _ORDER_FIDELITY),
     Migration(5, "trailing stop as a trader setting", _TRAILING_STOP_SETTING),
+    Migration(6, "the outbox of every message sent", _OUTBOX),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -212,6 +247,8 @@ KNOWN_TABLES: frozenset[str] = frozenset(
         "bot_flags",
         "trailing_stops",
         "handled_commands",
+        "broadcasts",
+        "outbox",
     }
 )
 

@@ -4,7 +4,9 @@ Built with python-telegram-bot's builder (TELEGRAM_API_BASE_URL points it at a
 self-hosted or test Bot API server). All commands go through one dispatcher, so the
 guard (`lunara.telegram.guard`) runs before any handler code; replies go through the
 one formatting module; errors reach the one error handler (`lunara.telegram.errors`).
-The service polls only while it holds the poller lease (`lunara.telegram.lease`).
+Nothing is sent from here directly: every message is written to the outbox and sent,
+paced, by its sender (`lunara.telegram.outbox`). The service polls and sends only while
+it holds the poller lease (`lunara.telegram.lease`).
 """
 
 from __future__ import annotations
@@ -20,16 +22,11 @@ from typing import Any
 
 import aiosqlite
 from telegram import LabeledPrice, Message, ReplyParameters, Update, User
-from telegram.constants import ChatType
-from telegram.error import (
-    Forbidden,
-    NetworkError,
-    RetryAfter,
-    TelegramError,
-    TimedOut,
-)
+from telegram.constants import ChatMemberStatus, ChatType
+from telegram.error import NetworkError, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
+    ChatMemberHandler,
     ContextTypes,
     ExtBot,
     MessageHandler,
@@ -37,12 +34,6 @@ from telegram.ext import (
     filters,
 )
 from telegram.request import HTTPXRequest
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-)
 
 from blueprint.audit import AuditLog
 from blueprint.backoff import backoff_delay
@@ -52,7 +43,10 @@ from lunara import payments
 from lunara import plans as plan_book
 from lunara.config import Settings
 from lunara.services import TradingService
-from lunara.storage import handled
+from lunara.storage import handled, users
+from lunara.storage import outbox as outbox_store
+from lunara.storage.database import RecordNotFound
+from lunara.storage.outbox import Outgoing, Priority
 from lunara.telegram import formatting as fmt
 from lunara.telegram.commands import COMMANDS, EXPECTED_ERRORS, CommandContext, Deps
 from lunara.telegram.errors import (
@@ -64,21 +58,29 @@ from lunara.telegram.errors import (
 )
 from lunara.telegram.guard import Guard, RateLimiter, Verdict
 from lunara.telegram.lease import PollLease
-from lunara.telegram.parsing import UsageError, command_name, split_arguments
+from lunara.telegram.outbox import TELEGRAM_LIMITS, Outbox, OutboxSender, SendLimits, messages
+from lunara.telegram.parsing import UsageError, addressed_to, command_name, split_arguments
 
 logger = logging.getLogger("lunara.telegram")
 
 POLL_TIMEOUT_S = 10
 CLIENT_TIMEOUT_S = 5.0
 """Connect, write and read timeout of every Bot API call (long polls add POLL_TIMEOUT_S)."""
-SEND_ATTEMPTS = 4
 SECRET_COMMANDS = frozenset({"setkeys"})
+KEYS_IN_GROUP = (
+    "I deleted your message: exchange keys posted in a group are seen by everyone in it. "
+    "Revoke those keys on Binance now, make new ones and send them with /setkeys in our "
+    "private chat."
+)
 HINT = "Send /help to see the commands."
 """The answer to a plain text in a private chat."""
 BLANKED_TEXT = "…"
 """What the inbox keeps of a plain text's words."""
 RETRY_UNANSWERED_S = 30.0
 """A command taken this long ago and still not answered is tried again."""
+PRUNE_EVERY_S = 3600.0
+"""How often answered commands and sent messages older than two days are forgotten."""
+CRASH_REPORT_KEY = "crash-report"
 START_RETRY_FIRST_S = 0.5
 START_RETRY_MAX_S = 30.0
 """Waits between attempts to reach Telegram at start: doubling from the first to the most."""
@@ -120,13 +122,16 @@ def _request(pool_size: int) -> HTTPXRequest:
     )
 
 
-def command_of(update: Update) -> tuple[Message, User] | None:
-    """The message and sender of a command the command handler answers, else None."""
+def command_of(update: Update, username: str) -> tuple[Message, User] | None:
+    """The message and sender of a command the command handler answers, else None: a
+    command addressed to another bot (`/buy@other_bot` in a group) is not ours."""
     message = update.effective_message
     sender = update.effective_user
     if message is None or sender is None or sender.is_bot or not message.text:
         return None
-    return (message, sender) if filters.COMMAND.check_update(update) else None
+    if not filters.COMMAND.check_update(update) or not addressed_to(message.text, username):
+        return None
+    return message, sender
 
 
 def plain_text_of(update: Update) -> tuple[Message, User] | None:
@@ -141,11 +146,11 @@ def plain_text_of(update: Update) -> tuple[Message, User] | None:
     return message, sender
 
 
-def inbox_entry_of(update: Update) -> tuple[Message, User] | None:
+def inbox_entry_of(update: Update, username: str) -> tuple[Message, User] | None:
     """The message and sender of an update the inbox holds until it is answered: a command,
     a plain text the bot answers, or the service message of a completed payment (Telegram
     sends it once; losing it would lose a plan the user paid for)."""
-    entry = command_of(update) or plain_text_of(update)
+    entry = command_of(update, username) or plain_text_of(update)
     if entry is not None:
         return entry
     message = update.effective_message
@@ -182,6 +187,7 @@ class TelegramBot:
         trading: TradingService,
         *,
         redis: Any = None,
+        send_limits: SendLimits = TELEGRAM_LIMITS,
     ) -> None:
         token = settings.telegram_bot_token
         if token is None:
@@ -192,6 +198,8 @@ class TelegramBot:
         self.redis = redis
         self.guard = Guard(manifest, audit, RateLimiter(settings.rate_limit_per_minute))
         self.state = TelegramState(paths.root / STATE_FILE)
+        self.outbox = Outbox(db)
+        self.sender = OutboxSender(db, self.outbox, self, send_limits)
         self.errors = ErrorHandler(db, self.state, self.send, self.admin_ids)
         self.updates_handled = 0
         self.in_hand: set[tuple[int, int]] = set()  # (chat, message) being answered now
@@ -215,9 +223,8 @@ class TelegramBot:
             trading=trading,
             guard=self.guard,
             keyring=self._load_keyring,
-            send=self.send,
+            broadcast=self.outbox.broadcast,
             delete_message=self._delete_message,
-            send_invoice=self._send_invoice,
             refund=self._refund,
         )
         self._register()
@@ -230,6 +237,9 @@ class TelegramBot:
         app.add_handler(MessageHandler(filters.SUCCESSFUL_PAYMENT, self._on_successful_payment))
         app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, self._on_text))
         app.add_handler(PreCheckoutQueryHandler(self._on_pre_checkout))
+        app.add_handler(
+            ChatMemberHandler(self._on_my_chat_member, ChatMemberHandler.MY_CHAT_MEMBER)
+        )
         app.add_error_handler(self._on_error)
 
     def _load_keyring(self) -> Any:
@@ -242,56 +252,56 @@ class TelegramBot:
     # -- sending ------------------------------------------------------------------------
 
     async def send(self, chat_id: int, text: str, reply_to: int | None = None) -> None:
-        """Send HTML text, split under the limit; retry timeouts, honour RetryAfter.
-
-        With `reply_to`, the first part is threaded to that message (the command answered).
-        """
-        for index, chunk in enumerate(fmt.split_message(text)):
-            await self._send_chunk(chat_id, chunk, reply_to if index == 0 else None)
+        """Queue HTML text for `chat_id` (split under the limit); with `reply_to`, an
+        answer threaded to that message, sent ahead of notifications."""
+        await self.outbox.send(chat_id, text, reply_to)
 
     async def notify(self, user_id: int, text: str) -> None:
-        """The Notifier the trading engine uses; a blocked user is marked inactive."""
-        try:
-            await self.send(user_id, text)
-        except Forbidden:
-            await self.errors.mark_inactive(user_id)
+        """The Notifier the trading engine uses: queued once written, sent when Telegram
+        allows (a user who blocked the bot is marked inactive by the sender)."""
+        await self.outbox.send(user_id, text, priority=Priority.NOTICE)
 
-    async def _send_chunk(self, chat_id: int, text: str, reply_to: int | None = None) -> None:
-        threading = _reply_parameters(reply_to)
-        for _ in range(3):
-            try:
-                async for attempt in AsyncRetrying(
-                    retry=retry_if_exception(is_retryable),
-                    stop=stop_after_attempt(SEND_ATTEMPTS),
-                    wait=wait_exponential(multiplier=0.2, max=5),
-                    reraise=True,
-                ):
-                    with attempt:
-                        await self.application.bot.send_message(
-                            chat_id, text, parse_mode="HTML", reply_parameters=threading
-                        )
-                return
-            except RetryAfter as error:
-                await asyncio.sleep(retry_after_seconds(error))
-        raise TimedOut("gave up after repeated RetryAfter")
+    async def notify_admins(self, text: str) -> None:
+        """Tell every admin something about the bot itself (e.g. a Binance IP ban)."""
+        await self.outbox.put([row for admin in self.admin_ids() for row in messages(admin, text)])
+
+    async def report_crash(self, text: str, exit_at: str) -> int:
+        """Queue the report of the previous run's abnormal end for every admin, once per
+        exit however often this is called; returns how many admins it is for."""
+        admins = self.admin_ids()
+        await self.outbox.put([
+            row for admin in admins
+            for row in messages(admin, text, dedupe_key=f"{CRASH_REPORT_KEY}:{exit_at}:{admin}")
+        ])  # fmt: skip
+        return len(admins)
+
+    async def send_text(self, chat_id: int, text: str, reply_to: int | None) -> None:
+        """Send one queued message (`lunara.telegram.outbox.Transport`)."""
+        await self.application.bot.send_message(
+            chat_id, text, parse_mode="HTML", reply_parameters=_reply_parameters(reply_to)
+        )
+
+    async def send_invoice(self, chat_id: int, plan: str, reply_to: int | None) -> None:
+        """Send one queued invoice (`lunara.telegram.outbox.Transport`)."""
+        chosen = plan_book.plan_named(plan)
+        if chosen is None:
+            raise LookupError(f"no plan named {plan!r}")
+        await self.application.bot.send_invoice(
+            reply_parameters=_reply_parameters(reply_to),
+            chat_id=chat_id,
+            title=f"Lunara {chosen.title}",
+            description=f"{chosen.title} plan for 30 days",
+            payload=payments.invoice_payload(chosen, chat_id),
+            currency=payments.STARS,
+            prices=[LabeledPrice(chosen.title, chosen.price_stars)],
+            provider_token="",
+        )
 
     async def _delete_message(self, chat_id: int, message_id: int) -> None:
         try:
             await self.application.bot.delete_message(chat_id, message_id)
         except TelegramError as error:
             logger.warning("could not delete a message carrying keys: %s", type(error).__name__)
-
-    async def _send_invoice(self, chat_id: int, plan: plan_book.Plan, reply_to: int | None) -> None:
-        await self.application.bot.send_invoice(
-            reply_parameters=_reply_parameters(reply_to),
-            chat_id=chat_id,
-            title=f"Lunara {plan.title}",
-            description=f"{plan.title} plan for 30 days",
-            payload=payments.invoice_payload(plan, chat_id),
-            currency=payments.STARS,
-            prices=[LabeledPrice(plan.title, plan.price_stars)],
-            provider_token="",
-        )
 
     async def _refund(self, user_id: int, charge_id: str) -> None:
         await self.application.bot.refund_star_payment(user_id, charge_id)
@@ -302,7 +312,7 @@ class TelegramBot:
         """Into the inbox, as fetched (InboxBot): the commands, plain texts and payments of a batch."""
         taken = []
         for update in updates:
-            entry = inbox_entry_of(update)
+            entry = inbox_entry_of(update, self.application.bot.username)
             if entry is not None:
                 message, sender = entry
                 taken.append((message.chat_id, message.message_id, sender.id,
@@ -311,7 +321,7 @@ class TelegramBot:
             await handled.take(self.db, taken)
 
     async def _on_command(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
-        command = command_of(update)
+        command = command_of(update, self.application.bot.username)
         if command is None:
             return
         message, sender = command
@@ -326,14 +336,15 @@ class TelegramBot:
         update: Update,
         message: Message,
         sender: User,
-        answer: Callable[[], Awaitable[None]],
+        answer: Callable[[], Awaitable[list[Outgoing]]],
         *,
         retry_on: type[Exception] | tuple[type[Exception], ...] = (),
     ) -> None:
-        """Run `answer` for an inbox entry unless it was answered already (a replay, or
-        Telegram delivering it again) or the bot is stopping, then mark it answered; one
-        that failed on a network error (or a `retry_on` error) stays in the inbox and is
-        tried again by the sweep."""
+        """Work out the answer of an inbox entry unless it was answered already (a replay,
+        or Telegram delivering it again) or the bot is stopping; then queue the answer and
+        mark the entry answered in one transaction. One that failed on a network error (or
+        a `retry_on` error) stays in the inbox and is tried again by the sweep; any other
+        error is answered with an apology."""
         key = (message.chat_id, message.message_id)
         if key in self.in_hand:  # delivered again while a replay of it runs
             return
@@ -351,38 +362,49 @@ class TelegramBot:
                             message.message_id, message.chat_id)  # fmt: skip
                 return
             try:
-                await answer()
+                outgoing = await answer()
             except Exception as error:
-                if not is_retryable(error) and not isinstance(error, retry_on):
-                    # The error handler apologises for it: answered, never replayed.
-                    await handled.finish(self.db, *key)
-                raise
-            await handled.finish(self.db, *key)
+                if is_retryable(error) or isinstance(error, retry_on):
+                    raise  # the error handler says so; the sweep tries it again
+                # Answered with an apology, never replayed.
+                outgoing = self.errors.apologies(update, error)
+            await self.outbox.answer(*key, outgoing)
         finally:
             self.in_hand.discard(key)
 
-    async def _answer_command(self, message: Message, sender_id: int, text: str) -> None:
+    async def _answer_command(self, message: Message, sender_id: int, text: str) -> list[Outgoing]:
         name = command_name(text)
         command = COMMANDS.get(name)
         reply_to = message.message_id
+        private = message.chat.type == ChatType.PRIVATE
         if command is None:
-            await self.send(
+            if not private:
+                return []  # in a group it may be another bot's: not ours to answer
+            return messages(
                 message.chat_id, "I don't know that command. Send /help for the list.", reply_to
             )
-            return
+        if not private and command.name in SECRET_COMMANDS:
+            await self._delete_message(message.chat_id, message.message_id)
+            return messages(message.chat_id, KEYS_IN_GROUP, reply_to)
+        if not private and command.private_only:
+            link = f"https://t.me/{self.application.bot.username}"
+            return messages(
+                message.chat_id,
+                f"I answer {fmt.code('/' + command.name)} only in "
+                f'<a href="{fmt.escape(link)}">our private chat</a>: send it there.',
+                reply_to,
+            )
         verdict = self.guard.check(sender_id, command)
         if verdict is Verdict.DENIED:
-            await self.send(
+            return messages(
                 message.chat_id, "Sorry, your role does not allow that command.", reply_to
             )
-            return
         if verdict is Verdict.RATE_LIMITED:
-            await self.send(
+            return messages(
                 message.chat_id,
                 f"Slow down a little: at most {self.guard.limiter.limit} commands a minute.",
                 reply_to,
             )
-            return
         context = CommandContext(
             user_id=sender_id,
             chat_id=message.chat_id,
@@ -401,8 +423,13 @@ class TelegramBot:
             await context.usage(str(error))
         except EXPECTED_ERRORS as error:
             await context.reply(fmt.escape(getattr(error, "message", None) or str(error)))
-        for reply in context.replies:
-            await self.send(message.chat_id, reply, reply_to)
+        outgoing = [row for reply in context.replies
+                    for row in messages(message.chat_id, reply, reply_to)]  # fmt: skip
+        outgoing += [
+            Outgoing(message.chat_id, reply_to=reply_to, priority=Priority.ANSWER, invoice=plan)
+            for plan in context.invoices
+        ]
+        return outgoing
 
     async def _on_text(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         plain = plain_text_of(update)
@@ -410,9 +437,24 @@ class TelegramBot:
             return
         message, sender = plain
         self.updates_handled += 1
-        await self._answer_once(
-            update, message, sender, lambda: self.send(message.chat_id, HINT, message.message_id)
-        )
+        await self._answer_once(update, message, sender, lambda: _hint(message))
+
+    async def _on_my_chat_member(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A user blocked the bot (`kicked`): inactive, so broadcasts and auto trades skip
+        them; unblocked it (`member`): active again. The bot leaving or joining a group
+        changes nobody."""
+        change = update.my_chat_member
+        if change is None or change.chat.type != ChatType.PRIVATE:
+            return
+        status = change.new_chat_member.status
+        if status not in (ChatMemberStatus.BANNED, ChatMemberStatus.MEMBER):
+            return
+        active = status == ChatMemberStatus.MEMBER
+        with contextlib.suppress(RecordNotFound):
+            await users.set_active(self.db, change.chat.id, active)
+            logger.info("user %d %s the bot; marked %s", change.chat.id,
+                        "unblocked" if active else "blocked",
+                        "active" if active else "inactive")  # fmt: skip
 
     async def _on_pre_checkout(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.pre_checkout_query
@@ -426,7 +468,7 @@ class TelegramBot:
     async def _on_successful_payment(
         self, update: Update, _context: ContextTypes.DEFAULT_TYPE
     ) -> None:
-        entry = inbox_entry_of(update)
+        entry = inbox_entry_of(update, self.application.bot.username)
         if entry is None:
             return
         message, sender = entry
@@ -438,7 +480,7 @@ class TelegramBot:
             retry_on=sqlite3.Error,  # the payer cannot send it again: keep it, try again
         )
 
-    async def _record_payment(self, message: Message, sender: User) -> None:
+    async def _record_payment(self, message: Message, sender: User) -> list[Outgoing]:
         """Record the payment (once per charge id, so a replay is harmless), thank the payer."""
         paid = message.successful_payment
         assert paid is not None
@@ -450,7 +492,7 @@ class TelegramBot:
             paid.total_amount,
         )
         plan = plan_book.plan_named(outcome.payment.plan)
-        await self.send(
+        return messages(
             message.chat_id,
             f"Thank you! Your {fmt.escape(plan.title if plan else outcome.payment.plan)} plan is active.",
             message.message_id,
@@ -458,14 +500,6 @@ class TelegramBot:
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         await self.errors.on_error(update, context.error)
-
-    async def notify_admins(self, text: str) -> None:
-        """Tell every admin something about the bot itself (e.g. a Binance IP ban)."""
-        for admin in self.admin_ids():
-            try:
-                await self.notify(admin, text)
-            except TelegramError as error:
-                logger.warning("could not tell admin %d: %s", admin, type(error).__name__)
 
     def admin_ids(self) -> list[int]:
         ids = []
@@ -495,7 +529,7 @@ class TelegramService:
         token = bot.settings.telegram_bot_token
         assert token is not None
         application = bot.application
-        await handled.prune(bot.db)
+        await _prune(bot.db)
         if not await self._initialize(stop):
             with contextlib.suppress(Exception):
                 await application.bot.shutdown()  # the HTTP clients the first try opened
@@ -509,6 +543,9 @@ class TelegramService:
                 logger.info("waiting for the Telegram poller lease (one poller per token)")
                 if not await lease.acquire(stop):
                     return
+                # The one sender of the outbox, while the lease is ours.
+                sending = asyncio.Event()
+                sender = asyncio.create_task(bot.sender.run(sending))
                 try:
                     if not replayed:
                         await self._replay_unfinished()
@@ -524,7 +561,11 @@ class TelegramService:
                             # the next holder replays what the inbox holds unanswered.
                             await self._stop_application()
                     finally:
-                        await lease.release()
+                        sending.set()  # the sends under way finish; the queue waits
+                        try:
+                            await sender
+                        finally:
+                            await lease.release()
                 if lease.lost.is_set() and not stop.is_set():
                     logger.error("another instance took the poller lease; waiting to get it back")
         finally:
@@ -591,6 +632,7 @@ class TelegramService:
         logger.info("Telegram polling as @%s", application.bot.username)
         stopper = asyncio.create_task(stop.wait())
         lost = asyncio.create_task(lease.lost.wait())
+        pruned_at = time.monotonic()
         try:
             while True:
                 done, _ = await asyncio.wait(
@@ -599,9 +641,22 @@ class TelegramService:
                 if done:
                     return
                 await self._replay_unfinished(time.time() - RETRY_UNANSWERED_S)
+                if time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+                    pruned_at = time.monotonic()
+                    await _prune(self.bot.db)
         finally:
             stopper.cancel()
             lost.cancel()
+
+
+async def _prune(db: aiosqlite.Connection) -> None:
+    """Forget answered commands and finished messages older than two days."""
+    await handled.prune(db)
+    await outbox_store.prune(db)
+
+
+async def _hint(message: Message) -> list[Outgoing]:
+    return messages(message.chat_id, HINT, message.message_id)
 
 
 def _reply_parameters(message_id: int | None) -> ReplyParameters | None:

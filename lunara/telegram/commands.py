@@ -21,6 +21,7 @@ from lunara.config import Settings
 from lunara.services import TradingError, TradingService
 from lunara.storage import credentials, user_settings, users
 from lunara.storage.database import InvalidValue, StorageError
+from lunara.storage.outbox import BroadcastStart
 from lunara.telegram import formatting as fmt
 from lunara.telegram.guard import Command, Guard
 from lunara.telegram.parsing import (
@@ -44,9 +45,9 @@ class Deps:
     trading: TradingService
     guard: Guard
     keyring: Any  # lunara.crypto.KeyRing, loaded lazily (paper mode may never need it)
-    send: Callable[[int, str], Awaitable[None]]  # message any chat (broadcasts)
+    # Queue a message for every active user: (chat, command message, text) -> its start.
+    broadcast: Callable[[int, int, str], Awaitable[BroadcastStart]]
     delete_message: Callable[[int, int], Awaitable[None]]
-    send_invoice: Callable[[int, plan_book.Plan, int | None], Awaitable[None]]  # .., reply to
     refund: Callable[[int, str], Awaitable[None]]
     clock: Callable[[], float] = time.time
     started_at: float = field(default_factory=time.time)
@@ -64,9 +65,13 @@ class CommandContext:
     deps: Deps
     command: Command
     replies: list[str] = field(default_factory=list)
+    invoices: list[str] = field(default_factory=list)  # plans whose invoice answers it
 
     async def reply(self, text: str) -> None:
         self.replies.append(text)
+
+    async def invoice(self, plan: plan_book.Plan) -> None:
+        self.invoices.append(plan.name.value)
 
     async def usage(self, reason: str | None = None) -> None:
         await self.reply(
@@ -92,6 +97,8 @@ async def _user(ctx: CommandContext) -> users.User:
 
 async def start(ctx: CommandContext) -> None:
     user = await _user(ctx)
+    if not user.active:  # back after blocking the bot: notifications and broadcasts resume
+        user = await users.set_active(ctx.deps.db, ctx.user_id, True)
     await ctx.reply(
         fmt.lines(
             f"Welcome to Lunara, {fmt.escape(user.username or ctx.user_id)}.",
@@ -303,7 +310,7 @@ async def subscribe(ctx: CommandContext) -> None:
         ))  # fmt: skip
         return
     await _user(ctx)
-    await ctx.deps.send_invoice(ctx.chat_id, plan, ctx.message_id)
+    await ctx.invoice(plan)
 
 
 # -- admins ------------------------------------------------------------------------------
@@ -345,17 +352,18 @@ async def broadcast(ctx: CommandContext) -> None:
     if not message:
         await ctx.usage()
         return
-    sent = 0
-    offset = 0
-    while True:
-        page = await users.list_page(ctx.deps.db, offset=offset, limit=200, active=True)
-        for user in page.users:
-            await ctx.deps.send(user.telegram_id, fmt.escape(message))
-            sent += 1
-        offset += len(page.users)
-        if not page.users or offset >= page.total:
-            break
-    await ctx.reply(f"Broadcast sent to {sent} users.")
+    text = fmt.escape(message)
+    if len(fmt.split_message(text)) > 1:
+        await ctx.usage("a broadcast must fit in one message")
+        return
+    started = await ctx.deps.broadcast(ctx.chat_id, ctx.message_id, text)
+    if not started.recipients:
+        await ctx.reply("No active user to send it to.")
+        return
+    await ctx.reply(
+        f"Broadcasting to {started.recipients} users, at the pace Telegram allows; "
+        "I will send you a summary when every one of them has been tried."
+    )
 
 
 async def pause(ctx: CommandContext) -> None:
@@ -404,9 +412,25 @@ COMMANDS: dict[str, Command] = dict(
     [
         _command("start", "tg.info.start", "/start", "register and say hello", start),
         _command("help", "tg.info.help", "/help", "the commands you can use", help_command),
-        _command("status", "tg.info.status", "/status", "your plan and the bot's state", status),
-        _command("balance", "tg.trade.balance", "/balance", "your balances", balance),
-        _command("positions", "tg.trade.positions", "/positions", "your open positions", positions),
+        _command(
+            "status",
+            "tg.info.status",
+            "/status",
+            "your plan and the bot's state",
+            status,
+            private_only=True,
+        ),
+        _command(
+            "balance", "tg.trade.balance", "/balance", "your balances", balance, private_only=True
+        ),
+        _command(
+            "positions",
+            "tg.trade.positions",
+            "/positions",
+            "your open positions",
+            positions,
+            private_only=True,
+        ),
         _command("buy", "tg.trade.buy", "/buy SYMBOL AMOUNT_USDT", "open a position", buy),
         _command("sell", "tg.trade.sell", "/sell SYMBOL", "close your position", sell),
         _command(
@@ -418,6 +442,7 @@ COMMANDS: dict[str, Command] = dict(
             "/settings [key=value ...]",
             "your trading settings",
             settings_command,
+            private_only=True,
         ),
         _command(
             "setkeys",
@@ -434,6 +459,7 @@ COMMANDS: dict[str, Command] = dict(
             "/subscribe PLAN",
             "pay for a plan with Stars",
             subscribe,
+            private_only=True,
         ),
         _command("users", "tg.admin.users", "/users", "list users", users_command),
         _command("user", "tg.admin.user", "/user ID", "one user's details", user_command),

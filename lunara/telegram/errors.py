@@ -1,11 +1,14 @@
 """The one error handler of the Telegram layer.
 
-What each Bot API failure means for us: Forbidden (the user blocked the bot) marks the
-user inactive; RetryAfter waits as told; TimedOut/NetworkError are retried with backoff
-for our own sends; Conflict (another client polls our token) is counted, recorded for
-`lunara status` and logged once per burst, never fatal. Anything else gets the user a
-short apology with a reference id, the admins the reference and exception type, and the
-log the traceback — never a secret (exception messages are not echoed to Telegram).
+What each Bot API failure means for us: a failure to send a message is the outbox
+sender's business (`lunara.telegram.outbox`: 403 marks the user who blocked the bot
+inactive, 429 waits as told, timeouts are tried again); here, Forbidden from any other
+call is logged and nobody is deactivated for it (in a group it says nothing about the
+sender); RetryAfter waits as told; TimedOut/NetworkError are worth another try;
+Conflict (another client polls our token) is counted, recorded for `lunara status` and
+logged once per burst, never fatal. Anything else gets the user a short apology with a
+reference id, the admins the reference and exception type, and the log the traceback —
+never a secret (exception messages are not echoed to Telegram).
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import aiosqlite
 from telegram import Update
 from telegram.error import BadRequest, Conflict, Forbidden, NetworkError, RetryAfter, TelegramError
 
-from lunara.storage import users
-from lunara.storage.database import RecordNotFound
+from lunara.storage.outbox import Outgoing
 from lunara.telegram import formatting as fmt
+from lunara.telegram.outbox import messages
 
 logger = logging.getLogger("lunara.telegram")
 
@@ -104,11 +107,6 @@ class ErrorHandler:
             return
         logger.warning("polling Telegram failed: %s (retrying)", type(error).__name__)
 
-    async def mark_inactive(self, user_id: int) -> None:
-        with contextlib.suppress(RecordNotFound):
-            await users.set_active(self.db, user_id, False)
-            logger.info("user %s blocked the bot; marked inactive", user_id)
-
     async def on_error(self, update: object, error: BaseException | None) -> None:
         if isinstance(error, Conflict):
             self._conflict()
@@ -119,23 +117,30 @@ class ErrorHandler:
         if error is not None and is_retryable(error):
             logger.warning("Telegram network problem: %s (retrying)", type(error).__name__)
             return
-        sender = update.effective_user if isinstance(update, Update) else None
+        for row in self.apologies(update, error):
+            with contextlib.suppress(TelegramError):
+                await self.send(row.chat_id, row.text or "", row.reply_to)
+
+    def apologies(self, update: object, error: BaseException | None) -> list[Outgoing]:
+        """What an unexpected error is answered with: the user an apology with a
+        reference, each admin the reference and the exception's type; the log the
+        traceback. Forbidden is answered with nothing (there is no one to tell)."""
         if isinstance(error, Forbidden):
-            if sender is not None:
-                await self.mark_inactive(sender.id)
-            return
+            logger.info("Telegram refused a call for an update: %s", error.message)
+            return []
         reference = secrets.token_hex(4)
         logger.error("unexpected error (ref %s)", reference, exc_info=error)
         chat = update.effective_chat if isinstance(update, Update) else None
         message = update.effective_message if isinstance(update, Update) else None
-        with contextlib.suppress(TelegramError):
-            if chat is not None:
-                await self.send(
-                    chat.id,
-                    f"Sorry, something went wrong on our side (reference {fmt.code(reference)}).",
-                    None if message is None else message.message_id,
-                )
-            for admin in self.admin_ids():
-                await self.send(
-                    admin, f"Error {fmt.code(reference)}: {fmt.escape(type(error).__name__)}", None
-                )
+        rows = []
+        if chat is not None:
+            rows += messages(
+                chat.id,
+                f"Sorry, something went wrong on our side (reference {fmt.code(reference)}).",
+                None if message is None else message.message_id,
+            )
+        for admin in self.admin_ids():
+            rows += messages(
+                admin, f"Error {fmt.code(reference)}: {fmt.escape(type(error).__name__)}"
+            )
+        return rows

@@ -34,7 +34,7 @@ class Command:
     usage: str
     description: str
     handler: Handler
-    private_only: bool = False
+    private_only: bool = False  # private data or secrets: in a group, a pointer instead
 
 
 class Verdict(Enum):

@@ -32,6 +32,14 @@ def command_name(text: str) -> str:
     return head.lstrip("/").split("@", 1)[0].lower()
 
 
+def addressed_to(text: str, username: str) -> bool:
+    """Whether a command is ours: `/buy` and `/buy@OurBot` are, `/buy@other_bot` (meant
+    for another bot in the same group) is not. Usernames compare case-insensitively."""
+    head = text.split(maxsplit=1)[0] if text.strip() else ""
+    _, at, addressee = head.partition("@")
+    return not at or addressee.lower() == username.lower()
+
+
 def parse_symbol(raw: str) -> str:
     symbol = raw.strip().upper()
     if "/" in symbol:

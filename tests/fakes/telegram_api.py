@@ -9,6 +9,15 @@ entities, 4096 characters), so a malformed reply fails loudly. When two
 real Bot API, and the overlap is counted so a test can prove that only one poller
 ever ran.
 
+Telegram's flood limits are enforced by default (`FloodRule`): about 30 messages a
+second for the bot, 1 a second sustained to one private chat, 20 a minute to one
+group; past one, the send is refused with 429 and `parameters.retry_after`, and the
+bot (or the chat) stays refused until that wait is over, as Telegram does. A chat
+marked blocked (`block`) refuses every send with 403 "Forbidden: bot was blocked by
+the user"; a group upgraded to a supergroup (`migrate`) answers 400 with
+`parameters.migrate_to_chat_id`. `FakeTelegram(flood_limits=False)` is the friendly
+server of a test that is about something else and sends faster than Telegram allows.
+
 Standalone: `python -m tests.fakes.telegram_api --port N` prints its URL; steer it
 with `/_control/...` (see `add_routes`).
 """
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import time
 from collections import defaultdict
@@ -42,6 +52,50 @@ CONFLICT = (
 )
 PARSE_ERROR = "Bad Request: can't parse entities"
 OVERLAP_SETTLE_S = 0.05
+BLOCKED = "Forbidden: bot was blocked by the user"
+MIGRATED = "Bad Request: group chat was upgraded to a supergroup chat"
+FLOODED_METHODS = frozenset({"sendMessage", "sendInvoice", "editMessageText"})
+"""The methods that send a message and so count against the flood limits."""
+
+
+@dataclass(frozen=True)
+class FloodRule:
+    """A sustained rate with a short burst on top, as a leaky bucket: in any stretch of
+    `t` seconds at most `burst + per_second * t` messages pass (GCRA). That is the shape
+    aiolimiter and python-telegram-bot's AIORateLimiter give Telegram's limits."""
+
+    per_second: float
+    burst: int
+
+
+BOT_FLOOD = FloodRule(per_second=30.0, burst=30)  # about 30 a second, all chats (as PTB reads it)
+PRIVATE_FLOOD = FloodRule(per_second=1.0, burst=3)  # 1 a second sustained to one user
+GROUP_FLOOD = FloodRule(per_second=20 / 60, burst=5)  # 20 a minute to one group
+
+
+class _Bucket:
+    """One rule applied to one scope (the bot, or one chat), with Telegram's flood wait:
+    once refused, the scope stays refused until the `retry_after` it was given."""
+
+    def __init__(self, rule: FloodRule) -> None:
+        self.interval = 1.0 / rule.per_second
+        self.tolerance = (rule.burst - 1) * self.interval
+        self.theoretical_arrival = 0.0
+        self.refused_until = 0.0
+
+    def wait(self, now: float) -> float:
+        """Seconds until a message may pass (0: it may pass now)."""
+        if now < self.refused_until:
+            return self.refused_until - now
+        return max(0.0, self.theoretical_arrival - self.tolerance - now)
+
+    def take(self, now: float) -> None:
+        self.theoretical_arrival = max(now, self.theoretical_arrival) + self.interval
+
+    def refuse(self, now: float, wait: float) -> int:
+        retry_after = max(1, math.ceil(wait))
+        self.refused_until = max(self.refused_until, now + retry_after)
+        return retry_after
 
 
 class _HtmlCheck(HTMLParser):
@@ -164,11 +218,13 @@ def _reply_to(params: dict[str, Any]) -> int | None:
 
 
 class _ApiError(Exception):
-    def __init__(self, status: int, description: str, retry_after: int | None = None) -> None:
+    def __init__(self, status: int, description: str, retry_after: int | None = None,
+                 migrate_to_chat_id: int | None = None) -> None:  # fmt: skip
         super().__init__(description)
         self.status = status
         self.description = description
         self.retry_after = retry_after
+        self.migrate_to_chat_id = migrate_to_chat_id
 
 
 @dataclass
@@ -177,6 +233,7 @@ class FakeTelegram(BackgroundServer):
 
     username: str = "lunara_test_bot"
     max_poll_s: float = 1.0  # long polls are held at most this long, so shutdowns are quick
+    flood_limits: bool = True  # False: the friendly server, every send passes
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
     edits: list[dict[str, Any]] = field(default_factory=list)
@@ -194,6 +251,10 @@ class FakeTelegram(BackgroundServer):
     max_concurrent_polls: int = 0
     pushed: dict[int, tuple[int, int]] = field(default_factory=dict)  # update -> (chat, message)
     confirmed_below: int = 0  # every update with a smaller id was confirmed by an offset
+    blocked: set[int] = field(default_factory=set)  # users who blocked the bot
+    migrated: dict[int, int] = field(default_factory=dict)  # group -> its supergroup
+    too_many_requests: int = 0  # sends refused with 429 by the flood limits
+    forbidden: int = 0  # sends refused with 403 (blocked)
 
     name = "fake-telegram"
 
@@ -207,6 +268,7 @@ class FakeTelegram(BackgroundServer):
         self._errors: dict[str, list[Injected]] = defaultdict(list)
         self._in_flight: dict[str, int] = defaultdict(int)
         self._active: dict[str, list[tuple[PollRecord, web.Request]]] = {}
+        self._buckets: dict[tuple[str, int], _Bucket] = {}  # (token, chat or 0 for the bot)
 
     # -- test controls ------------------------------------------------------------------
 
@@ -218,6 +280,11 @@ class FakeTelegram(BackgroundServer):
                 Injected(status, description or f"injected {status}", retry_after, stall_s)
                 for _ in range(times)
             )
+
+    def clear_injected(self) -> None:
+        """Forget every scripted answer not given yet."""
+        with self._lock:
+            self._errors.clear()
 
     def inject_stall(self, method: str, stall_s: float, *, times: int = 1) -> None:
         """The next `times` calls of `method` are held `stall_s` before a normal answer."""
@@ -276,6 +343,46 @@ class FakeTelegram(BackgroundServer):
         if not text.startswith("/"):
             raise ValueError(f"a command starts with '/': {text!r}")
         return self.push_text(user_id, text, chat_type, username)
+
+    def block(self, user_id: int, *, tell: bool = True) -> None:
+        """The user blocks the bot: sends to their chat get 403 from now on; with `tell`,
+        the bot gets the `my_chat_member` update (status `kicked`) Telegram sends."""
+        with self._lock:
+            self.blocked.add(user_id)
+        if tell:
+            self.push_my_chat_member(user_id, "member", "kicked")
+
+    def unblock(self, user_id: int, *, tell: bool = True) -> None:
+        """The user unblocks the bot (`my_chat_member`, status `member`, with `tell`)."""
+        with self._lock:
+            self.blocked.discard(user_id)
+        if tell:
+            self.push_my_chat_member(user_id, "kicked", "member")
+
+    def migrate(self, group_id: int, supergroup_id: int) -> None:
+        """The group became a supergroup: sends to the old id get 400 with
+        `parameters.migrate_to_chat_id`, as Telegram answers."""
+        with self._lock:
+            self.migrated[group_id] = supergroup_id
+
+    def push_my_chat_member(self, user_id: int, old: str, new: str,
+                            chat_type: str = "private") -> int:  # fmt: skip
+        """Queue the update telling the bot its membership in a chat changed."""
+        chat = self._message(user_id, chat_type, None)["chat"]
+        sender = {"id": user_id, "is_bot": False, "first_name": f"user{user_id}"}
+        me = {"id": BOT_ID, "is_bot": True, "first_name": "Lunara", "username": self.username}
+
+        def member(status: str) -> dict[str, Any]:
+            return {
+                "status": status,
+                "user": me,
+                **({"until_date": 0} if status == "kicked" else {}),
+            }
+
+        return self._push(
+            {"my_chat_member": {"chat": chat, "from": sender, "date": int(time.time()),
+                                "old_chat_member": member(old), "new_chat_member": member(new)}}
+        )  # fmt: skip
 
     def push_callback_query(self, user_id: int, data: str, message_id: int = 1) -> str:
         """Queue an inline-button press on message `message_id`; returns the query id."""
@@ -360,7 +467,42 @@ class FakeTelegram(BackgroundServer):
                 "max_concurrent_polls": self.max_concurrent_polls,
                 "confirmed_below": self.confirmed_below,
                 "in_flight_polls": sum(self._in_flight.values()),
+                "too_many_requests": self.too_many_requests,
+                "forbidden": self.forbidden,
             }
+
+    def _admit(self, token: str, method: str, params: dict[str, Any]) -> None:
+        """Refuse a send as Telegram would: 403 to a user who blocked the bot, 429 past a
+        flood limit (the bot's, or the chat's, each per bot token); a message that passes
+        counts against both."""
+        if method not in FLOODED_METHODS or "chat_id" not in params:
+            return
+        chat_id = int(params["chat_id"])
+        with self._lock:
+            if chat_id in self.blocked:
+                self.forbidden += 1
+                raise _ApiError(403, BLOCKED)
+            if chat_id in self.migrated:
+                raise _ApiError(400, MIGRATED, migrate_to_chat_id=self.migrated[chat_id])
+            if not self.flood_limits:
+                return
+            now = time.monotonic()
+            scopes = [(0, BOT_FLOOD), (chat_id, PRIVATE_FLOOD if chat_id > 0 else GROUP_FLOOD)]
+            buckets = []
+            for key, rule in scopes:
+                bucket = self._buckets.get((token, key))
+                if bucket is None:
+                    bucket = self._buckets[(token, key)] = _Bucket(rule)
+                buckets.append(bucket)
+            for bucket in buckets:
+                wait = bucket.wait(now)
+                if wait > 0:
+                    self.too_many_requests += 1
+                    retry_after = bucket.refuse(now, wait)
+                    raise _ApiError(429, f"Too Many Requests: retry after {retry_after}",
+                                    retry_after)  # fmt: skip
+            for bucket in buckets:
+                bucket.take(now)
 
     # -- HTTP ---------------------------------------------------------------------------
 
@@ -375,6 +517,7 @@ class FakeTelegram(BackgroundServer):
         app.router.add_get("/_control/calls", self._control_calls)
         app.router.add_get("/_control/polls", self._control_polls)
         app.router.add_get("/_control/stats", self._control_stats)
+        app.router.add_post("/_control/block", self._control_block)
 
     async def _control_inject(self, request: web.Request) -> web.Response:
         body = await json_body(request)
@@ -428,6 +571,15 @@ class FakeTelegram(BackgroundServer):
     async def _control_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
 
+    async def _control_block(self, request: web.Request) -> web.Response:
+        """Block (`"blocked": true`, the default) or unblock the bot for `user_id`."""
+        body = await json_body(request)
+        if body.get("blocked", True):
+            self.block(int(body["user_id"]), tell=bool(body.get("tell", True)))
+        else:
+            self.unblock(int(body["user_id"]), tell=bool(body.get("tell", True)))
+        return web.json_response({"ok": True})
+
     async def _params(self, request: web.Request) -> dict[str, Any]:
         if not request.can_read_body:
             return {}
@@ -465,6 +617,7 @@ class FakeTelegram(BackgroundServer):
         if handler is None:
             return _error(_ApiError(404, "Not Found: method not found"))
         try:
+            self._admit(token, method, params)
             result = await handler(token, params, request)
         except _ApiError as error:
             return _error(error)
@@ -663,6 +816,8 @@ def _error(error: _ApiError) -> web.Response:
     }  # fmt: skip
     if error.retry_after is not None:
         body["parameters"] = {"retry_after": error.retry_after}
+    if error.migrate_to_chat_id is not None:
+        body["parameters"] = {"migrate_to_chat_id": error.migrate_to_chat_id}
     return web.json_response(body, status=error.status)
 
 
@@ -670,9 +825,15 @@ def main(argv: list[str] | None = None) -> int:
     def configure(parser: Any) -> None:
         parser.add_argument("--username", default="lunara_test_bot")
         parser.add_argument("--max-poll-s", type=float, default=10.0)
+        parser.add_argument("--no-flood-limits", action="store_true",
+                            help="the friendly server: no 429 for sending too fast")  # fmt: skip
 
     return run_standalone(
-        lambda args: FakeTelegram(username=args.username, max_poll_s=args.max_poll_s),
+        lambda args: FakeTelegram(
+            username=args.username,
+            max_poll_s=args.max_poll_s,
+            flood_limits=not args.no_flood_limits,
+        ),
         argv,
         configure,
     )

@@ -298,3 +298,106 @@ async def test_button_press_reaches_a_callback_handler_and_is_answered(tg: FakeT
 
     await polling(app, body)
     assert tg.callback_answers[0]["text"] == "got close:42"
+
+
+async def sends(app: Application[Any, Any, Any, Any, Any, Any], chat_ids: list[int]) -> list[Any]:
+    """Send one message to each of `chat_ids` at once; each result or error, in order."""
+    return await asyncio.gather(
+        *(app.bot.send_message(chat_id=chat, text="hi") for chat in chat_ids),
+        return_exceptions=True,
+    )
+
+
+async def test_a_burst_past_the_bots_limit_of_30_a_second_gets_429_with_retry_after(
+    tg: FakeTelegram,
+) -> None:
+    app = build(tg)
+    async with app:
+        results = await sends(app, list(range(1, 101)))  # one message to each of 100 users
+    refused = [r for r in results if isinstance(r, RetryAfter)]
+    assert 50 <= len(refused) < 100  # about 30 a second pass, the burst and the rest do not
+    assert all(r.retry_after >= 1 for r in refused)
+    assert tg.too_many_requests == len(refused) == 100 - len(tg.sent_messages())
+
+
+async def test_more_than_a_message_a_second_to_one_user_gets_429_and_the_wait_is_enforced(
+    tg: FakeTelegram,
+) -> None:
+    app = build(tg)
+    async with app:
+        results = await sends(app, [7] * 5)
+        refused = [r for r in results if isinstance(r, RetryAfter)]
+        assert len(refused) == 2 and len(tg.sent_messages(7)) == 3  # a burst of 3 passes
+        # Told to wait: sending again before the wait is over is refused again.
+        with pytest.raises(RetryAfter):
+            await app.bot.send_message(chat_id=7, text="too soon")
+        assert len(tg.sent_messages(8)) == 0
+        await app.bot.send_message(chat_id=8, text="another user is not held up")
+    assert len(tg.sent_messages(8)) == 1
+
+
+async def test_more_than_twenty_messages_a_minute_to_one_group_get_429(tg: FakeTelegram) -> None:
+    app = build(tg)
+    group = -1000000005
+    async with app:
+        results = await sends(app, [group] * 8)
+    refused = [r for r in results if isinstance(r, RetryAfter)]
+    assert len(tg.sent_messages(group)) == 5 and len(refused) == 3  # a burst of 5 passes
+    # 20 a minute: the next one is allowed about 3 s later, and the wait says so.
+    assert all(r.retry_after == 3 for r in refused)
+
+
+async def test_a_user_who_blocked_the_bot_gets_403_and_its_update_is_sent(
+    tg: FakeTelegram,
+) -> None:
+    from telegram.error import Forbidden
+
+    app = build(tg)
+    tg.block(11)
+    async with app:
+        with pytest.raises(Forbidden, match="bot was blocked by the user"):
+            await app.bot.send_message(chat_id=11, text="hi")
+        [update] = await app.bot.get_updates(timeout=0)
+        assert update.my_chat_member is not None
+        assert update.my_chat_member.new_chat_member.status == "kicked"
+        tg.unblock(11)
+        await app.bot.send_message(chat_id=11, text="welcome back")
+        [_, again] = await app.bot.get_updates(timeout=0)
+        assert again.my_chat_member is not None
+        assert again.my_chat_member.new_chat_member.status == "member"
+    assert tg.forbidden == 1 and tg.messages_to(11) == ["welcome back"]
+
+
+async def test_the_friendly_server_lets_every_send_through() -> None:
+    with FakeTelegram(flood_limits=False) as tg:
+        app = build(tg)
+        async with app:
+            results = await sends(app, [7] * 40 + list(range(100, 160)))
+        assert not [r for r in results if isinstance(r, Exception)]
+        assert len(tg.sent_messages()) == 100 and tg.too_many_requests == 0
+
+
+async def test_a_group_upgraded_to_a_supergroup_answers_with_the_new_chat_id(
+    tg: FakeTelegram,
+) -> None:
+    from telegram.error import ChatMigrated
+
+    app = build(tg)
+    tg.migrate(-5, -1000000000005)
+    async with app:
+        with pytest.raises(ChatMigrated) as caught:
+            await app.bot.send_message(chat_id=-5, text="hi")
+        await app.bot.send_message(chat_id=caught.value.new_chat_id, text="hi")
+    assert caught.value.new_chat_id == -1000000000005
+    assert tg.messages_to(-1000000000005) == ["hi"]
+
+
+async def test_each_bot_token_has_its_own_flood_limits(tg: FakeTelegram) -> None:
+    first, second = build(tg), build(tg, OTHER_TOKEN)
+    async with first, second:
+        results = [
+            *await sends(first, list(range(1, 11))),  # the burst of one bot
+            *await sends(second, list(range(1, 11))),  # and of another, to the same users
+        ]
+    assert not [r for r in results if isinstance(r, Exception)]
+    assert tg.too_many_requests == 0

@@ -20,6 +20,7 @@ from blueprint.paths import HomePaths
 from lunara.config import Settings, load_settings
 from lunara.storage.database import open_database
 from lunara.telegram.bot import TelegramBot
+from lunara.telegram.outbox import TELEGRAM_LIMITS, SendLimits
 from tests.fakes.telegram_api import FakeTelegram
 
 TOKEN = "7312345678:AAH3kq9ZxV0b1c2d3e4f5g6h7i8j9k0lMnOpQ"
@@ -30,8 +31,21 @@ STRANGER = 3003  # has no entry; gets the default role unless the manifest has n
 
 @pytest.fixture
 def fake_telegram() -> Iterator[FakeTelegram]:
+    """The Bot API with Telegram's flood limits."""
     with FakeTelegram() as fake:
         yield fake
+
+
+@pytest.fixture
+def friendly_telegram() -> Iterator[FakeTelegram]:
+    """The Bot API without flood limits, for a test that asks one user many questions in a
+    row about something else than pacing (with `UNPACED`): at Telegram's one message a
+    second per chat they would wait a second for each answer and prove nothing more."""
+    with FakeTelegram(flood_limits=False) as fake:
+        yield fake
+
+
+UNPACED = SendLimits.unpaced()
 
 
 def write_manifest(path: Path, *, default_role: str | None = "trader") -> Path:
@@ -95,9 +109,15 @@ class RunningBot:
 
 @contextlib.asynccontextmanager
 async def built_bot(
-    fake: FakeTelegram, home: Path, *, default_role: str | None = "trader", **extra: str
+    fake: FakeTelegram,
+    home: Path,
+    *,
+    default_role: str | None = "trader",
+    send_limits: SendLimits = TELEGRAM_LIMITS,
+    **extra: str,
 ) -> AsyncIterator[tuple[TelegramBot, Any]]:
-    """The bot and its trading engine as `python -m lunara` wires them, not yet running."""
+    """The bot and its trading engine as `python -m lunara` wires them, not yet running
+    (`send_limits`: the outbox's pace, Telegram's unless a test is about something else)."""
     from lunara.trading.engine import open_trading
 
     manifest_path = write_manifest(home.parent / "manifest.json", default_role=default_role)
@@ -110,7 +130,7 @@ async def built_bot(
         await trading.engine.start()
         bot = TelegramBot(
             settings, paths, load_manifest(manifest_path), AuditLog(paths.audit, NullMirror()), db,
-            trading.engine,
+            trading.engine, send_limits=send_limits,
         )  # fmt: skip
         trading.engine.attach_notifier(bot)
         yield bot, trading
@@ -121,9 +141,16 @@ async def built_bot(
 
 @contextlib.asynccontextmanager
 async def running_bot(
-    fake: FakeTelegram, home: Path, *, default_role: str | None = "trader", **extra: str
+    fake: FakeTelegram,
+    home: Path,
+    *,
+    default_role: str | None = "trader",
+    send_limits: SendLimits = TELEGRAM_LIMITS,
+    **extra: str,
 ) -> AsyncIterator[RunningBot]:
-    async with built_bot(fake, home, default_role=default_role, **extra) as (bot, trading):
+    async with built_bot(
+        fake, home, default_role=default_role, send_limits=send_limits, **extra
+    ) as (bot, trading):
         stop = asyncio.Event()
         service = asyncio.create_task(bot.service().run(stop))
         engine_task = asyncio.create_task(trading.runner.run(stop))

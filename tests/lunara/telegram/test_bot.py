@@ -9,6 +9,7 @@ import re
 import signal
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,15 @@ from hypothesis import strategies as st
 from blueprint.ledger import ExitRecord, Ledger, LedgerDocument, utc_now
 from blueprint.mirror import NullMirror
 from blueprint.paths import HomePaths
-from lunara import app as app_module
 from lunara import payments as payments_flow
 from lunara import plans as plan_book
 from lunara.app import CrashReporter
 from lunara.storage import credentials, handled, payments, users
+from lunara.storage import outbox as outbox_store
 from lunara.storage.database import open_database
 from lunara.telegram import bot as bot_module
 from lunara.telegram import lease as lease_module
+from lunara.telegram import outbox as outbox_module
 from lunara.telegram.bot import CLIENT_TIMEOUT_S
 from lunara.telegram.commands import COMMANDS
 from lunara.telegram.lease import PollLease
@@ -41,6 +43,7 @@ from tests.lunara.telegram.conftest import (
     STRANGER,
     TOKEN,
     TRADER,
+    UNPACED,
     RunningBot,
     built_bot,
     running_bot,
@@ -49,8 +52,11 @@ from tests.lunara.telegram.conftest import (
 ADMIN_ONLY = {"users", "user", "broadcast", "pause", "resume", "botstatus", "refund"}
 
 
-async def test_every_command_as_every_role(fake_telegram: FakeTelegram, bot_home: Path) -> None:
-    async with running_bot(fake_telegram, bot_home, default_role="viewer") as bot:
+async def test_every_command_as_every_role(friendly_telegram: FakeTelegram, bot_home: Path) -> None:
+    fake_telegram = friendly_telegram  # 60 questions in a row: see `friendly_telegram`
+    async with running_bot(
+        fake_telegram, bot_home, default_role="viewer", send_limits=UNPACED
+    ) as bot:
         for user in (ADMIN, TRADER, STRANGER):
             await bot.ask(user, "/start")
         for name in COMMANDS:
@@ -263,14 +269,15 @@ async def test_a_plain_text_gets_one_hint_even_when_delivered_again(
     assert fake_telegram.messages_to(-1000000000 - TRADER) == []  # group chatter is not ours
 
 
-async def test_an_answer_telegram_refused_past_every_retry_is_sent_later(
+async def test_an_answer_telegram_keeps_failing_is_tried_until_it_goes_and_sent_once(
     fake_telegram: FakeTelegram, bot_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bot_module, "RETRY_UNANSWERED_S", 0.5)
+    monkeypatch.setattr(outbox_module, "RETRY_FIRST_S", 0.05)
     async with running_bot(fake_telegram, bot_home) as bot:
-        fake_telegram.inject("sendMessage", 502, "Bad Gateway", times=bot_module.SEND_ATTEMPTS)
+        fake_telegram.inject("sendMessage", 502, "Bad Gateway", times=6)
         assert "Plans" in await bot.ask(TRADER, "/plans")
-        await asyncio.sleep(1.5)  # later sweeps find it answered
+        assert await outbox_store.counts(bot.bot.db) == {"queued": 0, "sent": 1,
+                                                         "blocked": 0, "failed": 0}  # fmt: skip
     assert len(fake_telegram.messages_to(TRADER)) == 1
 
 
@@ -293,11 +300,14 @@ async def test_broadcast_reaches_every_active_user(
         for user in (TRADER, STRANGER):
             await bot.ask(user, "/start")
         reply = await bot.ask(ADMIN, "/broadcast maintenance at <noon> & later")
-        assert "Broadcast sent" in reply
+        assert "Broadcasting to 2 users" in reply  # the admin never sent /start
         await bot.until(
-            lambda: any("maintenance" in m for m in fake_telegram.messages_to(STRANGER))
+            lambda: any("Broadcast finished" in m for m in fake_telegram.messages_to(ADMIN)),
+            what="the summary",
         )
-        assert "&lt;noon&gt; &amp; later" in fake_telegram.messages_to(STRANGER)[-1]
+        assert "Sent: 2" in fake_telegram.messages_to(ADMIN)[-1]
+        for user in (TRADER, STRANGER):
+            assert "&lt;noon&gt; &amp; later" in fake_telegram.messages_to(user)[-1]
 
 
 async def test_stars_payment_upgrades_the_plan_and_refund_takes_it_back(
@@ -353,15 +363,32 @@ async def test_retry_after_and_timeouts_on_send_are_retried(
         assert "Plans" in await bot.ask(TRADER, "/plans")
 
 
-async def test_a_user_who_blocked_the_bot_is_marked_inactive(
+async def test_a_user_who_blocked_the_bot_is_marked_inactive_when_a_notification_is_refused(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:
     async with running_bot(fake_telegram, bot_home) as bot:
         await bot.ask(TRADER, "/start")
-        fake_telegram.inject("sendMessage", 403, "Forbidden: bot was blocked by the user")
+        fake_telegram.block(TRADER, tell=False)
         await bot.bot.notify(TRADER, "your stop triggered")
-        user = await users.get(bot.bot.db, TRADER)
-        assert user is not None and not user.active
+        await until_async(lambda: user_active(bot.bot.db, TRADER), False, "marked inactive")
+        assert fake_telegram.forbidden == 1
+        assert (await outbox_store.counts(bot.bot.db))["blocked"] == 1
+
+
+async def user_active(db: aiosqlite.Connection, user_id: int) -> bool | None:
+    user = await users.get(db, user_id)
+    return None if user is None else user.active
+
+
+async def until_async(
+    probe: Callable[[], Awaitable[object]], wanted: object, what: str, timeout: float = 15.0
+) -> None:
+    """Wait until `await probe()` equals `wanted`, failing at the deadline."""
+    deadline = time.monotonic() + timeout
+    while (got := await probe()) != wanted:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what} (last: {got!r})")
+        await asyncio.sleep(0.02)
 
 
 async def test_two_instances_never_poll_at_once(
@@ -619,33 +646,37 @@ async def test_a_payment_the_database_could_not_record_is_recorded_by_a_later_sw
     assert "went wrong" in apology and thanks == "Thank you! Your Pro plan is active."
 
 
-async def test_a_stop_finishes_the_answers_under_way_and_leaves_the_backlog_for_the_next_start(
+async def test_a_stop_leaves_the_answers_telegram_did_not_take_yet_for_the_next_start(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:
-    """A stop waits for the answers being sent, not for a backlog behind them (a slow stop
-    is cut short by the watchdog, mid-answer): commands fetched but not begun stay in the
-    inbox, and the next start answers each of them once."""
-    count = 100  # more than the 64 commands answered at a time
+    """A stop does not wait on a backlog (a slow stop is cut short by the watchdog,
+    mid-send): the commands taken are answered into the outbox, the sends under way
+    finish, and what Telegram did not take yet is sent by the next start, once each."""
+    count = 100
     fake_telegram.inject_stall("sendMessage", 3.0, times=count)
     async with running_bot(fake_telegram, bot_home) as running:
         pushed = [fake_telegram.push_text(6000 + n, "/plans") for n in range(count)]
         await running.until(lambda: fake_telegram.confirmed_below > pushed[-1], what="all fetched")
+        await until_async(lambda: handled_unfinished(running.bot.db), 0, "all answered")
     message_ids = {fake_telegram.pushed[update_id][1] for update_id in pushed}
 
     def answers() -> Counter[int]:
         return Counter(m["reply_to"] for m in fake_telegram.sent if m["reply_to"] in message_ids)
 
-    answered_before_the_stop = sum(answers().values())
-    assert answered_before_the_stop <= 64  # those under way; none begun after the stop
-    assert set(answers().values()) <= {1}
+    sent_before_the_stop = sum(answers().values())
+    assert sent_before_the_stop < count and set(answers().values()) <= {1}
     db = await open_database(bot_home / "lunara.db")
     try:
-        assert len(await handled.unfinished(db)) == count - answered_before_the_stop
+        assert (await outbox_store.counts(db))["queued"] == count - sent_before_the_stop
     finally:
         await db.close()
     async with running_bot(fake_telegram, bot_home) as running:
-        await running.until(lambda: len(answers()) == count, what="every command answered")
+        await running.until(lambda: len(answers()) == count, what="every answer sent")
     assert set(answers().values()) == {1}
+
+
+async def handled_unfinished(db: aiosqlite.Connection) -> int:
+    return len(await handled.unfinished(db))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -671,9 +702,10 @@ def test_random_arguments_never_crash_and_replies_are_valid_html(
 
 
 async def test_an_unknown_user_without_a_default_role_is_refused_everything(
-    fake_telegram: FakeTelegram, bot_home: Path
+    friendly_telegram: FakeTelegram, bot_home: Path
 ) -> None:
-    async with running_bot(fake_telegram, bot_home, default_role=None) as bot:
+    fake_telegram = friendly_telegram  # 20 questions in a row: see `friendly_telegram`
+    async with running_bot(fake_telegram, bot_home, default_role=None, send_limits=UNPACED) as bot:
         for name in COMMANDS:
             reply = await bot.ask(STRANGER, f"/{name}")
             assert "does not allow" in reply, (name, reply)
@@ -751,8 +783,12 @@ def crashed_before(home: Path) -> None:
 
 
 async def test_the_crash_report_waits_out_a_telegram_outage_and_reaches_the_admin_once(
-    fake_telegram: FakeTelegram, bot_home: Path, caplog: pytest.LogCaptureFixture
+    fake_telegram: FakeTelegram,
+    bot_home: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(outbox_module, "RETRY_FIRST_S", 0.05)
     crashed_before(bot_home)
     fake_telegram.inject("getMe", 502, "Bad Gateway", times=2)
     fake_telegram.inject("sendMessage", 502, "Bad Gateway", times=6)  # past a send's retries
@@ -775,25 +811,34 @@ async def test_the_crash_report_waits_out_a_telegram_outage_and_reaches_the_admi
     assert not [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")]
 
 
-async def test_a_crash_report_telegram_keeps_refusing_stays_owed_after_a_stop(
-    fake_telegram: FakeTelegram,
-    bot_home: Path,
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
+async def test_a_crash_report_telegram_keeps_refusing_stays_queued_and_the_next_start_sends_it(
+    fake_telegram: FakeTelegram, bot_home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(app_module, "REPORT_RETRY_FIRST_S", 60.0)  # the stop must cut this
     crashed_before(bot_home)
     fake_telegram.inject("sendMessage", 502, "Bad Gateway", times=100)
     async with built_bot(fake_telegram, bot_home) as (bot, _trading):
         stop = asyncio.Event()
         tasks = with_crash_reporter(bot, bot_home, stop)
         await RunningBot(fake_telegram, bot, bot_home).until(
-            lambda: logged(caplog, "crash report could not"), what="a warning that it was refused"
+            lambda: logged(caplog, "could not send to chat"), what="a warning that it was refused"
         )
         stop.set()
-        assert await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5) == [
+        assert await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10) == [
             None,
             None,
         ]
     assert not fake_telegram.messages_to(ADMIN)
-    assert not (bot_home / "crash-report.json").exists()  # the next start sends it
+    assert (bot_home / "crash-report.json").exists()  # queued: the next start queues no other
+    fake_telegram.clear_injected()  # Telegram takes messages again
+    async with built_bot(fake_telegram, bot_home) as (bot, _trading):
+        stop = asyncio.Event()
+        tasks = with_crash_reporter(bot, bot_home, stop)
+        running = RunningBot(fake_telegram, bot, bot_home)
+        try:
+            await running.until(lambda: bool(fake_telegram.messages_to(ADMIN)), what="the report")
+            assert "Plans" in await running.ask(TRADER, "/plans")
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+    reports = fake_telegram.messages_to(ADMIN)
+    assert len(reports) == 1 and "SIGKILL" in reports[0]

@@ -83,3 +83,12 @@ def test_pair_parsing_never_raises_anything_but_usage_error(arguments: list[str]
     except UsageError:
         return
     assert all(key == key.lower() and value for key, value in pairs.items())
+
+
+def test_a_command_is_ours_without_a_suffix_or_with_our_name_only() -> None:
+    from lunara.telegram.parsing import addressed_to
+
+    assert addressed_to("/buy BTCUSDT 10", "lunara_bot")
+    assert addressed_to("/buy@Lunara_Bot BTCUSDT 10", "lunara_bot")
+    assert not addressed_to("/buy@other_bot BTCUSDT 10", "lunara_bot")
+    assert not addressed_to("/buy@ BTCUSDT 10", "lunara_bot")
