@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import calendar
 import math
-import os
 import re
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -22,9 +22,12 @@ from blueprint.errors import BlueprintError, ExitCode
 from blueprint.session import open_session
 from lunara.command_settings import settings_of
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
     from lunara.backtest import BacktestResult, CandleArrays
     from lunara.backtest.report import DataNote
+    from lunara.data.download import Progress, SymbolSummary
     from lunara.data.load import SymbolData
 
 data_app = typer.Typer(help="Candle data for backtests.", no_args_is_help=True)
@@ -76,7 +79,7 @@ def _check_plot_path(plot: Path) -> None:
     _check_output_path("--plot", plot)
 
 
-def _symbols(raw: list[str]) -> list[str]:
+def _symbols(raw: list[str], option: str = "--symbol ") -> list[str]:
     from lunara.telegram.parsing import UsageError, parse_symbol
 
     names: list[str] = []
@@ -84,7 +87,7 @@ def _symbols(raw: list[str]) -> list[str]:
         try:
             name = parse_symbol(text)
         except UsageError as error:
-            raise typer.BadParameter(f"--symbol {text}: {error}") from None
+            raise typer.BadParameter(f"{option}{text}: {error}") from None
         if name not in names:
             names.append(name)
     return names
@@ -175,7 +178,7 @@ def backtest(
             series, notes, interval = _simulated(symbols, days or DEFAULT_SIM_DAYS)
         else:
             series, notes, interval = _read(
-                paths, symbols, settings.paths.root / "data", start_ms, end_ms, timeframe_ms
+                paths, symbols, settings.paths.data, start_ms, end_ms, timeframe_ms
             )
         from lunara.analysis import AnalyzerParams
 
@@ -300,4 +303,213 @@ def _run(
         )  # fmt: skip
 
 
-_ = os  # the download command below uses os for its environment
+def _month(option: str, text: str) -> tuple[int, int]:
+    match = _MONTH.match(text.strip())
+    if match is None or not 1 <= int(match.group(2)) <= 12:
+        raise typer.BadParameter(f"{option} {text}: expected a month, YYYY-MM")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _check_base_url(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise typer.BadParameter(f"--base-url {url}: expected an http:// or https:// URL")
+    return url.strip().rstrip("/")
+
+
+@data_app.command("download")
+def data_download(
+    ctx: typer.Context,
+    symbols: Annotated[list[str], typer.Argument(help="Trading pairs, e.g. BTCUSDT ETHUSDT.")],
+    interval: Annotated[
+        str, typer.Option("--interval", help="Kline interval: 1s, 1m, 3m, 5m, ..., 1d.")
+    ] = "1m",
+    start: Annotated[
+        str | None,
+        typer.Option("--from", help="First month, YYYY-MM (default: the month before --to)."),
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="Last month, YYYY-MM (default: this month).")
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--base-url", help="Where the files are (default: $LUNARA_PUBLIC_DATA_URL or Binance)."
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Fetch Binance's public spot klines, verify their checksums, store them for backtests."""
+    from lunara.data.timeframes import BINANCE_INTERVALS
+
+    names = _symbols(symbols, option="")
+    if interval not in BINANCE_INTERVALS:
+        raise typer.BadParameter(
+            f"--interval {interval}: expected one of {', '.join(BINANCE_INTERVALS)}"
+        )
+    today = datetime.now(UTC).date()
+    current = (today.year, today.month)
+    last = current if end is None else _month("--to", end)
+    if last > current:
+        raise typer.BadParameter(f"--to {end}: that month has not begun")
+    first = (last[0] - 1, 12) if last[1] == 1 else (last[0], last[1] - 1)
+    if start is not None:
+        first = _month("--from", start)
+    if first > last:
+        raise typer.BadParameter(f"--from {start} is after --to {end or 'this month'}")
+    chosen_url = None if base_url is None else _check_base_url(base_url)
+
+    def body() -> int:
+        from lunara.data.download import PublicData, download
+        from lunara.data.store import CandleStore
+
+        session = open_session(options_of(ctx), "bot.data", "data download")
+        settings = settings_of(session)
+        root = settings.paths.data
+        url = chosen_url or settings.public_data_url
+        quiet = as_json or _plain()
+        summaries = _with_progress(
+            quiet,
+            lambda progress: download(
+                PublicData(url, root / "binance", progress=progress),
+                CandleStore(root),
+                names,
+                interval,
+                first,
+                last,
+                today,
+            ),
+        )
+        ok = all(summary.ok for summary in summaries)
+        session.outcome("ok" if ok else "error", {"symbols": names, "interval": interval})
+        document = _download_json(summaries, url, interval, first, last)
+        if as_json:
+            from blueprint.render import print_json
+
+            print_json(document)
+        else:
+            for summary in summaries:
+                typer.echo(_download_text(summary))
+        return 0 if ok else int(ExitCode.FAILURE)
+
+    finish(body)
+
+
+def _plain() -> bool:
+    from blueprint.render import wants_plain
+
+    return wants_plain()
+
+
+def _with_progress(quiet: bool, run: Callable[[Progress | None], T]) -> T:
+    """Run ``run`` with a rich bar of files and bytes on a terminal, silently otherwise."""
+    if quiet:
+        return run(None)
+    from rich.progress import BarColumn, TextColumn
+    from rich.progress import Progress as Bar
+
+    from lunara.data.download import FileResult
+
+    mib = 1048576
+    with Bar(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[amount]}"),
+        transient=True,
+    ) as bar:  # fmt: skip
+        files = bar.add_task("files", total=0, amount="")
+        data = bar.add_task("bytes", total=None, amount="")
+
+        def show() -> None:
+            count, size = bar.tasks[files], bar.tasks[data]
+            bar.update(files, amount=f"{count.completed:.0f}/{count.total or 0:.0f} files")
+            known = f"/{(size.total or 0) / mib:.1f}" if size.total else ""
+            bar.update(data, amount=f"{size.completed / mib:.1f}{known} MiB")
+
+        class Shown:
+            def planned(self, count: int) -> None:
+                bar.update(files, total=(bar.tasks[files].total or 0) + count)
+                show()
+
+            def expecting(self, size: int) -> None:
+                bar.update(data, total=(bar.tasks[data].total or 0) + size)
+                show()
+
+            def received(self, size: int) -> None:
+                bar.advance(data, size)
+                show()
+
+            def finished(self, result: FileResult) -> None:
+                bar.advance(files)
+                bar.update(files, description=f"files ({result.archive.name})")
+                show()
+
+        return run(Shown())
+
+
+def _download_json(
+    summaries: list[SymbolSummary],
+    url: str,
+    interval: str,
+    first: tuple[int, int],
+    last: tuple[int, int],
+) -> dict[str, Any]:
+    from lunara.backtest.report import iso
+    from lunara.data.download import Outcome
+
+    symbols: dict[str, Any] = {}
+    for summary in summaries:
+        stored = summary.stored
+        symbols[summary.symbol] = {
+            **{
+                outcome.value: [
+                    {"file": result.archive.name, "reason": result.reason}
+                    if result.reason
+                    else {"file": result.archive.name}
+                    for result in summary.of(outcome)
+                ]
+                for outcome in Outcome
+            },
+            "bytes": summary.received,
+            "stored": None
+            if stored is None
+            else {
+                "path": str(stored.path),
+                "added": stored.added,
+                "candles": stored.total,
+                "first": iso(stored.first_ms),
+                "last": iso(stored.last_ms),
+            },
+        }
+    return {
+        "base_url": url,
+        "interval": interval,
+        "from": f"{first[0]:04d}-{first[1]:02d}",
+        "to": f"{last[0]:04d}-{last[1]:02d}",
+        "ok": all(summary.ok for summary in summaries),
+        "symbols": symbols,
+    }
+
+
+def _download_text(summary: SymbolSummary) -> str:
+    """One symbol's download in sentences: counts, then what went wrong, by file."""
+    from lunara.backtest.report import when
+    from lunara.data.download import Outcome
+
+    fetched, kept = summary.of(Outcome.FETCHED), summary.of(Outcome.KEPT)
+    parts = [f"{len(fetched)} files fetched ({summary.received / 1048576:.1f} MiB)"]
+    if kept:
+        parts.append(f"{len(kept)} already there")
+    lines = [f"{summary.symbol} {summary.interval}: " + ", ".join(parts)]
+    for outcome in (Outcome.MISSING, Outcome.REFUSED, Outcome.FAILED):
+        for result in summary.of(outcome):
+            lines.append(f"  {outcome.value}: {result.archive.name}: {result.reason}")
+    stored = summary.stored
+    if stored is None:
+        lines.append("  nothing stored: no file of the range was there")
+    else:
+        lines.append(
+            f"  stored {stored.path}: {stored.total} candles from {when(stored.first_ms)} "
+            f"to {when(stored.last_ms)} ({stored.added} new)"
+        )
+    return "\n".join(lines)
