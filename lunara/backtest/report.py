@@ -451,8 +451,8 @@ def sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     reasons = [_stats_row(reason, stats) for reason, stats in report.exit_reasons.items()]
     summaries = [*report.per_symbol.values(), report.total] if many else [report.total]
     metrics: list[list[str]] = [
-        ["best trade", *(_best(s.best, many) for s in summaries)],
-        ["worst trade", *(_best(s.worst, many) for s in summaries)],
+        ["best trade", *(_best(s.best, many and s.name == TOTAL) for s in summaries)],
+        ["worst trade", *(_best(s.worst, many and s.name == TOTAL) for s in summaries)],
         ["profit factor", *("-" if s.profit_factor is None else number(s.profit_factor) for s in summaries)],
         ["expectancy (ratio)", *(_expectancy(s) for s in summaries)],
         ["max drawdown", *(_drawdown(s.drawdown) for s in summaries)],
@@ -522,7 +522,8 @@ def print_report(report: Report, stream: TextIO | None = None) -> None:
     for title, header, rows in sections(report):
         table = Table(title=title, title_justify="left", show_header=title != "backtest")
         for index, column in enumerate(header):
-            table.add_column(column, justify="left" if index == 0 else "right")
+            left = index == 0 or title == "backtest"
+            table.add_column(column, justify="left" if left else "right")
         for row in rows:
             table.add_row(*row)
         console.print(table)

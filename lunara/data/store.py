@@ -2,9 +2,10 @@
 ``BTCUSDT-1m.feather``.
 
 Feather (Arrow IPC, lz4-compressed), not parquet: a backtest reads the store far more
-often than a download writes it, and feather loads with no decoding pass while parquet's
-smaller files are decoded on every read (``bench/backtest_year.py`` measures both); and
-it is freqtrade's default format with freqtrade's columns
+often than a download writes it, and feather loads with no decoding pass while parquet is
+decoded on every read; on candles, parquet's usual advantage, smaller files, does not
+show (``bench/backtest_year.py`` measures both, size and read time); and feather is
+freqtrade's default format with freqtrade's columns
 (date as a UTC timestamp, open, high, low, close, volume), so freqtrade reads these files
 and ``--data`` reads freqtrade's. A merge writes a new file beside the old one and renames
 it over, so a crash leaves the old file or the new one, never half of one.
