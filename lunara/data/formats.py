@@ -121,8 +121,8 @@ def _read_zip(path: Path) -> pd.DataFrame:
 
 
 def _read_csv(where: str, content: bytes) -> tuple[pd.DataFrame, str]:
-    text = content.decode("utf-8-sig", errors="replace")
-    first_line = text.lstrip("\r\n").split("\n", 1)[0].strip()
+    head = content[:4096].decode("utf-8-sig", errors="replace")
+    first_line = head.lstrip("\r\n").split("\n", 1)[0].strip()
     first = [cell.strip().lower() for cell in next(csv.reader([first_line]), [])]
     if tuple(first) == LUNARA_HEADER:
         kind, names, header = "lunara csv", list(LUNARA_HEADER), True
@@ -145,7 +145,7 @@ def _read_csv(where: str, content: bytes) -> tuple[pd.DataFrame, str]:
     except (pd.errors.ParserError, ValueError) as error:
         raise DataFileError(f"{where}: {_parser_message(error, header)}; {EXPECTED}") from None
     required = names if kind == "lunara csv" else names[: len(BINANCE_COLUMNS) - 1]
-    lines = _Lines(text, header)
+    lines = _Lines(content, header)
     frame = _numeric(raw, list(COLUMNS), required, where, lines)
     if kind == "binance csv":
         times = frame["open_time"].to_numpy()
@@ -171,15 +171,16 @@ class _Lines:
     text (the parser skips blank lines, so row and line differ), or the row of a binary
     file. Computed only when a row is bad."""
 
-    def __init__(self, text: str | None, header: bool) -> None:
-        self._text = text
+    def __init__(self, content: bytes | None, header: bool) -> None:
+        self._content = content
         self._header = header
 
     def name(self, row: int) -> str:
-        if self._text is None:
+        if self._content is None:
             return f"row {row + 1}"
+        text = self._content.decode("utf-8-sig", errors="replace")
         seen = -2 if self._header else -1
-        for number, line in enumerate(self._text.splitlines(), start=1):
+        for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 seen += 1
                 if seen == row:

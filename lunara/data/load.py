@@ -2,7 +2,8 @@
 candles per symbol, over the range and at the timeframe asked for.
 
 Which symbol a file holds is not in its content: with one ``--symbol`` and only files
-given, every file is that symbol's; otherwise the name says it, as Binance and freqtrade
+given, the files named for that symbol are its, or every file when none is (``--symbol
+BTCUSDT --data prices.csv``); otherwise the name says it, as Binance and freqtrade
 name their files (``BTCUSDT-1m-2024-01.zip``, ``BTC_USDT-1m.feather``,
 ``BTC_USDT_USDT-1h-futures.feather``). The files of one symbol are merged (the last read
 wins a duplicate). Where a symbol has files of several intervals (a freqtrade data
@@ -95,7 +96,8 @@ def load_paths(
     files = data_files(paths)
     by_symbol: dict[str, list[Path]] = {}
     if len(symbols) == 1 and not any(path.is_dir() for path in paths):
-        by_symbol[symbols[0]] = files
+        named = [file for file in files if symbol_from_name(file) == symbols[0]]
+        by_symbol[symbols[0]] = named or files
     else:
         unnamed: list[Path] = []
         for file in files:

@@ -70,6 +70,13 @@ def test_one_symbol_and_files_only_takes_the_files_whatever_their_names(tmp_path
     assert list(load_paths([path], ["SOLUSDT"])) == ["SOLUSDT"]
 
 
+def test_one_symbol_among_files_named_for_several_takes_its_own(tmp_path: Path) -> None:
+    btc = write_feather(tmp_path / "BTC_USDT-1m.feather", minute_rows(JAN_2024, 5))
+    eth = write_feather(tmp_path / "ETH_USDT-1m.feather", minute_rows(JAN_2024, 9, 2000.0))
+    loaded = load_paths([btc, eth], ["ETHUSDT"])["ETHUSDT"]
+    assert len(loaded.frame) == 9 and loaded.frame["close"].iloc[0] > 1000
+
+
 def test_the_shortest_interval_of_a_symbol_is_read_and_the_others_named(tmp_path: Path) -> None:
     write_feather(tmp_path / "BTC_USDT-1m.feather", minute_rows(JAN_2024, 30))
     five = [(JAN_2024 + i * 5 * MINUTE, 1.0, 2.0, 0.5, 1.5, 1.0) for i in range(6)]
