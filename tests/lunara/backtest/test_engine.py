@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lunara.analysis.candles import Candle
 from lunara.backtest import (
@@ -192,3 +195,34 @@ def test_backtest_cli_json_and_plot(tmp_path: Path) -> None:
     sim = cli.run("backtest", "--symbol", "ETHUSDT", "--sim", "--days", "1", "--json", entry=entry)
     assert sim.returncode == 0, sim.stderr
     assert json.loads(sim.stdout)["candles"] == 1440
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seeds=st.lists(st.integers(0, 10_000), min_size=1, max_size=3),
+    count=st.integers(60, 600),
+    offsets=st.lists(st.integers(0, 120), min_size=3, max_size=3),
+)
+def test_a_shared_budget_never_holds_two_positions_in_a_symbol_and_adds_up(
+    seeds: list[int], count: int, offsets: list[int]
+) -> None:
+    from lunara.trading.market import simulated_candles
+
+    series = {}
+    for number, seed in enumerate(seeds):
+        candles = simulated_candles("BTCUSDT", count, seed=seed)
+        series[f"S{number}USDT"] = CandleArrays.of(shifted(candles, offsets[number], 1.0))
+    result = run_portfolio(series, stake=1000.0, fee_rate=0.001)
+    for symbol in series:
+        own = [t for t in result.trades if t.symbol == symbol]
+        assert all(a.exit_time <= b.entry_time for a, b in pairwise(own))
+    assert all(t.stake > 0 for t in result.trades)
+    assert result.final_balance == pytest.approx(1000.0 + sum(t.profit for t in result.trades))
+    events = sorted(
+        [(t.entry_time, 1, t.stake) for t in result.trades]
+        + [(t.exit_time, 0, -t.stake - t.profit) for t in result.trades]
+    )  # exits free their proceeds before entries at the same time
+    cash = 1000.0
+    for _, _, change in events:
+        cash -= change
+        assert cash >= -1e-6  # never more spent than held
