@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -76,7 +77,7 @@ DEFAULT_STOPS = TrailingParams(
 )
 
 
-class ExitReason:
+class ExitReason(StrEnum):
     TRAILING_STOP = "trailing stop"
     STOP_LOSS = "stop loss"
     END_OF_DATA = "end of data"
@@ -127,7 +128,7 @@ class Trade:
     quantity: float
     stake: float  # quote paid for the position, the entry fee included
     profit: float  # quote currency, after both fees
-    reason: str
+    reason: ExitReason
 
     @property
     def profit_ratio(self) -> float:
@@ -338,7 +339,7 @@ def run_portfolio(
     cash = stake
     keep = 1.0 - fee_rate
 
-    def close(book: _Book, at: int, price: float, reason: str) -> None:
+    def close(book: _Book, at: int, price: float, reason: ExitReason) -> None:
         nonlocal cash
         proceeds = book.quantity * price * keep
         trade_profit = proceeds - book.paid

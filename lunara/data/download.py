@@ -88,7 +88,7 @@ class Archive:
     def path(self) -> str:
         """Its path under the base URL (and, less the leading data/, under the cache)."""
         kind = "daily" if self.daily else "monthly"
-        return f"data/spot/{kind}/klines/{self.symbol}/{self.interval}/{self.name}"
+        return "/".join(("data", "spot", kind, "klines", self.symbol, self.interval, self.name))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lunara.backtest import BacktestResult, SymbolRun, Trade
+from lunara.backtest import BacktestResult, ExitReason, SymbolRun, Trade
 from lunara.backtest.report import build_report, iso, print_report, write_trades_csv
 
 M = 60_000
@@ -16,7 +16,9 @@ M = 60_000
 
 def trade(symbol: str, entry: int, exit_: int, stake: float, profit: float, reason: str) -> Trade:
     price = 10.0
-    return Trade(symbol, entry * M, price, exit_ * M, price, stake / price, stake, profit, reason)
+    return Trade(
+        symbol, entry * M, price, exit_ * M, price, stake / price, stake, profit, ExitReason(reason)
+    )
 
 
 TRADES = (
