@@ -78,6 +78,11 @@ class HomePaths:
     def database(self) -> Path:
         return self.root / "lunara.db"
 
+    @property
+    def data(self) -> Path:
+        """Candles for backtests, kept by `lunara data download`."""
+        return self.root / "data"
+
     def ensure(self) -> None:
         """Create the home and its logs folder, private to the owner whatever mode the
         operator gave the home itself."""

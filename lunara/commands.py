@@ -1,4 +1,5 @@
-"""The bot's own commands (config, keys, backup, restore, analyze) on the `lunara` CLI.
+"""The bot's own commands (config, keys, backup, restore, analyze) on the `lunara` CLI;
+`data` and `backtest` are in `lunara.candle_commands`, registered from here.
 
 They register on the control plane's Typer app; blueprint never imports them. Loaded
 by `lunara.cli` only when a command other than a plain `status` is run.
@@ -7,18 +8,16 @@ by `lunara.cli` only when a command other than a plain `status` is run.
 from __future__ import annotations
 
 import asyncio
-import math
-import os
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from blueprint.commands import JsonOption, app, finish, options_of
-from blueprint.errors import BlueprintError, ExitCode
-from blueprint.session import Session, open_session
+from blueprint.errors import BlueprintError
+from blueprint.session import open_session
+from lunara.command_settings import settings_of
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -34,17 +33,6 @@ app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
 
 REDIS_TIMEOUT_S = 5.0
-DEFAULT_SIM_DAYS = 7
-PLOT_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "webp", "tif", "tiff", "eps", "ps", "gif")
-"""What matplotlib writes without extra packages, named by the file's suffix."""
-
-
-def settings_of(session: Session) -> Settings:
-    """The bot's settings for the home this command resolved (``--home`` wins over
-    ``LUNARA_HOME``), so a command reads and writes the very home whose bot it checked."""
-    from lunara.config import load_settings
-
-    return load_settings({**os.environ, "LUNARA_HOME": str(session.paths.root)})
 
 
 @config_app.command("show")
@@ -272,119 +260,4 @@ async def _history(settings: Settings, symbol: str) -> list[Candle]:
     return list(await market.history(symbol, ANALYSIS_CANDLES))
 
 
-@app.command()
-def backtest(
-    ctx: typer.Context,
-    symbol: Annotated[str, typer.Option("--symbol", help="A trading pair, e.g. BTCUSDT.")],
-    data: Annotated[
-        Path | None,
-        typer.Option("--data", help="Klines CSV (open_time,open,high,low,close,volume)."),
-    ] = None,
-    sim: Annotated[bool, typer.Option("--sim", help="Use the seeded simulated market.")] = False,
-    days: Annotated[
-        int | None,
-        typer.Option("--days", min=1, max=365, help="Days of sim candles (default 7)."),
-    ] = None,
-    stake: Annotated[
-        float, typer.Option("--stake", min=1, help="Quote currency per trade.")
-    ] = 100.0,
-    as_json: JsonOption = False,
-    plot: Annotated[
-        Path | None,
-        typer.Option("--plot", help="Write the equity curve to this image (.png, .svg, .pdf)."),
-    ] = None,
-) -> None:
-    """Replay the analyzer, entry rule and trailing stops over candles; print the results."""
-    if (data is None) == (not sim):
-        raise typer.BadParameter("give exactly one of --data FILE or --sim")
-    if data is not None and days is not None:
-        raise typer.BadParameter("--days sets how much the sim makes; a --data file has its own")
-    if not math.isfinite(stake):
-        raise typer.BadParameter(f"--stake must be a finite amount of at least 1, got {stake}")
-    if plot is not None:
-        _check_plot_path(plot)
-
-    def body() -> int:
-        from lunara.analysis import AnalyzerParams
-        from lunara.analysis.candles import CandleFileError, read_klines_csv
-        from lunara.backtest import plot_equity, run_backtest
-        from lunara.telegram.parsing import UsageError, parse_symbol
-        from lunara.trading.market import simulated_candles
-
-        session = open_session(options_of(ctx), "bot.backtest", "backtest")
-        try:
-            name = parse_symbol(symbol)
-        except UsageError as error:
-            raise BlueprintError(str(error)) from None
-        settings = settings_of(session)
-        if data is not None:
-            try:
-                candles = read_klines_csv(data)
-            except CandleFileError as error:
-                raise BlueprintError(str(error), ExitCode.USAGE) from None
-        else:
-            candles = simulated_candles(name, (days or DEFAULT_SIM_DAYS) * 1440)
-        needed = AnalyzerParams().warmup + 1
-        if len(candles) < needed:
-            raise BlueprintError(
-                f"a backtest needs at least {needed} candles (the analyzer's warm-up and one "
-                f"to trade on); {data} has {len(candles)}",
-                ExitCode.USAGE,
-            )
-        fee = float(settings.paper_fee_rate)
-        from blueprint.render import wants_plain
-
-        if wants_plain() or as_json:
-            result = run_backtest(name, candles, stake=stake, fee_rate=fee)
-        else:
-            from rich.progress import Progress
-
-            with Progress() as bar:
-                task = bar.add_task(f"backtest {name}", total=len(candles))
-                result = run_backtest(
-                    name, candles, stake=stake, fee_rate=fee,
-                    progress=lambda done: bar.update(task, completed=done),
-                )  # fmt: skip
-        if plot is not None:
-            plot_equity(result, candles, str(plot))
-        session.outcome("ok", {"trades": len(result.trades)})
-        if as_json:
-            from blueprint.render import print_json
-
-            print_json(result.to_json())
-            return 0
-        from blueprint.render import print_mapping, print_records
-
-        print_records(
-            "trades",
-            ["entry_time", "entry_price", "exit_time", "exit_price", "profit", "reason"],
-            [
-                trade.__dict__
-                | {"entry_time": _utc(trade.entry_time), "exit_time": _utc(trade.exit_time)}
-                for trade in result.trades
-            ],
-        )
-        summary = {k: v for k, v in result.to_json().items() if k != "trades"}
-        print_mapping(f"backtest {name}", summary)
-        return 0
-
-    finish(body)
-
-
-def _check_plot_path(plot: Path) -> None:
-    """Refused before the backtest runs rather than after it: a suffix matplotlib cannot
-    write, or a folder that does not exist."""
-    suffix = plot.suffix.lower().lstrip(".")
-    if suffix not in PLOT_FORMATS:
-        raise typer.BadParameter(
-            f"--plot {plot}: the file's suffix picks the image format; use one of "
-            + ", ".join(f".{name}" for name in PLOT_FORMATS)
-        )
-    if not plot.parent.resolve().is_dir():
-        raise typer.BadParameter(f"--plot {plot}: the folder {plot.parent} does not exist")
-
-
-def _utc(milliseconds: int) -> str:
-    """A candle time (epoch milliseconds) as people read it."""
-    moment = datetime.fromtimestamp(milliseconds / 1000, UTC)
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
+from lunara import candle_commands  # noqa: E402, F401  (registers `data` and `backtest`)

@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     )
     # Exchange
     binance_api_base_url: str | None = Field(None, validation_alias="BINANCE_API_BASE_URL")
+    public_data_url: str = Field(
+        "https://data.binance.vision", validation_alias="LUNARA_PUBLIC_DATA_URL"
+    )
     # AI
     gemini_api_key: SecretStr | None = Field(None, validation_alias="GEMINI_API_KEY")
     gemini_model: str = Field("gemini-2.5-flash", validation_alias="GEMINI_MODEL")
@@ -194,7 +197,9 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
-    @field_validator("telegram_api_base_url", "binance_api_base_url", "gemini_api_base_url")
+    @field_validator(
+        "telegram_api_base_url", "binance_api_base_url", "gemini_api_base_url", "public_data_url"
+    )
     @classmethod
     def _check_http_url(cls, value: str | None) -> str | None:
         if value is None:

@@ -77,15 +77,17 @@ def test_analyze_shows_prices_at_their_own_precision(scratch: Scratch) -> None:
     assert close.split()[-1] == "0.55115"
 
 
-def test_the_backtest_table_shows_dates_and_precise_profits(scratch: Scratch) -> None:
+def test_the_backtest_report_shows_dates_and_precise_profits(scratch: Scratch) -> None:
     shown = scratch.run("backtest", "--symbol", "BTCUSDT", "--sim", "--days", "1")
     assert shown.returncode == 0, shown.stderr
-    trades = [line for line in shown.stdout.splitlines() if " UTC " in line]
-    assert trades, shown.stdout
-    entry = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d UTC)\s+(\S+)\s+(\d{4}-\d\d-\d\d \d\d:\d\d UTC)"
-                     r"\s+(\S+)\s+(\S+)", trades[0])  # fmt: skip
-    assert entry is not None, trades[0]
-    profit = entry.group(5)
+    lines = [line.strip() for line in shown.stdout.splitlines()]
+    date = r"\d{4}-\d\d-\d\d \d\d:\d\d UTC"
+    period = next(line for line in lines if line.startswith("period"))
+    assert re.fullmatch(rf"period\s+{date} to {date}", period), period
+    best = next(line for line in lines if line.startswith("best trade"))
+    entry = re.search(rf"\(([-0-9.]+)\) {date}", best)
+    assert entry is not None, best
+    profit = entry.group(1)
     assert len(profit.replace("-", "").replace(".", "")) >= 6  # not rounded to one decimal
 
 

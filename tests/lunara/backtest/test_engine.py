@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import json
 import sys
+from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lunara.analysis.candles import Candle
-from lunara.backtest import DEFAULT_STOPS, candle_stop, max_drawdown, run_backtest
+from lunara.backtest import (
+    DEFAULT_STOPS,
+    CandleArrays,
+    candle_stop,
+    max_drawdown,
+    run_backtest,
+    run_portfolio,
+)
 from lunara.trading.trailing import TrailingParams, advance, initial_state
 from tests.blueprint.cli_harness import TOKENS, Cli, manifest_document, write_manifest
 
@@ -105,6 +116,63 @@ def test_max_drawdown_is_the_largest_fall_from_a_peak() -> None:
     assert max_drawdown([100, 101, 102]) == 0.0
 
 
+def shifted(candles: list[Candle], minutes: int, scale: float) -> list[Candle]:
+    return [
+        Candle(c.open_time + minutes * 60_000, c.open * scale, c.high * scale, c.low * scale,
+               c.close * scale, c.volume)
+        for c in candles
+    ]  # fmt: skip
+
+
+def test_symbols_share_one_budget_split_over_the_symbols_without_a_position() -> None:
+    first = dip_then_rally_then_fall()
+    second = shifted(first, 2, 2.0)  # the same dip two minutes later, at twice the price
+    result = run_portfolio(
+        {"AAAUSDT": CandleArrays.of(first), "BBBUSDT": CandleArrays.of(second)},
+        stake=100.0,
+        fee_rate=0.0,
+    )
+    assert [(t.symbol, t.stake) for t in result.trades] == [("AAAUSDT", 50.0), ("BBBUSDT", 50.0)]
+    ratios = [t.profit_ratio for t in result.trades]
+    assert ratios[0] == pytest.approx(ratios[1])  # the same move, the same return
+    assert result.final_balance == pytest.approx(100.0 + sum(t.profit for t in result.trades))
+    assert result.candles == len(first) + len(second)
+    assert len(result.timeline) == len(first) + 2
+    assert result.symbols["BBBUSDT"].profit[-1] == pytest.approx(result.trades[1].profit)
+
+
+def test_an_entry_takes_what_is_left_when_the_other_symbols_hold_positions() -> None:
+    first = dip_then_rally_then_fall()
+    candles = {
+        "AAAUSDT": CandleArrays.of(first),
+        "BBBUSDT": CandleArrays.of(shifted(first, 1, 1.0)),
+        "CCCUSDT": CandleArrays.of(shifted(first, 2, 1.0)),
+    }
+    result = run_portfolio(candles, stake=90.0, fee_rate=0.0)
+    assert [t.stake for t in result.trades] == pytest.approx([30.0, 30.0, 30.0])
+    opened = sorted(result.trades, key=lambda t: t.entry_time)
+    assert [t.symbol for t in opened] == ["AAAUSDT", "BBBUSDT", "CCCUSDT"]
+
+
+def test_a_position_open_when_its_data_ends_closes_there_and_the_last_candle_never_enters() -> None:
+    candles = dip_then_rally_then_fall()[:55]  # ends while the position is open
+    result = run_backtest("BTCUSDT", candles, stake=100.0, fee_rate=0.0)
+    assert [t.reason for t in result.trades] == ["end of data"]
+    assert result.trades[0].exit_time == candles[-1].open_time
+    assert result.trades[0].exit_price == candles[-1].close
+    only_the_dip = dip_then_rally_then_fall()[:51]  # the entry signal on the last candle
+    assert run_backtest("BTCUSDT", only_the_dip, stake=100.0, fee_rate=0.0).trades == ()
+
+
+def test_the_stop_line_follows_the_open_position_only() -> None:
+    result = run_backtest("BTCUSDT", dip_then_rally_then_fall(), stake=100.0, fee_rate=0.0)
+    stop = result.symbols["BTCUSDT"].stop
+    trade = result.trades[0]
+    holding = (result.timeline >= trade.entry_time) & (result.timeline < trade.exit_time)
+    assert not np.isnan(stop[holding]).any() and np.isnan(stop[~holding]).all()
+    assert stop[holding][0] == pytest.approx(98.0 * 0.95)
+
+
 def test_backtest_cli_json_and_plot(tmp_path: Path) -> None:
     data = tmp_path / "klines.csv"
     rows = ["open_time,open,high,low,close,volume"] + [
@@ -127,3 +195,34 @@ def test_backtest_cli_json_and_plot(tmp_path: Path) -> None:
     sim = cli.run("backtest", "--symbol", "ETHUSDT", "--sim", "--days", "1", "--json", entry=entry)
     assert sim.returncode == 0, sim.stderr
     assert json.loads(sim.stdout)["candles"] == 1440
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seeds=st.lists(st.integers(0, 10_000), min_size=1, max_size=3),
+    count=st.integers(60, 600),
+    offsets=st.lists(st.integers(0, 120), min_size=3, max_size=3),
+)
+def test_a_shared_budget_never_holds_two_positions_in_a_symbol_and_adds_up(
+    seeds: list[int], count: int, offsets: list[int]
+) -> None:
+    from lunara.trading.market import simulated_candles
+
+    series = {}
+    for number, seed in enumerate(seeds):
+        candles = simulated_candles("BTCUSDT", count, seed=seed)
+        series[f"S{number}USDT"] = CandleArrays.of(shifted(candles, offsets[number], 1.0))
+    result = run_portfolio(series, stake=1000.0, fee_rate=0.001)
+    for symbol in series:
+        own = [t for t in result.trades if t.symbol == symbol]
+        assert all(a.exit_time <= b.entry_time for a, b in pairwise(own))
+    assert all(t.stake > 0 for t in result.trades)
+    assert result.final_balance == pytest.approx(1000.0 + sum(t.profit for t in result.trades))
+    events = sorted(
+        [(t.entry_time, 1, t.stake) for t in result.trades]
+        + [(t.exit_time, 0, -t.stake - t.profit) for t in result.trades]
+    )  # exits free their proceeds before entries at the same time
+    cash = 1000.0
+    for _, _, change in events:
+        cash -= change
+        assert cash >= -1e-6  # never more spent than held
