@@ -15,10 +15,16 @@ from lunara.storage.database import open_database
 from lunara.trading.exchange import ExchangeUnavailable, Fill, Side
 from lunara.trading.filters import SymbolRules
 from lunara.trading.market import SimMarket
-from lunara.trading.orders import OrderPath, OrderRequest, client_order_id
+from lunara.trading.orders import (
+    DEFAULT_UNKNOWN_ORDER_WINDOW_S,
+    OrderPath,
+    OrderRequest,
+    client_order_id,
+)
 from lunara.trading.paper import PaperExchange
 from lunara.trading.stopstore import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
+from tests.lunara.trading.support import FakeClock
 
 PARAMS = TrailingParams(stoploss=-0.05, trailing_stop=True)
 USER = 11
@@ -75,7 +81,10 @@ def test_client_order_ids_are_deterministic_and_fit_binance() -> None:
     assert re.fullmatch(r"[A-Za-z0-9._:-]{1,36}", first)
 
 
-async def _setup(path: Path, market: SimMarket) -> tuple[object, object, PaperExchange, OrderPath]:
+async def _setup(
+    path: Path, market: SimMarket, clock: FakeClock | None = None
+) -> tuple[object, object, PaperExchange, OrderPath]:
+    clock = clock or FakeClock()
     db = await open_database(path)
     stop_db = await open_database(path)
     await users.register(db, USER, "trader")
@@ -89,7 +98,8 @@ async def _setup(path: Path, market: SimMarket) -> tuple[object, object, PaperEx
     )
     stops = SqliteStopStore(stop_db)
     await stops.reconcile()
-    return db, stop_db, paper, OrderPath(db, stops, default_stop_params=_params)
+    orders = OrderPath(db, stops, default_stop_params=_params, clock=clock, sleep=clock.sleep)
+    return db, stop_db, paper, orders
 
 
 @pytest.mark.parametrize("fault", ["crash_before_send", "crash_after_fill"])
@@ -107,7 +117,8 @@ async def test_a_crash_around_the_send_never_places_an_order_twice(
     await stop_db.close()  # type: ignore[attr-defined]
 
     # A new process over the same database.
-    db, stop_db, paper, orders = await _setup(path, market)
+    restarted = FakeClock()
+    db, stop_db, paper, orders = await _setup(path, market, restarted)
     try:
         report = await orders.recover(lambda user_id: _exchange(paper))
         open_positions = await store.list_open(db, USER)  # type: ignore[arg-type]
@@ -116,10 +127,13 @@ async def test_a_crash_around_the_send_never_places_an_order_twice(
             assert report.not_placed == 1
             assert open_positions == []
             assert balances == {"USDT": Decimal(1000)}
+            # Not found is only final once the send's recvWindow has passed.
+            assert restarted.slept == [DEFAULT_UNKNOWN_ORDER_WINDOW_S]
         else:
             assert report.settled == 1
             assert len(open_positions) == 1
             assert balances["ETH"] == Decimal("0.05")
+            assert restarted.slept == []
         # Recovering again changes nothing; a fresh buy gets a new id and fills once.
         again = await orders.recover(lambda user_id: _exchange(paper))
         assert (again.settled, again.not_placed) == (0, 0)
