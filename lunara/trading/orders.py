@@ -194,7 +194,6 @@ class OrderPath:
         self._started_at = clock()
         self._sent_at: dict[str, float] = {}  # client id -> when this process signed it
         self._locks: dict[int, asyncio.Lock] = {}
-        self.sends = 0
         self.placed = 0  # orders settled with a fill (for /metrics)
         self.failed = 0  # orders refused or rejected
 
@@ -386,7 +385,6 @@ class OrderPath:
         self, exchange: Exchange, order: Order, request: OrderRequest
     ) -> Settlement:
         for send in range(MAX_SENDS):
-            self.sends += 1
             self._sent_at[order.client_order_id] = self._clock()
             fill: Fill | None
             try:
