@@ -38,7 +38,7 @@ import aiosqlite
 
 from lunara.services import TradingError
 from lunara.storage import positions as store
-from lunara.storage.database import StateConflict, transaction
+from lunara.storage.database import transaction
 from lunara.storage.positions import ExitReason, Order, OrderStatus, Position
 from lunara.trading.exchange import (
     OPEN_ORDER_STATUSES,
@@ -70,8 +70,6 @@ RESEND_INTENT = "resend"
 # for the clocks' disagreement.
 DEFAULT_UNKNOWN_ORDER_WINDOW_S = 6.0
 NOT_PLACED = "not placed: the exchange never took it"
-# Free ids probed past the expected next one before giving up (races only).
-MAX_EXIT_SEQUENCE = 1000
 NOT_PLACED_AFTER_RESTART = "not placed: the exchange has no such order (found after a restart)"
 
 Clock = Callable[[], float]
@@ -248,28 +246,20 @@ class OrderPath:
             )
         else:
             assert request.position_id is not None
-            # Start past every earlier exit of the position: however many were refused,
-            # the next one always finds a free id.
             intent = exit_intent(request.position_id)
             sequence = len(await store.orders_of_position(self._db, request.position_id))
-        for offset in range(MAX_EXIT_SEQUENCE):
-            order_id = client_order_id(request.user_id, intent, request.side, sequence + offset)
-            if await store.get_order(self._db, order_id) is not None:
-                continue
-            try:
-                return await store.record_pending_order(
-                    self._db,
-                    order_id,
-                    request.user_id,
-                    request.symbol,
-                    request.side,
-                    quantity,
-                    position_id=request.position_id,
-                    now=self._clock(),
-                )
-            except StateConflict:
-                continue
-        raise TradingError("too many attempts for this order; ask an admin to check the logs")
+        # The count of the trader's (or the position's) orders only grows, so the id is
+        # always new: however many earlier orders were refused, nothing is probed.
+        return await store.record_pending_order(
+            self._db,
+            client_order_id(request.user_id, intent, request.side, sequence),
+            request.user_id,
+            request.symbol,
+            request.side,
+            quantity,
+            position_id=request.position_id,
+            now=self._clock(),
+        )
 
     async def _sellable(self, exchange: Exchange, asset: str, request: OrderRequest) -> Decimal:
         """The position's quantity, or less if the account holds less of it (a fee taken
