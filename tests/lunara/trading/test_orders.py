@@ -28,6 +28,10 @@ from tests.lunara.trading.support import FakeClock
 
 PARAMS = TrailingParams(stoploss=-0.05, trailing_stop=True)
 USER = 11
+INTERRUPTED = (
+    "a restart interrupted this order before it reached the exchange; "
+    "nothing was bought, send the command again"
+)
 
 
 class Crash(BaseException):
@@ -75,6 +79,8 @@ async def _params(user_id: int) -> TrailingParams:
 
 def test_client_order_ids_are_deterministic_and_fit_binance() -> None:
     first = client_order_id(1, "entry:BTCUSDT", Side.BUY, 0)
+    # What every release derives: an order recorded before an upgrade is found after it.
+    assert first == "lu-8720090ef04c14dccf61bdc9dcde030b"
     assert first == client_order_id(1, "entry:BTCUSDT", Side.BUY, 0)
     assert first != client_order_id(1, "entry:BTCUSDT", Side.BUY, 1)
     assert first != client_order_id(2, "entry:BTCUSDT", Side.BUY, 0)
@@ -120,7 +126,10 @@ async def test_a_crash_around_the_send_never_places_an_order_twice(
     restarted = FakeClock()
     db, stop_db, paper, orders = await _setup(path, market, restarted)
     try:
+        if fault == "crash_before_send":
+            assert await orders.has_unsettled()  # sent or not, the exchange must say
         report = await orders.recover(lambda user_id: _exchange(paper))
+        assert not await orders.has_unsettled()
         open_positions = await store.list_open(db, USER)  # type: ignore[arg-type]
         balances = {b.asset: b.free for b in await paper.balances()}
         if fault == "crash_before_send":
@@ -194,7 +203,7 @@ async def test_a_keyed_entry_asked_again_after_a_crash_never_buys_twice(
     try:
         await orders.recover(lambda user_id: _exchange(paper))
         if fault == "crash_before_send":
-            with pytest.raises(TradingError, match="nothing was bought"):
+            with pytest.raises(TradingError, match=f"^{re.escape(INTERRUPTED)}$"):
                 await orders.submit(paper, request)
             assert await store.list_open(db, USER) == []  # type: ignore[arg-type]
         else:
@@ -213,6 +222,42 @@ async def test_a_keyed_entry_asked_again_after_a_crash_never_buys_twice(
         async with db.execute("SELECT COUNT(*) FROM orders WHERE status = 'filled'") as cur:  # type: ignore[attr-defined]
             row = await cur.fetchone()
         assert row[0] == (1 if fault == "crash_before_send" else 2)
+    finally:
+        await db.close()  # type: ignore[attr-defined]
+        await stop_db.close()  # type: ignore[attr-defined]
+
+
+async def test_a_keyed_entry_filled_before_a_crash_is_settled_with_its_stop_when_asked_again(
+    tmp_path: Path,
+) -> None:
+    # The paper exchange wrote the fill, the crash came before the position did; the /buy
+    # is delivered again before any recovery ran.
+    path = tmp_path / "lunara.db"
+    market = SimMarket(seed=5)
+    db, stop_db, paper, orders = await _setup(path, market)
+    price = (await market.prices(["ETHUSDT"]))["ETHUSDT"]
+    request = OrderRequest(
+        USER,
+        "ETHUSDT",
+        store.OrderSide.BUY,
+        Decimal("0.05"),
+        price,
+        stop_params=TrailingParams(stoploss=-0.10, trailing_stop=True),
+        request_key="tg:11:9",
+    )
+    with pytest.raises(Crash):
+        await orders.submit(FaultyExchange(paper, "crash_after_fill"), request)
+    await db.close()  # type: ignore[attr-defined]
+    await stop_db.close()  # type: ignore[attr-defined]
+
+    db, stop_db, paper, orders = await _setup(path, market)
+    try:
+        settled = await orders.submit(paper, request)
+        assert settled.order.client_order_id == request.keyed_entry_id
+        stop = await store.get_trailing_stop(db, settled.position.id)  # type: ignore[arg-type]
+        assert stop is not None
+        assert stop.stop_price == pytest.approx(float(settled.price) * 0.9)
+        assert {b.asset: b.free for b in await paper.balances()}["ETH"] == Decimal("0.05")
     finally:
         await db.close()  # type: ignore[attr-defined]
         await stop_db.close()  # type: ignore[attr-defined]
