@@ -480,6 +480,16 @@ async def test_a_duplicate_the_exchange_cannot_show_is_recorded_refused(
     assert fake.orders == [] and bot.orders.failed == 1
 
 
+async def test_an_exit_that_names_no_position_is_refused_before_anything_is_recorded_or_sent(
+    fake: FakeBinance, bot: Bot
+) -> None:
+    with pytest.raises(TradingError, match=r"^an exit order needs the position it closes$"):
+        await bot.orders.submit(
+            bot.exchange, OrderRequest(USER, "BTCUSDT", SELL, Decimal("0.001"), Decimal(50000))
+        )
+    assert await _all_orders(bot) == [] and fake.count("POST", "order") == 0
+
+
 async def test_an_exit_of_a_position_whose_coins_are_gone_sends_nothing(
     fake: FakeBinance, bot: Bot
 ) -> None:
@@ -518,6 +528,7 @@ async def test_an_exit_whose_reply_was_lost_is_settled_from_the_exchange_when_so
         await bot.sell(position, reason="trailing_stop")
     lost = (await store.orders_of_position(bot.db, position.id))[-1]
     assert (lost.status, lost.error) == (store.OrderStatus.UNKNOWN, LOST_REPLY)
+    assert await _stamped_by_the_order_paths_clock(bot)
     closed = await bot.sell(position, reason="trailing_stop")  # the stop is still hit
     assert [order["side"] for order in fake.orders] == ["BUY", "SELL"]
     assert closed.status is store.PositionStatus.CLOSED
@@ -574,11 +585,12 @@ async def _filled_by_an_earlier_release(
     fee_in_quote: str,
     position_id: int | None = None,
     expired: bool = False,
+    user_id: int = USER,
 ) -> None:
     """An order a release before the ``settled`` column recorded filled without writing
     its effect on the position: the migration leaves it unsettled."""
     await store.record_pending_order(
-        bot.db, order_id, USER, "BTCUSDT", side, Decimal(quantity), position_id=position_id
+        bot.db, order_id, user_id, "BTCUSDT", side, Decimal(quantity), position_id=position_id
     )
     await store.mark_order_filled(
         bot.db, order_id, Decimal(price), Decimal(fee_in_quote), fees=fees, expired=expired
@@ -796,14 +808,15 @@ async def test_orders_the_exchange_ended_unfilled_are_recorded_refused_by_the_re
 async def test_an_order_the_exchange_cannot_show_yet_is_left_for_the_next_check(
     fake: FakeBinance, bot: Bot
 ) -> None:
-    for _ in range(2):
+    for _ in range(3):
         _lose_the_reply_and_the_lookup(fake)
         with pytest.raises(OrderOutcomeUnknown, match=UNCONFIRMED):
             await bot.buy("0.001")
-    fake.inject("order", 503, -1001, "Internal error.", method="GET")  # the first look-up
-    assert await bot.orders.recover(bot.exchange_of) == RecoveryReport(settled=1, still_unknown=1)
-    assert await bot.orders.recover(bot.exchange_of) == RecoveryReport(settled=1)
-    assert len(await store.list_open(bot.db, USER)) == 2
+    fake.inject("order", 503, -1001, "Internal error.", times=2, method="GET")  # two look-ups
+    assert await bot.orders.recover(bot.exchange_of) == RecoveryReport(settled=1, still_unknown=2)
+    assert await _stamped_by_the_order_paths_clock(bot)
+    assert await bot.orders.recover(bot.exchange_of) == RecoveryReport(settled=2)
+    assert len(await store.list_open(bot.db, USER)) == 3
 
 
 # Recovery and orders in flight at the same time
@@ -918,6 +931,10 @@ async def test_a_recovery_leaves_an_order_that_another_request_settled_meanwhile
     _lose_the_reply_and_the_lookup(fake)
     with pytest.raises(OrderOutcomeUnknown, match=UNCONFIRMED):
         await bot.orders.submit(other, keyed)
+    bot.clock.now += 1
+    _lose_the_reply_and_the_lookup(fake)
+    with pytest.raises(OrderOutcomeUnknown, match=UNCONFIRMED):
+        await bot.buy("0.001")
 
     async def meanwhile() -> None:
         await bot.orders.submit(other, keyed)  # Telegram delivers the other's /buy again
@@ -927,6 +944,41 @@ async def test_a_recovery_leaves_an_order_that_another_request_settled_meanwhile
             return Interleaved(bot.exchange, meanwhile, before="lookup")
         return {OTHER: other}[user_id]
 
-    assert await bot.orders.recover(accounts) == RecoveryReport(settled=1)
-    assert fake.count("POST", "order") == 2
-    assert {p.user_id for p in await store.list_open(bot.db)} == {USER, OTHER}
+    assert await bot.orders.recover(accounts) == RecoveryReport(settled=2)  # not the other's
+    assert fake.count("POST", "order") == 3
+    assert sorted(p.user_id for p in await store.list_open(bot.db)) == [USER, USER, OTHER]
+
+
+async def test_the_periodic_recovery_leaves_a_busy_traders_recorded_fills_for_later(
+    fake: FakeBinance, bot: Bot
+) -> None:
+    fake.commission_rate = Decimal(0)
+    other = await _other_trader(fake, bot)
+
+    async def accounts(user_id: int) -> BinanceExchange:
+        return {USER: bot.exchange, OTHER: other}[user_id]
+
+    for user_id in (USER, OTHER):  # the other's a moment later
+        await _filled_by_an_earlier_release(
+            bot,
+            client_order_id(user_id, "entry:BTCUSDT", BUY, 0),
+            BUY,
+            "0.001",
+            "50000",
+            {},
+            fee_in_quote="0",
+            user_id=user_id,
+        )
+        bot.clock.now += 1
+    periodic: list[RecoveryReport] = []
+
+    async def meanwhile() -> None:
+        periodic.append(await bot.orders.recover(accounts, skip_busy=True))
+
+    await bot.orders.submit(
+        Interleaved(bot.exchange, meanwhile, before="send"),
+        OrderRequest(USER, "BTCUSDT", BUY, Decimal("0.001"), Decimal(50000)),
+    )
+    assert periodic == [RecoveryReport(settled=1)]  # the other's fill
+    assert await bot.orders.recover(accounts) == RecoveryReport(settled=1)  # then this one's
+    assert sorted(p.user_id for p in await store.list_open(bot.db)) == [USER, USER, OTHER]
