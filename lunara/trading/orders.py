@@ -486,7 +486,8 @@ class OrderPath:
                 if position is None:
                     raise TradingError(f"position {current.position_id} does not exist")
             elif order.side is Side.BUY:
-                position, opened = await self._open_position(current, fill, base, quote)
+                position = await self._open_position(current, fill, base, quote)
+                opened = True
             else:
                 position, closed = await self._apply_exit(current, fill, exit_reason, now)
             await store.mark_order_settled(self._db, order.client_order_id)
@@ -499,18 +500,13 @@ class OrderPath:
         final = await store.get_order(self._db, order.client_order_id)
         return Settlement(final or current, fill, position, fee_in_quote)
 
-    async def _open_position(
-        self, order: Order, fill: Fill, base: str, quote: str
-    ) -> tuple[Position, bool]:
-        """The position this buy opened, and whether it was opened just now.
+    async def _open_position(self, order: Order, fill: Fill, base: str, quote: str) -> Position:
+        """Open the position this buy bought (a settled buy never gets here: ``_settle``
+        returns the position it opened).
 
         It holds what the account received: a commission in the base asset is taken
         from the bought quantity. Its cost is what was paid, quote commission included.
         """
-        if order.position_id is not None:
-            existing = await store.get(self._db, order.position_id)
-            if existing is not None:
-                return existing, False
         fees = fill.fees_by_asset
         quantity = fill.quantity - fees.get(base, Decimal(0))
         position = await store.open(
@@ -524,7 +520,7 @@ class OrderPath:
             now=self._clock(),
         )
         await store.link_order_to_position(self._db, order.client_order_id, position.id)
-        return position, True
+        return position
 
     async def _apply_exit(
         self, order: Order, fill: Fill, reason: str, now: float
