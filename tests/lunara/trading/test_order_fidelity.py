@@ -760,6 +760,26 @@ async def test_fills_whose_replies_were_lost_are_settled_by_the_recovery_from_th
     assert fake.count("POST", "order") == 2
 
 
+async def test_an_exit_whose_reply_was_lost_is_closed_by_the_recovery_from_the_exchange(
+    fake: FakeBinance, bot: Bot
+) -> None:
+    fake.commission_rate = Decimal(0)
+    position = await bot.buy("0.001")
+    _lose_the_reply_and_the_lookup(fake)
+    with pytest.raises(OrderOutcomeUnknown, match=UNCONFIRMED):
+        await bot.sell(position, reason="trailing_stop")
+    assert await bot.orders.recover(bot.exchange_of) == RecoveryReport(settled=1)
+    closed = await store.get(bot.db, position.id)
+    assert closed is not None and closed.status is store.PositionStatus.CLOSED
+    assert (closed.exit_client_order_id, closed.sold_quantity) == (
+        fake.orders[1]["clientOrderId"],
+        Decimal("0.001"),
+    )
+    # The order row does not say why it was sent: a recovered exit is recorded as manual.
+    assert closed.exit_reason == "manual"
+    assert position.id not in _stop_prices(bot) and fake.count("POST", "order") == 2
+
+
 async def test_orders_the_exchange_never_took_are_recorded_not_placed_after_the_recv_window(
     fake: FakeBinance, bot: Bot
 ) -> None:
