@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,14 +28,22 @@ def redis_url() -> str:
 
 @pytest.fixture
 def redis_db(redis_url: str) -> Iterator[str]:
-    """A Redis URL whose database is empty before and after the test."""
-    import redis
+    """A Redis URL whose database is empty before and after the test.
 
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    yield redis_url
-    client.flushdb()
-    client.close()
+    The test has the database to itself: test processes sharing the private
+    redis-server (several test runs at once) take turns instead of flushing each
+    other's data.
+    """
+    import redis
+    from filelock import FileLock
+
+    digest = hashlib.sha256(redis_url.encode()).hexdigest()[:16]
+    with FileLock(Path(tempfile.gettempdir()) / f"lunara-test-redis-{digest}.lock"):
+        client = redis.Redis.from_url(redis_url)
+        client.flushdb()
+        yield redis_url
+        client.flushdb()
+        client.close()
 
 
 @pytest.fixture

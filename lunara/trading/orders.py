@@ -43,7 +43,7 @@ import aiosqlite
 
 from lunara.services import TradingError
 from lunara.storage import positions as store
-from lunara.storage.database import StateConflict, transaction
+from lunara.storage.database import transaction
 from lunara.storage.positions import ExitReason, Order, OrderStatus, Position
 from lunara.trading.exchange import (
     OPEN_ORDER_STATUSES,
@@ -82,8 +82,6 @@ RESEND_INTENT = "resend"
 # for the clocks' disagreement.
 DEFAULT_UNKNOWN_ORDER_WINDOW_S = 6.0
 NOT_PLACED = "not placed: the exchange never took it"
-# Free ids probed past the expected next one before giving up (races only).
-MAX_EXIT_SEQUENCE = 1000
 NOT_PLACED_AFTER_RESTART = "not placed: the exchange has no such order (found after a restart)"
 
 Clock = Callable[[], float]
@@ -220,7 +218,6 @@ class OrderPath:
         self._started_at = clock()
         self._sent_at: dict[str, float] = {}  # client id -> when this process signed it
         self._locks: dict[int, asyncio.Lock] = {}
-        self.sends = 0
         self.placed = 0  # orders settled with a fill (for /metrics)
         self.failed = 0  # orders refused or rejected
 
@@ -276,28 +273,20 @@ class OrderPath:
             )
         else:
             assert request.position_id is not None
-            # Start past every earlier exit of the position: however many were refused,
-            # the next one always finds a free id.
             intent = exit_intent(request.position_id)
             sequence = len(await store.orders_of_position(self._db, request.position_id))
-        for offset in range(MAX_EXIT_SEQUENCE):
-            order_id = client_order_id(request.user_id, intent, request.side, sequence + offset)
-            if await store.get_order(self._db, order_id) is not None:
-                continue
-            try:
-                return await store.record_pending_order(
-                    self._db,
-                    order_id,
-                    request.user_id,
-                    request.symbol,
-                    request.side,
-                    quantity,
-                    position_id=request.position_id,
-                    now=self._clock(),
-                )
-            except StateConflict:
-                continue
-        raise TradingError("too many attempts for this order; ask an admin to check the logs")
+        # The count of the trader's (or the position's) orders only grows, so the id is
+        # always new: however many earlier orders were refused, nothing is probed.
+        return await store.record_pending_order(
+            self._db,
+            client_order_id(request.user_id, intent, request.side, sequence),
+            request.user_id,
+            request.symbol,
+            request.side,
+            quantity,
+            position_id=request.position_id,
+            now=self._clock(),
+        )
 
     async def _sellable(self, exchange: Exchange, asset: str, request: OrderRequest) -> Decimal:
         """The position's quantity, or less if the account holds less of it (a fee taken
@@ -458,7 +447,6 @@ class OrderPath:
         self, exchange: Exchange, order: Order, request: OrderRequest
     ) -> Settlement:
         for send in range(MAX_SENDS):
-            self.sends += 1
             self._sent_at[order.client_order_id] = self._clock()
             fill: Fill | None
             try:
@@ -570,7 +558,8 @@ class OrderPath:
                 if position is None:
                     raise TradingError(f"position {current.position_id} does not exist")
             elif order.side is Side.BUY:
-                position, opened = await self._open_position(current, fill, base, quote)
+                position = await self._open_position(current, fill, base, quote)
+                opened = True
             else:
                 position, closed = await self._apply_exit(current, fill, exit_reason, now)
             await store.mark_order_settled(self._db, order.client_order_id)
@@ -583,18 +572,13 @@ class OrderPath:
         final = await store.get_order(self._db, order.client_order_id)
         return Settlement(final or current, fill, position, fee_in_quote)
 
-    async def _open_position(
-        self, order: Order, fill: Fill, base: str, quote: str
-    ) -> tuple[Position, bool]:
-        """The position this buy opened, and whether it was opened just now.
+    async def _open_position(self, order: Order, fill: Fill, base: str, quote: str) -> Position:
+        """Open the position this buy bought (a settled buy never gets here: ``_settle``
+        returns the position it opened).
 
         It holds what the account received: a commission in the base asset is taken
         from the bought quantity. Its cost is what was paid, quote commission included.
         """
-        if order.position_id is not None:
-            existing = await store.get(self._db, order.position_id)
-            if existing is not None:
-                return existing, False
         fees = fill.fees_by_asset
         quantity = fill.quantity - fees.get(base, Decimal(0))
         position = await store.open(
@@ -608,7 +592,7 @@ class OrderPath:
             now=self._clock(),
         )
         await store.link_order_to_position(self._db, order.client_order_id, position.id)
-        return position, True
+        return position
 
     async def _apply_exit(
         self, order: Order, fill: Fill, reason: str, now: float

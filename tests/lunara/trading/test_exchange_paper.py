@@ -52,6 +52,7 @@ async def test_buy_fills_with_fee_and_slippage_and_balances_survive_a_reopen(
         cost = Decimal("0.05") * expected_price
         assert settled.fee_in_quote == cost * FEE
         assert settled.position.quantity == Decimal("0.05")
+        assert settled.position.entry_cost == cost + cost * FEE  # the fee paid in USDT
     finally:
         await db.close()
         await stop_db.close()

@@ -15,13 +15,23 @@ from lunara.storage.database import open_database
 from lunara.trading.exchange import ExchangeUnavailable, Fill, Side
 from lunara.trading.filters import SymbolRules
 from lunara.trading.market import SimMarket
-from lunara.trading.orders import OrderPath, OrderRequest, client_order_id
+from lunara.trading.orders import (
+    DEFAULT_UNKNOWN_ORDER_WINDOW_S,
+    OrderPath,
+    OrderRequest,
+    client_order_id,
+)
 from lunara.trading.paper import PaperExchange
 from lunara.trading.stopstore import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
+from tests.lunara.trading.support import FakeClock
 
 PARAMS = TrailingParams(stoploss=-0.05, trailing_stop=True)
 USER = 11
+INTERRUPTED = (
+    "a restart interrupted this order before it reached the exchange; "
+    "nothing was bought, send the command again"
+)
 
 
 class Crash(BaseException):
@@ -69,13 +79,18 @@ async def _params(user_id: int) -> TrailingParams:
 
 def test_client_order_ids_are_deterministic_and_fit_binance() -> None:
     first = client_order_id(1, "entry:BTCUSDT", Side.BUY, 0)
+    # What every release derives: an order recorded before an upgrade is found after it.
+    assert first == "lu-8720090ef04c14dccf61bdc9dcde030b"
     assert first == client_order_id(1, "entry:BTCUSDT", Side.BUY, 0)
     assert first != client_order_id(1, "entry:BTCUSDT", Side.BUY, 1)
     assert first != client_order_id(2, "entry:BTCUSDT", Side.BUY, 0)
     assert re.fullmatch(r"[A-Za-z0-9._:-]{1,36}", first)
 
 
-async def _setup(path: Path, market: SimMarket) -> tuple[object, object, PaperExchange, OrderPath]:
+async def _setup(
+    path: Path, market: SimMarket, clock: FakeClock | None = None
+) -> tuple[object, object, PaperExchange, OrderPath]:
+    clock = clock or FakeClock()
     db = await open_database(path)
     stop_db = await open_database(path)
     await users.register(db, USER, "trader")
@@ -89,7 +104,8 @@ async def _setup(path: Path, market: SimMarket) -> tuple[object, object, PaperEx
     )
     stops = SqliteStopStore(stop_db)
     await stops.reconcile()
-    return db, stop_db, paper, OrderPath(db, stops, default_stop_params=_params)
+    orders = OrderPath(db, stops, default_stop_params=_params, clock=clock, sleep=clock.sleep)
+    return db, stop_db, paper, orders
 
 
 @pytest.mark.parametrize("fault", ["crash_before_send", "crash_after_fill"])
@@ -107,19 +123,26 @@ async def test_a_crash_around_the_send_never_places_an_order_twice(
     await stop_db.close()  # type: ignore[attr-defined]
 
     # A new process over the same database.
-    db, stop_db, paper, orders = await _setup(path, market)
+    restarted = FakeClock()
+    db, stop_db, paper, orders = await _setup(path, market, restarted)
     try:
+        if fault == "crash_before_send":
+            assert await orders.has_unsettled()  # sent or not, the exchange must say
         report = await orders.recover(lambda user_id: _exchange(paper))
+        assert not await orders.has_unsettled()
         open_positions = await store.list_open(db, USER)  # type: ignore[arg-type]
         balances = {b.asset: b.free for b in await paper.balances()}
         if fault == "crash_before_send":
             assert report.not_placed == 1
             assert open_positions == []
             assert balances == {"USDT": Decimal(1000)}
+            # Not found is only final once the send's recvWindow has passed.
+            assert restarted.slept == [DEFAULT_UNKNOWN_ORDER_WINDOW_S]
         else:
             assert report.settled == 1
             assert len(open_positions) == 1
             assert balances["ETH"] == Decimal("0.05")
+            assert restarted.slept == []
         # Recovering again changes nothing; a fresh buy gets a new id and fills once.
         again = await orders.recover(lambda user_id: _exchange(paper))
         assert (again.settled, again.not_placed) == (0, 0)
@@ -180,7 +203,7 @@ async def test_a_keyed_entry_asked_again_after_a_crash_never_buys_twice(
     try:
         await orders.recover(lambda user_id: _exchange(paper))
         if fault == "crash_before_send":
-            with pytest.raises(TradingError, match="nothing was bought"):
+            with pytest.raises(TradingError, match=f"^{re.escape(INTERRUPTED)}$"):
                 await orders.submit(paper, request)
             assert await store.list_open(db, USER) == []  # type: ignore[arg-type]
         else:
@@ -199,6 +222,42 @@ async def test_a_keyed_entry_asked_again_after_a_crash_never_buys_twice(
         async with db.execute("SELECT COUNT(*) FROM orders WHERE status = 'filled'") as cur:  # type: ignore[attr-defined]
             row = await cur.fetchone()
         assert row[0] == (1 if fault == "crash_before_send" else 2)
+    finally:
+        await db.close()  # type: ignore[attr-defined]
+        await stop_db.close()  # type: ignore[attr-defined]
+
+
+async def test_a_keyed_entry_filled_before_a_crash_is_settled_with_its_stop_when_asked_again(
+    tmp_path: Path,
+) -> None:
+    # The paper exchange wrote the fill, the crash came before the position did; the /buy
+    # is delivered again before any recovery ran.
+    path = tmp_path / "lunara.db"
+    market = SimMarket(seed=5)
+    db, stop_db, paper, orders = await _setup(path, market)
+    price = (await market.prices(["ETHUSDT"]))["ETHUSDT"]
+    request = OrderRequest(
+        USER,
+        "ETHUSDT",
+        store.OrderSide.BUY,
+        Decimal("0.05"),
+        price,
+        stop_params=TrailingParams(stoploss=-0.10, trailing_stop=True),
+        request_key="tg:11:9",
+    )
+    with pytest.raises(Crash):
+        await orders.submit(FaultyExchange(paper, "crash_after_fill"), request)
+    await db.close()  # type: ignore[attr-defined]
+    await stop_db.close()  # type: ignore[attr-defined]
+
+    db, stop_db, paper, orders = await _setup(path, market)
+    try:
+        settled = await orders.submit(paper, request)
+        assert settled.order.client_order_id == request.keyed_entry_id
+        stop = await store.get_trailing_stop(db, settled.position.id)  # type: ignore[arg-type]
+        assert stop is not None
+        assert stop.stop_price == pytest.approx(float(settled.price) * 0.9)
+        assert {b.asset: b.free for b in await paper.balances()}["ETH"] == Decimal("0.05")
     finally:
         await db.close()  # type: ignore[attr-defined]
         await stop_db.close()  # type: ignore[attr-defined]
