@@ -1,4 +1,5 @@
-"""The order path against a strict fake Binance: real fees, lost replies, partial fills.
+"""The order path against a strict fake Binance: real fees, lost replies, partial fills,
+what is asked again after a failure and what the recovery finds.
 
 Every test drives the real python-binance client against tests/fakes/binance_api.py,
 which follows Binance's own rules: the commission of a BUY comes out of the base asset
