@@ -339,7 +339,7 @@ class OrderPath:
             now=self._clock(),
         )
         await self._stops.remove(position.id)
-        residue = closed.residue_quantity if closed.residue_quantity is not None else sellable
+        residue = position.quantity  # what it holds: nothing of it was sold
         logger.warning(
             "position %d of user %d: %s %s left is below the smallest order for %s; closed as dust",
             position.id,

@@ -63,6 +63,7 @@ class Inbox:
 @dataclass
 class Bot:
     db: aiosqlite.Connection
+    stops: SqliteStopStore
     executor: Executor
     orders: OrderPath
     exchange: BinanceExchange
@@ -126,7 +127,7 @@ async def bot(fake: FakeBinance, tmp_path: Path) -> AsyncIterator[Bot]:
         exit_retries=ExitRetries(clock=clock),
     )
     try:
-        yield Bot(db, executor, orders, exchange, clock, inbox)
+        yield Bot(db, stops, executor, orders, exchange, clock, inbox)
     finally:
         await gateway.aclose()
         await db.close()
@@ -260,6 +261,7 @@ async def test_a_remainder_too_small_to_sell_closes_the_position_as_dust(
     assert await bot.orders.has_unsettled() is False
     told = [text for _, text in bot.inbox.to_traders if "dust" in text or "smallest" in text]
     assert len(told) == 1 and "BTC" in told[0]
+    assert position.id not in {stop.position_id for stop in bot.stops.tracked()}
     # The stop is gone: later ticks leave the closed position alone.
     await bot.executor.tick()
     assert _sells(fake) == sends
@@ -292,3 +294,35 @@ async def test_an_order_that_hangs_holds_back_no_other_traders_stop(
     assert sold is not None and sold.status is store.PositionStatus.CLOSED
     sells = [order for order in fake.orders if order["side"] == "SELL"]
     assert len(sells) == 2  # each position sold once
+
+
+async def test_a_whole_position_worth_too_little_after_a_fall_is_refused_not_dust(
+    fake: FakeBinance, bot: Bot
+) -> None:
+    """Below the minimum notional only at this price: the price may come back, so the
+    exit is refused and tried again, and the position stays open under its stop."""
+    position = await bot.buy("BTCUSDT", "0.0002", "50000")  # 10 USDT, then 0.0001998 BTC
+    fake.set_price("BTCUSDT", 20000)  # 0.00019 BTC is now 3.80 USDT, under 5
+    report = await bot.executor.tick()
+    assert report.failures == 1 and report.exits == 0
+    still = await store.get(bot.db, position.id)
+    assert still is not None and still.status is store.PositionStatus.OPEN
+    assert position.id in {stop.position_id for stop in bot.stops.tracked()}
+    assert len(bot.refusals_told()) == 1 and "minimum notional" in bot.refusals_told()[0]
+
+
+async def test_a_position_whose_account_holds_less_than_the_minimum_quantity_closes_as_dust(
+    fake: FakeBinance, bot: Bot
+) -> None:
+    """The account holds less of the asset than any order may sell (sold elsewhere):
+    nothing is sent, the position closes as dust with what it held as residue."""
+    position = await bot.buy("BTCUSDT", "0.001", "50000")
+    fake.balances[KEY]["BTC"] = Decimal("0.000005")  # under BTCUSDT's minimum of 0.00001
+    fake.set_price("BTCUSDT", 45000)
+    sends = _sells(fake)
+    report = await bot.executor.tick()
+    assert report.exits == 1 and _sells(fake) == sends
+    closed = await store.get(bot.db, position.id)
+    assert closed is not None and closed.exit_reason == "dust"
+    assert closed.residue_quantity == position.quantity and closed.sold_quantity == 0
+    assert position.id not in {stop.position_id for stop in bot.stops.tracked()}
