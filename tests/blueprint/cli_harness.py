@@ -38,6 +38,18 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+REAL_BOT_ENTRY = (sys.executable, "-m", "lunara.cli")
+"""The CLI with the bot's own commands, for tests that run the real bot."""
+REAL_BOT_PROGRAM = {
+    "command": ["python", "-m", "lunara"],
+    "stop_timeout_s": 10,
+    "restart": {"backoff_initial_s": 0.2, "backoff_max_s": 1, "max_restarts": 3, "window_s": 60},
+    "memory_limit_mib": 450,
+    "heartbeat_timeout_s": 30,
+}
+"""The manifest program that supervises the real bot (`python -m lunara`)."""
+
+
 def manifest_document(program: Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
     document: dict[str, Any] = {
         "version": 1,

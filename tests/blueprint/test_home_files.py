@@ -15,16 +15,16 @@ from pathlib import Path
 
 from blueprint.audit import AuditLog, Decision
 from blueprint.mirror import NullMirror
-from tests.blueprint.cli_harness import Cli, manifest_document, wait_until, write_manifest
+from tests.blueprint.cli_harness import (
+    REAL_BOT_PROGRAM,
+    Cli,
+    manifest_document,
+    wait_until,
+    write_manifest,
+)
 
 UNDER_UMASK_022 = ("/bin/sh", "-c", 'umask 022; exec "$0" "$@"', sys.executable, "-m", "lunara.cli")
-PROGRAM = {
-    "command": ["python", "-m", "lunara"],
-    "stop_timeout_s": 10,
-    "restart": {"backoff_initial_s": 0.2, "backoff_max_s": 1, "max_restarts": 5, "window_s": 60},
-    "memory_limit_mib": 450,
-    "heartbeat_timeout_s": 30,
-}
+PROGRAM = REAL_BOT_PROGRAM
 
 
 def _modes(home: Path) -> dict[str, int]:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 from blueprint.logtail import interleave, line_time
 from tests.blueprint.cli_harness import (
+    REAL_BOT_ENTRY,
+    REAL_BOT_PROGRAM,
     TOKENS,
     Cli,
     manifest_document,
@@ -20,14 +21,8 @@ from tests.blueprint.cli_harness import (
     write_manifest,
 )
 
-ENTRY = (sys.executable, "-m", "lunara.cli")
-PROGRAM = {
-    "command": ["python", "-m", "lunara"],
-    "stop_timeout_s": 10,
-    "restart": {"backoff_initial_s": 0.2, "backoff_max_s": 1, "max_restarts": 3, "window_s": 60},
-    "memory_limit_mib": 450,
-    "heartbeat_timeout_s": 30,
-}
+ENTRY = REAL_BOT_ENTRY
+PROGRAM = REAL_BOT_PROGRAM
 
 
 def test_lines_of_several_logs_come_in_time_order_tracebacks_kept_with_their_line() -> None:

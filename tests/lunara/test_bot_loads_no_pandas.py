@@ -9,16 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.blueprint.cli_harness import Cli, manifest_document, wait_until, write_manifest
+from tests.blueprint.cli_harness import (
+    REAL_BOT_ENTRY,
+    REAL_BOT_PROGRAM,
+    Cli,
+    manifest_document,
+    wait_until,
+    write_manifest,
+)
 
-ENTRY = (sys.executable, "-m", "lunara.cli")
-PROGRAM = {
-    "command": ["python", "-m", "lunara"],
-    "stop_timeout_s": 10,
-    "restart": {"backoff_initial_s": 0.2, "backoff_max_s": 1, "max_restarts": 3, "window_s": 60},
-    "memory_limit_mib": 450,
-    "heartbeat_timeout_s": 30,
-}
+ENTRY = REAL_BOT_ENTRY
+PROGRAM = REAL_BOT_PROGRAM
 HEAVY = ("/pandas/", "/pyarrow/")
 
 
