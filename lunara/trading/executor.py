@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -405,7 +406,7 @@ class Executor:
                 name=f"trader-{user_id}",
             )
             self._in_flight[user_id] = task
-            task.add_done_callback(self._forget_done)
+            task.add_done_callback(functools.partial(self._forget_done, user_id))
             working.append(task)
         if working:
             _, pending = await asyncio.wait(working, timeout=self._config.wait_for_traders_s)
@@ -426,15 +427,9 @@ class Executor:
         self.ticks += 1
         return report
 
-    def _forget_done(self, task: asyncio.Task[None]) -> None:
-        for user_id, running in list(self._in_flight.items()):
-            if running is task:
-                del self._in_flight[user_id]
-
-    @property
-    def in_flight(self) -> int:
-        """Traders whose work from an earlier tick is still going on."""
-        return sum(1 for task in self._in_flight.values() if not task.done())
+    def _forget_done(self, user_id: int, task: asyncio.Task[None]) -> None:
+        if self._in_flight.get(user_id) is task:
+            del self._in_flight[user_id]
 
     async def finish_in_flight(self, timeout_s: float) -> int:
         """Wait for the traders' work still going on (at shutdown); what outlives the wait
