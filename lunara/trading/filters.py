@@ -370,13 +370,18 @@ def _check_quantity(rules: SymbolRules, requested: Decimal, *, limit: bool) -> D
     return adjusted
 
 
+def _market_sellable(rules: SymbolRules, quantity: DecimalLike) -> Decimal:
+    """What a market order could sell of ``quantity``: rounded down to the market step,
+    zero below the minimum quantity (the rules `_check_quantity` applies to a market order)."""
+    step = _common_step(rules.step_size, rules.market_step_size)
+    sellable = _round_to_multiple(to_decimal(quantity, "quantity"), step, ROUND_DOWN)
+    return sellable if sellable >= max(rules.min_qty, rules.market_min_qty) else ZERO
+
+
 def below_minimum_quantity(rules: SymbolRules, quantity: DecimalLike) -> bool:
     """Whether no market order can sell ``quantity``, at any price: once rounded down to
     the market step it is below the minimum quantity (or nothing)."""
-    held = to_decimal(quantity, "quantity")
-    step = _common_step(rules.step_size, rules.market_step_size)
-    sellable = _round_to_multiple(held, step, ROUND_DOWN)
-    return sellable <= ZERO or sellable < max(rules.min_qty, rules.market_min_qty)
+    return _market_sellable(rules, quantity) <= ZERO
 
 
 def unsellable_remainder(rules: SymbolRules, quantity: DecimalLike, price: DecimalLike) -> bool:
@@ -384,10 +389,9 @@ def unsellable_remainder(rules: SymbolRules, quantity: DecimalLike, price: Decim
     quantity, or worth less than the minimum notional where Binance applies it to market
     orders. What an exit leaves behind in that state is dust: it stays on the account as
     residue, and Binance's own small-balance conversion can sweep it."""
-    if below_minimum_quantity(rules, quantity):
+    sellable = _market_sellable(rules, quantity)
+    if sellable <= ZERO:
         return True
-    step = _common_step(rules.step_size, rules.market_step_size)
-    sellable = _round_to_multiple(to_decimal(quantity, "quantity"), step, ROUND_DOWN)
     value = sellable * to_decimal(price, "price")
     return rules.apply_min_to_market and value < rules.min_notional
 
