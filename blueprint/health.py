@@ -19,15 +19,14 @@ import re
 import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from blueprint.errors import ConfigError
 from blueprint.metrics import BOT_METRICS, METRICS_FILE, read_metrics
 from blueprint.paths import HomePaths
+from blueprint.status import StatusReport, compute_status
 
 if TYPE_CHECKING:
-    from blueprint.control import StatusReport
     from blueprint.ledger import Ledger
     from blueprint.manifest import Manifest
     from blueprint.mirror import Mirror
@@ -127,10 +126,7 @@ class HealthServer:
         self._server.server_close()
 
     def report(self) -> StatusReport:
-        from blueprint.control import Controller
-
-        source = self.manifest.source or Path("manifest.json")
-        return Controller(self.paths, self.manifest, source, self.ledger, self.mirror).status()
+        return compute_status(self.paths, self.manifest, self.ledger, self.mirror)
 
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0]
