@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from blueprint.dependencies import dependency_notes, read_dependencies
 from blueprint.errors import ExitCode
 from blueprint.exit_message import is_invalid_config
 from blueprint.heartbeat import heartbeat_mtime
@@ -68,6 +69,9 @@ class StatusReport:
     principal: str | None
     healthy: bool
     notes: list[str] = field(default_factory=list)
+    # What the running bot last found of what it works with (blueprint.dependencies);
+    # None when no bot of this run has said.
+    dependencies: dict[str, dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +89,7 @@ class StatusReport:
             "principal": self.principal,
             "healthy": self.healthy,
             "notes": list(self.notes),
+            "dependencies": self.dependencies,
         }
 
     def exit_code(self) -> ExitCode:
@@ -164,6 +169,7 @@ def report_of(
     uptime: float | None = None
     rss_mib: float | None = None
     age: float | None = None
+    dependencies: dict[str, dict[str, Any]] | None = None
     if bot is not None:
         try:
             started = bot_started(doc, bot)
@@ -175,6 +181,7 @@ def report_of(
             beat = heartbeat_mtime(paths.heartbeat)
             if beat is not None and beat >= started:
                 age = max(0.0, now - beat)
+            dependencies = read_dependencies(paths.dependencies, started)
     facts = Liveness(
         watchdog_alive=watchdog is not None,
         bot_alive=bot is not None,
@@ -188,6 +195,8 @@ def report_of(
     notes = list(verdict.notes)
     if recovered:
         notes.insert(0, recovered)
+    # A dependency that is down leaves `healthy` alone: a restart would not bring it back.
+    notes.extend(dependency_notes(dependencies))
     return StatusReport(
         state=str(verdict.state),
         pid=None if bot is None else bot.pid,
@@ -203,4 +212,5 @@ def report_of(
         principal=principal,
         healthy=verdict.healthy,
         notes=notes,
+        dependencies=dependencies,
     )

@@ -23,6 +23,7 @@ from lunara.logs import configure_logging
 from lunara.runtime import Service, run_services
 
 if TYPE_CHECKING:
+    from lunara.dependencies import Watch
     from lunara.services import TradingService
     from lunara.telegram.bot import TelegramBot
 
@@ -70,16 +71,24 @@ async def build_services(settings: Settings, paths: HomePaths) -> Composition:
     composition.services.append(trading.runner)
     telegram = None
     if settings.telegram_bot_token is not None:
-        telegram = await build_telegram(settings, paths, db, trading.engine)
+        trading.dependencies.telegram.configured = True
+        telegram = await build_telegram(
+            settings, paths, db, trading.engine, trading.dependencies.telegram
+        )
         trading.engine.attach_notifier(telegram)
         composition.services.append(telegram.service())
         composition.services.append(CrashReporter(telegram, paths))
     composition.services.append(MetricsWriter(paths, trading.engine, telegram))
+    composition.services.append(trading.dependency_reporter(paths.dependencies))
     return composition
 
 
 async def build_telegram(
-    settings: Settings, paths: HomePaths, db: Any, trading: TradingService
+    settings: Settings,
+    paths: HomePaths,
+    db: Any,
+    trading: TradingService,
+    watch: Watch | None = None,
 ) -> TelegramBot:
     from blueprint.audit import AuditLog
     from blueprint.locations import resolve_manifest
@@ -95,7 +104,14 @@ async def build_telegram(
 
         redis = Redis.from_url(settings.redis_url, socket_timeout=5.0)
     return TelegramBot(
-        settings, paths, manifest, AuditLog(paths.audit, mirror), db, trading, redis=redis
+        settings,
+        paths,
+        manifest,
+        AuditLog(paths.audit, mirror),
+        db,
+        trading,
+        redis=redis,
+        watch=watch,
     )
 
 
