@@ -94,6 +94,9 @@ def print_status(report: Mapping[str, Any], as_json: bool, quiet: bool) -> None:
     readable["last_exit"] = describe_last_exit(report.get("last_exit"))
     readable["mirror"] = describe_mirror(report.get("mirror"))
     readable["dependencies"] = describe_dependencies(report.get("dependencies"))
+    notes = report.get("notes")
+    if isinstance(notes, list):  # sentences, read one after the other
+        readable["notes"] = "; ".join(str(note) for note in notes) or None
     print_mapping(f"lunara: {report.get('state')}", readable)
 
 

@@ -84,6 +84,7 @@ def test_redis_down_shows_as_a_dependency_and_a_note_with_exit_code_0(tmp_path: 
         assert plain.returncode == 0
         assert "redis down (not reached yet)" in plain.stdout
         assert "telegram off" in plain.stdout
+        assert "notes            redis is down since " in plain.stdout  # a sentence, not a list
         text = metrics(health_port)
         assert 'lunara_dependency_up{dependency="redis"} 0\n' in text
         assert 'dependency="telegram"' not in text  # off: no series
