@@ -65,21 +65,23 @@ async def begin(
     user_id: int,
     update_json: str | None,
     now: float | None = None,
-) -> bool:
-    """Record the command as taken; False if it was answered already (skip it)."""
+) -> float | None:
+    """Record the command as taken; returns when it was taken (fetched, or now if it was
+    not taken before), or None if it was answered already (skip it)."""
+    taken_at = now_s() if now is None else now
     async with transaction(db):
         async with db.execute(
-            "SELECT state FROM handled_commands WHERE chat_id = ? AND message_id = ?",
+            "SELECT state, handled_at FROM handled_commands WHERE chat_id = ? AND message_id = ?",
             (chat_id, message_id),
         ) as cursor:
             row = await cursor.fetchone()
         if row is not None:
-            return str(row[0]) != ANSWERED
+            return None if str(row[0]) == ANSWERED else float(row[1])
         await db.execute(
             "INSERT INTO handled_commands VALUES (?, ?, ?, ?, ?, ?)",
-            (chat_id, message_id, user_id, STARTED, update_json, now_s() if now is None else now),
+            (chat_id, message_id, user_id, STARTED, update_json, taken_at),
         )
-    return True
+    return taken_at
 
 
 async def finish(db: aiosqlite.Connection, chat_id: int, message_id: int) -> None:

@@ -49,13 +49,15 @@ from tests.lunara.telegram.conftest import (
     running_bot,
 )
 
+NO_RATE_LIMIT = {"LUNARA_RATE_LIMIT_PER_MINUTE": "1000"}
+"""For a test asking one user every command: each message counts against the limit."""
 ADMIN_ONLY = {"users", "user", "broadcast", "pause", "resume", "botstatus", "refund"}
 
 
 async def test_every_command_as_every_role(friendly_telegram: FakeTelegram, bot_home: Path) -> None:
     fake_telegram = friendly_telegram  # 60 questions in a row: see `friendly_telegram`
     async with running_bot(
-        fake_telegram, bot_home, default_role="viewer", send_limits=UNPACED
+        fake_telegram, bot_home, default_role="viewer", send_limits=UNPACED, **NO_RATE_LIMIT
     ) as bot:
         for user in (ADMIN, TRADER, STRANGER):
             await bot.ask(user, "/start")
@@ -709,7 +711,9 @@ async def test_an_unknown_user_without_a_default_role_is_refused_everything(
     friendly_telegram: FakeTelegram, bot_home: Path
 ) -> None:
     fake_telegram = friendly_telegram  # 20 questions in a row: see `friendly_telegram`
-    async with running_bot(fake_telegram, bot_home, default_role=None, send_limits=UNPACED) as bot:
+    async with running_bot(
+        fake_telegram, bot_home, default_role=None, send_limits=UNPACED, **NO_RATE_LIMIT
+    ) as bot:
         for name in COMMANDS:
             reply = await bot.ask(STRANGER, f"/{name}")
             assert "does not allow" in reply, (name, reply)
