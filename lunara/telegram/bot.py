@@ -26,7 +26,7 @@ from typing import Any
 import aiosqlite
 from telegram import ChatMemberUpdated, LabeledPrice, Message, ReplyParameters, Update
 from telegram.constants import ChatMemberStatus, ChatType
-from telegram.error import NetworkError, RetryAfter, TelegramError
+from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
     CallbackQueryHandler,
@@ -481,8 +481,12 @@ class TelegramBot:
         """Answered at once, or the user's client shows a spinner on the button: the bot
         sends no buttons yet, so a press can only come from an old or forged message."""
         query = update.callback_query
-        if query is not None:
+        if query is None:
+            return
+        try:
             await query.answer()
+        except BadRequest as error:  # "query is too old": the spinner is long gone
+            logger.info("could not answer a button press: %s", error.message)
 
     async def _on_my_chat_member(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         """Through the inbox like a command, so a block or unblock fetched just before a

@@ -194,7 +194,10 @@ async def all_answered(db: aiosqlite.Connection, count: int) -> bool:
 async def test_a_button_press_is_answered_and_only_the_kinds_of_update_handled_are_asked_for(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:
+    too_old = "Bad Request: query is too old and response timeout expired or query ID is invalid"
+    fake_telegram.inject("answerCallbackQuery", 400, too_old)
     async with running_bot(fake_telegram, bot_home) as bot:
+        fake_telegram.push_callback_query(TRADER, "pressed-a-day-ago")  # refused: no apology
         query_id = fake_telegram.push_callback_query(TRADER, "old-button")
         await bot.until(
             lambda: [a["callback_query_id"] for a in fake_telegram.callback_answers] == [query_id],
@@ -206,6 +209,8 @@ async def test_a_button_press_is_answered_and_only_the_kinds_of_update_handled_a
              "text": "/buy BTCUSDT 100"},
         )  # fmt: skip
         assert "Plans" in await bot.ask(TRADER, "/plans")
+        await until_async("every answer sent", lambda: all_answered(bot.bot.db, 1))
+    assert len(fake_telegram.messages_to(TRADER)) == 1  # the plans; no apology for the button
     asked = {tuple(kinds) for kinds in fake_telegram.allowed_updates_asked}
     assert asked == {tuple(ALLOWED_UPDATES)}
     assert set(ALLOWED_UPDATES) == {
