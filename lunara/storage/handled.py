@@ -9,7 +9,7 @@ python-telegram-bot confirms a batch of updates to Telegram (with the next getUp
 offset) as soon as it has fetched them, before their handlers have run; and the bot can
 die after answering a command but before confirming it. So a command is written here
 (`take`, state `started`, with the update itself) as soon as it is fetched, before the
-batch is confirmed (the client does it: `lunara.telegram.bot.InboxBot`); `begin` is
+batch is confirmed (the client does it: `lunara.telegram.inbox.InboxBot`); `begin` is
 called as it is worked on (and records a command a replay brought that was never taken);
 it is marked `answered` after its replies are sent:
 

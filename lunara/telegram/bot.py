@@ -7,20 +7,18 @@ one formatting module; errors reach the one error handler (`lunara.telegram.erro
 Nothing is sent from here directly: every message is written to the outbox and sent,
 paced, by its sender (`lunara.telegram.outbox`). The service polls and sends only while
 it holds the poller lease (`lunara.telegram.lease`). It asks Telegram only for the kinds
-of update handled here, and the inbox holds each one that matters until it is answered
-(`lunara.telegram.updates`); one user's updates run in the order sent, different users'
-side by side (`lunara.telegram.ordering`).
+of update handled here (`lunara.telegram.updates`), and the inbox holds each one that
+matters until it is answered, once (`lunara.telegram.inbox`); one user's updates run in
+the order sent, different users' side by side (`lunara.telegram.ordering`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiosqlite
@@ -32,7 +30,6 @@ from telegram.ext import (
     CallbackQueryHandler,
     ChatMemberHandler,
     ContextTypes,
-    ExtBot,
     MessageHandler,
     PreCheckoutQueryHandler,
     filters,
@@ -61,18 +58,16 @@ from lunara.telegram.errors import (
     retry_after_seconds,
 )
 from lunara.telegram.guard import Admission, Guard, RateLimiter, Verdict, late_by
+from lunara.telegram.inbox import Inbox, InboxBot
 from lunara.telegram.lease import PollLease
 from lunara.telegram.ordering import PerUserOrder
 from lunara.telegram.outbox import TELEGRAM_LIMITS, Outbox, OutboxSender, SendLimits, messages
 from lunara.telegram.parsing import UsageError, command_name, split_arguments
 from lunara.telegram.updates import (
     ALLOWED_UPDATES,
-    BLANKED_TEXT,
     SECRET_COMMANDS,
-    Entry,
     command_of,
     edit_of,
-    inbox_entry_of,
     member_change_of,
     paid_of,
     plain_text_of,
@@ -96,7 +91,6 @@ EDITED_KEYS = (
 EDIT_NOT_RUN = "I don't act on edited messages: send the command again as a new message."
 HINT = "Send /help to see the commands."
 """The answer to a plain text in a private chat."""
-__all__ = ["BLANKED_TEXT", "HINT", "TelegramBot", "TelegramService"]
 RETRY_UNANSWERED_S = 30.0
 """A command taken this long ago and still not answered is tried again."""
 PRUNE_EVERY_S = 3600.0
@@ -106,32 +100,6 @@ START_RETRY_FIRST_S = 0.5
 START_RETRY_MAX_S = 30.0
 """Waits between attempts to reach Telegram at start: doubling from the first to the most."""
 CONNECTION_POOL = 256  # python-telegram-bot's own default for concurrent updates
-
-
-class InboxBot(ExtBot[None]):
-    """The Bot API client, writing every command, plain text and payment it fetches to the inbox
-    (`lunara.storage.handled`) before python-telegram-bot confirms it to Telegram with the
-    next getUpdates offset: an update Telegram will not deliver again is one we hold."""
-
-    __slots__ = ("_take",)
-
-    def __init__(
-        self, *args: Any, take: Callable[[Sequence[Update]], Awaitable[None]], **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._take = take
-
-    async def get_updates(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
-        updates = await super().get_updates(*args, **kwargs)
-        if updates:
-            try:
-                await self._take(updates)
-            except sqlite3.Error as error:
-                # Not confirmed: the updater fetches the same batch again after a pause.
-                raise NetworkError(
-                    f"could not record the fetched updates ({type(error).__name__})"
-                ) from error
-        return updates
 
 
 def _request(pool_size: int) -> HTTPXRequest:
@@ -171,8 +139,7 @@ class TelegramBot:
         self.sender = OutboxSender(db, self.outbox, self, send_limits)
         self.errors = ErrorHandler(db, self.state, self.send, self.admin_ids)
         self.updates_handled = 0
-        self.in_hand: set[tuple[int, int]] = set()  # (chat, message) being answered now
-        self.stopping = False  # set once the bot is shutting down: start no new answers
+        self.inbox = Inbox(db, self.outbox, self.errors.apologies, self._username)
         self.up = asyncio.Event()  # set once Telegram answered and the application started
         base = settings.telegram_api_base_url or "https://api.telegram.org"
         client = InboxBot(
@@ -181,7 +148,7 @@ class TelegramBot:
             base_file_url=f"{base}/file/bot",
             request=_request(CONNECTION_POOL),
             get_updates_request=_request(1),
-            take=self._take,
+            take=self.inbox.take,
         )
         self.application = (
             Application.builder().bot(client).concurrent_updates(PerUserOrder(64)).build()
@@ -218,6 +185,10 @@ class TelegramBot:
             ChatMemberHandler(self._on_my_chat_member, ChatMemberHandler.MY_CHAT_MEMBER)
         )
         app.add_error_handler(self._on_error)
+
+    def _username(self) -> str:
+        """The bot's username (from getMe): commands addressed to others are not ours."""
+        return self.application.bot.username
 
     def _load_keyring(self) -> Any:
         if self._keyring is None:
@@ -285,72 +256,17 @@ class TelegramBot:
 
     # -- handlers -----------------------------------------------------------------------
 
-    async def _take(self, updates: Sequence[Update]) -> None:
-        """Into the inbox, as fetched (InboxBot): the entries of a batch (`updates`)."""
-        taken = []
-        for update in updates:
-            entry = self.entry_of(update)
-            if entry is not None:
-                taken.append((entry.chat_id, entry.key, entry.user_id, entry.payload))
-        if taken:
-            await handled.take(self.db, taken)
-
-    def entry_of(self, update: Update) -> Entry | None:
-        """What the inbox holds of `update` (`lunara.telegram.updates`), if anything."""
-        return inbox_entry_of(update, self.application.bot.username)
-
     async def _on_command(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
-        command = command_of(update, self.application.bot.username)
-        entry = self.entry_of(update)
+        command = command_of(update, self._username())
+        entry = self.inbox.entry_of(update)
         if command is None or entry is None:
             return
         message, sender = command
         text = message.text or ""
         self.updates_handled += 1
-        await self._answer_once(
+        await self.inbox.answer_once(
             update, entry, lambda taken_at: self._answer_command(message, sender.id, text, taken_at)
         )
-
-    async def _answer_once(
-        self,
-        update: Update,
-        entry: Entry,
-        answer: Callable[[float], Awaitable[list[Outgoing]]],
-        *,
-        retry_on: type[Exception] | tuple[type[Exception], ...] = (),
-    ) -> None:
-        """Work out the answer of an inbox entry (`answer` is given when it was taken)
-        unless it was answered already (a replay, or Telegram delivering it again) or the
-        bot is stopping; then queue the answer and mark the entry answered in one
-        transaction. One that failed on a network error (or a `retry_on` error) stays in
-        the inbox and is tried again by the sweep; any other error is answered with an
-        apology."""
-        key = (entry.chat_id, entry.key)
-        if key in self.in_hand:  # delivered again while a replay of it runs
-            return
-        if self.stopping and entry.payload is not None:
-            # Fetched but not begun when the stop came: it stays in the inbox and is
-            # answered on the next start, so a stop waits only for the answers under way.
-            # (A secret command is not stored, so it cannot wait: it is answered now.)
-            return
-        self.in_hand.add(key)
-        try:
-            # Taken into the inbox when fetched; a replayed update may predate that.
-            taken_at = await handled.begin(self.db, *key, entry.user_id, entry.payload)
-            if taken_at is None:
-                logger.info("update %d in chat %d was answered before a restart; skipping",
-                            entry.key, entry.chat_id)  # fmt: skip
-                return
-            try:
-                outgoing = await answer(taken_at)
-            except Exception as error:
-                if is_retryable(error) or isinstance(error, retry_on):
-                    raise  # the error handler says so; the sweep tries it again
-                # Answered with an apology, never replayed.
-                outgoing = self.errors.apologies(update, error)
-            await self.outbox.answer(*key, outgoing)
-        finally:
-            self.in_hand.discard(key)
 
     def _slow_down(self, message: Message) -> list[Outgoing]:
         return messages(
@@ -436,12 +352,14 @@ class TelegramBot:
 
     async def _on_text(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         plain = plain_text_of(update)
-        entry = self.entry_of(update)
+        entry = self.inbox.entry_of(update)
         if plain is None or entry is None:
             return
         message, sender = plain
         self.updates_handled += 1
-        await self._answer_once(update, entry, lambda _taken_at: self._hint(message, sender.id))
+        await self.inbox.answer_once(
+            update, entry, lambda _taken_at: self._hint(message, sender.id)
+        )
 
     async def _hint(self, message: Message, sender_id: int) -> list[Outgoing]:
         refused = await self._refused_by_rate(message, sender_id, None)
@@ -450,13 +368,13 @@ class TelegramBot:
         return messages(message.chat_id, HINT, message.message_id)
 
     async def _on_edit(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
-        edit = edit_of(update, self.application.bot.username)
-        entry = self.entry_of(update)
+        edit = edit_of(update, self._username())
+        entry = self.inbox.entry_of(update)
         if edit is None or entry is None:
             return
         message, sender = edit
         self.updates_handled += 1
-        await self._answer_once(
+        await self.inbox.answer_once(
             update, entry, lambda _taken_at: self._answer_edit(message, sender.id)
         )
 
@@ -492,10 +410,10 @@ class TelegramBot:
         """Through the inbox like a command, so a block or unblock fetched just before a
         crash is still applied, once, and in the order the user did them."""
         change = member_change_of(update)
-        entry = self.entry_of(update)
+        entry = self.inbox.entry_of(update)
         if change is None or entry is None:
             return
-        await self._answer_once(
+        await self.inbox.answer_once(
             update, entry, lambda _taken_at: self._member_change(change), retry_on=sqlite3.Error
         )
 
@@ -523,11 +441,11 @@ class TelegramBot:
         self, update: Update, _context: ContextTypes.DEFAULT_TYPE
     ) -> None:
         paid = paid_of(update)
-        entry = self.entry_of(update)
+        entry = self.inbox.entry_of(update)
         if paid is None or entry is None:
             return
         message, sender = paid
-        await self._answer_once(
+        await self.inbox.answer_once(
             update,
             entry,
             lambda _taken_at: self._record_payment(message, sender.id),
@@ -653,7 +571,7 @@ class TelegramService:
 
     async def _stop_application(self) -> None:
         """Answer no new update, finish those under way (python-telegram-bot waits for them)."""
-        self.bot.stopping = True
+        self.bot.inbox.stopping = True
         with contextlib.suppress(Exception):
             if self.bot.application.running:
                 await self.bot.application.stop()
@@ -663,17 +581,11 @@ class TelegramService:
         it began them, or whose answer could not be sent) to the handlers again, in the
         order Telegram numbered them (each user's in the order sent)."""
         application = self.bot.application
-        pending = await handled.unfinished(self.bot.db, taken_before)
-        updates = [Update.de_json(json.loads(payload), application.bot) for payload in pending]
-        replayed = 0
-        for update in sorted(updates, key=lambda update: update.update_id):
-            entry = self.bot.entry_of(update)
-            if entry is None or (entry.chat_id, entry.key) in self.bot.in_hand:
-                continue
+        unanswered = await self.bot.inbox.unanswered(application.bot, taken_before)
+        for update in unanswered:
             await application.update_queue.put(update)
-            replayed += 1
-        if replayed:
-            logger.info("answering %d command(s) taken earlier but not answered", replayed)
+        if unanswered:
+            logger.info("answering %d update(s) taken earlier but not answered", len(unanswered))
 
     async def _poll(self, stop: asyncio.Event, lease: PollLease) -> None:
         application = self.bot.application

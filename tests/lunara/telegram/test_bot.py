@@ -35,6 +35,7 @@ from lunara.telegram import outbox as outbox_module
 from lunara.telegram.bot import CLIENT_TIMEOUT_S
 from lunara.telegram.commands import COMMANDS
 from lunara.telegram.lease import PollLease
+from lunara.telegram.updates import BLANKED_TEXT
 from lunara.trading.binance import RetryPolicy
 from tests.fakes.binance_api import FakeBinance
 from tests.fakes.telegram_api import FakeTelegram, check_html
@@ -574,7 +575,7 @@ async def test_a_plain_text_fetched_before_a_crash_is_answered_on_start_without_
         rows = list(await cursor.fetchall())
     assert [row[0] for row in rows] == [handled.STARTED]
     assert "Zq81vKx0" not in rows[0][1] and "Pq52wYt7" not in rows[0][1]
-    assert json.loads(rows[0][1])["message"]["text"] == bot_module.BLANKED_TEXT
+    assert json.loads(rows[0][1])["message"]["text"] == BLANKED_TEXT
     answer = await answered_once_on_start(
         fake_telegram, bot_home, message_id, "the hint for the text fetched before the crash"
     )
