@@ -100,6 +100,8 @@ START_RETRY_FIRST_S = 0.5
 START_RETRY_MAX_S = 30.0
 """Waits between attempts to reach Telegram at start: doubling from the first to the most."""
 CONNECTION_POOL = 256  # python-telegram-bot's own default for concurrent updates
+CONCURRENT_UPDATES = 64
+"""Updates handled at once, across users (each user's own run one at a time, in order)."""
 
 
 def _request(pool_size: int) -> HTTPXRequest:
@@ -151,7 +153,10 @@ class TelegramBot:
             take=self.inbox.take,
         )
         self.application = (
-            Application.builder().bot(client).concurrent_updates(PerUserOrder(64)).build()
+            Application.builder()
+            .bot(client)
+            .concurrent_updates(PerUserOrder(CONCURRENT_UPDATES))
+            .build()
         )
         self._keyring: Any = None
         self.deps = Deps(
