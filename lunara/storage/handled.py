@@ -1,9 +1,11 @@
 """Telegram commands taken and answered: each command is answered once, even across crashes.
 
 The same holds for the service message of a completed payment (Telegram sends it once):
-it is taken, recorded and thanked for exactly like a command; and for a plain text in a
-private chat, answered with a hint (its words are not kept). "Command" below means any
-of them.
+it is taken, recorded and thanked for exactly like a command; for a plain text in a
+private chat, answered with a hint (its words are not kept); and for an edited command
+and a user blocking or unblocking the bot, which have no message id of their own and
+are kept under minus their update id (`lunara.telegram.updates`). "Command" below means
+any of them.
 
 python-telegram-bot confirms a batch of updates to Telegram (with the next getUpdates
 offset) as soon as it has fetched them, before their handlers have run; and the bot can

@@ -554,8 +554,10 @@ class FakeTelegram(BackgroundServer):
 
     async def _control_push_command(self, request: web.Request) -> web.Response:
         body = await json_body(request)
+        sent_at = body.get("sent_at")  # epoch seconds: typed then, delivered only now
         update_id = self.push_text(int(body["user_id"]), str(body["text"]),
-                                   str(body.get("chat_type", "private")), body.get("username"))  # fmt: skip
+                                   str(body.get("chat_type", "private")), body.get("username"),
+                                   sent_at=None if sent_at is None else float(sent_at))  # fmt: skip
         chat_id, message_id = self.pushed[update_id]
         return web.json_response(
             {"update_id": update_id, "chat_id": chat_id, "message_id": message_id}

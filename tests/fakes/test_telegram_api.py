@@ -270,8 +270,10 @@ def test_standalone_process_prints_its_url_and_obeys_control(tmp_path: Path) -> 
                 return json.load(reply)
 
         assert post("/_control/push_command", {"user_id": 1, "text": "/start"})["update_id"] == 1
+        post("/_control/push_command", {"user_id": 1, "text": "/buy", "sent_at": 1_700_000_000})
         updates = post(f"/bot{TOKEN}/getUpdates", {"timeout": 0})
         assert updates["result"][0]["message"]["entities"][0]["type"] == "bot_command"
+        assert updates["result"][1]["message"]["date"] == 1_700_000_000
         post(f"/bot{TOKEN}/sendMessage", {"chat_id": 1, "text": "hi"})
         with urllib.request.urlopen(url + "/_control/sent?chat_id=1", timeout=5) as reply:
             assert [m["text"] for m in json.load(reply)] == ["hi"]
