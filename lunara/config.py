@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         20, ge=1, le=10_000, validation_alias="LUNARA_RATE_LIMIT_PER_MINUTE"
     )
+    command_max_age_s: float = Field(
+        60.0, gt=0, le=86_400, validation_alias="LUNARA_COMMAND_MAX_AGE_SECONDS"
+    )
     # Exchange
     binance_api_base_url: str | None = Field(None, validation_alias="BINANCE_API_BASE_URL")
     public_data_url: str = Field(

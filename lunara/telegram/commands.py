@@ -23,7 +23,7 @@ from lunara.storage import credentials, user_settings, users
 from lunara.storage.database import InvalidValue, StorageError
 from lunara.storage.outbox import BroadcastStart
 from lunara.telegram import formatting as fmt
-from lunara.telegram.guard import Command, Guard
+from lunara.telegram.guard import Acts, Command, Guard
 from lunara.telegram.parsing import (
     UsageError,
     parse_amount,
@@ -431,8 +431,17 @@ COMMANDS: dict[str, Command] = dict(
             positions,
             private_only=True,
         ),
-        _command("buy", "tg.trade.buy", "/buy SYMBOL AMOUNT_USDT", "open a position", buy),
-        _command("sell", "tg.trade.sell", "/sell SYMBOL", "close your position", sell),
+        _command(
+            "buy",
+            "tg.trade.buy",
+            "/buy SYMBOL AMOUNT_USDT",
+            "open a position",
+            buy,
+            acts=Acts.ALWAYS,
+        ),
+        _command(
+            "sell", "tg.trade.sell", "/sell SYMBOL", "close your position", sell, acts=Acts.ALWAYS
+        ),
         _command(
             "analyze", "tg.trade.analyze", "/analyze SYMBOL", "indicators and commentary", analyze
         ),
@@ -443,6 +452,7 @@ COMMANDS: dict[str, Command] = dict(
             "your trading settings",
             settings_command,
             private_only=True,
+            acts=Acts.WITH_ARGUMENTS,
         ),
         _command(
             "setkeys",
@@ -470,8 +480,17 @@ COMMANDS: dict[str, Command] = dict(
             "message every active user",
             broadcast,
         ),
-        _command("pause", "tg.admin.pause", "/pause", "pause trading for everyone", pause),
-        _command("resume", "tg.admin.resume", "/resume", "resume trading", resume),
+        _command(
+            "pause",
+            "tg.admin.pause",
+            "/pause",
+            "pause trading for everyone",
+            pause,
+            acts=Acts.ALWAYS,
+        ),
+        _command(
+            "resume", "tg.admin.resume", "/resume", "resume trading", resume, acts=Acts.ALWAYS
+        ),
         _command(
             "botstatus", "tg.admin.botstatus", "/botstatus", "the supervisor's view", botstatus
         ),

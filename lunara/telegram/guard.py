@@ -2,8 +2,11 @@
 
 Each command declares the permission it needs (`tg.trade.buy`, `tg.admin.broadcast`…).
 The guard resolves `telegram:<numeric id>` through the manifest (never a username),
-audits the decision, and applies a per-user rate limit — all before any handler code
-runs. Plan limits (how much of something) are checked by the handlers, separately.
+audits the decision, and applies a per-user rate limit to everything a user sends
+(commands, unknown ones too, plain text and edits) — all before any handler code runs.
+It also knows which commands act (buy, sell, change settings...) and so must not run
+when Telegram delivers them late. Plan limits (how much of something) are checked by
+the handlers, separately.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +30,16 @@ Handler = Callable[["CommandContext"], Awaitable[None]]
 MAX_TRACKED_USERS = 10_000
 
 
+class Acts(Enum):
+    """Whether a command changes something (trades, settings, the bot's state): such a
+    command is not run when it arrives late, since the trader decided on a market that
+    has moved since. One that only reads is answered however late it comes."""
+
+    NEVER = "never"
+    ALWAYS = "always"
+    WITH_ARGUMENTS = "with arguments"  # `/settings` shows them; `/settings k=v` changes them
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -35,16 +48,47 @@ class Command:
     description: str
     handler: Handler
     private_only: bool = False  # private data or secrets: in a group, a pointer instead
+    acts: Acts = Acts.NEVER
+
+    def acts_on(self, text: str) -> bool:
+        """Whether this command, sent as `text`, would change something."""
+        if self.acts is Acts.WITH_ARGUMENTS:
+            return len(text.split()) > 1
+        return self.acts is Acts.ALWAYS
+
+
+def late_by(sent_at: float, taken_at: float, max_age_s: float) -> float | None:
+    """How late a message reached us (seconds from when it was sent to when the bot took
+    it), if later than `max_age_s`; else None. Telegram keeps what it could not deliver
+    for a day and then delivers it all at once. A message dated in the future (the
+    clocks differ a little) is not late."""
+    delay = taken_at - sent_at
+    return delay if delay > max_age_s else None
 
 
 class Verdict(Enum):
     ALLOWED = "allowed"
     DENIED = "denied"
-    RATE_LIMITED = "rate_limited"
+
+
+class Admission(Enum):
+    """What the rate limit makes of one more message from a user."""
+
+    ALLOWED = "allowed"
+    SLOW_DOWN = "slow down"  # over the limit: not answered, the user told to slow down
+    IGNORED = "ignored"  # over the limit again in the same window: not answered at all
+
+
+@dataclass
+class _Sender:
+    moments: deque[float] = field(default_factory=deque)  # of the messages let through
+    warned_at: float | None = None  # when the user was last told to slow down
 
 
 class RateLimiter:
-    """At most `limit` commands per user per `window_s` (sliding window, bounded memory)."""
+    """At most `limit` messages per user per `window_s` (sliding window, bounded memory).
+    Past the limit a user is told to slow down once per window, not once per message: a
+    flood of messages must not become a flood of answers."""
 
     def __init__(
         self, limit: int, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic
@@ -52,20 +96,24 @@ class RateLimiter:
         self.limit = limit
         self.window_s = window_s
         self._clock = clock
-        self._seen: OrderedDict[int, deque[float]] = OrderedDict()
+        self._seen: OrderedDict[int, _Sender] = OrderedDict()
 
-    def allow(self, user_id: int) -> bool:
+    def admit(self, user_id: int) -> Admission:
         now = self._clock()
-        moments = self._seen.pop(user_id, None) or deque()
-        while moments and now - moments[0] >= self.window_s:
-            moments.popleft()
-        allowed = len(moments) < self.limit
-        if allowed:
-            moments.append(now)
-        self._seen[user_id] = moments
+        sender = self._seen.pop(user_id, None) or _Sender()
+        self._seen[user_id] = sender
         while len(self._seen) > MAX_TRACKED_USERS:
             self._seen.popitem(last=False)
-        return allowed
+        moments = sender.moments
+        while moments and now - moments[0] >= self.window_s:
+            moments.popleft()
+        if len(moments) < self.limit:
+            moments.append(now)
+            return Admission.ALLOWED
+        if sender.warned_at is not None and now - sender.warned_at < self.window_s:
+            return Admission.IGNORED
+        sender.warned_at = now
+        return Admission.SLOW_DOWN
 
 
 class Guard:
@@ -80,6 +128,18 @@ class Guard:
     def may(self, user_id: int, permission: str) -> bool:
         return self.manifest.allows(self.principal(user_id), permission)
 
+    def admit(self, user_id: int, command: Command | None) -> Admission:
+        """Count one message (`command`: the command it carries, if one we know) against
+        the user's rate limit; a command refused for it is audited as such."""
+        admission = self.limiter.admit(user_id)
+        if admission is not Admission.ALLOWED and command is not None:
+            principal = self.principal(user_id)
+            self.audit.record(
+                principal, f"tg.{command.name}", Decision.DENIED, "rate limited",
+                {"role": self.manifest.role_of(principal)}, permission=command.permission,
+            )  # fmt: skip
+        return admission
+
     def check(self, user_id: int, command: Command) -> Verdict:
         principal = self.principal(user_id)
         detail: dict[str, Any] = {"role": self.manifest.role_of(principal)}
@@ -89,12 +149,6 @@ class Guard:
                 permission=command.permission,
             )  # fmt: skip
             return Verdict.DENIED
-        if not self.limiter.allow(user_id):
-            self.audit.record(
-                principal, f"tg.{command.name}", Decision.DENIED, "rate limited", detail,
-                permission=command.permission,
-            )  # fmt: skip
-            return Verdict.RATE_LIMITED
         self.audit.record(
             principal, f"tg.{command.name}", Decision.ALLOWED, None, detail,
             permission=command.permission,

@@ -18,6 +18,13 @@ the user"; a group upgraded to a supergroup (`migrate`) answers 400 with
 `parameters.migrate_to_chat_id`. `FakeTelegram(flood_limits=False)` is the friendly
 server of a test that is about something else and sends faster than Telegram allows.
 
+Messages carry the date they were sent (`sent_at` lets a test send one typed long ago,
+as Telegram delivers those after an outage); an edit arrives as its own `edited_message`
+update (`push_edit`). `getUpdates` keeps the `allowed_updates` it was last given, as
+Telegram does, and delivers only those kinds (unset: every kind but `chat_member`,
+`message_reaction` and `message_reaction_count`); `allowed_updates_asked` records each
+list asked for.
+
 Standalone: `python -m tests.fakes.telegram_api --port N` prints its URL; steer it
 with `/_control/...` (see `add_routes`).
 """
@@ -54,6 +61,8 @@ PARSE_ERROR = "Bad Request: can't parse entities"
 OVERLAP_SETTLE_S = 0.05
 BLOCKED = "Forbidden: bot was blocked by the user"
 MIGRATED = "Bad Request: group chat was upgraded to a supergroup chat"
+DEFAULT_UNDELIVERED = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
+"""The kinds Telegram does not deliver unless `allowed_updates` names them."""
 FLOODED_METHODS = frozenset({"sendMessage", "sendInvoice", "editMessageText"})
 """The methods that send a message and so count against the flood limits."""
 
@@ -255,6 +264,8 @@ class FakeTelegram(BackgroundServer):
     migrated: dict[int, int] = field(default_factory=dict)  # group -> its supergroup
     too_many_requests: int = 0  # sends refused with 429 by the flood limits
     forbidden: int = 0  # sends refused with 403 (blocked)
+    allowed_updates_asked: list[list[str]] = field(default_factory=list)  # as getUpdates asked
+    withheld: list[dict[str, Any]] = field(default_factory=list)  # kinds not asked for: dropped
 
     name = "fake-telegram"
 
@@ -269,6 +280,7 @@ class FakeTelegram(BackgroundServer):
         self._in_flight: dict[str, int] = defaultdict(int)
         self._active: dict[str, list[tuple[PollRecord, web.Request]]] = {}
         self._buckets: dict[tuple[str, int], _Bucket] = {}  # (token, chat or 0 for the bot)
+        self._allowed: dict[str, frozenset[str] | None] = {}  # token -> kinds (None: default)
 
     # -- test controls ------------------------------------------------------------------
 
@@ -290,7 +302,8 @@ class FakeTelegram(BackgroundServer):
         """The next `times` calls of `method` are held `stall_s` before a normal answer."""
         self.inject(method, 0, "stall", stall_s=stall_s, times=times)
 
-    def _message(self, user_id: int, chat_type: str, username: str | None) -> dict[str, Any]:
+    def _message(self, user_id: int, chat_type: str, username: str | None,
+                 sent_at: float | None = None) -> dict[str, Any]:  # fmt: skip
         with self._lock:
             message_id = self._next_message_id
             self._next_message_id += 1
@@ -300,7 +313,8 @@ class FakeTelegram(BackgroundServer):
         chat: dict[str, Any] = {"id": user_id, "type": chat_type}
         if chat_type != "private":
             chat = {"id": group_chat_id(user_id), "type": chat_type, "title": "group"}
-        return {"message_id": message_id, "date": int(time.time()), "chat": chat, "from": sender}
+        date = int(time.time() if sent_at is None else sent_at)
+        return {"message_id": message_id, "date": date, "chat": chat, "from": sender}
 
     def _push(self, update: dict[str, Any]) -> int:
         with self._lock:
@@ -324,40 +338,52 @@ class FakeTelegram(BackgroundServer):
         return self._push({k: v for k, v in earlier.items() if k != "update_id"})
 
     def push_text(self, user_id: int, text: str, chat_type: str = "private",
-                  username: str | None = None, replying_to: str | None = None) -> int:  # fmt: skip
+                  username: str | None = None, replying_to: str | None = None,
+                  sent_at: float | None = None) -> int:  # fmt: skip
         """Queue a message update; text starting with "/" carries a bot_command entity.
-        With `replying_to`, it replies to an earlier message of the sender with that text."""
-        message = self._message(user_id, chat_type, username)
-        message["text"] = text
+        With `replying_to`, it replies to an earlier message of the sender with that text;
+        with `sent_at` (epoch seconds), it was typed then (its `date`), not now."""
+        message = self._message(user_id, chat_type, username, sent_at)
+        _set_text(message, text)
         if replying_to is not None:
             message["reply_to_message"] = {**self._message(user_id, chat_type, username),
                                            "text": replying_to}  # fmt: skip
-        if text.startswith("/"):
-            length = len(text.split(maxsplit=1)[0])
-            message["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
         return self._push({"message": message})
 
     def push_command(self, user_id: int, text: str, chat_type: str = "private",
-                     username: str | None = None) -> int:  # fmt: skip
+                     username: str | None = None, sent_at: float | None = None) -> int:  # fmt: skip
         """Queue a command message (`text` must start with "/"); returns its update_id."""
         if not text.startswith("/"):
             raise ValueError(f"a command starts with '/': {text!r}")
-        return self.push_text(user_id, text, chat_type, username)
+        return self.push_text(user_id, text, chat_type, username, sent_at=sent_at)
 
-    def block(self, user_id: int, *, tell: bool = True) -> None:
+    def push_update(self, kind: str, body: dict[str, Any]) -> int:
+        """Queue an update of any kind (`channel_post`, `message_reaction`...) as given."""
+        return self._push({kind: body})
+
+    def push_edit(self, update_id: int, text: str) -> int:
+        """The sender edits the message of update `update_id` to `text`: Telegram sends an
+        `edited_message` update (same message id and date, an `edit_date`); returns its id."""
+        with self._lock:
+            original = json.loads(json.dumps(self._history[update_id]["message"]))
+        original.pop("entities", None)
+        _set_text(original, text)
+        original["edit_date"] = int(time.time())
+        return self._push({"edited_message": original})
+
+    def block(self, user_id: int, *, tell: bool = True) -> int | None:
         """The user blocks the bot: sends to their chat get 403 from now on; with `tell`,
-        the bot gets the `my_chat_member` update (status `kicked`) Telegram sends."""
+        the bot gets the `my_chat_member` update (status `kicked`) Telegram sends (its
+        update_id is returned)."""
         with self._lock:
             self.blocked.add(user_id)
-        if tell:
-            self.push_my_chat_member(user_id, "member", "kicked")
+        return self.push_my_chat_member(user_id, "member", "kicked") if tell else None
 
-    def unblock(self, user_id: int, *, tell: bool = True) -> None:
+    def unblock(self, user_id: int, *, tell: bool = True) -> int | None:
         """The user unblocks the bot (`my_chat_member`, status `member`, with `tell`)."""
         with self._lock:
             self.blocked.discard(user_id)
-        if tell:
-            self.push_my_chat_member(user_id, "kicked", "member")
+        return self.push_my_chat_member(user_id, "kicked", "member") if tell else None
 
     def migrate(self, group_id: int, supergroup_id: int) -> None:
         """The group became a supergroup: sends to the old id get 400 with
@@ -528,8 +554,10 @@ class FakeTelegram(BackgroundServer):
 
     async def _control_push_command(self, request: web.Request) -> web.Response:
         body = await json_body(request)
+        sent_at = body.get("sent_at")  # epoch seconds: typed then, delivered only now
         update_id = self.push_text(int(body["user_id"]), str(body["text"]),
-                                   str(body.get("chat_type", "private")), body.get("username"))  # fmt: skip
+                                   str(body.get("chat_type", "private")), body.get("username"),
+                                   sent_at=None if sent_at is None else float(sent_at))  # fmt: skip
         chat_id, message_id = self.pushed[update_id]
         return web.json_response(
             {"update_id": update_id, "chat_id": chat_id, "message_id": message_id}
@@ -685,6 +713,7 @@ class FakeTelegram(BackgroundServer):
         offset = int(params.get("offset") or 0)
         timeout = float(params.get("timeout") or 0)
         limit = int(params.get("limit") or 100)
+        self._ask_for_kinds(token, params.get("allowed_updates"))
         with self._lock:
             overlapping = bool(self._active.get(token))
         if overlapping:  # let a client that just hung up be seen as gone, not as a rival
@@ -711,6 +740,7 @@ class FakeTelegram(BackgroundServer):
                     if offset:  # confirming an offset forgets every earlier update
                         self.confirmed_below = max(self.confirmed_below, offset)
                         self._updates = [u for u in self._updates if u["update_id"] >= offset]
+                    self._withhold(token)
                     ready = list(self._updates[: max(1, min(limit, 100))])
                     if ready or time.monotonic() >= deadline:
                         record.outcome = f"updates:{len(ready)}"
@@ -724,6 +754,30 @@ class FakeTelegram(BackgroundServer):
             with self._lock:
                 self._in_flight[token] -= 1
                 self._active[token].remove((record, request))
+
+    def _ask_for_kinds(self, token: str, asked: Any) -> None:
+        """Keep the `allowed_updates` of a getUpdates (absent: the last one stands; an
+        empty list: Telegram's default)."""
+        if asked is None:
+            return
+        kinds = [str(kind) for kind in asked]
+        with self._lock:
+            self.allowed_updates_asked.append(kinds)
+            self._allowed[token] = frozenset(kinds) if kinds else None
+
+    def _withhold(self, token: str) -> None:
+        """Drop queued updates of a kind the token did not ask for (Telegram does not
+        keep them for it). Called with the lock held."""
+        allowed = self._allowed.get(token)
+
+        def wanted(update: dict[str, Any]) -> bool:
+            kind = update_kind(update)
+            return kind not in DEFAULT_UNDELIVERED if allowed is None else kind in allowed
+
+        kept = [u for u in self._updates if wanted(u)]
+        if len(kept) != len(self._updates):
+            self.withheld += [u for u in self._updates if not wanted(u)]
+            self._updates = kept
 
     async def _api_sendMessage(self, token: str, params: dict[str, Any],
                                request: web.Request) -> dict[str, Any]:  # fmt: skip
@@ -794,6 +848,19 @@ class FakeTelegram(BackgroundServer):
         with self._lock:
             self.refunds.append(params)
         return True
+
+
+def _set_text(message: dict[str, Any], text: str) -> None:
+    """Give a message its text; one starting with "/" carries a bot_command entity."""
+    message["text"] = text
+    if text.startswith("/"):
+        length = len(text.split(maxsplit=1)[0])
+        message["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
+
+
+def update_kind(update: dict[str, Any]) -> str:
+    """`message`, `edited_message`, `my_chat_member`...: the field beside `update_id`."""
+    return next(key for key in update if key != "update_id")
 
 
 def group_chat_id(user_id: int) -> int:

@@ -35,6 +35,7 @@ from lunara.telegram import outbox as outbox_module
 from lunara.telegram.bot import CLIENT_TIMEOUT_S
 from lunara.telegram.commands import COMMANDS
 from lunara.telegram.lease import PollLease
+from lunara.telegram.updates import BLANKED_TEXT
 from lunara.trading.binance import RetryPolicy
 from tests.fakes.binance_api import FakeBinance
 from tests.fakes.telegram_api import FakeTelegram, check_html
@@ -49,13 +50,15 @@ from tests.lunara.telegram.conftest import (
     running_bot,
 )
 
+NO_RATE_LIMIT = {"LUNARA_RATE_LIMIT_PER_MINUTE": "1000"}
+"""For a test asking one user every command: each message counts against the limit."""
 ADMIN_ONLY = {"users", "user", "broadcast", "pause", "resume", "botstatus", "refund"}
 
 
 async def test_every_command_as_every_role(friendly_telegram: FakeTelegram, bot_home: Path) -> None:
     fake_telegram = friendly_telegram  # 60 questions in a row: see `friendly_telegram`
     async with running_bot(
-        fake_telegram, bot_home, default_role="viewer", send_limits=UNPACED
+        fake_telegram, bot_home, default_role="viewer", send_limits=UNPACED, **NO_RATE_LIMIT
     ) as bot:
         for user in (ADMIN, TRADER, STRANGER):
             await bot.ask(user, "/start")
@@ -572,7 +575,7 @@ async def test_a_plain_text_fetched_before_a_crash_is_answered_on_start_without_
         rows = list(await cursor.fetchall())
     assert [row[0] for row in rows] == [handled.STARTED]
     assert "Zq81vKx0" not in rows[0][1] and "Pq52wYt7" not in rows[0][1]
-    assert json.loads(rows[0][1])["message"]["text"] == bot_module.BLANKED_TEXT
+    assert json.loads(rows[0][1])["message"]["text"] == BLANKED_TEXT
     answer = await answered_once_on_start(
         fake_telegram, bot_home, message_id, "the hint for the text fetched before the crash"
     )
@@ -709,7 +712,9 @@ async def test_an_unknown_user_without_a_default_role_is_refused_everything(
     friendly_telegram: FakeTelegram, bot_home: Path
 ) -> None:
     fake_telegram = friendly_telegram  # 20 questions in a row: see `friendly_telegram`
-    async with running_bot(fake_telegram, bot_home, default_role=None, send_limits=UNPACED) as bot:
+    async with running_bot(
+        fake_telegram, bot_home, default_role=None, send_limits=UNPACED, **NO_RATE_LIMIT
+    ) as bot:
         for name in COMMANDS:
             reply = await bot.ask(STRANGER, f"/{name}")
             assert "does not allow" in reply, (name, reply)
