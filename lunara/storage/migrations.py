@@ -221,6 +221,11 @@ _OUTBOX = (
     "CREATE INDEX outbox_done ON outbox (done_at) WHERE state != 'queued'",
 )
 
+# An exit order keeps why it was placed (a stop, /sell, an admin): the start-up recovery
+# that settles a fill whose answer was lost records the position's real exit reason and
+# writes the stop's notice to the trader, as the exit itself would have.
+_ORDER_EXIT_REASON = ("ALTER TABLE orders ADD COLUMN exit_reason TEXT",)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _CORE_TABLES),
     Migration(2, "trailing stops and payment refunds", _TRAILING_STOPS_AND_REFUNDS),
@@ -228,6 +233,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "fees, partial fills and residues of orders", _ORDER_FIDELITY),
     Migration(5, "trailing stop as a trader setting", _TRAILING_STOP_SETTING),
     Migration(6, "the outbox of every message sent", _OUTBOX),
+    Migration(7, "why an exit order was placed", _ORDER_EXIT_REASON),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
