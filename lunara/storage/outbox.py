@@ -18,7 +18,8 @@ for it, so a command answered again after a crash does not broadcast twice.
 
 Rows leave the queue in priority order (answers, then notifications, then broadcasts),
 oldest first; one chat's rows in that order too, one at a time (`heads`). A chat
-Telegram told to wait (429) has its rows' `not_before` moved, which survives a restart.
+Telegram told to wait (429) has its rows' `not_before` moved, which survives a restart
+and holds the chat's later rows too, however long the wait.
 Rows done more than `KEEP_S` ago are pruned.
 """
 
@@ -118,14 +119,19 @@ async def enqueue(
 
 
 async def heads(db: aiosqlite.Connection, now: float, limit: int) -> list[Queued]:
-    """The next row of each chat (by priority, then age) that may go now, best first."""
+    """The next row of each chat (by priority, then age) that may go now, best first.
+
+    A chat is held until the latest `not_before` of its queued rows: an answer queued
+    after Telegram told the chat to wait (in this run or an earlier one) waits with it,
+    rather than going ahead at once and being refused again."""
     async with db.execute(
         "SELECT o.id, o.chat_id, o.priority, COALESCE(o.text, b.text), o.invoice, o.reply_to,"
         " o.broadcast_id, o.attempts FROM ("
-        "  SELECT *, ROW_NUMBER() OVER (PARTITION BY chat_id ORDER BY priority, id) AS place"
+        "  SELECT *, ROW_NUMBER() OVER (PARTITION BY chat_id ORDER BY priority, id) AS place,"
+        "   MAX(not_before) OVER (PARTITION BY chat_id) AS held_until"
         "  FROM outbox WHERE state = 'queued'"
         ") AS o LEFT JOIN broadcasts AS b ON b.id = o.broadcast_id"
-        " WHERE o.place = 1 AND o.not_before <= ? ORDER BY o.priority, o.id LIMIT ?",
+        " WHERE o.place = 1 AND o.held_until <= ? ORDER BY o.priority, o.id LIMIT ?",
         (now, limit),
     ) as cursor:
         rows = await cursor.fetchall()
