@@ -226,6 +226,10 @@ _OUTBOX = (
 # writes the stop's notice to the trader, as the exit itself would have.
 _ORDER_EXIT_REASON = ("ALTER TABLE orders ADD COLUMN exit_reason TEXT",)
 
+# A forum supergroup's topic: an answer goes to the topic its command came from, every
+# part of a long one too (Telegram puts a message without one in the General topic).
+_OUTBOX_TOPICS = ("ALTER TABLE outbox ADD COLUMN thread_id INTEGER",)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _CORE_TABLES),
     Migration(2, "trailing stops and payment refunds", _TRAILING_STOPS_AND_REFUNDS),
@@ -234,6 +238,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "trailing stop as a trader setting", _TRAILING_STOP_SETTING),
     Migration(6, "the outbox of every message sent", _OUTBOX),
     Migration(7, "why an exit order was placed", _ORDER_EXIT_REASON),
+    Migration(8, "forum topics of outgoing messages", _OUTBOX_TOPICS),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

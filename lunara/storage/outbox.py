@@ -54,7 +54,8 @@ class State(StrEnum):
 @dataclass(frozen=True)
 class Outgoing:
     """One message to write to the outbox: a text (HTML, at most one Telegram message),
-    or with `invoice` the name of a plan whose Stars invoice is sent instead."""
+    or with `invoice` the name of a plan whose Stars invoice is sent instead; with
+    `thread_id`, into that topic of a forum supergroup."""
 
     chat_id: int
     text: str | None = None
@@ -62,6 +63,7 @@ class Outgoing:
     priority: Priority = Priority.NOTICE
     invoice: str | None = None
     dedupe_key: str | None = None
+    thread_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Queued:
     reply_to: int | None
     broadcast_id: int | None
     attempts: int
+    thread_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,10 @@ async def enqueue(
     async with transaction(db):
         await db.executemany(
             "INSERT OR IGNORE INTO outbox (chat_id, priority, text, invoice, reply_to,"
-            " dedupe_key, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " dedupe_key, thread_id, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (m.chat_id, int(m.priority), m.text, m.invoice, m.reply_to, m.dedupe_key,
-                 State.QUEUED.value, at)
+                 m.thread_id, State.QUEUED.value, at)
                 for m in messages
             ],
         )  # fmt: skip
@@ -126,7 +129,7 @@ async def heads(db: aiosqlite.Connection, now: float, limit: int) -> list[Queued
     rather than going ahead at once and being refused again."""
     async with db.execute(
         "SELECT o.id, o.chat_id, o.priority, COALESCE(o.text, b.text), o.invoice, o.reply_to,"
-        " o.broadcast_id, o.attempts FROM ("
+        " o.broadcast_id, o.attempts, o.thread_id FROM ("
         "  SELECT *, ROW_NUMBER() OVER (PARTITION BY chat_id ORDER BY priority, id) AS place,"
         "   MAX(not_before) OVER (PARTITION BY chat_id) AS held_until"
         "  FROM outbox WHERE state = 'queued'"
@@ -136,7 +139,7 @@ async def heads(db: aiosqlite.Connection, now: float, limit: int) -> list[Queued
     ) as cursor:
         rows = await cursor.fetchall()
     return [
-        Queued(int(r[0]), int(r[1]), Priority(int(r[2])), r[3], r[4], r[5], r[6], int(r[7]))
+        Queued(int(r[0]), int(r[1]), Priority(int(r[2])), r[3], r[4], r[5], r[6], int(r[7]), r[8])
         for r in rows
     ]
 
@@ -175,10 +178,16 @@ async def postpone(db: aiosqlite.Connection, row_id: int, chat_id: int, until: f
 
 
 async def move_chat(db: aiosqlite.Connection, old_chat_id: int, new_chat_id: int) -> int:
-    """A group became a supergroup under a new id: its queued rows go to the new chat."""
+    """A group became a supergroup under a new id: its queued rows go to the new chat, and
+    so does the summary of a broadcast asked for there. Returns the rows moved."""
     async with transaction(db):
         cursor = await db.execute(
-            "UPDATE outbox SET chat_id = ? WHERE chat_id = ? AND state = 'queued'",
+            # A new chat: a flood wait Telegram gave the old one does not hold it.
+            "UPDATE outbox SET chat_id = ?, not_before = 0 WHERE chat_id = ? AND state = 'queued'",
+            (new_chat_id, old_chat_id),
+        )
+        await db.execute(
+            "UPDATE OR IGNORE broadcasts SET chat_id = ? WHERE chat_id = ? AND finished_at IS NULL",
             (new_chat_id, old_chat_id),
         )
     return int(cursor.rowcount or 0)

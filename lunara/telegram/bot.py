@@ -48,6 +48,7 @@ from lunara.storage import outbox as outbox_store
 from lunara.storage.database import RecordNotFound
 from lunara.storage.outbox import Outgoing, Priority
 from lunara.telegram import formatting as fmt
+from lunara.telegram.chats import follow_migration, topic_of
 from lunara.telegram.commands import COMMANDS, EXPECTED_ERRORS, CommandContext, Deps
 from lunara.telegram.errors import (
     STATE_FILE,
@@ -236,6 +237,7 @@ class TelegramBot:
         app.add_handler(MessageHandler(filters.COMMAND, self._on_command))
         app.add_handler(MessageHandler(filters.SUCCESSFUL_PAYMENT, self._on_successful_payment))
         app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, self._on_text))
+        app.add_handler(MessageHandler(filters.StatusUpdate.MIGRATE, self._on_migrate))
         app.add_handler(PreCheckoutQueryHandler(self._on_pre_checkout))
         app.add_handler(
             ChatMemberHandler(self._on_my_chat_member, ChatMemberHandler.MY_CHAT_MEMBER)
@@ -275,19 +277,28 @@ class TelegramBot:
         ])  # fmt: skip
         return len(admins)
 
-    async def send_text(self, chat_id: int, text: str, reply_to: int | None) -> None:
+    async def send_text(
+        self, chat_id: int, text: str, reply_to: int | None, thread_id: int | None = None
+    ) -> None:
         """Send one queued message (`lunara.telegram.outbox.Transport`)."""
         await self.application.bot.send_message(
-            chat_id, text, parse_mode="HTML", reply_parameters=_reply_parameters(reply_to)
+            chat_id,
+            text,
+            parse_mode="HTML",
+            reply_parameters=_reply_parameters(reply_to),
+            message_thread_id=thread_id,
         )
 
-    async def send_invoice(self, chat_id: int, plan: str, reply_to: int | None) -> None:
+    async def send_invoice(
+        self, chat_id: int, plan: str, reply_to: int | None, thread_id: int | None = None
+    ) -> None:
         """Send one queued invoice (`lunara.telegram.outbox.Transport`)."""
         chosen = plan_book.plan_named(plan)
         if chosen is None:
             raise LookupError(f"no plan named {plan!r}")
         await self.application.bot.send_invoice(
             reply_parameters=_reply_parameters(reply_to),
+            message_thread_id=thread_id,
             chat_id=chat_id,
             title=f"Lunara {chosen.title}",
             description=f"{chosen.title} plan for 30 days",
@@ -368,7 +379,7 @@ class TelegramBot:
                     raise  # the error handler says so; the sweep tries it again
                 # Answered with an apology, never replayed.
                 outgoing = self.errors.apologies(update, error)
-            await self.outbox.answer(*key, outgoing)
+            await self.outbox.answer(*key, outgoing, thread_id=topic_of(message))
         finally:
             self.in_hand.discard(key)
 
@@ -455,6 +466,10 @@ class TelegramBot:
             logger.info("user %d %s the bot; marked %s", change.chat.id,
                         "unblocked" if active else "blocked",
                         "active" if active else "inactive")  # fmt: skip
+
+    async def _on_migrate(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        if update.effective_message is not None:
+            await follow_migration(self.db, update.effective_message)
 
     async def _on_pre_checkout(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.pre_checkout_query

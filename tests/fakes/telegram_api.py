@@ -324,11 +324,16 @@ class FakeTelegram(BackgroundServer):
         return self._push({k: v for k, v in earlier.items() if k != "update_id"})
 
     def push_text(self, user_id: int, text: str, chat_type: str = "private",
-                  username: str | None = None, replying_to: str | None = None) -> int:  # fmt: skip
+                  username: str | None = None, replying_to: str | None = None,
+                  topic: int | None = None) -> int:  # fmt: skip
         """Queue a message update; text starting with "/" carries a bot_command entity.
-        With `replying_to`, it replies to an earlier message of the sender with that text."""
-        message = self._message(user_id, chat_type, username)
+        With `replying_to`, it replies to an earlier message of the sender with that text;
+        with `topic`, it is posted in that topic of a forum supergroup."""
+        message = self._message(user_id, "supergroup" if topic else chat_type, username)
         message["text"] = text
+        if topic is not None:
+            message["chat"]["is_forum"] = True
+            message.update(message_thread_id=topic, is_topic_message=True)
         if replying_to is not None:
             message["reply_to_message"] = {**self._message(user_id, chat_type, username),
                                            "text": replying_to}  # fmt: skip
@@ -359,11 +364,22 @@ class FakeTelegram(BackgroundServer):
         if tell:
             self.push_my_chat_member(user_id, "kicked", "member")
 
-    def migrate(self, group_id: int, supergroup_id: int) -> None:
+    def migrate(self, group_id: int, supergroup_id: int, *, tell: bool = False) -> None:
         """The group became a supergroup: sends to the old id get 400 with
-        `parameters.migrate_to_chat_id`, as Telegram answers."""
+        `parameters.migrate_to_chat_id`, as Telegram answers; with `tell`, the bot gets
+        the service messages Telegram posts in both chats."""
         with self._lock:
             self.migrated[group_id] = supergroup_id
+        if not tell:
+            return
+        for chat, key, other in ((group_id, "migrate_to_chat_id", supergroup_id),
+                                 (supergroup_id, "migrate_from_chat_id", group_id)):  # fmt: skip
+            message = self._message(BOT_ID, "group", None)
+            message["chat"] = {"id": chat, "title": "group",
+                               "type": "group" if chat == group_id else "supergroup"}  # fmt: skip
+            message["from"] = {"id": 777, "is_bot": False, "first_name": "owner"}
+            message[key] = other
+            self._push({"message": message})
 
     def push_my_chat_member(self, user_id: int, old: str, new: str,
                             chat_type: str = "private") -> int:  # fmt: skip
@@ -735,6 +751,7 @@ class FakeTelegram(BackgroundServer):
                               "parse_mode": params.get("parse_mode"),
                               "message_id": message["message_id"],
                               "reply_to": _reply_to(params),
+                              "thread_id": params.get("message_thread_id"),
                               "reply_markup": params.get("reply_markup"),
                               "at": time.time()})  # fmt: skip
         return message
