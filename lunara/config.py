@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         20, ge=1, le=10_000, validation_alias="LUNARA_RATE_LIMIT_PER_MINUTE"
     )
+    paysupport_text: str | None = Field(
+        None, max_length=3000, validation_alias="LUNARA_PAYSUPPORT_TEXT"
+    )
+    terms_text: str | None = Field(None, max_length=3000, validation_alias="LUNARA_TERMS_TEXT")
     # Exchange
     binance_api_base_url: str | None = Field(None, validation_alias="BINANCE_API_BASE_URL")
     public_data_url: str = Field(

@@ -23,7 +23,7 @@ from typing import Any
 import aiosqlite
 from telegram import LabeledPrice, Message, ReplyParameters, Update, User
 from telegram.constants import ChatMemberStatus, ChatType
-from telegram.error import NetworkError, RetryAfter, TelegramError
+from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
     ChatMemberHandler,
@@ -85,6 +85,8 @@ CRASH_REPORT_KEY = "crash-report"
 START_RETRY_FIRST_S = 0.5
 START_RETRY_MAX_S = 30.0
 """Waits between attempts to reach Telegram at start: doubling from the first to the most."""
+CHARGE_ALREADY_REFUNDED = "CHARGE_ALREADY_REFUNDED"
+"""The Bot API's refusal to refund a charge refunded before."""
 CONNECTION_POOL = 256  # python-telegram-bot's own default for concurrent updates
 
 
@@ -315,7 +317,12 @@ class TelegramBot:
             logger.warning("could not delete a message carrying keys: %s", type(error).__name__)
 
     async def _refund(self, user_id: int, charge_id: str) -> None:
-        await self.application.bot.refund_star_payment(user_id, charge_id)
+        try:
+            await self.application.bot.refund_star_payment(user_id, charge_id)
+        except BadRequest as error:
+            if CHARGE_ALREADY_REFUNDED in error.message.upper():
+                raise payments.AlreadyRefunded(charge_id) from None
+            raise
 
     # -- handlers -----------------------------------------------------------------------
 

@@ -255,6 +255,7 @@ class FakeTelegram(BackgroundServer):
     migrated: dict[int, int] = field(default_factory=dict)  # group -> its supergroup
     too_many_requests: int = 0  # sends refused with 429 by the flood limits
     forbidden: int = 0  # sends refused with 403 (blocked)
+    refunded_charges: set[str] = field(default_factory=set)  # refunded, here or by support
 
     name = "fake-telegram"
 
@@ -808,7 +809,12 @@ class FakeTelegram(BackgroundServer):
 
     async def _api_refundStarPayment(self, token: str, params: dict[str, Any],
                                      request: web.Request) -> bool:  # fmt: skip
+        """A charge is refunded once: again, 400 CHARGE_ALREADY_REFUNDED, as Telegram says."""
+        charge = str(params["telegram_payment_charge_id"])
         with self._lock:
+            if charge in self.refunded_charges:
+                raise _ApiError(400, "Bad Request: CHARGE_ALREADY_REFUNDED")
+            self.refunded_charges.add(charge)
             self.refunds.append(params)
         return True
 
