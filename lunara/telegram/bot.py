@@ -48,6 +48,7 @@ from lunara.storage import outbox as outbox_store
 from lunara.storage.database import RecordNotFound
 from lunara.storage.outbox import Outgoing, Priority
 from lunara.telegram import formatting as fmt
+from lunara.telegram import menus
 from lunara.telegram.chats import follow_migration, topic_of
 from lunara.telegram.commands import COMMANDS, EXPECTED_ERRORS, CommandContext, Deps
 from lunara.telegram.errors import (
@@ -523,6 +524,11 @@ class TelegramBot:
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         await self.errors.on_error(update, context.error)
 
+    async def publish_menus(self) -> int:
+        """The command menus of each audience (`lunara.telegram.menus`)."""
+        chosen = menus.menus(COMMANDS.values(), self.admin_ids(), self.guard.may)
+        return await menus.publish(self.application.bot, chosen)
+
     def admin_ids(self) -> list[int]:
         ids = []
         for principal in self.guard.manifest.principals:
@@ -572,6 +578,7 @@ class TelegramService:
                     if not replayed:
                         await self._replay_unfinished()
                         replayed = True
+                        await bot.publish_menus()
                     await self._poll(stop, lease)
                 finally:
                     with contextlib.suppress(Exception):

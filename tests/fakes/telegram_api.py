@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import threading
 import time
 from collections import defaultdict
@@ -54,6 +55,9 @@ PARSE_ERROR = "Bad Request: can't parse entities"
 OVERLAP_SETTLE_S = 0.05
 BLOCKED = "Forbidden: bot was blocked by the user"
 MIGRATED = "Bad Request: group chat was upgraded to a supergroup chat"
+SCOPES = frozenset({"default", "all_private_chats", "all_group_chats",
+                    "all_chat_administrators", "chat", "chat_administrators", "chat_member"})  # fmt: skip
+COMMAND_NAME = re.compile(r"[a-z0-9_]{1,32}")
 FLOODED_METHODS = frozenset({"sendMessage", "sendInvoice", "editMessageText"})
 """The methods that send a message and so count against the flood limits."""
 
@@ -242,7 +246,8 @@ class FakeTelegram(BackgroundServer):
     callback_answers: list[dict[str, Any]] = field(default_factory=list)
     refunds: list[dict[str, Any]] = field(default_factory=list)
     chat_actions: list[dict[str, Any]] = field(default_factory=list)
-    commands: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[dict[str, Any]] = field(default_factory=list)  # the last menu set
+    menus: dict[str, list[str]] = field(default_factory=dict)  # scope -> its command names
     deleted: list[tuple[int, int]] = field(default_factory=list)
     rejected: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     polls: list[PollRecord] = field(default_factory=list)
@@ -688,8 +693,27 @@ class FakeTelegram(BackgroundServer):
 
     async def _api_setMyCommands(self, token: str, params: dict[str, Any],
                                  request: web.Request) -> bool:  # fmt: skip
+        """Checked as Telegram checks it: a known scope, names of 1-32 lower-case letters,
+        digits and underscores, descriptions of 1-256 characters, at most 100 commands.
+        Kept per scope (`menus`): "default", "all_private_chats", "chat:<id>"..."""
+        commands = list(params.get("commands") or [])
+        scope = params.get("scope") or {"type": "default"}
+        kind = scope.get("type") if isinstance(scope, dict) else None
+        if kind not in SCOPES or (kind in ("chat", "chat_administrators", "chat_member")
+                                  and "chat_id" not in scope):  # fmt: skip
+            raise _ApiError(400, "Bad Request: BOT_COMMAND_SCOPE_INVALID")
+        if len(commands) > 100:
+            raise _ApiError(400, "Bad Request: too many commands")
+        for entry in commands:
+            name, description = str(entry.get("command", "")), str(entry.get("description", ""))
+            if not COMMAND_NAME.fullmatch(name):
+                raise _ApiError(400, "Bad Request: BOT_COMMAND_INVALID")
+            if not 1 <= len(description) <= 256:
+                raise _ApiError(400, "Bad Request: BOT_COMMAND_DESCRIPTION_INVALID")
+        key = kind if "chat_id" not in scope else f"{kind}:{scope['chat_id']}"
         with self._lock:
-            self.commands = list(params.get("commands") or [])
+            self.commands = commands
+            self.menus[key] = [str(entry["command"]) for entry in commands]
         return True
 
     async def _api_getUpdates(self, token: str, params: dict[str, Any],
