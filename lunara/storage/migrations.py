@@ -230,6 +230,10 @@ _ORDER_EXIT_REASON = ("ALTER TABLE orders ADD COLUMN exit_reason TEXT",)
 # part of a long one too (Telegram puts a message without one in the General topic).
 _OUTBOX_TOPICS = ("ALTER TABLE outbox ADD COLUMN thread_id INTEGER",)
 
+# Which expiry of a user's paid plan they were told of: a plan ending is told once,
+# and a renewed plan ending later is told again.
+_PLAN_EXPIRY_TOLD = ("ALTER TABLE users ADD COLUMN plan_expiry_told REAL",)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _CORE_TABLES),
     Migration(2, "trailing stops and payment refunds", _TRAILING_STOPS_AND_REFUNDS),
@@ -239,6 +243,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "the outbox of every message sent", _OUTBOX),
     Migration(7, "why an exit order was placed", _ORDER_EXIT_REASON),
     Migration(8, "forum topics of outgoing messages", _OUTBOX_TOPICS),
+    Migration(9, "plan expiries told", _PLAN_EXPIRY_TOLD),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
