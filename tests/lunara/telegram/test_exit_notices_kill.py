@@ -5,8 +5,8 @@ the notice of their exit exactly once, but for the one case the Bot API cannot p
 through the real order path. The bot runs as in production (`python -m lunara`, its own
 process) on a replayed market whose one candle closes at 30,000, against the fake Bot
 API with Telegram's flood limits in this process: its first tick triggers all 200
-stops. The bot is killed as soon as the first notice arrives (while the exits are still
-being recorded), then after 70 and 140, and started again each time. Each exit's notice
+stops. The bot is killed first while the exits are being recorded (20 of them closed),
+then after 70 and 140 notices arrived, and started again each time. Each exit's notice
 is written in the exit's own transaction (`lunara.trading.notices`), so afterwards every
 position is closed and each trader holds exactly one notice; a second copy is excused
 (and counted) only when the first reached Telegram within `CAUGHT_WINDOW_S` of a kill
@@ -16,7 +16,9 @@ and the second came after it (sent, not yet marked sent, when the process died).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 from collections import defaultdict
 from collections.abc import Callable
 from decimal import Decimal
@@ -36,7 +38,8 @@ from tests.lunara.telegram.conftest import TOKEN, write_manifest
 from tests.lunara.telegram.test_outbox_kill import CAUGHT_WINDOW_S, REPO_ROOT, Bot, wait_until
 
 TRADERS = range(30_000, 30_200)
-KILL_AFTER = (1, 70, 140)  # notices delivered when each SIGKILL lands
+KILL_AMID_EXITS = 20  # positions closed when the first SIGKILL lands (of 200)
+KILL_AFTER = (70, 140)  # notices delivered when each later SIGKILL lands
 ENTRY = Decimal(50_000)
 STOP = TrailingParams(stoploss=-0.05, trailing_stop=False)
 NOTICE = "Stop loss hit: sold"
@@ -110,15 +113,25 @@ def test_sigkills_during_a_burst_of_200_stop_exits_deliver_each_notice_exactly_o
         def notices() -> int:
             return sum(1 for m in fake.sent_messages() if m["text"].startswith(NOTICE))
 
+        def closed() -> int:
+            uri = f"{(home / 'lunara.db').resolve().as_uri()}?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+                row = db.execute("SELECT COUNT(*) FROM positions WHERE status = 'closed'")
+                return int(row.fetchone()[0])
+
         def polling(after: int) -> Callable[[], bool]:
             return lambda: fake.polls_by_token.get(TOKEN, 0) > after
 
         kills: list[float] = []
+        open_at_kills: list[int] = []
+        moments = [(lambda: closed() >= KILL_AMID_EXITS, f"{KILL_AMID_EXITS} exits recorded")]
+        moments += [(lambda t=t: notices() >= t, f"{t} notices") for t in KILL_AFTER]
         try:
             bot.start()
-            for threshold in KILL_AFTER:
-                wait_until(lambda t=threshold: notices() >= t, 60, f"{threshold} notices")
+            for moment, what in moments:
+                wait_until(moment, 60, what)
                 kills.append(bot.kill())
+                open_at_kills.append(asyncio.run(final_state(home / "lunara.db"))[0])
                 polls = fake.polls_by_token.get(TOKEN, 0)
                 bot.start()
                 wait_until(polling(polls), 60, "the restarted bot to poll")
@@ -152,8 +165,10 @@ def test_sigkills_during_a_burst_of_200_stop_exits_deliver_each_notice_exactly_o
         else:
             uncaught.append(user_id)
     print(f"notices: {len(sent)} to {len(by_trader)} traders; duplicates caught by a kill: "
-          f"{len(caught)}; 429s: {too_many}")  # fmt: skip
+          f"{len(caught)}; 429s: {too_many}; positions still open at each kill: "
+          f"{open_at_kills}")  # fmt: skip
     assert set(by_trader) == set(TRADERS) and uncaught == []
+    assert open_at_kills[0] > 0  # the first kill fell amid the exits
     still_open, rows = asyncio.run(final_state(home / "lunara.db"))
     assert still_open == 0
     assert rows["queued"] == 0 and rows["sent"] >= len(TRADERS)
