@@ -3,7 +3,7 @@
 `Outbox` writes messages (`lunara.storage.outbox`), split under Telegram's length
 limit, and wakes the sender. `OutboxSender` is the one sender: it takes the next row of
 each chat in priority order (answers, then notifications, then broadcasts) and sends
-it through python-telegram-bot, paced by aiolimiter leaky buckets kept inside
+it (into its forum topic, if it has one) through python-telegram-bot, paced by aiolimiter leaky buckets kept inside
 Telegram's flood limits (`SendLimits`): about 30 messages a second for the bot, 1 a
 second sustained to one private chat, 20 a minute to one group. One chat's messages go
 one at a time, in order, so the parts of a long answer arrive in order.
@@ -16,7 +16,8 @@ What Telegram answers decides what happens to a row:
   limit hit was the bot's own;
 - 403 (the user blocked the bot): marked `blocked`, and the user marked inactive when
   it is their private chat (a group that removed the bot deactivates nobody);
-- the group became a supergroup: its queued rows move to the new chat id;
+- the group became a supergroup: its queued rows move to the new chat id (the service
+  message announcing it moves them too, `lunara.telegram.chats`);
 - 400 (refused for good): marked `failed`, logged;
 - a timeout or a network error: tried again, with growing pauses, until it goes.
 
