@@ -3,9 +3,10 @@
 `Outbox` writes messages (`lunara.storage.outbox`), split under Telegram's length
 limit, and wakes the sender. `OutboxSender` is the one sender: it takes the next row of
 each chat in priority order (answers, then notifications, then broadcasts) and sends
-it (into its forum topic, if it has one) through python-telegram-bot, paced by aiolimiter leaky buckets kept inside
-Telegram's flood limits (`SendLimits`): about 30 messages a second for the bot, 1 a
-second sustained to one private chat, 20 a minute to one group. One chat's messages go
+it (into its forum topic, if it has one) through python-telegram-bot, paced by
+aiolimiter leaky buckets kept inside Telegram's flood limits (`SendLimits`): about 30
+messages a second for the bot, 1 a second sustained to one private chat, 20 a minute
+to one group. One chat's messages go
 one at a time, in order, so the parts of a long answer arrive in order.
 
 What Telegram answers decides what happens to a row:
