@@ -59,7 +59,9 @@ class Composition:
 
 async def build_services(settings: Settings, paths: HomePaths) -> Composition:
     """The long-running parts the configuration asks for: the trading engine always,
-    Telegram when a token is set (then also the crash report to the admins)."""
+    Telegram when a token is set (then also the crash report to the admins and the
+    notices of plans that ended)."""
+    from lunara.plan_expiry import PlanExpiryNotices
     from lunara.storage.database import open_database
     from lunara.trading.engine import open_trading
 
@@ -78,6 +80,7 @@ async def build_services(settings: Settings, paths: HomePaths) -> Composition:
         trading.engine.attach_notifier(telegram)
         composition.services.append(telegram.service())
         composition.services.append(CrashReporter(telegram, paths))
+        composition.services.append(PlanExpiryNotices(db, telegram.outbox.wakeup.set))
     composition.services.append(MetricsWriter(paths, trading.engine, telegram))
     composition.services.append(trading.dependency_reporter(paths.dependencies))
     return composition

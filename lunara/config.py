@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     command_max_age_s: float = Field(
         60.0, gt=0, le=86_400, validation_alias="LUNARA_COMMAND_MAX_AGE_SECONDS"
     )
+    paysupport_text: str | None = Field(
+        None, max_length=3000, validation_alias="LUNARA_PAYSUPPORT_TEXT"
+    )
+    terms_text: str | None = Field(None, max_length=3000, validation_alias="LUNARA_TERMS_TEXT")
     # Exchange
     binance_api_base_url: str | None = Field(None, validation_alias="BINANCE_API_BASE_URL")
     public_data_url: str = Field(

@@ -8,6 +8,7 @@ match, payer is the user and is active) before Telegram takes the Stars.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import aiosqlite
@@ -20,6 +21,19 @@ if TYPE_CHECKING:
     from lunara.telegram.commands import Deps
 
 STARS = "XTR"
+
+
+class AlreadyRefunded(Exception):
+    """Telegram refused a refund because the charge was refunded already (through
+    Telegram's own support, say): raised by the `refund` the Telegram layer provides."""
+
+
+class Refund(StrEnum):
+    """What `/refund` did."""
+
+    REFUNDED = "refunded"  # the Stars went back and the plan period was taken back
+    ALREADY = "already"  # recorded as refunded before: nothing was done
+    ALREADY_ON_TELEGRAM = "already_on_telegram"  # Telegram had refunded it; now recorded
 
 
 def invoice_payload(plan: plan_book.Plan, user_id: int) -> str:
@@ -63,11 +77,19 @@ async def record_payment(
     )
 
 
-async def refund_payment(deps: Deps, charge_id: str) -> None:
-    """Give the Stars back through Telegram first, then take the plan period back."""
+async def refund_payment(deps: Deps, charge_id: str) -> tuple[Refund, payments.Payment]:
+    """Give the Stars back through Telegram first, then take the plan period back. A
+    charge refunded already is not refunded again: recorded so, it is left alone;
+    refunded on Telegram's side only, it is recorded now."""
     payment = await payments.get(deps.db, charge_id)
     if payment is None:
         raise RecordNotFound(f"payment {charge_id} is not recorded")
-    if payment.status is not payments.PaymentStatus.REFUNDED:
+    if payment.status is payments.PaymentStatus.REFUNDED:
+        return Refund.ALREADY, payment
+    result = Refund.REFUNDED
+    try:
         await deps.refund(payment.user_id, charge_id)
-    await payments.refund(deps.db, charge_id)
+    except AlreadyRefunded:
+        result = Refund.ALREADY_ON_TELEGRAM
+    outcome = await payments.refund(deps.db, charge_id)
+    return result, outcome.payment

@@ -62,6 +62,11 @@ def render() -> str:
         "Who may run a command is the manifest's business: each declares a permission, and",
         "a role grants permissions (`tg.trade.*` for traders, `tg.admin.*` for admins).",
         "",
+        "At start the bot sets Telegram's command menus: in every chat, the commands",
+        "anyone may send there (no admin command, none answered in private only); in",
+        "private chats, the traders' commands; in each admin's own chat (the manifest's",
+        "admins), every command that admin may run.",
+        "",
         "| command | does | permission | for |",
         "|---|---|---|---|",
     ]

@@ -50,6 +50,8 @@ from lunara.storage import outbox as outbox_store
 from lunara.storage.database import RecordNotFound
 from lunara.storage.outbox import Outgoing, Priority
 from lunara.telegram import formatting as fmt
+from lunara.telegram import menus
+from lunara.telegram.chats import follow_migration
 from lunara.telegram.commands import COMMANDS, EXPECTED_ERRORS, CommandContext, Deps
 from lunara.telegram.errors import (
     STATE_FILE,
@@ -101,6 +103,8 @@ CRASH_REPORT_KEY = "crash-report"
 START_RETRY_FIRST_S = 0.5
 START_RETRY_MAX_S = 30.0
 """Waits between attempts to reach Telegram at start: doubling from the first to the most."""
+CHARGE_ALREADY_REFUNDED = "CHARGE_ALREADY_REFUNDED"
+"""The Bot API's refusal to refund a charge refunded before."""
 CONNECTION_POOL = 256  # python-telegram-bot's own default for concurrent updates
 CONCURRENT_UPDATES = 64
 """Updates handled at once, across users (each user's own run one at a time, in order)."""
@@ -191,6 +195,7 @@ class TelegramBot:
         app.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, self._on_text))
         app.add_handler(MessageHandler(filters.UpdateType.EDITED_MESSAGE, self._on_edit))
         app.add_handler(CallbackQueryHandler(self._on_callback_query))
+        app.add_handler(MessageHandler(new & filters.StatusUpdate.MIGRATE, self._on_migrate))
         app.add_handler(PreCheckoutQueryHandler(self._on_pre_checkout))
         app.add_handler(
             ChatMemberHandler(self._on_my_chat_member, ChatMemberHandler.MY_CHAT_MEMBER)
@@ -234,19 +239,28 @@ class TelegramBot:
         ])  # fmt: skip
         return len(admins)
 
-    async def send_text(self, chat_id: int, text: str, reply_to: int | None) -> None:
+    async def send_text(
+        self, chat_id: int, text: str, reply_to: int | None, thread_id: int | None = None
+    ) -> None:
         """Send one queued message (`lunara.telegram.outbox.Transport`)."""
         await self.application.bot.send_message(
-            chat_id, text, parse_mode="HTML", reply_parameters=_reply_parameters(reply_to)
+            chat_id,
+            text,
+            parse_mode="HTML",
+            reply_parameters=_reply_parameters(reply_to),
+            message_thread_id=thread_id,
         )
 
-    async def send_invoice(self, chat_id: int, plan: str, reply_to: int | None) -> None:
+    async def send_invoice(
+        self, chat_id: int, plan: str, reply_to: int | None, thread_id: int | None = None
+    ) -> None:
         """Send one queued invoice (`lunara.telegram.outbox.Transport`)."""
         chosen = plan_book.plan_named(plan)
         if chosen is None:
             raise LookupError(f"no plan named {plan!r}")
         await self.application.bot.send_invoice(
             reply_parameters=_reply_parameters(reply_to),
+            message_thread_id=thread_id,
             chat_id=chat_id,
             title=f"Lunara {chosen.title}",
             description=f"{chosen.title} plan for 30 days",
@@ -263,7 +277,12 @@ class TelegramBot:
             logger.warning("could not delete a message carrying keys: %s", type(error).__name__)
 
     async def _refund(self, user_id: int, charge_id: str) -> None:
-        await self.application.bot.refund_star_payment(user_id, charge_id)
+        try:
+            await self.application.bot.refund_star_payment(user_id, charge_id)
+        except BadRequest as error:
+            if CHARGE_ALREADY_REFUNDED in error.message.upper():
+                raise payments.AlreadyRefunded(charge_id) from None
+            raise
 
     # -- handlers -----------------------------------------------------------------------
 
@@ -439,6 +458,10 @@ class TelegramBot:
                         "active" if active else "inactive")  # fmt: skip
         return []
 
+    async def _on_migrate(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        if update.effective_message is not None:
+            await follow_migration(self.db, update.effective_message)
+
     async def _on_pre_checkout(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.pre_checkout_query
         if query is None:
@@ -483,6 +506,11 @@ class TelegramBot:
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         await self.errors.on_error(update, context.error)
+
+    async def publish_menus(self) -> int:
+        """The command menus of each audience (`lunara.telegram.menus`)."""
+        chosen = menus.menus(COMMANDS.values(), self.admin_ids(), self.guard.may)
+        return await menus.publish(self.application.bot, chosen)
 
     def admin_ids(self) -> list[int]:
         ids = []
@@ -533,6 +561,7 @@ class TelegramService:
                     if not replayed:
                         await self._replay_unfinished()
                         replayed = True
+                        await bot.publish_menus()
                     await self._poll(stop, lease)
                 finally:
                     with contextlib.suppress(Exception):

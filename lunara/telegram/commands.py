@@ -397,10 +397,51 @@ async def refund(ctx: CommandContext) -> None:
     if len(ctx.arguments) != 1 or len(ctx.arguments[0]) > 128:
         await ctx.usage()
         return
-    from lunara.payments import refund_payment
+    from lunara.payments import Refund, refund_payment
 
-    await refund_payment(ctx.deps, ctx.arguments[0])
-    await ctx.reply(f"Refunded {fmt.escape(ctx.arguments[0])}.")
+    charge = fmt.code(ctx.arguments[0])
+    result, payment = await refund_payment(ctx.deps, ctx.arguments[0])
+    when = datetime.fromtimestamp(payment.refunded_at or ctx.deps.clock(), UTC)
+    stars = f"{payment.amount_stars} Stars to user {payment.user_id}"
+    if result is Refund.ALREADY:
+        await ctx.reply(
+            f"Payment {charge} was already refunded on {when:%Y-%m-%d %H:%M} UTC "
+            f"({stars}): nothing was done."
+        )
+    elif result is Refund.ALREADY_ON_TELEGRAM:
+        await ctx.reply(
+            f"Telegram says payment {charge} was already refunded ({stars}); it is now "
+            "recorded as refunded and its plan period taken back. Nothing was paid twice."
+        )
+    else:
+        await ctx.reply(f"Refunded {charge}: {stars}; the plan period it bought is taken back.")
+
+
+PAYSUPPORT_TEXT = (
+    "Help with a payment: contact the operator of this bot. Tell them when you paid, "
+    "how many Stars, and what went wrong; the receipt in this chat shows the first two. "
+    "Telegram's own support cannot help with purchases made in bots."
+)
+"""What /paysupport answers unless LUNARA_PAYSUPPORT_TEXT says otherwise."""
+
+
+def terms_text() -> str:
+    """What /terms answers unless LUNARA_TERMS_TEXT says otherwise."""
+    days = plan_book.PLAN_PERIOD_S // (24 * 3600)
+    return (
+        f"Plans are paid in Telegram Stars and last {days} days from the payment; one not "
+        "paid again falls back to the free plan. A refund gives the Stars back and ends "
+        "the period it bought; ask with /paysupport. Lunara is trading software, not "
+        "financial advice: trading crypto can lose money, and paper mode trades none."
+    )
+
+
+async def paysupport(ctx: CommandContext) -> None:
+    await ctx.reply(fmt.escape(ctx.deps.settings.paysupport_text or PAYSUPPORT_TEXT))
+
+
+async def terms(ctx: CommandContext) -> None:
+    await ctx.reply(fmt.escape(ctx.deps.settings.terms_text or terms_text()))
 
 
 def _command(*args: Any, **kwargs: Any) -> tuple[str, Command]:
@@ -471,6 +512,14 @@ COMMANDS: dict[str, Command] = dict(
             subscribe,
             private_only=True,
         ),
+        _command(
+            "paysupport",
+            "tg.info.paysupport",
+            "/paysupport",
+            "help with a payment",
+            paysupport,
+        ),
+        _command("terms", "tg.info.terms", "/terms", "the terms of the plans", terms),
         _command("users", "tg.admin.users", "/users", "list users", users_command),
         _command("user", "tg.admin.user", "/user ID", "one user's details", user_command),
         _command(

@@ -25,6 +25,7 @@ from telegram.ext import ExtBot
 from lunara.dependencies import Watch
 from lunara.storage import handled
 from lunara.storage.outbox import Outgoing
+from lunara.telegram.chats import topic_of
 from lunara.telegram.errors import is_retryable, mark_telegram
 from lunara.telegram.outbox import Outbox
 from lunara.telegram.updates import Entry, inbox_entry_of
@@ -138,7 +139,9 @@ class Inbox:
                     raise  # the error handler says so; the sweep tries it again
                 # Answered with an apology, never replayed.
                 outgoing = self._apologies(update, error)
-            await self.outbox.answer(*key, outgoing)
+            message = update.effective_message
+            thread = topic_of(message) if message is not None else None
+            await self.outbox.answer(*key, outgoing, thread_id=thread)
         finally:
             self.in_hand.discard(key)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import threading
 import time
 from collections import defaultdict
@@ -63,6 +64,9 @@ BLOCKED = "Forbidden: bot was blocked by the user"
 MIGRATED = "Bad Request: group chat was upgraded to a supergroup chat"
 DEFAULT_UNDELIVERED = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
 """The kinds Telegram does not deliver unless `allowed_updates` names them."""
+SCOPES = frozenset({"default", "all_private_chats", "all_group_chats",
+                    "all_chat_administrators", "chat", "chat_administrators", "chat_member"})  # fmt: skip
+COMMAND_NAME = re.compile(r"[a-z0-9_]{1,32}")
 FLOODED_METHODS = frozenset({"sendMessage", "sendInvoice", "editMessageText"})
 """The methods that send a message and so count against the flood limits."""
 
@@ -251,7 +255,8 @@ class FakeTelegram(BackgroundServer):
     callback_answers: list[dict[str, Any]] = field(default_factory=list)
     refunds: list[dict[str, Any]] = field(default_factory=list)
     chat_actions: list[dict[str, Any]] = field(default_factory=list)
-    commands: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[dict[str, Any]] = field(default_factory=list)  # the last menu set
+    menus: dict[str, list[str]] = field(default_factory=dict)  # scope -> its command names
     deleted: list[tuple[int, int]] = field(default_factory=list)
     rejected: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     polls: list[PollRecord] = field(default_factory=list)
@@ -266,6 +271,7 @@ class FakeTelegram(BackgroundServer):
     forbidden: int = 0  # sends refused with 403 (blocked)
     allowed_updates_asked: list[list[str]] = field(default_factory=list)  # as getUpdates asked
     withheld: list[dict[str, Any]] = field(default_factory=list)  # kinds not asked for: dropped
+    refunded_charges: set[str] = field(default_factory=set)  # refunded, here or by support
 
     name = "fake-telegram"
 
@@ -339,12 +345,16 @@ class FakeTelegram(BackgroundServer):
 
     def push_text(self, user_id: int, text: str, chat_type: str = "private",
                   username: str | None = None, replying_to: str | None = None,
-                  sent_at: float | None = None) -> int:  # fmt: skip
+                  sent_at: float | None = None, topic: int | None = None) -> int:  # fmt: skip
         """Queue a message update; text starting with "/" carries a bot_command entity.
         With `replying_to`, it replies to an earlier message of the sender with that text;
-        with `sent_at` (epoch seconds), it was typed then (its `date`), not now."""
-        message = self._message(user_id, chat_type, username, sent_at)
+        with `sent_at` (epoch seconds), it was typed then (its `date`), not now; with
+        `topic`, it is posted in that topic of a forum supergroup."""
+        message = self._message(user_id, "supergroup" if topic else chat_type, username, sent_at)
         _set_text(message, text)
+        if topic is not None:
+            message["chat"]["is_forum"] = True
+            message.update(message_thread_id=topic, is_topic_message=True)
         if replying_to is not None:
             message["reply_to_message"] = {**self._message(user_id, chat_type, username),
                                            "text": replying_to}  # fmt: skip
@@ -385,11 +395,22 @@ class FakeTelegram(BackgroundServer):
             self.blocked.discard(user_id)
         return self.push_my_chat_member(user_id, "kicked", "member") if tell else None
 
-    def migrate(self, group_id: int, supergroup_id: int) -> None:
+    def migrate(self, group_id: int, supergroup_id: int, *, tell: bool = False) -> None:
         """The group became a supergroup: sends to the old id get 400 with
-        `parameters.migrate_to_chat_id`, as Telegram answers."""
+        `parameters.migrate_to_chat_id`, as Telegram answers; with `tell`, the bot gets
+        the service messages Telegram posts in both chats."""
         with self._lock:
             self.migrated[group_id] = supergroup_id
+        if not tell:
+            return
+        for chat, key, other in ((group_id, "migrate_to_chat_id", supergroup_id),
+                                 (supergroup_id, "migrate_from_chat_id", group_id)):  # fmt: skip
+            message = self._message(BOT_ID, "group", None)
+            message["chat"] = {"id": chat, "title": "group",
+                               "type": "group" if chat == group_id else "supergroup"}  # fmt: skip
+            message["from"] = {"id": 777, "is_bot": False, "first_name": "owner"}
+            message[key] = other
+            self._push({"message": message})
 
     def push_my_chat_member(self, user_id: int, old: str, new: str,
                             chat_type: str = "private") -> int:  # fmt: skip
@@ -699,8 +720,27 @@ class FakeTelegram(BackgroundServer):
 
     async def _api_setMyCommands(self, token: str, params: dict[str, Any],
                                  request: web.Request) -> bool:  # fmt: skip
+        """Checked as Telegram checks it: a known scope, names of 1-32 lower-case letters,
+        digits and underscores, descriptions of 1-256 characters, at most 100 commands.
+        Kept per scope (`menus`): "default", "all_private_chats", "chat:<id>"..."""
+        commands = list(params.get("commands") or [])
+        scope = params.get("scope") or {"type": "default"}
+        kind = scope.get("type") if isinstance(scope, dict) else None
+        if kind not in SCOPES or (kind in ("chat", "chat_administrators", "chat_member")
+                                  and "chat_id" not in scope):  # fmt: skip
+            raise _ApiError(400, "Bad Request: BOT_COMMAND_SCOPE_INVALID")
+        if len(commands) > 100:
+            raise _ApiError(400, "Bad Request: too many commands")
+        for entry in commands:
+            name, description = str(entry.get("command", "")), str(entry.get("description", ""))
+            if not COMMAND_NAME.fullmatch(name):
+                raise _ApiError(400, "Bad Request: BOT_COMMAND_INVALID")
+            if not 1 <= len(description) <= 256:
+                raise _ApiError(400, "Bad Request: BOT_COMMAND_DESCRIPTION_INVALID")
+        key = kind if "chat_id" not in scope else f"{kind}:{scope['chat_id']}"
         with self._lock:
-            self.commands = list(params.get("commands") or [])
+            self.commands = commands
+            self.menus[key] = [str(entry["command"]) for entry in commands]
         return True
 
     async def _api_getUpdates(self, token: str, params: dict[str, Any],
@@ -789,6 +829,7 @@ class FakeTelegram(BackgroundServer):
                               "parse_mode": params.get("parse_mode"),
                               "message_id": message["message_id"],
                               "reply_to": _reply_to(params),
+                              "thread_id": params.get("message_thread_id"),
                               "reply_markup": params.get("reply_markup"),
                               "at": time.time()})  # fmt: skip
         return message
@@ -845,7 +886,12 @@ class FakeTelegram(BackgroundServer):
 
     async def _api_refundStarPayment(self, token: str, params: dict[str, Any],
                                      request: web.Request) -> bool:  # fmt: skip
+        """A charge is refunded once: again, 400 CHARGE_ALREADY_REFUNDED, as Telegram says."""
+        charge = str(params["telegram_payment_charge_id"])
         with self._lock:
+            if charge in self.refunded_charges:
+                raise _ApiError(400, "Bad Request: CHARGE_ALREADY_REFUNDED")
+            self.refunded_charges.add(charge)
             self.refunds.append(params)
         return True
 
