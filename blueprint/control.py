@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import sys
 import time
@@ -45,6 +44,7 @@ from blueprint.process import (
     tree_rss_bytes,
     wait_gone,
 )
+from blueprint.redaction import Redactor, secrets_in_environ
 
 if TYPE_CHECKING:
     from blueprint.ledger import ExitRecord, Ledger, LedgerDocument, ProcessRecord
@@ -60,12 +60,6 @@ EXIT_RECORD_WAIT_S = 2.0
 LOG_LINES_ON_FAILURE = 15
 INVALID_CONFIG_NOTE = (
     "invalid configuration (last_exit.reason says what): not restarted; fix it, then start"
-)
-_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
-_SECRET_SHAPES = (
-    (re.compile(r"\b\d{6,}:[A-Za-z0-9_-]{30,}\b"), "[redacted]"),  # Telegram bot tokens
-    (re.compile(r"(?i)\b(\w*(?:token|key|secret|passw(?:or)?d)\w*)=\S+"), r"\1=[redacted]"),
-    (re.compile(r"(?i)(rediss?://[^:@/\s]*:)[^@\s]+@"), r"\1[redacted]@"),
 )
 
 
@@ -164,12 +158,7 @@ def decide_state(stored: str, facts: Liveness, invalid_config: bool = False) -> 
 
 def redact(text: str, environ: Mapping[str, str]) -> str:
     """Blank out secrets before log lines go into an error message."""
-    for name, value in environ.items():
-        if _SECRET_NAME.search(name) and len(value) >= 6:
-            text = text.replace(value, "[redacted]")
-    for shape, replacement in _SECRET_SHAPES:
-        text = shape.sub(replacement, text)
-    return text
+    return Redactor(secrets_in_environ(environ)).redact(text)
 
 
 # -- reports ----------------------------------------------------------------------------

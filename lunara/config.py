@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from blueprint.envfile import read_env_file
 from blueprint.errors import ConfigError
 from blueprint.paths import HomePaths
+from blueprint.redaction import Redactor
 
 DEFAULT_ENV_FILE = Path(".env")
 
@@ -277,7 +278,9 @@ class Settings(BaseSettings):
 
     def redacted(self) -> dict[str, str | int | float | bool]:
         """Every variable and its effective value, secrets reduced to whether they are set;
-        numbers and flags stay numbers and flags (``config show --json``)."""
+        numbers and flags stay numbers and flags (``config show --json``). Other text
+        goes through the redactor too: `REDIS_URL` may carry a password."""
+        redactor = Redactor()
         shown: dict[str, str | int | float | bool] = {}
         for name, field in type(self).model_fields.items():
             variable = str(field.validation_alias)
@@ -295,7 +298,7 @@ class Settings(BaseSettings):
             elif isinstance(value, Decimal):
                 shown[variable] = float(value)
             else:
-                shown[variable] = str(value)
+                shown[variable] = redactor.redact(str(value))
         return shown
 
 

@@ -43,6 +43,15 @@ def test_config_show_redacts_every_secret(cli: Cli) -> None:
     assert "redacted" in shown["TELEGRAM_BOT_TOKEN"]
 
 
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+def test_config_show_keeps_the_redis_url_but_not_its_password(cli: Cli, as_json: bool) -> None:
+    url = "redis://lunara:hunter2xyz@127.0.0.1:1/3"
+    result = run(cli, "config", "show", *(["--json"] if as_json else []), REDIS_URL=url)
+    assert result.returncode == 0, result.stderr
+    assert "hunter2xyz" not in result.stdout
+    assert "redis://lunara:[redacted]@127.0.0.1:1/3" in result.stdout
+
+
 def test_invalid_configuration_exits_6_naming_the_variable(cli: Cli) -> None:
     result = run(cli, "config", "show", LUNARA_MODE="yolo")
     assert result.returncode == 6
