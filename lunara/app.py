@@ -59,10 +59,22 @@ class Composition:
 async def build_services(settings: Settings, paths: HomePaths) -> Composition:
     """The long-running parts the configuration asks for: the trading engine always,
     Telegram when a token is set (then also the crash report to the admins)."""
+    composition = Composition()
+    try:
+        await _compose(composition, settings, paths)
+    except BaseException:
+        # A part refused its configuration (a bad replay file, manifest or key): close
+        # what was opened, or the database's thread keeps the process from exiting and
+        # the watchdog never learns that the bot refused.
+        await composition.aclose()
+        raise
+    return composition
+
+
+async def _compose(composition: Composition, settings: Settings, paths: HomePaths) -> None:
     from lunara.storage.database import open_database
     from lunara.trading.engine import open_trading
 
-    composition = Composition()
     db = await open_database(paths.database)
     composition.closers.append(db.close)
     trading = await open_trading(settings, db=db)
@@ -75,7 +87,6 @@ async def build_services(settings: Settings, paths: HomePaths) -> Composition:
         composition.services.append(telegram.service())
         composition.services.append(CrashReporter(telegram, paths))
     composition.services.append(MetricsWriter(paths, trading.engine, telegram))
-    return composition
 
 
 async def build_telegram(

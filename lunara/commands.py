@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from blueprint.commands import JsonOption, app, finish, options_of
-from blueprint.errors import BlueprintError
+from blueprint.errors import BlueprintError, ConfigError
 from blueprint.session import open_session
 from lunara.command_settings import settings_of
 
@@ -248,8 +248,13 @@ async def _history(settings: Settings, symbol: str) -> list[Candle]:
     from lunara.trading.market import read_klines_csv
 
     if settings.market.kind is MarketKind.REPLAY:
+        from lunara.analysis.candles import CandleFileError
+
         assert settings.market.replay_file is not None
-        return read_klines_csv(settings.market.replay_file)
+        try:
+            return read_klines_csv(settings.market.replay_file)
+        except CandleFileError as error:
+            raise ConfigError(f"invalid configuration: LUNARA_MARKET: {error}") from None
     gateway = None
     if settings.market.kind is MarketKind.BINANCE:
         from lunara.trading.binance import BinanceGateway

@@ -33,6 +33,9 @@ CLI_ONLY_VARIABLES: frozenset[str] = frozenset(
 )
 
 SET_REDACTED = "set (redacted)"
+MIN_TICK_SECONDS = 0.05
+"""A faster tick only burns CPU and memory (each tick allocates per symbol); below this,
+LUNARA_TICK_SECONDS=1e-9 would leave no time between ticks to handle SIGTERM."""
 NOT_SET = "not set"
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{5,20}$")
@@ -119,7 +122,9 @@ class Settings(BaseSettings):
     symbols: tuple[str, ...] = Field(
         ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT"), validation_alias="LUNARA_SYMBOLS"
     )
-    tick_seconds: float = Field(5.0, gt=0, le=3600, validation_alias="LUNARA_TICK_SECONDS")
+    tick_seconds: float = Field(
+        5.0, ge=MIN_TICK_SECONDS, le=3600, validation_alias="LUNARA_TICK_SECONDS"
+    )
     encryption_key: SecretStr | None = Field(None, validation_alias="LUNARA_ENCRYPTION_KEY")
     # Logging
     log_level: LogLevel = Field(LogLevel.INFO, validation_alias="LOG_LEVEL")
