@@ -341,6 +341,54 @@ async def test_stars_payment_upgrades_the_plan_and_refund_takes_it_back(
         assert payment is not None and payment.status is payments.PaymentStatus.REFUNDED
 
 
+async def _paid_pro(bot: RunningBot, fake_telegram: FakeTelegram, charge_id: str) -> None:
+    pro = plan_book.PLANS[plan_book.PlanName.PRO]
+    await bot.ask(TRADER, "/start")
+    payload = payments_flow.invoice_payload(pro, TRADER)
+    fake_telegram.push_successful_payment(TRADER, payload, charge_id, pro.price_stars)
+    await bot.until(lambda: any("plan is active" in m for m in fake_telegram.messages_to(TRADER)))
+
+
+async def test_concurrent_refunds_of_one_charge_make_one_refund_call(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    async with running_bot(fake_telegram, bot_home, send_limits=UNPACED) as bot:
+        await _paid_pro(bot, fake_telegram, "charge-5x")
+        before = len(fake_telegram.messages_to(ADMIN))
+        for _ in range(5):  # one batch of updates, handled concurrently
+            fake_telegram.push_text(ADMIN, "/refund charge-5x", username=f"u{ADMIN}")
+        await bot.until(
+            lambda: len(fake_telegram.messages_to(ADMIN)) >= before + 5, what="five answers"
+        )
+        assert [m for m in fake_telegram.messages_to(ADMIN)[before:]] == ["Refunded charge-5x."] * 5
+        assert [r["telegram_payment_charge_id"] for r in fake_telegram.refunds] == ["charge-5x"]
+        user = await users.require(bot.bot.db, TRADER)
+        assert user.plan == "free"
+
+
+@pytest.mark.parametrize(
+    ("amount_off", "currency"), [(-1, "XTR"), (0, "USD")], ids=["amount", "currency"]
+)
+async def test_a_completed_payment_that_does_not_pay_for_its_plan_grants_nothing(
+    fake_telegram: FakeTelegram, bot_home: Path, amount_off: int, currency: str
+) -> None:
+    pro = plan_book.PLANS[plan_book.PlanName.PRO]
+    async with running_bot(fake_telegram, bot_home) as bot:
+        await bot.ask(TRADER, "/start")
+        payload = payments_flow.invoice_payload(pro, TRADER)
+        fake_telegram.push_successful_payment(
+            TRADER, payload, "charge-odd", pro.price_stars + amount_off, currency=currency
+        )
+        await bot.until(
+            lambda: any("PaymentMismatch" in m for m in fake_telegram.messages_to(ADMIN)),
+            what="the admins told",
+        )
+        assert "something went wrong" in fake_telegram.messages_to(TRADER)[-1]
+        assert await payments.get(bot.bot.db, "charge-odd") is None
+        user = await users.require(bot.bot.db, TRADER)
+        assert user.plan == "free" and user.plan_expires_at is None
+
+
 async def test_rate_limit_answers_clearly(fake_telegram: FakeTelegram, bot_home: Path) -> None:
     async with running_bot(fake_telegram, bot_home, LUNARA_RATE_LIMIT_PER_MINUTE="3") as bot:
         replies = [await bot.ask(TRADER, "/plans") for _ in range(4)]
