@@ -31,7 +31,6 @@ async def _nothing(_context: object) -> None:
 
 
 ADMIN_ONLY = Command("users", "tg.admin.users", "/users", "list users", _nothing)
-FOR_TRADERS = Command("price", "tg.info.price", "/price SYMBOL", "a price", _nothing)
 
 
 class Clock:
