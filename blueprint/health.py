@@ -27,6 +27,7 @@ import json
 import re
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -266,6 +267,9 @@ class HealthServer:
             self._handler((connection, head), address, self._server)
         except OSError:
             pass  # the client went away or did not read its answer in time
+        except Exception as error:  # a bug: say so in the watchdog's output, keep serving
+            print(f"health: error answering a request: {type(error).__name__}: {error}",
+                  file=sys.stderr, flush=True)  # fmt: skip
         finally:
             _close(connection)
             self._queued.release()
