@@ -6,6 +6,7 @@ library, audits the outcome and prints. Errors reach `blueprint.cli.run_guarded`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -29,6 +30,15 @@ manifest_app = typer.Typer(
     help="Inspect and validate the role-based manifest.", no_args_is_help=True
 )
 app.add_typer(manifest_app, name="manifest")
+
+
+def finite_seconds(value: float | None) -> float | None:
+    """A duration option's check: click's range check lets `nan` through, and `inf`
+    would be a wait that never ends (or a traceback where it meets a clock)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter("must be a finite number of seconds")
+    return value
+
 
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Machine-readable output (stable schema).")
@@ -118,6 +128,7 @@ def start(
         typer.Option(
             "--wait",
             min=0,
+            callback=finite_seconds,
             help="Block until the bot's first heartbeat; exit 6 when it refuses its "
             "configuration, 7 on timeout or early death.",
         ),
@@ -138,7 +149,10 @@ def stop(
     timeout: Annotated[
         float | None,
         typer.Option(
-            "--timeout", min=0, help="Seconds to wait for a graceful stop (default: manifest)."
+            "--timeout",
+            min=0,
+            callback=finite_seconds,
+            help="Seconds to wait for a graceful stop (default: manifest).",
         ),
     ] = None,
     as_json: JsonOption = False,
@@ -155,6 +169,7 @@ def restart(
         typer.Option(
             "--wait",
             min=0,
+            callback=finite_seconds,
             help="Block until the new bot's first heartbeat; exit 6 when it refuses its "
             "configuration, 7 on timeout or early death.",
         ),

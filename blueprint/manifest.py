@@ -253,7 +253,9 @@ def validate_manifest(document: object, source: Path | None = None) -> Manifest:
 
 def _read_private_file(path: Path) -> str:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: opening a FIFO for reading would wait for a writer forever; the
+        # file type is checked before anything is read, then reads block as usual.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ManifestError(
             f"manifest not found: {path} (pass --manifest PATH, set {MANIFEST_ENV}, "
@@ -268,6 +270,7 @@ def _read_private_file(path: Path) -> str:
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses directories
         os.close(fd)
         raise ManifestError(f"manifest {path} is not a regular file", ["file: not a regular file"])
+    os.set_blocking(fd, True)
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
@@ -444,7 +447,11 @@ def _validate_program(value: object, problems: _Problems) -> ProgramSpec | None:
         and raw_command
         and all(isinstance(part, str) and part for part in raw_command)
     ):
-        command = tuple(raw_command)
+        if any("\0" in part for part in raw_command):
+            # No argv can carry a NUL byte: it would pass here and fail at every spawn.
+            problems.add("program.command", "must not contain a NUL byte (\\u0000)")
+        else:
+            command = tuple(raw_command)
     else:
         problems.add("program.command", "must be a non-empty list of non-empty strings")
 

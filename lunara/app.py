@@ -61,11 +61,23 @@ async def build_services(settings: Settings, paths: HomePaths) -> Composition:
     """The long-running parts the configuration asks for: the trading engine always,
     Telegram when a token is set (then also the crash report to the admins and the
     notices of plans that ended)."""
+    composition = Composition()
+    try:
+        await _compose(composition, settings, paths)
+    except BaseException:
+        # A part refused its configuration (a bad replay file, manifest or key): close
+        # what was opened, or the database's thread keeps the process from exiting and
+        # the watchdog never learns that the bot refused.
+        await composition.aclose()
+        raise
+    return composition
+
+
+async def _compose(composition: Composition, settings: Settings, paths: HomePaths) -> None:
     from lunara.plan_expiry import PlanExpiryNotices
     from lunara.storage.database import open_database
     from lunara.trading.engine import open_trading
 
-    composition = Composition()
     db = await open_database(paths.database)
     composition.closers.append(db.close)
     trading = await open_trading(settings, db=db)
@@ -83,7 +95,6 @@ async def build_services(settings: Settings, paths: HomePaths) -> Composition:
         composition.services.append(PlanExpiryNotices(db, telegram.outbox.wakeup.set))
     composition.services.append(MetricsWriter(paths, trading.engine, telegram))
     composition.services.append(trading.dependency_reporter(paths.dependencies))
-    return composition
 
 
 async def build_telegram(

@@ -496,6 +496,7 @@ class TelegramBot:
             paid.invoice_payload,
             paid.telegram_payment_charge_id,
             paid.total_amount,
+            currency=paid.currency,
         )
         plan = plan_book.plan_named(outcome.payment.plan)
         return messages(

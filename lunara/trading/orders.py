@@ -38,6 +38,7 @@ import asyncio
 import hashlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -222,9 +223,16 @@ class OrderPath:
         # An order of an earlier process was signed before this one started.
         self._started_at = clock()
         self._sent_at: dict[str, float] = {}  # client id -> when this process signed it
-        self._locks: dict[int, asyncio.Lock] = {}
+        # One lock per trader with an order under way (or waiting): a lock nobody holds
+        # or waits for is dropped, so a hundred thousand traders leave nothing behind.
+        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
         self.placed = 0  # orders settled with a fill (for /metrics)
         self.failed = 0  # orders refused or rejected
+
+    @property
+    def tracked_locks(self) -> int:
+        """Traders with a lock alive (held, waited for, or not yet collected)."""
+        return len(self._locks)
 
     def lock_for(self, user_id: int) -> asyncio.Lock:
         lock = self._locks.get(user_id)
@@ -235,7 +243,7 @@ class OrderPath:
     @property
     def busy(self) -> bool:
         """Some order is being worked on right now (the shutdown waits for it)."""
-        return any(lock.locked() for lock in self._locks.values())
+        return any(lock.locked() for lock in list(self._locks.values()))
 
     async def submit(self, exchange: Exchange, request: OrderRequest) -> Settlement:
         """Place ``request`` exactly once; raises ``TradingError`` with the reason if refused."""
