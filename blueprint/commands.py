@@ -15,6 +15,7 @@ import typer
 
 from blueprint.cli import Options, run_guarded
 from blueprint.errors import BlueprintError
+from blueprint.manifest import Permission
 from blueprint.session import Session, active_manifest_path, open_session
 from blueprint.session import status_command as run_status
 
@@ -90,7 +91,7 @@ def report_action(session: Session, result: Any, as_json: bool, action: str) -> 
 
 def lifecycle(
     ctx: typer.Context,
-    permission: str,
+    permission: Permission,
     action: str,
     call: Callable[[Session], Any],
     as_json: bool,
@@ -129,7 +130,9 @@ def start(
     Without --wait it returns once the bot is spawned and says `starting`: whether it
     comes up is not known yet (`lunara status` tells).
     """
-    lifecycle(ctx, "bot.start", "start", lambda s: s.controller.start(s.principal, wait), as_json)
+    lifecycle(
+        ctx, Permission.START, "start", lambda s: s.controller.start(s.principal, wait), as_json
+    )
 
 
 @app.command()
@@ -144,7 +147,9 @@ def stop(
     as_json: JsonOption = False,
 ) -> None:
     """Stop the bot and its watchdog gracefully (does nothing if not running)."""
-    lifecycle(ctx, "bot.stop", "stop", lambda s: s.controller.stop(s.principal, timeout), as_json)
+    lifecycle(
+        ctx, Permission.STOP, "stop", lambda s: s.controller.stop(s.principal, timeout), as_json
+    )
 
 
 @app.command()
@@ -164,7 +169,7 @@ def restart(
     """Stop, then start."""
     lifecycle(
         ctx,
-        "bot.restart",
+        Permission.RESTART,
         "restart",
         lambda s: s.controller.restart(s.principal, wait),
         as_json,
@@ -213,7 +218,7 @@ def logs(
     def body() -> int:
         from blueprint.logtail import follow_many, interleave, last_lines
 
-        session = open_session(options_of(ctx), "bot.logs", "logs")
+        session = open_session(options_of(ctx), Permission.LOGS, "logs")
         chosen = {
             LogSource.ALL: [session.paths.bot_log, session.paths.watchdog_log],
             LogSource.BOT: [session.paths.bot_log],
@@ -241,7 +246,7 @@ def run(ctx: typer.Context) -> None:
     """Supervise the bot in the foreground (containers, PID 1, systemd Type=simple)."""
 
     def body() -> int:
-        session = open_session(options_of(ctx), "bot.run", "run")
+        session = open_session(options_of(ctx), Permission.RUN, "run")
         try:
             code = session.controller.run_foreground(session.principal)
         except BlueprintError as error:  # a bad health port, a bot refusing its configuration
@@ -262,7 +267,7 @@ def audit(
     """Who did what, allowed or denied."""
 
     def body() -> int:
-        session = open_session(options_of(ctx), "bot.audit", "audit")
+        session = open_session(options_of(ctx), Permission.AUDIT, "audit")
         entries = session.audit.tail(lines)
         session.outcome("ok")
         if as_json:

@@ -42,7 +42,12 @@ _PLAIN_KEY = re.compile(r"[A-Za-z0-9_:@.$*-]+")
 
 
 class Permission(StrEnum):
-    """Permissions the CLI asks for; Telegram handlers use the `tg.` namespace."""
+    """Every permission the code asks for: the one source of their names.
+
+    A check names a member, never a string, so a misspelt permission is a type error
+    and the permission matrix test (tests/blueprint/test_permission_matrix.py) can hold
+    each CLI verb and each Telegram command to the permission it must need.
+    """
 
     START = "bot.start"
     STOP = "bot.stop"
@@ -57,6 +62,32 @@ class Permission(StrEnum):
     RESTORE = "bot.restore"
     ANALYZE = "bot.analyze"
     BACKTEST = "bot.backtest"
+    DATA = "bot.data"
+
+    TG_START = "tg.info.start"
+    TG_HELP = "tg.info.help"
+    TG_STATUS = "tg.info.status"
+    TG_PLANS = "tg.info.plans"
+    TG_BALANCE = "tg.trade.balance"
+    TG_POSITIONS = "tg.trade.positions"
+    TG_BUY = "tg.trade.buy"
+    TG_SELL = "tg.trade.sell"
+    TG_ANALYZE = "tg.trade.analyze"
+    TG_SETTINGS = "tg.trade.settings"
+    TG_SETKEYS = "tg.trade.setkeys"
+    TG_SUBSCRIBE = "tg.trade.subscribe"
+    TG_USERS = "tg.admin.users"
+    TG_USER = "tg.admin.user"
+    TG_BROADCAST = "tg.admin.broadcast"
+    TG_PAUSE = "tg.admin.pause"
+    TG_RESUME = "tg.admin.resume"
+    TG_BOTSTATUS = "tg.admin.botstatus"
+    TG_REFUND = "tg.admin.refund"
+
+
+TELEGRAM_ADMIN_PATTERN = "tg.admin.*"
+"""What a default Telegram role may never grant: every stranger who messages the bot
+gets the default role, so it must not make them an admin."""
 
 
 class PrincipalKind(StrEnum):
@@ -413,7 +444,7 @@ def _validate_document(
         if "principals" in document
         else None
     )
-    defaults = _validate_defaults(document.get("defaults", {}), role_names, problems)
+    defaults = _validate_defaults(document.get("defaults", {}), raw_roles, problems)
 
     if problems.items or program is None or roles is None or principals is None:
         return None
@@ -628,14 +659,26 @@ def _validate_principal(
     return Grant(role=role) if role is not None else None
 
 
+def grants_telegram_admin(patterns: Sequence[str]) -> bool:
+    """Whether a role's patterns grant any admin command (`*`, `tg.*`, `tg.admin.*`, or
+    one `tg.admin.` permission)."""
+    admin = [permission for permission in Permission if permission.startswith("tg.admin.")]
+    return any(
+        pattern.startswith("tg.admin.")
+        or any(permission_matches(pattern, permission) for permission in admin)
+        for pattern in patterns
+    )
+
+
 def _validate_defaults(
-    value: object, roles: frozenset[str] | None, problems: _Problems
+    value: object, raw_roles: object, problems: _Problems
 ) -> dict[str, str] | None:
     if not isinstance(value, dict):
         problems.add(
             "defaults", f"must be an object of principal kind to role, not {_type_name(value)}"
         )
         return None
+    roles = frozenset(raw_roles) if isinstance(raw_roles, dict) else None
     defaults: dict[str, str] = {}
     ok = True
     for kind, role in value.items():
@@ -648,6 +691,20 @@ def _validate_defaults(
         checked = _check_role(role, roles, problems, where)
         if checked is None:
             ok = False
-        else:
-            defaults[kind] = checked
+            continue
+        patterns = raw_roles.get(checked) if isinstance(raw_roles, dict) else None
+        if isinstance(patterns, list) and grants_telegram_admin(
+            [pattern for pattern in patterns if isinstance(pattern, str)]
+        ):
+            # Anyone who messages the bot gets the default role: it would make every
+            # stranger an admin (broadcast, refund, pause trading for everyone).
+            problems.add(
+                where,
+                f"role {json.dumps(checked)} grants admin commands ({TELEGRAM_ADMIN_PATTERN} "
+                "or *); the default role is every stranger's, so give it to named "
+                "telegram:<id> principals instead",
+            )
+            ok = False
+            continue
+        defaults[kind] = checked
     return defaults if ok else None

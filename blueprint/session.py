@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from blueprint.locations import resolve_manifest
+from blueprint.manifest import Permission
 from blueprint.paths import HomePaths
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def active_manifest_path(options: Options) -> Path:
     return resolve_manifest(str(options.manifest) if options.manifest else None)
 
 
-def open_session(options: Options, permission: str, action: str) -> Session:
+def open_session(options: Options, permission: Permission, action: str) -> Session:
     """Load the manifest, identify the caller and authorize `permission` (audited)."""
     from blueprint.audit import AuditLog, authorize, identify
     from blueprint.identity import TOKEN_ENV
@@ -78,7 +79,7 @@ def open_session(options: Options, permission: str, action: str) -> Session:
 
 def status_command(options: Options, as_json: bool, quiet: bool) -> int:
     """`lunara status` computed here: return 0 healthy / 3 stopped / 5 unhealthy."""
-    session = open_session(options, "bot.status", "status")
+    session = open_session(options, Permission.STATUS, "status")
     report = session.controller.status(session.principal)
     session.outcome(report.state)
     from blueprint.render import print_status

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from blueprint.errors import BlueprintError, ExitCode
+from blueprint.manifest import Permission
 from blueprint.paths import HomePaths
 
 if TYPE_CHECKING:
@@ -143,8 +144,8 @@ class StatusServer:
             manifest = self._manifests.load(manifest_path)
             audit = AuditLog(self.paths.audit, self.mirror)
             given = token if isinstance(token, str) else None
-            principal = identify(manifest, audit, given, "bot.status", "status", uid)
-            authorize(manifest, audit, principal, "bot.status", "status")
+            principal = identify(manifest, audit, given, Permission.STATUS, "status", uid)
+            authorize(manifest, audit, principal, Permission.STATUS, "status")
             controller = Controller(self.paths, manifest, manifest_path, self.ledger, self.mirror)
             report = controller.status(principal)
             audit.record(principal, "status", Decision.ALLOWED, report.state)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from blueprint.audit import AuditLog, Decision
 from blueprint.identity import telegram_principal
-from blueprint.manifest import Manifest
+from blueprint.manifest import Manifest, Permission
 
 if TYPE_CHECKING:
     from lunara.telegram.commands import CommandContext
@@ -30,7 +30,7 @@ MAX_TRACKED_USERS = 10_000
 @dataclass(frozen=True)
 class Command:
     name: str
-    permission: str
+    permission: Permission
     usage: str
     description: str
     handler: Handler
@@ -77,7 +77,7 @@ class Guard:
     def principal(self, user_id: int) -> str:
         return telegram_principal(user_id)
 
-    def may(self, user_id: int, permission: str) -> bool:
+    def may(self, user_id: int, permission: Permission) -> bool:
         return self.manifest.allows(self.principal(user_id), permission)
 
     def check(self, user_id: int, command: Command) -> Verdict:
@@ -103,4 +103,4 @@ class Guard:
 
     def admins(self, user_ids: list[int]) -> list[int]:
         """Those of `user_ids` whose role may use admin commands."""
-        return [uid for uid in user_ids if self.may(uid, "tg.admin.users")]
+        return [uid for uid in user_ids if self.may(uid, Permission.TG_USERS)]

@@ -479,6 +479,31 @@ def test_an_unknown_permission_is_refused(manifest: Manifest) -> None:
     assert not manifest.allows("telegram:42", "tg.admin.ban")
 
 
+@pytest.mark.parametrize(
+    "patterns", [["*"], ["tg.*"], ["tg.admin.*"], ["tg.info.*", "tg.admin.refund"]]
+)
+def test_a_default_telegram_role_that_grants_admin_commands_is_a_manifest_error(
+    patterns: list[str],
+) -> None:
+    document = valid_document()
+    document["roles"]["everyone"] = patterns
+    document["defaults"] = {"telegram": "everyone"}
+    problems = problems_of(document)
+    assert any(
+        problem.startswith('defaults.telegram: role "everyone" grants admin commands')
+        for problem in problems
+    ), problems
+
+
+def test_a_default_telegram_role_without_admin_commands_is_accepted() -> None:
+    document = valid_document()
+    document["roles"]["everyone"] = ["tg.info.*", "tg.trade.*", "tg.administer"]
+    document["defaults"] = {"telegram": "everyone"}
+    manifest = validate_manifest(document)
+    assert manifest.allows("telegram:42", Permission.TG_BUY)
+    assert not manifest.allows("telegram:42", Permission.TG_BROADCAST)
+
+
 def test_an_unknown_role_is_refused() -> None:
     # Loading never lets this happen; a hand-built manifest must still deny.
     manifest = Manifest(
