@@ -35,7 +35,7 @@ def read_env_file(path: Path | None) -> dict[str, str]:
         return {}
     path = path.absolute()  # errors name the very file, whatever the working directory
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_trusted(path)
     except FileNotFoundError:
         return {}
     except PermissionError:
@@ -54,6 +54,17 @@ def read_env_file(path: Path | None) -> dict[str, str]:
 
     values = dotenv_values(stream=io.StringIO(text))
     return {key: value for key, value in values.items() if value is not None}
+
+
+def _read_trusted(path: Path) -> str:
+    """The file's text, once it is known that only the caller or root could have written
+    it (it sets the token, Redis and endpoints of whoever runs Lunara here)."""
+    from blueprint.trust import check_owner_and_mode, check_parents
+
+    with path.open("rb") as handle:
+        check_owner_and_mode(os.fstat(handle.fileno()), path, "invalid configuration: .env file")
+        check_parents(path, "invalid configuration: .env file")
+        return handle.read().decode("utf-8")
 
 
 def _unreadable_env_file(path: Path) -> str:

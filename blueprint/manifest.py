@@ -308,6 +308,7 @@ def _read_private_file(path: Path) -> str:
                 f"refusing to use it. Fix: chmod go-w {path}",
                 ["file: group- or world-writable"],
             )
+        _check_trusted(path, info)
         data = handle.read(MAX_MANIFEST_BYTES + 1)
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError.invalid(path, [f"file: larger than {MAX_MANIFEST_BYTES} bytes"])
@@ -317,6 +318,18 @@ def _read_private_file(path: Path) -> str:
         raise ManifestError.invalid(
             path, [f"file: not UTF-8 text (bad byte at offset {error.start})"]
         ) from None
+
+
+def _check_trusted(path: Path, info: os.stat_result) -> None:
+    """Refuse a manifest another user owns, or one in a directory others may change
+    (they could swap the file for their own): it names the program root would run."""
+    from blueprint.trust import UntrustedPath, check_owner_and_mode, check_parents
+
+    try:
+        check_owner_and_mode(info, path, "manifest")
+        check_parents(path, "manifest")
+    except UntrustedPath as error:
+        raise ManifestError(error.message, ["file: not owned by you or root"]) from None
 
 
 class _DuplicateKey(Exception):

@@ -86,9 +86,14 @@ class HomePaths:
     def ensure(self) -> None:
         """Create the home and its logs folder, private to the owner whatever mode the
         operator gave the home itself."""
+        from blueprint.trust import check_owner_and_mode, check_parents
+
+        check_parents(self.root, "home")
         for directory in (self.root, self.logs):
             directory.mkdir(parents=True, exist_ok=True, mode=DIRECTORY_MODE)
             _make_private(directory, DIRECTORY_MODE)
+            # lstat: a logs folder that is a symlink (to another user's folder) is refused.
+            check_owner_and_mode(os.lstat(directory), directory, "home")
 
     def make_private(self) -> int:
         """Give every file under the home 0600 and every directory 0700 (symlinks are

@@ -4,12 +4,20 @@ Imports nothing beyond the standard library's socket and json, so a status call 
 the watchdog answers costs little more than the interpreter's start. Any problem —
 no watchdog, a socket owned by someone else, a slow answer — returns None and the
 caller computes the status locally instead.
+
+The request carries the caller's LUNARA_TOKEN, so it goes only to a watchdog that runs
+as the caller or root: the socket file must be theirs, and so must the process the
+kernel says is listening on it (SO_PEERCRED), checked before a byte is sent. A socket
+another user planted in the home gets nothing and is not believed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import stat
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +25,30 @@ CONNECT_TIMEOUT_S = 1.0
 MAX_REPLY_BYTES = 1024 * 1024
 
 
+def server_uid(connection: socket.socket) -> int:
+    """The uid of the process listening on the other end, from the kernel."""
+    credentials = connection.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+    )
+    return int(struct.unpack("3i", credentials)[1])
+
+
 def query_status(socket_path: Path, manifest: Path, token: str | None) -> dict[str, Any] | None:
     """The watchdog's reply (`exit_code` and `report` or `message`), or None."""
-    if not socket_path.exists():
+    trusted = {os.geteuid(), 0}
+    try:
+        info = os.lstat(socket_path)
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid not in trusted:
         return None
     request = {"action": "status", "manifest": str(manifest), "token": token or None}
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(CONNECT_TIMEOUT_S)
             connection.connect(str(socket_path))
+            if server_uid(connection) not in trusted:
+                return None
             connection.sendall((json.dumps(request) + "\n").encode())
             with connection.makefile("rb") as reader:
                 line = reader.readline(MAX_REPLY_BYTES)

@@ -28,7 +28,6 @@ import json
 import os
 import socket
 import socketserver
-import struct
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,11 +47,9 @@ REQUEST_TIMEOUT_S = 2.0
 
 def peer_uid(connection: socket.socket) -> int:
     """The uid of the process on the other end of a Unix socket, from the kernel."""
-    credentials = connection.getsockopt(
-        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
-    )
-    _pid, uid, _gid = struct.unpack("3i", credentials)
-    return int(uid)
+    from blueprint.statusclient import server_uid
+
+    return server_uid(connection)
 
 
 class _ManifestCache:

@@ -59,6 +59,7 @@ from blueprint.process import (
     reap_children,
     tree_rss_bytes,
 )
+from blueprint.trust import open_private
 
 if TYPE_CHECKING:
     from blueprint.health import HealthServer
@@ -305,7 +306,7 @@ class Watchdog:
 
     def _take_lock(self) -> bool:
         self.paths.ensure()
-        descriptor = os.open(self.paths.watchdog_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        descriptor = open_private(self.paths.watchdog_lock, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
