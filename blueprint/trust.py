@@ -19,6 +19,7 @@ import contextlib
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from blueprint.errors import ConfigError
 
@@ -118,3 +119,37 @@ def replace_private(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def flock_holders(path: Path) -> set[int]:
+    """The pids holding a `flock` on the file at `path`, as the kernel lists them
+    (`/proc/locks`); empty when the file is missing or no one holds it."""
+    try:
+        info = os.stat(path)
+        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return set()
+    wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    holders: set[int] = set()
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; waiters have a "->" field.
+        if len(fields) < 6 or "->" in fields or fields[1] != "FLOCK":
+            continue
+        if fields[5] == wanted and fields[4].isdigit():
+            holders.add(int(fields[4]))
+    return holders
+
+
+def is_ours(process: Any, lock: Path) -> bool:
+    """Whether a `psutil.Process` is one of ours: it runs as our effective uid and holds
+    our lock. A command line proves nothing (anyone can name their process anything)."""
+    import psutil
+
+    try:
+        if process.uids().effective != os.geteuid():
+            return False
+    except psutil.Error:
+        return False
+    return bool(process.pid in flock_holders(lock))
