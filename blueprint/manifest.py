@@ -137,6 +137,9 @@ class ProgramSpec:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     memory_limit_mib: float = 450.0
     heartbeat_timeout_s: float = 60.0
+    environment: tuple[str, ...] = ()
+    """Variables passed on from the environment of whoever starts the watchdog, beyond
+    the project's own and the system's (see blueprint.envfile.deployment_environment)."""
 
 
 @dataclass(frozen=True)
@@ -357,6 +360,7 @@ _PROGRAM_FIELDS = (
     "restart",
     "memory_limit_mib",
     "heartbeat_timeout_s",
+    "environment",
 )
 _RESTART_FIELDS = (
     "backoff_initial_s",
@@ -503,10 +507,11 @@ def _validate_program(value: object, problems: _Problems) -> ProgramSpec | None:
         value, "heartbeat_timeout_s", defaults.heartbeat_timeout_s, problems, "program"
     )
     restart = _validate_restart(value.get("restart", {}), problems)
+    environment = _validate_environment(value.get("environment", []), problems)
 
     if command is None or stop_timeout is None or memory is None or heartbeat is None:
         return None
-    if restart is None:
+    if restart is None or environment is None:
         return None
     return ProgramSpec(
         command=command,
@@ -514,7 +519,25 @@ def _validate_program(value: object, problems: _Problems) -> ProgramSpec | None:
         restart=restart,
         memory_limit_mib=memory,
         heartbeat_timeout_s=heartbeat,
+        environment=environment,
     )
+
+
+def _validate_environment(value: object, problems: _Problems) -> tuple[str, ...] | None:
+    from blueprint.envfile import TOKEN_VARIABLE, is_variable_name
+
+    where = "program.environment"
+    if not isinstance(value, list) or not all(
+        isinstance(name, str) and is_variable_name(name) for name in value
+    ):
+        problems.add(where, "must be a list of environment variable names")
+        return None
+    if TOKEN_VARIABLE in value:
+        problems.add(
+            where, f"{TOKEN_VARIABLE} is the caller's credential; it never reaches the bot"
+        )
+        return None
+    return tuple(value)
 
 
 def _validate_restart(value: object, problems: _Problems) -> RestartPolicy | None:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from blueprint.backoff import decide_restart
-from blueprint.envfile import load_into_environment
+from blueprint.envfile import deployment_environment, load_into_environment
 from blueprint.errors import BlueprintError, ExitCode
 from blueprint.exit_message import clear_exit_message, is_invalid_config, take_exit_message
 from blueprint.heartbeat import clear_heartbeat, heartbeat_mtime
@@ -543,7 +543,7 @@ class Watchdog:
         clear_heartbeat(self.paths.heartbeat)
         clear_exit_message(self.paths)
         argv = resolve_command(self.program.command)
-        env = dict(os.environ)
+        env = deployment_environment(os.environ, self.program.environment)
         env["LUNARA_HOME"] = str(self.paths.root)
         if self.manifest.source is not None:
             # The bot authorizes Telegram users against the same manifest.
