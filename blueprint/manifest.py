@@ -161,6 +161,9 @@ class Manifest:
     principals: Mapping[str, Grant]
     defaults: Mapping[str, str] = field(default_factory=dict)
     source: Path | None = None
+    sha256: str | None = None
+    """The SHA-256 of the file's text, so a running watchdog can say which manifest it
+    authorizes with (the file may change after it started)."""
 
     def role_of(self, principal: str) -> str | None:
         """The principal's role: its own entry first, then the default for its kind."""
@@ -252,8 +255,13 @@ def resolve_manifest_path(explicit: str | None, environ: Mapping[str, str] | Non
 
 def load_manifest(path: Path) -> Manifest:
     """Read, check and validate a manifest file; raise ManifestError naming every problem."""
+    import dataclasses
+    import hashlib
+
     text = _read_private_file(path)
-    return parse_manifest_text(text, source=path)
+    manifest = parse_manifest_text(text, source=path)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return dataclasses.replace(manifest, sha256=digest)
 
 
 def parse_manifest_text(text: str, source: Path | None = None) -> Manifest:

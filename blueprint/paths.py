@@ -50,6 +50,11 @@ class HomePaths:
         return self.root / "watchdog.lock"
 
     @property
+    def bound_manifest(self) -> Path:
+        """Which manifest this home belongs to (see blueprint.authority)."""
+        return self.root / "manifest.bound"
+
+    @property
     def audit(self) -> Path:
         return self.root / "audit.jsonl"
 

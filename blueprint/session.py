@@ -60,21 +60,52 @@ def active_manifest_path(options: Options) -> Path:
 
 
 def open_session(options: Options, permission: Permission, action: str) -> Session:
-    """Load the manifest, identify the caller and authorize `permission` (audited)."""
+    """Find the manifest that decides, identify the caller and authorize `permission`
+    (audited): the running watchdog decides the verbs on a running deployment, else the
+    manifest the home is bound to (see blueprint.authority)."""
     from blueprint.audit import AuditLog, authorize, identify
+    from blueprint.authority import WATCHDOG_VERBS, check_bound
     from blueprint.identity import TOKEN_ENV
     from blueprint.manifest import load_manifest
     from blueprint.mirror import open_mirror
 
-    manifest_path = active_manifest_path(options)
-    manifest = load_manifest(manifest_path)
+    token = os.environ.get(TOKEN_ENV)
     paths = HomePaths.resolve(options.home)
+    decided = _watchdog_decision(paths, action, token) if action in WATCHDOG_VERBS else None
+    if decided is not None:
+        manifest_path, principal = decided
+        manifest = load_manifest(manifest_path)
+        paths.ensure()
+        mirror = open_mirror(
+            os.environ.get("REDIS_URL") or None, manifest.name, audit_path=paths.audit
+        )
+        audit = AuditLog(paths.audit, mirror)
+        return Session(paths, manifest, manifest_path, principal, audit, mirror, action)
+    manifest_path = check_bound(paths, active_manifest_path(options))
+    manifest = load_manifest(manifest_path)
     paths.ensure()
     mirror = open_mirror(os.environ.get("REDIS_URL") or None, manifest.name, audit_path=paths.audit)
     audit = AuditLog(paths.audit, mirror)
-    principal = identify(manifest, audit, os.environ.get(TOKEN_ENV), permission, action)
+    principal = identify(manifest, audit, token, permission, action)
     authorize(manifest, audit, principal, permission, action)
     return Session(paths, manifest, manifest_path, principal, audit, mirror, action)
+
+
+def _watchdog_decision(paths: HomePaths, verb: str, token: str | None) -> tuple[Path, str] | None:
+    """Ask the running watchdog to authorize `verb`: (its manifest, the caller's
+    principal) when allowed; None when no watchdog of ours answers. A refusal (decided
+    and audited there) is raised as the watchdog worded it."""
+    from blueprint.errors import BlueprintError, ExitCode
+    from blueprint.statusclient import ask_authorization
+
+    reply = ask_authorization(paths.control_socket, verb, token)
+    if reply is None:
+        return None
+    if reply["exit_code"] != 0:
+        code = reply["exit_code"]
+        known = code in {int(member) for member in ExitCode}
+        raise BlueprintError(reply["message"], ExitCode(code) if known else ExitCode.FAILURE)
+    return Path(reply["manifest"]["path"]), str(reply["principal"])
 
 
 def status_command(options: Options, as_json: bool, quiet: bool) -> int:

@@ -35,6 +35,35 @@ def server_uid(connection: socket.socket) -> int:
 
 def query_status(socket_path: Path, manifest: Path, token: str | None) -> dict[str, Any] | None:
     """The watchdog's reply (`exit_code` and `report` or `message`), or None."""
+    request = {"action": "status", "manifest": str(manifest), "token": token or None}
+    reply = ask(socket_path, request)
+    if reply is None:
+        return None
+    if not isinstance(reply.get("report"), dict) and not isinstance(reply.get("message"), str):
+        return None
+    return reply
+
+
+def ask_authorization(socket_path: Path, verb: str, token: str | None) -> dict[str, Any] | None:
+    """The watchdog's decision on `verb` (`exit_code` and `principal` and `manifest`, or
+    `message`), or None when no watchdog of ours answers."""
+    reply = ask(socket_path, {"action": "authorize", "verb": verb, "token": token or None})
+    if reply is None:
+        return None
+    if reply["exit_code"] == 0:
+        manifest = reply.get("manifest")
+        if not isinstance(reply.get("principal"), str) or not isinstance(manifest, dict):
+            return None
+        if not isinstance(manifest.get("path"), str):
+            return None
+    elif not isinstance(reply.get("message"), str):
+        return None
+    return reply
+
+
+def ask(socket_path: Path, request: dict[str, Any]) -> dict[str, Any] | None:
+    """One request to the watchdog of ours listening at `socket_path`; its reply (a JSON
+    object with an int `exit_code`), or None."""
     trusted = {os.geteuid(), 0}
     try:
         info = os.lstat(socket_path)
@@ -42,7 +71,6 @@ def query_status(socket_path: Path, manifest: Path, token: str | None) -> dict[s
         return None
     if not stat.S_ISSOCK(info.st_mode) or info.st_uid not in trusted:
         return None
-    request = {"action": "status", "manifest": str(manifest), "token": token or None}
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(CONNECT_TIMEOUT_S)
@@ -56,7 +84,5 @@ def query_status(socket_path: Path, manifest: Path, token: str | None) -> dict[s
     except (OSError, ValueError):
         return None
     if not isinstance(reply, dict) or not isinstance(reply.get("exit_code"), int):
-        return None
-    if not isinstance(reply.get("report"), dict) and not isinstance(reply.get("message"), str):
         return None
     return reply

@@ -9,16 +9,22 @@ the request is authorized and audited exactly as a local command would be:
 - identity: the peer's uid from the kernel (SO_PEERCRED) → `os_user:<login>`, or a
   `token:<name>` when the client sends a LUNARA_TOKEN that matches the manifest (a
   token that matches none is refused with exit 4, never taken for the peer's uid);
-- authorization: `bot.status` against the manifest the client names (loaded with the
-  same validation, cached by path, size and modification time);
+- authorization: against the manifest this watchdog was started with, never the one the
+  client names (blueprint.authority): the running watchdog is the authority;
 - audit: the decision and the outcome, like the CLI.
+
+Besides `status`, it decides `authorize` requests for the other verbs on a running
+deployment (`stop`, `restart`, `logs`, `audit`): it identifies, authorizes and audits
+the caller, and the CLI acts once allowed.
 
 The socket lives in LUNARA_HOME with mode 0600, so only the home's owner can connect;
 anyone else (and any failure at all) falls back to the local path.
 
 Wire format: one JSON object per line each way. Request
 `{"action": "status", "manifest": "/abs/path", "token": "..."|null}`; reply
-`{"exit_code": N, "report": {...}}` or `{"exit_code": N, "message": "..."}`.
+`{"exit_code": N, "report": {...}}` or `{"exit_code": N, "message": "..."}`. Request
+`{"action": "authorize", "verb": "stop", "token": ...}`; reply `{"exit_code": 0,
+"principal": ..., "manifest": {"path": ..., "sha256": ...}}` or a message.
 """
 
 from __future__ import annotations
@@ -52,36 +58,16 @@ def peer_uid(connection: socket.socket) -> int:
     return server_uid(connection)
 
 
-class _ManifestCache:
-    """Manifests by path, reloaded (and re-validated) when the file changes."""
-
-    def __init__(self) -> None:
-        self._entries: dict[Path, tuple[tuple[int, int, int], Manifest]] = {}
-        self._lock = threading.Lock()
-
-    def load(self, path: Path) -> Manifest:
-        from blueprint.manifest import load_manifest
-
-        stat = path.stat()
-        key = (stat.st_mtime_ns, stat.st_size, stat.st_mode)
-        with self._lock:
-            cached = self._entries.get(path)
-            if cached is not None and cached[0] == key:
-                return cached[1]
-        manifest = load_manifest(path)
-        with self._lock:
-            self._entries[path] = (key, manifest)
-        return manifest
-
-
 class StatusServer:
     """Serves status requests from a thread until `close()`."""
 
-    def __init__(self, paths: HomePaths, ledger: Ledger, mirror: Mirror) -> None:
+    def __init__(
+        self, paths: HomePaths, ledger: Ledger, mirror: Mirror, manifest: Manifest
+    ) -> None:
         self.paths = paths
         self.ledger = ledger
         self.mirror = mirror
-        self._manifests = _ManifestCache()
+        self.manifest = manifest  # the one the watchdog started with: the authority
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -121,9 +107,14 @@ class StatusServer:
         line = reader.readline(MAX_REQUEST_BYTES)
         try:
             request = json.loads(line)
-            if not isinstance(request, dict) or request.get("action") != "status":
+            if not isinstance(request, dict):
                 raise ValueError("unsupported request")
-            reply = self.answer(request, peer_uid(connection))
+            if request.get("action") == "status":
+                reply = self.answer(request, peer_uid(connection))
+            elif request.get("action") == "authorize":
+                reply = self.authorize(request, peer_uid(connection))
+            else:
+                raise ValueError("unsupported request")
         except (ValueError, OSError) as error:
             reply = {"exit_code": int(ExitCode.USAGE), "message": f"bad request: {error}"}
         writer.write((json.dumps(reply) + "\n").encode())
@@ -133,12 +124,12 @@ class StatusServer:
         from blueprint.audit import AuditLog, Decision, authorize, identify
         from blueprint.control import Controller
 
-        manifest_path = Path(str(request.get("manifest", "")))
+        # The manifest the client names is not consulted: it cannot widen what this
+        # deployment allows (blueprint.authority).
+        manifest = self.manifest
+        manifest_path = Path(manifest.source or "")
         token = request.get("token")
         try:
-            if not manifest_path.is_absolute():
-                raise BlueprintError("the manifest path must be absolute", ExitCode.USAGE)
-            manifest = self._manifests.load(manifest_path)
             audit = AuditLog(self.paths.audit, self.mirror)
             given = token if isinstance(token, str) else None
             principal = identify(manifest, audit, given, Permission.STATUS, "status", uid)
@@ -146,11 +137,34 @@ class StatusServer:
             controller = Controller(self.paths, manifest, manifest_path, self.ledger, self.mirror)
             report = controller.status(principal)
             audit.record(principal, "status", Decision.ALLOWED, report.state)
-        except FileNotFoundError:
-            return {
-                "exit_code": int(ExitCode.INVALID_CONFIG),
-                "message": f"manifest not found: {manifest_path}",
-            }
         except BlueprintError as error:
             return {"exit_code": int(error.exit_code), "message": error.message}
         return {"exit_code": int(report.exit_code()), "report": report.to_json()}
+
+    def authorize(self, request: dict[str, Any], uid: int) -> dict[str, Any]:
+        """Decide (and audit) whether the caller may run a verb on this deployment, with
+        the manifest this watchdog started with; the CLI then acts."""
+        from blueprint.audit import AuditLog, authorize, identify
+        from blueprint.authority import WATCHDOG_VERBS
+
+        verb = request.get("verb")
+        permission = WATCHDOG_VERBS.get(verb) if isinstance(verb, str) else None
+        if verb is None or permission is None:
+            raise ValueError(f"no such verb: {verb!r}")
+        token = request.get("token")
+        try:
+            audit = AuditLog(self.paths.audit, self.mirror)
+            given = token if isinstance(token, str) else None
+            principal = identify(self.manifest, audit, given, permission, str(verb), uid)
+            authorize(self.manifest, audit, principal, permission, str(verb))
+        except BlueprintError as error:
+            return {"exit_code": int(error.exit_code), "message": error.message}
+        source = self.manifest.source
+        return {
+            "exit_code": int(ExitCode.OK),
+            "principal": principal,
+            "manifest": {
+                "path": None if source is None else os.path.realpath(source),
+                "sha256": self.manifest.sha256,
+            },
+        }

@@ -412,6 +412,9 @@ class Watchdog:
                 f"another watchdog already supervises {self.paths.root} "
                 f"(it holds {self.paths.watchdog_lock}); not starting a second one"
             )
+        from blueprint.authority import write_binding
+
+        write_binding(self.paths, self.manifest)  # this home belongs to this manifest now
         changed = self.paths.make_private()
         if changed:
             self.log(f"made {changed} file(s) in {self.paths.root} private to their owner")
@@ -500,7 +503,7 @@ class Watchdog:
         """Answer `lunara status` from here (blueprint.statusd); optional, never fatal."""
         from blueprint.statusd import StatusServer
 
-        server = StatusServer(self.paths, self.ledger, self.ledger.mirror)
+        server = StatusServer(self.paths, self.ledger, self.ledger.mirror, self.manifest)
         try:
             server.start()
         except OSError as error:

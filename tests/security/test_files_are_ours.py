@@ -109,8 +109,9 @@ def test_a_socket_another_user_planted_never_receives_the_token(
             "print('ready', flush=True)\n"
             "while True:\n"
             "    c, _ = s.accept(); data = c.recv(65536)\n"
-            "    pathlib.Path(sys.argv[2]).write_bytes(data)\n"
-            '    c.sendall(b\'{"exit_code": 0, "report": {"state": "running"}}\\n\')\n'
+            "    if data:  # a client that hung up at once sent nothing\n"
+            "        pathlib.Path(sys.argv[2]).write_bytes(data)\n"
+            '        c.sendall(b\'{"exit_code": 0, "report": {"state": "running"}}\\n\')\n'
             "    c.close()\n",
             str(planted),
             str(received),
