@@ -16,7 +16,13 @@ import typer
 from blueprint.cli import Options, run_guarded
 from blueprint.errors import BlueprintError
 from blueprint.manifest import Permission
-from blueprint.session import Session, active_manifest_path, open_session
+from blueprint.session import (
+    Session,
+    active_manifest_path,
+    acts_for_another_user,
+    open_session,
+    perform_remotely,
+)
 from blueprint.session import status_command as run_status
 
 app = typer.Typer(
@@ -57,6 +63,7 @@ def main_options(
             "--home",
             exists=True,
             file_okay=False,
+            readable=False,  # a control group member may only pass through it
             help="State directory, which must exist (default: $LUNARA_HOME or ./.lunara).",
         ),
     ] = None,
@@ -147,9 +154,36 @@ def stop(
     as_json: JsonOption = False,
 ) -> None:
     """Stop the bot and its watchdog gracefully (does nothing if not running)."""
+    if acts_for_another_user(options_of(ctx)):
+        finish(lambda: stop_remotely(options_of(ctx), timeout, as_json))
+        return
     lifecycle(
         ctx, Permission.STOP, "stop", lambda s: s.controller.stop(s.principal, timeout), as_json
     )
+
+
+def stop_remotely(options: Options, timeout: float | None, as_json: bool) -> int:
+    """`stop` by a member of the control group: the watchdog stops itself; we wait for
+    its socket to go, which it removes last."""
+    import time
+
+    from blueprint.errors import StartFailed
+    from blueprint.locations import control_socket, resolve_home
+
+    perform_remotely(options, "stop", {})
+    socket_path = control_socket(resolve_home(options.home))
+    deadline = time.monotonic() + (timeout if timeout is not None else 60.0) + 5.0
+    while socket_path.exists():
+        if time.monotonic() > deadline:
+            raise StartFailed(f"the watchdog did not stop in time ({socket_path} remains)")
+        time.sleep(0.1)
+    if as_json:
+        from blueprint.render import print_json
+
+        print_json({"action": "stop", "changed": True, "message": "stopped", "status": None})
+    else:
+        typer.echo("stopped")
+    return 0
 
 
 @app.command()
@@ -218,6 +252,15 @@ def logs(
     def body() -> int:
         from blueprint.logtail import follow_many, interleave, last_lines
 
+        if acts_for_another_user(options_of(ctx)):
+            if follow:
+                raise BlueprintError("--follow needs the home's owner; show --lines instead")
+            reply = perform_remotely(
+                options_of(ctx), "logs", {"lines": lines, "source": str(source.value)}
+            )
+            for line in reply.get("lines") or []:
+                typer.echo(line)
+            return 0
         session = open_session(options_of(ctx), Permission.LOGS, "logs")
         chosen = {
             LogSource.ALL: [session.paths.bot_log, session.paths.watchdog_log],
@@ -267,9 +310,12 @@ def audit(
     """Who did what, allowed or denied."""
 
     def body() -> int:
-        session = open_session(options_of(ctx), Permission.AUDIT, "audit")
-        entries = session.audit.tail(lines)
-        session.outcome("ok")
+        if acts_for_another_user(options_of(ctx)):
+            entries = perform_remotely(options_of(ctx), "audit", {"lines": lines})["entries"]
+        else:
+            session = open_session(options_of(ctx), Permission.AUDIT, "audit")
+            entries = session.audit.tail(lines)
+            session.outcome("ok")
         if as_json:
             from blueprint.render import print_json
 

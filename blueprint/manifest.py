@@ -143,6 +143,16 @@ class ProgramSpec:
 
 
 @dataclass(frozen=True)
+class ControlSocket:
+    """Who may connect to the watchdog's control socket, like supervisord's `chown` and
+    `chmod`: the owner alone by default; with a group, its members too (each then acts
+    with the role the manifest gives their `os_user:` principal)."""
+
+    group: str | None = None
+    mode: int = 0o600
+
+
+@dataclass(frozen=True)
 class Grant:
     """A principal's entry: its role and, for tokens, the SHA-256 of the raw token."""
 
@@ -160,6 +170,7 @@ class Manifest:
     roles: Mapping[str, tuple[str, ...]]
     principals: Mapping[str, Grant]
     defaults: Mapping[str, str] = field(default_factory=dict)
+    control: ControlSocket = field(default_factory=ControlSocket)
     source: Path | None = None
     sha256: str | None = None
     """The SHA-256 of the file's text, so a running watchdog can say which manifest it
@@ -360,7 +371,9 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 # --- validation ----------------------------------------------------------------------------
 
-_TOP_LEVEL = ("version", "name", "program", "roles", "principals", "defaults")
+_TOP_LEVEL = ("version", "name", "program", "roles", "principals", "defaults", "control")
+_GROUP = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+_SOCKET_MODES = {"0600": 0o600, "0660": 0o660}
 _REQUIRED_TOP_LEVEL = ("version", "name", "program", "roles", "principals")
 _PROGRAM_FIELDS = (
     "command",
@@ -470,10 +483,11 @@ def _validate_document(
         else None
     )
     defaults = _validate_defaults(document.get("defaults", {}), raw_roles, problems)
+    control = _validate_control(document.get("control", {}), problems)
 
     if problems.items or program is None or roles is None or principals is None:
         return None
-    if defaults is None or not isinstance(name, str):
+    if defaults is None or control is None or not isinstance(name, str):
         return None
     return Manifest(
         version=SUPPORTED_VERSION,
@@ -482,8 +496,31 @@ def _validate_document(
         roles=roles,
         principals=principals,
         defaults=defaults,
+        control=control,
         source=source,
     )
+
+
+def _validate_control(value: object, problems: _Problems) -> ControlSocket | None:
+    if not isinstance(value, dict):
+        problems.add("control", f"must be an object, not {_type_name(value)}")
+        return None
+    problems.unknown_keys(value, ("group", "mode"), "control")
+    group = value.get("group")
+    if group is not None and (not isinstance(group, str) or _GROUP.fullmatch(group) is None):
+        problems.add("control.group", "must be a group name")
+        return None
+    raw_mode = value.get("mode", "0660" if group is not None else "0600")
+    mode = _SOCKET_MODES.get(raw_mode) if isinstance(raw_mode, str) else None
+    if mode is None:
+        problems.add("control.mode", 'must be "0600" (the owner) or "0660" (and the group)')
+        return None
+    if mode == 0o660 and group is None:
+        problems.add("control.mode", '"0660" needs a control.group')
+        return None
+    if set(value) - {"group", "mode"}:
+        return None
+    return ControlSocket(group=group, mode=mode)
 
 
 def _validate_program(value: object, problems: _Problems) -> ProgramSpec | None:

@@ -117,3 +117,37 @@ def status_command(options: Options, as_json: bool, quiet: bool) -> int:
 
     print_status(report.to_json(), as_json, quiet)
     return int(report.exit_code())
+
+
+def acts_for_another_user(options: Options) -> bool:
+    """Whether the home belongs to another OS user: then the caller (a member of the
+    manifest's control group, or root) can neither read it nor signal its processes, and
+    the watchdog acts for them (`perform_remotely`)."""
+    from blueprint.locations import resolve_home
+
+    try:
+        return os.stat(resolve_home(options.home)).st_uid != os.geteuid()
+    except OSError:
+        return False
+
+
+def perform_remotely(options: Options, verb: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Have the deployment's watchdog authorize and run `verb`; its reply, or the
+    refusal it decided (and audited) raised with its exit code."""
+    from blueprint.errors import BlueprintError, ExitCode
+    from blueprint.identity import TOKEN_ENV
+    from blueprint.locations import control_socket, resolve_home
+    from blueprint.statusclient import ask_to_perform
+
+    home = resolve_home(options.home)
+    reply = ask_to_perform(control_socket(home), verb, arguments, os.environ.get(TOKEN_ENV))
+    if reply is None:
+        raise BlueprintError(
+            f"{home} belongs to another user and no watchdog of it answers on "
+            f"{control_socket(home)}: while it is stopped, only its owner can act on it"
+        )
+    if reply["exit_code"] != 0:
+        code = reply["exit_code"]
+        known = code in {int(member) for member in ExitCode}
+        raise BlueprintError(reply["message"], ExitCode(code) if known else ExitCode.FAILURE)
+    return reply

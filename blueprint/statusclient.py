@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 CONNECT_TIMEOUT_S = 1.0
+DECISION_TIMEOUT_S = 10.0
+"""An authorization or an action waits longer than `status`: giving up there would only
+fall back to the (stricter) local path, but a slow machine should not make it do so."""
 MAX_REPLY_BYTES = 1024 * 1024
 
 
@@ -47,7 +50,8 @@ def query_status(socket_path: Path, manifest: Path, token: str | None) -> dict[s
 def ask_authorization(socket_path: Path, verb: str, token: str | None) -> dict[str, Any] | None:
     """The watchdog's decision on `verb` (`exit_code` and `principal` and `manifest`, or
     `message`), or None when no watchdog of ours answers."""
-    reply = ask(socket_path, {"action": "authorize", "verb": verb, "token": token or None})
+    request = {"action": "authorize", "verb": verb, "token": token or None}
+    reply = ask(socket_path, request, DECISION_TIMEOUT_S)
     if reply is None:
         return None
     if reply["exit_code"] == 0:
@@ -61,19 +65,39 @@ def ask_authorization(socket_path: Path, verb: str, token: str | None) -> dict[s
     return reply
 
 
-def ask(socket_path: Path, request: dict[str, Any]) -> dict[str, Any] | None:
+def ask_to_perform(
+    socket_path: Path, verb: str, arguments: dict[str, Any], token: str | None
+) -> dict[str, Any] | None:
+    """Have the watchdog authorize and run `logs`, `audit` or `stop` (for a caller who
+    is not the home's owner); its reply, or None when no watchdog of ours answers."""
+    request = {"action": "perform", "verb": verb, "arguments": arguments, "token": token or None}
+    reply = ask(socket_path, request, DECISION_TIMEOUT_S)
+    if reply is not None and reply["exit_code"] != 0 and not isinstance(reply.get("message"), str):
+        return None
+    return reply
+
+
+def ask(
+    socket_path: Path, request: dict[str, Any], timeout_s: float = CONNECT_TIMEOUT_S
+) -> dict[str, Any] | None:
     """One request to the watchdog of ours listening at `socket_path`; its reply (a JSON
     object with an int `exit_code`), or None."""
     trusted = {os.geteuid(), 0}
     try:
         info = os.lstat(socket_path)
+        home = os.stat(socket_path.parent)
     except OSError:
         return None
+    if not home.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        # The home's owner runs its watchdog: a caller who named that home (a member of
+        # the manifest's control group, or root) talks to them, and no one else could
+        # have put a socket there.
+        trusted.add(home.st_uid)
     if not stat.S_ISSOCK(info.st_mode) or info.st_uid not in trusted:
         return None
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-            connection.settimeout(CONNECT_TIMEOUT_S)
+            connection.settimeout(timeout_s)
             connection.connect(str(socket_path))
             if server_uid(connection) not in trusted:
                 return None

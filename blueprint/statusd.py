@@ -35,6 +35,7 @@ import os
 import socket
 import socketserver
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
     from blueprint.mirror import Mirror
 
 MAX_REQUEST_BYTES = 64 * 1024
+MAX_REMOTE_LINES = 10_000
+REMOTE_VERBS = ("logs", "audit", "stop")
+"""What a member of the control group can have the watchdog do for them."""
 REQUEST_TIMEOUT_S = 2.0
 
 
@@ -62,8 +66,14 @@ class StatusServer:
     """Serves status requests from a thread until `close()`."""
 
     def __init__(
-        self, paths: HomePaths, ledger: Ledger, mirror: Mirror, manifest: Manifest
+        self,
+        paths: HomePaths,
+        ledger: Ledger,
+        mirror: Mirror,
+        manifest: Manifest,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
+        self.on_stop = on_stop  # the watchdog's graceful stop, for `stop` done here
         self.paths = paths
         self.ledger = ledger
         self.mirror = mirror
@@ -73,6 +83,7 @@ class StatusServer:
 
     def start(self) -> None:
         path = self.paths.control_socket
+        gid = self._control_gid()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a stale socket from a killed watchdog; we hold the watchdog lock
         server_ref = self
@@ -88,12 +99,30 @@ class StatusServer:
             server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
         finally:
             os.umask(old_umask)
+        if gid is not None:
+            # The group reaches the socket by name (x on the home, nothing else: the
+            # home's files stay 0600) and connects; the manifest decides what each may do.
+            os.chown(path, -1, gid)
+            os.chmod(path, self.manifest.control.mode)
+            os.chown(self.paths.root, -1, gid)
+            os.chmod(self.paths.root, 0o710)
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, name="status-server", daemon=True
         )
         self._thread.start()
+
+    def _control_gid(self) -> int | None:
+        group = self.manifest.control.group
+        if group is None:
+            return None
+        import grp
+
+        try:
+            return grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise OSError(f"control.group {group!r} of the manifest does not exist") from None
 
     def close(self) -> None:
         if self._server is not None:
@@ -113,6 +142,8 @@ class StatusServer:
                 reply = self.answer(request, peer_uid(connection))
             elif request.get("action") == "authorize":
                 reply = self.authorize(request, peer_uid(connection))
+            elif request.get("action") == "perform":
+                reply = self.perform(request, peer_uid(connection))
             else:
                 raise ValueError("unsupported request")
         except (ValueError, OSError) as error:
@@ -140,6 +171,45 @@ class StatusServer:
         except BlueprintError as error:
             return {"exit_code": int(error.exit_code), "message": error.message}
         return {"exit_code": int(report.exit_code()), "report": report.to_json()}
+
+    def perform(self, request: dict[str, Any], uid: int) -> dict[str, Any]:
+        """Authorize and run `logs`, `audit` or `stop` here, for a caller who is not the
+        home's owner (a member of the manifest's control group): they can neither read
+        the home nor signal its processes themselves."""
+        from blueprint.audit import AuditLog, Decision
+
+        verb = request.get("verb")
+        if verb not in REMOTE_VERBS:
+            raise ValueError(f"no such verb: {verb!r}")
+        decided = self.authorize(request, uid)
+        if decided["exit_code"] != 0:
+            return decided
+        principal = decided["principal"]
+        arguments = request.get("arguments")
+        arguments = arguments if isinstance(arguments, dict) else {}
+        count = arguments.get("lines", 50)
+        count = min(max(count, 0), MAX_REMOTE_LINES) if type(count) is int else 50
+        audit = AuditLog(self.paths.audit, self.mirror)
+        reply: dict[str, Any] = {"exit_code": int(ExitCode.OK)}
+        if verb == "logs":
+            from blueprint.logtail import interleave, last_lines
+
+            sources = {
+                "all": [self.paths.bot_log, self.paths.watchdog_log],
+                "bot": [self.paths.bot_log],
+                "watchdog": [self.paths.watchdog_log],
+            }.get(str(arguments.get("source", "all")), [])
+            shown = interleave([last_lines(p, count) for p in sources if p.exists()])
+            reply["lines"] = shown[-count:] if count else []
+        elif verb == "audit":
+            reply["entries"] = audit.tail(max(count, 1))
+        else:
+            if self.on_stop is None:
+                return {"exit_code": int(ExitCode.FAILURE), "message": "cannot stop from here"}
+            self.on_stop()
+            reply["message"] = "stopping"
+        audit.record(principal, str(verb), Decision.ALLOWED, "ok", {"via": "control socket"})
+        return reply
 
     def authorize(self, request: dict[str, Any], uid: int) -> dict[str, Any]:
         """Decide (and audit) whether the caller may run a verb on this deployment, with

@@ -503,7 +503,9 @@ class Watchdog:
         """Answer `lunara status` from here (blueprint.statusd); optional, never fatal."""
         from blueprint.statusd import StatusServer
 
-        server = StatusServer(self.paths, self.ledger, self.ledger.mirror, self.manifest)
+        server = StatusServer(
+            self.paths, self.ledger, self.ledger.mirror, self.manifest, on_stop=self.request_stop
+        )
         try:
             server.start()
         except OSError as error:

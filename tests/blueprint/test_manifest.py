@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from blueprint.errors import ConfigError, ExitCode
 from blueprint.manifest import (
     DEFAULT_MANIFEST_PATH,
+    ControlSocket,
     Grant,
     Manifest,
     ManifestError,
@@ -546,3 +547,26 @@ def test_a_token_that_does_not_match_names_no_principal(manifest: Manifest, toke
 
 def test_a_token_with_undecodable_bytes_names_no_principal(manifest: Manifest) -> None:
     assert manifest.principal_for_token("\udcff-from-a-raw-environment") is None
+
+
+@pytest.mark.parametrize(
+    ("control", "expected"),
+    [
+        ({"group": "ops", "mode": "0666"}, 'control.mode: must be "0600"'),
+        ({"mode": "0660"}, 'control.mode: "0660" needs a control.group'),
+        ({"group": "not a group"}, "control.group: must be a group name"),
+        ({"owner": "ops"}, "control.owner: unknown field"),
+    ],
+)
+def test_an_invalid_control_socket_is_named(control: dict[str, Any], expected: str) -> None:
+    document = valid_document()
+    document["control"] = control
+    problems = problems_of(document)
+    assert any(problem.startswith(expected) for problem in problems), problems
+
+
+def test_the_control_socket_is_the_owners_alone_unless_a_group_is_named() -> None:
+    assert validate_manifest(valid_document()).control == ControlSocket(None, 0o600)
+    document = valid_document()
+    document["control"] = {"group": "ops"}
+    assert validate_manifest(document).control == ControlSocket("ops", 0o660)

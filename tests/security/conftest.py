@@ -33,10 +33,17 @@ class OtherUser:
     uid: int
     gid: int
 
-    def run(self, command: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        """Run `command` as this user (no supplementary groups), like `setpriv`."""
+    def run(
+        self, command: Sequence[str], groups: Sequence[int] = (), **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `command` as this user with only `groups` besides its own, like `setpriv`."""
         return subprocess.run(
-            list(command), user=self.uid, group=self.gid, extra_groups=[], text=True, **kwargs
+            list(command),
+            user=self.uid,
+            group=self.gid,
+            extra_groups=list(groups),
+            text=True,
+            **kwargs,
         )
 
     def popen(self, command: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
@@ -68,6 +75,21 @@ def other_user() -> Iterator[OtherUser]:
         yield OtherUser(name, entry.pw_uid, entry.pw_gid)
     finally:
         subprocess.run(["userdel", name], capture_output=True)
+
+
+@pytest.fixture
+def control_group(other_user: OtherUser) -> Iterator[tuple[str, int]]:
+    """A throwaway group (name, gid) for the manifest's `control.group`."""
+    import grp
+
+    name = f"lunsecg{os.getpid() % 1_000_000}"
+    created = subprocess.run(["groupadd", name], capture_output=True, text=True)
+    if created.returncode != 0:
+        pytest.skip(f"groupadd failed: {created.stderr.strip()}")
+    try:
+        yield name, grp.getgrnam(name).gr_gid
+    finally:
+        subprocess.run(["groupdel", name], capture_output=True)
 
 
 @pytest.fixture
