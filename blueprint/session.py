@@ -66,12 +66,15 @@ def open_session(options: Options, permission: Permission, action: str) -> Sessi
     from blueprint.audit import AuditLog, authorize, identify
     from blueprint.authority import WATCHDOG_VERBS, check_bound
     from blueprint.identity import TOKEN_ENV
+    from blueprint.locations import home_is_named
     from blueprint.manifest import load_manifest
     from blueprint.mirror import open_mirror
 
     token = os.environ.get(TOKEN_ENV)
     paths = HomePaths.resolve(options.home)
-    decided = _watchdog_decision(paths, action, token) if action in WATCHDOG_VERBS else None
+    decided = None
+    if action in WATCHDOG_VERBS:
+        decided = _watchdog_decision(paths, action, token, home_is_named(options.home))
     if decided is not None:
         manifest_path, principal = decided
         manifest = load_manifest(manifest_path)
@@ -91,14 +94,16 @@ def open_session(options: Options, permission: Permission, action: str) -> Sessi
     return Session(paths, manifest, manifest_path, principal, audit, mirror, action)
 
 
-def _watchdog_decision(paths: HomePaths, verb: str, token: str | None) -> tuple[Path, str] | None:
+def _watchdog_decision(
+    paths: HomePaths, verb: str, token: str | None, home_named: bool
+) -> tuple[Path, str] | None:
     """Ask the running watchdog to authorize `verb`: (its manifest, the caller's
     principal) when allowed; None when no watchdog of ours answers. A refusal (decided
     and audited there) is raised as the watchdog worded it."""
     from blueprint.errors import BlueprintError, ExitCode
     from blueprint.statusclient import ask_authorization
 
-    reply = ask_authorization(paths.control_socket, verb, token)
+    reply = ask_authorization(paths.control_socket, verb, token, home_named=home_named)
     if reply is None:
         return None
     if reply["exit_code"] != 0:
@@ -136,11 +141,17 @@ def perform_remotely(options: Options, verb: str, arguments: dict[str, Any]) -> 
     refusal it decided (and audited) raised with its exit code."""
     from blueprint.errors import BlueprintError, ExitCode
     from blueprint.identity import TOKEN_ENV
-    from blueprint.locations import control_socket, resolve_home
+    from blueprint.locations import control_socket, home_is_named, resolve_home
     from blueprint.statusclient import ask_to_perform
 
     home = resolve_home(options.home)
-    reply = ask_to_perform(control_socket(home), verb, arguments, os.environ.get(TOKEN_ENV))
+    reply = ask_to_perform(
+        control_socket(home),
+        verb,
+        arguments,
+        os.environ.get(TOKEN_ENV),
+        home_named=home_is_named(options.home),
+    )
     if reply is None:
         raise BlueprintError(
             f"{home} belongs to another user and no watchdog of it answers on "

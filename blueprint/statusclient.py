@@ -36,10 +36,12 @@ def server_uid(connection: socket.socket) -> int:
     return int(struct.unpack("3i", credentials)[1])
 
 
-def query_status(socket_path: Path, manifest: Path, token: str | None) -> dict[str, Any] | None:
+def query_status(
+    socket_path: Path, manifest: Path, token: str | None, *, home_named: bool = False
+) -> dict[str, Any] | None:
     """The watchdog's reply (`exit_code` and `report` or `message`), or None."""
     request = {"action": "status", "manifest": str(manifest), "token": token or None}
-    reply = ask(socket_path, request)
+    reply = ask(socket_path, request, home_named=home_named)
     if reply is None:
         return None
     if not isinstance(reply.get("report"), dict) and not isinstance(reply.get("message"), str):
@@ -47,11 +49,13 @@ def query_status(socket_path: Path, manifest: Path, token: str | None) -> dict[s
     return reply
 
 
-def ask_authorization(socket_path: Path, verb: str, token: str | None) -> dict[str, Any] | None:
+def ask_authorization(
+    socket_path: Path, verb: str, token: str | None, *, home_named: bool = False
+) -> dict[str, Any] | None:
     """The watchdog's decision on `verb` (`exit_code` and `principal` and `manifest`, or
     `message`), or None when no watchdog of ours answers."""
     request = {"action": "authorize", "verb": verb, "token": token or None}
-    reply = ask(socket_path, request, DECISION_TIMEOUT_S)
+    reply = ask(socket_path, request, DECISION_TIMEOUT_S, home_named=home_named)
     if reply is None:
         return None
     if reply["exit_code"] == 0:
@@ -66,32 +70,47 @@ def ask_authorization(socket_path: Path, verb: str, token: str | None) -> dict[s
 
 
 def ask_to_perform(
-    socket_path: Path, verb: str, arguments: dict[str, Any], token: str | None
+    socket_path: Path,
+    verb: str,
+    arguments: dict[str, Any],
+    token: str | None,
+    *,
+    home_named: bool = False,
 ) -> dict[str, Any] | None:
     """Have the watchdog authorize and run `logs`, `audit` or `stop` (for a caller who
     is not the home's owner); its reply, or None when no watchdog of ours answers."""
     request = {"action": "perform", "verb": verb, "arguments": arguments, "token": token or None}
-    reply = ask(socket_path, request, DECISION_TIMEOUT_S)
+    reply = ask(socket_path, request, DECISION_TIMEOUT_S, home_named=home_named)
     if reply is not None and reply["exit_code"] != 0 and not isinstance(reply.get("message"), str):
         return None
     return reply
 
 
 def ask(
-    socket_path: Path, request: dict[str, Any], timeout_s: float = CONNECT_TIMEOUT_S
+    socket_path: Path,
+    request: dict[str, Any],
+    timeout_s: float = CONNECT_TIMEOUT_S,
+    *,
+    home_named: bool = False,
 ) -> dict[str, Any] | None:
     """One request to the watchdog of ours listening at `socket_path`; its reply (a JSON
-    object with an int `exit_code`), or None."""
-    trusted = {os.geteuid(), 0}
+    object with an int `exit_code`), or None.
+
+    Ours: the caller's or root's. With `home_named` (the caller gave the home with
+    --home or LUNARA_HOME, not the ./.lunara default that a shared directory could
+    hold), also the home's owner's, when others cannot write the home: that is how a
+    member of the manifest's control group, or root, reaches a deployment run by
+    another user. Such a listener is sent no token: the caller is known to it by
+    SO_PEERCRED, and a credential never leaves for another user's process.
+    """
+    own = {os.geteuid(), 0}
+    trusted = set(own)
     try:
         info = os.lstat(socket_path)
         home = os.stat(socket_path.parent)
     except OSError:
         return None
-    if not home.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        # The home's owner runs its watchdog: a caller who named that home (a member of
-        # the manifest's control group, or root) talks to them, and no one else could
-        # have put a socket there.
+    if home_named and not home.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         trusted.add(home.st_uid)
     if not stat.S_ISSOCK(info.st_mode) or info.st_uid not in trusted:
         return None
@@ -99,8 +118,11 @@ def ask(
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(timeout_s)
             connection.connect(str(socket_path))
-            if server_uid(connection) not in trusted:
+            listener = server_uid(connection)
+            if listener not in trusted:
                 return None
+            if listener not in own:
+                request = {**request, "token": None}
             connection.sendall((json.dumps(request) + "\n").encode())
             with connection.makefile("rb") as reader:
                 line = reader.readline(MAX_REPLY_BYTES)

@@ -222,3 +222,57 @@ def test_our_own_socket_and_watchdog_are_asked(tmp_path: Path) -> None:
         listener.close()
     assert reply == {"exit_code": 0, "report": {"state": "running"}}
     assert seen and json.loads(seen[0])["action"] == "status"
+
+
+def test_a_home_another_user_planted_in_a_shared_directory_never_gets_the_token(
+    other_user: OtherUser, shared_dir: Path
+) -> None:
+    """Root runs `lunara status` in a shared directory holding another user's ./.lunara,
+    with a socket and a listener of theirs: by default nothing is sent to them; named
+    with --home, they are asked as another user's deployment, without the token."""
+    if SYSTEM_PYTHON is None:
+        pytest.skip("no system python3 the second user may run")
+    home = shared_dir / ".lunara"
+    home.mkdir(mode=0o700)
+    other_user.own(home)
+    received = shared_dir / "received"
+    received.touch()
+    other_user.own(received)
+    server = other_user.popen(
+        [
+            SYSTEM_PYTHON,
+            "-c",
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(4)\n"
+            "print('ready', flush=True)\n"
+            "while True:\n"
+            "    c, _ = s.accept(); data = c.recv(65536)\n"
+            "    if data:\n"
+            "        open(sys.argv[2], 'ab').write(data)\n"
+            '        c.sendall(b\'{"exit_code": 0, "report": {"state": "running"}}\\n\')\n'
+            "    c.close()\n",
+            str(home / "control.sock"),
+            str(received),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    manifest = write_manifest(shared_dir / "manifest.json", manifest_document())
+    env = Cli(home, manifest).env(token="ci-secret-token-0123")
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        by_default = subprocess.run(
+            [sys.executable, "-m", "blueprint", "--manifest", str(manifest), "status"],
+            env=env, cwd=shared_dir, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert by_default.returncode == 6, by_default.stderr
+        assert received.read_bytes() == b""
+        named = subprocess.run(
+            [sys.executable, "-m", "blueprint", "--home", str(home), "status", "--json"],
+            env=env, cwd=shared_dir, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert b"ci-secret-token" not in received.read_bytes()
+        assert json.loads(received.read_bytes())["token"] is None
+        assert "ci-secret-token" not in named.stdout + named.stderr
+    finally:
+        server.kill()
+        server.wait()
