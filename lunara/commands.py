@@ -16,6 +16,7 @@ import typer
 
 from blueprint.commands import JsonOption, app, finish, options_of
 from blueprint.errors import BlueprintError, ConfigError
+from blueprint.manifest import Permission
 from blueprint.session import open_session
 from lunara.command_settings import settings_of
 
@@ -41,7 +42,7 @@ def config_show(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
     def body() -> int:
 
-        session = open_session(options_of(ctx), "bot.config", "config show")
+        session = open_session(options_of(ctx), Permission.CONFIG, "config show")
         shown = settings_of(session).redacted()
         session.outcome("ok")
         if as_json:
@@ -65,7 +66,7 @@ def keys_rotate(ctx: typer.Context) -> None:
         from lunara.crypto import load_keyring
         from lunara.storage.backup import rotate_keys
 
-        session = open_session(options_of(ctx), "bot.keys", "keys rotate")
+        session = open_session(options_of(ctx), Permission.KEYS, "keys rotate")
         settings = settings_of(session)
         keyring = load_keyring(settings)
         count = rotate_keys(settings.paths.database, keyring)
@@ -96,7 +97,7 @@ def backup(
     def body() -> int:
         from lunara.storage.backup import backup_database, backup_into
 
-        session = open_session(options_of(ctx), "bot.backup", "backup")
+        session = open_session(options_of(ctx), Permission.BACKUP, "backup")
         settings = settings_of(session)
         warnings: list[str] = []
         live = None if settings.redis_url is None else _live_stops(settings.redis_url, warnings)
@@ -182,7 +183,7 @@ def restore(
     def body() -> int:
         from lunara.storage.backup import restore_database
 
-        session = open_session(options_of(ctx), "bot.restore", "restore")
+        session = open_session(options_of(ctx), Permission.RESTORE, "restore")
         running = session.controller.status(session.principal).pid is not None
         if running:
             raise BlueprintError("the bot is running: run `lunara stop` first, then restore")
@@ -230,7 +231,7 @@ def analyze(
         from lunara.telegram.parsing import UsageError, parse_symbol
         from lunara.trading.exchange import ExchangeError
 
-        session = open_session(options_of(ctx), "bot.analyze", "analyze")
+        session = open_session(options_of(ctx), Permission.ANALYZE, "analyze")
         try:
             name = parse_symbol(symbol)
         except UsageError as error:

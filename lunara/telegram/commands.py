@@ -15,6 +15,7 @@ from typing import Any
 
 import aiosqlite
 
+from blueprint.manifest import Permission
 from blueprint.paths import HomePaths
 from lunara import plans as plan_book
 from lunara.config import Settings
@@ -451,22 +452,27 @@ def _command(*args: Any, **kwargs: Any) -> tuple[str, Command]:
 
 COMMANDS: dict[str, Command] = dict(
     [
-        _command("start", "tg.info.start", "/start", "register and say hello", start),
-        _command("help", "tg.info.help", "/help", "the commands you can use", help_command),
+        _command("start", Permission.TG_START, "/start", "register and say hello", start),
+        _command("help", Permission.TG_HELP, "/help", "the commands you can use", help_command),
         _command(
             "status",
-            "tg.info.status",
+            Permission.TG_STATUS,
             "/status",
             "your plan and the bot's state",
             status,
             private_only=True,
         ),
         _command(
-            "balance", "tg.trade.balance", "/balance", "your balances", balance, private_only=True
+            "balance",
+            Permission.TG_BALANCE,
+            "/balance",
+            "your balances",
+            balance,
+            private_only=True,
         ),
         _command(
             "positions",
-            "tg.trade.positions",
+            Permission.TG_POSITIONS,
             "/positions",
             "your open positions",
             positions,
@@ -474,21 +480,30 @@ COMMANDS: dict[str, Command] = dict(
         ),
         _command(
             "buy",
-            "tg.trade.buy",
+            Permission.TG_BUY,
             "/buy SYMBOL AMOUNT_USDT",
             "open a position",
             buy,
             acts=Acts.ALWAYS,
         ),
         _command(
-            "sell", "tg.trade.sell", "/sell SYMBOL", "close your position", sell, acts=Acts.ALWAYS
+            "sell",
+            Permission.TG_SELL,
+            "/sell SYMBOL",
+            "close your position",
+            sell,
+            acts=Acts.ALWAYS,
         ),
         _command(
-            "analyze", "tg.trade.analyze", "/analyze SYMBOL", "indicators and commentary", analyze
+            "analyze",
+            Permission.TG_ANALYZE,
+            "/analyze SYMBOL",
+            "indicators and commentary",
+            analyze,
         ),
         _command(
             "settings",
-            "tg.trade.settings",
+            Permission.TG_SETTINGS,
             "/settings [key=value ...]",
             "your trading settings",
             settings_command,
@@ -497,16 +512,16 @@ COMMANDS: dict[str, Command] = dict(
         ),
         _command(
             "setkeys",
-            "tg.trade.setkeys",
+            Permission.TG_SETKEYS,
             "/setkeys API_KEY API_SECRET",
             "store your exchange keys",
             setkeys,
             private_only=True,
         ),
-        _command("plans", "tg.info.plans", "/plans", "plans and prices", plans),
+        _command("plans", Permission.TG_PLANS, "/plans", "plans and prices", plans),
         _command(
             "subscribe",
-            "tg.trade.subscribe",
+            Permission.TG_SUBSCRIBE,
             "/subscribe PLAN",
             "pay for a plan with Stars",
             subscribe,
@@ -514,37 +529,37 @@ COMMANDS: dict[str, Command] = dict(
         ),
         _command(
             "paysupport",
-            "tg.info.paysupport",
+            Permission.TG_PAYSUPPORT,
             "/paysupport",
             "help with a payment",
             paysupport,
         ),
-        _command("terms", "tg.info.terms", "/terms", "the terms of the plans", terms),
-        _command("users", "tg.admin.users", "/users", "list users", users_command),
-        _command("user", "tg.admin.user", "/user ID", "one user's details", user_command),
+        _command("terms", Permission.TG_TERMS, "/terms", "the terms of the plans", terms),
+        _command("users", Permission.TG_USERS, "/users", "list users", users_command),
+        _command("user", Permission.TG_USER, "/user ID", "one user's details", user_command),
         _command(
             "broadcast",
-            "tg.admin.broadcast",
+            Permission.TG_BROADCAST,
             "/broadcast TEXT",
             "message every active user",
             broadcast,
         ),
         _command(
             "pause",
-            "tg.admin.pause",
+            Permission.TG_PAUSE,
             "/pause",
             "pause trading for everyone",
             pause,
             acts=Acts.ALWAYS,
         ),
         _command(
-            "resume", "tg.admin.resume", "/resume", "resume trading", resume, acts=Acts.ALWAYS
+            "resume", Permission.TG_RESUME, "/resume", "resume trading", resume, acts=Acts.ALWAYS
         ),
         _command(
-            "botstatus", "tg.admin.botstatus", "/botstatus", "the supervisor's view", botstatus
+            "botstatus", Permission.TG_BOTSTATUS, "/botstatus", "the supervisor's view", botstatus
         ),
         _command(
-            "refund", "tg.admin.refund", "/refund CHARGE_ID", "refund a Stars payment", refund
+            "refund", Permission.TG_REFUND, "/refund CHARGE_ID", "refund a Stars payment", refund
         ),
     ]
 )

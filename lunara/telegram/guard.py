@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from blueprint.audit import AuditLog, Decision
 from blueprint.identity import telegram_principal
-from blueprint.manifest import Manifest
+from blueprint.manifest import Manifest, Permission
 
 if TYPE_CHECKING:
     from lunara.telegram.commands import CommandContext
@@ -52,7 +52,7 @@ class Acts(Enum):
 @dataclass(frozen=True)
 class Command:
     name: str
-    permission: str
+    permission: Permission
     usage: str
     description: str
     handler: Handler
@@ -201,7 +201,7 @@ class Guard:
     def principal(self, user_id: int) -> str:
         return telegram_principal(user_id)
 
-    def may(self, user_id: int, permission: str) -> bool:
+    def may(self, user_id: int, permission: Permission) -> bool:
         return self.manifest.allows(self.principal(user_id), permission)
 
     def admit(self, user_id: int, command: Command | None) -> Admission:
@@ -241,4 +241,4 @@ class Guard:
 
     def admins(self, user_ids: list[int]) -> list[int]:
         """Those of `user_ids` whose role may use admin commands."""
-        return [uid for uid in user_ids if self.may(uid, "tg.admin.users")]
+        return [uid for uid in user_ids if self.may(uid, Permission.TG_USERS)]

@@ -28,6 +28,7 @@ from telegram import (
 )
 from telegram.error import TelegramError
 
+from blueprint.manifest import Permission
 from lunara.telegram.guard import Command
 
 logger = logging.getLogger("lunara.telegram")
@@ -46,7 +47,9 @@ def _entries(commands: Iterable[Command]) -> tuple[BotCommand, ...]:
 
 
 def menus(
-    commands: Iterable[Command], admin_ids: Iterable[int], may: Callable[[int, str], bool]
+    commands: Iterable[Command],
+    admin_ids: Iterable[int],
+    may: Callable[[int, Permission], bool],
 ) -> list[Menu]:
     """The menu of each scope: the default, all private chats, each admin's chat
     (`may(user, permission)`: what the manifest allows that admin)."""

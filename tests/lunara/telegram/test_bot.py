@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blueprint.ledger import ExitRecord, Ledger, LedgerDocument, utc_now
+from blueprint.manifest import Permission
 from blueprint.mirror import NullMirror
 from blueprint.paths import HomePaths
 from lunara import payments as payments_flow
@@ -52,7 +53,42 @@ from tests.lunara.telegram.conftest import (
 
 NO_RATE_LIMIT = {"LUNARA_RATE_LIMIT_PER_MINUTE": "1000"}
 """For a test asking one user every command: each message counts against the limit."""
-ADMIN_ONLY = {"users", "user", "broadcast", "pause", "resume", "botstatus", "refund"}
+EXPECTED: dict[str, Permission] = {
+    "start": Permission.TG_START,
+    "help": Permission.TG_HELP,
+    "status": Permission.TG_STATUS,
+    "plans": Permission.TG_PLANS,
+    "paysupport": Permission.TG_PAYSUPPORT,
+    "terms": Permission.TG_TERMS,
+    "balance": Permission.TG_BALANCE,
+    "positions": Permission.TG_POSITIONS,
+    "buy": Permission.TG_BUY,
+    "sell": Permission.TG_SELL,
+    "analyze": Permission.TG_ANALYZE,
+    "settings": Permission.TG_SETTINGS,
+    "setkeys": Permission.TG_SETKEYS,
+    "subscribe": Permission.TG_SUBSCRIBE,
+    "users": Permission.TG_USERS,
+    "user": Permission.TG_USER,
+    "broadcast": Permission.TG_BROADCAST,
+    "pause": Permission.TG_PAUSE,
+    "resume": Permission.TG_RESUME,
+    "botstatus": Permission.TG_BOTSTATUS,
+    "refund": Permission.TG_REFUND,
+}
+"""Each Telegram command → the permission it must need, written independently of the
+command table (`COMMANDS`), which the matrix below is generated from."""
+
+ROLE_PREFIXES = {  # the roles of the test manifest (tests/lunara/telegram/conftest.py)
+    ADMIN: ("tg.admin.", "tg.trade.", "tg.info."),
+    TRADER: ("tg.trade.", "tg.info."),
+    STRANGER: ("tg.info.",),  # unnamed: the default role, "viewer"
+}
+
+
+def test_every_telegram_command_has_an_expected_permission() -> None:
+    assert sorted(COMMANDS) == sorted(EXPECTED)
+    assert {p for p in Permission if p.startswith("tg.")} == set(EXPECTED.values())
 
 
 async def test_every_command_as_every_role(friendly_telegram: FakeTelegram, bot_home: Path) -> None:
@@ -60,22 +96,20 @@ async def test_every_command_as_every_role(friendly_telegram: FakeTelegram, bot_
     async with running_bot(
         fake_telegram, bot_home, default_role="viewer", send_limits=UNPACED, **NO_RATE_LIMIT
     ) as bot:
-        for user in (ADMIN, TRADER, STRANGER):
+        for user in ROLE_PREFIXES:
             await bot.ask(user, "/start")
+        audit_path = bot_home / "audit.jsonl"
         for name in COMMANDS:
-            for user in (ADMIN, TRADER, STRANGER):
+            for user, prefixes in ROLE_PREFIXES.items():
+                before = len(audit_path.read_text().splitlines())
                 reply = await bot.ask(user, f"/{name}")
                 denied = "does not allow" in reply
-                if user == ADMIN or (user == TRADER and name not in ADMIN_ONLY):
-                    assert not denied, (user, name, reply)
-                elif user == TRADER:
-                    assert denied, (user, name, reply)
-                else:  # viewer: tg.info.* only
-                    permission = COMMANDS[name].permission
-                    assert denied == (not permission.startswith("tg.info.")), (name, reply)
-        audit = [json.loads(line) for line in (bot_home / "audit.jsonl").read_text().splitlines()]
-        refused = [e for e in audit if e["decision"] == "denied"]
-        assert any(e["principal"] == f"telegram:{TRADER}" for e in refused)
+                assert denied == (not EXPECTED[name].startswith(prefixes)), (user, name, reply)
+                entries = [json.loads(line) for line in audit_path.read_text().splitlines()]
+                decision = next(e for e in entries[before:] if e["action"] == f"tg.{name}")
+                assert decision["permission"] == EXPECTED[name], decision
+                assert decision["principal"] == f"telegram:{user}"
+                assert decision["decision"] == ("denied" if denied else "allowed")
         assert not fake_telegram.rejected  # every reply was well-formed HTML
 
 
