@@ -1,7 +1,7 @@
 """The `lunara` commands as a Typer app: argument parsing and output, nothing else.
 
 Each command opens an authorized session (`blueprint.session.open_session`), calls the
-library, audits the outcome and prints. Errors reach `blueprint.cli.run_guarded`.
+library, audits the outcome and prints. Errors reach `blueprint.options.run_guarded`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
-from blueprint.cli import Options, run_guarded
 from blueprint.errors import BlueprintError
 from blueprint.manifest import Permission
+from blueprint.options import Options, run_guarded
 from blueprint.session import (
     Session,
     active_manifest_path,

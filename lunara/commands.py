@@ -63,7 +63,7 @@ def keys_rotate(ctx: typer.Context) -> None:
     """Re-encrypt every stored secret under the newest key of LUNARA_ENCRYPTION_KEY."""
 
     def body() -> int:
-        from lunara.crypto import load_keyring
+        from lunara.keys import load_keyring
         from lunara.storage.backup import rotate_keys
 
         session = open_session(options_of(ctx), Permission.KEYS, "keys rotate")

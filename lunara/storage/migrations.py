@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from lunara.storage.database import SchemaError, now_s
+from lunara.storage.codec import now_s
+from lunara.storage.errors import SchemaError
 
 # "LUNA" in ASCII: marks the file as a Lunara database in the SQLite header.
 APPLICATION_ID = 0x4C554E41

@@ -208,7 +208,7 @@ class TelegramBot:
 
     def _load_keyring(self) -> Any:
         if self._keyring is None:
-            from lunara.crypto import load_keyring
+            from lunara.keys import load_keyring
 
             self._keyring = load_keyring(self.settings)
         return self._keyring

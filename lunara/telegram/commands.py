@@ -64,7 +64,7 @@ class CommandContext:
     arguments: list[str]
     text: str
     deps: Deps
-    command: Command
+    command: Command[CommandContext]
     replies: list[str] = field(default_factory=list)
     invoices: list[str] = field(default_factory=list)  # plans whose invoice answers it
 
@@ -401,7 +401,7 @@ async def refund(ctx: CommandContext) -> None:
     from lunara.payments import Refund, refund_payment
 
     charge = fmt.code(ctx.arguments[0])
-    result, payment = await refund_payment(ctx.deps, ctx.arguments[0])
+    result, payment = await refund_payment(ctx.deps.db, ctx.deps.refund, ctx.arguments[0])
     when = datetime.fromtimestamp(payment.refunded_at or ctx.deps.clock(), UTC)
     stars = f"{payment.amount_stars} Stars to user {payment.user_id}"
     if result is Refund.ALREADY:
@@ -445,12 +445,12 @@ async def terms(ctx: CommandContext) -> None:
     await ctx.reply(fmt.escape(ctx.deps.settings.terms_text or terms_text()))
 
 
-def _command(*args: Any, **kwargs: Any) -> tuple[str, Command]:
+def _command(*args: Any, **kwargs: Any) -> tuple[str, Command[CommandContext]]:
     command = Command(*args, **kwargs)
     return command.name, command
 
 
-COMMANDS: dict[str, Command] = dict(
+COMMANDS: dict[str, Command[CommandContext]] = dict(
     [
         _command("start", Permission.TG_START, "/start", "register and say hello", start),
         _command("help", Permission.TG_HELP, "/help", "the commands you can use", help_command),

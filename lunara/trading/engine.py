@@ -781,7 +781,7 @@ async def _wire_trading(
         closers.append(gateway.aclose)
     keyring = None
     if settings.mode is Mode.LIVE:
-        from lunara.crypto import load_keyring
+        from lunara.keys import load_keyring
 
         keyring = load_keyring(settings)
     analyst: Analyst | None = None

@@ -394,7 +394,10 @@ async def test_concurrent_refunds_of_one_charge_make_one_refund_call(
         # One admin's commands run in the order sent, so concurrent refunds come from
         # several admins at once: asked here of the refund flow itself, five at a time.
         outcomes = await asyncio.gather(
-            *(payments_flow.refund_payment(bot.bot.deps, "charge-5x") for _ in range(5))
+            *(
+                payments_flow.refund_payment(bot.bot.deps.db, bot.bot.deps.refund, "charge-5x")
+                for _ in range(5)
+            )
         )
         assert sorted(result.value for result, _ in outcomes) == sorted(
             [payments_flow.Refund.REFUNDED.value] + [payments_flow.Refund.ALREADY.value] * 4
