@@ -221,6 +221,19 @@ _OUTBOX = (
     "CREATE INDEX outbox_done ON outbox (done_at) WHERE state != 'queued'",
 )
 
+# Who this database belongs to: a deployment is its manifest name plus this id, made
+# once when the database is created (or first upgraded), so two homes under one name can
+# tell whether they are one deployment (a standby may wait) or two (refused at start).
+_DEPLOYMENT = (
+    """CREATE TABLE deployment (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        deployment_id TEXT NOT NULL CHECK (length(deployment_id) = 32),
+        created_at REAL NOT NULL
+    )""",
+    "INSERT INTO deployment (singleton, deployment_id, created_at) "
+    "VALUES (1, lower(hex(randomblob(16))), (julianday('now') - 2440587.5) * 86400.0)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _CORE_TABLES),
     Migration(2, "trailing stops and payment refunds", _TRAILING_STOPS_AND_REFUNDS),
@@ -228,6 +241,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "fees, partial fills and residues of orders", _ORDER_FIDELITY),
     Migration(5, "trailing stop as a trader setting", _TRAILING_STOP_SETTING),
     Migration(6, "the outbox of every message sent", _OUTBOX),
+    Migration(7, "the deployment's identity", _DEPLOYMENT),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -249,6 +263,7 @@ KNOWN_TABLES: frozenset[str] = frozenset(
         "handled_commands",
         "broadcasts",
         "outbox",
+        "deployment",
     }
 )
 

@@ -188,6 +188,7 @@ class TelegramBot:
         *,
         redis: Any = None,
         send_limits: SendLimits = TELEGRAM_LIMITS,
+        may_send: Callable[[], bool] | None = None,
     ) -> None:
         token = settings.telegram_bot_token
         if token is None:
@@ -199,7 +200,7 @@ class TelegramBot:
         self.guard = Guard(manifest, audit, RateLimiter(settings.rate_limit_per_minute))
         self.state = TelegramState(paths.root / STATE_FILE)
         self.outbox = Outbox(db)
-        self.sender = OutboxSender(db, self.outbox, self, send_limits)
+        self.sender = OutboxSender(db, self.outbox, self, send_limits, may_send=may_send)
         self.errors = ErrorHandler(db, self.state, self.send, self.admin_ids)
         self.updates_handled = 0
         self.in_hand: set[tuple[int, int]] = set()  # (chat, message) being answered now

@@ -19,10 +19,10 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
@@ -68,6 +68,9 @@ from lunara.trading.orders import OrderOutcomeUnknown, OrderPath, OrderRequest, 
 from lunara.trading.paper import PaperExchange
 from lunara.trading.stopstore import REDIS_OUTAGE, STORE_NAME, StopStore, make_stop_store
 from lunara.trading.trailing import initial_state
+
+if TYPE_CHECKING:
+    from lunara.instance import InstanceLease
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +131,7 @@ class TradingEngine:
         signals: SignalSource | None = None,
         notifier: Notifier | None = None,
         clock: Any = time.time,
+        may_act: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
         self._stops = stops
@@ -144,7 +148,9 @@ class TradingEngine:
         self.settings_cache = SettingsCache(db)
         self.signals: SignalSource = signals if signals is not None else StreamingSignals()
         self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown_s)
-        self.orders = OrderPath(db, stops, default_stop_params=self._stop_params, clock=clock)
+        self.orders = OrderPath(
+            db, stops, default_stop_params=self._stop_params, clock=clock, may_act=may_act
+        )
         self.executor = Executor(
             db=db,
             market=market,
@@ -688,6 +694,7 @@ async def open_trading(
     redis: Any = None,
     notifier: Notifier | None = None,
     seed: int = 0,
+    lease: InstanceLease | None = None,
 ) -> TradingRuntime:
     """The engine and its runner, wired from the settings.
 
@@ -697,6 +704,8 @@ async def open_trading(
     where a busy event loop could hold a transaction past the busy timeout and make
     another connection fail with "database is locked".
     ``redis`` defaults to a client for ``REDIS_URL`` when that is set.
+    ``lease``: the instance lease this bot holds (``lunara.instance``); every order
+    placement and Redis stop write is fenced by it.
     """
     closers: list[Any] = []
     paths = settings.paths
@@ -708,7 +717,8 @@ async def open_trading(
 
         redis = Redis.from_url(settings.redis_url, socket_timeout=5.0)
         closers.append(redis.aclose)
-    stops = make_stop_store(name=STORE_NAME, db=db, redis=redis)
+    fence = None if lease is None else lease.fence
+    stops = make_stop_store(name=STORE_NAME, db=db, redis=redis, fence=fence)
     needs_binance = settings.mode is Mode.LIVE or settings.market.kind is MarketKind.BINANCE
     gateway = (
         BinanceGateway(base_url=settings.binance_api_base_url, limiter=WeightLimiter())
@@ -741,6 +751,7 @@ async def open_trading(
         keyring=keyring,
         analyst=analyst,
         notifier=notifier,
+        may_act=None if lease is None else lease.check,
     )
     return TradingRuntime(engine, EngineRunner(engine, tick_seconds=settings.tick_seconds), closers)
 
