@@ -32,6 +32,7 @@ import psutil
 
 from blueprint.errors import BlueprintError, ConfigError, ExitCode, StartFailed
 from blueprint.exit_message import is_invalid_config
+from blueprint.heartbeat import STANDBY
 from blueprint.heartbeat import UP as SERVICES_UP
 from blueprint.heartbeat import heartbeat_mtime, heartbeat_services
 from blueprint.logfiles import open_append
@@ -541,7 +542,9 @@ class Controller:
                 beat = heartbeat_mtime(self.paths.heartbeat)
                 if beat is not None and beat >= started:
                     report = heartbeat_services(self.paths.heartbeat)
-                    if report == SERVICES_UP:
+                    # A standby is up too: it waits, healthy, to take over (what makes a
+                    # start-first rolling deploy go on).
+                    if report == SERVICES_UP or (report or "").startswith(f"{STANDBY}:"):
                         return
             if first_bot is None and doc.bot is not None:
                 first_bot = doc.bot

@@ -79,11 +79,19 @@ if current then
     if stored and stored >= tonumber(ARGV[2]) then
       return stored
     end
+    local holder = redis.call('HMGET', KEYS[2], 'host', 'home')
+    if stored and holder[1] and holder[1] == decoded['host'] and holder[2] == decoded['home']
+        and (holder[1] ~= ARGV[3] or holder[2] ~= ARGV[4]) then
+      return stored
+    end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1])
 return tonumber(ARGV[2])
 """
+
+# (KEYS[2]: the instance lease. The entry of the home whose bot holds it is never
+# overwritten by another home's: a standby, or a home refused for its name.)
 
 # Add audit lines and move the synced offset, only if nobody moved it since we read it.
 AUDIT_APPEND_FROM_OFFSET = """
@@ -144,6 +152,8 @@ class MirrorKeys:
     events: str
     audit: str
     audit_synced_offset: str
+    instance: str
+    """The instance lease (`lunara.instance`): which home's bot is the live one."""
 
     @classmethod
     def for_name(cls, name: str) -> MirrorKeys:
@@ -153,6 +163,7 @@ class MirrorKeys:
             events=f"{base}:events",
             audit=f"{base}:audit",
             audit_synced_offset=f"{base}:audit:synced_offset",
+            instance=f"{base}:instance",
         )
 
 
@@ -311,9 +322,17 @@ class RedisMirror:
             self._pending_ledger = None  # not a ledger revision: nothing worth mirroring
             return
         payload = json.dumps(document, default=str)
+        host, home = str(document.get("host")), str(document.get("home"))
         kept = self._call(
             lambda client: client.eval(
-                LEDGER_COMPARE_AND_SET, 1, self.keys.ledger, payload, revision
+                LEDGER_COMPARE_AND_SET,
+                2,
+                self.keys.ledger,
+                self.keys.instance,
+                payload,
+                revision,
+                host,
+                home,
             ),
             catch_up=False,
         )

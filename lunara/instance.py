@@ -45,6 +45,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from blueprint.errors import BlueprintError, ConfigError
+from blueprint.mirror import MirrorKeys
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ return 0
 
 def lease_key(name: str) -> str:
     """The instance lease of deployment `name` (every key of it lives under `lunara:<name>:`)."""
-    return f"lunara:{name}:instance"
+    return MirrorKeys.for_name(name).instance
 
 
 class InstanceConflict(ConfigError):

@@ -1,0 +1,165 @@
+"""One live instance per deployment, through the real CLI, real processes and a real Redis.
+
+Two homes under one manifest `name` on one Redis: with one database between them (a
+copy of it stands for a volume two hosts mount) the second waits as `standby` and takes
+over within the lease's TTL once the first is killed; with a database of its own the
+second is another deployment and is refused at start (exit 6), polling nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+
+from tests.blueprint.cli_harness import (
+    REAL_BOT_ENTRY,
+    REAL_BOT_PROGRAM,
+    Cli,
+    manifest_document,
+    wait_until,
+    write_manifest,
+)
+from tests.fakes.telegram_api import FakeTelegram
+from tests.lunara.telegram.conftest import TOKEN
+
+ENTRY = REAL_BOT_ENTRY
+ADMIN = 424242
+
+
+@pytest.fixture
+def telegram() -> Iterator[FakeTelegram]:
+    with FakeTelegram() as server:
+        yield server
+
+
+def _home(tmp_path: Path, label: str) -> Cli:
+    home = tmp_path / label / "home"
+    home.mkdir(parents=True, mode=0o700)
+    document = manifest_document(REAL_BOT_PROGRAM)
+    document["principals"][f"telegram:{ADMIN}"] = "admin"
+    return Cli(home, write_manifest(tmp_path / label / "manifest.json", document))
+
+
+def _env(cli: Cli, redis_url: str, telegram: FakeTelegram) -> dict[str, str]:
+    return {
+        "LUNARA_HOME": str(cli.home),
+        "REDIS_URL": redis_url,
+        "LUNARA_TICK_SECONDS": "0.2",
+        "TELEGRAM_BOT_TOKEN": TOKEN,
+        "TELEGRAM_API_BASE_URL": telegram.base_url,
+    }
+
+
+def _status(cli: Cli, env: dict[str, str]) -> dict[str, Any]:
+    result = cli.run("status", "--json", entry=ENTRY, extra_env=env)
+    document: dict[str, Any] = json.loads(result.stdout)
+    document["exit_code"] = result.returncode
+    return document
+
+
+def _report(cli: Cli) -> str:
+    """What the bot last reported in its heartbeat (``up``, ``standby:WHO``, ...)."""
+    try:
+        fields = (cli.home / "heartbeat").read_text().split(maxsplit=2)
+    except FileNotFoundError:
+        return ""
+    return fields[2].strip() if len(fields) > 2 else ""
+
+
+def _traded(cli: Cli) -> bool:
+    """Whether this home's bot has run a trading tick (its metrics carry the tick's time)."""
+    try:
+        return "tick_duration_seconds" in json.loads((cli.home / "metrics.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def test_a_second_home_of_another_deployment_under_the_same_name_is_refused_with_exit_6(
+    tmp_path: Path, redis_db: str, telegram: FakeTelegram
+) -> None:
+    production = _home(tmp_path, "production")
+    laptop = _home(tmp_path, "laptop")
+    production_env = _env(production, redis_db, telegram)
+    laptop_env = _env(laptop, redis_db, telegram)
+    try:
+        started = production.run("start", "--wait", "60", entry=ENTRY, extra_env=production_env)
+        assert started.returncode == 0, started.stderr
+        polls = telegram.call_count("getMe")
+        refused = laptop.run("start", "--wait", "60", entry=ENTRY, extra_env=laptop_env)
+        assert refused.returncode == 6, refused.stdout + refused.stderr
+        message = refused.stderr
+        assert "another deployment named 'lunara-test' is running" in message
+        assert f"host {socket.gethostname()}" in message and str(production.home) in message
+        assert "give this one its own `name`" in message
+        assert "Traceback" not in message
+        assert telegram.call_count("getMe") == polls  # the refused bot never reached Telegram
+        assert _status(laptop, laptop_env)["state"] == "fatal"
+        mirrored = json.loads(redis.Redis.from_url(redis_db).get("lunara:lunara-test:ledger"))
+        assert mirrored["home"] == str(production.home)  # not overwritten by the refused home
+        status = _status(production, production_env)
+        assert status["state"] == "running" and status["healthy"], status
+    finally:
+        laptop.run("stop", "--timeout", "20", entry=ENTRY, extra_env=laptop_env)
+        production.run("stop", "--timeout", "20", entry=ENTRY, extra_env=production_env)
+
+
+def _kill_instance(cli: Cli, env: dict[str, str]) -> None:
+    status = _status(cli, env)
+    for pid in (status["supervisor_pid"], status["pid"]):
+        assert pid is not None, status
+        os.kill(pid, signal.SIGKILL)
+    for pid in (status["supervisor_pid"], status["pid"]):
+        with pytest.raises(psutil.NoSuchProcess):
+            psutil.Process(pid).wait(10)
+
+
+def test_a_second_home_of_the_same_deployment_waits_as_standby_and_takes_over_when_killed(
+    tmp_path: Path, redis_db: str, telegram: FakeTelegram
+) -> None:
+    first = _home(tmp_path, "first")
+    second = _home(tmp_path, "second")
+    first_env = _env(first, redis_db, telegram)
+    second_env = _env(second, redis_db, telegram)
+    try:
+        # One database between the two homes (as a volume two hosts mount).
+        started = first.run("start", "--wait", "60", entry=ENTRY, extra_env=first_env)
+        assert started.returncode == 0, started.stderr
+        assert first.run("stop", entry=ENTRY, extra_env=first_env).returncode == 0
+        for name in ("lunara.db", "lunara.db-wal", "lunara.db-shm"):
+            if (first.home / name).exists():
+                shutil.copy2(first.home / name, second.home / name)
+        started = first.run("start", "--wait", "60", entry=ENTRY, extra_env=first_env)
+        assert started.returncode == 0, started.stderr
+
+        waiting = second.run("start", "--wait", "60", entry=ENTRY, extra_env=second_env)
+        assert waiting.returncode == 0, waiting.stderr
+        assert _report(second).startswith("standby:") and str(first.home) in _report(second)
+        standby = _status(second, second_env)
+        assert standby["state"] == "standby" and standby["exit_code"] == 0, standby
+        assert any(str(first.home) in note for note in standby["notes"]), standby
+        wait_until(lambda: _traded(first), 30, "the active instance to trade")
+        assert not _traded(second)  # the standby does not trade
+
+        polls_before = telegram.call_count("getUpdates")
+        _kill_instance(first, first_env)
+        wait_until(lambda: _report(second) == "up", 40, "the standby to take over")
+        wait_until(lambda: _traded(second), 30, "the new active instance to trade")
+        telegram.push_command(ADMIN, "/help")
+        wait_until(lambda: bool(telegram.messages_to(ADMIN)), 30, "an answer from the new holder")
+        assert telegram.call_count("getUpdates") > polls_before
+        assert sum(telegram.conflicts_by_token.values()) == 0  # never two polls at once
+        status = _status(second, second_env)
+        assert status["state"] == "running" and status["healthy"], status
+    finally:
+        second.run("stop", "--timeout", "20", entry=ENTRY, extra_env=second_env)
+        first.run("stop", "--timeout", "20", entry=ENTRY, extra_env=first_env)
