@@ -32,9 +32,8 @@ import psutil
 
 from blueprint.errors import BlueprintError, ConfigError, ExitCode, StartFailed
 from blueprint.exit_message import is_invalid_config
-from blueprint.heartbeat import STANDBY
+from blueprint.heartbeat import STANDBY, heartbeat_mtime, heartbeat_services
 from blueprint.heartbeat import UP as SERVICES_UP
-from blueprint.heartbeat import heartbeat_mtime, heartbeat_services
 from blueprint.logfiles import open_append
 from blueprint.paths import HomePaths
 from blueprint.process import (
