@@ -243,7 +243,9 @@ def run(ctx: typer.Context) -> None:
     def body() -> int:
         session = open_session(options_of(ctx), "bot.run", "run")
         try:
-            code = session.controller.run_foreground(session.principal)
+            from blueprint.watchdog import Watchdog
+
+            code = session.controller.run_foreground(session.principal, Watchdog)
         except BlueprintError as error:  # a bad health port, a bot refusing its configuration
             session.outcome("failed", {"error": error.message.splitlines()[0][:300]})
             raise

@@ -1,9 +1,7 @@
-"""The control plane's verbs: status, start, stop, restart and run, over ledger and processes.
+"""The control plane's verbs: start, stop, restart and run, over ledger and processes.
 
-`status` must answer fast and truthfully, so it reads the ledger and asks psutil which of
-the recorded processes (pid *and* create time) are alive; what to call the result is a
-pure decision (`decide_state`) over those facts. It never says `running` for a dead bot
-nor `stopped` for a live one, whatever the ledger claims.
+What `status` says is computed in blueprint.status (the watchdog's status socket and
+health endpoint use it without a controller); the verbs here report through it.
 
 `start` spawns the watchdog detached (its own session, stdin from /dev/null, output to
 `logs/watchdog.log`) under the start lock, and only releases the lock once the watchdog
@@ -18,15 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import psutil
 
@@ -37,192 +33,50 @@ from blueprint.heartbeat import UP as SERVICES_UP
 from blueprint.logfiles import open_append
 from blueprint.paths import HomePaths
 from blueprint.process import (
-    CREATE_TIME_TOLERANCE_S,
     descendants,
     find_process,
     kill_tree,
     signal_process,
-    tree_rss_bytes,
     wait_gone,
 )
+from blueprint.states import ControlEvent, State
+from blueprint.status import StatusReport, bot_started, redact, report_of
 
 if TYPE_CHECKING:
-    from blueprint.ledger import ExitRecord, Ledger, LedgerDocument, ProcessRecord
+    from blueprint.ledger import Ledger, LedgerDocument, ProcessRecord
     from blueprint.manifest import Manifest
     from blueprint.mirror import Mirror
 
-MIB = 1024 * 1024
 POLL_S = 0.05
 HANDSHAKE_TIMEOUT_S = 20.0
 START_LOCK_TIMEOUT_S = 120.0
 WATCHDOG_EXIT_GRACE_S = 5.0
 EXIT_RECORD_WAIT_S = 2.0
 LOG_LINES_ON_FAILURE = 15
-INVALID_CONFIG_NOTE = (
-    "invalid configuration (last_exit.reason says what): not restarted; fix it, then start"
-)
-_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
-_SECRET_SHAPES = (
-    (re.compile(r"\b\d{6,}:[A-Za-z0-9_-]{30,}\b"), "[redacted]"),  # Telegram bot tokens
-    (re.compile(r"(?i)\b(\w*(?:token|key|secret|passw(?:or)?d)\w*)=\S+"), r"\1=[redacted]"),
-    (re.compile(r"(?i)(rediss?://[^:@/\s]*:)[^@\s]+@"), r"\1[redacted]@"),
-)
 
 
-class State:
-    """Status states (values of blueprint.ledger.BotState; `orphaned` is derived only)."""
+class Supervisor(Protocol):
+    """A foreground watchdog as `run` needs it (blueprint.watchdog.Watchdog)."""
 
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    BACKOFF = "backoff"
-    STOPPING = "stopping"
-    FATAL = "fatal"
-    ORPHANED = "orphaned"
+    def prepare(self) -> None: ...
+
+    def run(self) -> int: ...
 
 
-class ControlEvent:
-    """Ledger event kinds written by the controller (the watchdog's are in its Event)."""
+class SupervisorFactory(Protocol):
+    """Builds the foreground watchdog; `run`'s caller hands it in, so the controller
+    does not import the watchdog (which serves status, which must not need the verbs)."""
 
-    START_REQUESTED = "start.requested"
-    STOP_REQUESTED = "stop.requested"
-    STOPPED = "bot.stopped"
-
-
-# -- the pure part --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Liveness:
-    """What the process table and the heartbeat say right now."""
-
-    watchdog_alive: bool
-    bot_alive: bool
-    heartbeat_age_s: float | None  # None: no beat since the current bot started
-    bot_uptime_s: float | None
-    heartbeat_timeout_s: float
-
-
-@dataclass(frozen=True)
-class Verdict:
-    state: str
-    healthy: bool
-    notes: tuple[str, ...] = ()
-
-
-def decide_state(stored: str, facts: Liveness, invalid_config: bool = False) -> Verdict:
-    """Name the state from the ledger's claim and the facts; the facts win.
-
-    `invalid_config`: the last exit had code 6, so a `fatal` state is the bot refusing its
-    configuration, not a crash loop.
-    """
-    if stored == State.FATAL and invalid_config and not facts.bot_alive:
-        return Verdict(State.FATAL, False, (INVALID_CONFIG_NOTE,))
-    if not facts.watchdog_alive:
-        if facts.bot_alive:
-            return Verdict(
-                State.ORPHANED,
-                False,
-                (
-                    "the watchdog is gone but the bot is still running: "
-                    "`lunara stop` stops it, `lunara start` adopts it",
-                ),
-            )
-        if stored == State.FATAL:
-            return Verdict(
-                State.FATAL, False, ("crash loop: restarts exhausted; fix the bot, then start",)
-            )
-        if stored != State.STOPPED:
-            return Verdict(
-                State.STOPPED, False, (f"the watchdog is gone (the ledger said {stored})",)
-            )
-        return Verdict(State.STOPPED, False)
-    if stored == State.STOPPING:
-        return Verdict(State.STOPPING, False, ("a stop is in progress",))
-    if stored == State.FATAL:
-        return Verdict(State.FATAL, False, ("crash loop: restarts exhausted",))
-    if not facts.bot_alive:
-        if stored in (State.STARTING, State.STOPPED):
-            return Verdict(State.STARTING, False, ("the watchdog is starting the bot",))
-        return Verdict(State.BACKOFF, False, ("the bot is down; the watchdog will restart it",))
-    timeout = facts.heartbeat_timeout_s
-    if facts.heartbeat_age_s is None:
-        uptime = facts.bot_uptime_s or 0.0
-        if uptime <= 2 * timeout:
-            return Verdict(State.STARTING, False, ("waiting for the bot's first heartbeat",))
-        return Verdict(
-            State.RUNNING, False, (f"no heartbeat since the bot started {uptime:.0f} s ago",)
-        )
-    if facts.heartbeat_age_s > timeout:
-        return Verdict(
-            State.RUNNING,
-            False,
-            (f"stale heartbeat: {facts.heartbeat_age_s:.1f} s old (timeout {timeout:g} s)",),
-        )
-    return Verdict(State.RUNNING, True)
-
-
-def redact(text: str, environ: Mapping[str, str]) -> str:
-    """Blank out secrets before log lines go into an error message."""
-    for name, value in environ.items():
-        if _SECRET_NAME.search(name) and len(value) >= 6:
-            text = text.replace(value, "[redacted]")
-    for shape, replacement in _SECRET_SHAPES:
-        text = shape.sub(replacement, text)
-    return text
-
-
-# -- reports ----------------------------------------------------------------------------
-
-
-@dataclass
-class StatusReport:
-    """`lunara status --json` (DESIGN.md): add fields, never rename them."""
-
-    state: str
-    pid: int | None
-    supervisor_pid: int | None
-    started_at: str | None
-    uptime_s: float | None
-    restarts: int
-    last_exit: dict[str, Any] | None
-    rss_mib: float | None
-    heartbeat_age_s: float | None
-    mirror: dict[str, Any]
-    ledger_revision: int
-    principal: str | None
-    healthy: bool
-    notes: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "pid": self.pid,
-            "supervisor_pid": self.supervisor_pid,
-            "started_at": self.started_at,
-            "uptime_s": self.uptime_s,
-            "restarts": self.restarts,
-            "last_exit": self.last_exit,
-            "rss_mib": self.rss_mib,
-            "heartbeat_age_s": self.heartbeat_age_s,
-            "mirror": self.mirror,
-            "ledger_revision": self.ledger_revision,
-            "principal": self.principal,
-            "healthy": self.healthy,
-            "notes": list(self.notes),
-        }
-
-    def exit_code(self) -> ExitCode:
-        """0 only when running and healthy, 3 when stopped; anything else is 5.
-
-        `starting` and `stopping` are 5 too: the bot is not yet (or no longer) known to
-        work, and a CI script that wants to wait for health uses `start --wait`.
-        """
-        if self.state == State.RUNNING and self.healthy:
-            return ExitCode.OK
-        if self.state == State.STOPPED:
-            return ExitCode.NOT_RUNNING
-        return ExitCode.UNHEALTHY
+    def __call__(
+        self,
+        paths: HomePaths,
+        manifest: Manifest,
+        ledger: Ledger,
+        *,
+        started_by: str,
+        foreground: bool,
+        adopt: bool,
+    ) -> Supervisor: ...
 
 
 @dataclass
@@ -230,40 +84,6 @@ class ActionResult:
     changed: bool
     message: str
     status: StatusReport
-
-
-def _exit_json(record: ExitRecord | None) -> dict[str, Any] | None:
-    if record is None:
-        return None
-    return {
-        "code": record.code,
-        "signal": record.signal,
-        "at": record.at,
-        "reason": record.reason,
-        "rss_mib": record.rss_mib,
-    }
-
-
-def _parse_iso(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
-
-
-def _bot_started(doc: LedgerDocument, bot: psutil.Process) -> float:
-    """When the bot started: the watchdog's wall clock, else the kernel's (coarser) record.
-
-    psutil's create time is the boot time (whole seconds) plus ticks, so it can be up to
-    a second early; the recorded start is exact unless it belongs to another process.
-    """
-    created = bot.create_time()
-    recorded = _parse_iso(doc.started_at)
-    if recorded is not None and abs(recorded - created) <= CREATE_TIME_TOLERANCE_S:
-        return recorded
-    return created
 
 
 def _size(path: Path) -> int:
@@ -313,58 +133,8 @@ class Controller:
 
     def status(self, principal: str | None = None) -> StatusReport:
         read = self.ledger.read()
-        return self._report(read.document, principal, read.recovered)
-
-    def _report(
-        self, doc: LedgerDocument, principal: str | None, recovered: str | None = None
-    ) -> StatusReport:
-        now = time.time()
-        watchdog = find_process(doc.watchdog)
-        bot = find_process(doc.bot)
-        uptime: float | None = None
-        rss_mib: float | None = None
-        age: float | None = None
-        if bot is not None:
-            try:
-                started = _bot_started(doc, bot)
-                uptime = max(0.0, now - started)
-                rss_mib = round(tree_rss_bytes(bot) / MIB, 1)
-            except psutil.Error:
-                bot = None
-            else:
-                beat = heartbeat_mtime(self.paths.heartbeat)
-                if beat is not None and beat >= started:
-                    age = max(0.0, now - beat)
-        facts = Liveness(
-            watchdog_alive=watchdog is not None,
-            bot_alive=bot is not None,
-            heartbeat_age_s=age,
-            bot_uptime_s=uptime,
-            heartbeat_timeout_s=self.manifest.program.heartbeat_timeout_s,
-        )
-        last_exit = doc.last_exit
-        invalid_config = last_exit is not None and is_invalid_config(
-            last_exit.code, last_exit.signal
-        )
-        verdict = decide_state(str(doc.state), facts, invalid_config)
-        notes = list(verdict.notes)
-        if recovered:
-            notes.insert(0, recovered)
-        return StatusReport(
-            state=verdict.state,
-            pid=None if bot is None else bot.pid,
-            supervisor_pid=None if watchdog is None else watchdog.pid,
-            started_at=doc.started_at if bot is not None else None,
-            uptime_s=None if uptime is None else round(uptime, 1),
-            restarts=doc.restarts,
-            last_exit=_exit_json(doc.last_exit),
-            rss_mib=rss_mib,
-            heartbeat_age_s=None if age is None else round(age, 2),
-            mirror=self.mirror.health(),
-            ledger_revision=doc.revision,
-            principal=principal,
-            healthy=verdict.healthy,
-            notes=notes,
+        return report_of(
+            read.document, self.paths, self.manifest, self.mirror, principal, read.recovered
         )
 
     # -- start --------------------------------------------------------------------
@@ -537,7 +307,7 @@ class Controller:
                 raise self._start_failure("the bot exited during start", None)
             report: str | None = None
             if bot is not None:
-                started = _bot_started(doc, bot)
+                started = bot_started(doc, bot)
                 beat = heartbeat_mtime(self.paths.heartbeat)
                 if beat is not None and beat >= started:
                     report = heartbeat_services(self.paths.heartbeat)
@@ -671,10 +441,8 @@ class Controller:
         prefix = "restarted" if stopped.changed else "was not running; started"
         return ActionResult(True, f"{prefix}: {started.message}", started.status)
 
-    def run_foreground(self, principal: str) -> int:
+    def run_foreground(self, principal: str, make_supervisor: SupervisorFactory) -> int:
         """Supervise in this process (containers, PID 1): returns 0 after a clean stop."""
-        from blueprint.watchdog import Watchdog
-
         with self._start_lock():
             doc = self.ledger.read().document
             watchdog = find_process(doc.watchdog)
@@ -683,7 +451,7 @@ class Controller:
                     f"already supervised by watchdog pid {watchdog.pid}; "
                     "run `lunara stop` first to supervise in the foreground"
                 )
-            supervisor = Watchdog(
+            supervisor = make_supervisor(
                 self.paths,
                 self.manifest,
                 self.ledger,

@@ -8,8 +8,8 @@ platforms that probe from outside need 0.0.0.0).
 
 - GET /healthz → 200 while the bot is running and healthy, 503 otherwise, with a small
   JSON body: state, heartbeat age, restarts (nothing secret).
-- GET /metrics → Prometheus text: restarts, RSS, heartbeat age, up, and the bot's own
-  counters (blueprint.metrics).
+- GET /metrics → Prometheus text: restarts, RSS, heartbeat age, up, the bot's own
+  counters (blueprint.metrics), and per dependency whether the bot reaches it.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ import re
 import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from blueprint.errors import ConfigError
 from blueprint.metrics import BOT_METRICS, METRICS_FILE, read_metrics
 from blueprint.paths import HomePaths
+from blueprint.states import Reachability
+from blueprint.status import StatusReport, compute_status, parse_iso
 
 if TYPE_CHECKING:
-    from blueprint.control import StatusReport
     from blueprint.ledger import Ledger
     from blueprint.manifest import Manifest
     from blueprint.mirror import Mirror
@@ -84,7 +84,41 @@ def render_metrics(report: StatusReport, bot: Mapping[str, float]) -> str:
     for name, help_text in BOT_METRICS.items():
         kind = "counter" if name.endswith("_total") else "gauge"
         metric(name, kind, help_text, bot.get(name))
+    lines.extend(_dependency_metrics(report.dependencies))
     return "\n".join(lines) + "\n"
+
+
+def _dependency_metrics(dependencies: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
+    """One series per dependency the bot uses (those that are `off` have none): alert on
+    `lunara_dependency_up == 0`, which `lunara_up` does not cover (a restart would not
+    help)."""
+    if not dependencies:
+        return []
+    up: list[str] = []
+    seen: list[str] = []
+    for name, view in dependencies.items():
+        state = view.get("state")
+        if state == Reachability.OFF:
+            continue
+        label = f'{{dependency="{name}"}}'
+        up.append(f"lunara_dependency_up{label} {1 if state == Reachability.OK else 0}")
+        last_ok = parse_iso(view.get("last_ok_at"))
+        if last_ok is not None:
+            seen.append(f"lunara_dependency_last_ok_timestamp_seconds{label} {last_ok:.3f}")
+    lines: list[str] = []
+    if up:
+        lines += [
+            "# HELP lunara_dependency_up 1 when the bot reaches the dependency, 0 when it is down.",
+            "# TYPE lunara_dependency_up gauge",
+            *up,
+        ]
+    if seen:
+        lines += [
+            "# HELP lunara_dependency_last_ok_timestamp_seconds When the bot last reached it.",
+            "# TYPE lunara_dependency_last_ok_timestamp_seconds gauge",
+            *seen,
+        ]
+    return lines
 
 
 class HealthServer:
@@ -127,10 +161,7 @@ class HealthServer:
         self._server.server_close()
 
     def report(self) -> StatusReport:
-        from blueprint.control import Controller
-
-        source = self.manifest.source or Path("manifest.json")
-        return Controller(self.paths, self.manifest, source, self.ledger, self.mirror).status()
+        return compute_status(self.paths, self.manifest, self.ledger, self.mirror)
 
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0]

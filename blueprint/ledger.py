@@ -25,13 +25,13 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeGuard
 
 from blueprint.errors import BlueprintError
 from blueprint.mirror import Mirror
 from blueprint.paths import HomePaths
+from blueprint.states import STORED_STATES, State
 
 MAX_EVENTS = 100
 KEEP_CORRUPT_FILES = 5
@@ -41,19 +41,9 @@ WATCHDOG_MODULE = "blueprint.watchdog"
 REBUILT_EVENT = "ledger_rebuilt"
 
 
-class BotState(StrEnum):
-    """What the supervisor is doing with the bot. ORPHANED is derived by status, never stored."""
-
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    BACKOFF = "backoff"
-    STOPPING = "stopping"
-    FATAL = "fatal"
-    ORPHANED = "orphaned"
-
-
-STORED_STATES = frozenset(BotState) - {BotState.ORPHANED}
+# What the supervisor is doing with the bot: the one set of states (blueprint.states),
+# of which only STORED_STATES are ever written here.
+BotState = State
 
 
 class LedgerCorrupt(BlueprintError):

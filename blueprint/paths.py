@@ -75,6 +75,11 @@ class HomePaths:
         return self.root / "heartbeat"
 
     @property
+    def dependencies(self) -> Path:
+        """What the bot last found of Telegram, Redis, the exchange and Gemini."""
+        return self.root / "dependencies.json"
+
+    @property
     def database(self) -> Path:
         return self.root / "lunara.db"
 

@@ -93,6 +93,10 @@ def print_status(report: Mapping[str, Any], as_json: bool, quiet: bool) -> None:
     readable = dict(report)
     readable["last_exit"] = describe_last_exit(report.get("last_exit"))
     readable["mirror"] = describe_mirror(report.get("mirror"))
+    readable["dependencies"] = describe_dependencies(report.get("dependencies"))
+    notes = report.get("notes")
+    if isinstance(notes, list):  # sentences, read one after the other
+        readable["notes"] = "; ".join(str(note) for note in notes) or None
     print_mapping(f"lunara: {report.get('state')}", readable)
 
 
@@ -122,3 +126,21 @@ def describe_mirror(mirror: Any) -> str | None:
     revision = mirror.get("synced_revision")
     synced = "" if revision is None else f", revision {revision} synced"
     return f"{backend}, {health}{synced}"
+
+
+def describe_dependencies(dependencies: Any) -> str | None:
+    """``{telegram: {state, last_ok_at, ...}, ...}`` as one line: "telegram down (last ok
+    2026-...), redis ok, exchange off, ai off"; the notes say why one is down."""
+    if not isinstance(dependencies, Mapping):
+        return None if dependencies is None else str(dependencies)
+    parts: list[str] = []
+    for name, view in dependencies.items():
+        if not isinstance(view, Mapping):
+            parts.append(f"{name} {view}")
+            continue
+        state = str(view.get("state", "?"))
+        if state == "down":
+            last_ok = view.get("last_ok_at")
+            state += f" (last ok {last_ok})" if last_ok else " (not reached yet)"
+        parts.append(f"{name} {state}")
+    return ", ".join(parts)

@@ -78,8 +78,14 @@ def open_session(options: Options, permission: str, action: str) -> Session:
 
 def status_command(options: Options, as_json: bool, quiet: bool) -> int:
     """`lunara status` computed here: return 0 healthy / 3 stopped / 5 unhealthy."""
+    from blueprint.ledger import Ledger
+    from blueprint.status import compute_status
+
     session = open_session(options, "bot.status", "status")
-    report = session.controller.status(session.principal)
+    ledger = Ledger(session.paths, session.manifest.name, session.mirror)
+    report = compute_status(
+        session.paths, session.manifest, ledger, session.mirror, session.principal
+    )
     session.outcome(report.state)
     from blueprint.render import print_status
 

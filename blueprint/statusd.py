@@ -3,7 +3,7 @@
 `lunara status` is called every few seconds by container HEALTHCHECKs and CI loops.
 The watchdog already holds the truth (it supervises the bot), so, like supervisorctl
 asking supervisord, the status client asks it instead of loading the whole control
-plane. The answer is computed by the same `Controller.status` as the local path, and
+plane. The answer is computed by the same `blueprint.status` as the local path, and
 the request is authorized and audited exactly as a local command would be:
 
 - identity: the peer's uid from the kernel (SO_PEERCRED) → `os_user:<login>`, or a
@@ -133,7 +133,7 @@ class StatusServer:
     def answer(self, request: dict[str, Any], uid: int) -> dict[str, Any]:
         """Authorize, audit and compute one status request, as the local CLI would."""
         from blueprint.audit import AuditLog, Decision, authorize, identify
-        from blueprint.control import Controller
+        from blueprint.status import compute_status
 
         manifest_path = Path(str(request.get("manifest", "")))
         token = request.get("token")
@@ -145,8 +145,7 @@ class StatusServer:
             given = token if isinstance(token, str) else None
             principal = identify(manifest, audit, given, "bot.status", "status", uid)
             authorize(manifest, audit, principal, "bot.status", "status")
-            controller = Controller(self.paths, manifest, manifest_path, self.ledger, self.mirror)
-            report = controller.status(principal)
+            report = compute_status(self.paths, manifest, self.ledger, self.mirror, principal)
             audit.record(principal, "status", Decision.ALLOWED, report.state)
         except FileNotFoundError:
             return {

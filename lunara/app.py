@@ -24,6 +24,7 @@ from lunara.runtime import Service, run_services
 
 if TYPE_CHECKING:
     from blueprint.manifest import Manifest
+    from lunara.dependencies import Watch
     from lunara.instance import InstanceLease
     from lunara.services import TradingService
     from lunara.telegram.bot import TelegramBot
@@ -78,11 +79,16 @@ async def build_services(
     composition.services.append(trading.runner)
     telegram = None
     if settings.telegram_bot_token is not None:
-        telegram = build_telegram(settings, paths, manifest, db, trading.engine, redis, lease)
+        trading.dependencies.telegram.configured = True
+        telegram = build_telegram(
+            settings, paths, manifest, db, trading.engine, redis, lease,
+            trading.dependencies.telegram,
+        )  # fmt: skip
         trading.engine.attach_notifier(telegram)
         composition.services.append(telegram.service())
         composition.services.append(CrashReporter(telegram, paths))
     composition.services.append(MetricsWriter(paths, trading.engine, telegram))
+    composition.services.append(trading.dependency_reporter(paths.dependencies))
     return composition
 
 
@@ -94,6 +100,7 @@ def build_telegram(
     trading: TradingService,
     redis: Any = None,
     lease: InstanceLease | None = None,
+    watch: Watch | None = None,
 ) -> TelegramBot:
     from blueprint.audit import AuditLog
     from blueprint.mirror import open_mirror
@@ -109,6 +116,7 @@ def build_telegram(
         trading,
         redis=redis,
         may_send=None if lease is None else lease.may_act,
+        watch=watch,
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import aiosqlite
 
+from lunara.dependencies import Watch
 from lunara.storage import users
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class Analyst:
         retry_initial_delay_s: float = 1.0,
         clock: Clock = time.time,
         cache_size: int = CACHE_SIZE,
+        watch: Watch | None = None,
     ) -> None:
         self._api_key = api_key
         self._model = model
@@ -117,6 +119,8 @@ class Analyst:
         self._inflight: dict[tuple[str, str, int], asyncio.Future[str]] = {}
         self._client: Any = None
         self.requests_sent = 0
+        # Reachability for `lunara status`, marked by every request's outcome.
+        self.watch = watch if watch is not None else Watch(configured=bool(api_key))
 
     @property
     def enabled(self) -> bool:
@@ -194,13 +198,28 @@ class Analyst:
     async def _generate(self, summary: MarketSummary) -> str:
         client = self._genai()
         self.requests_sent += 1
-        response = await client.aio.models.generate_content(
-            model=self._model, contents=build_prompt(summary)
-        )
+        try:
+            response = await client.aio.models.generate_content(
+                model=self._model, contents=build_prompt(summary)
+            )
+        except Exception as error:
+            self._mark_failure(error)
+            raise
+        self.watch.ok()
         text = (getattr(response, "text", None) or "").strip()
         if not text:
             raise _EmptyAnswer()
         return text[:MAX_ANSWER_CHARS]
+
+    def _mark_failure(self, error: Exception) -> None:
+        """Gemini is down for us when it cannot be reached or fails on its side (no HTTP
+        code, 408, 5xx); a refusal or a quota answer (4xx, 429) means it answered."""
+        code = getattr(error, "code", None)
+        if not isinstance(code, int) or code == 408 or code >= 500:
+            shown = type(error).__name__ if not isinstance(code, int) else f"HTTP {code}"
+            self.watch.down(f"Gemini did not answer ({shown})")
+        else:
+            self.watch.ok()
 
     def _note_for(self, error: Exception, symbol: str) -> str:
         if isinstance(error, _EmptyAnswer):

@@ -42,6 +42,7 @@ from blueprint.paths import HomePaths
 from lunara import payments
 from lunara import plans as plan_book
 from lunara.config import Settings
+from lunara.dependencies import Watch
 from lunara.services import TradingService
 from lunara.storage import handled, users
 from lunara.storage import outbox as outbox_store
@@ -54,6 +55,7 @@ from lunara.telegram.errors import (
     ErrorHandler,
     TelegramState,
     is_retryable,
+    mark_telegram,
     retry_after_seconds,
 )
 from lunara.telegram.guard import Guard, RateLimiter, Verdict
@@ -92,16 +94,26 @@ class InboxBot(ExtBot[None]):
     (`lunara.storage.handled`) before python-telegram-bot confirms it to Telegram with the
     next getUpdates offset: an update Telegram will not deliver again is one we hold."""
 
-    __slots__ = ("_take",)
+    __slots__ = ("_take", "_watch")
 
     def __init__(
-        self, *args: Any, take: Callable[[Sequence[Update]], Awaitable[None]], **kwargs: Any
+        self,
+        *args: Any,
+        take: Callable[[Sequence[Update]], Awaitable[None]],
+        watch: Watch,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._take = take
+        self._watch = watch
 
     async def get_updates(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
-        updates = await super().get_updates(*args, **kwargs)
+        try:
+            updates = await super().get_updates(*args, **kwargs)
+        except TelegramError as error:
+            mark_telegram(self._watch, error)
+            raise
+        self._watch.ok()
         if updates:
             try:
                 await self._take(updates)
@@ -189,6 +201,7 @@ class TelegramBot:
         redis: Any = None,
         send_limits: SendLimits = TELEGRAM_LIMITS,
         may_send: Callable[[], bool] | None = None,
+        watch: Watch | None = None,
     ) -> None:
         token = settings.telegram_bot_token
         if token is None:
@@ -206,6 +219,8 @@ class TelegramBot:
         self.in_hand: set[tuple[int, int]] = set()  # (chat, message) being answered now
         self.stopping = False  # set once the bot is shutting down: start no new answers
         self.up = asyncio.Event()  # set once Telegram answered and the application started
+        # Reachability for `lunara status`: every getUpdates and the start-up getMe mark it.
+        self.watch = watch if watch is not None else Watch(configured=True)
         base = settings.telegram_api_base_url or "https://api.telegram.org"
         client = InboxBot(
             token.get_secret_value(),
@@ -214,6 +229,7 @@ class TelegramBot:
             request=_request(CONNECTION_POOL),
             get_updates_request=_request(1),
             take=self._take,
+            watch=self.watch,
         )
         self.application = Application.builder().bot(client).concurrent_updates(64).build()
         self._keyring: Any = None
@@ -581,8 +597,10 @@ class TelegramService:
         while not stop.is_set():
             try:
                 await self.bot.application.initialize()
+                self.bot.watch.ok()
                 return True
             except (RetryAfter, NetworkError) as error:
+                mark_telegram(self.bot.watch, error)
                 if isinstance(error, RetryAfter):
                     wait = retry_after_seconds(error)
                 elif is_retryable(error):

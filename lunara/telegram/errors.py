@@ -27,6 +27,7 @@ import aiosqlite
 from telegram import Update
 from telegram.error import BadRequest, Conflict, Forbidden, NetworkError, RetryAfter, TelegramError
 
+from lunara.dependencies import Watch
 from lunara.storage.outbox import Outgoing
 from lunara.telegram import formatting as fmt
 from lunara.telegram.outbox import messages
@@ -44,6 +45,15 @@ def is_retryable(error: BaseException) -> bool:
     """Timeouts and network failures are worth another try; BadRequest never is."""
     # BadRequest is a NetworkError subclass in python-telegram-bot.
     return isinstance(error, NetworkError) and not isinstance(error, BadRequest)
+
+
+def mark_telegram(watch: Watch, error: TelegramError) -> None:
+    """Telegram is down for us when a request could not reach it (timeouts, network);
+    an answer that is an error (Conflict, RetryAfter, BadRequest) means it answered."""
+    if is_retryable(error):
+        watch.down(f"the Bot API did not answer ({type(error).__name__})")
+    else:
+        watch.ok()
 
 
 def retry_after_seconds(error: RetryAfter) -> float:

@@ -41,6 +41,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
+from lunara.dependencies import Watch
 from lunara.services import AssetBalance, TradingError
 from lunara.trading.exchange import (
     CredentialsRejected,
@@ -282,6 +283,7 @@ class BinanceGateway:
         timeout_s: float = 10.0,
         retry: RetryPolicy | None = None,
         rules_ttl_s: float = 3600.0,
+        watch: Watch | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -302,6 +304,8 @@ class BinanceGateway:
         self.order_limits: list[RateLimit] = []  # per account, from exchangeInfo
         self._listed: frozenset[str] = frozenset()  # every symbol exchangeInfo names
         self.listing_version = 0  # counts exchangeInfo reads (a market re-checks on a change)
+        # Reachability for `lunara status`, marked by every request's outcome.
+        self.watch = watch if watch is not None else Watch(configured=True)
 
     def client(self, api_key: str | None = None, api_secret: str | None = None) -> Client:
         """A python-binance client for one set of keys, on the shared connection pool; no
@@ -401,13 +405,31 @@ class BinanceGateway:
                 result, headers = await asyncio.to_thread(_run_keeping_headers, method, params)
             except BinanceAPIException as error:
                 self._observe(getattr(error.response, "headers", None))
-                raise self._translate(error) from None
+                translated = self._translate(error)
+                self._mark(translated)
+                raise translated from None
             except (requests.RequestException, BinanceRequestException) as error:
+                self.watch.down(f"Binance is unreachable ({type(error).__name__})")
                 raise ExchangeUnavailable(
                     f"Binance is unreachable: {type(error).__name__}"
                 ) from None
+            self.watch.ok()
             self._observe(headers)
             return result
+
+    def _mark(self, error: Exception) -> None:
+        """An answer that is an error: Binance is down for us when it bans this server or
+        fails on its side; anything else (a refusal, a rate limit) it answered."""
+        if isinstance(error, IpBanned):
+            self.watch.down(f"Binance banned this server's IP for {error.retry_after_s:.0f} s")
+        elif isinstance(error, ExchangeUnavailable):
+            self.watch.down(str(error)[:120])
+        else:
+            self.watch.ok()
+
+    async def ping(self) -> None:
+        """Ask Binance for nothing (weight 1), to learn whether it answers."""
+        await self.call(self.public, Weight.SERVER_TIME, self.public.ping, retry_unknown=False)
 
     def _observe(self, headers: Mapping[str, str] | None) -> None:
         used = used_weight(headers)

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
@@ -29,6 +30,7 @@ import aiosqlite
 from lunara.ai.analyst import NOTE_OFF, Analyst, MarketSummary
 from lunara.analysis.analyzer import InsufficientData, analyze_candles
 from lunara.config import MarketKind, Mode, Settings
+from lunara.dependencies import Dependencies, DependencyReporter
 from lunara.services import (
     AnalysisView,
     AssetBalance,
@@ -66,7 +68,14 @@ from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket, Market, ReplayMarket, SimMarket, interval_name
 from lunara.trading.orders import OrderOutcomeUnknown, OrderPath, OrderRequest, Settlement
 from lunara.trading.paper import PaperExchange
-from lunara.trading.stopstore import REDIS_OUTAGE, STORE_NAME, StopStore, make_stop_store
+from lunara.trading.stopstore import (
+    REDIS_OUTAGE,
+    REDIS_RETRY_S,
+    STORE_NAME,
+    RedisStopStore,
+    StopStore,
+    make_stop_store,
+)
 from lunara.trading.trailing import initial_state
 
 if TYPE_CHECKING:
@@ -666,6 +675,25 @@ class TradingRuntime:
     engine: TradingEngine
     runner: EngineRunner
     _closers: list[Any] = field(default_factory=list)
+    dependencies: Dependencies = field(default_factory=Dependencies)
+    redis: Any = None
+    stops: StopStore | None = None
+    gateway: BinanceGateway | None = None
+
+    def dependency_reporter(self, path: Path) -> DependencyReporter:
+        """The service that tells `lunara status` what trading reaches (and, through the
+        same board, what Telegram does)."""
+        stops = self.stops
+        return DependencyReporter(
+            path,
+            self.dependencies,
+            redis=self.redis,
+            stops_on_sqlite=(
+                (lambda: stops.redis_down) if isinstance(stops, RedisStopStore) else None
+            ),
+            exchange_ping=None if self.gateway is None else self.gateway.ping,
+            stops_retry_s=REDIS_RETRY_S,
+        )
 
     async def aclose(self) -> None:
         for close in reversed(self._closers):
@@ -695,6 +723,7 @@ async def open_trading(
     notifier: Notifier | None = None,
     seed: int = 0,
     lease: InstanceLease | None = None,
+    dependencies: Dependencies | None = None,
 ) -> TradingRuntime:
     """The engine and its runner, wired from the settings.
 
@@ -703,10 +732,12 @@ async def open_trading(
     (``storage.database.transaction``) instead of contending for SQLite's file lock,
     where a busy event loop could hold a transaction past the busy timeout and make
     another connection fail with "database is locked".
-    ``redis`` defaults to a client for ``REDIS_URL`` when that is set.
+    ``redis`` defaults to a client for ``REDIS_URL`` when that is set. ``dependencies``
+    gets the Redis, exchange and Gemini watches marked by the clients built here.
     ``lease``: the instance lease this bot holds (``lunara.instance``); every order
     placement and Redis stop write is fenced by it.
     """
+    board = dependencies if dependencies is not None else Dependencies()
     closers: list[Any] = []
     paths = settings.paths
     if db is None:
@@ -719,9 +750,14 @@ async def open_trading(
         closers.append(redis.aclose)
     fence = None if lease is None else lease.fence
     stops = make_stop_store(name=STORE_NAME, db=db, redis=redis, fence=fence)
+    board.redis.configured = redis is not None
+    # The exchange is a dependency whenever Binance is asked: live trading, or its prices.
     needs_binance = settings.mode is Mode.LIVE or settings.market.kind is MarketKind.BINANCE
+    board.exchange.configured = needs_binance
     gateway = (
-        BinanceGateway(base_url=settings.binance_api_base_url, limiter=WeightLimiter())
+        BinanceGateway(
+            base_url=settings.binance_api_base_url, limiter=WeightLimiter(), watch=board.exchange
+        )
         if needs_binance
         else None
     )
@@ -740,8 +776,10 @@ async def open_trading(
             model=settings.gemini_model,
             base_url=settings.gemini_api_base_url,
             db=db,
+            watch=board.ai,
         )
         closers.append(analyst.aclose)
+    board.ai.configured = analyst is not None
     engine = TradingEngine(
         db=db,
         stops=stops,
@@ -753,7 +791,15 @@ async def open_trading(
         notifier=notifier,
         may_act=None if lease is None else lease.check,
     )
-    return TradingRuntime(engine, EngineRunner(engine, tick_seconds=settings.tick_seconds), closers)
+    return TradingRuntime(
+        engine,
+        EngineRunner(engine, tick_seconds=settings.tick_seconds),
+        closers,
+        dependencies=board,
+        redis=redis,
+        stops=stops,
+        gateway=gateway,
+    )
 
 
 __all__: Sequence[str] = (

@@ -34,6 +34,9 @@ STATUS_FIELDS = {
     "mirror",
     "ledger_revision",
     "principal",
+    "healthy",
+    "notes",
+    "dependencies",
 }
 
 
@@ -72,6 +75,7 @@ def test_status_of_a_never_started_bot_is_stopped_with_exit_3(cli: Cli) -> None:
     assert document["state"] == "stopped"
     assert document["pid"] is None
     assert document["principal"] == "token:owner"
+    assert document["dependencies"] is None  # no bot, nobody to say what it reaches
 
 
 def test_quiet_status_prints_nothing(cli: Cli) -> None:

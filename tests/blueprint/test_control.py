@@ -15,9 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from blueprint.control import Liveness, State, decide_state, redact
 from blueprint.errors import ExitCode, StartFailed
 from blueprint.ledger import BotState, ProcessRecord, is_watchdog_cmdline
+from blueprint.states import STORED_STATES, Liveness, State, decide_state
+from blueprint.status import redact
+from blueprint.watchdog import Watchdog
 from tests.blueprint.conftest import Factory
 from tests.programs.harness import (
     PRINCIPAL,
@@ -32,7 +34,7 @@ from tests.programs.harness import (
 
 # -- the pure status decision ---------------------------------------------------------
 
-stored_states = st.sampled_from([state.value for state in BotState if state != BotState.ORPHANED])
+stored_states = st.sampled_from(sorted(STORED_STATES))
 facts = st.builds(
     Liveness,
     watchdog_alive=st.booleans(),
@@ -403,7 +405,8 @@ def test_stop_when_nothing_runs_is_a_no_op(supervised: Factory) -> None:
 RUN_FOREGROUND = START_ONCE.replace(
     'result = controller.start("os_user:tester", None)\n'
     'print("changed" if result.changed else "unchanged")',
-    'sys.exit(controller.run_foreground("os_user:tester"))',
+    "from blueprint.watchdog import Watchdog\n"
+    'sys.exit(controller.run_foreground("os_user:tester", Watchdog))',
 )
 
 
@@ -439,7 +442,7 @@ def test_run_refuses_while_a_detached_watchdog_supervises(supervised: Factory) -
     healthy = supervised(tight_program(program("healthy_bot")))
     healthy.controller.start(PRINCIPAL, 10)
     with pytest.raises(Exception, match="already supervised by watchdog"):
-        healthy.controller.run_foreground(PRINCIPAL)
+        healthy.controller.run_foreground(PRINCIPAL, Watchdog)
     assert os.getpid() not in [p.ppid() for p in filter(None, [healthy.bot()])]
 
 

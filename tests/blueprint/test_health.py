@@ -135,8 +135,8 @@ def test_a_health_port_that_is_not_a_port_is_a_configuration_error(
 
 
 def test_render_metrics_includes_the_bots_counters() -> None:
-    from blueprint.control import StatusReport
     from blueprint.health import render_metrics
+    from blueprint.status import StatusReport
 
     report = StatusReport(
         state="running", pid=1, supervisor_pid=2, started_at=None, uptime_s=1.0, restarts=3,

@@ -51,7 +51,14 @@ def test_every_file_the_bot_and_the_watchdog_write_is_private_whatever_the_umask
     try:
         started = cli.run("start", "--wait", "60", entry=UNDER_UMASK_022, extra_env=env)
         assert started.returncode == 0, started.stderr
-        written = ("lunara.db", "lunara.db-wal", "lunara.db-shm", "metrics.json", "logs/bot.log")
+        written = (
+            "lunara.db",
+            "lunara.db-wal",
+            "lunara.db-shm",
+            "metrics.json",
+            "dependencies.json",
+            "logs/bot.log",
+        )
         wait_until(lambda: all((home / name).exists() for name in written), 30, "the bot's files")
         assert cli.run("audit", entry=UNDER_UMASK_022, extra_env=env).returncode == 0
         modes = _modes(home)
