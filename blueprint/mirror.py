@@ -122,6 +122,8 @@ class Mirror(Protocol):
 
     def health(self) -> dict[str, Any]: ...
 
+    def waiting_instance(self) -> dict[str, Any] | None: ...
+
 
 class NullMirror:
     """The mirror when REDIS_URL is not set: every call is a no-op."""
@@ -143,6 +145,9 @@ class NullMirror:
     def health(self) -> dict[str, Any]:
         return {"backend": "off", "healthy": True, "synced_revision": None}
 
+    def waiting_instance(self) -> dict[str, Any] | None:
+        return None
+
 
 @dataclass(frozen=True)
 class MirrorKeys:
@@ -154,6 +159,8 @@ class MirrorKeys:
     audit_synced_offset: str
     instance: str
     """The instance lease (`lunara.instance`): which home's bot is the live one."""
+    standby: str
+    """The last bot to wait for that lease, with a short TTL: host, home, pid."""
 
     @classmethod
     def for_name(cls, name: str) -> MirrorKeys:
@@ -164,6 +171,7 @@ class MirrorKeys:
             audit=f"{base}:audit",
             audit_synced_offset=f"{base}:audit:synced_offset",
             instance=f"{base}:instance",
+            standby=f"{base}:instance:standby",
         )
 
 
@@ -312,6 +320,27 @@ class RedisMirror:
             return {"backend": self.backend, "healthy": False, "synced_revision": None}
         self.synced_revision = _revision_of(raw)
         return {"backend": self.backend, "healthy": True, "synced_revision": self.synced_revision}
+
+    def waiting_instance(self) -> dict[str, Any] | None:
+        """A bot of this name waiting for the instance lease (in another home), if any."""
+        try:
+            raw = self._call(lambda client: client.hgetall(self.keys.standby))
+        except _Unavailable:
+            return None
+        if not isinstance(raw, dict) or not raw:
+            return None
+        fields = {
+            (key.decode() if isinstance(key, bytes) else str(key)): (
+                value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            )
+            for key, value in raw.items()
+        }
+        pid = fields.get("pid", "")
+        return {
+            "host": fields.get("host", "?"),
+            "home": fields.get("home", "?"),
+            "pid": int(pid) if pid.isdigit() else None,
+        }
 
     def _flush_ledger(self) -> None:
         document = self._pending_ledger

@@ -56,6 +56,8 @@ SAFE_FOR_S = TTL_S * 2 / 3
 REDIS_CALL_TIMEOUT_S = 1.5
 """One lease call waits this long for Redis (a hung Redis counts as unreachable)."""
 STANDBY_RETRY_S = 1.0
+STANDBY_SEEN_S = 5.0
+"""A waiting bot's record in Redis outlives its last retry by this much."""
 LOCK_FILE = "instance.lock"
 
 # KEYS[1] the lease hash, KEYS[2] the epoch counter. ARGV: owner, deployment_id, host,
@@ -292,6 +294,7 @@ class InstanceLease:
                                 self.epoch)  # fmt: skip
                     return True
                 self.standby_for = holder
+                await self._say_waiting()
             if not told:
                 told = True
                 logger.warning("standby: another instance of this deployment is active (%s); "
@@ -299,6 +302,16 @@ class InstanceLease:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), STANDBY_RETRY_S)
         return False
+
+    async def _say_waiting(self) -> None:
+        """Name this standby where the active instance's `status` finds it (short TTL)."""
+        key = MirrorKeys.for_name(self.name).standby
+        fields = {"host": self.host, "home": str(self.home), "pid": str(self.pid)}
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(key, mapping=fields)
+            pipe.pexpire(key, int(STANDBY_SEEN_S * 1000))
+            await asyncio.wait_for(pipe.execute(), REDIS_CALL_TIMEOUT_S)
 
     def describe_holder(self) -> str:
         holder = self.standby_for
