@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import redis
 from tests.blueprint.cli_harness import (
     REAL_BOT_ENTRY,
     REAL_BOT_PROGRAM,
+    TOKENS,
     Cli,
     manifest_document,
     wait_until,
@@ -119,8 +121,14 @@ def _kill_instance(cli: Cli, env: dict[str, str]) -> None:
         assert pid is not None, status
         os.kill(pid, signal.SIGKILL)
     for pid in (status["supervisor_pid"], status["pid"]):
-        with pytest.raises(psutil.NoSuchProcess):
-            psutil.Process(pid).wait(10)
+        wait_until(lambda pid=pid: not _alive(pid), 10, f"pid {pid} to die")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_a_second_home_of_the_same_deployment_waits_as_standby_and_takes_over_when_killed(
@@ -147,6 +155,9 @@ def test_a_second_home_of_the_same_deployment_waits_as_standby_and_takes_over_wh
         standby = _status(second, second_env)
         assert standby["state"] == "standby" and standby["exit_code"] == 0, standby
         assert any(str(first.home) in note for note in standby["notes"]), standby
+        active = _status(first, first_env)
+        assert active["state"] == "running" and active["exit_code"] == 0, active
+        assert active["standby"]["home"] == str(second.home), active
         wait_until(lambda: _traded(first), 30, "the active instance to trade")
         assert not _traded(second)  # the standby does not trade
 
@@ -163,3 +174,58 @@ def test_a_second_home_of_the_same_deployment_waits_as_standby_and_takes_over_wh
     finally:
         second.run("stop", "--timeout", "20", entry=ENTRY, extra_env=second_env)
         first.run("stop", "--timeout", "20", entry=ENTRY, extra_env=first_env)
+
+
+def test_two_runs_on_one_home_one_active_one_standby_that_takes_over_when_killed(
+    tmp_path: Path, redis_db: str, telegram: FakeTelegram
+) -> None:
+    cli = _home(tmp_path, "one")
+    env = _env(cli, redis_db, telegram)
+    command = [*ENTRY, "--home", str(cli.home), "--manifest", str(cli.manifest), "run"]
+
+    def run() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            command,
+            env=cli.env(TOKENS["owner"], env),
+            cwd=cli.home.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    first = run()
+    second: subprocess.Popen[str] | None = None
+    try:
+        wait_until(lambda: _report(cli) == "up", 60, "the first run's bot to be up")
+        second = run()
+        wait_until(lambda: _status(cli, env).get("standby") is not None, 30, "the standby")
+        status = _status(cli, env)
+        assert status["state"] == "running" and status["supervisor_pid"] == first.pid, status
+        assert status["standby"]["pid"] == second.pid, status
+        assert any(f"pid {second.pid}" in note for note in status["notes"]), status
+        revision = status["ledger_revision"]
+        assert _status(cli, env)["ledger_revision"] == revision  # the standby writes nothing
+
+        polls_before = telegram.call_count("getUpdates")
+        _kill_instance(cli, env)
+        wait_until(
+            lambda: _status(cli, env)["supervisor_pid"] == second.pid, 30, "the standby's watchdog"
+        )
+        wait_until(lambda: _report(cli) == "up", 40, "its bot to take the lease")
+        telegram.push_command(ADMIN, "/help")
+        wait_until(lambda: bool(telegram.messages_to(ADMIN)), 30, "an answer from the new holder")
+        assert telegram.call_count("getUpdates") > polls_before
+        assert sum(telegram.conflicts_by_token.values()) == 0  # never two polls at once
+        status = _status(cli, env)
+        assert status["state"] == "running" and status["healthy"], status
+        second.send_signal(signal.SIGTERM)
+        output, _ = second.communicate(timeout=30)
+        assert second.returncode == 0, output
+        assert "standby: another supervisor holds" in output and "taking over" in output
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+        cli.run("stop", "--timeout", "20", entry=ENTRY, extra_env=env)
