@@ -322,10 +322,11 @@ class InstanceLease:
         return holder.describe()
 
     def _went_down(self, error: BaseException) -> None:
+        # Info, not a warning: the outage itself is warned of once, by the stop store.
         if not self.redis_down:
-            logger.warning(
-                "Redis unavailable (%s): the instance lease waits for it; this instance "
-                "runs on the home's lock (%s) meanwhile",
+            logger.info(
+                "instance lease: Redis does not answer (%s); this instance holds the home's "
+                "lock (%s) and takes the lease when Redis answers",
                 type(error).__name__,
                 self.home_lock.path,
             )

@@ -31,6 +31,7 @@ from lunara.ai.analyst import NOTE_OFF, Analyst, MarketSummary
 from lunara.analysis.analyzer import InsufficientData, analyze_candles
 from lunara.config import MarketKind, Mode, Settings
 from lunara.dependencies import Dependencies, DependencyReporter
+from lunara.instance import StaleEpoch
 from lunara.services import (
     AnalysisView,
     AssetBalance,
@@ -637,6 +638,10 @@ class EngineRunner:
                     try:
                         await executor.tick()
                         redis_down = False
+                    except StaleEpoch:
+                        # The keeper ends this run; until then nothing moves on Redis.
+                        logger.error("the instance lease is not this instance's: trailing "
+                                     "stops are not moved")  # fmt: skip
                     except REDIS_OUTAGE as error:
                         if not redis_down:  # once per outage; stops resume when it answers
                             logger.warning("Redis unavailable (%s); trailing stops wait for it",

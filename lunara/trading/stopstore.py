@@ -755,6 +755,8 @@ class RedisStopStore:
                 if position_id not in self._tracked
             ]
             await self._write([live.tracked() for live in self._tracked.values()], stale)
+        except StaleEpoch:
+            return False  # the instance lease is not (yet) ours: Redis stays untouched
         except REDIS_OUTAGE as error:
             self._went_down(error)
             return False
