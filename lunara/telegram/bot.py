@@ -86,6 +86,8 @@ CRASH_REPORT_KEY = "crash-report"
 START_RETRY_FIRST_S = 0.5
 START_RETRY_MAX_S = 30.0
 """Waits between attempts to reach Telegram at start: doubling from the first to the most."""
+FENCED_POLL_PAUSE_S = 0.5
+"""How long the poller waits, instead of polling, while the instance lease is unconfirmed."""
 CONNECTION_POOL = 256  # python-telegram-bot's own default for concurrent updates
 
 
@@ -94,20 +96,27 @@ class InboxBot(ExtBot[None]):
     (`lunara.storage.handled`) before python-telegram-bot confirms it to Telegram with the
     next getUpdates offset: an update Telegram will not deliver again is one we hold."""
 
-    __slots__ = ("_take", "_watch")
+    __slots__ = ("_may_poll", "_take", "_watch")
 
     def __init__(
         self,
         *args: Any,
         take: Callable[[Sequence[Update]], Awaitable[None]],
         watch: Watch,
+        may_poll: Callable[[], bool] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._take = take
         self._watch = watch
+        self._may_poll = may_poll
 
     async def get_updates(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
+        if self._may_poll is not None and not self._may_poll():
+            # Fencing: this instance is not sure it still holds the instance lease (it was
+            # paused, or lost it): no poll, which would cut the live instance's short.
+            await asyncio.sleep(FENCED_POLL_PAUSE_S)
+            return ()
         try:
             updates = await super().get_updates(*args, **kwargs)
         except TelegramError as error:
@@ -230,6 +239,7 @@ class TelegramBot:
             get_updates_request=_request(1),
             take=self._take,
             watch=self.watch,
+            may_poll=may_send,
         )
         self.application = Application.builder().bot(client).concurrent_updates(64).build()
         self._keyring: Any = None

@@ -44,10 +44,10 @@ def telegram() -> Iterator[FakeTelegram]:
         yield server
 
 
-def _home(tmp_path: Path, label: str) -> Cli:
+def _home(tmp_path: Path, label: str, program: dict[str, Any] | None = None) -> Cli:
     home = tmp_path / label / "home"
     home.mkdir(parents=True, mode=0o700)
-    document = manifest_document(REAL_BOT_PROGRAM)
+    document = manifest_document(program or REAL_BOT_PROGRAM)
     document["principals"][f"telegram:{ADMIN}"] = "admin"
     return Cli(home, write_manifest(tmp_path / label / "manifest.json", document))
 
@@ -131,24 +131,32 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _one_deployment_in_two_homes(
+    tmp_path: Path, redis_db: str, telegram: FakeTelegram, program: dict[str, Any] | None = None
+) -> tuple[Cli, dict[str, str], Cli, dict[str, str]]:
+    """Two homes sharing one database (as a volume two hosts mount): the first started."""
+    first = _home(tmp_path, "first", program)
+    second = _home(tmp_path, "second", program)
+    first_env = _env(first, redis_db, telegram)
+    second_env = _env(second, redis_db, telegram)
+    started = first.run("start", "--wait", "60", entry=ENTRY, extra_env=first_env)
+    assert started.returncode == 0, started.stderr
+    assert first.run("stop", entry=ENTRY, extra_env=first_env).returncode == 0
+    for name in ("lunara.db", "lunara.db-wal", "lunara.db-shm"):
+        if (first.home / name).exists():
+            shutil.copy2(first.home / name, second.home / name)
+    started = first.run("start", "--wait", "60", entry=ENTRY, extra_env=first_env)
+    assert started.returncode == 0, started.stderr
+    return first, first_env, second, second_env
+
+
 def test_a_second_home_of_the_same_deployment_waits_as_standby_and_takes_over_when_killed(
     tmp_path: Path, redis_db: str, telegram: FakeTelegram
 ) -> None:
-    first = _home(tmp_path, "first")
-    second = _home(tmp_path, "second")
-    first_env = _env(first, redis_db, telegram)
-    second_env = _env(second, redis_db, telegram)
+    first, first_env, second, second_env = _one_deployment_in_two_homes(
+        tmp_path, redis_db, telegram
+    )
     try:
-        # One database between the two homes (as a volume two hosts mount).
-        started = first.run("start", "--wait", "60", entry=ENTRY, extra_env=first_env)
-        assert started.returncode == 0, started.stderr
-        assert first.run("stop", entry=ENTRY, extra_env=first_env).returncode == 0
-        for name in ("lunara.db", "lunara.db-wal", "lunara.db-shm"):
-            if (first.home / name).exists():
-                shutil.copy2(first.home / name, second.home / name)
-        started = first.run("start", "--wait", "60", entry=ENTRY, extra_env=first_env)
-        assert started.returncode == 0, started.stderr
-
         waiting = second.run("start", "--wait", "60", entry=ENTRY, extra_env=second_env)
         assert waiting.returncode == 0, waiting.stderr
         assert _report(second).startswith("standby:") and str(first.home) in _report(second)
@@ -171,6 +179,46 @@ def test_a_second_home_of_the_same_deployment_waits_as_standby_and_takes_over_wh
         assert sum(telegram.conflicts_by_token.values()) == 0  # never two polls at once
         status = _status(second, second_env)
         assert status["state"] == "running" and status["healthy"], status
+    finally:
+        second.run("stop", "--timeout", "20", entry=ENTRY, extra_env=second_env)
+        first.run("stop", "--timeout", "20", entry=ENTRY, extra_env=first_env)
+
+
+def test_a_holder_paused_past_its_lease_acts_no_more_when_it_wakes(
+    tmp_path: Path, redis_db: str, telegram: FakeTelegram
+) -> None:
+    """SIGSTOP the active bot (a frozen container, a migrated VM) until the standby has
+    taken the lease; woken, it polls and sends nothing and gives way: its renewal finds
+    the lease taken, it exits, and its watchdog restarts it as standby."""
+    patient = {**REAL_BOT_PROGRAM, "heartbeat_timeout_s": 600}  # the watchdog lets it sleep
+    first, first_env, second, second_env = _one_deployment_in_two_homes(
+        tmp_path, redis_db, telegram, patient
+    )
+    try:
+        assert (
+            second.run("start", "--wait", "60", entry=ENTRY, extra_env=second_env).returncode == 0
+        )
+        assert _report(second).startswith("standby:")
+        frozen = psutil.Process(_status(first, first_env)["pid"])
+        frozen.suspend()
+        try:
+            wait_until(lambda: _report(second) == "up", 40, "the standby to take the lease")
+        finally:
+            frozen.resume()
+        bot_log = first.home / "logs" / "bot.log"
+        wait_until(
+            lambda: "the instance lease was taken by" in bot_log.read_text(),
+            20,
+            "the woken holder to learn it lost the lease",
+        )
+        wait_until(lambda: _report(first).startswith("standby:"), 30, "it to wait as standby")
+        assert str(second.home) in _report(first)
+        telegram.push_command(ADMIN, "/help")
+        wait_until(lambda: bool(telegram.messages_to(ADMIN)), 30, "an answer")
+        assert _status(first, first_env)["state"] == "standby"
+        assert len(telegram.messages_to(ADMIN)) == 1  # answered once, by the live instance
+        assert sum(telegram.conflicts_by_token.values()) == 0  # never two polls at once
+        assert "Traceback" not in bot_log.read_text()
     finally:
         second.run("stop", "--timeout", "20", entry=ENTRY, extra_env=second_env)
         first.run("stop", "--timeout", "20", entry=ENTRY, extra_env=first_env)
