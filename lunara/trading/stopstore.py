@@ -681,6 +681,7 @@ class RedisStopStore:
         self._prefix = stop_key_prefix(name)
         # Without a lease (tools, tests) the writes are not fenced: epoch "".
         self._fence = fence if fence is not None else Fence(lease_key(name))
+        self._fenced_write: Any = None
         self._chunk = max_positions_per_call
         self._tracked: dict[int, _LiveStop] = {}
         self._dirty: set[int] = set()
@@ -727,7 +728,10 @@ class RedisStopStore:
         for key in deletes:
             keys.append(key)
             args.append("del")
-        await _fenced(self._call(self._redis.eval(FENCED_WRITE_SCRIPT, len(keys), *keys, *args)))
+        if self._fenced_write is None:
+            # EVALSHA, loading the script when Redis does not have it (redis-py's Script).
+            self._fenced_write = self._redis.register_script(FENCED_WRITE_SCRIPT)
+        await _fenced(self._call(self._fenced_write(keys=keys, args=args)))
 
     def _went_down(self, error: BaseException) -> None:
         now = self._clock()
