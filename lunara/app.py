@@ -64,13 +64,13 @@ async def build_services(
     paths: HomePaths,
     *,
     db: Any,
-    manifest: Manifest,
+    manifest: Manifest | None,
     redis: Any = None,
     lease: InstanceLease | None = None,
 ) -> Composition:
     """The long-running parts the configuration asks for: the trading engine always,
-    Telegram when a token is set (then also the crash report to the admins), and the
-    keeper of the instance lease this bot holds."""
+    Telegram when a token is set (then also the crash report to the admins; it
+    authorizes against `manifest`, which is then loaded)."""
     from lunara.trading.engine import open_trading
 
     composition = Composition()
@@ -79,6 +79,7 @@ async def build_services(
     composition.services.append(trading.runner)
     telegram = None
     if settings.telegram_bot_token is not None:
+        assert manifest is not None  # loaded whenever Telegram is configured
         trading.dependencies.telegram.configured = True
         telegram = build_telegram(
             settings, paths, manifest, db, trading.engine, redis, lease,
@@ -199,8 +200,15 @@ async def serve(settings: Settings, paths: HomePaths) -> int:
     from lunara.instance import InstanceLease, LeaseKeeper, Standby
     from lunara.storage.database import open_database
     from lunara.storage.deployment import deployment_id
+    from lunara.trading.stopstore import STORE_NAME
 
-    manifest = load_manifest(resolve_manifest(None))
+    manifest_path = resolve_manifest(None)
+    manifest = None
+    if settings.telegram_bot_token is not None or manifest_path.exists():
+        manifest = load_manifest(manifest_path)
+    # A bot run by hand without a manifest (and without Telegram, which needs one) is the
+    # deployment of the default name, the one its stop keys live under.
+    name = STORE_NAME if manifest is None else manifest.name
     db = await open_database(paths.database)
     redis = None
     try:
@@ -209,7 +217,7 @@ async def serve(settings: Settings, paths: HomePaths) -> int:
 
             redis = Redis.from_url(settings.redis_url, socket_timeout=5.0)
         lease = InstanceLease(
-            name=manifest.name, deployment_id=await deployment_id(db), home=paths.root, redis=redis
+            name=name, deployment_id=await deployment_id(db), home=paths.root, redis=redis
         )
         standby = Standby(lease)
         code = await run_services([standby], paths)

@@ -62,9 +62,20 @@ LOCK_FILE = "instance.lock"
 
 # KEYS[1] the lease hash, KEYS[2] the epoch counter. ARGV: owner, deployment_id, host,
 # home, pid, ttl_ms, now. Taken: {1, epoch}; held by someone: {0, field, value, ...}.
+# A lease held in this very home on this host is taken over at once: the caller holds
+# the home's lock, so the bot that holds the lease is dead (a crash, a SIGKILL) and need
+# not be waited out for a whole TTL.
 _ACQUIRE = """
 local held = redis.call('hgetall', KEYS[1])
-if #held > 0 then return {0, unpack(held)} end
+if #held > 0 then
+  local fields = {}
+  for i = 1, #held, 2 do fields[held[i]] = held[i + 1] end
+  if not (fields['deployment_id'] == ARGV[2] and fields['host'] == ARGV[3]
+          and fields['home'] == ARGV[4]) then
+    return {0, unpack(held)}
+  end
+  redis.call('del', KEYS[1])
+end
 local epoch = redis.call('incr', KEYS[2])
 redis.call('hset', KEYS[1], 'owner', ARGV[1], 'deployment_id', ARGV[2], 'host', ARGV[3],
   'home', ARGV[4], 'pid', ARGV[5], 'epoch', epoch, 'since', ARGV[7])

@@ -121,6 +121,21 @@ async def test_a_second_instance_of_the_deployment_waits_then_takes_over_with_a_
     await standby.release()
 
 
+async def test_a_bot_restarted_in_its_home_takes_its_dead_predecessors_lease_at_once(
+    redis: Redis, tmp_path: Path
+) -> None:
+    """Holding the home's lock proves the lease's holder in this home is dead (killed, so
+    it released nothing): the restarted bot does not wait out the TTL."""
+    predecessor = _lease(redis, tmp_path / "home")
+    assert await predecessor.try_redis() is None  # then SIGKILLed: the lease stays
+    restarted = _lease(redis, tmp_path / "home")
+    assert await asyncio.wait_for(restarted.acquire(asyncio.Event()), 5.0) is True
+    assert restarted.epoch == 2 and restarted.standby_for is None
+    with pytest.raises(LeaseLost):
+        await predecessor.renew_once()
+    await restarted.release()
+
+
 async def test_another_deployment_under_the_same_name_is_refused_naming_the_holder(
     redis: Redis, tmp_path: Path
 ) -> None:
