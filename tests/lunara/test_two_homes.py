@@ -252,6 +252,9 @@ def test_two_runs_on_one_home_one_active_one_standby_that_takes_over_when_killed
         assert status["state"] == "running" and status["supervisor_pid"] == first.pid, status
         assert status["standby"]["pid"] == second.pid, status
         assert any(f"pid {second.pid}" in note for note in status["notes"]), status
+        shown = cli.run("status", entry=ENTRY, extra_env=env).stdout
+        assert f"waiting to take over: host {socket.gethostname()}" in shown, shown
+        assert f"pid {second.pid}" in shown
         revision = status["ledger_revision"]
         assert _status(cli, env)["ledger_revision"] == revision  # the standby writes nothing
 
