@@ -8,11 +8,13 @@ second is another deployment and is refused at start (exit 6), polling nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +38,17 @@ from tests.lunara.telegram.conftest import TOKEN
 
 ENTRY = REAL_BOT_ENTRY
 ADMIN = 424242
+TRADER = 515151
+
+
+def _buys(cli: Cli) -> int:
+    """Buy orders filled in the home's database, read as any reader of it would."""
+    with contextlib.closing(sqlite3.connect(cli.home / "lunara.db", timeout=10)) as db:
+        row = db.execute(
+            "SELECT COUNT(*) FROM orders WHERE user_id = ? AND side = 'BUY' AND status = 'filled'",
+            (TRADER,),
+        ).fetchone()
+    return int(row[0])
 
 
 @pytest.fixture
@@ -258,7 +271,10 @@ def test_two_runs_on_one_home_one_active_one_standby_that_takes_over_when_killed
         revision = status["ledger_revision"]
         assert _status(cli, env)["ledger_revision"] == revision  # the standby writes nothing
 
+        telegram.push_command(TRADER, "/start")
+        wait_until(lambda: bool(telegram.messages_to(TRADER)), 30, "the trader registered")
         polls_before = telegram.call_count("getUpdates")
+        telegram.push_command(TRADER, "/buy BTCUSDT 100")  # in flight when the kill lands
         _kill_instance(cli, env)
         wait_until(
             lambda: _status(cli, env)["supervisor_pid"] == second.pid, 30, "the standby's watchdog"
@@ -268,8 +284,10 @@ def test_two_runs_on_one_home_one_active_one_standby_that_takes_over_when_killed
         wait_until(lambda: bool(telegram.messages_to(ADMIN)), 30, "an answer from the new holder")
         assert telegram.call_count("getUpdates") > polls_before
         assert sum(telegram.conflicts_by_token.values()) == 0  # never two polls at once
+        wait_until(lambda: _buys(cli) == 1, 30, "the trader's buy")
         status = _status(cli, env)
         assert status["state"] == "running" and status["healthy"], status
+        assert _buys(cli) == 1  # bought once, whichever instance took the command
         second.send_signal(signal.SIGTERM)
         output, _ = second.communicate(timeout=30)
         assert second.returncode == 0, output
