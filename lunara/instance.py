@@ -190,6 +190,10 @@ class HomeLock:
         self.path = home / LOCK_FILE
         self._fd: int | None = None
 
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
     def try_take(self) -> bool:
         descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
@@ -287,7 +291,7 @@ class InstanceLease:
         later."""
         told = False
         while not stop.is_set():
-            if self.home_lock._fd is None and not self.home_lock.try_take():
+            if not self.home_lock.held and not self.home_lock.try_take():
                 self.standby_for = Holder(self.deployment_id, self.host, str(self.home), 0, 0)
             elif self.redis is None:
                 self.standby_for = None
