@@ -44,6 +44,11 @@ FAIL:
   an answer a SIGKILL caught between its send and its record: it reached Telegram within
   `CAUGHT_WINDOW_S` of the kill and is sent again after the restart, because the Bot
   API has no idempotent send;
+- notifications delivered vs produced: every message the bot wrote to its outbox other
+  than an answer (entries, exits and stops, broadcasts, reports to the admins) and marked
+  sent reached Telegram exactly once (a second copy excused, and counted, as for answers:
+  the first within `CAUGHT_WINDOW_S` of a SIGKILL, the second after it); nothing reached
+  Telegram without an outbox row; those still queued, blocked or refused are counted;
 - zero tracebacks / "unexpected" lines in the logs; zero secrets in logs, replies, the
   audit log or the ledger;
 - `lunara status --json` always answered within 1 s and was never wrong about whether
@@ -888,6 +893,7 @@ class Collected:
     load_window: tuple[float, float]  # monotonic: the faults and the load (not the drain)
     recorded_payments: set[str]  # charge ids in the payments table
     load_errors: list[str]
+    outbox: list[dict[str, Any]]  # every outbox row: chat_id, text, state, priority
 
 
 def open_accounts(binance: httpx.Client, users: Sequence[User]) -> None:
@@ -1092,6 +1098,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Collected:
             load_window=load_window,
             recorded_payments=paid,
             load_errors=load.errors,
+            outbox=read_outbox(database),
         )
     finally:
         if installation is not None:
@@ -1149,6 +1156,21 @@ def read_database(
         }
         paid = {str(row["charge_id"]) for row in db.execute("SELECT charge_id FROM payments")}
     return positions, orders, stops, paid
+
+
+def read_outbox(database: Path) -> list[dict[str, Any]]:
+    """Every row of the bot's outbox (a broadcast's rows with the broadcast's text)."""
+    with contextlib.closing(
+        sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+    ) as db:
+        db.row_factory = sqlite3.Row
+        return [
+            dict(row)
+            for row in db.execute(
+                "SELECT o.chat_id, COALESCE(o.text, b.text) AS text, o.invoice, o.state,"
+                " o.priority FROM outbox AS o LEFT JOIN broadcasts AS b ON b.id = o.broadcast_id"
+            )
+        ]
 
 
 def read_redis_stops(url: str) -> dict[int, StopState]:
@@ -1538,6 +1560,57 @@ def check_replies(data: Collected) -> Verdict:
                    passed, figures)  # fmt: skip
 
 
+ANSWER_PRIORITY = 0  # lunara.storage.outbox.Priority.ANSWER
+
+
+def check_notifications(data: Collected) -> Verdict:
+    """Notifications delivered vs produced: each outbox row other than an answer, by
+    (chat, text), against the messages Telegram took for that chat with that text."""
+    produced: Counter[tuple[int, str]] = Counter()
+    marked_sent: Counter[tuple[int, str]] = Counter()
+    states: Counter[str] = Counter()
+    written = set()
+    for row in data.outbox:
+        key = (int(row["chat_id"]), str(row["text"]))
+        written.add(key)
+        if row["text"] is None or int(row["priority"]) == ANSWER_PRIORITY:
+            continue
+        produced[key] += 1
+        states[str(row["state"])] += 1
+        if row["state"] == "sent":
+            marked_sent[key] += 1
+    delivered: dict[tuple[int, str], list[float]] = {}
+    strays = []
+    for message in data.sent:
+        key = (int(message["chat_id"]), str(message.get("text", "")))
+        if key in produced:
+            delivered.setdefault(key, []).append(float(message.get("at") or 0.0))
+        elif message.get("reply_to") is None and key not in written:
+            strays.append(message)
+    kills = [at for at, kind, _ in data.faults.injected if kind == "kill_bot"]
+    once = lost = caught = uncaught = 0
+    for key, sent_rows in marked_sent.items():
+        moments = sorted(delivered.get(key, []))
+        once += min(len(moments), sent_rows)
+        lost += max(sent_rows - len(moments), 0)
+        for earlier, extra in zip(moments, moments[sent_rows:], strict=False):
+            if any(abs(earlier - at) <= CAUGHT_WINDOW_S and extra > at for at in kills):
+                caught += 1
+            else:
+                uncaught += 1
+    figures = [
+        f"produced {sum(produced.values())} (not answers), delivered {once}; marked sent but "
+        f"never delivered: {lost}; delivered again: {uncaught} (+{caught} a SIGKILL caught "
+        "between the send and its record)",
+        f"not delivered: still queued {states['queued']}, to users who blocked the bot "
+        f"{states['blocked']}, refused by Telegram {states['failed']}",
+        f"sent without an outbox row: {len(strays)}",
+        *[f"    stray to {m['chat_id']}: {str(m.get('text', ''))[:50]!r}" for m in strays[:5]],
+    ]
+    return Verdict("notifications delivered vs produced", not lost and not uncaught and not strays,
+                   figures)  # fmt: skip
+
+
 def answers_to(data: Collected, command: Pushed) -> list[dict[str, Any]]:
     """The messages and invoices threaded to `command`, in the order Telegram got them."""
     answers = [*data.sent, *({**i, "text": f"invoice {i.get('payload')}"} for i in data.invoices)]
@@ -1762,7 +1835,8 @@ def check_restarts(data: Collected) -> Verdict:
 
 def report(data: Collected) -> bool:
     verdicts = [check_orders(data), check_stops(data), check_exits(data), check_residue(data),
-                check_pnl(data), check_replies(data), *check_logs(data), check_status(data),
+                check_pnl(data), check_replies(data), check_notifications(data),
+                *check_logs(data), check_status(data),
                 check_rss(data), check_restarts(data)]  # fmt: skip
     verdicts.append(Verdict("clean lunara stop", data.stop_exit == 0,
                             [f"exit {data.stop_exit}"]))  # fmt: skip

@@ -19,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -29,15 +28,13 @@ from typing import Any
 from blueprint.errors import BlueprintError, PermissionDenied
 from blueprint.manifest import Manifest
 from blueprint.mirror import Mirror
+from blueprint.redaction import Redactor
 
 FILE_MODE = 0o600
 MAX_FILE_BYTES = 4 * 1024 * 1024
 KEPT_FILES = 5
 _OPEN_ATTEMPTS = 100  # each retry means another writer rotated meanwhile: progress
 _READ_BLOCK = 64 * 1024
-REDACTED = "[redacted]"
-# Detail keys whose values are never written, whatever a caller passes in.
-_SECRET_KEY = re.compile(r"token|secret|password|passphrase|api_?key|private", re.IGNORECASE)
 
 
 class Decision(StrEnum):
@@ -54,16 +51,9 @@ def _utc_now() -> datetime:
 
 
 def redact(detail: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of `detail` with the values of secret-looking keys replaced, at any depth."""
-    clean: dict[str, Any] = {}
-    for key, value in detail.items():
-        if _SECRET_KEY.search(str(key)):
-            clean[str(key)] = REDACTED
-        elif isinstance(value, Mapping):
-            clean[str(key)] = redact(value)
-        else:
-            clean[str(key)] = value
-    return clean
+    """A copy of `detail` with the values of secret-looking keys replaced and secret
+    shapes blanked out of text, at any depth, whatever a caller passes in."""
+    return Redactor().redact_mapping(detail)
 
 
 class AuditLog:

@@ -83,12 +83,17 @@ def parse_plain_status(argv: Sequence[str]) -> tuple[Options, bool, bool] | None
 
 def status_from_watchdog(options: Options, as_json: bool, quiet: bool) -> int | None:
     """Ask the running watchdog; None when it cannot answer (then compute locally)."""
-    from blueprint.locations import control_socket, resolve_home, resolve_manifest
+    from blueprint.locations import control_socket, home_is_named, resolve_home, resolve_manifest
     from blueprint.statusclient import query_status
 
     home = resolve_home(options.home)
     manifest = resolve_manifest(str(options.manifest) if options.manifest else None).resolve()
-    reply = query_status(control_socket(home), manifest, os.environ.get("LUNARA_TOKEN"))
+    reply = query_status(
+        control_socket(home),
+        manifest,
+        os.environ.get("LUNARA_TOKEN"),
+        home_named=home_is_named(options.home),
+    )
     if reply is None:
         return None
     report = reply.get("report")

@@ -6,6 +6,7 @@ library, audits the outcome and prints. Errors reach `blueprint.cli.run_guarded`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -15,7 +16,14 @@ import typer
 
 from blueprint.cli import Options, run_guarded
 from blueprint.errors import BlueprintError
-from blueprint.session import Session, active_manifest_path, open_session
+from blueprint.manifest import Permission
+from blueprint.session import (
+    Session,
+    active_manifest_path,
+    acts_for_another_user,
+    open_session,
+    perform_remotely,
+)
 from blueprint.session import status_command as run_status
 
 app = typer.Typer(
@@ -29,6 +37,15 @@ manifest_app = typer.Typer(
     help="Inspect and validate the role-based manifest.", no_args_is_help=True
 )
 app.add_typer(manifest_app, name="manifest")
+
+
+def finite_seconds(value: float | None) -> float | None:
+    """A duration option's check: click's range check lets `nan` through, and `inf`
+    would be a wait that never ends (or a traceback where it meets a clock)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter("must be a finite number of seconds")
+    return value
+
 
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Machine-readable output (stable schema).")
@@ -56,6 +73,7 @@ def main_options(
             "--home",
             exists=True,
             file_okay=False,
+            readable=False,  # a control group member may only pass through it
             help="State directory, which must exist (default: $LUNARA_HOME or ./.lunara).",
         ),
     ] = None,
@@ -90,7 +108,7 @@ def report_action(session: Session, result: Any, as_json: bool, action: str) -> 
 
 def lifecycle(
     ctx: typer.Context,
-    permission: str,
+    permission: Permission,
     action: str,
     call: Callable[[Session], Any],
     as_json: bool,
@@ -118,6 +136,7 @@ def start(
         typer.Option(
             "--wait",
             min=0,
+            callback=finite_seconds,
             help="Block until the bot's first heartbeat; exit 6 when it refuses its "
             "configuration, 7 on timeout or early death.",
         ),
@@ -129,7 +148,9 @@ def start(
     Without --wait it returns once the bot is spawned and says `starting`: whether it
     comes up is not known yet (`lunara status` tells).
     """
-    lifecycle(ctx, "bot.start", "start", lambda s: s.controller.start(s.principal, wait), as_json)
+    lifecycle(
+        ctx, Permission.START, "start", lambda s: s.controller.start(s.principal, wait), as_json
+    )
 
 
 @app.command()
@@ -138,13 +159,45 @@ def stop(
     timeout: Annotated[
         float | None,
         typer.Option(
-            "--timeout", min=0, help="Seconds to wait for a graceful stop (default: manifest)."
+            "--timeout",
+            min=0,
+            callback=finite_seconds,
+            help="Seconds to wait for a graceful stop (default: manifest).",
         ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Stop the bot and its watchdog gracefully (does nothing if not running)."""
-    lifecycle(ctx, "bot.stop", "stop", lambda s: s.controller.stop(s.principal, timeout), as_json)
+    if acts_for_another_user(options_of(ctx)):
+        finish(lambda: stop_remotely(options_of(ctx), timeout, as_json))
+        return
+    lifecycle(
+        ctx, Permission.STOP, "stop", lambda s: s.controller.stop(s.principal, timeout), as_json
+    )
+
+
+def stop_remotely(options: Options, timeout: float | None, as_json: bool) -> int:
+    """`stop` by a member of the control group: the watchdog stops itself; we wait for
+    its socket to go, which it removes last."""
+    import time
+
+    from blueprint.errors import StartFailed
+    from blueprint.locations import control_socket, resolve_home
+
+    perform_remotely(options, "stop", {})
+    socket_path = control_socket(resolve_home(options.home))
+    deadline = time.monotonic() + (timeout if timeout is not None else 60.0) + 5.0
+    while socket_path.exists():
+        if time.monotonic() > deadline:
+            raise StartFailed(f"the watchdog did not stop in time ({socket_path} remains)")
+        time.sleep(0.1)
+    if as_json:
+        from blueprint.render import print_json
+
+        print_json({"action": "stop", "changed": True, "message": "stopped", "status": None})
+    else:
+        typer.echo("stopped")
+    return 0
 
 
 @app.command()
@@ -155,6 +208,7 @@ def restart(
         typer.Option(
             "--wait",
             min=0,
+            callback=finite_seconds,
             help="Block until the new bot's first heartbeat; exit 6 when it refuses its "
             "configuration, 7 on timeout or early death.",
         ),
@@ -164,7 +218,7 @@ def restart(
     """Stop, then start."""
     lifecycle(
         ctx,
-        "bot.restart",
+        Permission.RESTART,
         "restart",
         lambda s: s.controller.restart(s.principal, wait),
         as_json,
@@ -213,7 +267,16 @@ def logs(
     def body() -> int:
         from blueprint.logtail import follow_many, interleave, last_lines
 
-        session = open_session(options_of(ctx), "bot.logs", "logs")
+        if acts_for_another_user(options_of(ctx)):
+            if follow:
+                raise BlueprintError("--follow needs the home's owner; show --lines instead")
+            reply = perform_remotely(
+                options_of(ctx), "logs", {"lines": lines, "source": str(source.value)}
+            )
+            for line in reply.get("lines") or []:
+                typer.echo(line)
+            return 0
+        session = open_session(options_of(ctx), Permission.LOGS, "logs")
         chosen = {
             LogSource.ALL: [session.paths.bot_log, session.paths.watchdog_log],
             LogSource.BOT: [session.paths.bot_log],
@@ -241,7 +304,7 @@ def run(ctx: typer.Context) -> None:
     """Supervise the bot in the foreground (containers, PID 1, systemd Type=simple)."""
 
     def body() -> int:
-        session = open_session(options_of(ctx), "bot.run", "run")
+        session = open_session(options_of(ctx), Permission.RUN, "run")
         try:
             from blueprint.watchdog import Watchdog
 
@@ -264,9 +327,12 @@ def audit(
     """Who did what, allowed or denied."""
 
     def body() -> int:
-        session = open_session(options_of(ctx), "bot.audit", "audit")
-        entries = session.audit.tail(lines)
-        session.outcome("ok")
+        if acts_for_another_user(options_of(ctx)):
+            entries = perform_remotely(options_of(ctx), "audit", {"lines": lines})["entries"]
+        else:
+            session = open_session(options_of(ctx), Permission.AUDIT, "audit")
+            entries = session.audit.tail(lines)
+            session.outcome("ok")
         if as_json:
             from blueprint.render import print_json
 

@@ -243,6 +243,8 @@ class Controller:
         try:
             import subprocess  # only `start` spawns; `status` must stay light
 
+            from blueprint.envfile import deployment_environment
+
             popen = subprocess.Popen(
                 self.watchdog_command(principal, adopt=adopt),
                 stdin=subprocess.DEVNULL,
@@ -250,7 +252,7 @@ class Controller:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
-                env=self.environ,
+                env=deployment_environment(self.environ, self.manifest.program.environment),
             )
         finally:
             os.close(log_fd)

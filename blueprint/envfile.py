@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import MutableMapping
+import re
+from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 
 from blueprint.errors import ConfigError
@@ -22,6 +23,50 @@ PROJECT_PREFIXES = ("LUNARA_", "TELEGRAM_", "BINANCE_", "GEMINI_", "LOG_")
 PROJECT_VARIABLES = frozenset({"REDIS_URL", "PORT"})
 """What `.env` may set in the control plane's environment: the project's own variables,
 never the interpreter's or the shell's (PYTHONPATH, PATH, LD_PRELOAD, ...)."""
+
+
+TOKEN_VARIABLE = "LUNARA_TOKEN"
+SYSTEM_VARIABLES = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+        "SSL_CERT_FILE", "SSL_CERT_DIR",
+        "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+        "http_proxy", "https_proxy", "no_proxy", "all_proxy",
+    }
+)  # fmt: skip
+"""What any program needs from the system it runs on (locale, time zone, where to find
+programs and certificates, the host's proxy), passed to the watchdog and the bot."""
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_variable_name(text: str) -> bool:
+    return _VARIABLE_NAME.fullmatch(text) is not None
+
+
+def deployment_environment(
+    environ: Mapping[str, str], allowed: Iterable[str] = ()
+) -> dict[str, str]:
+    """The environment the watchdog and the bot run with: the deployment's configuration,
+    not whatever the shell or CI job that typed `start` happened to hold.
+
+    Passed: the project's variables (`.env` is merged into them first, so its values are
+    here), the system's basics (`SYSTEM_VARIABLES`, `LC_*`) and the names the manifest
+    lists in `program.environment`. Never passed: `LUNARA_TOKEN` (it is the caller's
+    credential, and a child's environment is readable in `/proc/PID/environ`), and
+    everything else (`PYTHONPATH`, `LD_PRELOAD`, a CI runner's variables, ...).
+    """
+    extra = frozenset(allowed)
+    return {
+        name: value
+        for name, value in environ.items()
+        if name != TOKEN_VARIABLE
+        and (
+            is_project_variable(name)
+            or name in SYSTEM_VARIABLES
+            or name.startswith("LC_")
+            or name in extra
+        )
+    }
 
 
 def read_env_file(path: Path | None) -> dict[str, str]:
@@ -35,7 +80,7 @@ def read_env_file(path: Path | None) -> dict[str, str]:
         return {}
     path = path.absolute()  # errors name the very file, whatever the working directory
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_trusted(path)
     except FileNotFoundError:
         return {}
     except PermissionError:
@@ -54,6 +99,17 @@ def read_env_file(path: Path | None) -> dict[str, str]:
 
     values = dotenv_values(stream=io.StringIO(text))
     return {key: value for key, value in values.items() if value is not None}
+
+
+def _read_trusted(path: Path) -> str:
+    """The file's text, once it is known that only the caller or root could have written
+    it (it sets the token, Redis and endpoints of whoever runs Lunara here)."""
+    from blueprint.trust import check_owner_and_mode, check_parents
+
+    with path.open("rb") as handle:
+        check_owner_and_mode(os.fstat(handle.fileno()), path, "invalid configuration: .env file")
+        check_parents(path, "invalid configuration: .env file")
+        return handle.read().decode("utf-8")
 
 
 def _unreadable_env_file(path: Path) -> str:

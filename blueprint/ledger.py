@@ -361,13 +361,21 @@ def is_watchdog_cmdline(cmdline: Sequence[str], root: Path) -> bool:
 
 
 def scan_process_table(root: Path) -> LiveProcesses | None:
-    """Find our watchdog and its bot among the live processes, for a ledger rebuild."""
+    """Find our watchdog and its bot among the live processes, for a ledger rebuild.
+
+    A watchdog's command line is only a hint: the process counts only if it runs as our
+    user and holds the home's `watchdog.lock` (another user's look-alike must neither
+    block a start nor be signalled by a stop).
+    """
     import psutil
 
+    from blueprint.trust import is_ours
+
+    lock = HomePaths(root).watchdog_lock
     watchdogs: list[psutil.Process] = []
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info.get("cmdline") or []
-        if is_watchdog_cmdline(cmdline, root):
+        if is_watchdog_cmdline(cmdline, root) and is_ours(process, lock):
             watchdogs.append(process)
     records: list[tuple[psutil.Process, ProcessRecord]] = []
     for process in watchdogs:
@@ -396,6 +404,10 @@ def rebuilt_document(
     """The best ledger the evidence supports, numbered above every revision known."""
     document = mirrored if mirrored is not None else LedgerDocument(name=name)
     document.name = name
+    # Pids come from our own process table only: a ledger read from Redis (which anyone
+    # with its URL can write) names processes that `stop` would signal.
+    document.watchdog = None
+    document.bot = None
     if live is not None:
         document.watchdog = live.watchdog
         document.bot = live.bot

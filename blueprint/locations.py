@@ -24,6 +24,12 @@ def resolve_home(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(raw or DEFAULT_HOME).expanduser().resolve()
 
 
+def home_is_named(explicit: str | os.PathLike[str] | None = None) -> bool:
+    """Whether the home was chosen (--home or LUNARA_HOME), not the ./.lunara default,
+    which in a shared working directory could be anyone's."""
+    return explicit is not None or bool(os.environ.get("LUNARA_HOME", "").strip())
+
+
 def resolve_manifest(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path:
     """The manifest given, else $LUNARA_MANIFEST, else ./manifest.json."""
     env = os.environ if environ is None else environ

@@ -13,6 +13,8 @@ import contextlib
 import os
 from pathlib import Path
 
+from blueprint.trust import open_private
+
 MAX_BYTES = 10 * 1024 * 1024
 BACKUPS = 3
 
@@ -39,4 +41,4 @@ def rotate_if_large(path: Path, max_bytes: int = MAX_BYTES, backups: int = BACKU
 def open_append(path: Path, max_bytes: int = MAX_BYTES, backups: int = BACKUPS) -> int:
     """A private append-only descriptor on `path`, rotating it first when it is too big."""
     rotate_if_large(path, max_bytes, backups)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    return open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)

@@ -42,7 +42,12 @@ _PLAIN_KEY = re.compile(r"[A-Za-z0-9_:@.$*-]+")
 
 
 class Permission(StrEnum):
-    """Permissions the CLI asks for; Telegram handlers use the `tg.` namespace."""
+    """Every permission the code asks for: the one source of their names.
+
+    A check names a member, never a string, so a misspelt permission is a type error
+    and the permission matrix test (tests/blueprint/test_permission_matrix.py) can hold
+    each CLI verb and each Telegram command to the permission it must need.
+    """
 
     START = "bot.start"
     STOP = "bot.stop"
@@ -57,6 +62,34 @@ class Permission(StrEnum):
     RESTORE = "bot.restore"
     ANALYZE = "bot.analyze"
     BACKTEST = "bot.backtest"
+    DATA = "bot.data"
+
+    TG_START = "tg.info.start"
+    TG_HELP = "tg.info.help"
+    TG_STATUS = "tg.info.status"
+    TG_PLANS = "tg.info.plans"
+    TG_PAYSUPPORT = "tg.info.paysupport"
+    TG_TERMS = "tg.info.terms"
+    TG_BALANCE = "tg.trade.balance"
+    TG_POSITIONS = "tg.trade.positions"
+    TG_BUY = "tg.trade.buy"
+    TG_SELL = "tg.trade.sell"
+    TG_ANALYZE = "tg.trade.analyze"
+    TG_SETTINGS = "tg.trade.settings"
+    TG_SETKEYS = "tg.trade.setkeys"
+    TG_SUBSCRIBE = "tg.trade.subscribe"
+    TG_USERS = "tg.admin.users"
+    TG_USER = "tg.admin.user"
+    TG_BROADCAST = "tg.admin.broadcast"
+    TG_PAUSE = "tg.admin.pause"
+    TG_RESUME = "tg.admin.resume"
+    TG_BOTSTATUS = "tg.admin.botstatus"
+    TG_REFUND = "tg.admin.refund"
+
+
+TELEGRAM_ADMIN_PATTERN = "tg.admin.*"
+"""What a default Telegram role may never grant: every stranger who messages the bot
+gets the default role, so it must not make them an admin."""
 
 
 class PrincipalKind(StrEnum):
@@ -106,6 +139,19 @@ class ProgramSpec:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     memory_limit_mib: float = 450.0
     heartbeat_timeout_s: float = 60.0
+    environment: tuple[str, ...] = ()
+    """Variables passed on from the environment of whoever starts the watchdog, beyond
+    the project's own and the system's (see blueprint.envfile.deployment_environment)."""
+
+
+@dataclass(frozen=True)
+class ControlSocket:
+    """Who may connect to the watchdog's control socket, like supervisord's `chown` and
+    `chmod`: the owner alone by default; with a group, its members too (each then acts
+    with the role the manifest gives their `os_user:` principal)."""
+
+    group: str | None = None
+    mode: int = 0o600
 
 
 @dataclass(frozen=True)
@@ -126,7 +172,11 @@ class Manifest:
     roles: Mapping[str, tuple[str, ...]]
     principals: Mapping[str, Grant]
     defaults: Mapping[str, str] = field(default_factory=dict)
+    control: ControlSocket = field(default_factory=ControlSocket)
     source: Path | None = None
+    sha256: str | None = None
+    """The SHA-256 of the file's text, so a running watchdog can say which manifest it
+    authorizes with (the file may change after it started)."""
 
     def role_of(self, principal: str) -> str | None:
         """The principal's role: its own entry first, then the default for its kind."""
@@ -218,8 +268,13 @@ def resolve_manifest_path(explicit: str | None, environ: Mapping[str, str] | Non
 
 def load_manifest(path: Path) -> Manifest:
     """Read, check and validate a manifest file; raise ManifestError naming every problem."""
+    import dataclasses
+    import hashlib
+
     text = _read_private_file(path)
-    return parse_manifest_text(text, source=path)
+    manifest = parse_manifest_text(text, source=path)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return dataclasses.replace(manifest, sha256=digest)
 
 
 def parse_manifest_text(text: str, source: Path | None = None) -> Manifest:
@@ -253,7 +308,9 @@ def validate_manifest(document: object, source: Path | None = None) -> Manifest:
 
 def _read_private_file(path: Path) -> str:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: opening a FIFO for reading would wait for a writer forever; the
+        # file type is checked before anything is read, then reads block as usual.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ManifestError(
             f"manifest not found: {path} (pass --manifest PATH, set {MANIFEST_ENV}, "
@@ -268,6 +325,7 @@ def _read_private_file(path: Path) -> str:
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses directories
         os.close(fd)
         raise ManifestError(f"manifest {path} is not a regular file", ["file: not a regular file"])
+    os.set_blocking(fd, True)
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
@@ -277,6 +335,7 @@ def _read_private_file(path: Path) -> str:
                 f"refusing to use it. Fix: chmod go-w {path}",
                 ["file: group- or world-writable"],
             )
+        _check_trusted(path, info)
         data = handle.read(MAX_MANIFEST_BYTES + 1)
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError.invalid(path, [f"file: larger than {MAX_MANIFEST_BYTES} bytes"])
@@ -286,6 +345,18 @@ def _read_private_file(path: Path) -> str:
         raise ManifestError.invalid(
             path, [f"file: not UTF-8 text (bad byte at offset {error.start})"]
         ) from None
+
+
+def _check_trusted(path: Path, info: os.stat_result) -> None:
+    """Refuse a manifest another user owns, or one in a directory others may change
+    (they could swap the file for their own): it names the program root would run."""
+    from blueprint.trust import UntrustedPath, check_owner_and_mode, check_parents
+
+    try:
+        check_owner_and_mode(info, path, "manifest")
+        check_parents(path, "manifest")
+    except UntrustedPath as error:
+        raise ManifestError(error.message, ["file: not owned by you or root"]) from None
 
 
 class _DuplicateKey(Exception):
@@ -305,7 +376,9 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 # --- validation ----------------------------------------------------------------------------
 
-_TOP_LEVEL = ("version", "name", "program", "roles", "principals", "defaults")
+_TOP_LEVEL = ("version", "name", "program", "roles", "principals", "defaults", "control")
+_GROUP = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+_SOCKET_MODES = {"0600": 0o600, "0660": 0o660}
 _REQUIRED_TOP_LEVEL = ("version", "name", "program", "roles", "principals")
 _PROGRAM_FIELDS = (
     "command",
@@ -313,6 +386,7 @@ _PROGRAM_FIELDS = (
     "restart",
     "memory_limit_mib",
     "heartbeat_timeout_s",
+    "environment",
 )
 _RESTART_FIELDS = (
     "backoff_initial_s",
@@ -413,11 +487,12 @@ def _validate_document(
         if "principals" in document
         else None
     )
-    defaults = _validate_defaults(document.get("defaults", {}), role_names, problems)
+    defaults = _validate_defaults(document.get("defaults", {}), raw_roles, problems)
+    control = _validate_control(document.get("control", {}), problems)
 
     if problems.items or program is None or roles is None or principals is None:
         return None
-    if defaults is None or not isinstance(name, str):
+    if defaults is None or control is None or not isinstance(name, str):
         return None
     return Manifest(
         version=SUPPORTED_VERSION,
@@ -426,8 +501,31 @@ def _validate_document(
         roles=roles,
         principals=principals,
         defaults=defaults,
+        control=control,
         source=source,
     )
+
+
+def _validate_control(value: object, problems: _Problems) -> ControlSocket | None:
+    if not isinstance(value, dict):
+        problems.add("control", f"must be an object, not {_type_name(value)}")
+        return None
+    problems.unknown_keys(value, ("group", "mode"), "control")
+    group = value.get("group")
+    if group is not None and (not isinstance(group, str) or _GROUP.fullmatch(group) is None):
+        problems.add("control.group", "must be a group name")
+        return None
+    raw_mode = value.get("mode", "0660" if group is not None else "0600")
+    mode = _SOCKET_MODES.get(raw_mode) if isinstance(raw_mode, str) else None
+    if mode is None:
+        problems.add("control.mode", 'must be "0600" (the owner) or "0660" (and the group)')
+        return None
+    if mode == 0o660 and group is None:
+        problems.add("control.mode", '"0660" needs a control.group')
+        return None
+    if set(value) - {"group", "mode"}:
+        return None
+    return ControlSocket(group=group, mode=mode)
 
 
 def _validate_program(value: object, problems: _Problems) -> ProgramSpec | None:
@@ -444,7 +542,11 @@ def _validate_program(value: object, problems: _Problems) -> ProgramSpec | None:
         and raw_command
         and all(isinstance(part, str) and part for part in raw_command)
     ):
-        command = tuple(raw_command)
+        if any("\0" in part for part in raw_command):
+            # No argv can carry a NUL byte: it would pass here and fail at every spawn.
+            problems.add("program.command", "must not contain a NUL byte (\\u0000)")
+        else:
+            command = tuple(raw_command)
     else:
         problems.add("program.command", "must be a non-empty list of non-empty strings")
 
@@ -459,10 +561,11 @@ def _validate_program(value: object, problems: _Problems) -> ProgramSpec | None:
         value, "heartbeat_timeout_s", defaults.heartbeat_timeout_s, problems, "program"
     )
     restart = _validate_restart(value.get("restart", {}), problems)
+    environment = _validate_environment(value.get("environment", []), problems)
 
     if command is None or stop_timeout is None or memory is None or heartbeat is None:
         return None
-    if restart is None:
+    if restart is None or environment is None:
         return None
     return ProgramSpec(
         command=command,
@@ -470,7 +573,25 @@ def _validate_program(value: object, problems: _Problems) -> ProgramSpec | None:
         restart=restart,
         memory_limit_mib=memory,
         heartbeat_timeout_s=heartbeat,
+        environment=environment,
     )
+
+
+def _validate_environment(value: object, problems: _Problems) -> tuple[str, ...] | None:
+    from blueprint.envfile import TOKEN_VARIABLE, is_variable_name
+
+    where = "program.environment"
+    if not isinstance(value, list) or not all(
+        isinstance(name, str) and is_variable_name(name) for name in value
+    ):
+        problems.add(where, "must be a list of environment variable names")
+        return None
+    if TOKEN_VARIABLE in value:
+        problems.add(
+            where, f"{TOKEN_VARIABLE} is the caller's credential; it never reaches the bot"
+        )
+        return None
+    return tuple(value)
 
 
 def _validate_restart(value: object, problems: _Problems) -> RestartPolicy | None:
@@ -628,14 +749,26 @@ def _validate_principal(
     return Grant(role=role) if role is not None else None
 
 
+def grants_telegram_admin(patterns: Sequence[str]) -> bool:
+    """Whether a role's patterns grant any admin command (`*`, `tg.*`, `tg.admin.*`, or
+    one `tg.admin.` permission)."""
+    admin = [permission for permission in Permission if permission.startswith("tg.admin.")]
+    return any(
+        pattern.startswith("tg.admin.")
+        or any(permission_matches(pattern, permission) for permission in admin)
+        for pattern in patterns
+    )
+
+
 def _validate_defaults(
-    value: object, roles: frozenset[str] | None, problems: _Problems
+    value: object, raw_roles: object, problems: _Problems
 ) -> dict[str, str] | None:
     if not isinstance(value, dict):
         problems.add(
             "defaults", f"must be an object of principal kind to role, not {_type_name(value)}"
         )
         return None
+    roles = frozenset(raw_roles) if isinstance(raw_roles, dict) else None
     defaults: dict[str, str] = {}
     ok = True
     for kind, role in value.items():
@@ -648,6 +781,20 @@ def _validate_defaults(
         checked = _check_role(role, roles, problems, where)
         if checked is None:
             ok = False
-        else:
-            defaults[kind] = checked
+            continue
+        patterns = raw_roles.get(checked) if isinstance(raw_roles, dict) else None
+        if isinstance(patterns, list) and grants_telegram_admin(
+            [pattern for pattern in patterns if isinstance(pattern, str)]
+        ):
+            # Anyone who messages the bot gets the default role: it would make every
+            # stranger an admin (broadcast, refund, pause trading for everyone).
+            problems.add(
+                where,
+                f"role {json.dumps(checked)} grants admin commands ({TELEGRAM_ADMIN_PATTERN} "
+                "or *); the default role is every stranger's, so give it to named "
+                "telegram:<id> principals instead",
+            )
+            ok = False
+            continue
+        defaults[kind] = checked
     return defaults if ok else None

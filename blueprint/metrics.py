@@ -9,7 +9,6 @@ restart itself is counted by the watchdog.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,9 @@ BOT_METRICS = {
 
 def write_metrics(path: Path, values: dict[str, float]) -> None:
     known = {name: float(value) for name, value in values.items() if name in BOT_METRICS}
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(known))
-    os.replace(temporary, path)
+    from blueprint.trust import replace_private
+
+    replace_private(path, json.dumps(known).encode())
 
 
 def read_metrics(path: Path) -> dict[str, float]:

@@ -50,6 +50,11 @@ class HomePaths:
         return self.root / "watchdog.lock"
 
     @property
+    def bound_manifest(self) -> Path:
+        """Which manifest this home belongs to (see blueprint.authority)."""
+        return self.root / "manifest.bound"
+
+    @property
     def audit(self) -> Path:
         return self.root / "audit.jsonl"
 
@@ -91,9 +96,15 @@ class HomePaths:
     def ensure(self) -> None:
         """Create the home and its logs folder, private to the owner whatever mode the
         operator gave the home itself."""
+        from blueprint.trust import check_owner_and_mode, check_parents
+
+        check_parents(self.root, "home")
         for directory in (self.root, self.logs):
             directory.mkdir(parents=True, exist_ok=True, mode=DIRECTORY_MODE)
-            _make_private(directory, DIRECTORY_MODE)
+            keep = self._root_keeps() if directory == self.root else 0
+            _make_private(directory, DIRECTORY_MODE, keep)
+            # lstat: a logs folder that is a symlink (to another user's folder) is refused.
+            check_owner_and_mode(os.lstat(directory), directory, "home")
 
     def make_private(self) -> int:
         """Give every file under the home 0600 and every directory 0700 (symlinks are
@@ -106,12 +117,26 @@ class HomePaths:
                 changed += _make_private(base / name, DIRECTORY_MODE)
             for name in files:
                 changed += _make_private(base / name, FILE_MODE)
-        return changed + _make_private(self.root, DIRECTORY_MODE)
+        return changed + _make_private(self.root, DIRECTORY_MODE, self._root_keeps())
+
+    def _root_keeps(self) -> int:
+        """Group search on the home while a group may use its control socket (the
+        watchdog gives both to a manifest's `control.group`); nothing otherwise."""
+        try:
+            home = os.lstat(self.root)
+            socket = os.lstat(self.control_socket)
+        except OSError:
+            return 0
+        shared = stat.S_ISSOCK(socket.st_mode) and stat.S_IMODE(socket.st_mode) & 0o060
+        return HOME_GROUP_TRAVERSE if shared and socket.st_gid == home.st_gid else 0
 
 
 FILE_MODE = 0o600
 DIRECTORY_MODE = 0o700
 PRIVATE_UMASK = 0o077
+HOME_GROUP_TRAVERSE = 0o010
+"""The home itself may keep group search (x): with a manifest `control.group`, the
+group reaches the control socket by name; it can neither list nor read the home."""
 
 
 def use_private_umask() -> None:
@@ -119,17 +144,17 @@ def use_private_umask() -> None:
     os.umask(PRIVATE_UMASK)
 
 
-def _make_private(path: Path, mode: int) -> int:
+def _make_private(path: Path, mode: int, keep: int = 0) -> int:
     try:
         info = os.lstat(path)
     except OSError:
         return 0
     if stat.S_ISLNK(info.st_mode) or info.st_uid != os.geteuid():
         return 0
-    if stat.S_IMODE(info.st_mode) & 0o077 == 0:
+    if stat.S_IMODE(info.st_mode) & 0o077 & ~keep == 0:
         return 0
     try:
-        os.chmod(path, stat.S_IMODE(info.st_mode) & mode, follow_symlinks=False)
+        os.chmod(path, stat.S_IMODE(info.st_mode) & (mode | keep), follow_symlinks=False)
     except (OSError, NotImplementedError):
         return 0
     return 1

@@ -10,7 +10,6 @@ nor `stopped` for a live one, whatever the ledger claims.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from blueprint.errors import ExitCode
 from blueprint.exit_message import is_invalid_config
 from blueprint.heartbeat import STANDBY, heartbeat_mtime, heartbeat_services
 from blueprint.process import CREATE_TIME_TOLERANCE_S, find_process, tree_rss_bytes
+from blueprint.redaction import Redactor, secrets_in_environ
 from blueprint.states import Liveness, State, decide_state
 
 if TYPE_CHECKING:
@@ -33,22 +33,11 @@ if TYPE_CHECKING:
     from blueprint.paths import HomePaths
 
 MIB = 1024 * 1024
-_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
-_SECRET_SHAPES = (
-    (re.compile(r"\b\d{6,}:[A-Za-z0-9_-]{30,}\b"), "[redacted]"),  # Telegram bot tokens
-    (re.compile(r"(?i)\b(\w*(?:token|key|secret|passw(?:or)?d)\w*)=\S+"), r"\1=[redacted]"),
-    (re.compile(r"(?i)(rediss?://[^:@/\s]*:)[^@\s]+@"), r"\1[redacted]@"),
-)
 
 
 def redact(text: str, environ: Mapping[str, str]) -> str:
     """Blank out secrets before log lines go into an error message."""
-    for name, value in environ.items():
-        if _SECRET_NAME.search(name) and len(value) >= 6:
-            text = text.replace(value, "[redacted]")
-    for shape, replacement in _SECRET_SHAPES:
-        text = shape.sub(replacement, text)
-    return text
+    return Redactor(secrets_in_environ(environ)).redact(text)
 
 
 @dataclass

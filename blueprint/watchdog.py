@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from blueprint.backoff import decide_restart
-from blueprint.envfile import load_into_environment
+from blueprint.envfile import deployment_environment, load_into_environment
 from blueprint.errors import BlueprintError, ExitCode
 from blueprint.exit_message import clear_exit_message, is_invalid_config, take_exit_message
 from blueprint.heartbeat import clear_heartbeat, heartbeat_mtime
@@ -59,6 +59,7 @@ from blueprint.process import (
     reap_children,
     tree_rss_bytes,
 )
+from blueprint.trust import open_private
 
 if TYPE_CHECKING:
     from blueprint.health import HealthServer
@@ -309,7 +310,7 @@ class Watchdog:
         if self._lock_fd is not None:
             return True
         self.paths.ensure()
-        descriptor = os.open(self.paths.watchdog_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        descriptor = open_private(self.paths.watchdog_lock, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -415,6 +416,9 @@ class Watchdog:
                 f"another watchdog already supervises {self.paths.root} "
                 f"(it holds {self.paths.watchdog_lock}); not starting a second one"
             )
+        from blueprint.authority import write_binding
+
+        write_binding(self.paths, self.manifest)  # this home belongs to this manifest now
         changed = self.paths.make_private()
         if changed:
             self.log(f"made {changed} file(s) in {self.paths.root} private to their owner")
@@ -503,7 +507,9 @@ class Watchdog:
         """Answer `lunara status` from here (blueprint.statusd); optional, never fatal."""
         from blueprint.statusd import StatusServer
 
-        server = StatusServer(self.paths, self.ledger, self.ledger.mirror)
+        server = StatusServer(
+            self.paths, self.ledger, self.ledger.mirror, self.manifest, on_stop=self.request_stop
+        )
         try:
             server.start()
         except OSError as error:
@@ -546,7 +552,7 @@ class Watchdog:
         clear_heartbeat(self.paths.heartbeat)
         clear_exit_message(self.paths)
         argv = resolve_command(self.program.command)
-        env = dict(os.environ)
+        env = deployment_environment(os.environ, self.program.environment)
         env["LUNARA_HOME"] = str(self.paths.root)
         if self.manifest.source is not None:
             # The bot authorizes Telegram users against the same manifest.

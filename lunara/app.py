@@ -69,11 +69,33 @@ async def build_services(
     lease: InstanceLease | None = None,
 ) -> Composition:
     """The long-running parts the configuration asks for: the trading engine always,
-    Telegram when a token is set (then also the crash report to the admins; it
-    authorizes against `manifest`, which is then loaded)."""
+    Telegram when a token is set (then also the crash report to the admins and the
+    notices of plans that ended; it authorizes against `manifest`, which is then
+    loaded)."""
+    composition = Composition()
+    try:
+        await _compose(composition, settings, paths, db, manifest, redis, lease)
+    except BaseException:
+        # A part refused its configuration (a bad replay file, manifest or key): close
+        # what was opened, or the process may not exit and the watchdog never learns
+        # that the bot refused.
+        await composition.aclose()
+        raise
+    return composition
+
+
+async def _compose(
+    composition: Composition,
+    settings: Settings,
+    paths: HomePaths,
+    db: Any,
+    manifest: Manifest | None,
+    redis: Any,
+    lease: InstanceLease | None,
+) -> None:
+    from lunara.plan_expiry import PlanExpiryNotices
     from lunara.trading.engine import open_trading
 
-    composition = Composition()
     trading = await open_trading(settings, db=db, redis=redis, lease=lease)
     composition.closers.append(trading.aclose)
     composition.services.append(trading.runner)
@@ -88,9 +110,9 @@ async def build_services(
         trading.engine.attach_notifier(telegram)
         composition.services.append(telegram.service())
         composition.services.append(CrashReporter(telegram, paths))
+        composition.services.append(PlanExpiryNotices(db, telegram.outbox.wakeup.set))
     composition.services.append(MetricsWriter(paths, trading.engine, telegram))
     composition.services.append(trading.dependency_reporter(paths.dependencies))
-    return composition
 
 
 def build_telegram(

@@ -19,6 +19,7 @@ import typer
 
 from blueprint.commands import JsonOption, app, finish, options_of
 from blueprint.errors import BlueprintError, ExitCode
+from blueprint.manifest import Permission
 from blueprint.session import open_session
 from lunara.command_settings import settings_of
 
@@ -172,7 +173,7 @@ def backtest(
         _check_output_path("--export", export)
 
     def body() -> int:
-        session = open_session(options_of(ctx), "bot.backtest", "backtest")
+        session = open_session(options_of(ctx), Permission.BACKTEST, "backtest")
         settings = settings_of(session)
         if sim:
             series, notes, interval = _simulated(symbols, days or DEFAULT_SIM_DAYS)
@@ -365,7 +366,7 @@ def data_download(
         from lunara.data.download import PublicData, download
         from lunara.data.store import CandleStore
 
-        session = open_session(options_of(ctx), "bot.data", "data download")
+        session = open_session(options_of(ctx), Permission.DATA, "data download")
         settings = settings_of(session)
         root = settings.paths.data
         url = chosen_url or settings.public_data_url

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from blueprint.commands import JsonOption, app, finish, options_of
-from blueprint.errors import BlueprintError
+from blueprint.errors import BlueprintError, ConfigError
+from blueprint.manifest import Permission
 from blueprint.session import open_session
 from lunara.command_settings import settings_of
 
@@ -41,7 +42,7 @@ def config_show(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
     def body() -> int:
 
-        session = open_session(options_of(ctx), "bot.config", "config show")
+        session = open_session(options_of(ctx), Permission.CONFIG, "config show")
         shown = settings_of(session).redacted()
         session.outcome("ok")
         if as_json:
@@ -65,7 +66,7 @@ def keys_rotate(ctx: typer.Context) -> None:
         from lunara.crypto import load_keyring
         from lunara.storage.backup import rotate_keys
 
-        session = open_session(options_of(ctx), "bot.keys", "keys rotate")
+        session = open_session(options_of(ctx), Permission.KEYS, "keys rotate")
         settings = settings_of(session)
         keyring = load_keyring(settings)
         count = rotate_keys(settings.paths.database, keyring)
@@ -96,7 +97,7 @@ def backup(
     def body() -> int:
         from lunara.storage.backup import backup_database, backup_into
 
-        session = open_session(options_of(ctx), "bot.backup", "backup")
+        session = open_session(options_of(ctx), Permission.BACKUP, "backup")
         settings = settings_of(session)
         warnings: list[str] = []
         live = None if settings.redis_url is None else _live_stops(settings.redis_url, warnings)
@@ -173,28 +174,43 @@ def restore(
 ) -> None:
     """Replace the database with a backup (refused while the bot runs).
 
-    With REDIS_URL set, the trailing stops in Redis are deleted first: the restored
+    Only the backup's rows are restored, into Lunara's own schema; a file holding
+    anything else (a trigger, a view) is refused, and commands or messages that were
+    under way when it was taken are left out. With REDIS_URL set, the trailing stops in Redis are deleted first: the restored
     file is the one truth, and the bot's start-up reconcile loads its stops into Redis.
     """
 
     def body() -> int:
-        from lunara.storage.backup import inspect_database, restore_database
+        from lunara.storage.backup import restore_database
 
-        session = open_session(options_of(ctx), "bot.restore", "restore")
+        session = open_session(options_of(ctx), Permission.RESTORE, "restore")
         running = session.controller.status(session.principal).pid is not None
         if running:
             raise BlueprintError("the bot is running: run `lunara stop` first, then restore")
         settings = settings_of(session)
-        inspect_database(path)  # a bad file is refused before anything changes
-        cleared = 0
-        if settings.redis_url is not None:
-            cleared = asyncio.run(_clear_live_stops(settings.redis_url))
-        result = restore_database(path, settings.paths.database, is_running=False)
-        session.outcome("ok", {"path": str(path), "redis_stops_cleared": cleared})
+        cleared: list[int] = []
+        redis_url = settings.redis_url
+
+        def clear_redis() -> None:  # once the file has been copied: a bad file changes nothing
+            if redis_url is not None:
+                cleared.append(asyncio.run(_clear_live_stops(redis_url)))
+
+        result = restore_database(
+            path, settings.paths.database, is_running=False, before_replacing=clear_redis
+        )
+        session.outcome(
+            "ok",
+            {
+                "path": str(path),
+                "redis_stops_cleared": sum(cleared),
+                "unanswered_commands_dropped": result.dropped_commands,
+                "unsent_messages_dropped": result.dropped_messages,
+            },
+        )
         typer.echo(f"restored {path} ({result})")
         if settings.redis_url is not None:
             typer.echo(
-                f"cleared {cleared} trailing stops from Redis; the restored ones load on start"
+                f"cleared {sum(cleared)} trailing stops from Redis; the restored ones load on start"
             )
         return 0
 
@@ -215,7 +231,7 @@ def analyze(
         from lunara.telegram.parsing import UsageError, parse_symbol
         from lunara.trading.exchange import ExchangeError
 
-        session = open_session(options_of(ctx), "bot.analyze", "analyze")
+        session = open_session(options_of(ctx), Permission.ANALYZE, "analyze")
         try:
             name = parse_symbol(symbol)
         except UsageError as error:
@@ -248,8 +264,13 @@ async def _history(settings: Settings, symbol: str) -> list[Candle]:
     from lunara.trading.market import read_klines_csv
 
     if settings.market.kind is MarketKind.REPLAY:
+        from lunara.analysis.candles import CandleFileError
+
         assert settings.market.replay_file is not None
-        return read_klines_csv(settings.market.replay_file)
+        try:
+            return read_klines_csv(settings.market.replay_file)
+        except CandleFileError as error:
+            raise ConfigError(f"invalid configuration: LUNARA_MARKET: {error}") from None
     gateway = None
     if settings.market.kind is MarketKind.BINANCE:
         from lunara.trading.binance import BinanceGateway

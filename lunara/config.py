@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from blueprint.envfile import read_env_file
 from blueprint.errors import ConfigError
 from blueprint.paths import HomePaths
+from blueprint.redaction import Redactor
 
 DEFAULT_ENV_FILE = Path(".env")
 
@@ -32,6 +33,9 @@ CLI_ONLY_VARIABLES: frozenset[str] = frozenset(
 )
 
 SET_REDACTED = "set (redacted)"
+MIN_TICK_SECONDS = 0.05
+"""A faster tick only burns CPU and memory (each tick allocates per symbol); below this,
+LUNARA_TICK_SECONDS=1e-9 would leave no time between ticks to handle SIGTERM."""
 NOT_SET = "not set"
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{5,20}$")
@@ -118,7 +122,9 @@ class Settings(BaseSettings):
     symbols: tuple[str, ...] = Field(
         ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT"), validation_alias="LUNARA_SYMBOLS"
     )
-    tick_seconds: float = Field(5.0, gt=0, le=3600, validation_alias="LUNARA_TICK_SECONDS")
+    tick_seconds: float = Field(
+        5.0, ge=MIN_TICK_SECONDS, le=3600, validation_alias="LUNARA_TICK_SECONDS"
+    )
     encryption_key: SecretStr | None = Field(None, validation_alias="LUNARA_ENCRYPTION_KEY")
     # Logging
     log_level: LogLevel = Field(LogLevel.INFO, validation_alias="LOG_LEVEL")
@@ -131,6 +137,13 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         20, ge=1, le=10_000, validation_alias="LUNARA_RATE_LIMIT_PER_MINUTE"
     )
+    command_max_age_s: float = Field(
+        60.0, gt=0, le=86_400, validation_alias="LUNARA_COMMAND_MAX_AGE_SECONDS"
+    )
+    paysupport_text: str | None = Field(
+        None, max_length=3000, validation_alias="LUNARA_PAYSUPPORT_TEXT"
+    )
+    terms_text: str | None = Field(None, max_length=3000, validation_alias="LUNARA_TERMS_TEXT")
     # Exchange
     binance_api_base_url: str | None = Field(None, validation_alias="BINANCE_API_BASE_URL")
     public_data_url: str = Field(
@@ -277,7 +290,9 @@ class Settings(BaseSettings):
 
     def redacted(self) -> dict[str, str | int | float | bool]:
         """Every variable and its effective value, secrets reduced to whether they are set;
-        numbers and flags stay numbers and flags (``config show --json``)."""
+        numbers and flags stay numbers and flags (``config show --json``). Other text
+        goes through the redactor too: `REDIS_URL` may carry a password."""
+        redactor = Redactor()
         shown: dict[str, str | int | float | bool] = {}
         for name, field in type(self).model_fields.items():
             variable = str(field.validation_alias)
@@ -295,7 +310,7 @@ class Settings(BaseSettings):
             elif isinstance(value, Decimal):
                 shown[variable] = float(value)
             else:
-                shown[variable] = str(value)
+                shown[variable] = redactor.redact(str(value))
         return shown
 
 

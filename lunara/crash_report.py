@@ -12,7 +12,6 @@ refuses it to another admin: the next start sends it to all again).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from blueprint.backoff import restarts_in_window
 from blueprint.ledger import ExitRecord, LedgerDocument
 from blueprint.manifest import RestartPolicy
+from blueprint.trust import replace_private
 from blueprint.watchdog import Reason
 from lunara.telegram.formatting import escape
 
@@ -102,6 +102,4 @@ class ReportMarker:
         return value if isinstance(value, str) else None
 
     def save(self, exit_at: str) -> None:
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps({"reported_exit_at": exit_at}))
-        os.replace(temporary, self.path)
+        replace_private(self.path, json.dumps({"reported_exit_at": exit_at}).encode())

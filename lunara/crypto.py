@@ -146,7 +146,9 @@ def _read_or_create_key_file(home: Path) -> str:
     if not path.exists():
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         temporary = home / f".{KEY_FILE_NAME}.{os.getpid()}.tmp"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, KEY_FILE_MODE)
+        descriptor = os.open(
+            temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, KEY_FILE_MODE
+        )
         try:
             os.fchmod(descriptor, KEY_FILE_MODE)
             os.write(descriptor, (generate_key() + "\n").encode("ascii"))

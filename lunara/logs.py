@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Iterable
@@ -16,35 +15,19 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any, TextIO
 
-REDACTED = "[REDACTED]"
-
-# Shapes of secrets that may reach a log even when we did not configure them:
-# Telegram bot tokens (digits, colon, 35 url-safe characters) and 64-character
-# exchange API keys and secrets.
-SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b"),
-    re.compile(r"\b[A-Za-z0-9]{64}\b"),
-    re.compile(r"(?i)(api[_-]?key|secret|token|password)=([^&\s]+)"),
-)
+from blueprint.redaction import Redactor
 
 
 class RedactSecrets(logging.Filter):
-    """Replace configured secrets and anything shaped like one in every record."""
+    """Replace configured secrets and anything shaped like one in every record (the
+    rules are blueprint.redaction's, shared with the CLI and the audit log)."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self._secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+        self._redactor = Redactor(secrets)
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        for pattern in SECRET_PATTERNS:
-            if pattern.groups == 2:
-                text = pattern.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
-            else:
-                text = pattern.sub(REDACTED, text)
-        return text
+        return self._redactor.redact(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -54,6 +37,8 @@ class RedactSecrets(logging.Filter):
         record.args = None
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
         return True
 
 
@@ -107,6 +92,22 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+# Libraries held at WARNING even at LOG_LEVEL=DEBUG: their debug lines carry what the
+# redactor cannot know to be private. The HTTP clients log request URLs (a Telegram URL
+# holds the bot token); aiosqlite logs every statement with its parameters (whole
+# Telegram updates, users' chats, encrypted keys); google-genai logs requests and
+# answers (through its own loggers and httpx2).
+QUIET_LIBRARIES = (
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "telegram.ext",
+    "urllib3",
+    "aiohttp.access",
+    "aiosqlite",
+    "google_genai",
+)
+
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 5
 
@@ -152,9 +153,8 @@ def configure_logging(
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(level.upper())
-    # Libraries that log request URLs (which can carry tokens) stay at WARNING.
-    for noisy in ("httpx", "httpcore", "telegram.ext", "urllib3", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    for quiet in QUIET_LIBRARIES:
+        logging.getLogger(quiet).setLevel(max(logging.WARNING, root.level))
 
     def log_uncaught(kind: type[BaseException], value: BaseException, trace: Any) -> None:
         logging.getLogger("lunara").critical("uncaught exception", exc_info=(kind, value, trace))

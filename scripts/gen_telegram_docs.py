@@ -14,9 +14,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lunara.config import Settings  # noqa: E402
 from lunara.plans import PLAN_PERIOD_S, PLANS  # noqa: E402
 from lunara.storage.user_settings import SETTING_NAMES, UserSettings  # noqa: E402
 from lunara.telegram.commands import COMMANDS  # noqa: E402
+from lunara.telegram.guard import Acts  # noqa: E402
 
 OUTPUT = ROOT / "docs" / "telegram.md"
 
@@ -60,6 +62,11 @@ def render() -> str:
         "Who may run a command is the manifest's business: each declares a permission, and",
         "a role grants permissions (`tg.trade.*` for traders, `tg.admin.*` for admins).",
         "",
+        "At start the bot sets Telegram's command menus: in every chat, the commands",
+        "anyone may send there (no admin command, none answered in private only); in",
+        "private chats, the traders' commands; in each admin's own chat (the manifest's",
+        "admins), every command that admin may run.",
+        "",
         "| command | does | permission | for |",
         "|---|---|---|---|",
     ]
@@ -70,6 +77,27 @@ def render() -> str:
             f"| `{usage}` | {command.description}{where} | `{command.permission}` "
             f"| {_audience(command.permission)} |"
         )
+    acting = ", ".join(
+        f"`/{c.name}`" + (" with arguments" if c.acts is Acts.WITH_ARGUMENTS else "")
+        for c in COMMANDS.values()
+        if c.acts is not Acts.NEVER
+    )
+    max_age = Settings.model_fields["command_max_age_s"].default
+    per_minute = Settings.model_fields["rate_limit_per_minute"].default
+    lines += [
+        "",
+        "## Late, edited and too many messages",
+        "",
+        f"- A command that acts ({acting}) is not run when Telegram delivers it more than",
+        f"  `LUNARA_COMMAND_MAX_AGE_SECONDS` (default {max_age:g}) after it was sent, as it does",
+        "  with what was typed during an outage: the user is told to send it again. Other",
+        "  commands are answered however late they come.",
+        "- An edited command is never run: the user is told to send it again. An edit that",
+        "  now carries keys (`/setkeys`) is deleted, and the user told to revoke them.",
+        f"- Each user may send `LUNARA_RATE_LIMIT_PER_MINUTE` (default {per_minute}) messages a",
+        "  minute, unknown commands and plain text included; past that they are told once a",
+        "  minute to slow down, and what else they send in that minute is not answered.",
+    ]
     defaults = UserSettings(user_id=0)
     lines += [
         "",

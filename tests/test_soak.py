@@ -145,3 +145,33 @@ def test_soak_counts_a_position_open_under_a_stop_the_last_price_triggers_as_stu
     recovered = soak.check_exits(data)
     assert recovered.passed is True
     assert recovered.figures[1].endswith(": 1")
+
+
+def test_soak_tells_notifications_delivered_from_produced_and_excuses_only_a_caught_copy(
+    soak: ModuleType,
+) -> None:
+    def row(chat: int, text: str, state: str = "sent", priority: int = 1) -> dict[str, Any]:
+        return {"chat_id": chat, "text": text, "state": state, "priority": priority}
+
+    outbox = [row(1, "Stop loss hit"), row(2, "Stop loss hit"), row(3, "Maintenance", "blocked"),
+              row(4, "Plan: Free", priority=0), row(5, "queued notice", "queued")]  # fmt: skip
+    sent = [{"chat_id": 1, "text": "Stop loss hit", "reply_to": None, "at": 100.0},
+            {"chat_id": 2, "text": "Stop loss hit", "reply_to": None, "at": 100.1},
+            {"chat_id": 2, "text": "Stop loss hit", "reply_to": None, "at": 107.0},
+            {"chat_id": 4, "text": "Plan: Free", "reply_to": 9, "at": 100.2}]  # fmt: skip
+
+    def verdict(kills: list[float], extra: list[dict[str, Any]] = []) -> Any:  # noqa: B006
+        faults = soak.FaultLog(injected=[(at, "kill_bot", "pid 1") for at in kills])
+        return soak.check_notifications(
+            SimpleNamespace(outbox=outbox, sent=sent + extra, faults=faults)
+        )
+
+    caught = verdict([100.3])  # chat 2's first copy came 0.2 s before a kill
+    assert caught.passed is True
+    assert caught.figures[0] == ("produced 4 (not answers), delivered 2; marked sent but never "
+                                 "delivered: 0; delivered again: 0 (+1 a SIGKILL caught between "
+                                 "the send and its record)")  # fmt: skip
+    assert "still queued 1, to users who blocked the bot 1" in caught.figures[1]
+    assert verdict([]).passed is False  # the same copy with no kill near it
+    stray = verdict([100.3], [{"chat_id": 6, "text": "sent around the outbox", "reply_to": None}])
+    assert stray.passed is False and "sent without an outbox row: 1" in stray.figures[2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CSV_HEADER = ("open_time", "open", "high", "low", "close", "volume")
+LAST_OPEN_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, as datetime allows
 
 
 class CandleFileError(ValueError):
@@ -71,19 +73,27 @@ class CandleWindow:
 def read_klines_csv(path: Path) -> list[Candle]:
     """Klines from a CSV with header open_time,open,high,low,close,volume (ascending)."""
     try:
-        handle = path.open(newline="", encoding="utf-8")
+        content = path.read_bytes()
     except OSError as error:
         raise CandleFileError(f"{path}: cannot open ({error.strerror or error})") from None
-    with handle:
-        reader = csv.reader(handle)
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = content.count(b"\n", 0, error.start) + 1
+        raise CandleFileError(f"{path}: line {line}: not UTF-8 text ({error.reason})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
         header = next(reader, None)
         if header is None or tuple(cell.strip().lower() for cell in header) != CSV_HEADER:
             raise CandleFileError(f"{path}: line 1: the header must be {','.join(CSV_HEADER)}")
         candles: list[Candle] = []
-        for line_number, row in enumerate(reader, start=2):
+        for row in reader:
             if not row or all(not cell.strip() for cell in row):
                 continue
-            candles.append(_parse_row(path, line_number, row, candles[-1] if candles else None))
+            previous = candles[-1] if candles else None
+            candles.append(_parse_row(path, reader.line_num, row, previous))
+    except csv.Error as error:  # a field past csv's size limit, a NUL byte
+        raise CandleFileError(f"{path}: line {reader.line_num}: {error}") from None
     return candles
 
 
@@ -95,6 +105,8 @@ def _parse_row(path: Path, line: int, row: list[str], previous: Candle | None) -
         prices = [float(cell) for cell in row[1:]]
     except ValueError:
         raise CandleFileError(f"{path}: line {line}: not a number") from None
+    if not 0 <= open_time <= LAST_OPEN_TIME_MS:
+        raise CandleFileError(f"{path}: line {line}: open_time is not a time in ms since 1970")
     if any(not math.isfinite(value) or value < 0 for value in prices):
         raise CandleFileError(f"{path}: line {line}: prices and volume must be finite and >= 0")
     open_, high, low, close, volume = prices

@@ -296,6 +296,12 @@ def _json_problem(content: bytes) -> str:
         document = json.loads(content)
     except json.JSONDecodeError as error:
         return f"line {error.lineno}: not valid JSON ({error.msg})"
+    except UnicodeDecodeError as error:
+        return f"not UTF-8 text (bad byte at offset {error.start})"
+    except RecursionError:
+        return "not readable JSON (nested too deep)"
+    except ValueError:  # an integer longer than Python converts
+        return "not readable JSON (a number too long)"
     if not isinstance(document, list):
         return "not a JSON list of candle rows"
     for index, row in enumerate(document, start=1):

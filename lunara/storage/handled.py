@@ -1,15 +1,17 @@
 """Telegram commands taken and answered: each command is answered once, even across crashes.
 
 The same holds for the service message of a completed payment (Telegram sends it once):
-it is taken, recorded and thanked for exactly like a command; and for a plain text in a
-private chat, answered with a hint (its words are not kept). "Command" below means any
-of them.
+it is taken, recorded and thanked for exactly like a command; for a plain text in a
+private chat, answered with a hint (its words are not kept); and for an edited command
+and a user blocking or unblocking the bot, which have no message id of their own and
+are kept under minus their update id (`lunara.telegram.updates`). "Command" below means
+any of them.
 
 python-telegram-bot confirms a batch of updates to Telegram (with the next getUpdates
 offset) as soon as it has fetched them, before their handlers have run; and the bot can
 die after answering a command but before confirming it. So a command is written here
 (`take`, state `started`, with the update itself) as soon as it is fetched, before the
-batch is confirmed (the client does it: `lunara.telegram.bot.InboxBot`); `begin` is
+batch is confirmed (the client does it: `lunara.telegram.inbox.InboxBot`); `begin` is
 called as it is worked on (and records a command a replay brought that was never taken);
 it is marked `answered` after its replies are sent:
 
@@ -65,21 +67,23 @@ async def begin(
     user_id: int,
     update_json: str | None,
     now: float | None = None,
-) -> bool:
-    """Record the command as taken; False if it was answered already (skip it)."""
+) -> float | None:
+    """Record the command as taken; returns when it was taken (fetched, or now if it was
+    not taken before), or None if it was answered already (skip it)."""
+    taken_at = now_s() if now is None else now
     async with transaction(db):
         async with db.execute(
-            "SELECT state FROM handled_commands WHERE chat_id = ? AND message_id = ?",
+            "SELECT state, handled_at FROM handled_commands WHERE chat_id = ? AND message_id = ?",
             (chat_id, message_id),
         ) as cursor:
             row = await cursor.fetchone()
         if row is not None:
-            return str(row[0]) != ANSWERED
+            return None if str(row[0]) == ANSWERED else float(row[1])
         await db.execute(
             "INSERT INTO handled_commands VALUES (?, ?, ?, ?, ?, ?)",
-            (chat_id, message_id, user_id, STARTED, update_json, now_s() if now is None else now),
+            (chat_id, message_id, user_id, STARTED, update_json, taken_at),
         )
-    return True
+    return taken_at
 
 
 async def finish(db: aiosqlite.Connection, chat_id: int, message_id: int) -> None:

@@ -221,6 +221,19 @@ _OUTBOX = (
     "CREATE INDEX outbox_done ON outbox (done_at) WHERE state != 'queued'",
 )
 
+# An exit order keeps why it was placed (a stop, /sell, an admin): the start-up recovery
+# that settles a fill whose answer was lost records the position's real exit reason and
+# writes the stop's notice to the trader, as the exit itself would have.
+_ORDER_EXIT_REASON = ("ALTER TABLE orders ADD COLUMN exit_reason TEXT",)
+
+# A forum supergroup's topic: an answer goes to the topic its command came from, every
+# part of a long one too (Telegram puts a message without one in the General topic).
+_OUTBOX_TOPICS = ("ALTER TABLE outbox ADD COLUMN thread_id INTEGER",)
+
+# Which expiry of a user's paid plan they were told of: a plan ending is told once,
+# and a renewed plan ending later is told again.
+_PLAN_EXPIRY_TOLD = ("ALTER TABLE users ADD COLUMN plan_expiry_told REAL",)
+
 # Who this database belongs to: a deployment is its manifest name plus this id, made
 # once when the database is created (or first upgraded), so two homes under one name can
 # tell whether they are one deployment (a standby may wait) or two (refused at start).
@@ -241,7 +254,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "fees, partial fills and residues of orders", _ORDER_FIDELITY),
     Migration(5, "trailing stop as a trader setting", _TRAILING_STOP_SETTING),
     Migration(6, "the outbox of every message sent", _OUTBOX),
-    Migration(7, "the deployment's identity", _DEPLOYMENT),
+    Migration(7, "why an exit order was placed", _ORDER_EXIT_REASON),
+    Migration(8, "forum topics of outgoing messages", _OUTBOX_TOPICS),
+    Migration(9, "plan expiries told", _PLAN_EXPIRY_TOLD),
+    Migration(10, "the deployment's identity", _DEPLOYMENT),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -18,7 +18,8 @@ for it, so a command answered again after a crash does not broadcast twice.
 
 Rows leave the queue in priority order (answers, then notifications, then broadcasts),
 oldest first; one chat's rows in that order too, one at a time (`heads`). A chat
-Telegram told to wait (429) has its rows' `not_before` moved, which survives a restart.
+Telegram told to wait (429) has its rows' `not_before` moved, which survives a restart
+and holds the chat's later rows too, however long the wait.
 Rows done more than `KEEP_S` ago are pruned.
 """
 
@@ -53,7 +54,8 @@ class State(StrEnum):
 @dataclass(frozen=True)
 class Outgoing:
     """One message to write to the outbox: a text (HTML, at most one Telegram message),
-    or with `invoice` the name of a plan whose Stars invoice is sent instead."""
+    or with `invoice` the name of a plan whose Stars invoice is sent instead; with
+    `thread_id`, into that topic of a forum supergroup."""
 
     chat_id: int
     text: str | None = None
@@ -61,6 +63,7 @@ class Outgoing:
     priority: Priority = Priority.NOTICE
     invoice: str | None = None
     dedupe_key: str | None = None
+    thread_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Queued:
     reply_to: int | None
     broadcast_id: int | None
     attempts: int
+    thread_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -108,29 +112,34 @@ async def enqueue(
     async with transaction(db):
         await db.executemany(
             "INSERT OR IGNORE INTO outbox (chat_id, priority, text, invoice, reply_to,"
-            " dedupe_key, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " dedupe_key, thread_id, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (m.chat_id, int(m.priority), m.text, m.invoice, m.reply_to, m.dedupe_key,
-                 State.QUEUED.value, at)
+                 m.thread_id, State.QUEUED.value, at)
                 for m in messages
             ],
         )  # fmt: skip
 
 
 async def heads(db: aiosqlite.Connection, now: float, limit: int) -> list[Queued]:
-    """The next row of each chat (by priority, then age) that may go now, best first."""
+    """The next row of each chat (by priority, then age) that may go now, best first.
+
+    A chat is held until the latest `not_before` of its queued rows: an answer queued
+    after Telegram told the chat to wait (in this run or an earlier one) waits with it,
+    rather than going ahead at once and being refused again."""
     async with db.execute(
         "SELECT o.id, o.chat_id, o.priority, COALESCE(o.text, b.text), o.invoice, o.reply_to,"
-        " o.broadcast_id, o.attempts FROM ("
-        "  SELECT *, ROW_NUMBER() OVER (PARTITION BY chat_id ORDER BY priority, id) AS place"
+        " o.broadcast_id, o.attempts, o.thread_id FROM ("
+        "  SELECT *, ROW_NUMBER() OVER (PARTITION BY chat_id ORDER BY priority, id) AS place,"
+        "   MAX(not_before) OVER (PARTITION BY chat_id) AS held_until"
         "  FROM outbox WHERE state = 'queued'"
         ") AS o LEFT JOIN broadcasts AS b ON b.id = o.broadcast_id"
-        " WHERE o.place = 1 AND o.not_before <= ? ORDER BY o.priority, o.id LIMIT ?",
+        " WHERE o.place = 1 AND o.held_until <= ? ORDER BY o.priority, o.id LIMIT ?",
         (now, limit),
     ) as cursor:
         rows = await cursor.fetchall()
     return [
-        Queued(int(r[0]), int(r[1]), Priority(int(r[2])), r[3], r[4], r[5], r[6], int(r[7]))
+        Queued(int(r[0]), int(r[1]), Priority(int(r[2])), r[3], r[4], r[5], r[6], int(r[7]), r[8])
         for r in rows
     ]
 
@@ -169,10 +178,16 @@ async def postpone(db: aiosqlite.Connection, row_id: int, chat_id: int, until: f
 
 
 async def move_chat(db: aiosqlite.Connection, old_chat_id: int, new_chat_id: int) -> int:
-    """A group became a supergroup under a new id: its queued rows go to the new chat."""
+    """A group became a supergroup under a new id: its queued rows go to the new chat, and
+    so does the summary of a broadcast asked for there. Returns the rows moved."""
     async with transaction(db):
         cursor = await db.execute(
-            "UPDATE outbox SET chat_id = ? WHERE chat_id = ? AND state = 'queued'",
+            # A new chat: a flood wait Telegram gave the old one does not hold it.
+            "UPDATE outbox SET chat_id = ?, not_before = 0 WHERE chat_id = ? AND state = 'queued'",
+            (new_chat_id, old_chat_id),
+        )
+        await db.execute(
+            "UPDATE OR IGNORE broadcasts SET chat_id = ? WHERE chat_id = ? AND finished_at IS NULL",
             (new_chat_id, old_chat_id),
         )
     return int(cursor.rowcount or 0)

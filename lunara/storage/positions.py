@@ -129,6 +129,7 @@ class Order:
     fees: dict[str, Decimal] = field(default_factory=dict)  # commission per asset
     expired: bool = False  # the exchange ended it before filling all it asked
     settled: bool = False  # its fill has been applied to its position
+    exit_reason: str | None = None  # why an exit order was placed (None: a buy)
 
 
 @dataclass(frozen=True)
@@ -384,6 +385,7 @@ def _row_to_order(row: aiosqlite.Row) -> Order:
         fees=_fees_from_text(row["fees"]),
         expired=bool(row["expired"]),
         settled=bool(row["settled"]),
+        exit_reason=row["exit_reason"],
     )
 
 
@@ -414,12 +416,16 @@ async def record_pending_order(
     quantity: Decimal,
     *,
     position_id: int | None = None,
+    exit_reason: str | None = None,
     now: float | None = None,
 ) -> Order:
-    """Write the intent before sending: a duplicate client order id is refused."""
+    """Write the intent before sending: a duplicate client order id is refused. An exit
+    order keeps its `exit_reason`, so a recovery settles it for what it was."""
     _check_client_order_id(client_order_id)
     _check_symbol(symbol)
     _check_positive("quantity", quantity)
+    if exit_reason is not None and not EXIT_REASON_PATTERN.match(exit_reason):
+        raise InvalidValue("exit_reason", "must be a lower-case reason such as trailing_stop")
     at = now_s() if now is None else now
     async with transaction(connection):
         await users.require(connection, user_id)
@@ -427,7 +433,7 @@ async def record_pending_order(
             raise StateConflict(f"order {client_order_id} is already recorded")
         await connection.execute(
             "INSERT INTO orders (client_order_id, user_id, position_id, symbol, side, quantity, "
-            "status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "status, exit_reason, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 client_order_id,
                 user_id,
@@ -436,6 +442,7 @@ async def record_pending_order(
                 OrderSide(side).value,
                 decimal_to_text(quantity),
                 OrderStatus.PENDING.value,
+                exit_reason,
                 at,
                 at,
             ),

@@ -208,6 +208,35 @@ async def set_plan(
         return await require(connection, telegram_id)
 
 
+async def expired_untold(
+    connection: aiosqlite.Connection, now: float, limit: int = MAX_PAGE
+) -> list[User]:
+    """Active users whose paid plan has ended by `now` and who were not told of that
+    end yet (oldest end first)."""
+    async with connection.execute(
+        f"SELECT {_COLUMNS} FROM users WHERE plan != ? AND plan_expires_at <= ? AND active = 1"
+        " AND (plan_expiry_told IS NULL OR plan_expiry_told != plan_expires_at)"
+        " ORDER BY plan_expires_at, telegram_id LIMIT ?",
+        (FREE_PLAN, now, limit),
+    ) as cursor:
+        rows = await cursor.fetchall()
+    return [_row_to_user(row) for row in rows]
+
+
+async def mark_expiry_told(
+    connection: aiosqlite.Connection, telegram_id: int, expires_at: float
+) -> bool:
+    """Record that the user was told of their plan ending at `expires_at`; False when
+    the plan changed meanwhile (renewed, refunded) or this end was told already."""
+    async with transaction(connection):
+        cursor = await connection.execute(
+            "UPDATE users SET plan_expiry_told = plan_expires_at WHERE telegram_id = ?"
+            " AND plan_expires_at = ? AND (plan_expiry_told IS NULL OR plan_expiry_told != ?)",
+            (telegram_id, expires_at, expires_at),
+        )
+    return cursor.rowcount == 1
+
+
 async def increment_usage_and_check(
     connection: aiosqlite.Connection,
     user_id: int,

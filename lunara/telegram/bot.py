@@ -6,29 +6,31 @@ guard (`lunara.telegram.guard`) runs before any handler code; replies go through
 one formatting module; errors reach the one error handler (`lunara.telegram.errors`).
 Nothing is sent from here directly: every message is written to the outbox and sent,
 paced, by its sender (`lunara.telegram.outbox`). The service polls and sends only while
-it holds the poller lease (`lunara.telegram.lease`).
+it holds the poller lease (`lunara.telegram.lease`). It asks Telegram only for the kinds
+of update handled here (`lunara.telegram.updates`), and the inbox holds each one that
+matters until it is answered, once (`lunara.telegram.inbox`); one user's updates run in
+the order sent, different users' side by side (`lunara.telegram.ordering`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import aiosqlite
-from telegram import LabeledPrice, Message, ReplyParameters, Update, User
+from telegram import ChatMemberUpdated, LabeledPrice, Message, ReplyParameters, Update
 from telegram.constants import ChatMemberStatus, ChatType
-from telegram.error import NetworkError, RetryAfter, TelegramError
+from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
+    CallbackQueryHandler,
     ChatMemberHandler,
     ContextTypes,
-    ExtBot,
     MessageHandler,
     PreCheckoutQueryHandler,
     filters,
@@ -49,6 +51,8 @@ from lunara.storage import outbox as outbox_store
 from lunara.storage.database import RecordNotFound
 from lunara.storage.outbox import Outgoing, Priority
 from lunara.telegram import formatting as fmt
+from lunara.telegram import menus
+from lunara.telegram.chats import follow_migration
 from lunara.telegram.commands import COMMANDS, EXPECTED_ERRORS, CommandContext, Deps
 from lunara.telegram.errors import (
     STATE_FILE,
@@ -58,26 +62,40 @@ from lunara.telegram.errors import (
     mark_telegram,
     retry_after_seconds,
 )
-from lunara.telegram.guard import Guard, RateLimiter, Verdict
+from lunara.telegram.guard import Admission, Guard, RateLimiter, Verdict, late_by
+from lunara.telegram.inbox import Inbox, InboxBot
 from lunara.telegram.lease import PollLease
+from lunara.telegram.ordering import PerUserOrder
 from lunara.telegram.outbox import TELEGRAM_LIMITS, Outbox, OutboxSender, SendLimits, messages
-from lunara.telegram.parsing import UsageError, addressed_to, command_name, split_arguments
+from lunara.telegram.parsing import UsageError, command_name, split_arguments
+from lunara.telegram.updates import (
+    ALLOWED_UPDATES,
+    SECRET_COMMANDS,
+    command_of,
+    edit_of,
+    member_change_of,
+    paid_of,
+    plain_text_of,
+)
 
 logger = logging.getLogger("lunara.telegram")
 
 POLL_TIMEOUT_S = 10
 CLIENT_TIMEOUT_S = 5.0
 """Connect, write and read timeout of every Bot API call (long polls add POLL_TIMEOUT_S)."""
-SECRET_COMMANDS = frozenset({"setkeys"})
 KEYS_IN_GROUP = (
     "I deleted your message: exchange keys posted in a group are seen by everyone in it. "
     "Revoke those keys on Binance now, make new ones and send them with /setkeys in our "
     "private chat."
 )
+EDITED_KEYS = (
+    "I deleted your edited message: it carried exchange keys, and I do not act on edits. "
+    "To be safe, revoke those keys on Binance, make new ones and send them with /setkeys "
+    "as a new message."
+)
+EDIT_NOT_RUN = "I don't act on edited messages: send the command again as a new message."
 HINT = "Send /help to see the commands."
 """The answer to a plain text in a private chat."""
-BLANKED_TEXT = "…"
-"""What the inbox keeps of a plain text's words."""
 RETRY_UNANSWERED_S = 30.0
 """A command taken this long ago and still not answered is tried again."""
 PRUNE_EVERY_S = 3600.0
@@ -86,52 +104,11 @@ CRASH_REPORT_KEY = "crash-report"
 START_RETRY_FIRST_S = 0.5
 START_RETRY_MAX_S = 30.0
 """Waits between attempts to reach Telegram at start: doubling from the first to the most."""
-FENCED_POLL_PAUSE_S = 0.5
-"""How long the poller waits, instead of polling, while the instance lease is unconfirmed."""
+CHARGE_ALREADY_REFUNDED = "CHARGE_ALREADY_REFUNDED"
+"""The Bot API's refusal to refund a charge refunded before."""
 CONNECTION_POOL = 256  # python-telegram-bot's own default for concurrent updates
-
-
-class InboxBot(ExtBot[None]):
-    """The Bot API client, writing every command, plain text and payment it fetches to the inbox
-    (`lunara.storage.handled`) before python-telegram-bot confirms it to Telegram with the
-    next getUpdates offset: an update Telegram will not deliver again is one we hold."""
-
-    __slots__ = ("_may_poll", "_take", "_watch")
-
-    def __init__(
-        self,
-        *args: Any,
-        take: Callable[[Sequence[Update]], Awaitable[None]],
-        watch: Watch,
-        may_poll: Callable[[], bool] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._take = take
-        self._watch = watch
-        self._may_poll = may_poll
-
-    async def get_updates(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
-        if self._may_poll is not None and not self._may_poll():
-            # Fencing: this instance is not sure it still holds the instance lease (it was
-            # paused, or lost it): no poll, which would cut the live instance's short.
-            await asyncio.sleep(FENCED_POLL_PAUSE_S)
-            return ()
-        try:
-            updates = await super().get_updates(*args, **kwargs)
-        except TelegramError as error:
-            mark_telegram(self._watch, error)
-            raise
-        self._watch.ok()
-        if updates:
-            try:
-                await self._take(updates)
-            except sqlite3.Error as error:
-                # Not confirmed: the updater fetches the same batch again after a pause.
-                raise NetworkError(
-                    f"could not record the fetched updates ({type(error).__name__})"
-                ) from error
-        return updates
+CONCURRENT_UPDATES = 64
+"""Updates handled at once, across users (each user's own run one at a time, in order)."""
 
 
 def _request(pool_size: int) -> HTTPXRequest:
@@ -141,58 +118,6 @@ def _request(pool_size: int) -> HTTPXRequest:
         read_timeout=CLIENT_TIMEOUT_S,
         write_timeout=CLIENT_TIMEOUT_S,
     )
-
-
-def command_of(update: Update, username: str) -> tuple[Message, User] | None:
-    """The message and sender of a command the command handler answers, else None: a
-    command addressed to another bot (`/buy@other_bot` in a group) is not ours."""
-    message = update.effective_message
-    sender = update.effective_user
-    if message is None or sender is None or sender.is_bot or not message.text:
-        return None
-    if not filters.COMMAND.check_update(update) or not addressed_to(message.text, username):
-        return None
-    return message, sender
-
-
-def plain_text_of(update: Update) -> tuple[Message, User] | None:
-    """The message and sender of a plain text in a private chat (answered with `HINT`),
-    else None; plain text in a group is not for the bot."""
-    message = update.effective_message
-    sender = update.effective_user
-    if message is None or sender is None or sender.is_bot or not message.text:
-        return None
-    if message.chat.type != ChatType.PRIVATE or filters.COMMAND.check_update(update):
-        return None
-    return message, sender
-
-
-def inbox_entry_of(update: Update, username: str) -> tuple[Message, User] | None:
-    """The message and sender of an update the inbox holds until it is answered: a command,
-    a plain text the bot answers, or the service message of a completed payment (Telegram
-    sends it once; losing it would lose a plan the user paid for)."""
-    entry = command_of(update, username) or plain_text_of(update)
-    if entry is not None:
-        return entry
-    message = update.effective_message
-    sender = update.effective_user
-    if message is None or sender is None or message.successful_payment is None:
-        return None
-    return message, sender
-
-
-def _stored_update(update: Update, message: Message) -> str | None:
-    """What the inbox keeps to answer an update again: never the text of a secret command,
-    nor the words of a plain text (its answer does not depend on them, and they may be
-    anything a user pasted, an exchange key too): they are kept as `BLANKED_TEXT`."""
-    if command_name(message.text or "") in SECRET_COMMANDS:
-        return None
-    if plain_text_of(update) is None:
-        return update.to_json()
-    # Only what the hint needs: no words, nor those of a message it replies to or quotes.
-    blanked = Message(message.message_id, message.date, message.chat,
-                      from_user=message.from_user, text=BLANKED_TEXT)  # fmt: skip
-    return Update(update.update_id, message=blanked).to_json()
 
 
 class TelegramBot:
@@ -225,8 +150,7 @@ class TelegramBot:
         self.sender = OutboxSender(db, self.outbox, self, send_limits, may_send=may_send)
         self.errors = ErrorHandler(db, self.state, self.send, self.admin_ids)
         self.updates_handled = 0
-        self.in_hand: set[tuple[int, int]] = set()  # (chat, message) being answered now
-        self.stopping = False  # set once the bot is shutting down: start no new answers
+        self.inbox = Inbox(db, self.outbox, self.errors.apologies, self._username)
         self.up = asyncio.Event()  # set once Telegram answered and the application started
         # Reachability for `lunara status`: every getUpdates and the start-up getMe mark it.
         self.watch = watch if watch is not None else Watch(configured=True)
@@ -237,11 +161,16 @@ class TelegramBot:
             base_file_url=f"{base}/file/bot",
             request=_request(CONNECTION_POOL),
             get_updates_request=_request(1),
-            take=self._take,
+            take=self.inbox.take,
             watch=self.watch,
             may_poll=may_send,
         )
-        self.application = Application.builder().bot(client).concurrent_updates(64).build()
+        self.application = (
+            Application.builder()
+            .bot(client)
+            .concurrent_updates(PerUserOrder(CONCURRENT_UPDATES))
+            .build()
+        )
         self._keyring: Any = None
         self.deps = Deps(
             settings=settings,
@@ -260,14 +189,25 @@ class TelegramBot:
 
     def _register(self) -> None:
         app = self.application
-        app.add_handler(MessageHandler(filters.COMMAND, self._on_command))
-        app.add_handler(MessageHandler(filters.SUCCESSFUL_PAYMENT, self._on_successful_payment))
-        app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, self._on_text))
+        # Each kind here is in `ALLOWED_UPDATES`, the kinds asked of Telegram.
+        new = filters.UpdateType.MESSAGE
+        app.add_handler(MessageHandler(new & filters.COMMAND, self._on_command))
+        app.add_handler(
+            MessageHandler(new & filters.SUCCESSFUL_PAYMENT, self._on_successful_payment)
+        )
+        app.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, self._on_text))
+        app.add_handler(MessageHandler(filters.UpdateType.EDITED_MESSAGE, self._on_edit))
+        app.add_handler(CallbackQueryHandler(self._on_callback_query))
+        app.add_handler(MessageHandler(new & filters.StatusUpdate.MIGRATE, self._on_migrate))
         app.add_handler(PreCheckoutQueryHandler(self._on_pre_checkout))
         app.add_handler(
             ChatMemberHandler(self._on_my_chat_member, ChatMemberHandler.MY_CHAT_MEMBER)
         )
         app.add_error_handler(self._on_error)
+
+    def _username(self) -> str:
+        """The bot's username (from getMe): commands addressed to others are not ours."""
+        return self.application.bot.username
 
     def _load_keyring(self) -> Any:
         if self._keyring is None:
@@ -302,19 +242,28 @@ class TelegramBot:
         ])  # fmt: skip
         return len(admins)
 
-    async def send_text(self, chat_id: int, text: str, reply_to: int | None) -> None:
+    async def send_text(
+        self, chat_id: int, text: str, reply_to: int | None, thread_id: int | None = None
+    ) -> None:
         """Send one queued message (`lunara.telegram.outbox.Transport`)."""
         await self.application.bot.send_message(
-            chat_id, text, parse_mode="HTML", reply_parameters=_reply_parameters(reply_to)
+            chat_id,
+            text,
+            parse_mode="HTML",
+            reply_parameters=_reply_parameters(reply_to),
+            message_thread_id=thread_id,
         )
 
-    async def send_invoice(self, chat_id: int, plan: str, reply_to: int | None) -> None:
+    async def send_invoice(
+        self, chat_id: int, plan: str, reply_to: int | None, thread_id: int | None = None
+    ) -> None:
         """Send one queued invoice (`lunara.telegram.outbox.Transport`)."""
         chosen = plan_book.plan_named(plan)
         if chosen is None:
             raise LookupError(f"no plan named {plan!r}")
         await self.application.bot.send_invoice(
             reply_parameters=_reply_parameters(reply_to),
+            message_thread_id=thread_id,
             chat_id=chat_id,
             title=f"Lunara {chosen.title}",
             description=f"{chosen.title} plan for 30 days",
@@ -331,82 +280,62 @@ class TelegramBot:
             logger.warning("could not delete a message carrying keys: %s", type(error).__name__)
 
     async def _refund(self, user_id: int, charge_id: str) -> None:
-        await self.application.bot.refund_star_payment(user_id, charge_id)
+        try:
+            await self.application.bot.refund_star_payment(user_id, charge_id)
+        except BadRequest as error:
+            if CHARGE_ALREADY_REFUNDED in error.message.upper():
+                raise payments.AlreadyRefunded(charge_id) from None
+            raise
 
     # -- handlers -----------------------------------------------------------------------
 
-    async def _take(self, updates: Sequence[Update]) -> None:
-        """Into the inbox, as fetched (InboxBot): the commands, plain texts and payments of a batch."""
-        taken = []
-        for update in updates:
-            entry = inbox_entry_of(update, self.application.bot.username)
-            if entry is not None:
-                message, sender = entry
-                taken.append((message.chat_id, message.message_id, sender.id,
-                              _stored_update(update, message)))  # fmt: skip
-        if taken:
-            await handled.take(self.db, taken)
-
     async def _on_command(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
-        command = command_of(update, self.application.bot.username)
-        if command is None:
+        command = command_of(update, self._username())
+        entry = self.inbox.entry_of(update)
+        if command is None or entry is None:
             return
         message, sender = command
         text = message.text or ""
         self.updates_handled += 1
-        await self._answer_once(
-            update, message, sender, lambda: self._answer_command(message, sender.id, text)
+        await self.inbox.answer_once(
+            update, entry, lambda taken_at: self._answer_command(message, sender.id, text, taken_at)
         )
 
-    async def _answer_once(
-        self,
-        update: Update,
-        message: Message,
-        sender: User,
-        answer: Callable[[], Awaitable[list[Outgoing]]],
-        *,
-        retry_on: type[Exception] | tuple[type[Exception], ...] = (),
-    ) -> None:
-        """Work out the answer of an inbox entry unless it was answered already (a replay,
-        or Telegram delivering it again) or the bot is stopping; then queue the answer and
-        mark the entry answered in one transaction. One that failed on a network error (or
-        a `retry_on` error) stays in the inbox and is tried again by the sweep; any other
-        error is answered with an apology."""
-        key = (message.chat_id, message.message_id)
-        if key in self.in_hand:  # delivered again while a replay of it runs
-            return
-        payload = _stored_update(update, message)
-        if self.stopping and payload is not None:
-            # Fetched but not begun when the stop came: it stays in the inbox and is
-            # answered on the next start, so a stop waits only for the answers under way.
-            # (A secret command is not stored, so it cannot wait: it is answered now.)
-            return
-        self.in_hand.add(key)
-        try:
-            # Taken into the inbox when fetched; a replayed update may predate that.
-            if not await handled.begin(self.db, *key, sender.id, payload):
-                logger.info("message %d in chat %d was answered before a restart; skipping",
-                            message.message_id, message.chat_id)  # fmt: skip
-                return
-            try:
-                outgoing = await answer()
-            except Exception as error:
-                if is_retryable(error) or isinstance(error, retry_on):
-                    raise  # the error handler says so; the sweep tries it again
-                # Answered with an apology, never replayed.
-                outgoing = self.errors.apologies(update, error)
-            await self.outbox.answer(*key, outgoing)
-        finally:
-            self.in_hand.discard(key)
+    def _slow_down(self, message: Message) -> list[Outgoing]:
+        return messages(
+            message.chat_id,
+            f"Slow down a little: I answer at most {self.guard.limiter.limit} messages a "
+            "minute. I did not act on this one, nor will I on what you send before the "
+            "minute is over.",
+            message.message_id,
+        )
 
-    async def _answer_command(self, message: Message, sender_id: int, text: str) -> list[Outgoing]:
+    async def _refused_by_rate(
+        self, message: Message, sender_id: int, name: str | None
+    ) -> list[Outgoing] | None:
+        """Count a message against its sender's rate limit: None if it may be answered,
+        else what to answer instead (a slow-down once per window, then nothing). A refused
+        message carrying keys is deleted all the same."""
+        admission = self.guard.admit(sender_id, COMMANDS.get(name or ""))
+        if admission is Admission.ALLOWED:
+            return None
+        if name in SECRET_COMMANDS:
+            await self._delete_message(message.chat_id, message.message_id)
+        return self._slow_down(message) if admission is Admission.SLOW_DOWN else []
+
+    async def _answer_command(
+        self, message: Message, sender_id: int, text: str, taken_at: float
+    ) -> list[Outgoing]:
         name = command_name(text)
         command = COMMANDS.get(name)
         reply_to = message.message_id
         private = message.chat.type == ChatType.PRIVATE
+        if command is None and not private:
+            return []  # in a group it may be another bot's: not ours to answer
+        refused = await self._refused_by_rate(message, sender_id, name)
+        if refused is not None:
+            return refused
         if command is None:
-            if not private:
-                return []  # in a group it may be another bot's: not ours to answer
             return messages(
                 message.chat_id, "I don't know that command. Send /help for the list.", reply_to
             )
@@ -421,17 +350,13 @@ class TelegramBot:
                 f'<a href="{fmt.escape(link)}">our private chat</a>: send it there.',
                 reply_to,
             )
-        verdict = self.guard.check(sender_id, command)
-        if verdict is Verdict.DENIED:
+        if self.guard.check(sender_id, command) is Verdict.DENIED:
             return messages(
                 message.chat_id, "Sorry, your role does not allow that command.", reply_to
             )
-        if verdict is Verdict.RATE_LIMITED:
-            return messages(
-                message.chat_id,
-                f"Slow down a little: at most {self.guard.limiter.limit} commands a minute.",
-                reply_to,
-            )
+        late = late_by(message.date.timestamp(), taken_at, self.settings.command_max_age_s)
+        if late is not None and command.acts_on(text):
+            return messages(message.chat_id, _too_late(command.name, late), reply_to)
         context = CommandContext(
             user_id=sender_id,
             chat_id=message.chat_id,
@@ -460,28 +385,85 @@ class TelegramBot:
 
     async def _on_text(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         plain = plain_text_of(update)
-        if plain is None:
+        entry = self.inbox.entry_of(update)
+        if plain is None or entry is None:
             return
         message, sender = plain
         self.updates_handled += 1
-        await self._answer_once(update, message, sender, lambda: _hint(message))
+        await self.inbox.answer_once(
+            update, entry, lambda _taken_at: self._hint(message, sender.id)
+        )
+
+    async def _hint(self, message: Message, sender_id: int) -> list[Outgoing]:
+        refused = await self._refused_by_rate(message, sender_id, None)
+        if refused is not None:
+            return refused
+        return messages(message.chat_id, HINT, message.message_id)
+
+    async def _on_edit(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        edit = edit_of(update, self._username())
+        entry = self.inbox.entry_of(update)
+        if edit is None or entry is None:
+            return
+        message, sender = edit
+        self.updates_handled += 1
+        await self.inbox.answer_once(
+            update, entry, lambda _taken_at: self._answer_edit(message, sender.id)
+        )
+
+    async def _answer_edit(self, message: Message, sender_id: int) -> list[Outgoing]:
+        """An edit is never run (the command as first sent was answered, or not, already;
+        running the edit too would trade twice): the user is told to send it again. One
+        that now carries keys is deleted and the keys are to be revoked."""
+        name = command_name(message.text or "")
+        private = message.chat.type == ChatType.PRIVATE
+        if name not in COMMANDS and not private:
+            return []  # in a group it may be another bot's: not ours to answer
+        refused = await self._refused_by_rate(message, sender_id, name)
+        if refused is not None:
+            return refused
+        if name in SECRET_COMMANDS:
+            await self._delete_message(message.chat_id, message.message_id)
+            text = EDITED_KEYS if private else KEYS_IN_GROUP
+            return messages(message.chat_id, text, message.message_id)
+        return messages(message.chat_id, EDIT_NOT_RUN, message.message_id)
+
+    async def _on_callback_query(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Answered at once, or the user's client shows a spinner on the button: the bot
+        sends no buttons yet, so a press can only come from an old or forged message."""
+        query = update.callback_query
+        if query is None:
+            return
+        try:
+            await query.answer()
+        except BadRequest as error:  # "query is too old": the spinner is long gone
+            logger.info("could not answer a button press: %s", error.message)
 
     async def _on_my_chat_member(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Through the inbox like a command, so a block or unblock fetched just before a
+        crash is still applied, once, and in the order the user did them."""
+        change = member_change_of(update)
+        entry = self.inbox.entry_of(update)
+        if change is None or entry is None:
+            return
+        await self.inbox.answer_once(
+            update, entry, lambda _taken_at: self._member_change(change), retry_on=sqlite3.Error
+        )
+
+    async def _member_change(self, change: ChatMemberUpdated) -> list[Outgoing]:
         """A user blocked the bot (`kicked`): inactive, so broadcasts and auto trades skip
-        them; unblocked it (`member`): active again. The bot leaving or joining a group
-        changes nobody."""
-        change = update.my_chat_member
-        if change is None or change.chat.type != ChatType.PRIVATE:
-            return
-        status = change.new_chat_member.status
-        if status not in (ChatMemberStatus.BANNED, ChatMemberStatus.MEMBER):
-            return
-        active = status == ChatMemberStatus.MEMBER
+        them; unblocked it (`member`): active again. Nothing is answered."""
+        active = change.new_chat_member.status == ChatMemberStatus.MEMBER
         with contextlib.suppress(RecordNotFound):
             await users.set_active(self.db, change.chat.id, active)
             logger.info("user %d %s the bot; marked %s", change.chat.id,
                         "unblocked" if active else "blocked",
                         "active" if active else "inactive")  # fmt: skip
+        return []
+
+    async def _on_migrate(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        if update.effective_message is not None:
+            await follow_migration(self.db, update.effective_message)
 
     async def _on_pre_checkout(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.pre_checkout_query
@@ -495,28 +477,29 @@ class TelegramBot:
     async def _on_successful_payment(
         self, update: Update, _context: ContextTypes.DEFAULT_TYPE
     ) -> None:
-        entry = inbox_entry_of(update, self.application.bot.username)
-        if entry is None:
+        paid = paid_of(update)
+        entry = self.inbox.entry_of(update)
+        if paid is None or entry is None:
             return
-        message, sender = entry
-        await self._answer_once(
+        message, sender = paid
+        await self.inbox.answer_once(
             update,
-            message,
-            sender,
-            lambda: self._record_payment(message, sender),
+            entry,
+            lambda _taken_at: self._record_payment(message, sender.id),
             retry_on=sqlite3.Error,  # the payer cannot send it again: keep it, try again
         )
 
-    async def _record_payment(self, message: Message, sender: User) -> list[Outgoing]:
+    async def _record_payment(self, message: Message, sender_id: int) -> list[Outgoing]:
         """Record the payment (once per charge id, so a replay is harmless), thank the payer."""
         paid = message.successful_payment
         assert paid is not None
         outcome = await payments.record_payment(
             self.db,
-            sender.id,
+            sender_id,
             paid.invoice_payload,
             paid.telegram_payment_charge_id,
             paid.total_amount,
+            currency=paid.currency,
         )
         plan = plan_book.plan_named(outcome.payment.plan)
         return messages(
@@ -527,6 +510,11 @@ class TelegramBot:
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         await self.errors.on_error(update, context.error)
+
+    async def publish_menus(self) -> int:
+        """The command menus of each audience (`lunara.telegram.menus`)."""
+        chosen = menus.menus(COMMANDS.values(), self.admin_ids(), self.guard.may)
+        return await menus.publish(self.application.bot, chosen)
 
     def admin_ids(self) -> list[int]:
         ids = []
@@ -577,6 +565,7 @@ class TelegramService:
                     if not replayed:
                         await self._replay_unfinished()
                         replayed = True
+                        await bot.publish_menus()
                     await self._poll(stop, lease)
                 finally:
                     with contextlib.suppress(Exception):
@@ -628,34 +617,28 @@ class TelegramService:
 
     async def _stop_application(self) -> None:
         """Answer no new update, finish those under way (python-telegram-bot waits for them)."""
-        self.bot.stopping = True
+        self.bot.inbox.stopping = True
         with contextlib.suppress(Exception):
             if self.bot.application.running:
                 await self.bot.application.stop()
 
     async def _replay_unfinished(self, taken_before: float | None = None) -> None:
-        """Hand commands and payments taken but not answered (by a run that died or
-        stopped before it began them, or whose answer could not be sent) to the handlers
-        again."""
+        """Hand inbox entries taken but not answered (by a run that died or stopped before
+        it began them, or whose answer could not be sent) to the handlers again, in the
+        order Telegram numbered them (each user's in the order sent)."""
         application = self.bot.application
-        pending = await handled.unfinished(self.bot.db, taken_before)
-        replayed = 0
-        for payload in pending:
-            update = Update.de_json(json.loads(payload), application.bot)
-            message = None if update is None else update.effective_message
-            if message is None or (message.chat_id, message.message_id) in self.bot.in_hand:
-                continue
+        unanswered = await self.bot.inbox.unanswered(application.bot, taken_before)
+        for update in unanswered:
             await application.update_queue.put(update)
-            replayed += 1
-        if replayed:
-            logger.info("answering %d command(s) taken earlier but not answered", replayed)
+        if unanswered:
+            logger.info("answering %d update(s) taken earlier but not answered", len(unanswered))
 
     async def _poll(self, stop: asyncio.Event, lease: PollLease) -> None:
         application = self.bot.application
         assert application.updater is not None
         await application.updater.start_polling(
             timeout=POLL_TIMEOUT_S,
-            allowed_updates=Update.ALL_TYPES,
+            allowed_updates=list(ALLOWED_UPDATES),
             error_callback=self.bot.errors.on_polling_error,
         )
         logger.info("Telegram polling as @%s", application.bot.username)
@@ -684,8 +667,22 @@ async def _prune(db: aiosqlite.Connection) -> None:
     await outbox_store.prune(db)
 
 
-async def _hint(message: Message) -> list[Outgoing]:
-    return messages(message.chat_id, HINT, message.message_id)
+def _too_late(name: str, late_s: float) -> str:
+    return (
+        f"Your {fmt.code('/' + name)} was sent {_duration(late_s)} ago and reached me only "
+        "now (Telegram could not deliver it sooner), so I did not act on it: the market has "
+        "moved since. If you still want it, send it again."
+    )
+
+
+def _duration(seconds: float) -> str:
+    """`90` → "1 minute", `7300` → "2 hours": how long ago, roughly, in words."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    count = int(seconds)
+    return f"{count} second{'s' if count != 1 else ''}"
 
 
 def _reply_parameters(message_id: int | None) -> ReplyParameters | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiosqlite
 
+from blueprint.manifest import Permission
 from blueprint.paths import HomePaths
 from lunara import plans as plan_book
 from lunara.config import Settings
@@ -23,7 +24,7 @@ from lunara.storage import credentials, user_settings, users
 from lunara.storage.database import InvalidValue, StorageError
 from lunara.storage.outbox import BroadcastStart
 from lunara.telegram import formatting as fmt
-from lunara.telegram.guard import Command, Guard
+from lunara.telegram.guard import Acts, Command, Guard
 from lunara.telegram.parsing import (
     UsageError,
     parse_amount,
@@ -397,10 +398,51 @@ async def refund(ctx: CommandContext) -> None:
     if len(ctx.arguments) != 1 or len(ctx.arguments[0]) > 128:
         await ctx.usage()
         return
-    from lunara.payments import refund_payment
+    from lunara.payments import Refund, refund_payment
 
-    await refund_payment(ctx.deps, ctx.arguments[0])
-    await ctx.reply(f"Refunded {fmt.escape(ctx.arguments[0])}.")
+    charge = fmt.code(ctx.arguments[0])
+    result, payment = await refund_payment(ctx.deps, ctx.arguments[0])
+    when = datetime.fromtimestamp(payment.refunded_at or ctx.deps.clock(), UTC)
+    stars = f"{payment.amount_stars} Stars to user {payment.user_id}"
+    if result is Refund.ALREADY:
+        await ctx.reply(
+            f"Payment {charge} was already refunded on {when:%Y-%m-%d %H:%M} UTC "
+            f"({stars}): nothing was done."
+        )
+    elif result is Refund.ALREADY_ON_TELEGRAM:
+        await ctx.reply(
+            f"Telegram says payment {charge} was already refunded ({stars}); it is now "
+            "recorded as refunded and its plan period taken back. Nothing was paid twice."
+        )
+    else:
+        await ctx.reply(f"Refunded {charge}: {stars}; the plan period it bought is taken back.")
+
+
+PAYSUPPORT_TEXT = (
+    "Help with a payment: contact the operator of this bot. Tell them when you paid, "
+    "how many Stars, and what went wrong; the receipt in this chat shows the first two. "
+    "Telegram's own support cannot help with purchases made in bots."
+)
+"""What /paysupport answers unless LUNARA_PAYSUPPORT_TEXT says otherwise."""
+
+
+def terms_text() -> str:
+    """What /terms answers unless LUNARA_TERMS_TEXT says otherwise."""
+    days = plan_book.PLAN_PERIOD_S // (24 * 3600)
+    return (
+        f"Plans are paid in Telegram Stars and last {days} days from the payment; one not "
+        "paid again falls back to the free plan. A refund gives the Stars back and ends "
+        "the period it bought; ask with /paysupport. Lunara is trading software, not "
+        "financial advice: trading crypto can lose money, and paper mode trades none."
+    )
+
+
+async def paysupport(ctx: CommandContext) -> None:
+    await ctx.reply(fmt.escape(ctx.deps.settings.paysupport_text or PAYSUPPORT_TEXT))
+
+
+async def terms(ctx: CommandContext) -> None:
+    await ctx.reply(fmt.escape(ctx.deps.settings.terms_text or terms_text()))
 
 
 def _command(*args: Any, **kwargs: Any) -> tuple[str, Command]:
@@ -410,73 +452,114 @@ def _command(*args: Any, **kwargs: Any) -> tuple[str, Command]:
 
 COMMANDS: dict[str, Command] = dict(
     [
-        _command("start", "tg.info.start", "/start", "register and say hello", start),
-        _command("help", "tg.info.help", "/help", "the commands you can use", help_command),
+        _command("start", Permission.TG_START, "/start", "register and say hello", start),
+        _command("help", Permission.TG_HELP, "/help", "the commands you can use", help_command),
         _command(
             "status",
-            "tg.info.status",
+            Permission.TG_STATUS,
             "/status",
             "your plan and the bot's state",
             status,
             private_only=True,
         ),
         _command(
-            "balance", "tg.trade.balance", "/balance", "your balances", balance, private_only=True
+            "balance",
+            Permission.TG_BALANCE,
+            "/balance",
+            "your balances",
+            balance,
+            private_only=True,
         ),
         _command(
             "positions",
-            "tg.trade.positions",
+            Permission.TG_POSITIONS,
             "/positions",
             "your open positions",
             positions,
             private_only=True,
         ),
-        _command("buy", "tg.trade.buy", "/buy SYMBOL AMOUNT_USDT", "open a position", buy),
-        _command("sell", "tg.trade.sell", "/sell SYMBOL", "close your position", sell),
         _command(
-            "analyze", "tg.trade.analyze", "/analyze SYMBOL", "indicators and commentary", analyze
+            "buy",
+            Permission.TG_BUY,
+            "/buy SYMBOL AMOUNT_USDT",
+            "open a position",
+            buy,
+            acts=Acts.ALWAYS,
+        ),
+        _command(
+            "sell",
+            Permission.TG_SELL,
+            "/sell SYMBOL",
+            "close your position",
+            sell,
+            acts=Acts.ALWAYS,
+        ),
+        _command(
+            "analyze",
+            Permission.TG_ANALYZE,
+            "/analyze SYMBOL",
+            "indicators and commentary",
+            analyze,
         ),
         _command(
             "settings",
-            "tg.trade.settings",
+            Permission.TG_SETTINGS,
             "/settings [key=value ...]",
             "your trading settings",
             settings_command,
             private_only=True,
+            acts=Acts.WITH_ARGUMENTS,
         ),
         _command(
             "setkeys",
-            "tg.trade.setkeys",
+            Permission.TG_SETKEYS,
             "/setkeys API_KEY API_SECRET",
             "store your exchange keys",
             setkeys,
             private_only=True,
         ),
-        _command("plans", "tg.info.plans", "/plans", "plans and prices", plans),
+        _command("plans", Permission.TG_PLANS, "/plans", "plans and prices", plans),
         _command(
             "subscribe",
-            "tg.trade.subscribe",
+            Permission.TG_SUBSCRIBE,
             "/subscribe PLAN",
             "pay for a plan with Stars",
             subscribe,
             private_only=True,
         ),
-        _command("users", "tg.admin.users", "/users", "list users", users_command),
-        _command("user", "tg.admin.user", "/user ID", "one user's details", user_command),
+        _command(
+            "paysupport",
+            Permission.TG_PAYSUPPORT,
+            "/paysupport",
+            "help with a payment",
+            paysupport,
+        ),
+        _command("terms", Permission.TG_TERMS, "/terms", "the terms of the plans", terms),
+        _command("users", Permission.TG_USERS, "/users", "list users", users_command),
+        _command("user", Permission.TG_USER, "/user ID", "one user's details", user_command),
         _command(
             "broadcast",
-            "tg.admin.broadcast",
+            Permission.TG_BROADCAST,
             "/broadcast TEXT",
             "message every active user",
             broadcast,
         ),
-        _command("pause", "tg.admin.pause", "/pause", "pause trading for everyone", pause),
-        _command("resume", "tg.admin.resume", "/resume", "resume trading", resume),
         _command(
-            "botstatus", "tg.admin.botstatus", "/botstatus", "the supervisor's view", botstatus
+            "pause",
+            Permission.TG_PAUSE,
+            "/pause",
+            "pause trading for everyone",
+            pause,
+            acts=Acts.ALWAYS,
         ),
         _command(
-            "refund", "tg.admin.refund", "/refund CHARGE_ID", "refund a Stars payment", refund
+            "resume", Permission.TG_RESUME, "/resume", "resume trading", resume, acts=Acts.ALWAYS
+        ),
+        _command(
+            "botstatus", Permission.TG_BOTSTATUS, "/botstatus", "the supervisor's view", botstatus
+        ),
+        _command(
+            "refund", Permission.TG_REFUND, "/refund CHARGE_ID", "refund a Stars payment", refund
         ),
     ]
 )

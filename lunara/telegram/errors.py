@@ -27,6 +27,7 @@ import aiosqlite
 from telegram import Update
 from telegram.error import BadRequest, Conflict, Forbidden, NetworkError, RetryAfter, TelegramError
 
+from blueprint.trust import replace_private
 from lunara.dependencies import Watch
 from lunara.storage.outbox import Outgoing
 from lunara.telegram import formatting as fmt
@@ -79,9 +80,7 @@ class TelegramState:
         self.last_conflict_at = now
         document = {"conflicts": self.conflicts, "last_conflict_at": now}
         with contextlib.suppress(OSError):
-            temporary = self.path.with_name(self.path.name + ".tmp")
-            temporary.write_text(json.dumps(document))
-            temporary.replace(self.path)
+            replace_private(self.path, json.dumps(document).encode())
         if now - self._last_logged >= CONFLICT_LOG_EVERY_S:
             self._last_logged = now
             return True

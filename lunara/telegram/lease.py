@@ -28,6 +28,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from blueprint.trust import open_private
+
 logger = logging.getLogger(__name__)
 
 LEASE_TTL_MS = 6_000  # a SIGKILLed holder frees the lease within this
@@ -65,7 +67,7 @@ class PollLease:
     async def _try_once(self) -> bool:
         if self.redis is not None:
             return bool(await self.redis.set(self.key, self._owner, nx=True, px=LEASE_TTL_MS))
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        descriptor = open_private(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

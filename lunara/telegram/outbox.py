@@ -3,9 +3,10 @@
 `Outbox` writes messages (`lunara.storage.outbox`), split under Telegram's length
 limit, and wakes the sender. `OutboxSender` is the one sender: it takes the next row of
 each chat in priority order (answers, then notifications, then broadcasts) and sends
-it through python-telegram-bot, paced by aiolimiter leaky buckets kept inside
-Telegram's flood limits (`SendLimits`): about 30 messages a second for the bot, 1 a
-second sustained to one private chat, 20 a minute to one group. One chat's messages go
+it (into its forum topic, if it has one) through python-telegram-bot, paced by
+aiolimiter leaky buckets kept inside Telegram's flood limits (`SendLimits`): about 30
+messages a second for the bot, 1 a second sustained to one private chat, 20 a minute
+to one group. One chat's messages go
 one at a time, in order, so the parts of a long answer arrive in order.
 
 What Telegram answers decides what happens to a row:
@@ -16,7 +17,8 @@ What Telegram answers decides what happens to a row:
   limit hit was the bot's own;
 - 403 (the user blocked the bot): marked `blocked`, and the user marked inactive when
   it is their private chat (a group that removed the bot deactivates nobody);
-- the group became a supergroup: its queued rows move to the new chat id;
+- the group became a supergroup: its queued rows move to the new chat id (the service
+  message announcing it moves them too, `lunara.telegram.chats`);
 - 400 (refused for good): marked `failed`, logged;
 - a timeout or a network error: tried again, with growing pauses, until it goes.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import sqlite3
@@ -92,11 +95,16 @@ TELEGRAM_LIMITS = SendLimits()
 
 
 class Transport(Protocol):
-    """How a row reaches Telegram (the bot's python-telegram-bot client)."""
+    """How a row reaches Telegram (the bot's python-telegram-bot client); `thread_id`
+    is the forum topic it goes to (None: the chat itself, or its General topic)."""
 
-    async def send_text(self, chat_id: int, text: str, reply_to: int | None) -> None: ...
+    async def send_text(
+        self, chat_id: int, text: str, reply_to: int | None, thread_id: int | None = None
+    ) -> None: ...
 
-    async def send_invoice(self, chat_id: int, plan: str, reply_to: int | None) -> None: ...
+    async def send_invoice(
+        self, chat_id: int, plan: str, reply_to: int | None, thread_id: int | None = None
+    ) -> None: ...
 
 
 def messages(
@@ -105,16 +113,31 @@ def messages(
     reply_to: int | None = None,
     priority: Priority | None = None,
     dedupe_key: str | None = None,
+    thread_id: int | None = None,
 ) -> list[Outgoing]:
     """`text` as outbox rows: split under Telegram's limit, the first part threaded to
-    `reply_to`; an answer (with `reply_to`) by default goes ahead of notifications."""
+    `reply_to`, every part to forum topic `thread_id`; an answer (with `reply_to`) by
+    default goes ahead of notifications."""
     if priority is None:
         priority = Priority.ANSWER if reply_to is not None else Priority.NOTICE
     return [
         Outgoing(chat_id, chunk, reply_to if index == 0 else None, priority,
-                 dedupe_key=None if dedupe_key is None else f"{dedupe_key}:{index}")
+                 dedupe_key=None if dedupe_key is None else f"{dedupe_key}:{index}",
+                 thread_id=thread_id)
         for index, chunk in enumerate(fmt.split_message(text))
     ]  # fmt: skip
+
+
+def in_topic(rows: Sequence[Outgoing], chat_id: int, thread_id: int | None) -> list[Outgoing]:
+    """`rows`, those for `chat_id` put in its forum topic `thread_id`: an answer goes to
+    the topic its command came from, every part of it (a part sent without the topic
+    would land in the General topic)."""
+    if thread_id is None:
+        return list(rows)
+    return [
+        dataclasses.replace(row, thread_id=thread_id) if row.chat_id == chat_id else row
+        for row in rows
+    ]
 
 
 class Outbox:
@@ -145,8 +168,17 @@ class Outbox:
     ) -> None:
         await self.put(messages(chat_id, text, reply_to, priority, dedupe_key))
 
-    async def answer(self, chat_id: int, message_id: int, rows: Sequence[Outgoing]) -> None:
-        """Queue the answer of a command and mark the command answered, in one transaction."""
+    async def answer(
+        self,
+        chat_id: int,
+        message_id: int,
+        rows: Sequence[Outgoing],
+        *,
+        thread_id: int | None = None,
+    ) -> None:
+        """Queue the answer of a command (into the forum topic `thread_id` it came from)
+        and mark the command answered, in one transaction."""
+        rows = in_topic(rows, chat_id, thread_id)
         async with transaction(self.db):
             await store.enqueue(self.db, rows)
             await handled.finish(self.db, chat_id, message_id)
@@ -325,9 +357,11 @@ class OutboxSender:
     async def _attempt(self, row: store.Queued) -> None:
         try:
             if row.invoice is not None:
-                await self.transport.send_invoice(row.chat_id, row.invoice, row.reply_to)
+                await self.transport.send_invoice(
+                    row.chat_id, row.invoice, row.reply_to, row.thread_id
+                )
             elif row.text is not None:
-                await self.transport.send_text(row.chat_id, row.text, row.reply_to)
+                await self.transport.send_text(row.chat_id, row.text, row.reply_to, row.thread_id)
             else:
                 raise LookupError("a queued message with nothing to send")
         except RetryAfter as error:

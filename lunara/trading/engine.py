@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
+from blueprint.errors import ConfigError
 from lunara.ai.analyst import NOTE_OFF, Analyst, MarketSummary
 from lunara.analysis.analyzer import InsufficientData, analyze_candles
 from lunara.config import MarketKind, Mode, Settings
@@ -716,7 +717,12 @@ def build_market(settings: Settings, gateway: BinanceGateway | None, seed: int =
         return BinanceMarket(gateway)
     if source.kind is MarketKind.REPLAY:
         assert source.replay_file is not None
-        return ReplayMarket(source.replay_file)
+        try:
+            return ReplayMarket(source.replay_file)
+        except TradingError as error:
+            # The bot then exits 6 with this one line, and the watchdog does not restart
+            # it: the same file would fail the same way on every restart.
+            raise ConfigError(f"invalid configuration: LUNARA_MARKET: {error.message}") from None
     return SimMarket(seed, tick_s=settings.tick_seconds)
 
 
@@ -744,6 +750,27 @@ async def open_trading(
     """
     board = dependencies if dependencies is not None else Dependencies()
     closers: list[Any] = []
+    try:
+        return await _wire_trading(settings, db, redis, notifier, seed, closers, board, lease)
+    except BaseException:
+        # A refused configuration (a bad replay file, a missing key) must not leave the
+        # database's thread running: the bot could not exit, and would wait forever.
+        for close in reversed(closers):
+            with contextlib.suppress(Exception):
+                await close()
+        raise
+
+
+async def _wire_trading(
+    settings: Settings,
+    db: aiosqlite.Connection | None,
+    redis: Any,
+    notifier: Notifier | None,
+    seed: int,
+    closers: list[Any],
+    board: Dependencies,
+    lease: InstanceLease | None,
+) -> TradingRuntime:
     paths = settings.paths
     if db is None:
         db = await open_database(paths.database)

@@ -32,7 +32,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Protocol, cast, runtime_checkable
 
 import aiosqlite
@@ -43,7 +42,7 @@ from lunara.plans import Plan, effective_plan
 from lunara.services import TradingError
 from lunara.storage import positions as position_store
 from lunara.storage import user_settings, users
-from lunara.storage.positions import ExitReason, Position, PositionStatus
+from lunara.storage.positions import ExitReason, PositionStatus
 from lunara.storage.user_settings import UserSettings
 from lunara.trading.exchange import CredentialsRejected, Exchange, ExchangeError
 from lunara.trading.filters import quantity_for_quote
@@ -576,8 +575,9 @@ class Executor:
         except PositionLeftAsDust as dust:
             self.exit_retries.forget(position_id)
             report.exits += 1
-            logger.info("user %d: position %d closed as dust", user_id, position_id)
-            await self.notify(user_id, f"Your stop asked to sell, but {dust.message}.")
+            # The trader's notice was queued with the close (lunara.trading.notices).
+            logger.info("user %d: position %d closed as dust: %s", user_id, position_id,
+                        dust.message)  # fmt: skip
             return
         except (CredentialsRejected, KeyMismatch):
             raise
@@ -683,8 +683,7 @@ class Executor:
                 exit_reason=reason,
             ),
         )
-        await self.notify(user_id, exit_message(position, settlement, reason))
-        return settlement
+        return settlement  # its notice was queued with it (lunara.trading.notices)
 
     async def _enter(self, user_id: int, symbol: str, market: MarketTick) -> bool:
         price = market.prices.get(symbol)
@@ -741,15 +740,3 @@ class Executor:
         self._last_recovery = now
         if await self._orders.has_unsettled():
             await self._orders.recover(self._exchange_for, skip_busy=True)
-
-
-def exit_message(position: Position, settlement: Settlement, reason: str) -> str:
-    """The trader's notice of an automatic exit."""
-    entry = position.entry_price
-    price = settlement.price
-    change = (price - entry) / entry * 100 if entry > 0 else Decimal(0)
-    label = "Trailing stop" if reason == ExitReason.TRAILING_STOP.value else "Stop loss"
-    return (
-        f"{label} hit: sold {settlement.fill.quantity.normalize()} {position.symbol} "
-        f"at {price:.8g} ({change:+.2f}% from entry {entry:.8g})."
-    )

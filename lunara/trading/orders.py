@@ -22,6 +22,9 @@
    notional) closes the position as ``dust``: the remainder is recorded as residue and
    the profit is what was really sold. Anything else refused is refused: the caller
    retries an exit the stop still asks for.
+7. An exit order keeps why it was placed; a stop's exit queues the trader's notice in
+   the transaction that records it (``lunara.trading.notices``), so a crash can neither
+   lose the notice of a recorded exit nor send one for an exit not recorded.
 
 After a crash, ``recover`` walks the unsettled orders (pending, sent, unknown) and asks
 the exchange about each one, and settles fills whose position change was not written.
@@ -35,6 +38,7 @@ import asyncio
 import hashlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -43,9 +47,11 @@ import aiosqlite
 
 from blueprint.errors import BlueprintError
 from lunara.services import TradingError
+from lunara.storage import outbox
 from lunara.storage import positions as store
 from lunara.storage.database import transaction
 from lunara.storage.positions import ExitReason, Order, OrderStatus, Position
+from lunara.trading import notices
 from lunara.trading.exchange import (
     OPEN_ORDER_STATUSES,
     CredentialsRejected,
@@ -221,9 +227,16 @@ class OrderPath:
         # An order of an earlier process was signed before this one started.
         self._started_at = clock()
         self._sent_at: dict[str, float] = {}  # client id -> when this process signed it
-        self._locks: dict[int, asyncio.Lock] = {}
+        # One lock per trader with an order under way (or waiting): a lock nobody holds
+        # or waits for is dropped, so a hundred thousand traders leave nothing behind.
+        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
         self.placed = 0  # orders settled with a fill (for /metrics)
         self.failed = 0  # orders refused or rejected
+
+    @property
+    def tracked_locks(self) -> int:
+        """Traders with a lock alive (held, waited for, or not yet collected)."""
+        return len(self._locks)
 
     def lock_for(self, user_id: int) -> asyncio.Lock:
         lock = self._locks.get(user_id)
@@ -234,7 +247,7 @@ class OrderPath:
     @property
     def busy(self) -> bool:
         """Some order is being worked on right now (the shutdown waits for it)."""
-        return any(lock.locked() for lock in self._locks.values())
+        return any(lock.locked() for lock in list(self._locks.values()))
 
     async def submit(self, exchange: Exchange, request: OrderRequest) -> Settlement:
         """Place ``request`` exactly once; raises ``TradingError`` with the reason if refused."""
@@ -271,14 +284,16 @@ class OrderPath:
                 now=self._clock(),
             )
         if request.side is Side.BUY:
-            intent, sequence = (
+            intent, sequence, reason = (
                 entry_intent(request.symbol),
                 await self._order_count(request.user_id),
+                None,
             )
         else:
             assert request.position_id is not None
             intent = exit_intent(request.position_id)
             sequence = len(await store.orders_of_position(self._db, request.position_id))
+            reason = request.exit_reason
         # The count of the trader's (or the position's) orders only grows, so the id is
         # always new: however many earlier orders were refused, nothing is probed.
         return await store.record_pending_order(
@@ -289,6 +304,7 @@ class OrderPath:
             request.side,
             quantity,
             position_id=request.position_id,
+            exit_reason=reason,
             now=self._clock(),
         )
 
@@ -332,18 +348,22 @@ class OrderPath:
             dust = below_minimum_quantity(rules, sellable)
         if not dust:
             return
-        closed = await store.close(
-            self._db,
-            position.id,
-            request.reference_price,
-            ExitReason.DUST.value,
-            None,
-            sold=Decimal(0),
-            proceeds=Decimal(0),
-            now=self._clock(),
-        )
-        await self._stops.remove(position.id)
         residue = position.quantity  # what it holds: nothing of it was sold
+        async with transaction(self._db):
+            closed = await store.close(
+                self._db,
+                position.id,
+                request.reference_price,
+                ExitReason.DUST.value,
+                None,
+                sold=Decimal(0),
+                proceeds=Decimal(0),
+                now=self._clock(),
+            )
+            left_as_dust = PositionLeftAsDust(closed, residue, rules.base_asset)
+            if notices.told_of(request.exit_reason):
+                await outbox.enqueue(self._db, [notices.dust_notice(closed, left_as_dust.message)])
+        await self._stops.remove(position.id)
         logger.warning(
             "position %d of user %d: %s %s left is below the smallest order for %s; closed as dust",
             position.id,
@@ -352,7 +372,7 @@ class OrderPath:
             rules.base_asset,
             position.symbol,
         )
-        raise PositionLeftAsDust(closed, residue, rules.base_asset)
+        raise left_as_dust
 
     async def _successor(self, order: Order) -> Order:
         """Record the order that replaces one the exchange never took (a new client id)."""
@@ -364,6 +384,7 @@ class OrderPath:
             order.side,
             order.quantity,
             position_id=order.position_id,
+            exit_reason=order.exit_reason,
             now=self._clock(),
         )
 
@@ -548,6 +569,7 @@ class OrderPath:
         fee_in_quote = _quote_fee(fill, base, quote)
         price = fill.average_price
         now = self._clock()
+        exit_reason = order.exit_reason or exit_reason  # a recovery does not know it
         opened = closed = False
         async with transaction(self._db):
             current = await store.get_order(self._db, order.client_order_id)
@@ -610,7 +632,7 @@ class OrderPath:
         self, order: Order, fill: Fill, reason: str, now: float
     ) -> tuple[Position, bool]:
         """Close the position, or reduce it when the exchange expired the exit part-filled;
-        and whether it closed just now."""
+        and whether it closed just now. A stop's exit queues its notice with it."""
         if order.position_id is None:
             raise TradingError(f"exit order {order.client_order_id} names no position")
         position = await store.get(self._db, order.position_id)
@@ -619,6 +641,11 @@ class OrderPath:
         if position.status is store.PositionStatus.CLOSED:
             return position, False
         proceeds = fill.quote_quantity - _quote_fee(fill, *_split(order.symbol))
+        if notices.told_of(reason):
+            notice = notices.exit_notice(
+                position, fill.quantity, fill.average_price, reason, order.client_order_id
+            )
+            await outbox.enqueue(self._db, [notice])  # in the caller's transaction
         if fill.expired and fill.quantity < position.quantity:
             logger.warning(
                 "exit %s of position %d filled %s of %s before the exchange expired it; "

@@ -169,6 +169,18 @@ def test_world_writable_manifest_is_refused_with_exit_6(cli: Cli) -> None:
     assert "writable" in result.stderr
 
 
+def test_a_default_telegram_role_granting_admin_commands_exits_6(tmp_path: Path) -> None:
+    document = manifest_document(defaults={"telegram": "admin"})
+    cli = Cli(tmp_path / "home", write_manifest(tmp_path / "manifest.json", document))
+    (tmp_path / "home").mkdir()
+    for args in (("manifest", "check"), ("status",), ("start",)):
+        result = cli.run(*args)
+        assert result.returncode == 6, (args, result.stderr)
+        assert 'defaults.telegram: role "admin" grants admin commands' in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "home" / "ledger.json").exists()  # nothing was started
+
+
 def test_trigger_py_behaves_exactly_like_lunara(cli: Cli) -> None:
     via_module = cli.run("status", "--json")
     via_trigger = cli.run("status", "--json", entry=(sys.executable, str(ROOT / "trigger.py")))

@@ -131,14 +131,17 @@ def test_plain_start_says_starting_and_status_then_shows_the_refusal(
 
 
 def test_a_failed_start_quotes_this_starts_output_only(make_cli: MakeCli) -> None:
-    talking = "import os, sys\nprint('bot says', os.environ['RUN_MARK'], flush=True)\nsys.exit(3)"
+    # A project variable: the caller's other variables never reach the bot.
+    talking = (
+        "import os, sys\nprint('bot says', os.environ['LUNARA_RUN_MARK'], flush=True)\nsys.exit(3)"
+    )
     cli = make_cli([sys.executable, "-c", talking])
-    first = cli.run("start", "--wait", "30", extra_env={"RUN_MARK": "first-run"})
+    first = cli.run("start", "--wait", "30", extra_env={"LUNARA_RUN_MARK": "first-run"})
     assert first.returncode == 7, first.stdout + first.stderr
     assert "bot says first-run" in first.stderr
     assert cli.run("stop", "--timeout", "5").returncode == 0
 
-    second = cli.run("start", "--wait", "30", extra_env={"RUN_MARK": "second-run"})
+    second = cli.run("start", "--wait", "30", extra_env={"LUNARA_RUN_MARK": "second-run"})
     assert second.returncode == 7, second.stdout + second.stderr
     assert "bot says second-run" in second.stderr
     assert "first-run" not in second.stderr

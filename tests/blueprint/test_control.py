@@ -164,9 +164,10 @@ def test_start_is_idempotent(supervised: Factory) -> None:
 def test_start_wait_fails_with_the_log_tail_and_no_secret_when_the_bot_dies(
     supervised: Factory,
 ) -> None:
-    leak = "import os, sys\nprint('token is', os.environ['LUNARA_TOKEN'])\nsys.exit(3)"
+    # LUNARA_TOKEN never reaches the bot; the bot's own secrets do, and may be printed.
+    leak = "import os, sys\nprint('token is', os.environ['TELEGRAM_BOT_TOKEN'])\nsys.exit(3)"
     dying = supervised(tight_program([sys.executable, "-c", leak]))
-    dying.controller.environ["LUNARA_TOKEN"] = "s3cret-operator-token"
+    dying.controller.environ["TELEGRAM_BOT_TOKEN"] = "s3cret-bot-token"
     with pytest.raises(StartFailed) as failure:
         dying.controller.start(PRINCIPAL, 10)
     assert failure.value.exit_code == ExitCode.START_FAILED

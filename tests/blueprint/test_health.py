@@ -149,3 +149,79 @@ def test_render_metrics_includes_the_bots_counters() -> None:
     assert "lunara_tick_duration_seconds 0.01" in text
     assert "lunara_restarts_total 3\n" in text
     assert "lunara_bot_rss_bytes 10485760\n" in text
+
+
+def test_idle_clients_neither_grow_threads_nor_shut_out_a_probe(tmp_path: Path) -> None:
+    """900 clients that connect and send nothing (and one that sends half a request):
+    the watchdog's threads stay as they were, no more than MAX_PENDING of them are held,
+    a probe is still answered, and every idle one is dropped after READ_TIMEOUT_S."""
+    import psutil
+
+    from blueprint.health import MAX_PENDING, WORKERS
+
+    home = tmp_path / "home"
+    home.mkdir()
+    cli = Cli(home, write_manifest(tmp_path / "manifest.json", manifest_document()))
+    port = free_port()
+    clients: list[socket.socket] = []
+    try:
+        started = cli.run("start", "--wait", "30", extra_env={"LUNARA_HEALTH_PORT": str(port)})
+        assert started.returncode == 0, started.stderr
+        watchdog = psutil.Process(cli.status()["supervisor_pid"])
+        for _ in range(WORKERS * 3):  # the answering threads exist from here on
+            assert get(port, "/healthz")[0] == 200
+        threads_before = watchdog.num_threads()
+
+        slow = socket.create_connection(("127.0.0.1", port), timeout=30)
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+        clients.append(slow)
+        for _ in range(900):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+
+        def dropped() -> int:
+            count = 0
+            for client in clients:
+                client.setblocking(False)
+                try:
+                    count += client.recv(1) == b""
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    count += 1
+            return count
+
+        # Past MAX_PENDING the oldest are dropped at once, not after their timeout.
+        wait_until(lambda: dropped() >= len(clients) - MAX_PENDING, 20, "the oldest dropped")
+        held = [c for c in watchdog.net_connections("tcp") if c.laddr and c.laddr.port == port]
+        assert len([c for c in held if c.status == psutil.CONN_ESTABLISHED]) <= MAX_PENDING
+        assert get(port, "/healthz")[0] == 200  # a probe is answered all the same
+        assert watchdog.num_threads() <= threads_before
+        # And each idle one, the half request included, is dropped after its timeout.
+        wait_until(lambda: dropped() == len(clients), 30, "every idle client dropped")
+        assert watchdog.num_threads() <= threads_before
+    finally:
+        for client in clients:
+            client.close()
+        cli.run("stop", "--timeout", "5")
+
+
+def test_a_request_head_past_the_limit_is_dropped_unanswered(tmp_path: Path) -> None:
+    from blueprint.health import MAX_REQUEST_HEAD
+
+    home = tmp_path / "home"
+    home.mkdir()
+    cli = Cli(home, write_manifest(tmp_path / "manifest.json", manifest_document()))
+    port = free_port()
+    try:
+        started = cli.run("start", "--wait", "30", extra_env={"LUNARA_HEALTH_PORT": str(port)})
+        assert started.returncode == 0, started.stderr
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nX-Junk: " + b"a" * MAX_REQUEST_HEAD)
+            try:
+                answer = client.recv(1024)
+            except ConnectionResetError:  # closed with the rest unread: a reset, no answer
+                answer = b""
+            assert answer == b""
+        assert get(port, "/healthz")[0] == 200
+    finally:
+        cli.run("stop", "--timeout", "5")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -245,8 +246,8 @@ def test_rebuild_from_the_mirror_continues_above_its_revision(redis_db: str, hom
         "stopped, stopping, got 7); rebuilt from the Redis mirror at revision 12"
     )
     assert read.document.revision == 13
-    assert read.document.watchdog == mirrored.watchdog
-    assert read.document.bot == mirrored.bot
+    # Redis is never trusted for pids: only our own process table names them.
+    assert (read.document.watchdog, read.document.bot) == (None, None)
     assert read.document.last_exit == mirrored.last_exit
     assert (read.document.state, read.document.restarts) == (BotState.RUNNING, 2)
     assert mirror.health()["synced_revision"] == 13
@@ -510,7 +511,10 @@ def test_the_watchdog_is_recognised_by_its_command_line(cmdline: list[str], matc
 
 FAKE_WATCHDOG = textwrap.dedent(
     """
-    import pathlib, subprocess, sys
+    import fcntl, os, pathlib, subprocess, sys
+    if "--no-lock" not in sys.argv:  # the real watchdog holds the home's lock while it runs
+        lock = os.open(pathlib.Path(sys.argv[2]) / "watchdog.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                              stdin=subprocess.PIPE)
     pathlib.Path(sys.argv[-1]).write_text(str(child.pid))
@@ -521,8 +525,10 @@ FAKE_WATCHDOG = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def fake_watchdog(tmp_path: Path, home: Path) -> Iterator[tuple[psutil.Process, psutil.Process]]:
+@contextlib.contextmanager
+def watchdog_lookalike(
+    tmp_path: Path, home: Path, *extra: str
+) -> Iterator[tuple[psutil.Process, psutil.Process]]:
     """A process whose argv is exactly the watchdog's, with one child standing for the bot."""
     package = tmp_path / "fake" / "blueprint"
     package.mkdir(parents=True)
@@ -530,7 +536,15 @@ def fake_watchdog(tmp_path: Path, home: Path) -> Iterator[tuple[psutil.Process, 
     (package / "watchdog.py").write_text(FAKE_WATCHDOG)
     ready = tmp_path / "child.pid"
     process = subprocess.Popen(
-        [sys.executable, "-m", "blueprint.watchdog", "--home", str(home.resolve()), str(ready)],
+        [
+            sys.executable,
+            "-m",
+            "blueprint.watchdog",
+            "--home",
+            str(home.resolve()),
+            *extra,
+            str(ready),
+        ],
         cwd=package.parent,
         env={**os.environ, "PYTHONPATH": str(package.parent)},
         stdin=subprocess.PIPE,
@@ -542,6 +556,23 @@ def fake_watchdog(tmp_path: Path, home: Path) -> Iterator[tuple[psutil.Process, 
         assert process.stdin is not None
         process.stdin.close()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def fake_watchdog(tmp_path: Path, home: Path) -> Iterator[tuple[psutil.Process, psutil.Process]]:
+    """A watchdog look-alike that holds the home's lock, as ours does."""
+    with watchdog_lookalike(tmp_path, home) as processes:
+        yield processes
+
+
+def test_a_process_that_only_looks_like_our_watchdog_is_not_taken_for_it(
+    tmp_path: Path, home: Path
+) -> None:
+    """Same user, same command line, but not holding the home's watchdog.lock."""
+    with watchdog_lookalike(tmp_path, home, "--no-lock"):
+        read = make_ledger(home.resolve()).read()
+    assert read.recovered is None
+    assert (read.document.state, read.document.watchdog) == (BotState.STOPPED, None)
 
 
 def test_a_missing_ledger_is_rebuilt_from_the_live_watchdog_and_bot(

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from blueprint.errors import ConfigError, ExitCode
 from blueprint.manifest import (
     DEFAULT_MANIFEST_PATH,
+    ControlSocket,
     Grant,
     Manifest,
     ManifestError,
@@ -479,6 +480,31 @@ def test_an_unknown_permission_is_refused(manifest: Manifest) -> None:
     assert not manifest.allows("telegram:42", "tg.admin.ban")
 
 
+@pytest.mark.parametrize(
+    "patterns", [["*"], ["tg.*"], ["tg.admin.*"], ["tg.info.*", "tg.admin.refund"]]
+)
+def test_a_default_telegram_role_that_grants_admin_commands_is_a_manifest_error(
+    patterns: list[str],
+) -> None:
+    document = valid_document()
+    document["roles"]["everyone"] = patterns
+    document["defaults"] = {"telegram": "everyone"}
+    problems = problems_of(document)
+    assert any(
+        problem.startswith('defaults.telegram: role "everyone" grants admin commands')
+        for problem in problems
+    ), problems
+
+
+def test_a_default_telegram_role_without_admin_commands_is_accepted() -> None:
+    document = valid_document()
+    document["roles"]["everyone"] = ["tg.info.*", "tg.trade.*", "tg.administer"]
+    document["defaults"] = {"telegram": "everyone"}
+    manifest = validate_manifest(document)
+    assert manifest.allows("telegram:42", Permission.TG_BUY)
+    assert not manifest.allows("telegram:42", Permission.TG_BROADCAST)
+
+
 def test_an_unknown_role_is_refused() -> None:
     # Loading never lets this happen; a hand-built manifest must still deny.
     manifest = Manifest(
@@ -521,3 +547,26 @@ def test_a_token_that_does_not_match_names_no_principal(manifest: Manifest, toke
 
 def test_a_token_with_undecodable_bytes_names_no_principal(manifest: Manifest) -> None:
     assert manifest.principal_for_token("\udcff-from-a-raw-environment") is None
+
+
+@pytest.mark.parametrize(
+    ("control", "expected"),
+    [
+        ({"group": "ops", "mode": "0666"}, 'control.mode: must be "0600"'),
+        ({"mode": "0660"}, 'control.mode: "0660" needs a control.group'),
+        ({"group": "not a group"}, "control.group: must be a group name"),
+        ({"owner": "ops"}, "control.owner: unknown field"),
+    ],
+)
+def test_an_invalid_control_socket_is_named(control: dict[str, Any], expected: str) -> None:
+    document = valid_document()
+    document["control"] = control
+    problems = problems_of(document)
+    assert any(problem.startswith(expected) for problem in problems), problems
+
+
+def test_the_control_socket_is_the_owners_alone_unless_a_group_is_named() -> None:
+    assert validate_manifest(valid_document()).control == ControlSocket(None, 0o600)
+    document = valid_document()
+    document["control"] = {"group": "ops"}
+    assert validate_manifest(document).control == ControlSocket("ops", 0o660)

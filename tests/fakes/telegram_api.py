@@ -18,6 +18,13 @@ the user"; a group upgraded to a supergroup (`migrate`) answers 400 with
 `parameters.migrate_to_chat_id`. `FakeTelegram(flood_limits=False)` is the friendly
 server of a test that is about something else and sends faster than Telegram allows.
 
+Messages carry the date they were sent (`sent_at` lets a test send one typed long ago,
+as Telegram delivers those after an outage); an edit arrives as its own `edited_message`
+update (`push_edit`). `getUpdates` keeps the `allowed_updates` it was last given, as
+Telegram does, and delivers only those kinds (unset: every kind but `chat_member`,
+`message_reaction` and `message_reaction_count`); `allowed_updates_asked` records each
+list asked for.
+
 Standalone: `python -m tests.fakes.telegram_api --port N` prints its URL; steer it
 with `/_control/...` (see `add_routes`).
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import threading
 import time
 from collections import defaultdict
@@ -54,6 +62,11 @@ PARSE_ERROR = "Bad Request: can't parse entities"
 OVERLAP_SETTLE_S = 0.05
 BLOCKED = "Forbidden: bot was blocked by the user"
 MIGRATED = "Bad Request: group chat was upgraded to a supergroup chat"
+DEFAULT_UNDELIVERED = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
+"""The kinds Telegram does not deliver unless `allowed_updates` names them."""
+SCOPES = frozenset({"default", "all_private_chats", "all_group_chats",
+                    "all_chat_administrators", "chat", "chat_administrators", "chat_member"})  # fmt: skip
+COMMAND_NAME = re.compile(r"[a-z0-9_]{1,32}")
 FLOODED_METHODS = frozenset({"sendMessage", "sendInvoice", "editMessageText"})
 """The methods that send a message and so count against the flood limits."""
 
@@ -242,7 +255,8 @@ class FakeTelegram(BackgroundServer):
     callback_answers: list[dict[str, Any]] = field(default_factory=list)
     refunds: list[dict[str, Any]] = field(default_factory=list)
     chat_actions: list[dict[str, Any]] = field(default_factory=list)
-    commands: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[dict[str, Any]] = field(default_factory=list)  # the last menu set
+    menus: dict[str, list[str]] = field(default_factory=dict)  # scope -> its command names
     deleted: list[tuple[int, int]] = field(default_factory=list)
     rejected: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     polls: list[PollRecord] = field(default_factory=list)
@@ -255,6 +269,9 @@ class FakeTelegram(BackgroundServer):
     migrated: dict[int, int] = field(default_factory=dict)  # group -> its supergroup
     too_many_requests: int = 0  # sends refused with 429 by the flood limits
     forbidden: int = 0  # sends refused with 403 (blocked)
+    allowed_updates_asked: list[list[str]] = field(default_factory=list)  # as getUpdates asked
+    withheld: list[dict[str, Any]] = field(default_factory=list)  # kinds not asked for: dropped
+    refunded_charges: set[str] = field(default_factory=set)  # refunded, here or by support
 
     name = "fake-telegram"
 
@@ -269,6 +286,7 @@ class FakeTelegram(BackgroundServer):
         self._in_flight: dict[str, int] = defaultdict(int)
         self._active: dict[str, list[tuple[PollRecord, web.Request]]] = {}
         self._buckets: dict[tuple[str, int], _Bucket] = {}  # (token, chat or 0 for the bot)
+        self._allowed: dict[str, frozenset[str] | None] = {}  # token -> kinds (None: default)
 
     # -- test controls ------------------------------------------------------------------
 
@@ -290,7 +308,8 @@ class FakeTelegram(BackgroundServer):
         """The next `times` calls of `method` are held `stall_s` before a normal answer."""
         self.inject(method, 0, "stall", stall_s=stall_s, times=times)
 
-    def _message(self, user_id: int, chat_type: str, username: str | None) -> dict[str, Any]:
+    def _message(self, user_id: int, chat_type: str, username: str | None,
+                 sent_at: float | None = None) -> dict[str, Any]:  # fmt: skip
         with self._lock:
             message_id = self._next_message_id
             self._next_message_id += 1
@@ -300,7 +319,8 @@ class FakeTelegram(BackgroundServer):
         chat: dict[str, Any] = {"id": user_id, "type": chat_type}
         if chat_type != "private":
             chat = {"id": group_chat_id(user_id), "type": chat_type, "title": "group"}
-        return {"message_id": message_id, "date": int(time.time()), "chat": chat, "from": sender}
+        date = int(time.time() if sent_at is None else sent_at)
+        return {"message_id": message_id, "date": date, "chat": chat, "from": sender}
 
     def _push(self, update: dict[str, Any]) -> int:
         with self._lock:
@@ -324,46 +344,73 @@ class FakeTelegram(BackgroundServer):
         return self._push({k: v for k, v in earlier.items() if k != "update_id"})
 
     def push_text(self, user_id: int, text: str, chat_type: str = "private",
-                  username: str | None = None, replying_to: str | None = None) -> int:  # fmt: skip
+                  username: str | None = None, replying_to: str | None = None,
+                  sent_at: float | None = None, topic: int | None = None) -> int:  # fmt: skip
         """Queue a message update; text starting with "/" carries a bot_command entity.
-        With `replying_to`, it replies to an earlier message of the sender with that text."""
-        message = self._message(user_id, chat_type, username)
-        message["text"] = text
+        With `replying_to`, it replies to an earlier message of the sender with that text;
+        with `sent_at` (epoch seconds), it was typed then (its `date`), not now; with
+        `topic`, it is posted in that topic of a forum supergroup."""
+        message = self._message(user_id, "supergroup" if topic else chat_type, username, sent_at)
+        _set_text(message, text)
+        if topic is not None:
+            message["chat"]["is_forum"] = True
+            message.update(message_thread_id=topic, is_topic_message=True)
         if replying_to is not None:
             message["reply_to_message"] = {**self._message(user_id, chat_type, username),
                                            "text": replying_to}  # fmt: skip
-        if text.startswith("/"):
-            length = len(text.split(maxsplit=1)[0])
-            message["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
         return self._push({"message": message})
 
     def push_command(self, user_id: int, text: str, chat_type: str = "private",
-                     username: str | None = None) -> int:  # fmt: skip
+                     username: str | None = None, sent_at: float | None = None) -> int:  # fmt: skip
         """Queue a command message (`text` must start with "/"); returns its update_id."""
         if not text.startswith("/"):
             raise ValueError(f"a command starts with '/': {text!r}")
-        return self.push_text(user_id, text, chat_type, username)
+        return self.push_text(user_id, text, chat_type, username, sent_at=sent_at)
 
-    def block(self, user_id: int, *, tell: bool = True) -> None:
+    def push_update(self, kind: str, body: dict[str, Any]) -> int:
+        """Queue an update of any kind (`channel_post`, `message_reaction`...) as given."""
+        return self._push({kind: body})
+
+    def push_edit(self, update_id: int, text: str) -> int:
+        """The sender edits the message of update `update_id` to `text`: Telegram sends an
+        `edited_message` update (same message id and date, an `edit_date`); returns its id."""
+        with self._lock:
+            original = json.loads(json.dumps(self._history[update_id]["message"]))
+        original.pop("entities", None)
+        _set_text(original, text)
+        original["edit_date"] = int(time.time())
+        return self._push({"edited_message": original})
+
+    def block(self, user_id: int, *, tell: bool = True) -> int | None:
         """The user blocks the bot: sends to their chat get 403 from now on; with `tell`,
-        the bot gets the `my_chat_member` update (status `kicked`) Telegram sends."""
+        the bot gets the `my_chat_member` update (status `kicked`) Telegram sends (its
+        update_id is returned)."""
         with self._lock:
             self.blocked.add(user_id)
-        if tell:
-            self.push_my_chat_member(user_id, "member", "kicked")
+        return self.push_my_chat_member(user_id, "member", "kicked") if tell else None
 
-    def unblock(self, user_id: int, *, tell: bool = True) -> None:
+    def unblock(self, user_id: int, *, tell: bool = True) -> int | None:
         """The user unblocks the bot (`my_chat_member`, status `member`, with `tell`)."""
         with self._lock:
             self.blocked.discard(user_id)
-        if tell:
-            self.push_my_chat_member(user_id, "kicked", "member")
+        return self.push_my_chat_member(user_id, "kicked", "member") if tell else None
 
-    def migrate(self, group_id: int, supergroup_id: int) -> None:
+    def migrate(self, group_id: int, supergroup_id: int, *, tell: bool = False) -> None:
         """The group became a supergroup: sends to the old id get 400 with
-        `parameters.migrate_to_chat_id`, as Telegram answers."""
+        `parameters.migrate_to_chat_id`, as Telegram answers; with `tell`, the bot gets
+        the service messages Telegram posts in both chats."""
         with self._lock:
             self.migrated[group_id] = supergroup_id
+        if not tell:
+            return
+        for chat, key, other in ((group_id, "migrate_to_chat_id", supergroup_id),
+                                 (supergroup_id, "migrate_from_chat_id", group_id)):  # fmt: skip
+            message = self._message(BOT_ID, "group", None)
+            message["chat"] = {"id": chat, "title": "group",
+                               "type": "group" if chat == group_id else "supergroup"}  # fmt: skip
+            message["from"] = {"id": 777, "is_bot": False, "first_name": "owner"}
+            message[key] = other
+            self._push({"message": message})
 
     def push_my_chat_member(self, user_id: int, old: str, new: str,
                             chat_type: str = "private") -> int:  # fmt: skip
@@ -528,8 +575,10 @@ class FakeTelegram(BackgroundServer):
 
     async def _control_push_command(self, request: web.Request) -> web.Response:
         body = await json_body(request)
+        sent_at = body.get("sent_at")  # epoch seconds: typed then, delivered only now
         update_id = self.push_text(int(body["user_id"]), str(body["text"]),
-                                   str(body.get("chat_type", "private")), body.get("username"))  # fmt: skip
+                                   str(body.get("chat_type", "private")), body.get("username"),
+                                   sent_at=None if sent_at is None else float(sent_at))  # fmt: skip
         chat_id, message_id = self.pushed[update_id]
         return web.json_response(
             {"update_id": update_id, "chat_id": chat_id, "message_id": message_id}
@@ -671,8 +720,27 @@ class FakeTelegram(BackgroundServer):
 
     async def _api_setMyCommands(self, token: str, params: dict[str, Any],
                                  request: web.Request) -> bool:  # fmt: skip
+        """Checked as Telegram checks it: a known scope, names of 1-32 lower-case letters,
+        digits and underscores, descriptions of 1-256 characters, at most 100 commands.
+        Kept per scope (`menus`): "default", "all_private_chats", "chat:<id>"..."""
+        commands = list(params.get("commands") or [])
+        scope = params.get("scope") or {"type": "default"}
+        kind = scope.get("type") if isinstance(scope, dict) else None
+        if kind not in SCOPES or (kind in ("chat", "chat_administrators", "chat_member")
+                                  and "chat_id" not in scope):  # fmt: skip
+            raise _ApiError(400, "Bad Request: BOT_COMMAND_SCOPE_INVALID")
+        if len(commands) > 100:
+            raise _ApiError(400, "Bad Request: too many commands")
+        for entry in commands:
+            name, description = str(entry.get("command", "")), str(entry.get("description", ""))
+            if not COMMAND_NAME.fullmatch(name):
+                raise _ApiError(400, "Bad Request: BOT_COMMAND_INVALID")
+            if not 1 <= len(description) <= 256:
+                raise _ApiError(400, "Bad Request: BOT_COMMAND_DESCRIPTION_INVALID")
+        key = kind if "chat_id" not in scope else f"{kind}:{scope['chat_id']}"
         with self._lock:
-            self.commands = list(params.get("commands") or [])
+            self.commands = commands
+            self.menus[key] = [str(entry["command"]) for entry in commands]
         return True
 
     async def _api_getUpdates(self, token: str, params: dict[str, Any],
@@ -685,6 +753,7 @@ class FakeTelegram(BackgroundServer):
         offset = int(params.get("offset") or 0)
         timeout = float(params.get("timeout") or 0)
         limit = int(params.get("limit") or 100)
+        self._ask_for_kinds(token, params.get("allowed_updates"))
         with self._lock:
             overlapping = bool(self._active.get(token))
         if overlapping:  # let a client that just hung up be seen as gone, not as a rival
@@ -711,6 +780,7 @@ class FakeTelegram(BackgroundServer):
                     if offset:  # confirming an offset forgets every earlier update
                         self.confirmed_below = max(self.confirmed_below, offset)
                         self._updates = [u for u in self._updates if u["update_id"] >= offset]
+                    self._withhold(token)
                     ready = list(self._updates[: max(1, min(limit, 100))])
                     if ready or time.monotonic() >= deadline:
                         record.outcome = f"updates:{len(ready)}"
@@ -725,6 +795,30 @@ class FakeTelegram(BackgroundServer):
                 self._in_flight[token] -= 1
                 self._active[token].remove((record, request))
 
+    def _ask_for_kinds(self, token: str, asked: Any) -> None:
+        """Keep the `allowed_updates` of a getUpdates (absent: the last one stands; an
+        empty list: Telegram's default)."""
+        if asked is None:
+            return
+        kinds = [str(kind) for kind in asked]
+        with self._lock:
+            self.allowed_updates_asked.append(kinds)
+            self._allowed[token] = frozenset(kinds) if kinds else None
+
+    def _withhold(self, token: str) -> None:
+        """Drop queued updates of a kind the token did not ask for (Telegram does not
+        keep them for it). Called with the lock held."""
+        allowed = self._allowed.get(token)
+
+        def wanted(update: dict[str, Any]) -> bool:
+            kind = update_kind(update)
+            return kind not in DEFAULT_UNDELIVERED if allowed is None else kind in allowed
+
+        kept = [u for u in self._updates if wanted(u)]
+        if len(kept) != len(self._updates):
+            self.withheld += [u for u in self._updates if not wanted(u)]
+            self._updates = kept
+
     async def _api_sendMessage(self, token: str, params: dict[str, Any],
                                request: web.Request) -> dict[str, Any]:  # fmt: skip
         text = self._checked_text(params)
@@ -735,6 +829,7 @@ class FakeTelegram(BackgroundServer):
                               "parse_mode": params.get("parse_mode"),
                               "message_id": message["message_id"],
                               "reply_to": _reply_to(params),
+                              "thread_id": params.get("message_thread_id"),
                               "reply_markup": params.get("reply_markup"),
                               "at": time.time()})  # fmt: skip
         return message
@@ -791,9 +886,27 @@ class FakeTelegram(BackgroundServer):
 
     async def _api_refundStarPayment(self, token: str, params: dict[str, Any],
                                      request: web.Request) -> bool:  # fmt: skip
+        """A charge is refunded once: again, 400 CHARGE_ALREADY_REFUNDED, as Telegram says."""
+        charge = str(params["telegram_payment_charge_id"])
         with self._lock:
+            if charge in self.refunded_charges:
+                raise _ApiError(400, "Bad Request: CHARGE_ALREADY_REFUNDED")
+            self.refunded_charges.add(charge)
             self.refunds.append(params)
         return True
+
+
+def _set_text(message: dict[str, Any], text: str) -> None:
+    """Give a message its text; one starting with "/" carries a bot_command entity."""
+    message["text"] = text
+    if text.startswith("/"):
+        length = len(text.split(maxsplit=1)[0])
+        message["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
+
+
+def update_kind(update: dict[str, Any]) -> str:
+    """`message`, `edited_message`, `my_chat_member`...: the field beside `update_id`."""
+    return next(key for key in update if key != "update_id")
 
 
 def group_chat_id(user_id: int) -> int:

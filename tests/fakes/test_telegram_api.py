@@ -270,8 +270,10 @@ def test_standalone_process_prints_its_url_and_obeys_control(tmp_path: Path) -> 
                 return json.load(reply)
 
         assert post("/_control/push_command", {"user_id": 1, "text": "/start"})["update_id"] == 1
+        post("/_control/push_command", {"user_id": 1, "text": "/buy", "sent_at": 1_700_000_000})
         updates = post(f"/bot{TOKEN}/getUpdates", {"timeout": 0})
         assert updates["result"][0]["message"]["entities"][0]["type"] == "bot_command"
+        assert updates["result"][1]["message"]["date"] == 1_700_000_000
         post(f"/bot{TOKEN}/sendMessage", {"chat_id": 1, "text": "hi"})
         with urllib.request.urlopen(url + "/_control/sent?chat_id=1", timeout=5) as reply:
             assert [m["text"] for m in json.load(reply)] == ["hi"]
@@ -401,3 +403,47 @@ async def test_each_bot_token_has_its_own_flood_limits(tg: FakeTelegram) -> None
         ]
     assert not [r for r in results if isinstance(r, Exception)]
     assert tg.too_many_requests == 0
+
+
+async def test_only_the_kinds_of_update_asked_for_are_delivered_and_the_ask_is_recorded(
+    tg: FakeTelegram,
+) -> None:
+    app = Application.builder().token(TOKEN).base_url(tg.base_url + "/bot").build()
+    await app.bot.initialize()
+    try:
+        tg.push_update("channel_post", {"message_id": 1, "date": 0,
+                                        "chat": {"id": -5, "type": "channel"}, "text": "hi"})  # fmt: skip
+        tg.push_command(7, "/start")
+        reaction = tg.push_update("message_reaction", {"chat": {"id": 7, "type": "private"},
+                                                       "message_id": 2, "date": 0,
+                                                       "old_reaction": [], "new_reaction": []})  # fmt: skip
+        got = await app.bot.get_updates(timeout=0, allowed_updates=["message"])
+        assert [u.message is not None for u in got] == [True]
+        assert tg.allowed_updates_asked == [["message"]]
+        tg.push_callback_query(7, "data")
+        again = await app.bot.get_updates(offset=got[-1].update_id + 1, timeout=0)
+        assert again == ()  # the last allowed_updates stands when none is given
+        assert [next(iter(u.keys() - {"update_id"})) for u in tg.withheld] == [
+            "channel_post", "message_reaction", "callback_query"
+        ]  # fmt: skip
+        assert reaction in {u["update_id"] for u in tg.withheld}
+    finally:
+        await app.bot.shutdown()
+
+
+async def test_messages_carry_the_date_they_were_sent_and_edits_come_as_their_own_kind(
+    tg: FakeTelegram,
+) -> None:
+    app = Application.builder().token(TOKEN).base_url(tg.base_url + "/bot").build()
+    await app.bot.initialize()
+    try:
+        typed = tg.push_command(7, "/buy BTCUSDT 10", sent_at=1_700_000_000)
+        tg.push_edit(typed, "/sell BTCUSDT")
+        first, edit = await app.bot.get_updates(timeout=0)
+    finally:
+        await app.bot.shutdown()
+    assert first.message is not None and first.message.date.timestamp() == 1_700_000_000
+    assert edit.message is None and edit.edited_message is not None
+    assert edit.edited_message.message_id == first.message.message_id
+    assert edit.edited_message.text == "/sell BTCUSDT" and edit.edited_message.edit_date
+    assert edit.edited_message.entities[0].length == len("/sell")

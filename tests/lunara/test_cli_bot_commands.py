@@ -43,6 +43,15 @@ def test_config_show_redacts_every_secret(cli: Cli) -> None:
     assert "redacted" in shown["TELEGRAM_BOT_TOKEN"]
 
 
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+def test_config_show_keeps_the_redis_url_but_not_its_password(cli: Cli, as_json: bool) -> None:
+    url = "redis://lunara:hunter2xyz@127.0.0.1:1/3"
+    result = run(cli, "config", "show", *(["--json"] if as_json else []), REDIS_URL=url)
+    assert result.returncode == 0, result.stderr
+    assert "hunter2xyz" not in result.stdout
+    assert "redis://lunara:[redacted]@127.0.0.1:1/3" in result.stdout
+
+
 def test_invalid_configuration_exits_6_naming_the_variable(cli: Cli) -> None:
     result = run(cli, "config", "show", LUNARA_MODE="yolo")
     assert result.returncode == 6
@@ -118,3 +127,43 @@ def test_backup_then_restore_is_refused_while_running(cli: Cli, tmp_path: Path) 
 def test_bot_commands_are_authorized_like_any_other(cli: Cli) -> None:
     denied = run(cli, "config", "show", token=TOKENS["ci"])
     assert denied.returncode == 4
+
+
+def test_restore_of_a_backup_carrying_a_trigger_is_refused_before_anything_changes(
+    cli: Cli, tmp_path: Path, redis_db: str
+) -> None:
+    import asyncio
+    import sqlite3
+
+    import redis
+
+    from lunara.storage import users
+    from lunara.storage.database import open_database
+    from lunara.trading.stopstore import STORE_NAME, stop_key_prefix
+
+    async def seed(user_id: int) -> None:
+        db = await open_database(cli.home / "lunara.db")
+        await users.register(db, user_id, f"user{user_id}")
+        await db.close()
+
+    asyncio.run(seed(11))
+    backup = tmp_path / "backup.db"
+    assert run(cli, "backup", str(backup)).returncode == 0
+    connection = sqlite3.connect(backup)
+    connection.execute(
+        "CREATE TRIGGER grant_top_plan AFTER INSERT ON users BEGIN "
+        "UPDATE users SET plan = 'elite' WHERE telegram_id = NEW.telegram_id; END"
+    )
+    connection.close()
+    live_stop = f"{stop_key_prefix(STORE_NAME)}1"
+    client = redis.Redis.from_url(redis_db)
+    client.hset(live_stop, "stop", "1")
+    before = (cli.home / "lunara.db").read_bytes()
+
+    refused = run(cli, "restore", str(backup), REDIS_URL=redis_db)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert 'trigger "grant_top_plan"' in refused.stderr and "refusing to restore" in refused.stderr
+    assert (cli.home / "lunara.db").read_bytes() == before
+    assert client.exists(live_stop) == 1  # Redis's stops are cleared only for a good file
+    client.close()

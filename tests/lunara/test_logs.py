@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lunara.logs import REDACTED, RedactSecrets, configure_logging
+from blueprint.redaction import REDACTED
+from lunara.logs import RedactSecrets, configure_logging
 
 TELEGRAM_TOKEN = "7312345678:AAH3kq9ZxV0b1c2d3e4f5g6h7i8j9k0lMnO"
 EXCHANGE_SECRET = "Zq8x" * 16
@@ -95,3 +99,48 @@ def test_a_telegram_error_a_library_logs_is_one_line_and_ours_keep_their_traceba
     assert "ERROR lunara.telegram: final getUpdates failed" in ours
     assert "Traceback (most recent call last)" in ours
     assert log_file.read_text().count("Traceback") == 1
+
+
+def test_an_uncaught_exceptions_traceback_is_logged_without_its_secrets(tmp_path: Path) -> None:
+    log_file = tmp_path / "bot.log"
+    program = f"""
+import pathlib
+from lunara.logs import configure_logging
+configure_logging("INFO", "text", ["gem-key-0123456789"], log_file=pathlib.Path({str(log_file)!r}))
+def connect():
+    raise RuntimeError("login password=hunter2xyz key gem-key-0123456789 token {TELEGRAM_TOKEN}")
+connect()
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert result.returncode == 1
+    text = log_file.read_text()
+    assert "CRITICAL lunara: uncaught exception" in text
+    assert "Traceback (most recent call last)" in text and "in connect" in text
+    for secret in ("hunter2xyz", "gem-key-0123456789", TELEGRAM_TOKEN):
+        assert secret not in text
+    assert f"password={REDACTED}" in text
+
+
+def test_at_debug_sql_statements_and_their_parameters_are_not_logged(tmp_path: Path) -> None:
+    import aiosqlite
+
+    log_file = tmp_path / "bot.log"
+    configure_logging("DEBUG", "text", [], log_file=log_file)
+
+    async def write() -> None:
+        async with aiosqlite.connect(tmp_path / "x.db") as db:
+            await db.execute("CREATE TABLE chat (text TEXT)")
+            await db.execute("INSERT INTO chat VALUES (?)", ("my private chat line",))
+            await db.commit()
+
+    asyncio.run(write())
+    logging.getLogger("lunara.test").debug("our own debug line")
+    text = log_file.read_text()
+    assert "our own debug line" in text
+    assert "my private chat line" not in text and "INSERT INTO" not in text
+
+
+@pytest.mark.parametrize("library", ["httpx", "httpx2", "google_genai.models", "aiosqlite"])
+def test_at_debug_request_logging_libraries_stay_at_warning(library: str) -> None:
+    configure_logging("DEBUG", "text", [], stream=io.StringIO())
+    assert logging.getLogger(library).getEffectiveLevel() == logging.WARNING

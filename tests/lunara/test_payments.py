@@ -69,8 +69,12 @@ async def test_a_successful_payment_upgrades_the_plan_once_per_charge(
     db: aiosqlite.Connection,
 ) -> None:
     payload = payments.invoice_payload(PRO, PAYER)
-    first = await payments.record_payment(db, PAYER, payload, "charge_1", PRO.price_stars)
-    again = await payments.record_payment(db, PAYER, payload, "charge_1", PRO.price_stars)
+    first = await payments.record_payment(
+        db, PAYER, payload, "charge_1", PRO.price_stars, currency=payments.STARS
+    )
+    again = await payments.record_payment(
+        db, PAYER, payload, "charge_1", PRO.price_stars, currency=payments.STARS
+    )
     assert first.changed and not again.changed
     assert first.user.plan == PlanName.PRO.value
     assert first.user.plan_expires_at is not None
@@ -79,6 +83,23 @@ async def test_a_successful_payment_upgrades_the_plan_once_per_charge(
     assert stored is not None and stored.status is stored_payments.PaymentStatus.PAID
 
 
-async def test_a_payment_that_names_no_plan_is_refused(db: aiosqlite.Connection) -> None:
-    with pytest.raises(ValueError, match="names no plan"):
-        await payments.record_payment(db, PAYER, "garbage", "charge_2", 10)
+@pytest.mark.parametrize(
+    ("payload", "currency", "amount", "reason"),
+    [
+        ("garbage", payments.STARS, 10, "not one of ours"),
+        ("plan:platinum:424242", payments.STARS, PRO.price_stars, "no longer exists"),
+        ("plan:pro:1", payments.STARS, PRO.price_stars, "someone else"),
+        ("plan:pro:424242", payments.STARS, 1, "price changed"),
+        ("plan:pro:424242", payments.STARS, PRO.price_stars + 1, "price changed"),
+        ("plan:pro:424242", "USD", PRO.price_stars, "price changed"),
+    ],
+    ids=["no-plan", "unknown-plan", "other-payer", "amount-1", "amount-more", "currency"],
+)
+async def test_a_payment_that_does_not_pay_for_its_plan_is_not_recorded(
+    db: aiosqlite.Connection, payload: str, currency: str, amount: int, reason: str
+) -> None:
+    with pytest.raises(payments.PaymentMismatch, match=reason):
+        await payments.record_payment(db, PAYER, payload, "charge_2", amount, currency=currency)
+    assert await stored_payments.get(db, "charge_2") is None
+    user = await users.require(db, PAYER)
+    assert user.plan == PlanName.FREE.value and user.plan_expires_at is None

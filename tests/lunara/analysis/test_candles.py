@@ -56,6 +56,28 @@ def test_a_bad_row_is_refused_naming_its_line(tmp_path: Path, body: str, message
         read_klines_csv(path)
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"1,1,1,1,1,1\n\xff\xfe,1,1,1,1,1\n", "line 3: not UTF-8 text"),
+        (
+            b'1,"' + b"1" * (128 * 1024 + 1) + b'",1,1,1,1\n',
+            "line 2: field larger than field limit",
+        ),
+        (b"9" * 30 + b",1,1,1,1,1\n", "line 2: open_time is not a time"),
+        (b"-5,1,1,1,1,1\n", "line 2: open_time is not a time"),
+    ],
+    ids=["not-utf8", "128KiB-field", "open-time-too-far", "open-time-negative"],
+)
+def test_odd_bytes_and_sizes_are_refused_naming_their_line(
+    tmp_path: Path, body: bytes, message: str
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(HEADER.encode() + body)
+    with pytest.raises(CandleFileError, match=message):
+        read_klines_csv(path)
+
+
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CandleFileError, match="cannot open"):
         read_klines_csv(tmp_path / "absent.csv")

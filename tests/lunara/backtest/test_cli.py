@@ -167,3 +167,36 @@ def test_bad_data_or_options_are_a_one_line_usage_error(
     message = " ".join(refused.stderr.replace("│", " ").split())
     assert said in message, message
     assert "Traceback" not in refused.stderr
+
+
+HEADER = b"open_time,open,high,low,close,volume\n"
+FIELD_128_KIB = b"1" * (128 * 1024)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "said"),
+    [
+        ("BTCUSDT-1m.csv", HEADER + b"1704067200000,1,2,0.5,1.5,10\n\xff\xfe,1,2,0.5,1.5,10\n",
+         "not readable as CSV ('utf-8' codec can't decode byte 0xff"),
+        ("BTCUSDT-1m.json", b'[[1704067200000, 1, 2, 0.5, 1.5, 10], ["\xff\xfe"]]',
+         "not UTF-8 text (bad byte at offset"),
+        ("BTCUSDT-1m.json", b"[[" + FIELD_128_KIB + b", 1, 2, 0.5, 1.5, 10]]",
+         "not readable JSON (a number too long)"),
+        ("BTCUSDT-1m.csv", HEADER + b"1704067200000," + FIELD_128_KIB + b",2,0.5,1.5,10\n",
+         "line 2 ("),
+        ("BTCUSDT-1m.csv", HEADER + b'1704067200000,"' + FIELD_128_KIB + b'x",2,0.5,1.5,10\n',
+         "line 2 ("),
+    ],
+    ids=["csv-not-utf8", "json-not-utf8", "json-128KiB-number", "csv-128KiB", "csv-128KiB-quoted"],
+)  # fmt: skip
+def test_odd_bytes_or_a_huge_field_in_a_data_file_are_a_one_line_usage_error(
+    scratch: Scratch, name: str, content: bytes, said: str
+) -> None:
+    path = scratch.root / name
+    path.write_bytes(content)
+    refused = scratch.run("backtest", "--data", str(path))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr
+    message = " ".join(refused.stderr.replace("│", " ").split())
+    assert said in message, message
+    assert len(refused.stderr) < 2000  # the huge field is not echoed whole

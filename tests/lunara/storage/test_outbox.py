@@ -48,6 +48,19 @@ async def test_a_postponed_chat_holds_all_its_rows_and_survives_as_not_before(
     assert again.id == first.id and again.attempts == 1
 
 
+async def test_an_answer_queued_to_a_held_chat_waits_for_the_hold(
+    db: aiosqlite.Connection,
+) -> None:
+    """The hold is the chat's, not the row's: an answer queued later (after a restart,
+    say) would otherwise go first by priority and skip a wait Telegram asked for."""
+    await outbox.enqueue(db, [text(1, "notice")])
+    [held] = await outbox.heads(db, 1000.0, 100)
+    await outbox.postpone(db, held.id, 1, until=5000.0)
+    await outbox.enqueue(db, [text(1, "answer", Priority.ANSWER), text(2, "other")])
+    assert await head_texts(db, 4999.0) == ["other"]
+    assert await head_texts(db, 5000.0) == ["answer", "other"]
+
+
 async def test_a_migrated_group_takes_its_queued_rows_along(db: aiosqlite.Connection) -> None:
     await outbox.enqueue(db, [text(-5, "to the group"), text(-6, "another group")])
     assert await outbox.move_chat(db, -5, -1000000000005) == 1

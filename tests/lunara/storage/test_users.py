@@ -124,3 +124,18 @@ async def test_concurrent_usage_never_exceeds_the_limit(db: aiosqlite.Connection
     )
     assert sum(r.allowed for r in results) == 4
     assert await users.usage(db, 5, "ai", "2026-11-24") == 4
+
+
+async def test_an_ended_plan_is_told_once_and_a_changed_plan_is_not_marked(
+    db: aiosqlite.Connection,
+) -> None:
+    await users.register(db, 11, "a")
+    await users.set_plan(db, 11, "pro", 1000.0)
+    assert [u.telegram_id for u in await users.expired_untold(db, 999.0)] == []
+    assert [u.telegram_id for u in await users.expired_untold(db, 1000.0)] == [11]
+    assert not await users.mark_expiry_told(db, 11, 500.0)  # not the plan's end now
+    assert await users.mark_expiry_told(db, 11, 1000.0)
+    assert not await users.mark_expiry_told(db, 11, 1000.0)  # told already
+    assert await users.expired_untold(db, 2000.0) == []
+    await users.set_plan(db, 11, "pro", 3000.0)  # renewed: a new end
+    assert [u.telegram_id for u in await users.expired_untold(db, 3000.0)] == [11]

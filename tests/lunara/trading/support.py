@@ -16,6 +16,15 @@ from lunara.trading.trailing import TrailingParams
 TRADER = 5
 
 
+async def notices_to(db: aiosqlite.Connection, user_id: int) -> list[str]:
+    """The texts the outbox holds for `user_id` (queued or sent), oldest first: where a
+    stop's exit notice is written, in the exit's own transaction."""
+    async with db.execute(
+        "SELECT text FROM outbox WHERE chat_id = ? AND text IS NOT NULL ORDER BY id", (user_id,)
+    ) as cursor:
+        return [str(row[0]) for row in await cursor.fetchall()]
+
+
 class FakeClock:
     """Time that passes only when someone sleeps: waits are observed, not endured."""
 

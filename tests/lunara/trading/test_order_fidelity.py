@@ -41,7 +41,7 @@ from lunara.trading.orders import (
 from lunara.trading.stopstore import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
 from tests.fakes.binance_api import DROP_CLOSE, DUPLICATE, INSUFFICIENT, FakeBinance
-from tests.lunara.trading.support import FakeClock
+from tests.lunara.trading.support import FakeClock, notices_to
 
 KEY, SECRET = "k" * 64, "s" * 64
 OTHER_KEY, OTHER_SECRET = "o" * 64, "p" * 64
@@ -761,7 +761,7 @@ async def test_fills_whose_replies_were_lost_are_settled_by_the_recovery_from_th
     assert fake.count("POST", "order") == 2
 
 
-async def test_an_exit_whose_reply_was_lost_is_closed_by_the_recovery_from_the_exchange(
+async def test_an_exit_whose_reply_was_lost_is_closed_by_the_recovery_as_the_stop_exit_it_was(
     fake: FakeBinance, bot: Bot
 ) -> None:
     fake.commission_rate = Decimal(0)
@@ -776,9 +776,13 @@ async def test_an_exit_whose_reply_was_lost_is_closed_by_the_recovery_from_the_e
         fake.orders[1]["clientOrderId"],
         Decimal("0.001"),
     )
-    # The order row does not say why it was sent: a recovered exit is recorded as manual.
-    assert closed.exit_reason == "manual"
+    # The order row keeps why it was sent: the exit is the stop's, and so is its notice,
+    # queued once with the close however often the recovery runs.
+    assert closed.exit_reason == "trailing_stop"
     assert position.id not in _stop_prices(bot) and fake.count("POST", "order") == 2
+    assert await bot.orders.recover(bot.exchange_of) == RecoveryReport()
+    told = await notices_to(bot.db, position.user_id)
+    assert len(told) == 1 and told[0].startswith("Trailing stop hit: sold 0.001 BTCUSDT")
 
 
 async def test_orders_the_exchange_never_took_are_recorded_not_placed_after_the_recv_window(

@@ -37,7 +37,7 @@ from lunara.trading.orders import OrderPath, OrderRequest
 from lunara.trading.stopstore import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
 from tests.fakes.binance_api import FakeBinance
-from tests.lunara.trading.support import FakeClock
+from tests.lunara.trading.support import FakeClock, notices_to
 
 KEY, SECRET = "k" * 64, "s" * 64
 TRADER = 5
@@ -165,7 +165,7 @@ async def test_a_refused_exit_is_tried_again_on_a_doubling_schedule_until_it_sel
     assert bot.executor.exit_retries.due(position.id) and len(bot.executor.exit_retries) == 0
     told = bot.refusals_told()
     assert len(told) == 1 and INSUFFICIENT.rstrip(".") in told[0]
-    assert any("Stop loss hit" in text for _, text in bot.inbox.to_traders)
+    assert [t for t in await notices_to(bot.db, TRADER) if "Stop loss hit" in t] != []
     assert bot.inbox.to_admins == []  # sold within minutes: no admin's business
 
 
@@ -259,7 +259,7 @@ async def test_a_remainder_too_small_to_sell_closes_the_position_as_dust(
     assert closed.realized_pnl == closed.exit_proceeds - closed.entry_cost
     assert len(bot.executor.exit_retries) == 0
     assert await bot.orders.has_unsettled() is False
-    told = [text for _, text in bot.inbox.to_traders if "dust" in text or "smallest" in text]
+    told = [text for text in await notices_to(bot.db, TRADER) if "smallest" in text]
     assert len(told) == 1 and "BTC" in told[0]
     assert position.id not in {stop.position_id for stop in bot.stops.tracked()}
     # The stop is gone: later ticks leave the closed position alone.
