@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 UP = "up"
 STARTING = "starting"
+STANDBY = "standby"
+"""Reported as ``standby:WHO``: another instance of the deployment holds the instance
+lease (``lunara.instance``); this bot neither polls nor trades until it takes it over."""
 
 
 def write_heartbeat(path: Path, services: str | None = None) -> None:
@@ -27,7 +30,7 @@ def write_heartbeat(path: Path, services: str | None = None) -> None:
 
     ``services`` is what the bot reports of its services: ``up`` once every one has
     started, else ``starting:`` and the names still starting (`start --wait` waits for
-    ``up``). A program that reports nothing counts as up once it beats.
+    ``up``), or ``standby:`` and the instance that holds the lease. A program that reports nothing counts as up once it beats.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     import tempfile  # only writers pay for it; status only reads the mtime

@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -105,6 +106,10 @@ class LedgerDocument:
     # Grace the stopping CLI asked for (`lunara stop --timeout`); the watchdog gives the
     # bot this long instead of the manifest's stop_timeout_s. None: the manifest's.
     stop_timeout_s: float | None = None
+    # Where this ledger lives: the mirror under `lunara:<name>:` is shared by every home
+    # of that name, and an entry of another host or home is never taken for ours.
+    host: str | None = None
+    home: str | None = None
     # Events added since this object was loaded: `Ledger.update` forwards them to the mirror.
     _added_events: list[dict[str, Any]] = field(
         default_factory=list, init=False, repr=False, compare=False
@@ -134,6 +139,8 @@ class LedgerDocument:
             "updated_at": self.updated_at,
             "foreground": self.foreground,
             "stop_timeout_s": self.stop_timeout_s,
+            "host": self.host,
+            "home": self.home,
         }
 
     @classmethod
@@ -183,6 +190,8 @@ class LedgerDocument:
             updated_at=_optional_str(data, "updated_at"),
             foreground=foreground,
             stop_timeout_s=None if stop_timeout is None else float(stop_timeout),
+            host=_optional_str(data, "host"),
+            home=_optional_str(data, "home"),
         )
 
 
@@ -478,6 +487,7 @@ class Ledger:
         self.paths = paths
         self.name = name
         self.mirror = mirror
+        self.host = socket.gethostname()
         self.lock_timeout_s = lock_timeout_s
         self._find_processes = find_processes
 
@@ -519,6 +529,7 @@ class Ledger:
             if document.state == BotState.ORPHANED:
                 raise ValueError("the orphaned state is derived by status and is never stored")
             document.name = self.name
+            document.host, document.home = self.host, str(self.paths.root)
             document.revision = base_revision + 1
             document.updated_at = utc_now()
             self._write(document)
@@ -597,6 +608,7 @@ class Ledger:
             known = max(known, mirrored.revision)
         message = f"{reason}; {_describe_sources(mirrored, live)}"
         document = rebuilt_document(self.name, mirrored, live, known)
+        document.host, document.home = self.host, str(self.paths.root)
         document._added_events.clear()
         document.add_event(REBUILT_EVENT, message)
         document.updated_at = utc_now()
@@ -609,13 +621,19 @@ class Ledger:
         return LedgerRead(document, message)
 
     def _fetch_mirrored(self) -> LedgerDocument | None:
+        """The mirror's copy, if it is this home's: another home under the same name (or
+        the same path on another host) is another instance, whose processes and history
+        are not ours."""
         data = self.mirror.fetch_ledger()
         if data is None:
             return None
         try:
-            return LedgerDocument.from_dict(data)
+            mirrored = LedgerDocument.from_dict(data)
         except LedgerCorrupt:
             return None
+        if (mirrored.host, mirrored.home) != (self.host, str(self.paths.root)):
+            return None
+        return mirrored
 
     def _keep_corrupt_copy(self) -> None:
         """Move the bad file aside for inspection, keeping only the newest few copies."""

@@ -250,6 +250,7 @@ class Watchdog:
         foreground: bool = False,
         adopt: bool = False,
         log: Callable[[str], None] | None = None,
+        lock_fd: int | None = None,
     ) -> None:
         self.paths = paths
         self.manifest = manifest
@@ -261,7 +262,8 @@ class Watchdog:
         self._log_sink = log
         self._stop = threading.Event()
         self._child_exited = threading.Event()
-        self._lock_fd: int | None = None
+        # The home's lock, already taken by a caller that waited for it (blueprint.standby).
+        self._lock_fd: int | None = lock_fd
         self._bot: Bot | None = None
         self._failures = 0
         self._restart_at: float | None = None
@@ -305,6 +307,8 @@ class Watchdog:
         return thread
 
     def _take_lock(self) -> bool:
+        if self._lock_fd is not None:
+            return True
         self.paths.ensure()
         descriptor = open_private(self.paths.watchdog_lock, os.O_RDWR | os.O_CREAT)
         try:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiosqlite
@@ -133,6 +134,7 @@ class TelegramBot:
         *,
         redis: Any = None,
         send_limits: SendLimits = TELEGRAM_LIMITS,
+        may_send: Callable[[], bool] | None = None,
         watch: Watch | None = None,
     ) -> None:
         token = settings.telegram_bot_token
@@ -145,7 +147,7 @@ class TelegramBot:
         self.guard = Guard(manifest, audit, RateLimiter(settings.rate_limit_per_minute))
         self.state = TelegramState(paths.root / STATE_FILE)
         self.outbox = Outbox(db)
-        self.sender = OutboxSender(db, self.outbox, self, send_limits)
+        self.sender = OutboxSender(db, self.outbox, self, send_limits, may_send=may_send)
         self.errors = ErrorHandler(db, self.state, self.send, self.admin_ids)
         self.updates_handled = 0
         self.inbox = Inbox(db, self.outbox, self.errors.apologies, self._username)
@@ -161,6 +163,7 @@ class TelegramBot:
             get_updates_request=_request(1),
             take=self.inbox.take,
             watch=self.watch,
+            may_poll=may_send,
         )
         self.application = (
             Application.builder()

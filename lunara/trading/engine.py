@@ -19,11 +19,11 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
@@ -32,6 +32,7 @@ from lunara.ai.analyst import NOTE_OFF, Analyst, MarketSummary
 from lunara.analysis.analyzer import InsufficientData, analyze_candles
 from lunara.config import MarketKind, Mode, Settings
 from lunara.dependencies import Dependencies, DependencyReporter
+from lunara.instance import StaleEpoch
 from lunara.services import (
     AnalysisView,
     AssetBalance,
@@ -78,6 +79,9 @@ from lunara.trading.stopstore import (
     make_stop_store,
 )
 from lunara.trading.trailing import initial_state
+
+if TYPE_CHECKING:
+    from lunara.instance import InstanceLease
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +142,7 @@ class TradingEngine:
         signals: SignalSource | None = None,
         notifier: Notifier | None = None,
         clock: Any = time.time,
+        may_act: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
         self._stops = stops
@@ -154,7 +159,9 @@ class TradingEngine:
         self.settings_cache = SettingsCache(db)
         self.signals: SignalSource = signals if signals is not None else StreamingSignals()
         self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown_s)
-        self.orders = OrderPath(db, stops, default_stop_params=self._stop_params, clock=clock)
+        self.orders = OrderPath(
+            db, stops, default_stop_params=self._stop_params, clock=clock, may_act=may_act
+        )
         self.executor = Executor(
             db=db,
             market=market,
@@ -632,6 +639,10 @@ class EngineRunner:
                     try:
                         await executor.tick()
                         redis_down = False
+                    except StaleEpoch:
+                        # The keeper ends this run; until then nothing moves on Redis.
+                        logger.error("the instance lease is not this instance's: trailing "
+                                     "stops are not moved")  # fmt: skip
                     except REDIS_OUTAGE as error:
                         if not redis_down:  # once per outage; stops resume when it answers
                             logger.warning("Redis unavailable (%s); trailing stops wait for it",
@@ -722,6 +733,7 @@ async def open_trading(
     redis: Any = None,
     notifier: Notifier | None = None,
     seed: int = 0,
+    lease: InstanceLease | None = None,
     dependencies: Dependencies | None = None,
 ) -> TradingRuntime:
     """The engine and its runner, wired from the settings.
@@ -733,11 +745,13 @@ async def open_trading(
     another connection fail with "database is locked".
     ``redis`` defaults to a client for ``REDIS_URL`` when that is set. ``dependencies``
     gets the Redis, exchange and Gemini watches marked by the clients built here.
+    ``lease``: the instance lease this bot holds (``lunara.instance``); every order
+    placement and Redis stop write is fenced by it.
     """
     board = dependencies if dependencies is not None else Dependencies()
     closers: list[Any] = []
     try:
-        return await _wire_trading(settings, db, redis, notifier, seed, closers, board)
+        return await _wire_trading(settings, db, redis, notifier, seed, closers, board, lease)
     except BaseException:
         # A refused configuration (a bad replay file, a missing key) must not leave the
         # database's thread running: the bot could not exit, and would wait forever.
@@ -755,6 +769,7 @@ async def _wire_trading(
     seed: int,
     closers: list[Any],
     board: Dependencies,
+    lease: InstanceLease | None,
 ) -> TradingRuntime:
     paths = settings.paths
     if db is None:
@@ -765,7 +780,8 @@ async def _wire_trading(
 
         redis = Redis.from_url(settings.redis_url, socket_timeout=5.0)
         closers.append(redis.aclose)
-    stops = make_stop_store(name=STORE_NAME, db=db, redis=redis)
+    fence = None if lease is None else lease.fence
+    stops = make_stop_store(name=STORE_NAME, db=db, redis=redis, fence=fence)
     board.redis.configured = redis is not None
     # The exchange is a dependency whenever Binance is asked: live trading, or its prices.
     needs_binance = settings.mode is Mode.LIVE or settings.market.kind is MarketKind.BINANCE
@@ -805,6 +821,7 @@ async def _wire_trading(
         keyring=keyring,
         analyst=analyst,
         notifier=notifier,
+        may_act=None if lease is None else lease.check,
     )
     return TradingRuntime(
         engine,

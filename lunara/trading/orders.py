@@ -45,6 +45,7 @@ from decimal import Decimal
 
 import aiosqlite
 
+from blueprint.errors import BlueprintError
 from lunara.services import TradingError
 from lunara.storage import outbox
 from lunara.storage import positions as store
@@ -213,8 +214,11 @@ class OrderPath:
         clock: Clock = time.time,
         unknown_order_window_s: float = DEFAULT_UNKNOWN_ORDER_WINDOW_S,
         sleep: Sleep = asyncio.sleep,
+        may_act: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
+        # Raises unless this instance holds the deployment's instance lease (fencing).
+        self._may_act = may_act
         self._stops = stops
         self._default_stop_params = default_stop_params
         self._clock = clock
@@ -468,6 +472,14 @@ class OrderPath:
         self, exchange: Exchange, order: Order, request: OrderRequest
     ) -> Settlement:
         for send in range(MAX_SENDS):
+            if self._may_act is not None:
+                try:
+                    self._may_act()
+                except BlueprintError as error:
+                    # Not sent: another instance may hold the lease; a retry by the
+                    # holder recognises nothing of this (refused) order.
+                    await self._reject(order, error.message)
+                    raise TradingError(error.message) from None
             self._sent_at[order.client_order_id] = self._clock()
             fill: Fill | None
             try:

@@ -35,6 +35,7 @@ from lunara.telegram import lease as lease_module
 from lunara.telegram import outbox as outbox_module
 from lunara.telegram.bot import CLIENT_TIMEOUT_S
 from lunara.telegram.commands import COMMANDS
+from lunara.telegram.guard import RefusalAudit
 from lunara.telegram.lease import PollLease
 from lunara.telegram.updates import BLANKED_TEXT
 from lunara.trading.binance import RetryPolicy
@@ -96,6 +97,9 @@ async def test_every_command_as_every_role(friendly_telegram: FakeTelegram, bot_
     async with running_bot(
         fake_telegram, bot_home, default_role="viewer", send_limits=UNPACED, **NO_RATE_LIMIT
     ) as bot:
+        # Every refusal audited, not the first of each user per minute: the matrix reads
+        # the permission each decision names.
+        bot.bot.guard.refusals = RefusalAudit(window_s=0.0)
         for user in ROLE_PREFIXES:
             await bot.ask(user, "/start")
         audit_path = bot_home / "audit.jsonl"
