@@ -43,7 +43,6 @@ from lunara.services import (
 from lunara.storage import credentials, user_settings, users
 from lunara.storage import positions as position_store
 from lunara.storage.database import open_database
-from lunara.storage.positions import ExitReason, OrderSide
 from lunara.trading.binance import BinanceExchange, BinanceGateway
 from lunara.trading.exchange import (
     CredentialsRejected,
@@ -67,6 +66,7 @@ from lunara.trading.executor import (
 from lunara.trading.filters import quantity_for_quote
 from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket, Market, ReplayMarket, SimMarket, interval_name
+from lunara.trading.model import ExitReason, OrderSide
 from lunara.trading.orders import OrderOutcomeUnknown, OrderPath, OrderRequest, Settlement
 from lunara.trading.paper import PaperExchange
 from lunara.trading.stopstore import (
