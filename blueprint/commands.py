@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -26,6 +26,9 @@ from blueprint.session import (
     perform_remotely,
 )
 from blueprint.session import status_command as run_status
+
+if TYPE_CHECKING:
+    from blueprint.control import ActionResult
 
 app = typer.Typer(
     name="lunara",
@@ -114,7 +117,7 @@ def main_options(
     ctx.obj = Options(home=home, manifest=manifest)
 
 
-def report_action(session: Session, result: Any, as_json: bool, action: str) -> int:
+def report_action(session: Session, result: ActionResult, as_json: bool, action: str) -> int:
     session.outcome("ok" if result.changed else "unchanged", {"message": result.message})
     if as_json:
         from blueprint.render import print_json
@@ -136,7 +139,7 @@ def lifecycle(
     ctx: typer.Context,
     permission: Permission,
     action: str,
-    call: Callable[[Session], Any],
+    call: Callable[[Session], ActionResult],
     as_json: bool,
     *,
     remotely: Callable[[Options], int] | None = None,

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from blueprint.errors import BlueprintError, ConfigError
 from blueprint.exit_message import leave_exit_message
@@ -23,9 +23,12 @@ from lunara.logs import configure_logging
 from lunara.runtime import Service, run_services
 
 if TYPE_CHECKING:
+    import aiosqlite
+
     from lunara.dependencies import Watch
     from lunara.services import TradingService
     from lunara.telegram.bot import TelegramBot
+    from lunara.trading.engine import TradingEngine
 
 logger = logging.getLogger("lunara")
 
@@ -100,7 +103,7 @@ async def _compose(composition: Composition, settings: Settings, paths: HomePath
 async def build_telegram(
     settings: Settings,
     paths: HomePaths,
-    db: Any,
+    db: aiosqlite.Connection,
     trading: TradingService,
     watch: Watch | None = None,
 ) -> TelegramBot:
@@ -135,7 +138,9 @@ class MetricsWriter:
     name = "metrics"
     every_s = 5.0
 
-    def __init__(self, paths: HomePaths, engine: Any, telegram: TelegramBot | None) -> None:
+    def __init__(
+        self, paths: HomePaths, engine: TradingEngine, telegram: TelegramBot | None
+    ) -> None:
         self.path = paths.root / "metrics.json"
         self.engine = engine
         self.telegram = telegram

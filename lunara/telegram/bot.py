@@ -19,7 +19,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import aiosqlite
 from telegram import ChatMemberUpdated, LabeledPrice, Message, ReplyParameters, Update
@@ -77,6 +77,11 @@ from lunara.telegram.updates import (
     plain_text_of,
 )
 
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from lunara.crypto import KeyRing
+
 logger = logging.getLogger("lunara.telegram")
 
 POLL_TIMEOUT_S = 10
@@ -131,7 +136,7 @@ class TelegramBot:
         db: aiosqlite.Connection,
         trading: TradingService,
         *,
-        redis: Any = None,
+        redis: Redis | None = None,
         send_limits: SendLimits = TELEGRAM_LIMITS,
         watch: Watch | None = None,
     ) -> None:
@@ -168,7 +173,7 @@ class TelegramBot:
             .concurrent_updates(PerUserOrder(CONCURRENT_UPDATES))
             .build()
         )
-        self._keyring: Any = None
+        self._keyring: KeyRing | None = None
         self.deps = Deps(
             settings=settings,
             paths=paths,
@@ -206,7 +211,7 @@ class TelegramBot:
         """The bot's username (from getMe): commands addressed to others are not ours."""
         return self.application.bot.username
 
-    def _load_keyring(self) -> Any:
+    def _load_keyring(self) -> KeyRing:
         if self._keyring is None:
             from lunara.crypto import load_keyring
 

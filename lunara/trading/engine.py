@@ -19,11 +19,11 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
@@ -77,7 +77,15 @@ from lunara.trading.stopstore import (
     StopStore,
     make_stop_store,
 )
-from lunara.trading.trailing import initial_state
+from lunara.trading.trailing import TrailingParams, initial_state
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from lunara.crypto import KeyRing
+
+# Releases one thing the runtime opened (the database, a client); awaited in reverse.
+Closer = Callable[[], Awaitable[object]]
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +141,11 @@ class TradingEngine:
         market: Market,
         config: EngineConfig,
         gateway: BinanceGateway | None = None,
-        keyring: Any = None,
+        keyring: KeyRing | None = None,
         analyst: Analyst | None = None,
         signals: SignalSource | None = None,
         notifier: Notifier | None = None,
-        clock: Any = time.time,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
         self._stops = stops
@@ -244,7 +252,7 @@ class TradingEngine:
                 continue
             self.signals.feed(symbol, candles)
 
-    async def _stop_params(self, user_id: int) -> Any:
+    async def _stop_params(self, user_id: int) -> TrailingParams:
         return self.settings_cache.params_for(user_id)
 
     # Exchanges
@@ -669,9 +677,9 @@ class TradingRuntime:
 
     engine: TradingEngine
     runner: EngineRunner
-    _closers: list[Any] = field(default_factory=list)
+    _closers: list[Closer] = field(default_factory=list)
     dependencies: Dependencies = field(default_factory=Dependencies)
-    redis: Any = None
+    redis: Redis | None = None
     stops: StopStore | None = None
     gateway: BinanceGateway | None = None
 
@@ -719,7 +727,7 @@ async def open_trading(
     settings: Settings,
     *,
     db: aiosqlite.Connection | None = None,
-    redis: Any = None,
+    redis: Redis | None = None,
     notifier: Notifier | None = None,
     seed: int = 0,
     dependencies: Dependencies | None = None,
@@ -735,7 +743,7 @@ async def open_trading(
     gets the Redis, exchange and Gemini watches marked by the clients built here.
     """
     board = dependencies if dependencies is not None else Dependencies()
-    closers: list[Any] = []
+    closers: list[Closer] = []
     try:
         return await _wire_trading(settings, db, redis, notifier, seed, closers, board)
     except BaseException:
@@ -750,10 +758,10 @@ async def open_trading(
 async def _wire_trading(
     settings: Settings,
     db: aiosqlite.Connection | None,
-    redis: Any,
+    redis: Redis | None,
     notifier: Notifier | None,
     seed: int,
-    closers: list[Any],
+    closers: list[Closer],
     board: Dependencies,
 ) -> TradingRuntime:
     paths = settings.paths
