@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from blueprint.errors import BlueprintError, PermissionDenied
-from blueprint.manifest import Manifest
+from blueprint.manifest import Manifest, Permission
 from blueprint.mirror import Mirror
 from blueprint.redaction import Redactor
 
@@ -221,7 +221,7 @@ def identify(
     manifest: Manifest,
     audit: AuditLog,
     token: str | None,
-    permission: str,
+    permission: Permission,
     action: str,
     uid: int | None = None,
 ) -> str:
@@ -242,7 +242,7 @@ def identify(
 
 
 def authorize(
-    manifest: Manifest, audit: AuditLog, principal: str, permission: str, action: str
+    manifest: Manifest, audit: AuditLog, principal: str, permission: Permission, action: str
 ) -> None:
     """Allow or refuse `permission` for `principal`, auditing the decision either way."""
     role = manifest.role_of(principal)

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -234,7 +234,7 @@ class _Outcome:
     stopping: bool = False
     fatal: bool = False
     delay_s: float = 0.0
-    values: dict[str, Any] = field(default_factory=dict)
+    failures: int | None = None  # the crash count the decision carried on with
 
 
 class Watchdog:
@@ -682,7 +682,7 @@ class Watchdog:
             )
             outcome.fatal = decision.fatal
             outcome.delay_s = decision.delay_s
-            outcome.values["failures"] = decision.consecutive_failures
+            outcome.failures = decision.consecutive_failures
             doc.restart_times = list(decision.restart_times)
             if decision.fatal:
                 doc.state = BotState.FATAL
@@ -703,7 +703,8 @@ class Watchdog:
         self._update(decide)
         if outcome.stopping:
             return True
-        self._failures = int(outcome.values.get("failures", self._failures))
+        if outcome.failures is not None:
+            self._failures = outcome.failures
         if invalid_config:
             self.log("invalid configuration: not restarting (state fatal)")
             self._exit_code = ExitCode.INVALID_CONFIG

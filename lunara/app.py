@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from blueprint.errors import BlueprintError, ConfigError
 from blueprint.exit_message import leave_exit_message
@@ -23,11 +23,15 @@ from lunara.logs import configure_logging
 from lunara.runtime import Service, run_services
 
 if TYPE_CHECKING:
+    import aiosqlite
+    from redis.asyncio import Redis
+
     from blueprint.manifest import Manifest
     from lunara.dependencies import Watch
     from lunara.instance import InstanceLease
     from lunara.services import TradingService
     from lunara.telegram.bot import TelegramBot
+    from lunara.trading.engine import TradingEngine
 
 logger = logging.getLogger("lunara")
 
@@ -63,9 +67,9 @@ async def build_services(
     settings: Settings,
     paths: HomePaths,
     *,
-    db: Any,
+    db: aiosqlite.Connection,
     manifest: Manifest | None,
-    redis: Any = None,
+    redis: Redis | None = None,
     lease: InstanceLease | None = None,
 ) -> Composition:
     """The long-running parts the configuration asks for: the trading engine always,
@@ -88,9 +92,9 @@ async def _compose(
     composition: Composition,
     settings: Settings,
     paths: HomePaths,
-    db: Any,
+    db: aiosqlite.Connection,
     manifest: Manifest | None,
-    redis: Any,
+    redis: Redis | None,
     lease: InstanceLease | None,
 ) -> None:
     from lunara.plan_expiry import PlanExpiryNotices
@@ -119,9 +123,9 @@ def build_telegram(
     settings: Settings,
     paths: HomePaths,
     manifest: Manifest,
-    db: Any,
+    db: aiosqlite.Connection,
     trading: TradingService,
-    redis: Any = None,
+    redis: Redis | None = None,
     lease: InstanceLease | None = None,
     watch: Watch | None = None,
 ) -> TelegramBot:
@@ -149,7 +153,9 @@ class MetricsWriter:
     name = "metrics"
     every_s = 5.0
 
-    def __init__(self, paths: HomePaths, engine: Any, telegram: TelegramBot | None) -> None:
+    def __init__(
+        self, paths: HomePaths, engine: TradingEngine, telegram: TelegramBot | None
+    ) -> None:
         self.path = paths.root / "metrics.json"
         self.engine = engine
         self.telegram = telegram

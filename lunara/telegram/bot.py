@@ -20,7 +20,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import aiosqlite
 from telegram import ChatMemberUpdated, LabeledPrice, Message, ReplyParameters, Update
@@ -78,6 +78,11 @@ from lunara.telegram.updates import (
     plain_text_of,
 )
 
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from lunara.crypto import KeyRing
+
 logger = logging.getLogger("lunara.telegram")
 
 POLL_TIMEOUT_S = 10
@@ -132,7 +137,7 @@ class TelegramBot:
         db: aiosqlite.Connection,
         trading: TradingService,
         *,
-        redis: Any = None,
+        redis: Redis | None = None,
         send_limits: SendLimits = TELEGRAM_LIMITS,
         may_send: Callable[[], bool] | None = None,
         watch: Watch | None = None,
@@ -171,7 +176,7 @@ class TelegramBot:
             .concurrent_updates(PerUserOrder(CONCURRENT_UPDATES))
             .build()
         )
-        self._keyring: Any = None
+        self._keyring: KeyRing | None = None
         self.deps = Deps(
             settings=settings,
             paths=paths,
@@ -209,7 +214,7 @@ class TelegramBot:
         """The bot's username (from getMe): commands addressed to others are not ours."""
         return self.application.bot.username
 
-    def _load_keyring(self) -> Any:
+    def _load_keyring(self) -> KeyRing:
         if self._keyring is None:
             from lunara.keys import load_keyring
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
@@ -33,6 +33,9 @@ from lunara.telegram.parsing import (
     parse_user_id,
 )
 
+if TYPE_CHECKING:
+    from lunara.crypto import KeyRing
+
 USAGE_KIND_AI = "ai.analysis"
 
 
@@ -45,7 +48,7 @@ class Deps:
     db: aiosqlite.Connection
     trading: TradingService
     guard: Guard
-    keyring: Any  # lunara.crypto.KeyRing, loaded lazily (paper mode may never need it)
+    keyring: Callable[[], KeyRing]  # loaded on first use (paper mode may never need it)
     # Queue a message for every active user: (chat, command message, text) -> its start.
     broadcast: Callable[[int, int, str], Awaitable[BroadcastStart]]
     delete_message: Callable[[int, int], Awaitable[None]]

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -44,7 +44,6 @@ from lunara.services import (
 from lunara.storage import credentials, user_settings, users
 from lunara.storage import positions as position_store
 from lunara.storage.database import open_database
-from lunara.storage.positions import ExitReason, OrderSide
 from lunara.trading.binance import BinanceExchange, BinanceGateway
 from lunara.trading.exchange import (
     CredentialsRejected,
@@ -68,6 +67,7 @@ from lunara.trading.executor import (
 from lunara.trading.filters import quantity_for_quote
 from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket, Market, ReplayMarket, SimMarket, interval_name
+from lunara.trading.model import ExitReason, OrderSide
 from lunara.trading.orders import OrderOutcomeUnknown, OrderPath, OrderRequest, Settlement
 from lunara.trading.paper import PaperExchange
 from lunara.trading.stopstore import (
@@ -78,7 +78,15 @@ from lunara.trading.stopstore import (
     StopStore,
     make_stop_store,
 )
-from lunara.trading.trailing import initial_state
+from lunara.trading.trailing import TrailingParams, initial_state
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from lunara.crypto import KeyRing
+
+# Releases one thing the runtime opened (the database, a client); awaited in reverse.
+Closer = Callable[[], Awaitable[object]]
 
 if TYPE_CHECKING:
     from lunara.instance import InstanceLease
@@ -137,11 +145,11 @@ class TradingEngine:
         market: Market,
         config: EngineConfig,
         gateway: BinanceGateway | None = None,
-        keyring: Any = None,
+        keyring: KeyRing | None = None,
         analyst: Analyst | None = None,
         signals: SignalSource | None = None,
         notifier: Notifier | None = None,
-        clock: Any = time.time,
+        clock: Callable[[], float] = time.time,
         may_act: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
@@ -251,7 +259,7 @@ class TradingEngine:
                 continue
             self.signals.feed(symbol, candles)
 
-    async def _stop_params(self, user_id: int) -> Any:
+    async def _stop_params(self, user_id: int) -> TrailingParams:
         return self.settings_cache.params_for(user_id)
 
     # Exchanges
@@ -680,9 +688,9 @@ class TradingRuntime:
 
     engine: TradingEngine
     runner: EngineRunner
-    _closers: list[Any] = field(default_factory=list)
+    _closers: list[Closer] = field(default_factory=list)
     dependencies: Dependencies = field(default_factory=Dependencies)
-    redis: Any = None
+    redis: Redis | None = None
     stops: StopStore | None = None
     gateway: BinanceGateway | None = None
 
@@ -730,7 +738,7 @@ async def open_trading(
     settings: Settings,
     *,
     db: aiosqlite.Connection | None = None,
-    redis: Any = None,
+    redis: Redis | None = None,
     notifier: Notifier | None = None,
     seed: int = 0,
     lease: InstanceLease | None = None,
@@ -749,7 +757,7 @@ async def open_trading(
     placement and Redis stop write is fenced by it.
     """
     board = dependencies if dependencies is not None else Dependencies()
-    closers: list[Any] = []
+    closers: list[Closer] = []
     try:
         return await _wire_trading(settings, db, redis, notifier, seed, closers, board, lease)
     except BaseException:
@@ -764,10 +772,10 @@ async def open_trading(
 async def _wire_trading(
     settings: Settings,
     db: aiosqlite.Connection | None,
-    redis: Any,
+    redis: Redis | None,
     notifier: Notifier | None,
     seed: int,
-    closers: list[Any],
+    closers: list[Closer],
     board: Dependencies,
     lease: InstanceLease | None,
 ) -> TradingRuntime:
