@@ -83,7 +83,6 @@ class Event:
     BOT_RESTARTING = "bot.restarting"
     BOT_FATAL = "bot.fatal"
     BOT_STOPPED = "bot.stopped"
-    SPAWN_FAILED = "bot.spawn_failed"
     LEDGER_RESTORED = "ledger.restored"
 
 
@@ -369,9 +368,6 @@ class Watchdog:
 
         if self._update(restore):
             self.log("the ledger had lost track of this watchdog or its bot; restored it")
-
-    def request_stop(self) -> None:
-        self._stop.set()
 
     def _install_signals(self) -> None:
         def on_stop(signum: int, frame: FrameType | None) -> None:
