@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,17 +36,10 @@ from blueprint.ledger import (
 )
 from blueprint.mirror import MirrorKeys, NullMirror, RedisMirror
 from blueprint.paths import HomePaths
+from tests.waiting import wait_until
 
 NAME = "ledger-test"
 ROOT = Path("/srv/lunara/home")
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(0.02)
 
 
 def make_ledger(home: Path, mirror: Any = None, **options: Any) -> Ledger:
@@ -498,7 +490,7 @@ def fake_watchdog(tmp_path: Path, home: Path) -> Iterator[tuple[psutil.Process, 
         stdin=subprocess.PIPE,
     )
     try:
-        wait_for(lambda: ready.exists() and ready.read_text() != "")
+        wait_until(lambda: ready.exists() and ready.read_text() != "", 10, "the writer to be ready")
         yield psutil.Process(process.pid), psutil.Process(int(ready.read_text()))
     finally:
         assert process.stdin is not None

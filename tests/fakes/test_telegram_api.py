@@ -18,6 +18,7 @@ from telegram.error import BadRequest, Conflict, RetryAfter, TelegramError
 from telegram.ext import Application, ApplicationBuilder, CommandHandler, ContextTypes
 
 from tests.fakes.telegram_api import FakeTelegram, check_html
+from tests.waiting import until
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
@@ -34,14 +35,6 @@ def tg() -> Iterator[FakeTelegram]:
 
 def build(fake: FakeTelegram, token: str = TOKEN) -> Application[Any, Any, Any, Any, Any, Any]:
     return ApplicationBuilder().token(token).base_url(fake.base_url + "/bot").build()
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def polling(app: Application[Any, Any, Any, Any, Any, Any],
@@ -74,7 +67,7 @@ async def test_command_reaches_a_handler_and_the_reply_is_recorded(tg: FakeTeleg
 
     async def body() -> None:
         tg.push_command(77, "/start now", username="alice")
-        await until(lambda: len(tg.sent_messages(77)) == 1, "the reply")
+        await until(lambda: len(tg.sent_messages(77)) == 1, 10, "the reply")
 
     await polling(app, body)
     [reply] = tg.sent_messages(77)
@@ -101,7 +94,7 @@ async def test_command_addressed_to_the_bot_by_name_in_a_group_is_matched(
 
     async def body() -> None:
         tg.push_command(5, f"/start@{tg.username}", chat_type="supergroup")
-        await until(lambda: bool(seen), "the group command")
+        await until(lambda: bool(seen), 10, "the group command")
 
     await polling(app, body)
     assert seen == [-1000000005]
@@ -118,7 +111,7 @@ async def test_injected_409_reaches_the_application_error_handler(tg: FakeTelegr
     tg.inject("getUpdates", 409, "Conflict: terminated by other getUpdates request")
 
     async def body() -> None:
-        await until(lambda: bool(errors), "the conflict in the error handler")
+        await until(lambda: bool(errors), 10, "the conflict in the error handler")
 
     await polling(app, body)
     assert isinstance(errors[0], Conflict)
@@ -134,8 +127,8 @@ async def test_overlapping_polls_of_one_token_get_409_and_are_counted(tg: FakeTe
     second.add_error_handler(on_error)
 
     async def body() -> None:
-        await until(lambda: tg.polls_by_token[TOKEN] >= 2, "the first long poll")
-        await polling(second, lambda: until(lambda: bool(errors), "a 409 for the second bot"))
+        await until(lambda: tg.polls_by_token[TOKEN] >= 2, 10, "the first long poll")
+        await polling(second, lambda: until(lambda: bool(errors), 10, "a 409 for the second bot"))
 
     await polling(first, body)
     assert isinstance(errors[0], Conflict)
@@ -148,7 +141,9 @@ async def test_polls_of_different_tokens_do_not_conflict(tg: FakeTelegram) -> No
     first, second = build(tg), build(tg, OTHER_TOKEN)
 
     async def body() -> None:
-        await polling(second, lambda: until(lambda: tg.polls_by_token[OTHER_TOKEN] >= 2, "polls"))
+        await polling(
+            second, lambda: until(lambda: tg.polls_by_token[OTHER_TOKEN] >= 2, 10, "polls")
+        )
 
     await polling(first, body)
     assert not tg.conflicts_by_token
@@ -239,7 +234,7 @@ async def test_stars_payment_updates_reach_the_handlers(tg: FakeTelegram) -> Non
         tg.push_pre_checkout(3, "pro:3", 250)
         tg.push_pre_checkout(3, "pro:3", 1)
         tg.push_successful_payment(3, "pro:3", "charge-9", 250)
-        await until(lambda: len(tg.answers) == 2 and bool(paid), "payment handling")
+        await until(lambda: len(tg.answers) == 2 and bool(paid), 10, "payment handling")
 
     await polling(app, body)
     assert [a["ok"] for a in tg.answers] == [True, False]
@@ -293,7 +288,7 @@ async def test_button_press_reaches_a_callback_handler_and_is_answered(tg: FakeT
 
     async def body() -> None:
         query_id = tg.push_callback_query(8, "close:42")
-        await until(lambda: bool(tg.callback_answers), "the answer")
+        await until(lambda: bool(tg.callback_answers), 10, "the answer")
         assert tg.callback_answers[0]["callback_query_id"] == query_id
 
     await polling(app, body)
