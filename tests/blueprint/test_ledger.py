@@ -158,9 +158,7 @@ def test_a_held_lock_times_out_with_a_clear_error(home: Path) -> None:
         assert read.recovered is not None and "not written yet" in read.recovered
         assert (home / "ledger.json").read_text() == "{oops"
     finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=10)
+        holder.communicate(timeout=10)
     assert ledger.update(bump_restarts).revision == 2
 
 

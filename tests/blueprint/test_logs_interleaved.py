@@ -114,3 +114,7 @@ def test_run_writes_the_watchdogs_events_and_the_bots_log_to_stdout(tmp_path: Pa
         if runner.poll() is None:
             runner.kill()
             runner.wait()
+        reader.join(10)
+        for stream in (runner.stdout, runner.stderr):
+            if stream is not None:
+                stream.close()

@@ -36,6 +36,8 @@ def spawned() -> Iterator[list[subprocess.Popen[bytes]]]:
     kill_everything(psutil.Process(child.pid) for child in children if child.poll() is None)
     for child in children:
         child.wait(timeout=10)
+        if child.stdout is not None:
+            child.stdout.close()
 
 
 def sleeper(spawned: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
