@@ -31,7 +31,7 @@ INSTALL_TIMEOUT_S = 600.0
 RUNNING_DEADLINE_S = 60.0
 STOP_DEADLINE_S = 30.0
 
-pytestmark = [pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 
 def _runtime_user() -> pwd.struct_passwd:

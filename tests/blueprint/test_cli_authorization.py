@@ -33,6 +33,7 @@ def allowed(role: str, permission: str) -> bool:
     return "*" in granted or permission in granted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("role", sorted(ROLE_PERMISSIONS))
 def test_each_role_can_run_exactly_its_commands(tmp_path: Path, role: str) -> None:
     home = tmp_path / "home"
