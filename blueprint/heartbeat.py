@@ -67,15 +67,6 @@ def heartbeat_services(path: Path) -> str | None:
     return fields[2].strip() if len(fields) > 2 else UP
 
 
-def heartbeat_age(path: Path, now: float | None = None) -> float | None:
-    """Seconds since the last beat, or None when the bot never beat."""
-    mtime = heartbeat_mtime(path)
-    if mtime is None:
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, current - mtime)
-
-
 def clear_heartbeat(path: Path) -> None:
     """Forget the previous bot's beats so they are never taken for the new one's."""
     with contextlib.suppress(FileNotFoundError):

@@ -25,7 +25,7 @@ from typing import Any
 
 from blueprint.errors import ConfigError
 from blueprint.jsonvalues import is_number, kind_of
-from blueprint.locations import DEFAULT_MANIFEST, resolve_manifest
+from blueprint.locations import DEFAULT_MANIFEST
 from blueprint.locations import MANIFEST_ENV as MANIFEST_ENV
 
 DEFAULT_MANIFEST_PATH = Path(DEFAULT_MANIFEST)
@@ -191,13 +191,6 @@ class Manifest:
             return self.defaults.get(kind)
         return None
 
-    def permissions_for(self, principal: str) -> tuple[str, ...]:
-        """The permission patterns the principal holds (empty when it holds none)."""
-        role = self.role_of(principal)
-        if role is None:
-            return ()
-        return self.roles.get(role, ())
-
     def allows(self, principal: str, permission: str) -> bool:
         """Deny by default: only a known principal whose known role grants it may."""
         role = self.role_of(principal)
@@ -260,11 +253,6 @@ def is_principal(text: str) -> bool:
     if kind == PrincipalKind.TELEGRAM:
         return _TELEGRAM_ID.fullmatch(rest) is not None
     return False
-
-
-def resolve_manifest_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path:
-    """The manifest to use: the one given, else $LUNARA_MANIFEST, else ./manifest.json."""
-    return resolve_manifest(explicit, environ)
 
 
 def load_manifest(path: Path) -> Manifest:

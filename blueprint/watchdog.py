@@ -84,7 +84,6 @@ class Event:
     BOT_RESTARTING = "bot.restarting"
     BOT_FATAL = "bot.fatal"
     BOT_STOPPED = "bot.stopped"
-    SPAWN_FAILED = "bot.spawn_failed"
     LEDGER_RESTORED = "ledger.restored"
 
 
@@ -376,6 +375,7 @@ class Watchdog:
             self.log("the ledger had lost track of this watchdog or its bot; restored it")
 
     def request_stop(self) -> None:
+        """Stop as SIGTERM would: asked by an authorized `stop` over the status socket."""
         self._stop.set()
 
     def _install_signals(self) -> None:

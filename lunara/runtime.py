@@ -41,10 +41,6 @@ class Service(Protocol):
         """Run until `stop` is set, then finish in-flight work and return."""
 
 
-class ServiceFailed(Exception):
-    """A service ended on its own with an error; the watchdog will restart the bot."""
-
-
 async def run_services(
     services: Sequence[Service],
     paths: HomePaths,

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,17 +38,10 @@ from blueprint.ledger import (
 )
 from blueprint.mirror import MirrorKeys, NullMirror, RedisMirror
 from blueprint.paths import HomePaths
+from tests.waiting import wait_until
 
 NAME = "ledger-test"
 ROOT = Path("/srv/lunara/home")
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(0.02)
 
 
 def make_ledger(home: Path, mirror: Any = None, **options: Any) -> Ledger:
@@ -168,9 +160,7 @@ def test_a_held_lock_times_out_with_a_clear_error(home: Path) -> None:
         assert read.recovered is not None and "not written yet" in read.recovered
         assert (home / "ledger.json").read_text() == "{oops"
     finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=10)
+        holder.communicate(timeout=10)
     assert ledger.update(bump_restarts).revision == 2
 
 
@@ -550,7 +540,7 @@ def watchdog_lookalike(
         stdin=subprocess.PIPE,
     )
     try:
-        wait_for(lambda: ready.exists() and ready.read_text() != "")
+        wait_until(lambda: ready.exists() and ready.read_text() != "", 10, "the writer to be ready")
         yield psutil.Process(process.pid), psutil.Process(int(ready.read_text()))
     finally:
         assert process.stdin is not None

@@ -14,7 +14,6 @@ import asyncio
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Self
 
@@ -90,15 +89,6 @@ class BackgroundServer:
         ready.set()
         loop.run_forever()
         loop.close()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `predicate` until it holds; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
