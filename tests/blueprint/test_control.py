@@ -456,7 +456,13 @@ def test_run_beside_a_detached_watchdog_waits_as_standby_and_takes_over_when_it_
         assert report.state == "running" and report.exit_code() == ExitCode.OK
         assert report.standby is not None and report.standby["pid"] == runner.pid
         assert any(f"pid {runner.pid}" in note for note in report.notes), report.notes
-        assert healthy.document().revision == revision  # the standby wrote nothing to it
+        # The standby wrote nothing to the ledger: it names the supervisor and bot it held.
+        # (Its revision may move: the supervisor itself records its bot's progress.)
+        document = healthy.document()
+        assert document.watchdog is not None and document.watchdog.pid != runner.pid
+        assert first_bot is not None and document.bot is not None
+        assert document.bot.pid == first_bot.pid
+        assert all(event.get("pid") != runner.pid for event in document.events)
         healthy.controller.stop(PRINCIPAL, None)
         wait_until(
             lambda: (healthy.document().watchdog or ProcessRecord(1, 0)).pid == runner.pid,
