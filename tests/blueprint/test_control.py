@@ -443,7 +443,6 @@ def test_run_beside_a_detached_watchdog_waits_as_standby_and_takes_over_when_it_
     healthy = supervised(tight_program(program("healthy_bot")))
     healthy.controller.start(PRINCIPAL, 10)
     first_bot = healthy.bot()
-    revision = healthy.document().revision
     runner = subprocess.Popen(
         [sys.executable, "-c", RUN_FOREGROUND, str(healthy.paths.root), str(healthy.manifest_path)],
         stdout=subprocess.PIPE,
