@@ -62,7 +62,8 @@ def test_the_backup_timer_runs_a_pruned_backup_as_the_bot_user_on_the_bot_home()
     assert command[:3] == ["/opt/lunara/.venv/bin/lunara", "backup", "--keep"]
     assert int(command[3]) >= 1
     assert command[4].startswith(settings["ReadWritePaths"] + "/")  # writable under ProtectSystem
-    assert timer["OnCalendar"] and timer["Persistent"] == "true"
+    assert timer["OnCalendar"]
+    assert timer["Persistent"] == "true"
     assert timer["WantedBy"] == "timers.target"
 
 

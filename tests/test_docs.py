@@ -15,7 +15,8 @@ def _generator():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location(
         "gen_config_docs", ROOT / "scripts" / "gen_config_docs.py"
     )
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -27,7 +28,8 @@ def _command_names(app: typer.Typer, prefix: str = "") -> list[str]:
         assert command.callback is not None
         names.append(prefix + (command.name or command.callback.__name__.replace("_", "-")))
     for group in app.registered_groups:
-        assert group.typer_instance is not None and group.name is not None
+        assert group.typer_instance is not None
+        assert group.name is not None
         names.extend(_command_names(group.typer_instance, f"{prefix}{group.name} "))
     return names
 
@@ -43,7 +45,8 @@ def test_telegram_reference_is_the_generators_output() -> None:
     spec = importlib.util.spec_from_file_location(
         "gen_telegram_docs", ROOT / "scripts" / "gen_telegram_docs.py"
     )
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
     committed = (ROOT / "docs" / "telegram.md").read_text()

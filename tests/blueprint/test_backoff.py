@@ -91,6 +91,8 @@ def test_a_crash_loop_gets_exactly_max_restarts_then_gives_up(policy: Policy) ->
 def test_a_bot_that_was_healthy_long_enough_restarts_after_the_initial_delay() -> None:
     policy = Policy(backoff_initial_s=0.5, backoff_max_s=30, healthy_after_s=10)
     unhealthy = decide_restart(policy, [], 4, uptime_s=2.0, now=100.0)
-    assert unhealthy.delay_s == 8.0 and unhealthy.consecutive_failures == 5
+    assert unhealthy.delay_s == 8.0
+    assert unhealthy.consecutive_failures == 5
     healthy = decide_restart(policy, [], 4, uptime_s=10.0, now=100.0)
-    assert healthy.delay_s == 0.5 and healthy.consecutive_failures == 1
+    assert healthy.delay_s == 0.5
+    assert healthy.consecutive_failures == 1

@@ -87,7 +87,8 @@ def test_quiet_status_prints_nothing(cli: Cli) -> None:
 def test_plain_status_when_not_a_terminal(cli: Cli) -> None:
     result = cli.run("status")
     assert result.returncode == 3
-    assert "state" in result.stdout and "stopped" in result.stdout
+    assert "state" in result.stdout
+    assert "stopped" in result.stdout
     assert "\x1b[" not in result.stdout  # no colour codes
 
 
@@ -104,7 +105,8 @@ def test_start_wait_then_status_then_stop_lifecycle(cli: Cli) -> None:
 
     status = cli.status()
     assert status["state"] == "running"
-    assert isinstance(status["pid"], int) and isinstance(status["supervisor_pid"], int)
+    assert isinstance(status["pid"], int)
+    assert isinstance(status["supervisor_pid"], int)
     assert status["heartbeat_age_s"] is not None
 
     stopped = cli.run("stop", "--json")
@@ -334,7 +336,8 @@ def test_a_running_watchdog_answers_status_over_its_private_socket(cli: Cli) -> 
     assert socket_path.exists()
     assert socket_path.stat().st_mode & 0o077 == 0  # only the home's owner may connect
     reply = query_status(socket_path, cli.manifest.resolve(), TOKENS["operator"])
-    assert reply is not None and reply["exit_code"] == 0
+    assert reply is not None
+    assert reply["exit_code"] == 0
     assert reply["report"]["principal"] == "token:operator"
     assert reply["report"]["state"] == "running"
     audited = [e for e in cli.audit_entries() if e["principal"] == "token:operator"]
@@ -373,7 +376,8 @@ def test_a_ledger_corrupted_under_a_running_watchdog_is_rebuilt_and_logged(cli: 
         "the watchdog to log the recovery",
     )
     status = cli.status()
-    assert status["state"] == "running" and status["pid"] == bot_pid
+    assert status["state"] == "running"
+    assert status["pid"] == bot_pid
     assert cli.run("stop").returncode == 0
 
 

@@ -75,8 +75,10 @@ def test_start_wait_exits_6_with_the_bots_own_reason_and_the_bot_is_not_restarte
     status = cli.run("status", "--json")
     assert status.returncode == 5
     document = json.loads(status.stdout)
-    assert document["state"] == "fatal" and document["supervisor_pid"] is None
-    assert document["restarts"] == 0 and spawns(cli) == 1
+    assert document["state"] == "fatal"
+    assert document["supervisor_pid"] is None
+    assert document["restarts"] == 0
+    assert spawns(cli) == 1
     assert document["last_exit"]["code"] == 6
     assert document["last_exit"]["reason"] == line.removeprefix("lunara: ")
     assert any(note.startswith("invalid configuration") for note in document["notes"])
@@ -94,7 +96,8 @@ def test_restart_wait_exits_6_when_the_new_bot_refuses_its_configuration(
     assert result.returncode == 6, result.stdout + result.stderr
     assert only_line(result.stderr).startswith("lunara: invalid configuration: LOG_FORMAT: ")
     document = cli.status()
-    assert document["state"] == "fatal" and document["last_exit"]["code"] == 6
+    assert document["state"] == "fatal"
+    assert document["last_exit"]["code"] == 6
     assert spawns(cli) == 2  # the first bot and the refused one, nothing after
 
 
@@ -104,7 +107,8 @@ def test_run_exits_6_with_the_bots_reason_instead_of_restarting_it(make_cli: Mak
     assert result.returncode == 6, result.stdout + result.stderr
     last = result.stderr.splitlines()[-1]
     assert last.startswith("lunara: invalid configuration: LUNARA_SYMBOLS: not a trading pair")
-    assert spawns(cli) == 1 and cli.status()["state"] == "fatal"
+    assert spawns(cli) == 1
+    assert cli.status()["state"] == "fatal"
 
 
 def test_plain_start_says_starting_and_status_then_shows_the_refusal(
@@ -125,8 +129,10 @@ def test_plain_start_says_starting_and_status_then_shows_the_refusal(
     wait_until(lambda: cli.status()["state"] == "fatal", 20, "state fatal")
     document = cli.status()
     reason = "invalid configuration: LUNARA_MODE: must be paper or live (got 'gated')"
-    assert document["last_exit"]["code"] == 6 and document["last_exit"]["reason"] == reason
-    assert document["restarts"] == 0 and spawns(cli) == 1
+    assert document["last_exit"]["code"] == 6
+    assert document["last_exit"]["reason"] == reason
+    assert document["restarts"] == 0
+    assert spawns(cli) == 1
     assert cli.run("status", "--quiet").returncode == 5
 
 

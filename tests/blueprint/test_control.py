@@ -54,7 +54,8 @@ def test_status_never_calls_a_dead_bot_running_nor_a_live_one_stopped(
         assert verdict.state != State.STOPPED
     assert (verdict.state == State.ORPHANED) == (liveness.bot_alive and not liveness.watchdog_alive)
     if verdict.healthy:
-        assert verdict.state == State.RUNNING and liveness.watchdog_alive
+        assert verdict.state == State.RUNNING
+        assert liveness.watchdog_alive
         assert liveness.heartbeat_age_s is not None
         assert liveness.heartbeat_age_s <= liveness.heartbeat_timeout_s
 
@@ -70,7 +71,8 @@ def test_a_stale_heartbeat_is_unhealthy(stored: str, timeout: float, factor: flo
 
 def test_a_fatal_crash_loop_stays_fatal_after_the_watchdog_exits() -> None:
     verdict = decide_state("fatal", Liveness(False, False, None, None, 10))
-    assert verdict.state == State.FATAL and not verdict.healthy
+    assert verdict.state == State.FATAL
+    assert not verdict.healthy
 
 
 def test_redact_blanks_secret_values_and_shapes() -> None:
@@ -83,7 +85,8 @@ def test_redact_blanks_secret_values_and_shapes() -> None:
     cleaned = redact(text, environ)
     for secret in ("abcdefghijklmnopqrstuvwxyz", "hunter22", "abc123", "ZYXWVUTSRQ"):
         assert secret not in cleaned
-    assert "/root" in cleaned and "127.0.0.1:6379" in cleaned
+    assert "/root" in cleaned
+    assert "127.0.0.1:6379" in cleaned
 
 
 # -- start ----------------------------------------------------------------------------
@@ -154,9 +157,12 @@ def test_fifty_concurrent_starts_make_exactly_one_watchdog_and_one_bot(
 def test_start_is_idempotent(supervised: Factory) -> None:
     healthy = supervised(tight_program(program("healthy_bot")))
     first = healthy.controller.start(PRINCIPAL, 10)
-    assert first.changed and first.status.state == "running" and first.status.healthy
+    assert first.changed
+    assert first.status.state == "running"
+    assert first.status.healthy
     second = healthy.controller.start(PRINCIPAL, 10)
-    assert not second.changed and "already running" in second.message
+    assert not second.changed
+    assert "already running" in second.message
     assert second.status.pid == first.status.pid
     assert second.status.exit_code() == ExitCode.OK
 
@@ -198,7 +204,8 @@ def test_status_reports_a_stale_heartbeat_as_unhealthy(supervised: Factory, tmp_
         10,
         "a stale heartbeat",
     )
-    assert report.state == "running" and not report.healthy
+    assert report.state == "running"
+    assert not report.healthy
     assert report.exit_code() == ExitCode.UNHEALTHY
     assert any("stale heartbeat" in note for note in report.notes)
 
@@ -222,7 +229,8 @@ def test_status_fields_match_the_contract(supervised: Factory) -> None:
         "principal",
     ]
     assert document["principal"] == PRINCIPAL
-    assert document["rss_mib"] > 1 and document["uptime_s"] >= 0
+    assert document["rss_mib"] > 1
+    assert document["uptime_s"] >= 0
     assert document["mirror"]["backend"] == "off"
 
 
@@ -233,14 +241,18 @@ def test_a_killed_watchdog_leaves_an_orphan_that_stop_still_stops(supervised: Fa
     healthy = supervised(tight_program(program("healthy_bot")))
     healthy.controller.start(PRINCIPAL, 10)
     watchdog, bot = healthy.watchdog(), healthy.bot()
-    assert watchdog is not None and bot is not None
+    assert watchdog is not None
+    assert bot is not None
     watchdog.send_signal(signal.SIGKILL)
     wait_until(lambda: gone(watchdog), 10, "the watchdog to die")
     report = healthy.controller.status(PRINCIPAL)
-    assert report.state == "orphaned" and report.exit_code() == ExitCode.UNHEALTHY
-    assert report.pid == bot.pid and report.supervisor_pid is None
+    assert report.state == "orphaned"
+    assert report.exit_code() == ExitCode.UNHEALTHY
+    assert report.pid == bot.pid
+    assert report.supervisor_pid is None
     result = healthy.controller.stop(PRINCIPAL, None)
-    assert result.changed and "orphaned" in result.message
+    assert result.changed
+    assert "orphaned" in result.message
     assert gone(bot)
     assert result.status.state == "stopped"
 
@@ -249,17 +261,21 @@ def test_start_adopts_the_bot_of_a_killed_watchdog(supervised: Factory) -> None:
     healthy = supervised(tight_program(program("healthy_bot")))
     healthy.controller.start(PRINCIPAL, 10)
     watchdog, bot = healthy.watchdog(), healthy.bot()
-    assert watchdog is not None and bot is not None
+    assert watchdog is not None
+    assert bot is not None
     watchdog.send_signal(signal.SIGKILL)
     wait_until(lambda: gone(watchdog), 10, "the watchdog to die")
     result = healthy.controller.start(PRINCIPAL, 10)
-    assert result.changed and "adopted" in result.message
-    assert result.status.state == "running" and result.status.pid == bot.pid
+    assert result.changed
+    assert "adopted" in result.message
+    assert result.status.state == "running"
+    assert result.status.pid == bot.pid
     assert result.status.supervisor_pid not in (None, watchdog.pid)
     bot.send_signal(signal.SIGKILL)
     wait_until(lambda: healthy.document().restarts == 1, 15, "the adopted bot's restart")
     last_exit = healthy.document().last_exit
-    assert last_exit is not None and last_exit.reason == "exited while adopted"
+    assert last_exit is not None
+    assert last_exit.reason == "exited while adopted"
     new_bot = wait_until(healthy.bot, 15, "a new bot under the new watchdog")
     assert new_bot.pid != bot.pid
     assert new_bot.ppid() == result.status.supervisor_pid
@@ -283,11 +299,13 @@ def test_the_watchdog_puts_right_a_ledger_rebuilt_without_its_adopted_bot(
     old_watchdog.send_signal(signal.SIGKILL)
     wait_until(lambda: gone(old_watchdog), 10, "the watchdog to die")
     adopted = healthy.controller.start(PRINCIPAL, 10)
-    assert "adopted" in adopted.message and adopted.status.pid == bot.pid
+    assert "adopted" in adopted.message
+    assert adopted.status.pid == bot.pid
 
     healthy.paths.ledger.write_text('{"revision": 12, "state": "runn')
     rebuilt = healthy.controller.status(PRINCIPAL)  # rebuilt from the process table
-    assert rebuilt.pid is None and rebuilt.restarts == 0  # all the table can tell
+    assert rebuilt.pid is None
+    assert rebuilt.restarts == 0  # all the table can tell
 
     def put_right() -> bool:
         report = healthy.controller.status(PRINCIPAL)
@@ -295,7 +313,8 @@ def test_the_watchdog_puts_right_a_ledger_rebuilt_without_its_adopted_bot(
 
     wait_until(put_right, 5, "the watchdog to restore its bot and restart count")
     assert healthy.events("ledger.restored")
-    assert healthy.controller.stop(PRINCIPAL, None).changed and gone(bot)
+    assert healthy.controller.stop(PRINCIPAL, None).changed
+    assert gone(bot)
 
 
 def test_a_reused_pid_is_never_signalled(supervised: Factory) -> None:
@@ -312,14 +331,17 @@ def test_a_reused_pid_is_never_signalled(supervised: Factory) -> None:
 
         healthy.ledger.update(claim)
         report = healthy.controller.status()
-        assert report.state == "stopped" and report.pid is None
+        assert report.state == "stopped"
+        assert report.pid is None
         stop = healthy.controller.stop(PRINCIPAL, 1)
         assert not stop.changed
         started = healthy.controller.start(PRINCIPAL, 10)
-        assert started.changed and "adopted" not in started.message
+        assert started.changed
+        assert "adopted" not in started.message
         assert started.status.pid != stranger.pid
         healthy.controller.stop(PRINCIPAL, None)
-        assert stranger.poll() is None and psutil.Process(stranger.pid).is_running()
+        assert stranger.poll() is None
+        assert psutil.Process(stranger.pid).is_running()
     finally:
         stranger.kill()
         stranger.wait()
@@ -344,8 +366,10 @@ def test_stop_kills_a_sigterm_ignoring_tree_within_the_timeout_plus_one_second(
             max(0.0, timeout + 1 - (time.monotonic() - began)),
             "the whole tree to be gone",
         )
-        assert result.changed and result.status.state == "stopped"
-        assert stubborn.document().state == "stopped" and stubborn.document().bot is None
+        assert result.changed
+        assert result.status.state == "stopped"
+        assert stubborn.document().state == "stopped"
+        assert stubborn.document().bot is None
     finally:
         kill_everything(tree)
 
@@ -358,9 +382,11 @@ def test_stop_timeout_longer_than_the_manifests_is_the_grace_the_bot_gets(
     bot = slow.bot()
     assert bot is not None
     result = slow.controller.stop(PRINCIPAL, 8)
-    assert result.changed and gone(bot)
+    assert result.changed
+    assert gone(bot)
     last_exit = slow.document().last_exit
-    assert last_exit is not None and (last_exit.code, last_exit.signal) == (0, None), last_exit
+    assert last_exit is not None, last_exit
+    assert (last_exit.code, last_exit.signal) == (0, None), last_exit
     assert "healthy bot stopped" in slow.bot_log()
     assert "grace 8 s" in slow.watchdog_log()
     assert slow.document().stop_timeout_s is None
@@ -383,11 +409,13 @@ def test_a_stop_that_sees_no_bot_waits_for_the_one_the_watchdog_is_stopping(
     slow.ledger.update(forget_the_bot)
     try:
         result = slow.controller.stop(PRINCIPAL, None)
-        assert result.changed and result.status.state == "stopped"
+        assert result.changed
+        assert result.status.state == "stopped"
         assert gone(bot), "the bot outlived its watchdog"
         assert "healthy bot stopped" in slow.bot_log()
         last_exit = slow.document().last_exit
-        assert last_exit is not None and (last_exit.code, last_exit.signal) == (0, None), last_exit
+        assert last_exit is not None, last_exit
+        assert (last_exit.code, last_exit.signal) == (0, None), last_exit
     finally:
         kill_everything([bot])
 
@@ -395,7 +423,8 @@ def test_a_stop_that_sees_no_bot_waits_for_the_one_the_watchdog_is_stopping(
 def test_stop_when_nothing_runs_is_a_no_op(supervised: Factory) -> None:
     idle = supervised(tight_program(program("healthy_bot")))
     result = idle.controller.stop(PRINCIPAL, None)
-    assert not result.changed and result.message == "not running"
+    assert not result.changed
+    assert result.message == "not running"
     assert result.status.exit_code() == ExitCode.NOT_RUNNING
 
 
@@ -423,7 +452,8 @@ def test_run_in_the_foreground_stops_cleanly_on_sigterm(supervised: Factory) -> 
             "the foreground bot to run",
         )
         bot = healthy.bot()
-        assert bot is not None and bot.ppid() == runner.pid
+        assert bot is not None
+        assert bot.ppid() == runner.pid
         assert healthy.document().foreground
         runner.send_signal(signal.SIGTERM)
         _, errors = runner.communicate(timeout=15)
@@ -452,14 +482,18 @@ def test_run_beside_a_detached_watchdog_waits_as_standby_and_takes_over_when_it_
     try:
         wait_until(lambda: healthy.controller.status().standby is not None, 15, "a standby")
         report = healthy.controller.status()
-        assert report.state == "running" and report.exit_code() == ExitCode.OK
-        assert report.standby is not None and report.standby["pid"] == runner.pid
+        assert report.state == "running"
+        assert report.exit_code() == ExitCode.OK
+        assert report.standby is not None
+        assert report.standby["pid"] == runner.pid
         assert any(f"pid {runner.pid}" in note for note in report.notes), report.notes
         # The standby wrote nothing to the ledger: it names the supervisor and bot it held.
         # (Its revision may move: the supervisor itself records its bot's progress.)
         document = healthy.document()
-        assert document.watchdog is not None and document.watchdog.pid != runner.pid
-        assert first_bot is not None and document.bot is not None
+        assert document.watchdog is not None
+        assert document.watchdog.pid != runner.pid
+        assert first_bot is not None
+        assert document.bot is not None
         assert document.bot.pid == first_bot.pid
         assert all(event.get("pid") != runner.pid for event in document.events)
         healthy.controller.stop(PRINCIPAL, None)
@@ -469,11 +503,13 @@ def test_run_beside_a_detached_watchdog_waits_as_standby_and_takes_over_when_it_
             "the standby to take over",
         )
         wait_until(lambda: healthy.controller.status().state == "running", 20, "its bot")
-        assert healthy.bot() != first_bot and healthy.controller.status().standby is None
+        assert healthy.bot() != first_bot
+        assert healthy.controller.status().standby is None
         runner.send_signal(signal.SIGTERM)
         out, errors = runner.communicate(timeout=30)
         assert runner.returncode == 0, errors
-        assert "standby: another supervisor holds" in out and "taking over" in out
+        assert "standby: another supervisor holds" in out
+        assert "taking over" in out
         assert healthy.controller.status().state == "stopped"
     finally:
         if runner.poll() is None:

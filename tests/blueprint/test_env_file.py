@@ -67,7 +67,8 @@ def test_the_cli_and_what_it_starts_use_the_home_manifest_and_token_of_dot_env(
         started = directory.run("start", "--wait", "30")
         assert started.returncode == 0, started.stderr
         status = json.loads(directory.run("status", "--json").stdout)
-        assert status["state"] == "running" and status["principal"] == "token:owner"
+        assert status["state"] == "running"
+        assert status["principal"] == "token:owner"
         wait_until(lambda: (directory.home / "heartbeat").exists(), 20, "the bot's heartbeat")
         assert (directory.home / "ledger.json").exists()
         assert not (directory.cwd / ".lunara").exists()  # nothing went to the default home
@@ -82,7 +83,8 @@ def test_the_environment_wins_over_dot_env(directory: Directory, tmp_path: Path)
     shown = directory.run("status", "--json", LUNARA_HOME=str(other), LUNARA_TOKEN=TOKENS["ci"])
     assert shown.returncode == 3, shown.stderr
     assert json.loads(shown.stdout)["principal"] == "token:ci"
-    assert (other / "audit.jsonl").exists() and not (directory.home / "audit.jsonl").exists()
+    assert (other / "audit.jsonl").exists()
+    assert not (directory.home / "audit.jsonl").exists()
 
 
 def test_a_blank_home_means_the_default_not_the_working_directory(directory: Directory) -> None:
@@ -106,7 +108,8 @@ def test_a_home_given_with_home_must_exist(directory: Directory) -> None:
             LUNARA_TOKEN=TOKENS["owner"],
         )  # fmt: skip
         assert refused.returncode == 2, refused.stderr
-        assert "does not exist" in refused.stderr and "Traceback" not in refused.stderr
+        assert "does not exist" in refused.stderr
+        assert "Traceback" not in refused.stderr
     assert not missing.exists()
 
 
@@ -129,4 +132,5 @@ def test_dot_env_sets_only_the_projects_variables_and_never_overrides(tmp_path: 
 def test_the_shipped_example_sets_no_path(tmp_path: Path) -> None:
     environ: dict[str, str] = {}
     load_into_environment(ROOT / ".env.example", environ)
-    assert "LUNARA_HOME" not in environ and "LUNARA_MANIFEST" not in environ
+    assert "LUNARA_HOME" not in environ
+    assert "LUNARA_MANIFEST" not in environ

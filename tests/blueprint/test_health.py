@@ -59,7 +59,8 @@ def test_healthz_follows_the_bot_and_metrics_are_prometheus_text(tmp_path: Path)
         status, body = get(port, "/healthz")
         assert status == 200, body
         document = json.loads(body)
-        assert document["state"] == "running" and document["restarts"] == 0
+        assert document["state"] == "running"
+        assert document["restarts"] == 0
         metrics_status, metrics = get(port, "/metrics")
         assert metrics_status == 200
         for name in (
@@ -72,7 +73,8 @@ def test_healthz_follows_the_bot_and_metrics_are_prometheus_text(tmp_path: Path)
         assert all(
             line.startswith(("# HELP", "# TYPE", "lunara_")) for line in metrics.splitlines()
         )
-        assert SECRET not in body and SECRET not in metrics
+        assert SECRET not in body
+        assert SECRET not in metrics
 
         os.kill(cli.status()["pid"], signal.SIGKILL)  # the watchdog waits 30 s to restart
         # 503 as soon as the bot is gone; then the watchdog records the backoff and the
@@ -86,7 +88,8 @@ def test_healthz_follows_the_bot_and_metrics_are_prometheus_text(tmp_path: Path)
         wait_until(in_backoff, 15, "healthz to report the backoff")
         down_status, down_body = get(port, "/healthz")
         assert down_status == 503
-        assert SECRET not in down_body and SECRET not in get(port, "/metrics")[1]
+        assert SECRET not in down_body
+        assert SECRET not in get(port, "/metrics")[1]
         assert get(port, "/nope")[0] == 404
     finally:
         cli.run("stop", "--timeout", "5")

@@ -50,7 +50,8 @@ def test_a_reader_never_sees_a_half_written_beat(tmp_path: Path) -> None:
     assert seen
     for content in seen:
         stamp, pid = content.split()
-        assert float(stamp) > 0 and int(pid) == os.getpid()
+        assert float(stamp) > 0
+        assert int(pid) == os.getpid()
 
 
 async def test_heartbeat_loop_beats_until_stopped(tmp_path: Path) -> None:
@@ -67,4 +68,5 @@ async def test_heartbeat_loop_beats_until_stopped(tmp_path: Path) -> None:
     stop.set()
     async with asyncio.timeout(5):
         await task
-    assert task.done() and task.exception() is None
+    assert task.done()
+    assert task.exception() is None

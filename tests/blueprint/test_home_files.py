@@ -91,7 +91,8 @@ def test_the_audit_log_rotates_by_size_keeps_a_bounded_number_of_files_and_reads
     assert all(p.stat().st_size <= 2_000 for p in tmp_path.iterdir())
     kept = [entry["detail"]["n"] for entry in log.tail(1_000)]
     # The newest entries, in order, across the files; the oldest went with the 4th file.
-    assert kept == list(range(200 - len(kept), 200)) and 20 < len(kept) < 200
+    assert kept == list(range(200 - len(kept), 200))
+    assert 20 < len(kept) < 200
     assert [entry["detail"]["n"] for entry in log.tail(5)] == [195, 196, 197, 198, 199]
 
 

@@ -26,13 +26,17 @@ def test_each_json_kind_is_named_as_a_person_reads_it(text: str, kind: str) -> N
 
 
 def test_a_boolean_is_neither_an_integer_nor_a_number() -> None:
-    assert not is_int(True) and not is_number(False) and not is_finite_number(True)
-    assert is_int(3) and not is_int(3.0)
+    assert not is_int(True)
+    assert not is_number(False)
+    assert not is_finite_number(True)
+    assert is_int(3)
+    assert not is_int(3.0)
 
 
 def test_infinity_is_a_number_but_not_a_finite_one() -> None:
     infinite = json.loads("Infinity")
-    assert is_number(infinite) and not is_finite_number(infinite)
+    assert is_number(infinite)
+    assert not is_finite_number(infinite)
     assert not is_finite_number(json.loads("NaN"))
 
 
@@ -41,4 +45,5 @@ def test_a_scalar_is_shown_as_json_and_cut_to_forty_characters() -> None:
     assert show(None) == "null"
     assert show([1, 2]) == "a list"
     long = show("x" * 100)
-    assert len(long) == 40 and long.endswith("...")
+    assert len(long) == 40
+    assert long.endswith("...")

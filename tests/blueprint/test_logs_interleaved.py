@@ -72,14 +72,15 @@ def test_logs_show_the_bots_lines_and_the_watchdogs_events_together_or_apart(
         times = [moment for moment in map(line_time, lines) if moment is not None]
         assert times == sorted(times)
         stopped = [line for line in lines if "bot stopped (" in line]
-        assert stopped and "the stop's grace of 0 s ran out" in stopped[-1]
+        assert stopped
+        assert "the stop's grace of 0 s ran out" in stopped[-1]
         assert "out-of-memory" not in stopped[-1]
         alone = cli.run("logs", "--source", "watchdog", "-n", "200", entry=ENTRY, extra_env=env)
-        assert alone.stdout.strip() and all(
-            "watchdog[" in line for line in alone.stdout.splitlines()
-        )
+        assert alone.stdout.strip()
+        assert all("watchdog[" in line for line in alone.stdout.splitlines())
         bot = cli.run("logs", "--source", "bot", "-n", "200", entry=ENTRY, extra_env=env)
-        assert bot.stdout.strip() and "watchdog[" not in bot.stdout
+        assert bot.stdout.strip()
+        assert "watchdog[" not in bot.stdout
     finally:
         cli.run("stop", "--timeout", "10", entry=ENTRY, extra_env=env)
 
@@ -110,7 +111,8 @@ def test_run_writes_the_watchdogs_events_and_the_bots_log_to_stdout(tmp_path: Pa
         errors = runner.stderr.read() if runner.stderr else ""
         assert runner.returncode == 0, errors
         output = "".join(seen)
-        assert "watchdog[" in output and "trading engine started" in output, output + errors
+        assert "watchdog[" in output, output + errors
+        assert "trading engine started" in output, output + errors
         assert "watchdog[" not in errors
         assert "bot started" in (cli.home / "logs" / "watchdog.log").read_text()
     finally:

@@ -97,9 +97,11 @@ def test_kill_tree_stops_a_cooperative_process_with_sigterm_alone(
         start_new_session=True,
     )
     spawned.append(bot)
-    assert bot.stdout is not None and b"started" in bot.stdout.readline()
+    assert bot.stdout is not None
+    assert b"started" in bot.stdout.readline()
     result = kill_tree(psutil.Process(bot.pid), timeout_s=5)
-    assert result.graceful and result.forced == 0
+    assert result.graceful
+    assert result.forced == 0
     assert bot.wait(timeout=5) == 0
 
 
@@ -122,7 +124,9 @@ def test_kill_tree_leaves_no_grandchild_of_a_bot_that_ignores_sigterm(
     wait_until(
         lambda: all(gone(member) for member in tree), timeout + 1 - (time.monotonic() - began)
     )
-    assert not result.graceful and result.forced == 5 and result.survivors == 0
+    assert not result.graceful
+    assert result.forced == 5
+    assert result.survivors == 0
     assert bot.returncode == -signal.SIGKILL
 
 

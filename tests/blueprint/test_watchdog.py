@@ -49,7 +49,8 @@ def test_exit_reasons_carry_the_bots_own_words_and_a_refusal_is_those_words_alon
     assert exit_reason(1, None, "database is locked") == "exited with code 1: database is locked"
     assert exit_reason(None, 9, None) == "killed by SIGKILL (possible out-of-memory kill)"
     assert is_invalid_config(6, None)
-    assert not is_invalid_config(None, 6) and not is_invalid_config(1, None)
+    assert not is_invalid_config(None, 6)
+    assert not is_invalid_config(1, None)
 
 
 def test_memory_reason_shows_the_measured_rss_and_the_limit() -> None:
@@ -99,7 +100,8 @@ def test_every_sigkill_of_the_bot_is_followed_by_a_restart_and_recorded(
     assert len(exits) == kills
     assert all("signal 9" in event["detail"] for event in exits)
     assert document.last_exit is not None
-    assert document.last_exit.signal == 9 and document.last_exit.code is None
+    assert document.last_exit.signal == 9
+    assert document.last_exit.code is None
     assert document.last_exit.reason == "killed by SIGKILL (possible out-of-memory kill)"
     assert bot_installation.controller.status(PRINCIPAL).restarts == kills
 
@@ -120,8 +122,10 @@ def test_a_crash_loop_ends_in_fatal_and_status_exit_5(supervised: Factory) -> No
     report = crashing.controller.status(PRINCIPAL)
     assert report.state == "fatal"
     assert report.exit_code() == ExitCode.UNHEALTHY
-    assert report.restarts == 3 and report.pid is None
-    assert report.last_exit is not None and report.last_exit["code"] == 3
+    assert report.restarts == 3
+    assert report.pid is None
+    assert report.last_exit is not None
+    assert report.last_exit["code"] == 3
     assert len(crashing.events("bot.exited")) == 4
     assert "giving up" in crashing.bot_log()
 
@@ -133,8 +137,10 @@ def test_memory_limit_restarts_the_bot_and_records_the_reason(supervised: Factor
     last_exit = hog.document().last_exit
     assert last_exit is not None
     assert re.fullmatch(r"memory limit exceeded \(RSS \d+\.\d MiB > 60 MiB\)", last_exit.reason)
-    assert last_exit.rss_mib is not None and last_exit.rss_mib > 60
-    assert last_exit.code is None and last_exit.signal == signal.SIGTERM  # stopped gracefully
+    assert last_exit.rss_mib is not None
+    assert last_exit.rss_mib > 60
+    assert last_exit.code is None
+    assert last_exit.signal == signal.SIGTERM  # stopped gracefully
 
 
 def test_a_bot_that_stops_beating_is_restarted_with_the_reason(supervised: Factory) -> None:
@@ -154,7 +160,8 @@ def test_a_bot_that_never_beats_is_restarted_after_the_timeout_and_grace(
     mute.controller.start(PRINCIPAL, None)
     wait_until(lambda: mute.document().restarts >= 1, 20, "a heartbeat restart")
     last_exit = mute.document().last_exit
-    assert last_exit is not None and last_exit.reason.startswith("no heartbeat since start (")
+    assert last_exit is not None
+    assert last_exit.reason.startswith("no heartbeat since start (")
 
 
 def test_stop_during_backoff_leaves_no_bot_and_no_later_restart(supervised: Factory) -> None:
@@ -167,7 +174,8 @@ def test_stop_during_backoff_leaves_no_bot_and_no_later_restart(supervised: Fact
     watchdog = crashing.watchdog()
     assert watchdog is not None
     result = crashing.controller.stop(PRINCIPAL, None)
-    assert result.changed and result.status.state == "stopped"
+    assert result.changed
+    assert result.status.state == "stopped"
     assert gone(watchdog)
     kinds = [event["kind"] for event in crashing.document().events]
     assert "bot.spawned" not in kinds[kinds.index("stop.requested") :]
@@ -188,7 +196,8 @@ def test_a_second_watchdog_for_the_same_home_exits_at_once(supervised: Factory) 
     )
     assert second.returncode != 0
     assert "another watchdog already supervises" in second.stderr
-    assert healthy.watchdog() is not None and healthy.watchdog() == first
+    assert healthy.watchdog() is not None
+    assert healthy.watchdog() == first
     bots = [p for p in psutil.Process(first.pid).children() if p.status() != psutil.STATUS_ZOMBIE]
     assert len(bots) == 1
 

@@ -46,7 +46,8 @@ def test_public_endpoints_answer_in_binance_shapes(bn: FakeBinance) -> None:
     assert bn.count("GET", "ping") == 1
     assert abs(c.get_server_time()["serverTime"] - c.get_server_time()["serverTime"]) < 60_000
     info = c.get_symbol_info("ETHUSDT")
-    assert info is not None and info["quoteAsset"] == "USDT"
+    assert info is not None
+    assert info["quoteAsset"] == "USDT"
     kinds = {f["filterType"] for f in info["filters"]}
     assert {"LOT_SIZE", "PRICE_FILTER", "NOTIONAL"} <= kinds
     assert c.get_symbol_ticker(symbol="ETHUSDT") == {"symbol": "ETHUSDT", "price": "3000"}
@@ -54,9 +55,11 @@ def test_public_endpoints_answer_in_binance_shapes(bn: FakeBinance) -> None:
     assert [t["symbol"] for t in both] == ["BTCUSDT", "ETHUSDT"]
     assert len(c.get_all_tickers()) == 2
     rows = c.get_klines(symbol="ETHUSDT", interval="1m", limit=30)
-    assert len(rows) == 30 and len(rows[0]) == 12
+    assert len(rows) == 30
+    assert len(rows[0]) == 12
     assert rows[-1][4] == "3000.00000000"
-    assert rows[1][0] - rows[0][0] == 60_000 and rows[0][6] == rows[0][0] + 59_999
+    assert rows[1][0] - rows[0][0] == 60_000
+    assert rows[0][6] == rows[0][0] + 59_999
 
 
 def test_unknown_symbol_is_refused(bn: FakeBinance) -> None:
@@ -80,14 +83,17 @@ def test_signed_market_order_fills_and_is_found_by_client_id(bn: FakeBinance) ->
     c = client(bn)
     order = c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.01",
                            newClientOrderId="cid-1")  # fmt: skip
-    assert order["status"] == "FILLED" and order["clientOrderId"] == "cid-1"
-    assert order["fills"][0]["price"] == "50000" and order["fills"][0]["qty"] == "0.01"
+    assert order["status"] == "FILLED"
+    assert order["clientOrderId"] == "cid-1"
+    assert order["fills"][0]["price"] == "50000"
+    assert order["fills"][0]["qty"] == "0.01"
     # The 0.1 % commission of a BUY is taken from the base asset received.
     assert (order["fills"][0]["commission"], order["fills"][0]["commissionAsset"]) == (
         "0.00001000", "BTC",
     )  # fmt: skip
     found = c.get_order(symbol="BTCUSDT", origClientOrderId="cid-1")
-    assert found["orderId"] == order["orderId"] and found["executedQty"] == "0.01"
+    assert found["orderId"] == order["orderId"]
+    assert found["executedQty"] == "0.01"
     assert "fills" not in found  # GET /order carries no fills and no commission
     assert c.get_order(symbol="BTCUSDT", orderId=order["orderId"])["clientOrderId"] == "cid-1"
     balances = {b["asset"]: b["free"] for b in c.get_account()["balances"]}
@@ -126,7 +132,8 @@ def test_reused_client_order_id_is_refused_with_the_friendly_switch(bn: FakeBina
         c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.001",
                        newClientOrderId="same")  # fmt: skip
     assert (caught.value.code, caught.value.message) == (-2010, "Duplicate order sent.")
-    assert len(bn.orders) == 1 and len(bn.duplicates) == 1
+    assert len(bn.orders) == 1
+    assert len(bn.duplicates) == 1
 
 
 def test_orders_are_refused_for_balance_and_filters(bn: FakeBinance) -> None:
@@ -282,7 +289,8 @@ def test_symbol_status_order_types_and_market_lot_size_refuse_as_binance(bn: Fak
     c = client(bn)
     info = c.get_exchange_info()["symbols"][0]
     assert (info["status"], info["isSpotTradingAllowed"]) == ("TRADING", True)
-    assert "MARKET" in info["orderTypes"] and info["permissionSets"] == [["SPOT", "MARGIN"]]
+    assert "MARKET" in info["orderTypes"]
+    assert info["permissionSets"] == [["SPOT", "MARGIN"]]
     cases = [
         ({"symbol_status": {"BTCUSDT": "BREAK"}}, -1013, "Market is closed."),
         ({"order_types": {"BTCUSDT": ["LIMIT"]}}, -1013, "Market orders are not supported"),
@@ -293,7 +301,8 @@ def test_symbol_status_order_types_and_market_lot_size_refuse_as_binance(bn: Fak
             setattr(bn, name, value)
         with pytest.raises(BinanceAPIException) as caught:
             c.create_order(symbol="BTCUSDT", side="BUY", type="MARKET", quantity="0.001")
-        assert caught.value.code == code and message in caught.value.message
+        assert caught.value.code == code
+        assert message in caught.value.message
         for name in change:
             setattr(bn, name, {})
     bn.balances[KEY]["USDT"] = Decimal(10_000_000)

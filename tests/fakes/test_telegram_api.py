@@ -197,21 +197,24 @@ async def test_retry_after_and_other_methods_round_trip(tg: FakeTelegram) -> Non
         sent = await app.bot.send_message(chat_id=9, text="plain")
         edited = await app.bot.edit_message_text("<i>edited</i>", chat_id=9,
                                                  message_id=sent.message_id, parse_mode="HTML")  # fmt: skip
-        assert not isinstance(edited, bool) and edited.text == "<i>edited</i>"
+        assert not isinstance(edited, bool)
+        assert edited.text == "<i>edited</i>"
         assert await app.bot.delete_message(chat_id=9, message_id=sent.message_id)
         assert await app.bot.send_chat_action(chat_id=9, action="typing")
         assert await app.bot.set_my_commands([("start", "Start")])
         invoice = await app.bot.send_invoice(chat_id=9, title="Pro", description="30 days",
                                              payload="pro:9", currency="XTR",
                                              prices=[LabeledPrice("Pro", 250)], provider_token="")  # fmt: skip
-        assert invoice.invoice is not None and invoice.invoice.total_amount == 250
+        assert invoice.invoice is not None
+        assert invoice.invoice.total_amount == 250
         assert await app.bot.refund_star_payment(user_id=9, telegram_payment_charge_id="ch-1")
     assert [m["text"] for m in tg.sent_messages(9)] == ["plain"]
     assert tg.edits[0]["message_id"] == sent.message_id
     assert tg.deleted == [(9, sent.message_id)]
     assert tg.chat_actions[0]["action"] == "typing"
     assert tg.commands == [{"command": "start", "description": "Start"}]
-    assert tg.invoices[0]["currency"] == "XTR" and tg.invoices[0]["prices"][0]["amount"] == 250
+    assert tg.invoices[0]["currency"] == "XTR"
+    assert tg.invoices[0]["prices"][0]["amount"] == 250
     assert tg.refunds[0]["telegram_payment_charge_id"] == "ch-1"
 
 
@@ -226,7 +229,8 @@ async def test_stars_payment_updates_reach_the_handlers(tg: FakeTelegram) -> Non
         await update.pre_checkout_query.answer(ok=update.pre_checkout_query.total_amount == 250)
 
     async def success(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        assert update.message is not None and update.message.successful_payment is not None
+        assert update.message is not None
+        assert update.message.successful_payment is not None
         paid.append(update.message.successful_payment.telegram_payment_charge_id)
 
     app.add_handler(PreCheckoutQueryHandler(pre_checkout))
@@ -327,7 +331,8 @@ async def test_more_than_a_message_a_second_to_one_user_gets_429_and_the_wait_is
     async with app:
         results = await sends(app, [7] * 5)
         refused = [r for r in results if isinstance(r, RetryAfter)]
-        assert len(refused) == 2 and len(tg.sent_messages(7)) == 3  # a burst of 3 passes
+        assert len(refused) == 2
+        assert len(tg.sent_messages(7)) == 3  # a burst of 3 passes
         # Told to wait: sending again before the wait is over is refused again.
         with pytest.raises(RetryAfter):
             await app.bot.send_message(chat_id=7, text="too soon")
@@ -342,7 +347,8 @@ async def test_more_than_twenty_messages_a_minute_to_one_group_get_429(tg: FakeT
     async with app:
         results = await sends(app, [group] * 8)
     refused = [r for r in results if isinstance(r, RetryAfter)]
-    assert len(tg.sent_messages(group)) == 5 and len(refused) == 3  # a burst of 5 passes
+    assert len(tg.sent_messages(group)) == 5
+    assert len(refused) == 3  # a burst of 5 passes
     # 20 a minute: the next one is allowed about 3 s later, and the wait says so.
     assert all(r.retry_after == timedelta(seconds=3) for r in refused)
 
@@ -365,7 +371,8 @@ async def test_a_user_who_blocked_the_bot_gets_403_and_its_update_is_sent(
         [_, again] = await app.bot.get_updates(timeout=0)
         assert again.my_chat_member is not None
         assert again.my_chat_member.new_chat_member.status == "member"
-    assert tg.forbidden == 1 and tg.messages_to(11) == ["welcome back"]
+    assert tg.forbidden == 1
+    assert tg.messages_to(11) == ["welcome back"]
 
 
 async def test_the_friendly_server_lets_every_send_through() -> None:
@@ -374,7 +381,8 @@ async def test_the_friendly_server_lets_every_send_through() -> None:
         async with app:
             results = await sends(app, [7] * 40 + list(range(100, 160)))
         assert not [r for r in results if isinstance(r, Exception)]
-        assert len(tg.sent_messages()) == 100 and tg.too_many_requests == 0
+        assert len(tg.sent_messages()) == 100
+        assert tg.too_many_requests == 0
 
 
 async def test_a_group_upgraded_to_a_supergroup_answers_with_the_new_chat_id(
@@ -440,8 +448,11 @@ async def test_messages_carry_the_date_they_were_sent_and_edits_come_as_their_ow
         first, edit = await app.bot.get_updates(timeout=0)
     finally:
         await app.bot.shutdown()
-    assert first.message is not None and first.message.date.timestamp() == 1_700_000_000
-    assert edit.message is None and edit.edited_message is not None
+    assert first.message is not None
+    assert first.message.date.timestamp() == 1_700_000_000
+    assert edit.message is None
+    assert edit.edited_message is not None
     assert edit.edited_message.message_id == first.message.message_id
-    assert edit.edited_message.text == "/sell BTCUSDT" and edit.edited_message.edit_date
+    assert edit.edited_message.text == "/sell BTCUSDT"
+    assert edit.edited_message.edit_date
     assert edit.edited_message.entities[0].length == len("/sell")

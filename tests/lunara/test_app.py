@@ -67,12 +67,15 @@ def test_an_unreadable_env_file_is_exit_6_naming_the_file_for_the_bot_and_the_cl
         assert lines[0].startswith(
             f"lunara: invalid configuration: cannot read {env_file}: permission denied for user "
         ), lines[0]
-        assert "chown " in lines[0] and f"chmod 600 {env_file}" in lines[0]
-        assert "EnvironmentFile=" in lines[0] and "--env-file" in lines[0]
+        assert "chown " in lines[0]
+        assert f"chmod 600 {env_file}" in lines[0]
+        assert "EnvironmentFile=" in lines[0]
+        assert "--env-file" in lines[0]
         # The CLI reads the same .env first (one reader, one precedence): it refuses
         # before anything is started, so nothing is left to restart or to clean up.
         status = cli.status()
-        assert status["state"] == "stopped" and status["restarts"] == 0
+        assert status["state"] == "stopped"
+        assert status["restarts"] == 0
         assert not (home / "logs" / "bot-output.log").exists()
 
         shown = cli.run("config", "show", entry=entry)

@@ -178,7 +178,8 @@ def test_backup_wipe_restore_resumes_the_same_positions_and_stops(
     seed_positions(installation)
     positions = open_positions(installation.database)
     initial = saved_stops(installation.database)
-    assert len(positions) == 3 and initial.keys() == {p[0] for p in positions}
+    assert len(positions) == 3
+    assert initial.keys() == {p[0] for p in positions}
 
     installation.start()
     during = tmp_path / "during.db"
@@ -187,7 +188,8 @@ def test_backup_wipe_restore_resumes_the_same_positions_and_stops(
     assert integrity(during) == "ok"
     assert saved_stops(during).keys() == {p[0] for p in open_positions(during)}
     refused = installation.run("restore", str(during))
-    assert refused.returncode == 1 and "lunara stop" in refused.stderr
+    assert refused.returncode == 1
+    assert "lunara stop" in refused.stderr
     wait_until(
         lambda: (
             installation.replays_finished() == 1
@@ -206,7 +208,8 @@ def test_backup_wipe_restore_resumes_the_same_positions_and_stops(
     backup = tmp_path / "backup.db"
     result = installation.run("backup", str(backup))
     assert result.returncode == 0, result.stderr
-    assert saved_stops(backup) == recorded and open_positions(backup) == positions
+    assert saved_stops(backup) == recorded
+    assert open_positions(backup) == positions
 
     wipe(installation.database, installation.redis_url)
     assert installation.live_stops() == {}

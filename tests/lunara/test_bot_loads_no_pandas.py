@@ -39,7 +39,8 @@ def test_the_memory_map_shows_pandas_in_a_process_that_imported_it() -> None:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
         assert loaded_heavy_objects(process.pid)
     finally:
         process.communicate(timeout=30)

@@ -38,7 +38,8 @@ def test_config_show_redacts_every_secret(cli: Cli) -> None:
         GEMINI_API_KEY="gem-secret-123456",
     )
     assert result.returncode == 0, result.stderr
-    assert TELEGRAM_TOKEN not in result.stdout and "gem-secret-123456" not in result.stdout
+    assert TELEGRAM_TOKEN not in result.stdout
+    assert "gem-secret-123456" not in result.stdout
     shown = json.loads(result.stdout)
     assert "redacted" in shown["TELEGRAM_BOT_TOKEN"]
 
@@ -117,7 +118,8 @@ def test_backup_then_restore_is_refused_while_running(cli: Cli, tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     asyncio.run(seed(22))  # written after the backup
     refused = run(cli, "restore", str(backup))
-    assert refused.returncode == 1 and "lunara stop" in refused.stderr
+    assert refused.returncode == 1
+    assert "lunara stop" in refused.stderr
     assert run(cli, "stop").returncode == 0
     restored = run(cli, "restore", str(backup))
     assert restored.returncode == 0, restored.stderr
@@ -163,7 +165,8 @@ def test_restore_of_a_backup_carrying_a_trigger_is_refused_before_anything_chang
     refused = run(cli, "restore", str(backup), REDIS_URL=redis_db)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert refused.stderr.count("\n") == 1, refused.stderr
-    assert 'trigger "grant_top_plan"' in refused.stderr and "refusing to restore" in refused.stderr
+    assert 'trigger "grant_top_plan"' in refused.stderr
+    assert "refusing to restore" in refused.stderr
     assert (cli.home / "lunara.db").read_bytes() == before
     assert client.exists(live_stop) == 1  # Redis's stops are cleared only for a good file
     client.close()

@@ -67,7 +67,9 @@ def test_backup_and_restore_say_what_they_did_in_a_sentence(scratch: Scratch) ->
     assert restored.returncode == 0, restored.stderr
     assert restored.stdout.startswith(f"restored {copy} (schema ")
     for text in (made.stdout, restored.stdout):
-        assert "Summary(" not in text and "Result(" not in text and "PosixPath" not in text
+        assert "Summary(" not in text
+        assert "Result(" not in text
+        assert "PosixPath" not in text
 
 
 def test_analyze_shows_prices_at_their_own_precision(scratch: Scratch) -> None:
@@ -107,7 +109,8 @@ def test_status_prints_the_last_exit_and_the_mirror_as_lines(scratch: Scratch) -
         shown = scratch.cli.run("status")
         fields = dict(line.split(None, 1) for line in shown.stdout.splitlines() if " " in line)
         assert fields["mirror"].strip() == "off"
-        assert "{" not in fields["last_exit"] and "at " in fields["last_exit"]
+        assert "{" not in fields["last_exit"]
+        assert "at " in fields["last_exit"]
     finally:
         scratch.cli.run("stop", "--timeout", "10")
 
@@ -152,4 +155,5 @@ def test_analyze_with_binance_unreachable_is_one_line_and_exit_1(scratch: Scratc
         BINANCE_API_BASE_URL="http://127.0.0.1:9",
     )
     assert refused.returncode == 1
-    assert refused.stderr.count("\n") == 1 and "Binance is unreachable" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert "Binance is unreachable" in refused.stderr

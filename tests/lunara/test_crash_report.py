@@ -32,7 +32,8 @@ def test_an_oom_kill_is_reported_with_signal_reason_rss_and_window() -> None:
     report = pending_report(ledger_with(record, [NOW - 10]), POLICY, None, now=NOW)
     assert report is not None
     text = report.to_html()
-    assert "SIGKILL" in text and "out-of-memory" in text
+    assert "SIGKILL" in text
+    assert "out-of-memory" in text
     assert "498.2 MiB" in text
     assert "1 of 5" in text
     assert not report.crash_loop_near
@@ -42,14 +43,16 @@ def test_the_crash_loop_warning_appears_when_one_restart_is_left() -> None:
     record = ExitRecord(code=1, signal=None, at="t1", reason="exited with code 1")
     times = [NOW - 50, NOW - 40, NOW - 30, NOW - 20]
     report = pending_report(ledger_with(record, times), POLICY, None, now=NOW)
-    assert report is not None and report.crash_loop_near
+    assert report is not None
+    assert report.crash_loop_near
     assert "crash-loop limit is near" in report.to_html()
 
 
 def test_restarts_outside_the_window_do_not_count() -> None:
     record = ExitRecord(code=1, signal=None, at="t1", reason="exited with code 1")
     report = pending_report(ledger_with(record, [NOW - 1000] * 4), POLICY, None, now=NOW)
-    assert report is not None and report.restarts_in_window == 0
+    assert report is not None
+    assert report.restarts_in_window == 0
 
 
 def test_a_requested_stop_is_not_a_crash() -> None:
@@ -62,7 +65,8 @@ def test_a_memory_limit_restart_is_reported_even_with_exit_code_0() -> None:
         code=0, signal=None, at="t2", reason="memory limit exceeded (RSS 512.3 MiB > 450 MiB)"
     )
     report = pending_report(ledger_with(record, [NOW]), POLICY, None, now=NOW)
-    assert report is not None and "memory limit exceeded" in report.to_html()
+    assert report is not None
+    assert "memory limit exceeded" in report.to_html()
 
 
 def test_an_exit_is_reported_once(tmp_path: Path) -> None:

@@ -48,7 +48,8 @@ def closed_port() -> int:
 def test_a_watch_is_off_unless_configured_and_remembers_when_it_was_last_ok() -> None:
     now = [100.0]
     watch = Watch(configured=True, clock=lambda: now[0])
-    assert watch.report()["state"] == "ok" and watch.last_ok_at is None
+    assert watch.report()["state"] == "ok"
+    assert watch.last_ok_at is None
     watch.ok()
     now[0] = 105.0
     watch.down("first")
@@ -100,12 +101,14 @@ async def test_binance_unreachable_or_failing_is_down_and_a_refusal_is_an_answer
     with FakeBinance() as fake:
         exchange = gateway(fake.base_url)
         await exchange.ping()
-        assert exchange.watch.state == "ok" and exchange.watch.last_ok_at is not None
+        assert exchange.watch.state == "ok"
+        assert exchange.watch.last_ok_at is not None
         fake.inject("ping", 503, -1001, "Internal error; unable to process your request.")
         with pytest.raises(ExchangeError):
             await exchange.ping()
         assert exchange.watch.state == "down"
-        assert exchange.watch.reason is not None and "503" in exchange.watch.reason
+        assert exchange.watch.reason is not None
+        assert "503" in exchange.watch.reason
         fake.inject_rate_limit("ping", 30)  # 429: Binance answered
         with pytest.raises(ExchangeError):
             await exchange.ping()
@@ -148,7 +151,8 @@ async def test_gemini_failing_is_down_a_quota_answer_is_not(tmp_path: Path) -> N
             await analyst.comment(1, "free", SUMMARY, limit=5)
             assert analyst.watch.state == "ok"
             await analyst.comment(1, "free", SUMMARY, limit=5)
-            assert analyst.watch.state == "ok" and analyst.watch.last_ok_at is not None
+            assert analyst.watch.state == "ok"
+            assert analyst.watch.last_ok_at is not None
             await analyst.aclose()
     finally:
         await db.close()
@@ -195,8 +199,10 @@ async def test_redis_answering_while_stops_still_run_from_sqlite_is_still_down(
     )
     try:
         await reporter.probe()
-        assert board.redis.state == "down" and board.redis.last_ok_at is not None
-        assert board.redis.reason is not None and "answers again" in board.redis.reason
+        assert board.redis.state == "down"
+        assert board.redis.last_ok_at is not None
+        assert board.redis.reason is not None
+        assert "answers again" in board.redis.reason
         on_sqlite[0] = False
         reporter._redis_probed_at = float("-inf")  # the next probe is due
         await reporter.probe()

@@ -90,7 +90,8 @@ async def test_a_fresh_database_gets_a_deployment_id_once(tmp_path: Path) -> Non
     db = await open_database(tmp_path / "lunara.db")
     try:
         assert await deployment_id(db) == first
-        assert len(first) == 32 and int(first, 16) >= 0
+        assert len(first) == 32
+        assert int(first, 16) >= 0
     finally:
         await db.close()
     other = await open_database(tmp_path / "other.db")
@@ -106,18 +107,23 @@ async def test_a_second_instance_of_the_deployment_waits_then_takes_over_with_a_
     active = _lease(redis, tmp_path / "a")
     standby = _lease(redis, tmp_path / "b")
     assert await active.try_redis() is None
-    assert active.epoch == 1 and active.may_act()
+    assert active.epoch == 1
+    assert active.may_act()
     holder = await standby.try_redis()
     assert holder == Holder(DEPLOYMENT, "host-a", str(tmp_path / "a"), active.pid, 1)
-    assert standby.epoch is None and not standby.may_act()
+    assert standby.epoch is None
+    assert not standby.may_act()
     stop = asyncio.Event()
     waiting = asyncio.create_task(standby.acquire(stop))
     await asyncio.sleep(0.3)
     assert not waiting.done()
-    assert standby.standby_for is not None and standby.standby_for.home == str(tmp_path / "a")
+    assert standby.standby_for is not None
+    assert standby.standby_for.home == str(tmp_path / "a")
     await active.release()
     assert await asyncio.wait_for(waiting, 5.0) is True
-    assert standby.epoch == 2 and standby.fence.epoch == "2" and standby.may_act()
+    assert standby.epoch == 2
+    assert standby.fence.epoch == "2"
+    assert standby.may_act()
     await standby.release()
 
 
@@ -130,7 +136,8 @@ async def test_a_bot_restarted_in_its_home_takes_its_dead_predecessors_lease_at_
     assert await predecessor.try_redis() is None  # then SIGKILLed: the lease stays
     restarted = _lease(redis, tmp_path / "home")
     assert await asyncio.wait_for(restarted.acquire(asyncio.Event()), 5.0) is True
-    assert restarted.epoch == 2 and restarted.standby_for is None
+    assert restarted.epoch == 2
+    assert restarted.standby_for is None
     with pytest.raises(LeaseLost):
         await predecessor.renew_once()
     await restarted.release()
@@ -146,9 +153,11 @@ async def test_another_deployment_under_the_same_name_is_refused_naming_the_hold
         await laptop.acquire(asyncio.Event())
     assert refused.value.exit_code == ExitCode.INVALID_CONFIG
     message = refused.value.message
-    assert "host-production" in message and str(tmp_path / "production") in message
+    assert "host-production" in message
+    assert str(tmp_path / "production") in message
     assert "give this one its own `name`" in message
-    assert laptop.epoch is None and not laptop.may_act()
+    assert laptop.epoch is None
+    assert not laptop.may_act()
     fields = await redis.hgetall(lease_key(NAME))
     assert fields[b"deployment_id"] == DEPLOYMENT.encode()  # untouched
     await production.release()
@@ -165,7 +174,8 @@ async def test_a_holder_whose_lease_expired_and_was_taken_loses_it_on_its_next_r
     assert successor.epoch == 2
     with pytest.raises(LeaseLost):
         await paused.renew_once()
-    assert paused.lost.is_set() and not paused.may_act()
+    assert paused.lost.is_set()
+    assert not paused.may_act()
     assert paused.fence.epoch == "0"
     await paused.release()  # releases nothing of the successor's
     assert (await redis.hgetall(lease_key(NAME)))[b"epoch"] == b"2"
@@ -181,7 +191,8 @@ async def test_a_lease_that_vanished_is_taken_back_by_its_holder_if_no_one_took_
     await redis.delete(lease_key(NAME))  # Redis restarted empty, or the TTL ran out
     await lease.renew_once()
     fields = await redis.hgetall(lease_key(NAME))
-    assert fields[b"epoch"] == b"1" and lease.may_act()
+    assert fields[b"epoch"] == b"1"
+    assert lease.may_act()
 
 
 async def test_a_holder_that_has_not_heard_from_redis_for_two_thirds_of_the_ttl_may_not_act(
@@ -206,12 +217,15 @@ async def test_redis_down_at_start_runs_on_the_home_lock_and_a_second_bot_of_the
     down = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
     first = _lease(down, tmp_path / "home")
     assert await first.acquire(asyncio.Event()) is True
-    assert first.redis_down and first.may_act() and first.epoch is None
+    assert first.redis_down
+    assert first.may_act()
+    assert first.epoch is None
     second = _lease(down, tmp_path / "home")
     stop = asyncio.Event()
     waiting = asyncio.create_task(second.acquire(stop))
     await asyncio.sleep(0.3)
-    assert not waiting.done() and second.standby_for is not None
+    assert not waiting.done()
+    assert second.standby_for is not None
     await first.release()
     assert await asyncio.wait_for(waiting, 5.0) is True
     await second.release()

@@ -115,7 +115,8 @@ connect()
     assert result.returncode == 1
     text = log_file.read_text()
     assert "CRITICAL lunara: uncaught exception" in text
-    assert "Traceback (most recent call last)" in text and "in connect" in text
+    assert "Traceback (most recent call last)" in text
+    assert "in connect" in text
     for secret in ("hunter2xyz", "gem-key-0123456789", TELEGRAM_TOKEN):
         assert secret not in text
     assert f"password={REDACTED}" in text
@@ -137,7 +138,8 @@ def test_at_debug_sql_statements_and_their_parameters_are_not_logged(tmp_path: P
     logging.getLogger("lunara.test").debug("our own debug line")
     text = log_file.read_text()
     assert "our own debug line" in text
-    assert "my private chat line" not in text and "INSERT INTO" not in text
+    assert "my private chat line" not in text
+    assert "INSERT INTO" not in text
 
 
 @pytest.mark.parametrize("library", ["httpx", "httpx2", "google_genai.models", "aiosqlite"])

@@ -38,7 +38,8 @@ def test_a_tick_below_the_minimum_or_not_finite_is_refused(cli: Cli, value: str)
         "config", "show", entry=REAL_BOT_ENTRY, extra_env={"LUNARA_TICK_SECONDS": value}
     )
     assert result.returncode == 6, result.stdout + result.stderr
-    assert result.stderr.count("\n") == 1 and "LUNARA_TICK_SECONDS" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "LUNARA_TICK_SECONDS" in result.stderr
     if value in ("1e-9", "0.001"):
         assert f"greater than or equal to {MIN_TICK_SECONDS}" in result.stderr
 
@@ -68,12 +69,15 @@ def test_a_bad_replay_file_stops_the_bot_with_exit_6_and_no_restart(
     try:
         started = cli.run("start", "--wait", "60", entry=REAL_BOT_ENTRY)
         assert started.returncode == 6, started.stdout + started.stderr
-        assert "LUNARA_MARKET" in started.stderr and said in started.stderr
+        assert "LUNARA_MARKET" in started.stderr
+        assert said in started.stderr
         status = cli.status()
-        assert status["state"] == "fatal" and status["restarts"] == 0, status
+        assert status["state"] == "fatal", status
+        assert status["restarts"] == 0, status
         assert "LUNARA_MARKET" in status["last_exit"]["reason"]
         logs = "".join(path.read_text() for path in (cli.home / "logs").glob("bot*.log"))
-        assert said in logs and "Traceback" not in logs
+        assert said in logs
+        assert "Traceback" not in logs
     finally:
         cli.run("stop", "--timeout", "5")
 
@@ -87,4 +91,5 @@ def test_analyze_on_a_bad_replay_file_is_a_one_line_configuration_error(cli: Cli
     )  # fmt: skip
     assert result.returncode == 6, result.stdout + result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
-    assert "LUNARA_MARKET" in result.stderr and "line 2: not UTF-8 text" in result.stderr
+    assert "LUNARA_MARKET" in result.stderr
+    assert "line 2: not UTF-8 text" in result.stderr

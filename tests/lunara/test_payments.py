@@ -31,7 +31,9 @@ async def test_a_matching_invoice_passes_pre_checkout(db: aiosqlite.Connection) 
     decision = await payments.check_pre_checkout(
         db, PAYER, payload, payments.STARS, PRO.price_stars
     )
-    assert decision.ok and decision.plan is PRO and decision.error is None
+    assert decision.ok
+    assert decision.plan is PRO
+    assert decision.error is None
 
 
 @pytest.mark.parametrize(
@@ -50,7 +52,8 @@ async def test_pre_checkout_refuses_invoices_that_do_not_match_the_plan_book(
 ) -> None:
     decision = await payments.check_pre_checkout(db, PAYER, payload, currency, amount)
     assert not decision.ok
-    assert decision.error is not None and reason in decision.error
+    assert decision.error is not None
+    assert reason in decision.error
 
 
 async def test_pre_checkout_refuses_inactive_or_unknown_payers(db: aiosqlite.Connection) -> None:
@@ -62,7 +65,8 @@ async def test_pre_checkout_refuses_inactive_or_unknown_payers(db: aiosqlite.Con
     stranger = await payments.check_pre_checkout(
         db, 777, payments.invoice_payload(PRO, 777), payments.STARS, PRO.price_stars
     )
-    assert not inactive.ok and not stranger.ok
+    assert not inactive.ok
+    assert not stranger.ok
 
 
 async def test_a_successful_payment_upgrades_the_plan_once_per_charge(
@@ -75,12 +79,14 @@ async def test_a_successful_payment_upgrades_the_plan_once_per_charge(
     again = await payments.record_payment(
         db, PAYER, payload, "charge_1", PRO.price_stars, currency=payments.STARS
     )
-    assert first.changed and not again.changed
+    assert first.changed
+    assert not again.changed
     assert first.user.plan == PlanName.PRO.value
     assert first.user.plan_expires_at is not None
     assert first.user.plan_expires_at - first.payment.paid_at == pytest.approx(PLAN_PERIOD_S)
     stored = await stored_payments.get(db, "charge_1")
-    assert stored is not None and stored.status is stored_payments.PaymentStatus.PAID
+    assert stored is not None
+    assert stored.status is stored_payments.PaymentStatus.PAID
 
 
 @pytest.mark.parametrize(
@@ -102,4 +108,5 @@ async def test_a_payment_that_does_not_pay_for_its_plan_is_not_recorded(
         await payments.record_payment(db, PAYER, payload, "charge_2", amount, currency=currency)
     assert await stored_payments.get(db, "charge_2") is None
     user = await users.require(db, PAYER)
-    assert user.plan == PlanName.FREE.value and user.plan_expires_at is None
+    assert user.plan == PlanName.FREE.value
+    assert user.plan_expires_at is None

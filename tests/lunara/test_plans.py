@@ -42,4 +42,5 @@ def test_effective_plan_is_always_a_known_plan(name: str, expires: float | None)
     plan = effective_plan(name, expires, NOW)
     assert plan in PLANS.values()
     if plan.name is not PlanName.FREE:
-        assert expires is not None and expires > NOW
+        assert expires is not None
+        assert expires > NOW

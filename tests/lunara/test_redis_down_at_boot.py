@@ -47,7 +47,8 @@ def test_the_bot_starts_and_keeps_ticking_on_sqlite_while_redis_is_down(tmp_path
 
         wait_until(ticked, 30, "a trading tick")
         status = json.loads(cli.run("status", "--json", entry=ENTRY, extra_env=env).stdout)
-        assert status["state"] == "running" and status["restarts"] == 0
+        assert status["state"] == "running"
+        assert status["restarts"] == 0
         log = (home / "logs" / "bot.log").read_text()
         assert log.count("Redis unavailable") == 1
         assert "Traceback" not in log
@@ -77,7 +78,8 @@ def test_start_wait_succeeds_only_once_every_service_is_up(tmp_path: Path) -> No
     try:
         refused = cli.run("start", "--wait", "8", entry=ENTRY, extra_env=env)
         assert refused.returncode == 7, refused.stdout + refused.stderr
-        assert "not every service is up" in refused.stderr and "telegram" in refused.stderr
+        assert "not every service is up" in refused.stderr
+        assert "telegram" in refused.stderr
         assert "Traceback" not in refused.stderr
         assert cli.run("stop", "--timeout", "20", entry=ENTRY, extra_env=env).returncode == 0
         with FakeTelegram() as telegram:

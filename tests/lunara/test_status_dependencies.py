@@ -72,10 +72,14 @@ def test_redis_down_shows_as_a_dependency_and_a_note_with_exit_code_0(tmp_path: 
         assert started.returncode == 0, started.stderr
         wait_until(lambda: dependency(cli, env, "redis") == "down", 30, "redis reported down")
         code, report = status(cli, env)
-        assert code == 0 and report["state"] == "running" and report["healthy"] is True
+        assert code == 0
+        assert report["state"] == "running"
+        assert report["healthy"] is True
         redis = report["dependencies"]["redis"]
-        assert redis["last_ok_at"] is None and redis["down_since"] is not None
-        assert "SQLite" in redis["reason"] and "every 30 s" in redis["reason"]
+        assert redis["last_ok_at"] is None
+        assert redis["down_since"] is not None
+        assert "SQLite" in redis["reason"]
+        assert "every 30 s" in redis["reason"]
         # Nothing else is configured: off, not ok.
         for name in ("telegram", "exchange", "ai"):
             assert report["dependencies"][name] == {"state": "off", "last_ok_at": None}
@@ -119,9 +123,12 @@ def test_telegram_unreachable_shows_down_then_ok_again(tmp_path: Path) -> None:
         telegram.stop()
         wait_until(lambda: dependency(cli, env, "telegram") == "down", 60, "telegram down")
         code, report = status(cli, env)
-        assert code == 0 and report["healthy"] is True and report["state"] == "running"
+        assert code == 0
+        assert report["healthy"] is True
+        assert report["state"] == "running"
         down = report["dependencies"]["telegram"]
-        assert down["last_ok_at"] is not None and "did not answer" in down["reason"]
+        assert down["last_ok_at"] is not None
+        assert "did not answer" in down["reason"]
         assert [note for note in report["notes"] if note.startswith("telegram is down")]
         assert cli.run("status", "--quiet", entry=ENTRY, extra_env=env).returncode == 0
         text = metrics(health_port)
@@ -158,7 +165,9 @@ def test_binance_unreachable_in_live_mode_shows_the_exchange_down(tmp_path: Path
         binance.stop()  # an idle live bot still finds out: it asks Binance when nothing went
         wait_until(lambda: dependency(cli, env, "exchange") == "down", 60, "exchange down")
         code, report = status(cli, env)
-        assert code == 0 and report["state"] == "running" and report["healthy"] is True
+        assert code == 0
+        assert report["state"] == "running"
+        assert report["healthy"] is True
         exchange = report["dependencies"]["exchange"]
         assert exchange["last_ok_at"] is not None
         assert "Binance is unreachable" in exchange["reason"]

@@ -114,7 +114,8 @@ def test_a_second_home_of_another_deployment_under_the_same_name_is_refused_with
         assert refused.returncode == 6, refused.stdout + refused.stderr
         message = refused.stderr
         assert "another deployment named 'lunara-test' is running" in message
-        assert f"host {socket.gethostname()}" in message and str(production.home) in message
+        assert f"host {socket.gethostname()}" in message
+        assert str(production.home) in message
         assert "give this one its own `name`" in message
         assert "Traceback" not in message
         assert telegram.call_count("getMe") == polls  # the refused bot never reached Telegram
@@ -122,7 +123,8 @@ def test_a_second_home_of_another_deployment_under_the_same_name_is_refused_with
         mirrored = json.loads(redis.Redis.from_url(redis_db).get("lunara:lunara-test:ledger"))
         assert mirrored["home"] == str(production.home)  # not overwritten by the refused home
         status = _status(production, production_env)
-        assert status["state"] == "running" and status["healthy"], status
+        assert status["state"] == "running", status
+        assert status["healthy"], status
     finally:
         laptop.run("stop", "--timeout", "20", entry=ENTRY, extra_env=laptop_env)
         production.run("stop", "--timeout", "20", entry=ENTRY, extra_env=production_env)
@@ -172,12 +174,15 @@ def test_a_second_home_of_the_same_deployment_waits_as_standby_and_takes_over_wh
     try:
         waiting = second.run("start", "--wait", "60", entry=ENTRY, extra_env=second_env)
         assert waiting.returncode == 0, waiting.stderr
-        assert _report(second).startswith("standby:") and str(first.home) in _report(second)
+        assert _report(second).startswith("standby:")
+        assert str(first.home) in _report(second)
         standby = _status(second, second_env)
-        assert standby["state"] == "standby" and standby["exit_code"] == 0, standby
+        assert standby["state"] == "standby", standby
+        assert standby["exit_code"] == 0, standby
         assert any(str(first.home) in note for note in standby["notes"]), standby
         active = _status(first, first_env)
-        assert active["state"] == "running" and active["exit_code"] == 0, active
+        assert active["state"] == "running", active
+        assert active["exit_code"] == 0, active
         assert active["standby"]["home"] == str(second.home), active
         wait_until(lambda: _traded(first), 30, "the active instance to trade")
         assert not _traded(second)  # the standby does not trade
@@ -191,7 +196,8 @@ def test_a_second_home_of_the_same_deployment_waits_as_standby_and_takes_over_wh
         assert telegram.call_count("getUpdates") > polls_before
         assert sum(telegram.conflicts_by_token.values()) == 0  # never two polls at once
         status = _status(second, second_env)
-        assert status["state"] == "running" and status["healthy"], status
+        assert status["state"] == "running", status
+        assert status["healthy"], status
     finally:
         second.run("stop", "--timeout", "20", entry=ENTRY, extra_env=second_env)
         first.run("stop", "--timeout", "20", entry=ENTRY, extra_env=first_env)
@@ -262,7 +268,8 @@ def test_two_runs_on_one_home_one_active_one_standby_that_takes_over_when_killed
         second = run()
         wait_until(lambda: _status(cli, env).get("standby") is not None, 30, "the standby")
         status = _status(cli, env)
-        assert status["state"] == "running" and status["supervisor_pid"] == first.pid, status
+        assert status["state"] == "running", status
+        assert status["supervisor_pid"] == first.pid, status
         assert status["standby"]["pid"] == second.pid, status
         assert any(f"pid {second.pid}" in note for note in status["notes"]), status
         shown = cli.run("status", entry=ENTRY, extra_env=env).stdout
@@ -286,12 +293,14 @@ def test_two_runs_on_one_home_one_active_one_standby_that_takes_over_when_killed
         assert sum(telegram.conflicts_by_token.values()) == 0  # never two polls at once
         wait_until(lambda: _buys(cli) == 1, 30, "the trader's buy")
         status = _status(cli, env)
-        assert status["state"] == "running" and status["healthy"], status
+        assert status["state"] == "running", status
+        assert status["healthy"], status
         assert _buys(cli) == 1  # bought once, whichever instance took the command
         second.send_signal(signal.SIGTERM)
         output, _ = second.communicate(timeout=30)
         assert second.returncode == 0, output
-        assert "standby: another supervisor holds" in output and "taking over" in output
+        assert "standby: another supervisor holds" in output
+        assert "taking over" in output
     finally:
         for process in (first, second):
             if process is not None and process.poll() is None:

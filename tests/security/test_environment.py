@@ -59,7 +59,8 @@ def test_the_bot_and_watchdog_get_the_deployments_configuration_not_the_callers(
         for env in (bot_env, watchdog_env):
             assert "LUNARA_TOKEN" not in env
             assert TOKENS["owner"] not in json.dumps(env)
-            assert "PYTHONPATH" not in env and "CI_JOB_TOKEN" not in env
+            assert "PYTHONPATH" not in env
+            assert "CI_JOB_TOKEN" not in env
             assert "NOT_A_PROJECT_VARIABLE" not in env
             assert env["ALLOWED_BY_MANIFEST"] == "passed"
             assert env["LUNARA_SYMBOLS"] == "BTCUSDT"  # a project variable: configuration

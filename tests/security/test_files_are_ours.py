@@ -119,7 +119,8 @@ def test_a_socket_another_user_planted_never_receives_the_token(
         stdout=subprocess.PIPE,
     )
     try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready"
         manifest = shared_dir / "manifest.json"
         assert query_status(planted, manifest, "ci-secret-token") is None  # file not ours
         os.chown(planted, 0, 0)  # the file is root's now, but the listener is still theirs
@@ -192,9 +193,9 @@ def test_a_symlink_at_a_log_or_lock_is_never_written_through(tmp_path: Path) -> 
     victim.write_text("precious\n")
     link = tmp_path / "bot-output.log"
     link.symlink_to(victim)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="symbolic links"):  # ELOOP, from O_NOFOLLOW
         open_append(link)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="symbolic links"):
         open_private(link, os.O_RDWR | os.O_CREAT)
     assert victim.read_text() == "precious\n"
 
@@ -221,7 +222,8 @@ def test_our_own_socket_and_watchdog_are_asked(tmp_path: Path) -> None:
         thread.join(10)
         listener.close()
     assert reply == {"exit_code": 0, "report": {"state": "running"}}
-    assert seen and json.loads(seen[0])["action"] == "status"
+    assert seen
+    assert json.loads(seen[0])["action"] == "status"
 
 
 def test_a_home_another_user_planted_in_a_shared_directory_never_gets_the_token(
@@ -259,7 +261,8 @@ def test_a_home_another_user_planted_in_a_shared_directory_never_gets_the_token(
     manifest = write_manifest(shared_dir / "manifest.json", manifest_document())
     env = Cli(home, manifest).env(token="ci-secret-token-0123")
     try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready"
         by_default = subprocess.run(
             [sys.executable, "-m", "blueprint", "--manifest", str(manifest), "status"],
             env=env, cwd=shared_dir, capture_output=True, text=True, timeout=60,

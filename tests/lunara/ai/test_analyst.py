@@ -42,7 +42,8 @@ async def test_without_a_key_the_feature_is_off_and_google_genai_is_not_loaded(
         analyst = Analyst(api_key=None, model="gemini-2.5-flash", base_url=None, db=db)
         commentary = await analyst.comment(1, "free", SUMMARY, limit=3)
         assert not analyst.enabled
-        assert commentary.text is None and commentary.note == NOTE_OFF
+        assert commentary.text is None
+        assert commentary.note == NOTE_OFF
         assert analyst.requests_sent == 0
         assert "google.genai" not in sys.modules or analyst._client is None
     finally:
@@ -51,7 +52,9 @@ async def test_without_a_key_the_feature_is_off_and_google_genai_is_not_loaded(
 
 def test_the_prompt_carries_the_indicators_and_symptoms_only() -> None:
     prompt = build_prompt(SUMMARY)
-    assert "BTCUSDT" in prompt and "rsi: 28.5" in prompt and "atr: n/a" in prompt
+    assert "BTCUSDT" in prompt
+    assert "rsi: 28.5" in prompt
+    assert "atr: n/a" in prompt
     assert "rsi_oversold" in prompt
 
 
@@ -76,15 +79,18 @@ async def test_answers_are_cached_per_symbol_and_candle_and_quota_counts_answers
             analyst = _analyst(db, fake)
             first = await analyst.comment(1, "free", SUMMARY, limit=2)
             again = await analyst.comment(1, "free", SUMMARY, limit=2)
-            assert first.text == fake.answer and not first.cached
-            assert again.text == fake.answer and again.cached
+            assert first.text == fake.answer
+            assert not first.cached
+            assert again.text == fake.answer
+            assert again.cached
             assert fake.requests == 1
             assert "rsi_oversold" in fake.prompts[0]
             later = replace(SUMMARY, candle_open_time=SUMMARY.candle_open_time + 60_000)
             assert (await analyst.comment(1, "free", later, limit=2)).text == fake.answer
             newest = replace(later, candle_open_time=later.candle_open_time + 60_000)
             refused = await analyst.comment(1, "free", newest, limit=2)
-            assert refused.text is None and "2 AI analyses" in (refused.note or "")
+            assert refused.text is None
+            assert "2 AI analyses" in (refused.note or "")
             assert fake.requests == 2
             await analyst.aclose()
     finally:
@@ -102,7 +108,8 @@ async def test_a_busy_service_becomes_a_short_note_and_costs_no_quota(
             fake.inject(status, times=3)
             analyst = _analyst(db, fake)
             commentary = await analyst.comment(1, "free", SUMMARY, limit=5)
-            assert commentary.text is None and commentary.note == NOTE_BUSY
+            assert commentary.text is None
+            assert commentary.note == NOTE_BUSY
             assert fake.requests == 3  # the client's own retries, then a note
             assert await users.usage(db, 1, USAGE_KIND, _day(time.time())) == 0
             recovered = await analyst.comment(1, "free", SUMMARY, limit=5)
@@ -130,7 +137,8 @@ async def test_the_first_question_of_a_day_drops_the_counters_of_the_days_before
                 clock=lambda: now[0],
             )
             refused = await analyst.comment(1, "free", SUMMARY, limit=1)
-            assert refused.text is None and "1 AI analyses" in (refused.note or "")
+            assert refused.text is None
+            assert "1 AI analyses" in (refused.note or "")
             assert fake.requests == 0
             assert await _counted_days(db) == ["2026-11-03"]
 

@@ -120,7 +120,8 @@ def test_a_long_stream_at_high_prices_keeps_exact_bands() -> None:
         if index >= 19 and index % 997 == 0:
             window = close[index - 19 : index + 1]
             assert bands.middle == pytest.approx(window.mean(), rel=1e-12)
-            assert bands.upper is not None and bands.lower is not None
+            assert bands.upper is not None
+            assert bands.lower is not None
             spread = (bands.upper - bands.lower) / 4
             assert spread == pytest.approx(window.std(), rel=1e-7)
             assert bands.upper == pytest.approx(upper[index], rel=RELATIVE)

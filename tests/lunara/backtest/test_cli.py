@@ -70,9 +70,11 @@ def test_a_directory_of_binance_files_backtests_every_symbol_on_one_stake(
                       "--export", str(export), "--plot", str(plot))  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     report = json.loads(ran.stdout)
-    assert report["symbols"] == ["BTCUSDT", "ETHUSDT"] and report["timeframe"] == "1m"
+    assert report["symbols"] == ["BTCUSDT", "ETHUSDT"]
+    assert report["timeframe"] == "1m"
     per = report["per_symbol"]
-    assert per["BTCUSDT"]["candles"] == 1800 and per["BTCUSDT"]["data"]["gaps"] == 0
+    assert per["BTCUSDT"]["candles"] == 1800
+    assert per["BTCUSDT"]["data"]["gaps"] == 0
     assert per["ETHUSDT"]["candles"] == 1400
     eth_data = per["ETHUSDT"]["data"]
     assert (eth_data["rows_read"], eth_data["duplicates"], eth_data["gaps"]) == (1410, 10, 1)
@@ -95,7 +97,8 @@ def test_the_timeframe_resamples_one_minute_candles(scratch: Scratch) -> None:
     ran = scratch.run("backtest", "--data", str(path), "--timeframe", "15m", "--json")
     assert ran.returncode == 0, ran.stderr
     report = json.loads(ran.stdout)
-    assert report["timeframe"] == "15m" and report["candles"] == 200
+    assert report["timeframe"] == "15m"
+    assert report["candles"] == 200
     assert report["per_symbol"]["BTCUSDT"]["data"]["rows_read"] == 3000
 
 

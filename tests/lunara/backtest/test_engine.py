@@ -38,7 +38,8 @@ def test_a_dip_entry_exits_on_the_trailing_stop_with_the_expected_profit() -> No
     result = run_backtest("BTCUSDT", candles, stake=100.0, fee_rate=0.0)
     assert len(result.trades) == 1
     trade = result.trades[0]
-    assert trade.entry_price == 98.0 and trade.reason == "trailing stop"
+    assert trade.entry_price == 98.0
+    assert trade.reason == "trailing stop"
     # Peak high 113.2; trailing 2 % below it once past the 3 % offset: stop 110.936,
     # reached by the first falling candle (low 110.8), which opened above the stop.
     expected_exit = 113.2 * (1 - 0.02)
@@ -169,7 +170,8 @@ def test_the_stop_line_follows_the_open_position_only() -> None:
     stop = result.symbols["BTCUSDT"].stop
     trade = result.trades[0]
     holding = (result.timeline >= trade.entry_time) & (result.timeline < trade.exit_time)
-    assert not np.isnan(stop[holding]).any() and np.isnan(stop[~holding]).all()
+    assert not np.isnan(stop[holding]).any()
+    assert np.isnan(stop[~holding]).all()
     assert stop[holding][0] == pytest.approx(98.0 * 0.95)
 
 
@@ -188,7 +190,8 @@ def test_backtest_cli_json_and_plot(tmp_path: Path) -> None:
                      "--plot", str(plot), entry=entry, token=TOKENS["owner"])  # fmt: skip
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert len(document["trades"]) == 1 and document["win_rate"] == 1.0
+    assert len(document["trades"]) == 1
+    assert document["win_rate"] == 1.0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     both = cli.run("backtest", "--symbol", "BTCUSDT", "--data", str(data), "--sim", entry=entry)
     assert both.returncode == 2

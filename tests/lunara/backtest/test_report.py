@@ -76,7 +76,8 @@ def test_the_totals_are_freqtrades_figures_over_every_trade() -> None:
     # win rate x average win - loss rate x average loss; (1 + win/loss) x win rate - 1
     assert total.expectancy == pytest.approx(0.5 * 8.0 - 0.25 * 20.0)
     assert total.expectancy_ratio == pytest.approx((1 + 8.0 / 20.0) * 0.5 - 1)
-    assert total.best is TRADES[1] and total.worst is TRADES[2]
+    assert total.best is TRADES[1]
+    assert total.worst is TRADES[2]
     assert total.market_change == pytest.approx((0.2 - 0.1) / 2)
     assert total.candles == 9
 
@@ -100,8 +101,10 @@ def test_each_symbol_has_its_own_figures_over_the_shared_starting_balance() -> N
     assert first.drawdown.amount == pytest.approx(20.0)  # 1010 down to 990 after the peak
     assert (first.drawdown.peak_time, first.drawdown.trough_time) == (3 * M, 4 * M)
     assert (second.stats.wins, second.stats.draws, second.stats.losses) == (1, 1, 0)
-    assert second.profit_factor is None and second.expectancy_ratio is None
-    assert second.drawdown.amount == 0.0 and second.drawdown.peak_time is None
+    assert second.profit_factor is None
+    assert second.expectancy_ratio is None
+    assert second.drawdown.amount == 0.0
+    assert second.drawdown.peak_time is None
     assert second.market_change == pytest.approx(-0.1)
 
 
@@ -116,12 +119,14 @@ def test_exit_reasons_are_tabled_with_their_own_figures() -> None:
 
 def test_json_carries_the_same_with_candles_and_iso_times() -> None:
     document = build_report(result(), "1m").to_json()
-    assert document["candles"] == 9 and document["symbols"] == ["AAAUSDT", "BBBUSDT"]
+    assert document["candles"] == 9
+    assert document["symbols"] == ["AAAUSDT", "BBBUSDT"]
     assert document["per_symbol"]["AAAUSDT"]["candles"] == 5
     assert document["period"] == {"from": "1970-01-01T00:00:00Z", "to": "1970-01-01T00:04:00Z"}
     assert document["trades"][0]["entry_time"] == "1970-01-01T00:00:00Z"
     drawdown = document["total"]["max_drawdown"]
-    assert drawdown["peak_at"] == "1970-01-01T00:03:00Z" and drawdown["amount"] == 24.0
+    assert drawdown["peak_at"] == "1970-01-01T00:03:00Z"
+    assert drawdown["amount"] == 24.0
     assert document["total"]["market_change_percent"] == pytest.approx(5.0)
     assert document["total"]["strategy_change_percent"] == pytest.approx(-0.4)
     assert document["exit_reasons"]["stop loss"]["losses"] == 1
@@ -154,4 +159,6 @@ def test_the_printed_report_starts_with_the_period_as_dates(
     assert lines[0] == "backtest"
     assert lines[1].split(None, 1) == ["period", "1970-01-01 00:00 UTC to 1970-01-01 00:04 UTC"]
     text = "\n".join(lines)
-    assert "candles AAAUSDT" in text and "TOTAL" in text and "exit reasons" in text
+    assert "candles AAAUSDT" in text
+    assert "TOTAL" in text
+    assert "exit reasons" in text

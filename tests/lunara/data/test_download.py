@@ -135,7 +135,8 @@ def test_the_stored_candles_feed_a_backtest_of_the_symbol(
     tested = scratch.run("backtest", "--symbol", "BTCUSDT", "--from", "2024-02-01", "--json")
     assert tested.returncode == 0, tested.stderr
     report = json.loads(tested.stdout)
-    assert report["candles"] == 29 * 24 and report["timeframe"] == "1h"
+    assert report["candles"] == 29 * 24
+    assert report["timeframe"] == "1h"
     assert report["period"]["from"] == "2024-02-01T00:00:00Z"
 
 
@@ -157,7 +158,8 @@ def test_a_second_run_merges_new_months_without_duplicates_or_fetching_again(
     assert (summary["stored"]["added"], summary["stored"]["candles"]) == (29 * 24, 60 * 24)
     assert len(server.requested(january)) == 1  # verified on disk: never asked again
     times = read_candle_file(scratch.stored).frame["open_time"]
-    assert times.is_monotonic_increasing and times.is_unique
+    assert times.is_monotonic_increasing
+    assert times.is_unique
 
 
 def test_an_interrupted_run_is_resumed_where_it_stopped(
@@ -216,7 +218,8 @@ def test_a_month_just_over_and_not_yet_published_is_fetched_by_its_days(
     fetched = [r.archive.period for r in results if r.outcome is Outcome.FETCHED]
     assert fetched == ["2024-12-30", "2024-12-31", "2025-01-01", "2025-01-02"]
     missing = [r.archive.period for r in results if r.outcome is Outcome.MISSING]
-    assert missing[0] == "2024-12" and len(missing) == 1 + 29  # the month, then its days 1-29
+    assert missing[0] == "2024-12"
+    assert len(missing) == 1 + 29  # the month, then its days 1-29
 
 
 def test_the_plan_takes_months_that_are_over_and_the_days_of_this_month() -> None:
@@ -281,5 +284,6 @@ def test_on_a_terminal_a_progress_bar_shows_files_and_bytes(
     os.close(leader)
     assert process.wait(30) == 0, shown.decode(errors="replace")
     text = shown.decode(errors="replace")
-    assert "1/1 files" in text and "MiB" in text
+    assert "1/1 files" in text
+    assert "MiB" in text
     assert "BTCUSDT 1h: 1 files fetched" in text

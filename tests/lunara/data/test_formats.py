@@ -134,7 +134,8 @@ def test_a_file_that_is_not_candles_names_what_was_expected_and_the_first_bad_li
     with pytest.raises(DataFileError) as refused:
         read_candle_file(path)
     message = str(refused.value)
-    assert str(path) in message and said in message
+    assert str(path) in message
+    assert said in message
     assert "\n" not in message
 
 

@@ -50,7 +50,8 @@ def test_a_directory_of_monthly_zips_makes_one_series_per_symbol(tmp_path: Path)
     loaded = load_paths([folder], [])
     assert list(loaded) == ["BTCUSDT", "ETHUSDT"]
     btc = loaded["BTCUSDT"]
-    assert len(btc.frame) == 80 and btc.quality.gaps == 1
+    assert len(btc.frame) == 80
+    assert btc.quality.gaps == 1
     assert btc.quality.largest_gap is not None
     assert btc.quality.largest_gap.after_ms == JAN_2024 + 49 * MINUTE
     assert len(loaded["ETHUSDT"].frame) == 40
@@ -74,7 +75,8 @@ def test_one_symbol_among_files_named_for_several_takes_its_own(tmp_path: Path) 
     btc = write_feather(tmp_path / "BTC_USDT-1m.feather", minute_rows(JAN_2024, 5))
     eth = write_feather(tmp_path / "ETH_USDT-1m.feather", minute_rows(JAN_2024, 9, 2000.0))
     loaded = load_paths([btc, eth], ["ETHUSDT"])["ETHUSDT"]
-    assert len(loaded.frame) == 9 and loaded.frame["close"].iloc[0] > 1000
+    assert len(loaded.frame) == 9
+    assert loaded.frame["close"].iloc[0] > 1000
 
 
 def test_the_shortest_interval_of_a_symbol_is_read_and_the_others_named(tmp_path: Path) -> None:
@@ -82,11 +84,10 @@ def test_the_shortest_interval_of_a_symbol_is_read_and_the_others_named(tmp_path
     five = [(JAN_2024 + i * 5 * MINUTE, 1.0, 2.0, 0.5, 1.5, 1.0) for i in range(6)]
     write_feather(tmp_path / "BTC_USDT-5m.feather", five)  # type: ignore[arg-type]
     loaded = load_paths([tmp_path], ["BTCUSDT"])["BTCUSDT"]
-    assert loaded.quality.interval == "1m" and len(loaded.frame) == 30
-    assert (
-        len(loaded.skipped) == 1
-        and "BTC_USDT-5m.feather (5m candles; 1m read)" in (loaded.skipped[0])
-    )
+    assert loaded.quality.interval == "1m"
+    assert len(loaded.frame) == 30
+    assert len(loaded.skipped) == 1
+    assert "BTC_USDT-5m.feather (5m candles; 1m read)" in (loaded.skipped[0])
 
 
 def test_a_range_and_a_timeframe_select_and_resample(tmp_path: Path) -> None:
@@ -98,7 +99,8 @@ def test_a_range_and_a_timeframe_select_and_resample(tmp_path: Path) -> None:
         end_ms=JAN_2024 + 90 * MINUTE,
         timeframe_ms=15 * MINUTE,
     )["BTCUSDT"]
-    assert loaded.quality.rows == 60 and loaded.timeframe_ms == 15 * MINUTE
+    assert loaded.quality.rows == 60
+    assert loaded.timeframe_ms == 15 * MINUTE
     assert list(loaded.frame["open_time"]) == [JAN_2024 + m * MINUTE for m in (30, 45, 60, 75)]
 
 

@@ -30,7 +30,8 @@ def test_gaps_are_counted_with_the_largest_named_and_nothing_is_filled() -> None
     rows = minute_rows(JAN_2024, 20)
     kept = rows[:5] + rows[7:10] + rows[15:]  # 2 missing after 04, 5 missing after 09
     quality = assess(frame_of(kept), rows=len(kept), duplicates=0)
-    assert quality.interval_ms == MINUTE and quality.interval == "1m"
+    assert quality.interval_ms == MINUTE
+    assert quality.interval == "1m"
     assert quality.gaps == 2
     assert quality.largest_gap == Gap(JAN_2024 + 9 * MINUTE, JAN_2024 + 15 * MINUTE, 5)
 

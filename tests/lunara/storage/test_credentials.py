@@ -58,7 +58,8 @@ async def test_credential_repr_hides_key_and_secret(db: aiosqlite.Connection) ->
     ring = KeyRing([generate_key()])
     await credentials.store(db, ring, 1, Exchange.BINANCE, API_KEY, API_SECRET)
     loaded = await credentials.load(db, ring, 1, Exchange.BINANCE)
-    assert API_KEY not in repr(loaded) and API_SECRET not in repr(loaded)
+    assert API_KEY not in repr(loaded)
+    assert API_SECRET not in repr(loaded)
 
 
 async def test_storing_again_replaces_the_keys_and_keeps_created_at(
@@ -71,7 +72,8 @@ async def test_storing_again_replaces_the_keys_and_keeps_created_at(
     )
     assert (info.created_at, info.updated_at, info.key_fingerprint) == (10.0, 20.0, "WXYZ")
     loaded = await credentials.load(db, ring, 1, Exchange.BINANCE)
-    assert loaded is not None and loaded.api_key == "k" * 20 + "WXYZ"
+    assert loaded is not None
+    assert loaded.api_key == "k" * 20 + "WXYZ"
     assert len(await _raw_rows(db)) == 1
 
 
@@ -126,7 +128,8 @@ async def test_rotate_all_moves_every_record_to_the_new_key(db: aiosqlite.Connec
     only_new = KeyRing([new])
     for user_id in (1, 2, 3):
         loaded = await credentials.load(db, only_new, user_id, Exchange.BINANCE)
-        assert loaded is not None and loaded.api_secret == API_SECRET
+        assert loaded is not None
+        assert loaded.api_secret == API_SECRET
     with pytest.raises(KeyMismatch):
         await credentials.load(db, KeyRing([old]), 1, Exchange.BINANCE)
 
@@ -144,4 +147,5 @@ async def test_rotate_all_changes_nothing_if_one_record_cannot_be_decrypted(
     assert await _raw_rows(db) == before
     assert not db.in_transaction
     loaded = await credentials.load(db, KeyRing([old]), 1, Exchange.BINANCE)
-    assert loaded is not None and loaded.api_key == API_KEY
+    assert loaded is not None
+    assert loaded.api_key == API_KEY

@@ -45,10 +45,13 @@ async def test_open_database_creates_missing_folders(tmp_path: Path) -> None:
 
 
 async def test_transaction_commits_or_rolls_back_as_a_whole(db: aiosqlite.Connection) -> None:
-    with pytest.raises(RuntimeError):
+    async def insert_then_fail() -> None:
         async with transaction(db):
             await db.execute("INSERT INTO bot_flags VALUES ('a', '1', 0, NULL)")
             raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await insert_then_fail()
     assert await _scalar(db, "SELECT COUNT(*) FROM bot_flags") == 0
     async with transaction(db):
         await db.execute("INSERT INTO bot_flags VALUES ('a', '1', 0, NULL)")
@@ -57,11 +60,14 @@ async def test_transaction_commits_or_rolls_back_as_a_whole(db: aiosqlite.Connec
 
 
 async def test_nested_transactions_join_the_outer_one(db: aiosqlite.Connection) -> None:
-    with pytest.raises(RuntimeError):
+    async def inner_then_outer_fails() -> None:
         async with transaction(db):
             async with transaction(db):
                 await db.execute("INSERT INTO bot_flags VALUES ('inner', '1', 0, NULL)")
             raise RuntimeError("outer fails after inner finished")
+
+    with pytest.raises(RuntimeError):
+        await inner_then_outer_fails()
     assert await _scalar(db, "SELECT COUNT(*) FROM bot_flags") == 0
 
 

@@ -66,10 +66,13 @@ async def test_upgrading_from_every_earlier_version_keeps_the_data(
         assert await _tables(upgraded) == KNOWN_TABLES
         async with upgraded.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
-        assert row is not None and row[0] == LATEST_VERSION
+        assert row is not None
+        assert row[0] == LATEST_VERSION
         if start >= 1:
             user = await users.get(upgraded, 42)
-            assert user is not None and user.username == "alice" and user.plan == "pro"
+            assert user is not None
+            assert user.username == "alice"
+            assert user.plan == "pro"
             [position] = await positions.list_open(upgraded, 42)
             assert str(position.quantity) == "0.00100000"
             assert str(position.entry_price) == "50000.12"
@@ -116,7 +119,8 @@ async def test_a_current_database_is_left_alone(tmp_path: Path) -> None:
         assert await apply_migrations(connection) == []
         async with connection.execute("PRAGMA application_id") as cursor:
             row = await cursor.fetchone()
-        assert row is not None and row[0] == APPLICATION_ID
+        assert row is not None
+        assert row[0] == APPLICATION_ID
     finally:
         await connection.close()
 

@@ -27,7 +27,8 @@ async def test_an_order_goes_from_pending_to_filled(db: aiosqlite.Connection) ->
     pending = await orders.record_pending_order(
         db, "lun-1-abc", 1, "BTCUSDT", OrderSide.BUY, D("0.5"), now=1
     )
-    assert pending.status is OrderStatus.PENDING and pending.fill_price is None
+    assert pending.status is OrderStatus.PENDING
+    assert pending.fill_price is None
     sent = await orders.mark_order_sent(db, "lun-1-abc", "88123", now=2)
     assert (sent.status, sent.exchange_order_id) == (OrderStatus.SENT, "88123")
     filled = await orders.mark_order_filled(
@@ -53,7 +54,8 @@ async def test_finished_orders_cannot_change_again(db: aiosqlite.Connection) -> 
     with pytest.raises(StateConflict, match="rejected; it cannot become filled"):
         await orders.mark_order_filled(db, "o-1", D("1"), D("0"))
     order = await orders.get_order(db, "o-1")
-    assert order is not None and order.error == "insufficient balance"
+    assert order is not None
+    assert order.error == "insufficient balance"
     with pytest.raises(RecordNotFound):
         await orders.mark_order_sent(db, "nope")
 

@@ -45,7 +45,8 @@ async def test_a_postponed_chat_holds_all_its_rows_and_survives_as_not_before(
     assert await head_texts(db, 1500.0) == ["other"]
     assert await outbox.next_due(db) == 2000.0
     [again, _] = await outbox.heads(db, 2000.0, 100)
-    assert again.id == first.id and again.attempts == 1
+    assert again.id == first.id
+    assert again.attempts == 1
 
 
 async def test_an_answer_queued_to_a_held_chat_waits_for_the_hold(
@@ -74,9 +75,11 @@ async def test_a_broadcast_is_one_row_per_active_user_and_started_once_per_comma
         await users.register(db, user_id, None)
     await users.set_active(db, 13, False)
     started = await outbox.start_broadcast(db, 11, 900, "hello all")
-    assert started.recipients == 2 and started.new
+    assert started.recipients == 2
+    assert started.new
     again = await outbox.start_broadcast(db, 11, 900, "hello all")  # the command replayed
-    assert again.id == started.id and not again.new
+    assert again.id == started.id
+    assert not again.new
     rows = await outbox.heads(db, 1e12, 100)
     assert sorted(row.chat_id for row in rows) == [11, 12]
     assert {row.text for row in rows} == {"hello all"}  # the text is the broadcast's

@@ -99,7 +99,8 @@ async def test_implausible_payments_are_refused(
         await payments.record(db, *arguments)
     assert await payments.list_by_user(db, 5) == []
     user = await users.get(db, 5)
-    assert user is not None and user.plan == "free"
+    assert user is not None
+    assert user.plan == "free"
 
 
 async def test_payments_need_a_registered_user(db: aiosqlite.Connection) -> None:

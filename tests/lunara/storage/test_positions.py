@@ -44,7 +44,8 @@ async def test_closing_twice_or_closing_nothing_is_refused(db: aiosqlite.Connect
     with pytest.raises(StateConflict, match="already closed"):
         await positions.close(db, opened.id, D("3200"), ExitReason.MANUAL, None)
     still = await positions.get(db, opened.id)
-    assert still is not None and still.exit_price == D("3100")
+    assert still is not None
+    assert still.exit_price == D("3100")
     with pytest.raises(RecordNotFound):
         await positions.close(db, 999, D("1"), ExitReason.MANUAL, None)
 

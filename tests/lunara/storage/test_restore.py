@@ -106,7 +106,8 @@ def test_a_backup_with_an_entry_our_schema_lacks_is_refused_and_nothing_changes(
     with pytest.raises(SchemaError) as refused:
         restore_database(backup, live, is_running=False, before_replacing=lambda: called.append(1))
     assert refused.value.message.startswith(f"{backup} holds what Lunara's schema does not: ")
-    assert f"{kind} " in refused.value.message and "refusing to restore it" in refused.value.message
+    assert f"{kind} " in refused.value.message
+    assert "refusing to restore it" in refused.value.message
     assert live.read_bytes() == before
     assert called == []  # Redis is not cleared for a refused file
     assert not list(live.parent.glob("*.pre-restore-*"))
@@ -182,7 +183,9 @@ def test_unfinished_inbox_and_outbox_rows_are_not_restored(tmp_path: Path) -> No
             await db.close()
 
     replayed, queued, open_broadcasts, states = asyncio.run(what_the_bot_would_resume())
-    assert replayed == [] and queued == [] and open_broadcasts == 0
+    assert replayed == []
+    assert queued == []
+    assert open_broadcasts == 0
     assert states == {"answered": 1}  # answered commands stay: they are not answered twice
 
 

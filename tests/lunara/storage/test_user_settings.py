@@ -53,7 +53,8 @@ async def test_updates_from_a_traders_text_are_parsed_and_stored(
     assert updated.updated_at == 50.0
     assert await user_settings.get(db, 7) == updated
     again = await user_settings.update(db, 7, {"symbols": "all", "auto_mode": False})
-    assert again.symbols == () and again.auto_mode is False
+    assert again.symbols == ()
+    assert again.auto_mode is False
     assert again.stake_usdt == Decimal("1250.50")
 
 
@@ -135,7 +136,9 @@ async def test_trading_pause_flag_is_stored_with_who_set_it(db: aiosqlite.Connec
     flag = await user_settings.set_trading_paused(db, True, "telegram:7")
     assert await user_settings.is_trading_paused(db) is True
     stored = await user_settings.get_bot_flag(db, user_settings.BotFlag.TRADING_PAUSED)
-    assert stored is not None and stored.updated_by == "telegram:7" and stored == flag
+    assert stored is not None
+    assert stored.updated_by == "telegram:7"
+    assert stored == flag
     await user_settings.set_trading_paused(db, False, "os_user:root")
     assert await user_settings.is_trading_paused(db) is False
 
@@ -162,9 +165,10 @@ def test_percent_and_fraction_forms_agree(basis_points: int) -> None:
 
 @given(st.text(max_size=20))
 def test_garbage_amounts_are_refused_with_the_field_named(text: str) -> None:
+    # Either outcome passes (a value or a named error): pytest.raises cannot say so.
     try:
         value = parse_decimal(text, "stake_usdt")
     except InvalidValue as error:
-        assert error.field == "stake_usdt"
+        assert error.field == "stake_usdt"  # noqa: PT017
     else:
         assert value.is_finite()

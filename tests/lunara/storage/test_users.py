@@ -56,7 +56,8 @@ async def test_list_page_pages_in_registration_order_with_a_total(
     assert [u.telegram_id for u in last.users] == [7]
     assert first.total == 7
     inactive = await users.list_page(db, active=False)
-    assert [u.telegram_id for u in inactive.users] == [3] and inactive.total == 1
+    assert [u.telegram_id for u in inactive.users] == [3]
+    assert inactive.total == 1
     assert (await users.list_page(db, active=True)).total == 6
     with pytest.raises(InvalidValue):
         await users.list_page(db, limit=0)
@@ -91,11 +92,13 @@ async def test_usage_is_counted_until_the_limit_and_refusals_are_not_counted(
     ]
     assert [r.allowed for r in results] == [True, True, True, False, False]
     assert [r.count for r in results] == [1, 2, 3, 3, 3]
-    assert results[1].remaining == 1 and results[4].remaining == 0
+    assert results[1].remaining == 1
+    assert results[4].remaining == 0
     assert await users.usage(db, 5, "ai_analysis", "2026-11-24") == 3
     other_day = await users.increment_usage_and_check(db, 5, "ai_analysis", "2026-11-25", 3)
     other_kind = await users.increment_usage_and_check(db, 5, "analysis", "2026-11-24", 3)
-    assert other_day.count == 1 and other_kind.count == 1
+    assert other_day.count == 1
+    assert other_kind.count == 1
 
 
 async def test_usage_refuses_malformed_days_and_kinds(db: aiosqlite.Connection) -> None:

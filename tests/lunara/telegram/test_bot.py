@@ -123,7 +123,8 @@ async def test_help_lists_only_the_callers_commands(
     async with running_bot(fake_telegram, bot_home) as bot:
         trader_help = await bot.ask(TRADER, "/help")
         admin_help = await bot.ask(ADMIN, "/help")
-        assert "/buy" in trader_help and "/broadcast" not in trader_help
+        assert "/buy" in trader_help
+        assert "/broadcast" not in trader_help
         assert "/broadcast" in admin_help
 
 
@@ -156,7 +157,8 @@ async def test_settings_are_shown_and_updated(fake_telegram: FakeTelegram, bot_h
     async with running_bot(fake_telegram, bot_home) as bot:
         await bot.ask(TRADER, "/start")
         reply = await bot.ask(TRADER, "/settings stake_usdt=50 symbols=BTCUSDT auto_mode=on")
-        assert "50" in reply and "BTCUSDT" in reply
+        assert "50" in reply
+        assert "BTCUSDT" in reply
         assert "auto_mode" in await bot.ask(TRADER, "/settings")
 
 
@@ -175,7 +177,8 @@ async def test_symbols_binance_does_not_list_are_refused_by_settings_and_buy_nam
             refused = await bot.ask(TRADER, "/settings symbols=BTCUSDT,NOPEUSDT auto_mode=on")
             assert "Binance does not list NOPEUSDT" in refused, refused
             unchanged = await bot.ask(TRADER, "/settings")
-            assert "NOPEUSDT" not in unchanged and "off" in unchanged.split("auto_mode")[1]
+            assert "NOPEUSDT" not in unchanged
+            assert "off" in unchanged.split("auto_mode")[1]
             saved = await bot.ask(TRADER, "/settings symbols=ethusdt")
             assert "ETHUSDT" in saved, saved
             buy = await bot.ask(TRADER, "/buy ETHUSTD 100")
@@ -213,13 +216,18 @@ async def test_setkeys_is_private_only_deletes_the_message_and_stores_encrypted(
         assert "Keys saved" in reply
         assert fake_telegram.deleted  # the message with the secret was deleted
     replies = str(fake_telegram.sent)
-    assert key not in replies and secret not in replies and TOKEN not in replies
+    assert key not in replies
+    assert secret not in replies
+    assert TOKEN not in replies
     database = (bot_home / "lunara.db").read_bytes()
-    assert key.encode() not in database and secret.encode() not in database
+    assert key.encode() not in database
+    assert secret.encode() not in database
     for path in bot_home.rglob("*"):
         if path.is_file() and path.suffix != ".db":
             text = path.read_text(errors="replace")
-            assert key not in text and secret not in text and TOKEN not in text, path
+            assert key not in text, path
+            assert secret not in text, path
+            assert TOKEN not in text, path
 
 
 async def test_setkeys_in_live_mode_stores_only_keys_the_exchange_accepts(
@@ -283,13 +291,15 @@ async def test_answers_are_threaded_and_a_redelivered_command_is_not_answered_tw
         fake_telegram.redeliver(update_id)
         assert "Plans" in await bot.ask(TRADER, "/plans")  # handled after the redelivery
     answers = [m for m in fake_telegram.sent if m["reply_to"] == message_id]
-    assert len(answers) == 1 and answers[0]["text"].startswith("Bought")
+    assert len(answers) == 1
+    assert answers[0]["text"].startswith("Bought")
     async with (
         aiosqlite.connect(bot_home / "lunara.db") as db,
         db.execute("SELECT COUNT(*) FROM orders WHERE user_id = ?", (TRADER,)) as cur,
     ):
         row = await cur.fetchone()
-    assert row is not None and row[0] == 1
+    assert row is not None
+    assert row[0] == 1
 
 
 async def test_a_plain_text_gets_one_hint_even_when_delivered_again(
@@ -364,7 +374,8 @@ async def test_stars_payment_upgrades_the_plan_and_refund_takes_it_back(
         fake_telegram.push_text(TRADER, "/subscribe pro")
         await bot.until(lambda: len(fake_telegram.invoices) == 1, what="an invoice")
         invoice = fake_telegram.invoices[0]
-        assert invoice["currency"] == "XTR" and invoice["prices"][0]["amount"] == pro.price_stars
+        assert invoice["currency"] == "XTR"
+        assert invoice["prices"][0]["amount"] == pro.price_stars
         payload = invoice["payload"]
         fake_telegram.push_pre_checkout(TRADER, payload, pro.price_stars + 1)
         fake_telegram.push_pre_checkout(TRADER, payload, pro.price_stars)
@@ -375,11 +386,13 @@ async def test_stars_payment_upgrades_the_plan_and_refund_takes_it_back(
             lambda: any("plan is active" in m for m in fake_telegram.messages_to(TRADER))
         )
         user = await users.get(bot.bot.db, TRADER)
-        assert user is not None and user.plan == "pro"
+        assert user is not None
+        assert user.plan == "pro"
         assert "Refunded" in await bot.ask(ADMIN, "/refund charge-1")
         assert fake_telegram.refunds[0]["telegram_payment_charge_id"] == "charge-1"
         payment = await payments.get(bot.bot.db, "charge-1")
-        assert payment is not None and payment.status is payments.PaymentStatus.REFUNDED
+        assert payment is not None
+        assert payment.status is payments.PaymentStatus.REFUNDED
 
 
 async def _paid_pro(bot: RunningBot, fake_telegram: FakeTelegram, charge_id: str) -> None:
@@ -408,7 +421,8 @@ async def test_concurrent_refunds_of_one_charge_make_one_refund_call(
         )
         assert [r["telegram_payment_charge_id"] for r in fake_telegram.refunds] == ["charge-5x"]
         answer = await bot.ask(ADMIN, "/refund charge-5x")
-        assert "already refunded" in answer and "nothing was done" in answer
+        assert "already refunded" in answer
+        assert "nothing was done" in answer
         assert len(fake_telegram.refunds) == 1
         user = await users.require(bot.bot.db, TRADER)
         assert user.plan == "free"
@@ -434,7 +448,8 @@ async def test_a_completed_payment_that_does_not_pay_for_its_plan_grants_nothing
         assert "something went wrong" in fake_telegram.messages_to(TRADER)[-1]
         assert await payments.get(bot.bot.db, "charge-odd") is None
         user = await users.require(bot.bot.db, TRADER)
-        assert user.plan == "free" and user.plan_expires_at is None
+        assert user.plan == "free"
+        assert user.plan_expires_at is None
 
 
 async def test_rate_limit_answers_clearly(fake_telegram: FakeTelegram, bot_home: Path) -> None:
@@ -667,14 +682,16 @@ async def test_a_plain_text_fetched_before_a_crash_is_answered_on_start_without_
     ):
         rows = list(await cursor.fetchall())
     assert [row[0] for row in rows] == [handled.STARTED]
-    assert "Zq81vKx0" not in rows[0][1] and "Pq52wYt7" not in rows[0][1]
+    assert "Zq81vKx0" not in rows[0][1]
+    assert "Pq52wYt7" not in rows[0][1]
     assert json.loads(rows[0][1])["message"]["text"] == BLANKED_TEXT
     answer = await answered_once_on_start(
         fake_telegram, bot_home, message_id, "the hint for the text fetched before the crash"
     )
     assert answer == bot_module.HINT
     stored = (bot_home / "lunara.db").read_bytes().decode("latin-1")
-    assert "Zq81vKx0" not in stored and "Pq52wYt7" not in stored
+    assert "Zq81vKx0" not in stored
+    assert "Pq52wYt7" not in stored
 
 
 async def test_a_payment_fetched_and_confirmed_but_never_handled_is_recorded_after_a_crash(
@@ -703,8 +720,10 @@ async def test_a_payment_fetched_and_confirmed_but_never_handled_is_recorded_aft
         assert "Plans" in await running.ask(TRADER, "/plans")
         payment = await payments.get(running.bot.db, "charge-7")
         user = await users.get(running.bot.db, TRADER)
-    assert payment is not None and payment.status is payments.PaymentStatus.PAID
-    assert user is not None and user.plan == "pro"
+    assert payment is not None
+    assert payment.status is payments.PaymentStatus.PAID
+    assert user is not None
+    assert user.plan == "pro"
     assert [m["text"] for m in thanks()] == ["Thank you! Your Pro plan is active."]
 
 
@@ -741,9 +760,11 @@ async def test_a_payment_the_database_could_not_record_is_recorded_by_a_later_sw
         await running.until(lambda: len(answers()) == 2, what="the thanks, after a sweep")
         payment = await payments.get(db, "charge-8")
         await asyncio.sleep(1.5)  # later sweeps find it answered
-    assert payment is not None and payment.status is payments.PaymentStatus.PAID
+    assert payment is not None
+    assert payment.status is payments.PaymentStatus.PAID
     apology, thanks = answers()
-    assert "went wrong" in apology and thanks == "Thank you! Your Pro plan is active."
+    assert "went wrong" in apology
+    assert thanks == "Thank you! Your Pro plan is active."
 
 
 async def test_a_stop_leaves_the_answers_telegram_did_not_take_yet_for_the_next_start(
@@ -764,7 +785,8 @@ async def test_a_stop_leaves_the_answers_telegram_did_not_take_yet_for_the_next_
         return Counter(m["reply_to"] for m in fake_telegram.sent if m["reply_to"] in message_ids)
 
     sent_before_the_stop = sum(answers().values())
-    assert sent_before_the_stop < count and set(answers().values()) <= {1}
+    assert sent_before_the_stop < count
+    assert set(answers().values()) <= {1}
     db = await open_database(bot_home / "lunara.db")
     try:
         assert (await outbox_store.counts(db))["queued"] == count - sent_before_the_stop
@@ -911,7 +933,8 @@ async def test_the_crash_report_waits_out_a_telegram_outage_and_reaches_the_admi
             results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
     assert results == [None, None]
     reports = fake_telegram.messages_to(ADMIN)
-    assert len(reports) == 1 and "SIGKILL" in reports[0]
+    assert len(reports) == 1
+    assert "SIGKILL" in reports[0]
     assert (bot_home / "crash-report.json").exists()  # the next start does not send it again
     assert not [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")]
 
@@ -946,7 +969,8 @@ async def test_a_crash_report_telegram_keeps_refusing_stays_queued_and_the_next_
             stop.set()
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
     reports = fake_telegram.messages_to(ADMIN)
-    assert len(reports) == 1 and "SIGKILL" in reports[0]
+    assert len(reports) == 1
+    assert "SIGKILL" in reports[0]
 
 
 async def test_old_inbox_rows_are_pruned_while_running_not_only_at_start(

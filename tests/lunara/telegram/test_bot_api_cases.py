@@ -54,7 +54,8 @@ async def test_private_commands_in_a_group_answer_only_with_a_pointer_to_the_pri
         await bot.ask(TRADER, "/start")
         for text in ("/balance", "/subscribe pro"):
             reply = await bot.ask(TRADER, text, chat_type="group")
-            assert "only in" in reply and "private chat" in reply, reply
+            assert "only in" in reply, reply
+            assert "private chat" in reply, reply
             assert f"https://t.me/{fake_telegram.username}" in reply
         assert "USDT" in await bot.ask(TRADER, "/balance")  # in private, the balances
     assert fake_telegram.invoices == []  # an invoice made in a group could never be paid
@@ -74,7 +75,8 @@ async def test_setkeys_in_a_group_is_deleted_and_the_user_told_to_revoke_the_key
     assert "Revoke those keys" in warning
     assert group_message in fake_telegram.deleted
     assert stored is None
-    assert key not in str(fake_telegram.sent) and secret not in str(fake_telegram.sent)
+    assert key not in str(fake_telegram.sent)
+    assert secret not in str(fake_telegram.sent)
 
 
 async def test_blocking_makes_a_user_inactive_and_unblocking_or_start_active_again(

@@ -73,7 +73,8 @@ async def test_a_trade_command_that_arrives_late_is_not_run_and_read_only_ones_a
     async with running_bot(fake_telegram, bot_home) as bot:
         await bot.ask(TRADER, "/start")
         late_buy = await ask_sent_at(bot, TRADER, "/buy BTCUSDT 100", an_hour_ago)
-        assert "was sent 1 hour ago" in late_buy and "did not act on it" in late_buy, late_buy
+        assert "was sent 1 hour ago" in late_buy, late_buy
+        assert "did not act on it" in late_buy, late_buy
         assert "send it again" in late_buy
         late_change = await ask_sent_at(bot, TRADER, "/settings stake_usdt=55", an_hour_ago)
         assert "did not act on it" in late_change, late_change
@@ -89,7 +90,8 @@ async def test_a_trade_command_that_arrives_late_is_not_run_and_read_only_ones_a
         fresh = await ask_sent_at(bot, TRADER, "/buy BTCUSDT 100", time.time() - 20)
         assert fresh.startswith("Bought"), fresh
         late_pause = await ask_sent_at(bot, ADMIN, "/pause", an_hour_ago)
-        assert "did not act on it" in late_pause and not await bot.bot.deps.trading.is_paused()
+        assert "did not act on it" in late_pause
+        assert not await bot.bot.deps.trading.is_paused()
 
 
 async def test_how_late_a_trade_command_may_arrive_is_configurable(
@@ -157,9 +159,11 @@ async def test_an_edit_that_now_carries_keys_is_deleted_and_the_user_told_to_rev
     assert fake_telegram.messages_to(TRADER)[before] == bot_module.EDITED_KEYS
     assert "Revoke those keys" in fake_telegram.messages_to(group_chat_id(TRADER))[1]
     assert stored is None  # an edit is never run, keys or not
-    assert key not in str(fake_telegram.sent) and secret not in str(fake_telegram.sent)
+    assert key not in str(fake_telegram.sent)
+    assert secret not in str(fake_telegram.sent)
     kept = b"".join(path.read_bytes() for path in bot_home.glob("lunara.db*"))
-    assert key.encode() not in kept and secret.encode() not in kept
+    assert key.encode() not in kept
+    assert secret.encode() not in kept
 
 
 # -- 6. a rate limit for everything a user sends ------------------------------------------
@@ -179,7 +183,8 @@ async def test_everything_a_user_sends_counts_against_the_rate_limit_and_slow_do
     assert replies[0] == bot_module.HINT
     assert "don't know that command" in replies[1]
     assert "Plans" in replies[2]
-    assert len(replies) == 4 and "Slow down" in replies[3], replies  # once, not six times
+    assert len(replies) == 4, replies
+    assert "Slow down" in replies[3], replies
     assert bought == 0
 
 
@@ -294,7 +299,8 @@ async def test_blocks_and_unblocks_fetched_before_a_crash_are_applied_once_each_
     applied = [r.getMessage() for r in caplog.records if "the bot; marked" in r.getMessage()]
     assert applied == [f"user {TRADER} blocked the bot; marked inactive",
                        f"user {TRADER} unblocked the bot; marked active"]  # fmt: skip
-    assert user is not None and user.active is True
+    assert user is not None
+    assert user.active is True
 
 
 async def test_a_block_is_held_by_the_inbox_under_a_key_no_message_can_have(

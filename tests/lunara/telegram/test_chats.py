@@ -46,7 +46,8 @@ async def test_every_part_of_a_long_answer_goes_to_the_forum_topic_its_command_c
     parts = fake.sent_messages(forum)
     assert len(parts) >= 3
     assert [part["thread_id"] for part in parts] == [TOPIC] * len(parts)
-    assert parts[0]["reply_to"] is not None and parts[0]["text"].startswith("<b>Users</b>")
+    assert parts[0]["reply_to"] is not None
+    assert parts[0]["text"].startswith("<b>Users</b>")
 
 
 async def test_every_part_of_a_long_answer_to_a_group_that_became_a_supergroup_goes_there(
@@ -63,7 +64,8 @@ async def test_every_part_of_a_long_answer_to_a_group_that_became_a_supergroup_g
         await bot.until(lambda: fake.messages_to(SUPERGROUP) != [], what="the answer")
         await all_sent(bot)
     parts = fake.messages_to(SUPERGROUP)
-    assert len(parts) >= 3 and parts[0].startswith("<b>Users</b>")
+    assert len(parts) >= 3
+    assert parts[0].startswith("<b>Users</b>")
     assert fake.messages_to(group) == []
     assert "".join(parts).count("&amp;" * 64) == 50  # every user's row, once
 

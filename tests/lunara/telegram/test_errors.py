@@ -56,8 +56,10 @@ def handler_for(db: aiosqlite.Connection, home: Path, outbox: Outbox) -> ErrorHa
 
 
 def test_timeouts_and_network_errors_are_retryable_bad_requests_are_not() -> None:
-    assert is_retryable(TimedOut()) and is_retryable(NetworkError("reset"))
-    assert not is_retryable(BadRequest("bad")) and not is_retryable(ValueError())
+    assert is_retryable(TimedOut())
+    assert is_retryable(NetworkError("reset"))
+    assert not is_retryable(BadRequest("bad"))
+    assert not is_retryable(ValueError())
 
 
 def test_retry_after_is_honoured_but_capped() -> None:
@@ -73,10 +75,13 @@ async def test_an_unexpected_error_apologises_with_a_reference_and_tells_admins(
         update_from(USER), RuntimeError(f"boom {SECRET}")
     )
     (user_chat, apology), (admin_chat, notice) = outbox.sent
-    assert user_chat == USER and "reference" in apology
-    assert admin_chat == ADMIN and "RuntimeError" in notice
+    assert user_chat == USER
+    assert "reference" in apology
+    assert admin_chat == ADMIN
+    assert "RuntimeError" in notice
     reference = apology.split("<code>")[1].split("</code>")[0]
-    assert reference in notice and reference in caplog.text
+    assert reference in notice
+    assert reference in caplog.text
     assert all(SECRET not in text for _, text in outbox.sent)
 
 
@@ -88,7 +93,9 @@ async def test_forbidden_deactivates_nobody_and_replies_nothing(
     outbox = Outbox()
     await handler_for(db, tmp_path, outbox).on_error(update_from(USER), Forbidden("blocked"))
     user = await users.get(db, USER)
-    assert user is not None and user.active and not outbox.sent
+    assert user is not None
+    assert user.active
+    assert not outbox.sent
 
 
 async def test_forbidden_from_an_unregistered_user_is_not_an_error(

@@ -103,7 +103,8 @@ async def test_a_broadcast_skips_users_who_blocked_the_bot_and_tells_the_admin_t
             what="the summary",
         )
         summary = fake_telegram.messages_to(ADMIN)[-1]
-        assert "Sent: 28" in summary and "Blocked the bot (marked inactive): 3" in summary
+        assert "Sent: 28" in summary
+        assert "Blocked the bot (marked inactive): 3" in summary
         for user_id in recipients:
             assert await is_active(bot.bot.db, user_id) == (user_id not in blocked)
         assert await is_active(bot.bot.db, ADMIN)  # whoever sent it stays active
@@ -128,7 +129,8 @@ async def test_a_flood_wait_holds_only_its_chat_and_is_waited_out(
         assert fake_telegram.messages_to(TRADER) == []  # still waiting
         await bot.until(lambda: fake_telegram.messages_to(TRADER) != [], what="the held one")
     [held] = fake_telegram.sent_messages(TRADER)
-    assert held["text"] == "your stop sold" and held["at"] >= told_to_wait + 3
+    assert held["text"] == "your stop sold"
+    assert held["at"] >= told_to_wait + 3
 
 
 async def test_a_flood_wait_longer_than_a_minute_is_kept_across_a_restart(
@@ -146,7 +148,8 @@ async def test_a_flood_wait_longer_than_a_minute_is_kept_across_a_restart(
     async with running_bot(fake_telegram, bot_home) as bot:
         assert "Plans" in await bot.ask(STRANGER, "/plans")  # the bot sends on
         due = await outbox_store.next_due(bot.bot.db)
-        assert due is not None and due >= told_to_wait + 90
+        assert due is not None
+        assert due >= told_to_wait + 90
         assert (await outbox_store.counts(bot.bot.db))["queued"] == 1
     assert fake_telegram.messages_to(TRADER) == []
 

@@ -165,7 +165,8 @@ def test_sigkills_during_a_500_recipient_broadcast_deliver_each_copy_exactly_onc
             uncaught.append(user_id)
     print(f"copies: {sum(map(len, by_recipient.values()))} to {len(by_recipient)} recipients; "
           f"duplicates caught by a kill: {len(caught)}; 429s: {too_many}")  # fmt: skip
-    assert missing == [] and uncaught == []
+    assert missing == []
+    assert uncaught == []
     assert not BLOCKED & set(by_recipient)
     summaries = [m["text"] for m in sent if "Broadcast finished" in m["text"]]
     assert len(summaries) == 1

@@ -69,11 +69,15 @@ def test_parsers_either_return_a_valid_value_or_raise_usage_error(raw: str) -> N
         except UsageError:
             continue
         if parser is parse_amount:
-            assert isinstance(value, Decimal) and 0 < value <= MAX_AMOUNT
+            assert isinstance(value, Decimal)
+            assert 0 < value <= MAX_AMOUNT
         elif parser is parse_user_id:
-            assert isinstance(value, int) and value > 0
+            assert isinstance(value, int)
+            assert value > 0
         else:
-            assert isinstance(value, str) and value.isalnum() and value.isascii()
+            assert isinstance(value, str)
+            assert value.isalnum()
+            assert value.isascii()
 
 
 @given(st.lists(st.text(max_size=40), max_size=8))

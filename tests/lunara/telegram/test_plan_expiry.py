@@ -42,6 +42,8 @@ async def test_a_plan_that_ended_is_told_once_and_a_renewed_one_again_when_it_en
             stop.set()
             await service
     first, second = fake.messages_to(TRADER)
-    assert f"<b>Pro</b> {ENDED}" in first and "/subscribe pro" in first
+    assert f"<b>Pro</b> {ENDED}" in first
+    assert "/subscribe pro" in first
     assert f"<b>Elite</b> {ENDED}" in second
-    assert fake.messages_to(STRANGER) == [] and fake.messages_to(ADMIN) == []
+    assert fake.messages_to(STRANGER) == []
+    assert fake.messages_to(ADMIN) == []

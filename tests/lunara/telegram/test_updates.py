@@ -34,18 +34,23 @@ def test_an_edit_is_kept_as_its_command_name_alone_under_minus_its_update_id(
 ) -> None:
     text = " ".join([f"/{name}", *words])
     entry = inbox_entry_of(Update(55, edited_message=message(text)), BOT)
-    assert entry is not None and (entry.chat_id, entry.key) == (7, -55)
+    assert entry is not None
+    assert (entry.chat_id, entry.key) == (7, -55)
     assert entry.payload is not None
     kept = Update.de_json(json.loads(entry.payload), None)
-    assert kept.edited_message is not None and kept.edited_message.text == f"/{name}"
+    assert kept.edited_message is not None
+    assert kept.edited_message.text == f"/{name}"
     assert not any(word in entry.payload for word in words)
 
 
 def test_a_new_message_is_kept_under_its_own_id_and_a_secret_not_at_all() -> None:
     command = inbox_entry_of(Update(56, message=message("/plans", 11)), BOT)
-    assert command is not None and (command.chat_id, command.key) == (7, 11)
+    assert command is not None
+    assert (command.chat_id, command.key) == (7, 11)
     secret = inbox_entry_of(Update(57, message=message("/setkeys a b", 12)), BOT)
-    assert secret is not None and secret.payload is None and "setkeys" in SECRET_COMMANDS
+    assert secret is not None
+    assert secret.payload is None
+    assert "setkeys" in SECRET_COMMANDS
 
 
 def test_edits_of_plain_text_and_of_another_bots_commands_are_not_held() -> None:

@@ -100,14 +100,17 @@ def test_exchange_info_rate_limits_are_read_and_malformed_entries_skipped() -> N
     ]
     assert weight_per_minute(limits) == 6000
     assert weight_per_minute([RateLimit("REQUEST_WEIGHT", 10, 500)]) == 3000  # per 10 s
-    assert parse_rate_limits(None) == [] and weight_per_minute([]) is None
+    assert parse_rate_limits(None) == []
+    assert weight_per_minute([]) is None
 
 
 def test_the_budget_is_binances_limit_less_the_margin_once_it_is_known(clock: FakeClock) -> None:
     limiter = _limiter(clock)
-    assert limiter.budget == DEFAULT_WEIGHT_PER_MINUTE and limiter.binance_limit is None
+    assert limiter.budget == DEFAULT_WEIGHT_PER_MINUTE
+    assert limiter.binance_limit is None
     limiter.set_limit(6000)
-    assert limiter.budget == 6000 * SAFETY_MARGIN and limiter.binance_limit == 6000
+    assert limiter.budget == 6000 * SAFETY_MARGIN
+    assert limiter.binance_limit == 6000
 
 
 async def test_binance_counting_more_than_we_sent_holds_requests_until_the_next_minute(
@@ -116,7 +119,8 @@ async def test_binance_counting_more_than_we_sent_holds_requests_until_the_next_
     limiter = _limiter(clock, 100)
     limiter.set_limit(125)  # Binance publishes 125 a minute: 100 planned, 100 counted at most
     await limiter.acquire(10)
-    assert limiter.used_weight == 10 and clock.slept == []
+    assert limiter.used_weight == 10
+    assert clock.slept == []
     limiter.observe_used(95)  # Binance counted more: another program on this IP
     await limiter.acquire(10)
     assert clock.slept == [pytest.approx(40 + 1)]  # to the minute's end, plus slack
@@ -142,11 +146,14 @@ async def test_a_ban_fails_every_request_at_once_until_it_ends(clock: FakeClock)
     limiter.ban(7200)
     with pytest.raises(IpBanned) as banned:
         await limiter.acquire(1)
-    assert banned.value.retry_after_s == 7200 and "2.0 h" in str(banned.value)
+    assert banned.value.retry_after_s == 7200
+    assert "2.0 h" in str(banned.value)
     assert clock.slept == []  # not slept through
-    assert limiter.banned_until == START + 7200 and limiter.bans == 1
+    assert limiter.banned_until == START + 7200
+    assert limiter.bans == 1
     limiter.ban(60)  # a shorter answer never shortens the ban, nor counts as a new one
-    assert limiter.banned_for_s == 7200 and limiter.bans == 1
+    assert limiter.banned_for_s == 7200
+    assert limiter.bans == 1
     clock.now += 7200
     await limiter.acquire(1)
     assert limiter.banned_until is None
@@ -179,7 +186,8 @@ async def test_every_replys_used_weight_header_becomes_the_limiters_count(
     gateway = _gateway(fake, clock)
     exchange = BinanceExchange(gateway, KEY, SECRET)
     await exchange.balances()
-    assert fake.used_weight() == 20 and gateway.limiter.used_weight == 20
+    assert fake.used_weight() == 20
+    assert gateway.limiter.used_weight == 20
     _other_program(fake).get_account()  # 20 more that the bot never sent
     await BinanceMarket(gateway).prices(["BTCUSDT"])  # ticker/price with `symbols`: 4
     assert fake.used_weight() == 44
@@ -230,7 +238,8 @@ async def test_a_418_ban_is_honoured_in_full_and_fails_every_trader_fast(
         await second.balances()
     with pytest.raises(IpBanned):
         await second.place_market_order("BTCUSDT", OrderSide.BUY, Decimal("0.001"), "c1")
-    assert gateway.requests_sent == sent and clock.slept == []  # nothing sent, nothing slept
+    assert gateway.requests_sent == sent
+    assert clock.slept == []  # nothing sent, nothing slept
 
 
 async def test_after_a_429_the_bot_waits_out_retry_after_and_is_never_banned(
@@ -241,7 +250,8 @@ async def test_after_a_429_the_bot_waits_out_retry_after_and_is_never_banned(
     await exchange.balances()
     await exchange.balances()  # 40: at the limit; the next is refused with a 429
     balances = await exchange.balances()  # retried after Retry-After, in the next minute
-    assert clock.slept == [pytest.approx(40)] and balances[0].asset == "USDT"
+    assert clock.slept == [pytest.approx(40)]
+    assert balances[0].asset == "USDT"
     assert fake.ban_ends_in() == 0
 
 
@@ -293,7 +303,8 @@ async def test_setkeys_check_refuses_a_key_that_reads_but_may_not_trade(
     assert fake.count("POST", "order/test") == 1
     await BinanceExchange(gateway, KEY, SECRET).check_access("BTCUSDT")
     assert fake.count("POST", "order/test") == 2
-    assert fake.orders == [] and fake.balances[KEY]["USDT"] == Decimal(1000)  # never executed
+    assert fake.orders == []
+    assert fake.balances[KEY]["USDT"] == Decimal(1000)  # never executed
 
 
 async def test_setkeys_check_refuses_an_account_with_trading_disabled(
@@ -334,7 +345,8 @@ async def test_a_ban_is_told_to_the_admins_once_and_shown_in_the_engine_status(
             await BinanceMarket(gateway).prices(["BTCUSDT"])
         assert await engine.report_ban_if_new() is True
         assert await engine.report_ban_if_new() is False  # once per ban
-        assert len(inbox.to_admins) == 1 and "HTTP 418" in inbox.to_admins[0]
+        assert len(inbox.to_admins) == 1
+        assert "HTTP 418" in inbox.to_admins[0]
         status = await engine.engine_status()
         assert status["binance_banned_for_s"] == 3600
         assert status["binance_banned_until"] is not None

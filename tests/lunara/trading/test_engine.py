@@ -38,7 +38,8 @@ async def test_the_service_buys_shows_and_sells_a_position(trading: TradingRunti
     bought = await engine.buy(42, "btcusdt", Decimal(200))
     shown = await engine.positions(42)
     assert [view.position_id for view in shown] == [bought.position_id]
-    assert shown[0].stop_price is not None and shown[0].current_price is not None
+    assert shown[0].stop_price is not None
+    assert shown[0].current_price is not None
     sold = await engine.sell(42, "BTCUSDT")
     assert [result.side for result in sold] == ["SELL"]
     assert await engine.positions(42) == []
@@ -54,7 +55,8 @@ async def test_analysis_has_indicators_and_says_when_ai_is_off(trading: TradingR
     view = await engine.analyze(42, "ETHUSDT", with_ai=True)
     assert view.symbol == "ETHUSDT"
     assert view.indicators["rsi"] is not None
-    assert view.ai_commentary is None and view.ai_note == NOTE_OFF
+    assert view.ai_commentary is None
+    assert view.ai_note == NOTE_OFF
 
 
 async def test_the_runner_ticks_until_stopped_then_checkpoints_the_stops(
@@ -70,7 +72,8 @@ async def test_the_runner_ticks_until_stopped_then_checkpoints_the_stops(
     await asyncio.wait_for(task, 10)
     live = {s.position_id: s.state for s in engine.stop_store.tracked()}
     saved = {r.position_id: r for r in await store.list_trailing_stops(engine.orders._db)}
-    assert live.keys() == saved.keys() and live
+    assert live.keys() == saved.keys()
+    assert live
     for position_id, state in live.items():
         assert saved[position_id].stop_price == state.stop_price
         assert saved[position_id].peak_price == state.peak_price
@@ -97,7 +100,8 @@ async def test_a_configured_symbol_binance_does_not_list_is_named_in_the_log_and
             await users.register(engine.orders._db, 42, "trader")
             await engine.start()
             errors = [r for r in caplog.records if r.levelname == "ERROR"]
-            assert len(errors) == 1 and "BTCUSTD" in errors[0].getMessage()
+            assert len(errors) == 1
+            assert "BTCUSTD" in errors[0].getMessage()
             with pytest.raises(TradingError, match="BTCUSTD is not traded by this bot"):
                 await engine.buy(42, "BTCUSTD", Decimal(100))
             assert (await engine.buy(42, "ETHUSDT", Decimal(100))).symbol == "ETHUSDT"

@@ -111,7 +111,8 @@ async def test_a_trader_with_a_plain_stop_keeps_the_initial_stop_and_exits_as_st
         highest = max(highest, tracked[0].state.peak_price)
     assert engine.stop_store.tracked() == []
     [closed] = await store.by_user(engine.orders._db, 1)
-    assert closed.id == bought.position_id and closed.exit_reason == "stop_loss"
+    assert closed.id == bought.position_id
+    assert closed.exit_reason == "stop_loss"
     # The price rose enough on the way that a trailing stop would have moved.
     assert highest * (1 - 0.02) > initial
 
@@ -150,10 +151,12 @@ async def test_an_admin_pause_refuses_buys_until_resumed(engine: TradingEngine) 
     with pytest.raises(TradingPaused):
         await engine.buy(1, "BTCUSDT", Decimal(100))
     report = await engine.executor.tick()
-    assert report.paused and report.entries == 0
+    assert report.paused
+    assert report.entries == 0
     await engine.set_paused(False, "telegram:1")
     result = await engine.buy(1, "BTCUSDT", Decimal(100))
-    assert result.side == "BUY" and result.position_id is not None
+    assert result.side == "BUY"
+    assert result.position_id is not None
 
 
 async def test_one_unknown_symbol_in_a_traders_settings_costs_no_one_their_stops(
@@ -198,7 +201,9 @@ async def test_one_unknown_symbol_in_a_traders_settings_costs_no_one_their_stops
             sold = await store.by_user(db, 1)
             assert sold[0].exit_reason == "stop_loss"
             told = [(user, text) for user, text in inbox.messages if "NOPEUSDT" in text]
-            assert len(told) == 1 and told[0][0] == 2 and "/settings" in told[0][1]
+            assert len(told) == 1
+            assert told[0][0] == 2
+            assert "/settings" in told[0][1]
             logged = [r for r in caplog.records if "NOPEUSDT" in r.getMessage()]
             assert len(logged) == 1
         finally:

@@ -112,10 +112,12 @@ async def test_one_unknown_symbol_costs_only_its_own_price_and_is_not_split_for_
     assert _asked(binance)[0] == sorted(wanted)  # one batch first; split only on refusal
     requests_before = len(_asked(binance))
     second = await market.tick(wanted, time.time())
-    assert second.prices == first.prices and second.unknown == {"NOPEUSDT"}
+    assert second.prices == first.prices
+    assert second.unknown == {"NOPEUSDT"}
     assert _asked(binance)[requests_before:] == [["BTCUSDT", "ETHUSDT", "SOLUSDT"]]
     named = [r for r in caplog.records if "NOPEUSDT" in r.getMessage()]
-    assert len(named) == 1 and named[0].levelname == "WARNING"
+    assert len(named) == 1
+    assert named[0].levelname == "WARNING"
 
 
 async def test_a_refusal_other_than_an_unknown_symbol_is_not_split_but_raised(
@@ -125,7 +127,8 @@ async def test_a_refusal_other_than_an_unknown_symbol_is_not_split_but_raised(
     binance.inject("ticker/price", 503, -1001, "Internal error; unable to process your request.")
     with pytest.raises(ExchangeUnavailable):
         await market.prices(["BTCUSDT", "ETHUSDT"])
-    assert len(_asked(binance)) == 1 and market.unknown == frozenset()
+    assert len(_asked(binance)) == 1
+    assert market.unknown == frozenset()
 
 
 async def test_an_unknown_symbol_gets_prices_again_once_exchange_info_lists_it(
@@ -134,10 +137,12 @@ async def test_an_unknown_symbol_gets_prices_again_once_exchange_info_lists_it(
     market = BinanceMarket(_gateway(binance, rules_ttl_s=0.0))  # exchangeInfo re-read each time
     assert "NEWUSDT" not in (await market.tick(["BTCUSDT", "NEWUSDT"], time.time())).prices
     still = await market.tick(["BTCUSDT", "NEWUSDT"], time.time())
-    assert still.unknown == {"NEWUSDT"} and _asked(binance)[-1] == ["BTCUSDT"]
+    assert still.unknown == {"NEWUSDT"}
+    assert _asked(binance)[-1] == ["BTCUSDT"]
     binance.set_price("NEWUSDT", "2.5")  # Binance lists it now
     listed = await market.tick(["BTCUSDT", "NEWUSDT"], time.time())
-    assert listed.prices["NEWUSDT"] == Decimal("2.5") and listed.unknown == frozenset()
+    assert listed.prices["NEWUSDT"] == Decimal("2.5")
+    assert listed.unknown == frozenset()
 
 
 def _candle(row: list[object]) -> Candle:
@@ -163,7 +168,8 @@ async def test_live_candles_are_binances_closed_klines_one_request_per_closed_mi
     live = (await market.tick(["BTCUSDT"], clock.now)).closed["BTCUSDT"]
     assert binance.count("GET", "klines") == 2
     asked = [r.params for r in binance.recorded if r.endpoint == "klines"][-1]
-    assert asked["startTime"] == str(START_S * 1000) and asked["interval"] == "1m"
+    assert asked["startTime"] == str(START_S * 1000)
+    assert asked["interval"] == "1m"
     assert [c.open_time for c in live] == [START_S * 1000]
     rows = _gateway(binance).public.get_klines(
         symbol="BTCUSDT", interval="1m", startTime=(START_S - 50 * MINUTE) * 1000, limit=51
@@ -183,7 +189,8 @@ async def test_a_failed_klines_read_costs_no_price_and_is_caught_up_at_the_next_
     binance.inject("klines", 503, -1001, "Internal error; unable to process your request.")
     clock.now = START_S + MINUTE + 5
     failed = await market.tick(["ETHUSDT"], clock.now)
-    assert failed.prices == {"ETHUSDT": Decimal(3000)} and failed.closed == {}
+    assert failed.prices == {"ETHUSDT": Decimal(3000)}
+    assert failed.closed == {}
     clock.now = START_S + MINUTE + 30
     await market.tick(["ETHUSDT"], clock.now)
     assert binance.count("GET", "klines") == 2  # no retry within the same minute

@@ -164,7 +164,8 @@ async def test_a_buy_settled_by_lookup_holds_the_quantity_after_the_fee_and_sell
     fake.drop_next_order_response = True
     position = await bot.buy("0.001")
     # Found through allOrders while GET /order still says -2013; the fee from myTrades.
-    assert fake.count("GET", "allOrders") == 1 and fake.count("GET", "myTrades") == 1
+    assert fake.count("GET", "allOrders") == 1
+    assert fake.count("GET", "myTrades") == 1
     assert position.quantity == _free(fake, "BTC") == Decimal("0.000999")
     order = (await order_store.orders_of_position(bot.db, position.id))[0]
     assert order.fees == {"BTC": Decimal("0.000001")}
@@ -219,7 +220,8 @@ async def test_fees_paid_in_bnb_are_recorded_in_bnb_not_as_quote(
     )
     assert settled.position.quantity == _free(fake, "BTC") == Decimal("0.01")
     assert settled.order.fees == {"BNB": Decimal("0.001")}
-    assert settled.fee_in_quote == 0 and settled.position.entry_cost == Decimal(500)
+    assert settled.fee_in_quote == 0
+    assert settled.position.entry_cost == Decimal(500)
 
 
 async def test_a_lost_reply_under_lookup_lag_never_buys_twice(fake: FakeBinance, bot: Bot) -> None:
@@ -228,7 +230,8 @@ async def test_a_lost_reply_under_lookup_lag_never_buys_twice(fake: FakeBinance,
     fake.drop_mode, fake.drop_stall_s, fake.lookup_lag_s = DROP_CLOSE, 0.0, 3600.0
     fake.drop_next_order_response = True
     position = await bot.buy("0.001")
-    assert fake.count("POST", "order") == 1 and len(fake.orders) == 1
+    assert fake.count("POST", "order") == 1
+    assert len(fake.orders) == 1
     assert fake.duplicates == []
     assert position.entry_client_order_id == fake.orders[0]["clientOrderId"]
     assert bot.clock.slept == []  # found at once: no need to wait out the recvWindow
@@ -249,11 +252,13 @@ async def test_an_order_never_placed_is_sent_again_under_a_new_client_id_after_t
     fake.inject("order", status, code, message)  # answered without placing the order
     position = await bot.buy("0.001")
     posts = [r.params["newClientOrderId"] for r in fake.recorded if r.method == "POST"]
-    assert len(posts) == 2 and posts[0] != posts[1]
+    assert len(posts) == 2
+    assert posts[0] != posts[1]
     assert [o["clientOrderId"] for o in fake.orders] == [posts[1]]
     assert bot.clock.slept == [WINDOW_S]  # the recvWindow of the first send was waited out
     first = await order_store.get_order(bot.db, posts[0])
-    assert first is not None and first.status is OrderStatus.REJECTED
+    assert first is not None
+    assert first.status is OrderStatus.REJECTED
     assert first.error == "not placed: the exchange never took it"
     assert successor_id(first) == posts[1] == position.entry_client_order_id
     assert posts[1] == client_order_id(USER, f"resend:{posts[0]}", OrderSide.BUY, 0)
@@ -269,7 +274,8 @@ async def test_an_order_still_unseen_after_two_sends_is_reported_not_placed(
         OrderOutcomeUnknown, match=r"^the exchange did not take the order; try again shortly$"
     ):
         await bot.buy("0.001")
-    assert fake.orders == [] and bot.clock.slept == [WINDOW_S, WINDOW_S]
+    assert fake.orders == []
+    assert bot.clock.slept == [WINDOW_S, WINDOW_S]
     assert await store.list_open(bot.db, USER) == []
     assert await order_store.list_unsettled_orders(bot.db) == []
 
@@ -291,7 +297,8 @@ async def test_an_exit_that_expires_part_filled_keeps_the_rest_open_under_its_st
     closed = await bot.sell(rest)  # the stop says sell again: the rest goes
     assert closed.status is PositionStatus.CLOSED
     assert (closed.sold_quantity, closed.residue_quantity) == (Decimal("0.01"), Decimal(0))
-    assert closed.realized_pnl == 0 and _free(fake, "BTC") == 0
+    assert closed.realized_pnl == 0
+    assert _free(fake, "BTC") == 0
     assert position.id not in {stop.position_id for stop in bot.stops.tracked()}
     # Recovery does not apply the partial exit a second time.
     report = await bot.orders.recover(bot.exchange_of)
@@ -317,7 +324,8 @@ async def test_a_position_whose_exit_was_refused_a_thousand_times_can_still_be_s
         )
         await order_store.mark_order_rejected(bot.db, order_id, "Account has insufficient balance")
     closed = await bot.sell(position)
-    assert closed.status is PositionStatus.CLOSED and _free(fake, "BTC") == 0
+    assert closed.status is PositionStatus.CLOSED
+    assert _free(fake, "BTC") == 0
 
 
 # What was sent, recorded and counted
@@ -382,7 +390,8 @@ async def test_a_fill_is_recorded_as_the_exchange_reported_it(fake: FakeBinance,
     assert closed.exit_client_order_id == fake.orders[1]["clientOrderId"]
     assert (closed.exit_reason, closed.exit_price) == ("trailing_stop", Decimal(51000))
     exit_order = await order_store.get_order(bot.db, fake.orders[1]["clientOrderId"])
-    assert exit_order is not None and exit_order.settled
+    assert exit_order is not None
+    assert exit_order.settled
     assert (exit_order.exchange_order_id, exit_order.fee) == (
         str(fake.orders[1]["orderId"]),
         Decimal("0.05049"),
@@ -422,7 +431,8 @@ async def test_each_refusal_is_recorded_with_the_exchanges_reason_and_never_sent
     assert [(o.status, o.error) for o in await _all_orders(bot)] == [
         (OrderStatus.REJECTED, f"Binance refused the request: {INSUFFICIENT}")
     ] * 2
-    assert fake.count("POST", "order") == 2 and fake.orders == []
+    assert fake.count("POST", "order") == 2
+    assert fake.orders == []
     assert (bot.orders.placed, bot.orders.failed) == (0, 2)
     assert await _stamped_by_the_order_paths_clock(bot)
 
@@ -437,7 +447,8 @@ async def test_an_order_binances_rules_refuse_at_the_average_price_is_recorded_s
     [order] = await _all_orders(bot)
     assert (order.status, order.error) == (OrderStatus.REJECTED, refusal.value.message)
     assert "4.80 USDT (at the 5-minute average price 40000" in refusal.value.message
-    assert fake.count("POST", "order") == 0 and bot.orders.failed == 1
+    assert fake.count("POST", "order") == 0
+    assert bot.orders.failed == 1
 
 
 async def test_an_order_the_exchange_ended_unfilled_after_its_reply_was_lost_is_recorded_refused(
@@ -450,7 +461,8 @@ async def test_an_order_the_exchange_ended_unfilled_after_its_reply_was_lost_is_
         await bot.buy("0.001")
     [order] = await _all_orders(bot)
     assert (order.status, order.error) == (OrderStatus.REJECTED, ENDED_UNFILLED)
-    assert fake.count("POST", "order") == 1 and bot.orders.failed == 1
+    assert fake.count("POST", "order") == 1
+    assert bot.orders.failed == 1
     assert await store.list_open(bot.db, USER) == []
 
 
@@ -465,7 +477,8 @@ async def test_an_id_the_exchange_calls_a_duplicate_is_settled_from_the_order_it
     held = client_order_id(USER, "entry:BTCUSDT", BUY, 0)
     await bot.exchange.place_market_order("BTCUSDT", BUY, Decimal("0.002"), held)
     position = await bot.buy("0.001")
-    assert len(fake.orders) == 1 and len(fake.duplicates) == 1
+    assert len(fake.orders) == 1
+    assert len(fake.duplicates) == 1
     assert (position.quantity, position.entry_client_order_id) == (Decimal("0.002"), held)
 
 
@@ -480,7 +493,8 @@ async def test_a_duplicate_the_exchange_cannot_show_is_recorded_refused(
         OrderStatus.REJECTED,
         "the exchange reports a duplicate it cannot show",
     )
-    assert fake.orders == [] and bot.orders.failed == 1
+    assert fake.orders == []
+    assert bot.orders.failed == 1
 
 
 async def test_an_exit_that_names_no_position_is_refused_before_anything_is_recorded_or_sent(
@@ -490,7 +504,8 @@ async def test_an_exit_that_names_no_position_is_refused_before_anything_is_reco
         await bot.orders.submit(
             bot.exchange, OrderRequest(USER, "BTCUSDT", SELL, Decimal("0.001"), Decimal(50000))
         )
-    assert await _all_orders(bot) == [] and fake.count("POST", "order") == 0
+    assert await _all_orders(bot) == []
+    assert fake.count("POST", "order") == 0
 
 
 async def test_an_exit_of_a_position_whose_coins_are_gone_sends_nothing(
@@ -539,7 +554,8 @@ async def test_an_exit_whose_reply_was_lost_is_settled_from_the_exchange_when_so
         lost.client_order_id,
         "trailing_stop",
     )
-    assert closed.sold_quantity == Decimal("0.001") and _free(fake, "BTC") == 0
+    assert closed.sold_quantity == Decimal("0.001")
+    assert _free(fake, "BTC") == 0
     assert position.id not in _stop_prices(bot)
     assert bot.clock.slept == []
 
@@ -572,9 +588,11 @@ async def test_an_exit_the_exchange_never_took_is_sent_again_under_a_new_id_and_
     closed = await bot.sell(position)
     first, again = _posts(fake)[1:]
     assert again == client_order_id(USER, f"resend:{first}", SELL, 0)
-    assert closed.status is PositionStatus.CLOSED and closed.exit_client_order_id == again
+    assert closed.status is PositionStatus.CLOSED
+    assert closed.exit_client_order_id == again
     resent = await order_store.get_order(bot.db, again)
-    assert resent is not None and resent.position_id == position.id
+    assert resent is not None
+    assert resent.position_id == position.id
 
 
 async def _filled_by_an_earlier_release(
@@ -659,7 +677,8 @@ async def test_fills_recorded_before_an_upgrade_without_their_effect_are_settled
     report = await bot.orders.recover(bot.exchange_of)
     assert report == RecoveryReport(settled=2)
     closed = await store.get(bot.db, position.id)
-    assert closed is not None and closed.status is PositionStatus.CLOSED
+    assert closed is not None
+    assert closed.status is PositionStatus.CLOSED
     assert (closed.exit_reason, closed.exit_proceeds) == ("manual", Decimal("101.898"))
     [opened] = await store.list_open(bot.db, USER)
     assert (opened.quantity, opened.entry_price, opened.entry_cost) == (
@@ -689,9 +708,11 @@ async def test_a_keyed_buy_whose_reply_was_lost_is_settled_from_the_exchange_whe
     lost = await order_store.get_order(
         bot.db, client_order_id(USER, "entry:BTCUSDT:tg:5:7", BUY, 0)
     )
-    assert lost is not None and (lost.status, lost.error) == (OrderStatus.UNKNOWN, LOST_REPLY)
+    assert lost is not None
+    assert (lost.status, lost.error) == (OrderStatus.UNKNOWN, LOST_REPLY)
     settled = await bot.orders.submit(bot.exchange, request)  # Telegram delivers it again
-    assert fake.count("POST", "order") == 1 and len(fake.orders) == 1
+    assert fake.count("POST", "order") == 1
+    assert len(fake.orders) == 1
     assert settled.order.client_order_id == lost.client_order_id
     assert settled.position.quantity == Decimal("0.000999")
     assert _stop_prices(bot) == {settled.position.id: pytest.approx(45000.0)}
@@ -710,7 +731,8 @@ async def test_a_keyed_buy_the_exchange_never_took_is_sent_once_more_when_asked_
     settled = await bot.orders.submit(bot.exchange, request)
     assert bot.clock.slept == [WINDOW_S]  # certain it never reached the exchange
     assert _posts(fake) == [settled.order.client_order_id] * 2
-    assert len(fake.orders) == 1 and fake.duplicates == []
+    assert len(fake.orders) == 1
+    assert fake.duplicates == []
     assert settled.position.status is PositionStatus.OPEN
 
 
@@ -742,7 +764,8 @@ async def test_a_keyed_buy_sent_again_under_a_new_id_is_found_under_it_when_aske
         first.order.client_order_id,
         first.position.id,
     )
-    assert fake.count("POST", "order") == 2 and len(fake.orders) == 1
+    assert fake.count("POST", "order") == 2
+    assert len(fake.orders) == 1
 
 
 # Recovery
@@ -775,7 +798,8 @@ async def test_an_exit_whose_reply_was_lost_is_closed_by_the_recovery_as_the_sto
         await bot.sell(position, reason="trailing_stop")
     assert await bot.orders.recover(bot.exchange_of) == RecoveryReport(settled=1)
     closed = await store.get(bot.db, position.id)
-    assert closed is not None and closed.status is PositionStatus.CLOSED
+    assert closed is not None
+    assert closed.status is PositionStatus.CLOSED
     assert (closed.exit_client_order_id, closed.sold_quantity) == (
         fake.orders[1]["clientOrderId"],
         Decimal("0.001"),
@@ -783,10 +807,12 @@ async def test_an_exit_whose_reply_was_lost_is_closed_by_the_recovery_as_the_sto
     # The order row keeps why it was sent: the exit is the stop's, and so is its notice,
     # queued once with the close however often the recovery runs.
     assert closed.exit_reason == "trailing_stop"
-    assert position.id not in _stop_prices(bot) and fake.count("POST", "order") == 2
+    assert position.id not in _stop_prices(bot)
+    assert fake.count("POST", "order") == 2
     assert await bot.orders.recover(bot.exchange_of) == RecoveryReport()
     told = await notices_to(bot.db, position.user_id)
-    assert len(told) == 1 and told[0].startswith("Trailing stop hit: sold 0.001 BTCUSDT")
+    assert len(told) == 1
+    assert told[0].startswith("Trailing stop hit: sold 0.001 BTCUSDT")
 
 
 async def test_orders_the_exchange_never_took_are_recorded_not_placed_after_the_recv_window(
@@ -802,7 +828,8 @@ async def test_orders_the_exchange_never_took_are_recorded_not_placed_after_the_
     assert [(o.status, o.error) for o in await _all_orders(bot)] == [
         (OrderStatus.REJECTED, NOT_PLACED_AFTER_RESTART)
     ] * 2
-    assert fake.orders == [] and not await bot.orders.has_unsettled()
+    assert fake.orders == []
+    assert not await bot.orders.has_unsettled()
     assert await _stamped_by_the_order_paths_clock(bot)
 
 
@@ -925,7 +952,8 @@ async def test_the_periodic_recovery_leaves_an_order_being_sent_alone_and_settle
         OrderRequest(USER, "BTCUSDT", BUY, Decimal("0.001"), Decimal(50000)),
     )
     assert reports == [RecoveryReport(settled=1)]  # the other's; this one was in flight
-    assert settled.order.status is OrderStatus.FILLED and len(fake.orders) == 2
+    assert settled.order.status is OrderStatus.FILLED
+    assert len(fake.orders) == 2
     assert {p.user_id for p in await store.list_open(bot.db)} == {USER, OTHER}
 
 

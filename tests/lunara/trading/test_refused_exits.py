@@ -162,10 +162,13 @@ async def test_a_refused_exit_is_tried_again_on_a_doubling_schedule_until_it_sel
     waits = [later - earlier for earlier, later in itertools.pairwise(sent_at)]
     assert waits == [EXIT_RETRY_FIRST_S * 2**n for n in range(4)]
     closed = await store.get(bot.db, position.id)
-    assert closed is not None and closed.exit_reason == "stop_loss"
-    assert bot.executor.exit_retries.due(position.id) and len(bot.executor.exit_retries) == 0
+    assert closed is not None
+    assert closed.exit_reason == "stop_loss"
+    assert bot.executor.exit_retries.due(position.id)
+    assert len(bot.executor.exit_retries) == 0
     told = bot.refusals_told()
-    assert len(told) == 1 and INSUFFICIENT.rstrip(".") in told[0]
+    assert len(told) == 1
+    assert INSUFFICIENT.rstrip(".") in told[0]
     assert [t for t in await notices_to(bot.db, TRADER) if "Stop loss hit" in t] != []
     assert bot.inbox.to_admins == []  # sold within minutes: no admin's business
 
@@ -186,7 +189,8 @@ async def test_an_exit_refused_for_long_is_never_given_up_and_reaches_the_admins
         bot.clock.now += 30.0
     # Doubling waits up to the cap, then one try per cap: bounded, and never given up.
     gaps = [later - earlier for earlier, later in itertools.pairwise(sent_at)]
-    assert gaps[0] == 30.0 and max(gaps) <= EXIT_RETRY_MAX_S + 30.0  # first wait: one tick
+    assert gaps[0] == 30.0
+    assert max(gaps) <= EXIT_RETRY_MAX_S + 30.0  # first wait: one tick
     assert gaps[-1] >= EXIT_RETRY_MAX_S
     assert bot.clock.now - sent_at[-1] <= EXIT_RETRY_MAX_S + 30.0
     assert len(sent_at) <= hours * 3600 / EXIT_RETRY_MAX_S + 6
@@ -210,11 +214,13 @@ async def test_a_refused_exit_holds_back_no_other_position_of_the_same_trader(
     fake.set_price("ETHUSDT", 2700)
     fake.inject("order", 400, -2010, INSUFFICIENT, method="POST", times=1)
     report = await bot.executor.tick()
-    assert report.exits == 1 and report.failures == 1
+    assert report.exits == 1
+    assert report.failures == 1
     still_open = await store.list_open(bot.db, TRADER)
     assert [position.id for position in still_open] == [first.id]
     closed = await store.get(bot.db, second.id)
-    assert closed is not None and closed.status is PositionStatus.CLOSED
+    assert closed is not None
+    assert closed.status is PositionStatus.CLOSED
 
 
 async def test_the_admins_hear_of_a_refused_exit_only_after_it_has_lasted(
@@ -241,7 +247,8 @@ async def test_a_remainder_too_small_to_sell_closes_the_position_as_dust(
     fake.fill_next_partly("0.95")  # the exit sells 0.00094 BTC, then Binance expires it
     await bot.executor.tick()
     reduced = await store.get(bot.db, position.id)
-    assert reduced is not None and reduced.status is PositionStatus.OPEN
+    assert reduced is not None
+    assert reduced.status is PositionStatus.OPEN
     left = reduced.quantity
     assert left * 45000 < 5  # under BTCUSDT's 5 USDT minimum notional
     sends = _sells(fake)
@@ -249,8 +256,10 @@ async def test_a_remainder_too_small_to_sell_closes_the_position_as_dust(
     await bot.executor.tick()
     assert _sells(fake) == sends  # nothing Binance would refuse is sent
     closed = await store.get(bot.db, position.id)
-    assert closed is not None and closed.status is PositionStatus.CLOSED
-    assert closed.exit_reason == "dust" and closed.residue_quantity == left
+    assert closed is not None
+    assert closed.status is PositionStatus.CLOSED
+    assert closed.exit_reason == "dust"
+    assert closed.residue_quantity == left
     sold_quote = sum(
         Decimal(order["cummulativeQuoteQty"]) for order in fake.orders if order["side"] == "SELL"
     )
@@ -261,7 +270,8 @@ async def test_a_remainder_too_small_to_sell_closes_the_position_as_dust(
     assert len(bot.executor.exit_retries) == 0
     assert await bot.orders.has_unsettled() is False
     told = [text for text in await notices_to(bot.db, TRADER) if "smallest" in text]
-    assert len(told) == 1 and "BTC" in told[0]
+    assert len(told) == 1
+    assert "BTC" in told[0]
     assert position.id not in {stop.position_id for stop in bot.stops.tracked()}
     # The stop is gone: later ticks leave the closed position alone.
     await bot.executor.tick()
@@ -282,17 +292,22 @@ async def test_an_order_that_hangs_holds_back_no_other_traders_stop(
     fake.set_price("BTCUSDT", 45000)
     fake.inject("order", 0, 0, "", stall_s=1.5, method="POST")  # the next sell hangs 1.5 s
     first = await bot.executor.tick()
-    assert first.still_working == 1 and first.exits == 0
+    assert first.still_working == 1
+    assert first.exits == 0
     fake.set_price("ETHUSDT", 2700)  # the other trader's stop, while the first still waits
     second = await bot.executor.tick()
-    assert second.skipped_busy == 1 and second.exits == 1
+    assert second.skipped_busy == 1
+    assert second.exits == 1
     closed = await store.get(bot.db, other.id)
-    assert closed is not None and closed.status is PositionStatus.CLOSED
+    assert closed is not None
+    assert closed.status is PositionStatus.CLOSED
     still = await store.get(bot.db, hanging.id)
-    assert still is not None and still.status is PositionStatus.OPEN
+    assert still is not None
+    assert still.status is PositionStatus.OPEN
     assert await bot.executor.finish_in_flight(10.0) == 0  # the hung sell completes
     sold = await store.get(bot.db, hanging.id)
-    assert sold is not None and sold.status is PositionStatus.CLOSED
+    assert sold is not None
+    assert sold.status is PositionStatus.CLOSED
     sells = [order for order in fake.orders if order["side"] == "SELL"]
     assert len(sells) == 2  # each position sold once
 
@@ -305,11 +320,14 @@ async def test_a_whole_position_worth_too_little_after_a_fall_is_refused_not_dus
     position = await bot.buy("BTCUSDT", "0.0002", "50000")  # 10 USDT, then 0.0001998 BTC
     fake.set_price("BTCUSDT", 20000)  # 0.00019 BTC is now 3.80 USDT, under 5
     report = await bot.executor.tick()
-    assert report.failures == 1 and report.exits == 0
+    assert report.failures == 1
+    assert report.exits == 0
     still = await store.get(bot.db, position.id)
-    assert still is not None and still.status is PositionStatus.OPEN
+    assert still is not None
+    assert still.status is PositionStatus.OPEN
     assert position.id in {stop.position_id for stop in bot.stops.tracked()}
-    assert len(bot.refusals_told()) == 1 and "minimum notional" in bot.refusals_told()[0]
+    assert len(bot.refusals_told()) == 1
+    assert "minimum notional" in bot.refusals_told()[0]
 
 
 async def test_a_position_whose_account_holds_less_than_the_minimum_quantity_closes_as_dust(
@@ -322,8 +340,11 @@ async def test_a_position_whose_account_holds_less_than_the_minimum_quantity_clo
     fake.set_price("BTCUSDT", 45000)
     sends = _sells(fake)
     report = await bot.executor.tick()
-    assert report.exits == 1 and _sells(fake) == sends
+    assert report.exits == 1
+    assert _sells(fake) == sends
     closed = await store.get(bot.db, position.id)
-    assert closed is not None and closed.exit_reason == "dust"
-    assert closed.residue_quantity == position.quantity and closed.sold_quantity == 0
+    assert closed is not None
+    assert closed.exit_reason == "dust"
+    assert closed.residue_quantity == position.quantity
+    assert closed.sold_quantity == 0
     assert position.id not in {stop.position_id for stop in bot.stops.tracked()}

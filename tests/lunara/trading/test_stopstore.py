@@ -652,9 +652,11 @@ async def test_a_store_started_with_redis_down_runs_every_stop_on_sqlite_then_ha
     client = Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
     now = [0.0]
     store = RedisStopStore(client, db, name=NAME, retry_s=30.0, clock=lambda: now[0])
-    assert await store.reconcile() == 3 and store.redis_down
+    assert await store.reconcile() == 3
+    assert store.redis_down
     moved = await store.advance_all(every_symbol(120.0), params_for(3), 1.0, fee_rate=FEE)
-    assert moved.positions == 3 and moved.triggered == []
+    assert moved.positions == 3
+    assert moved.triggered == []
     expected = advance(initial_state(100.0, PARAMS, 0.0), 120.0, PARAMS, 1.0, FEE)
     assert (await saved_rows(db))[1] == as_row(expected)  # written through, no checkpoint due
     hit = await store.advance_all(every_symbol(110.0), params_for(3), 2.0, fee_rate=FEE)
