@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP_PROD := $(VENV)/.installed-prod
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: run test check coverage lint typecheck stop status clean lock bench
+.PHONY: run test check coverage mutation lint typecheck stop status clean lock bench
 
 $(BIN)/python:
 	@scripts/ensure-venv.sh $(PYTHON) $(VENV)
@@ -68,6 +68,13 @@ coverage: $(STAMP_DEV)
 	status=$$?; \
 	$(BIN)/python -m coverage combine --quiet && $(BIN)/python -m coverage report; \
 	exit $$status
+
+## mutation: mutmut over the order path, trailing stops, permission checks and redaction,
+## each under its own tests, then each one's score (docs/mutation-testing.md). Not part
+## of `make test` (the order path alone takes about 10 minutes); MUTATION='redaction'
+## runs only the named targets.
+mutation: $(STAMP_DEV)
+	scripts/with-redis.sh $(BIN)/python scripts/mutation.py $(MUTATION)
 
 ## lock: re-resolve the pinned lock files from pyproject.toml (needs uv)
 lock:
