@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
+
 from blueprint.dependencies import write_dependencies
 from blueprint.states import Dependency, Reachability
 
@@ -142,7 +144,7 @@ class DependencyReporter:
         watch = self.board.redis
         try:
             await asyncio.wait_for(redis.ping(), REDIS_PROBE_TIMEOUT_S)
-        except Exception as error:  # any failure to answer is the outage operators need to see
+        except (RedisError, OSError) as error:  # no answer is the outage operators need to see
             reached = False
             cause = type(error).__name__
         else:

@@ -173,7 +173,9 @@ class Analyst:
             return Commentary(None, NOTE_QUOTA.format(limit=limit, plan=plan))
         try:
             text = await self._answer(key, summary)
-        except Exception as error:  # the trader gets a note; the log gets the cause
+        # The boundary with the AI service, whose client raises many unrelated types:
+        # the trader gets a note; the log gets the cause.
+        except Exception as error:  # noqa: BLE001
             return Commentary(None, self._note_for(error, summary.symbol))
         await users.increment_usage_and_check(self._db, user_id, USAGE_KIND, day, limit)
         return Commentary(text)

@@ -246,7 +246,9 @@ def _check_candles(frame: pd.DataFrame, where: str, lines: _Lines) -> None:
 def _read_columnar(path: Path, kind: str) -> pd.DataFrame:
     try:
         raw = pd.read_feather(path) if kind == "feather" else pd.read_parquet(path)
-    except Exception as error:  # pyarrow's errors have no common base we can name
+    # The boundary with pyarrow reading an untrusted file: its errors have no common base
+    # we can name, and any of them means a damaged file.
+    except Exception as error:  # noqa: BLE001
         raise DataFileError(
             f"{path}: a damaged {kind} file ({type(error).__name__}); {EXPECTED}"
         ) from None

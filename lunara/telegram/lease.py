@@ -108,7 +108,7 @@ class PollLease:
             await asyncio.sleep(RENEW_EVERY_S)
             try:
                 renewed = await redis.eval(_RENEW, 1, self.key, self._owner, LEASE_TTL_MS)
-            except Exception:  # Redis hiccup: keep polling; the TTL leaves a margin
+            except (RedisError, OSError):  # Redis hiccup: keep polling; the TTL leaves a margin
                 continue
             if not renewed:  # another instance holds it now
                 self.lost.set()

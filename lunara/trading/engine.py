@@ -254,7 +254,7 @@ class TradingEngine:
         for symbol in self._symbols:
             try:
                 candles = await self._market.history(symbol, ANALYSIS_CANDLES)
-            except Exception as error:
+            except (ExchangeError, TradingError) as error:  # what a market's reads raise
                 logger.warning("no warm-up history for %s: %s", symbol, error)
                 continue
             self.signals.feed(symbol, candles)
@@ -567,7 +567,8 @@ class TradingEngine:
             return False
         try:
             await self._notifier.notify_admins(text)
-        except Exception as error:
+        # The boundary with the messaging layer: telling the admins failed, trading goes on.
+        except Exception as error:  # noqa: BLE001
             logger.warning("could not tell the admins of the Binance ban: %s",
                            type(error).__name__)  # fmt: skip
             return False

@@ -626,7 +626,8 @@ class Executor:
                 f"has been refused for {persisting / 60:.0f} minutes, {record.attempts} "
                 f"attempts: {reason}. The bot keeps trying while the stop asks to sell."
             )
-        except Exception as error:
+        # The boundary with the messaging layer: a failed notice never stops an exit.
+        except Exception as error:  # noqa: BLE001
             logger.warning("could not tell the admins of a refused exit: %s",
                            type(error).__name__)  # fmt: skip
 
@@ -652,7 +653,8 @@ class Executor:
             return
         try:
             await notifier.notify(user_id, text)
-        except Exception as error:
+        # The boundary with the messaging layer: a failed notice never stops a trade.
+        except Exception as error:  # noqa: BLE001
             logger.warning("could not notify user %d: %s", user_id, type(error).__name__)
 
     async def _exit(
