@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -61,6 +61,25 @@ async def until(
     deadline = time.monotonic() + timeout_s
     while True:
         value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise _failure(timeout_s, what)
+        await asyncio.sleep(poll_s)
+
+
+async def until_awaited(
+    condition: Callable[[], Awaitable[T | None]],
+    timeout_s: float = 20.0,
+    what: Describe = "condition",
+    *,
+    poll_s: float = 0.02,
+) -> T:
+    """`until` for a condition that must itself be awaited (a database read): awaited
+    until it returns something truthy, which is returned."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await condition()
         if value:
             return value
         if time.monotonic() >= deadline:

@@ -674,9 +674,8 @@ class EngineRunner:
         if cut_short:
             logger.warning("%d trader(s) cut short at shutdown; their orders are resolved on "
                            "start", cut_short)  # fmt: skip
-        deadline = time.monotonic() + ORDER_DRAIN_S
-        while self._engine.orders.busy and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._engine.orders.until_idle(), ORDER_DRAIN_S)
         if self._engine.orders.busy:
             logger.warning("orders still in flight at shutdown; they will be resolved on start")
         checkpointed = await self._engine.executor.checkpoint_if_due(force=True)

@@ -251,6 +251,14 @@ class OrderPath:
         """Some order is being worked on right now (the shutdown waits for it)."""
         return any(lock.locked() for lock in list(self._locks.values()))
 
+    async def until_idle(self) -> None:
+        """Return once no order is being worked on (the shutdown waits for this): each
+        held lock is waited for in turn, woken by its release rather than by polling."""
+        while held := [lock for lock in list(self._locks.values()) if lock.locked()]:
+            for lock in held:
+                async with lock:
+                    pass
+
     async def submit(self, exchange: Exchange, request: OrderRequest) -> Settlement:
         """Place ``request`` exactly once; raises ``TradingError`` with the reason if refused."""
         async with self.lock_for(request.user_id):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from lunara.config import Settings, load_settings
 from lunara.storage.database import open_database
 from lunara.telegram.bot import TelegramBot
 from lunara.telegram.outbox import TELEGRAM_LIMITS, SendLimits
+from tests import waiting
 from tests.fakes.telegram_api import FakeTelegram
 
 TOKEN = "7312345678:AAH3kq9ZxV0b1c2d3e4f5g6h7i8j9k0lMnOpQ"
@@ -87,14 +87,9 @@ class RunningBot:
     home: Path
 
     async def until(
-        self, condition: Callable[[], bool], timeout: float = 15.0, what: str = ""
+        self, condition: Callable[[], bool], timeout_s: float = 15.0, what: str = ""
     ) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what or 'condition'}")
+        await waiting.until(condition, timeout_s, what or "condition", poll_s=0.02)
 
     async def ask(self, user_id: int, text: str, chat_type: str = "private") -> str:
         """Send a command and return the bot's reply to it (exactly one is expected)."""

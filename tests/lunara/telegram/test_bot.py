@@ -51,6 +51,7 @@ from tests.lunara.telegram.conftest import (
     built_bot,
     running_bot,
 )
+from tests.waiting import until_awaited
 
 NO_RATE_LIMIT = {"LUNARA_RATE_LIMIT_PER_MINUTE": "1000"}
 """For a test asking one user every command: each message counts against the limit."""
@@ -219,15 +220,22 @@ async def test_setkeys_is_private_only_deletes_the_message_and_stores_encrypted(
     assert key not in replies
     assert secret not in replies
     assert TOKEN not in replies
-    database = (bot_home / "lunara.db").read_bytes()
+    database = await asyncio.to_thread((bot_home / "lunara.db").read_bytes)
     assert key.encode() not in database
     assert secret.encode() not in database
-    for path in bot_home.rglob("*"):
-        if path.is_file() and path.suffix != ".db":
-            text = path.read_text(errors="replace")
-            assert key not in text, path
-            assert secret not in text, path
-            assert TOKEN not in text, path
+    for path, text in await asyncio.to_thread(_texts_beside_the_database, bot_home):
+        assert key not in text, path
+        assert secret not in text, path
+        assert TOKEN not in text, path
+
+
+def _texts_beside_the_database(home: Path) -> list[tuple[Path, str]]:
+    """Every file of `home` but the database, as text (read off the event loop)."""
+    return [
+        (path, path.read_text(errors="replace"))
+        for path in home.rglob("*")
+        if path.is_file() and path.suffix != ".db"
+    ]
 
 
 async def test_setkeys_in_live_mode_stores_only_keys_the_exchange_accepts(
@@ -496,10 +504,10 @@ async def user_active(db: aiosqlite.Connection, user_id: int) -> bool | None:
 
 
 async def until_async(
-    probe: Callable[[], Awaitable[object]], wanted: object, what: str, timeout: float = 15.0
+    probe: Callable[[], Awaitable[object]], wanted: object, what: str, timeout_s: float = 15.0
 ) -> None:
     """Wait until `await probe()` equals `wanted`, failing at the deadline."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout_s
     while (got := await probe()) != wanted:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what} (last: {got!r})")
@@ -925,7 +933,7 @@ async def test_the_crash_report_waits_out_a_telegram_outage_and_reaches_the_admi
         running = RunningBot(fake_telegram, bot, bot_home)
         try:
             await running.until(
-                lambda: bool(fake_telegram.messages_to(ADMIN)), timeout=40, what="the report"
+                lambda: bool(fake_telegram.messages_to(ADMIN)), timeout_s=40, what="the report"
             )
             assert "Plans" in await running.ask(TRADER, "/plans")
         finally:
@@ -995,7 +1003,9 @@ async def test_old_inbox_rows_are_pruned_while_running_not_only_at_start(
             return int(row[0]) if row else 0
 
         assert await old_rows() == 100
-        deadline = time.monotonic() + 15
-        while await old_rows() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+
+        async def pruned() -> bool:
+            return await old_rows() == 0
+
+        await until_awaited(pruned, 15, "the old rows pruned")
         assert await old_rows() == 0

@@ -39,8 +39,8 @@ async def answered(db: aiosqlite.Connection) -> int:
     return 0 if row is None else int(row[0])
 
 
-async def until_async(what: str, check: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
+async def until_async(what: str, check: Any, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
     while not await check():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -161,7 +161,9 @@ async def test_an_edit_that_now_carries_keys_is_deleted_and_the_user_told_to_rev
     assert stored is None  # an edit is never run, keys or not
     assert key not in str(fake_telegram.sent)
     assert secret not in str(fake_telegram.sent)
-    kept = b"".join(path.read_bytes() for path in bot_home.glob("lunara.db*"))
+    kept = await asyncio.to_thread(
+        lambda: b"".join(path.read_bytes() for path in bot_home.glob("lunara.db*"))
+    )
     assert key.encode() not in kept
     assert secret.encode() not in kept
 

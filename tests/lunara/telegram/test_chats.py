@@ -25,9 +25,9 @@ async def many_long_named_users(db: aiosqlite.Connection) -> None:
         await users.register(db, user_id, "&" * 64)
 
 
-async def all_sent(bot: RunningBot, timeout: float = 15.0) -> None:
+async def all_sent(bot: RunningBot, timeout_s: float = 15.0) -> None:
     """Wait until the outbox holds nothing queued (every part of every answer went)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout_s
     while (await outbox_store.counts(bot.bot.db))["queued"]:
         assert time.monotonic() < deadline, "messages still queued"
         await asyncio.sleep(0.02)

@@ -33,7 +33,7 @@ async def test_notifications_to_a_hundred_users_at_once_are_paced_without_a_sing
     async with running_bot(fake_telegram, bot_home) as bot:
         for user_id in recipients:
             await bot.bot.notify(user_id, f"your stop sold {user_id}")
-        await bot.until(lambda: len(fake_telegram.sent) >= len(recipients), timeout=30,
+        await bot.until(lambda: len(fake_telegram.sent) >= len(recipients), timeout_s=30,
                         what="every notification")  # fmt: skip
     assert fake_telegram.too_many_requests == 0
     for user_id in recipients:
@@ -76,7 +76,7 @@ async def test_an_answer_goes_ahead_of_a_broadcast_under_way(
         copies_before_the_answer = sum(1 for m in fake_telegram.sent if m["chat_id"] in recipients)
         await bot.until(
             lambda: any("Broadcast finished" in m for m in fake_telegram.messages_to(ADMIN)),
-            timeout=30,
+            timeout_s=30,
             what="the end of the broadcast",
         )
     assert copies_before_the_answer < 100  # it did not wait for the broadcast
@@ -99,7 +99,7 @@ async def test_a_broadcast_skips_users_who_blocked_the_bot_and_tells_the_admin_t
         assert "Broadcasting to 31 users" in await bot.ask(ADMIN, "/broadcast new plans soon")
         await bot.until(
             lambda: any("Broadcast finished" in m for m in fake_telegram.messages_to(ADMIN)),
-            timeout=30,
+            timeout_s=30,
             what="the summary",
         )
         summary = fake_telegram.messages_to(ADMIN)[-1]

@@ -22,6 +22,7 @@ from lunara.storage.backup import backup_database, restore_database
 from lunara.storage.database import open_database
 from tests.fakes.telegram_api import FakeTelegram
 from tests.lunara.telegram.conftest import ADMIN, TRADER, UNPACED, running_bot
+from tests.waiting import until_awaited
 
 FORGED_TEXT = "/broadcast send your coins to bc1q-attacker"
 FORGED_MESSAGE_ID = 777_000
@@ -84,9 +85,11 @@ async def test_a_forged_broadcast_in_the_inbox_is_sent_only_if_not_restored(
         # The inbox was replayed before polling began; ask something and let the outbox
         # drain, so anything the replay queued would have been sent by now.
         await bot.ask(TRADER, "/help")
-        deadline = time.monotonic() + 15
-        while await _queued(bot.bot.db) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+
+        async def drained() -> bool:
+            return await _queued(bot.bot.db) == 0
+
+        await until_awaited(drained, 15, "the outbox drained")
         assert await _queued(bot.bot.db) == 0
         assert not broadcast_reached_trader()
         async with bot.bot.db.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -25,7 +26,7 @@ from lunara.trading.orders import (
 from lunara.trading.paper import PaperExchange
 from lunara.trading.stopstore import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
-from tests.lunara.trading.support import FakeClock
+from tests.lunara.trading.support import FakeClock, order_path
 
 PARAMS = TrailingParams(stoploss=-0.05, trailing_stop=True)
 USER = 11
@@ -264,3 +265,27 @@ async def test_a_keyed_entry_filled_before_a_crash_is_settled_with_its_stop_when
     finally:
         await db.close()  # type: ignore[attr-defined]
         await stop_db.close()  # type: ignore[attr-defined]
+
+
+async def test_until_idle_returns_once_every_order_under_way_is_done(tmp_path: Path) -> None:
+    """The shutdown's wait: woken by the last release, not before."""
+    db, stop_db, orders = await order_path(tmp_path)
+    try:
+        await orders.until_idle()  # nothing under way: at once
+        first, second = orders.lock_for(1), orders.lock_for(2)
+        await first.acquire()
+        await second.acquire()
+        waiting = asyncio.create_task(orders.until_idle())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done()
+        first.release()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done()  # the second trader's order is still under way
+        second.release()
+        await waiting
+        assert not orders.busy
+    finally:
+        await db.close()
+        await stop_db.close()

@@ -619,9 +619,9 @@ async def test_stops_ride_out_a_redis_outage_and_are_written_back_when_it_return
     await store.add(2, 1002, "C2USDT", initial_state(100.0, PARAMS, 0.0))
     await store.remove(2)
     assert sorted(await saved_rows(db)) == [1]  # the filled order's stop is durable
-    server = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
+    server = await asyncio.create_subprocess_exec(
+        "redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+        "--appendonly", "no", "--dir", str(tmp_path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -637,7 +637,7 @@ async def test_stops_ride_out_a_redis_outage_and_are_written_back_when_it_return
     finally:
         await client.aclose()
         server.terminate()
-        server.wait(10)
+        await asyncio.wait_for(server.wait(), 10)
 
 
 @pytest.mark.slow
@@ -662,9 +662,9 @@ async def test_a_store_started_with_redis_down_runs_every_stop_on_sqlite_then_ha
     hit = await store.advance_all(every_symbol(110.0), params_for(3), 2.0, fee_rate=FEE)
     assert [stop.position_id for stop in hit.triggered] == [1, 2, 3]  # stops still sell
     await store.remove(3)  # sold while Redis was away
-    server = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
+    server = await asyncio.create_subprocess_exec(
+        "redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+        "--appendonly", "no", "--dir", str(tmp_path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -696,4 +696,4 @@ async def test_a_store_started_with_redis_down_runs_every_stop_on_sqlite_then_ha
     finally:
         await client.aclose()
         server.terminate()
-        server.wait(10)
+        await asyncio.wait_for(server.wait(), 10)
