@@ -299,25 +299,12 @@ class Controller:
         first_bot = doc.bot
         while True:
             doc = self.ledger.read().document
-            if str(doc.state) == State.FATAL:
-                raise self._start_failure("the bot crash-looped during start (state fatal)", None)
-            if find_process(doc.watchdog) is None:
-                raise self._start_failure("the watchdog exited during start", None)
-            bot = find_process(doc.bot)
-            if first_bot is not None and (doc.bot != first_bot or find_process(first_bot) is None):
-                raise self._start_failure("the bot exited during start", first_bot)
-            if first_bot is None and str(doc.state) == State.BACKOFF:
-                raise self._start_failure("the bot exited during start", None)
-            report: str | None = None
-            if bot is not None:
-                started = bot_started(doc, bot)
-                beat = heartbeat_mtime(self.paths.heartbeat)
-                if beat is not None and beat >= started:
-                    report = heartbeat_services(self.paths.heartbeat)
-                    # A standby is up too: it waits, healthy, to take over (what makes a
-                    # start-first rolling deploy go on).
-                    if report == SERVICES_UP or (report or "").startswith(f"{STANDBY}:"):
-                        return
+            self._raise_if_start_failed(doc, first_bot)
+            report = self._services_report(doc)
+            # A standby is up too: it waits, healthy, to take over (what makes a
+            # start-first rolling deploy go on).
+            if report == SERVICES_UP or (report or "").startswith(f"{STANDBY}:"):
+                return
             if first_bot is None and doc.bot is not None:
                 first_bot = doc.bot
             if time.monotonic() >= deadline:
@@ -329,6 +316,27 @@ class Controller:
                 )
                 raise StartFailed(what + self._log_excerpt(self.paths.bot_output))
             time.sleep(POLL_S)
+
+    def _raise_if_start_failed(self, doc: LedgerDocument, first_bot: ProcessRecord | None) -> None:
+        """A start that can no longer succeed fails now, saying why."""
+        if str(doc.state) == State.FATAL:
+            raise self._start_failure("the bot crash-looped during start (state fatal)", None)
+        if find_process(doc.watchdog) is None:
+            raise self._start_failure("the watchdog exited during start", None)
+        if first_bot is not None and (doc.bot != first_bot or find_process(first_bot) is None):
+            raise self._start_failure("the bot exited during start", first_bot)
+        if first_bot is None and str(doc.state) == State.BACKOFF:
+            raise self._start_failure("the bot exited during start", None)
+
+    def _services_report(self, doc: LedgerDocument) -> str | None:
+        """The services line of the running bot's heartbeat; None before its first one."""
+        bot = find_process(doc.bot)
+        if bot is None:
+            return None
+        beat = heartbeat_mtime(self.paths.heartbeat)
+        if beat is None or beat < bot_started(doc, bot):
+            return None
+        return heartbeat_services(self.paths.heartbeat)
 
     def _start_failure(self, what: str, dead_bot: ProcessRecord | None) -> BlueprintError:
         """The error for a start that failed, once the watchdog has recorded the exit.

@@ -680,27 +680,7 @@ def _validate_principal(
         return None
 
     if kind == PrincipalKind.TOKEN:
-        if not isinstance(entry, dict):
-            problems.add(
-                where,
-                'token principals must be an object {"role": ..., "sha256": ...} '
-                "(the SHA-256 of the token; raw tokens are never stored)",
-            )
-            return None
-        problems.unknown_keys(entry, ("role", "sha256"), "principals", principal)
-        role = _check_role(
-            entry.get("role"), roles, problems, _path("principals", principal, "role")
-        )
-        digest = entry.get("sha256")
-        if not isinstance(digest, str) or _SHA256_HEX.fullmatch(digest) is None:
-            # The value is never echoed: it might be a raw token pasted by mistake.
-            problems.add(
-                _path("principals", principal, "sha256"), "must be 64 lowercase hex characters"
-            )
-            return None
-        if role is None or set(entry) - {"role", "sha256"}:
-            return None
-        return Grant(role=role, sha256=digest)
+        return _validate_token_grant(principal, entry, roles, problems)
 
     if isinstance(entry, dict):
         problems.unknown_keys(entry, ("role",), "principals", principal)
@@ -712,6 +692,32 @@ def _validate_principal(
         return Grant(role=role)
     role = _check_role(entry, roles, problems, where)
     return Grant(role=role) if role is not None else None
+
+
+def _validate_token_grant(
+    principal: str, entry: object, roles: frozenset[str] | None, problems: _Problems
+) -> Grant | None:
+    """A token principal's entry: its role and the SHA-256 of the token, never the token."""
+    where = _path("principals", principal)
+    if not isinstance(entry, dict):
+        problems.add(
+            where,
+            'token principals must be an object {"role": ..., "sha256": ...} '
+            "(the SHA-256 of the token; raw tokens are never stored)",
+        )
+        return None
+    problems.unknown_keys(entry, ("role", "sha256"), "principals", principal)
+    role = _check_role(entry.get("role"), roles, problems, _path("principals", principal, "role"))
+    digest = entry.get("sha256")
+    if not isinstance(digest, str) or _SHA256_HEX.fullmatch(digest) is None:
+        # The value is never echoed: it might be a raw token pasted by mistake.
+        problems.add(
+            _path("principals", principal, "sha256"), "must be 64 lowercase hex characters"
+        )
+        return None
+    if role is None or set(entry) - {"role", "sha256"}:
+        return None
+    return Grant(role=role, sha256=digest)
 
 
 def grants_telegram_admin(patterns: Sequence[str]) -> bool:

@@ -93,24 +93,7 @@ def decide_state(stored: str, facts: Liveness, invalid_config: bool = False) -> 
     if stored == State.FATAL and invalid_config and not facts.bot_alive:
         return Verdict(State.FATAL, False, (INVALID_CONFIG_NOTE,))
     if not facts.watchdog_alive:
-        if facts.bot_alive:
-            return Verdict(
-                State.ORPHANED,
-                False,
-                (
-                    "the watchdog is gone but the bot is still running: "
-                    "`lunara stop` stops it, `lunara start` adopts it",
-                ),
-            )
-        if stored == State.FATAL:
-            return Verdict(
-                State.FATAL, False, ("crash loop: restarts exhausted; fix the bot, then start",)
-            )
-        if stored != State.STOPPED:
-            return Verdict(
-                State.STOPPED, False, (f"the watchdog is gone (the ledger said {stored})",)
-            )
-        return Verdict(State.STOPPED, False)
+        return _without_watchdog(stored, facts)
     if stored == State.STOPPING:
         return Verdict(State.STOPPING, False, ("a stop is in progress",))
     if stored == State.FATAL:
@@ -119,6 +102,31 @@ def decide_state(stored: str, facts: Liveness, invalid_config: bool = False) -> 
         if stored in (State.STARTING, State.STOPPED):
             return Verdict(State.STARTING, False, ("the watchdog is starting the bot",))
         return Verdict(State.BACKOFF, False, ("the bot is down; the watchdog will restart it",))
+    return _from_heartbeat(facts)
+
+
+def _without_watchdog(stored: str, facts: Liveness) -> Verdict:
+    """No watchdog: a bot still alive is orphaned, else the bot is stopped (or fatal)."""
+    if facts.bot_alive:
+        return Verdict(
+            State.ORPHANED,
+            False,
+            (
+                "the watchdog is gone but the bot is still running: "
+                "`lunara stop` stops it, `lunara start` adopts it",
+            ),
+        )
+    if stored == State.FATAL:
+        return Verdict(
+            State.FATAL, False, ("crash loop: restarts exhausted; fix the bot, then start",)
+        )
+    if stored != State.STOPPED:
+        return Verdict(State.STOPPED, False, (f"the watchdog is gone (the ledger said {stored})",))
+    return Verdict(State.STOPPED, False)
+
+
+def _from_heartbeat(facts: Liveness) -> Verdict:
+    """Watchdog and bot alive: the heartbeat's age says whether the bot is healthy."""
     timeout = facts.heartbeat_timeout_s
     if facts.heartbeat_age_s is None:
         uptime = facts.bot_uptime_s or 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import calendar
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -145,28 +145,9 @@ def backtest(
     """Replay the analyzer, entry rule and trailing stops over candles; report like freqtrade."""
     symbols = _symbols(symbol or [])
     paths = list(data or [])
-    if paths and sim:
-        raise typer.BadParameter("give --data PATH or --sim, not both")
-    if days is not None and not sim:
-        raise typer.BadParameter("--days sets how much the sim makes; a --data file has its own")
-    if not paths and not symbols:
-        raise typer.BadParameter("give --symbol (its stored candles, or with --sim) or --data")
-    if sim and (start or end or timeframe):
-        raise typer.BadParameter("--from, --to and --timeframe select read candles, not the sim's")
-    if not math.isfinite(stake):
-        raise typer.BadParameter(f"--stake must be a finite amount of at least 1, got {stake}")
-    start_ms = None if start is None else _day_bound("--from", start, end=False)
-    end_ms = None if end is None else _day_bound("--to", end, end=True)
-    if start_ms is not None and end_ms is not None and start_ms >= end_ms:
-        raise typer.BadParameter(f"--from {start} is after --to {end}")
-    timeframe_ms = None
-    if timeframe is not None:
-        from lunara.data.timeframes import parse_timeframe
-
-        try:
-            timeframe_ms = parse_timeframe(timeframe)
-        except ValueError as error:
-            raise typer.BadParameter(f"--timeframe: {error}") from None
+    selects = bool(start or end or timeframe)
+    _check_sources(paths, symbols, sim=sim, days=days, selects=selects, stake=stake)
+    start_ms, end_ms, timeframe_ms = _selection(start, end, timeframe)
     if plot is not None:
         _check_plot_path(plot)
     if export is not None:
@@ -182,15 +163,7 @@ def backtest(
             )
         from lunara.analysis import AnalyzerParams
 
-        needed = AnalyzerParams().warmup + 1
-        for name, candles in series.items():
-            if len(candles) < needed:
-                where = " ".join(str(path) for path in paths) or name
-                raise BlueprintError(
-                    f"a backtest needs at least {needed} candles (the analyzer's warm-up and one "
-                    f"to trade on); {where} has {len(candles)} for {name}",
-                    ExitCode.USAGE,
-                )
+        _check_enough_candles(series, paths, AnalyzerParams().warmup + 1)
         result = _run(series, stake, float(settings.paper_fee_rate), quiet=as_json)
         from lunara.backtest.report import build_report, print_report, write_trades_csv
         from lunara.data.timeframes import timeframe_name
@@ -212,6 +185,61 @@ def backtest(
         return 0
 
     guarded(ctx, Permission.BACKTEST, "backtest", body)
+
+
+def _check_sources(
+    paths: list[Path],
+    symbols: list[str],
+    *,
+    sim: bool,
+    days: int | None,
+    selects: bool,
+    stake: float,
+) -> None:
+    """The candles come from files, the store or the sim, and exactly one of them."""
+    if paths and sim:
+        raise typer.BadParameter("give --data PATH or --sim, not both")
+    if days is not None and not sim:
+        raise typer.BadParameter("--days sets how much the sim makes; a --data file has its own")
+    if not paths and not symbols:
+        raise typer.BadParameter("give --symbol (its stored candles, or with --sim) or --data")
+    if sim and selects:
+        raise typer.BadParameter("--from, --to and --timeframe select read candles, not the sim's")
+    if not math.isfinite(stake):
+        raise typer.BadParameter(f"--stake must be a finite amount of at least 1, got {stake}")
+
+
+def _selection(
+    start: str | None, end: str | None, timeframe: str | None
+) -> tuple[int | None, int | None, int | None]:
+    """`--from`, `--to` and `--timeframe` as milliseconds, checked."""
+    start_ms = None if start is None else _day_bound("--from", start, end=False)
+    end_ms = None if end is None else _day_bound("--to", end, end=True)
+    if start_ms is not None and end_ms is not None and start_ms >= end_ms:
+        raise typer.BadParameter(f"--from {start} is after --to {end}")
+    timeframe_ms = None
+    if timeframe is not None:
+        from lunara.data.timeframes import parse_timeframe
+
+        try:
+            timeframe_ms = parse_timeframe(timeframe)
+        except ValueError as error:
+            raise typer.BadParameter(f"--timeframe: {error}") from None
+    return start_ms, end_ms, timeframe_ms
+
+
+def _check_enough_candles(
+    series: Mapping[str, CandleArrays], paths: list[Path], needed: int
+) -> None:
+    """Every symbol has the analyzer's warm-up and one candle more to trade on."""
+    for name, candles in series.items():
+        if len(candles) < needed:
+            where = " ".join(str(path) for path in paths) or name
+            raise BlueprintError(
+                f"a backtest needs at least {needed} candles (the analyzer's warm-up and one "
+                f"to trade on); {where} has {len(candles)} for {name}",
+                ExitCode.USAGE,
+            )
 
 
 def _simulated(

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol, cast
 
 from blueprint.heartbeat import STANDBY, STARTING, UP, heartbeat_loop
@@ -73,31 +73,13 @@ async def run_services(
                     continue
                 task = cast("asyncio.Task[None]", finished)
                 pending.discard(task)
-                name = tasks[task].name
-                if task.cancelled():
-                    continue
-                error = task.exception()
-                if error is not None:
-                    logger.error("service %s failed: %s", name, error, exc_info=error)
+                if _ended_in_failure(task, tasks[task].name):
                     exit_code = 1
                     stop.set()
-                else:
-                    logger.info("service %s finished", name)
         if not services:
             await stop.wait()
         stop.set()
-        if tasks:
-            _, late = await asyncio.wait(set(tasks), timeout=SHUTDOWN_GRACE_S)
-            for task in late:
-                logger.warning(
-                    "service %s did not stop within %.0f s; cancelling",
-                    tasks[task].name,
-                    SHUTDOWN_GRACE_S,
-                )
-                task.cancel()
-            for task in late:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await _stop_within_grace(tasks)
     finally:
         stopper.cancel()
         heartbeat.cancel()
@@ -107,6 +89,35 @@ async def run_services(
             loop.remove_signal_handler(signum)
     logger.info("lunara stopped (exit %d)", exit_code)
     return exit_code
+
+
+def _ended_in_failure(task: asyncio.Task[None], name: str) -> bool:
+    """Log how a finished service task ended; true when it raised (the bot then stops)."""
+    if task.cancelled():
+        return False
+    error = task.exception()
+    if error is not None:
+        logger.error("service %s failed: %s", name, error, exc_info=error)
+        return True
+    logger.info("service %s finished", name)
+    return False
+
+
+async def _stop_within_grace(tasks: Mapping[asyncio.Task[None], Service]) -> None:
+    """Give the services `SHUTDOWN_GRACE_S` to stop, then cancel those still running."""
+    if not tasks:
+        return
+    _, late = await asyncio.wait(set(tasks), timeout=SHUTDOWN_GRACE_S)
+    for task in late:
+        logger.warning(
+            "service %s did not stop within %.0f s; cancelling",
+            tasks[task].name,
+            SHUTDOWN_GRACE_S,
+        )
+        task.cancel()
+    for task in late:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 def services_report(services: Sequence[Service]) -> str:

@@ -110,6 +110,13 @@ def diagnose(
     previous_hist: float | None,
 ) -> tuple[Symptom, ...]:
     """Pure: the symptoms of one set of indicator values."""
+    return (*_momentum(params, values, previous_hist), *_price_and_trend(params, close, values))
+
+
+def _momentum(
+    params: AnalyzerParams, values: dict[str, float], previous_hist: float | None
+) -> list[Symptom]:
+    """What the oscillators say: RSI extremes and MACD histogram crossings."""
     found: list[Symptom] = []
     if values["rsi"] <= params.rsi_oversold:
         found.append(Symptom.RSI_OVERSOLD)
@@ -120,6 +127,14 @@ def diagnose(
             found.append(Symptom.MACD_BULLISH_CROSS)
         elif previous_hist >= 0 > values["macd_hist"]:
             found.append(Symptom.MACD_BEARISH_CROSS)
+    return found
+
+
+def _price_and_trend(
+    params: AnalyzerParams, close: float, values: dict[str, float]
+) -> list[Symptom]:
+    """Where the price stands: outside the Bollinger bands, the EMA trend, volatility."""
+    found: list[Symptom] = []
     if close > values["bb_upper"]:
         found.append(Symptom.PRICE_ABOVE_UPPER_BAND)
     elif close < values["bb_lower"]:
@@ -130,7 +145,7 @@ def diagnose(
         found.append(Symptom.EMA_BEARISH_TREND)
     if close > 0 and values["atr"] / close > params.high_volatility_atr_ratio:
         found.append(Symptom.HIGH_VOLATILITY)
-    return tuple(found)
+    return found
 
 
 def entry_signal(analysis: Analysis) -> bool:

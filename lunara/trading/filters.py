@@ -225,38 +225,16 @@ def parse_symbol(entry: Mapping[str, Any]) -> SymbolRules:
         min_price = _filter_value(price, symbol, FilterKind.PRICE_FILTER, "minPrice")
         max_price = _filter_value(price, symbol, FilterKind.PRICE_FILTER, "maxPrice")
         tick = _filter_value(price, symbol, FilterKind.PRICE_FILTER, "tickSize")
-    min_notional = max_notional = ZERO
-    apply_min = apply_max = True
-    notional_filter: Mapping[str, Any] | None = None
-    if (notional := filters.get(FilterKind.NOTIONAL)) is not None:
-        notional_filter = notional
-        min_notional = _filter_value(notional, symbol, FilterKind.NOTIONAL, "minNotional")
-        if notional.get("maxNotional") is not None:
-            max_notional = _filter_value(notional, symbol, FilterKind.NOTIONAL, "maxNotional")
-        apply_min = _flag(notional, "applyMinToMarket", True)
-        apply_max = _flag(notional, "applyMaxToMarket", True)
-    elif (legacy := filters.get(FilterKind.MIN_NOTIONAL)) is not None:
-        notional_filter = legacy
-        min_notional = _filter_value(legacy, symbol, FilterKind.MIN_NOTIONAL, "minNotional")
-        apply_min = _flag(legacy, "applyToMarket", True)
+    min_notional, max_notional, apply_min, apply_max, notional_filter = _notional_rules(
+        filters, symbol
+    )
     market_min = market_max = market_step = ZERO
     if (market_lot := filters.get(FilterKind.MARKET_LOT_SIZE)) is not None:
         kind = FilterKind.MARKET_LOT_SIZE
         market_min = _filter_value(market_lot, symbol, kind, "minQty")
         market_max = _filter_value(market_lot, symbol, kind, "maxQty")
         market_step = _filter_value(market_lot, symbol, kind, "stepSize")
-    bid_up = bid_down = ask_up = ask_down = ZERO
-    band = filters.get(FilterKind.PERCENT_PRICE_BY_SIDE)
-    if band is not None:
-        kind = FilterKind.PERCENT_PRICE_BY_SIDE
-        bid_up = _filter_value(band, symbol, kind, "bidMultiplierUp")
-        bid_down = _filter_value(band, symbol, kind, "bidMultiplierDown")
-        ask_up = _filter_value(band, symbol, kind, "askMultiplierUp")
-        ask_down = _filter_value(band, symbol, kind, "askMultiplierDown")
-    elif (band := filters.get(FilterKind.PERCENT_PRICE)) is not None:
-        kind = FilterKind.PERCENT_PRICE
-        bid_up = ask_up = _filter_value(band, symbol, kind, "multiplierUp")
-        bid_down = ask_down = _filter_value(band, symbol, kind, "multiplierDown")
+    bid_up, bid_down, ask_up, ask_down, band = _price_band(filters, symbol)
     order_types = entry.get("orderTypes")
     return SymbolRules(
         symbol=symbol,
@@ -284,6 +262,49 @@ def parse_symbol(entry: Mapping[str, Any]) -> SymbolRules:
         ask_multiplier_up=ask_up,
         ask_multiplier_down=ask_down,
     )
+
+
+def _notional_rules(
+    filters: Mapping[str, Mapping[str, Any]], symbol: str
+) -> tuple[Decimal, Decimal, bool, bool, Mapping[str, Any] | None]:
+    """Minimum and maximum notional, whether each applies to market orders, and the
+    filter they came from: ``NOTIONAL``, else the older ``MIN_NOTIONAL``, else none."""
+    min_notional = max_notional = ZERO
+    apply_min = apply_max = True
+    notional_filter: Mapping[str, Any] | None = None
+    if (notional := filters.get(FilterKind.NOTIONAL)) is not None:
+        notional_filter = notional
+        min_notional = _filter_value(notional, symbol, FilterKind.NOTIONAL, "minNotional")
+        if notional.get("maxNotional") is not None:
+            max_notional = _filter_value(notional, symbol, FilterKind.NOTIONAL, "maxNotional")
+        apply_min = _flag(notional, "applyMinToMarket", True)
+        apply_max = _flag(notional, "applyMaxToMarket", True)
+    elif (legacy := filters.get(FilterKind.MIN_NOTIONAL)) is not None:
+        notional_filter = legacy
+        min_notional = _filter_value(legacy, symbol, FilterKind.MIN_NOTIONAL, "minNotional")
+        apply_min = _flag(legacy, "applyToMarket", True)
+    return min_notional, max_notional, apply_min, apply_max, notional_filter
+
+
+def _price_band(
+    filters: Mapping[str, Mapping[str, Any]], symbol: str
+) -> tuple[Decimal, Decimal, Decimal, Decimal, Mapping[str, Any] | None]:
+    """The bid and ask multipliers (up, down) around the average price, and the filter
+    they came from: ``PERCENT_PRICE_BY_SIDE``, else ``PERCENT_PRICE`` (one band for both
+    sides), else none (all zero: no band)."""
+    bid_up = bid_down = ask_up = ask_down = ZERO
+    band = filters.get(FilterKind.PERCENT_PRICE_BY_SIDE)
+    if band is not None:
+        kind = FilterKind.PERCENT_PRICE_BY_SIDE
+        bid_up = _filter_value(band, symbol, kind, "bidMultiplierUp")
+        bid_down = _filter_value(band, symbol, kind, "bidMultiplierDown")
+        ask_up = _filter_value(band, symbol, kind, "askMultiplierUp")
+        ask_down = _filter_value(band, symbol, kind, "askMultiplierDown")
+    elif (band := filters.get(FilterKind.PERCENT_PRICE)) is not None:
+        kind = FilterKind.PERCENT_PRICE
+        bid_up = ask_up = _filter_value(band, symbol, kind, "multiplierUp")
+        bid_down = ask_down = _filter_value(band, symbol, kind, "multiplierDown")
+    return bid_up, bid_down, ask_up, ask_down, band
 
 
 def parse_exchange_info(info: Mapping[str, Any]) -> dict[str, SymbolRules]:

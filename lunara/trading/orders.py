@@ -482,14 +482,7 @@ class OrderPath:
         self, exchange: Exchange, order: Order, request: OrderRequest
     ) -> Settlement:
         for send in range(MAX_SENDS):
-            if self._may_act is not None:
-                try:
-                    self._may_act()
-                except BlueprintError as error:
-                    # Not sent: another instance may hold the lease; a retry by the
-                    # holder recognises nothing of this (refused) order.
-                    await self._reject(order, error.message)
-                    raise TradingError(error.message) from None
+            await self._refuse_unless_may_act(order)
             self._sent_at[order.client_order_id] = self._clock()
             fill: Fill | None
             try:
@@ -497,10 +490,7 @@ class OrderPath:
                     order.symbol, order.side, order.quantity, order.client_order_id
                 )
             except DuplicateOrder:
-                fill = await self._lookup(exchange, order)
-                if fill is None:
-                    await self._reject(order, "the exchange reports a duplicate it cannot show")
-                    raise TradingError("the exchange refused a duplicate order") from None
+                fill = await self._duplicate_fill(exchange, order)
             except (OrderRefused, CredentialsRejected, RateLimited) as error:
                 # Definite: the exchange did not place it. Never retried.
                 await self._reject(order, str(error))
@@ -542,6 +532,25 @@ class OrderPath:
                 raise AssertionError("no fill to settle")
             return await self._settle(order, fill, request.exit_reason, request.stop_params)
         raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _refuse_unless_may_act(self, order: Order) -> None:
+        """Refuse `order` before it is sent when this instance may not act (another one
+        may hold the lease); a retry by the holder recognises nothing of this order."""
+        if self._may_act is None:
+            return
+        try:
+            self._may_act()
+        except BlueprintError as error:
+            await self._reject(order, error.message)
+            raise TradingError(error.message) from None
+
+    async def _duplicate_fill(self, exchange: Exchange, order: Order) -> Fill:
+        """The fill of an order the exchange calls a duplicate: ours, sent before."""
+        fill = await self._lookup(exchange, order)
+        if fill is None:
+            await self._reject(order, "the exchange reports a duplicate it cannot show")
+            raise TradingError("the exchange refused a duplicate order") from None
+        return fill
 
     async def _lookup(self, exchange: Exchange, order: Order) -> Fill | None:
         try:

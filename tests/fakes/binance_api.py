@@ -595,7 +595,9 @@ class FakeBinance(BackgroundServer):
             raise _Refusal(400, -1021, "Timestamp for this request is outside of the recvWindow.")
         return api_key
 
-    def _route(
+    # A flat dispatch over the endpoints, one branch each: splitting it would only hide
+    # which endpoints the fake answers.
+    def _route(  # noqa: C901
         self, method: str, endpoint: str, params: dict[str, str], api_key: str | None
     ) -> Any:
         if endpoint == "ping":
@@ -754,6 +756,17 @@ class FakeBinance(BackgroundServer):
             return Decimal(str(served[opened][4]))
         return self.prices[symbol] * Decimal(str(1 + 0.01 * math.sin(back / 3)))
 
+    def _fill_locked(self, quantity: Decimal, filters: list[dict[str, Any]]) -> tuple[Decimal, str]:
+        """What a market order of `quantity` executes, and its status: all of it, or
+        the fraction a test asked for once (`next_fill_fraction`), in whole lot steps."""
+        if self.next_fill_fraction is None:
+            return quantity, "FILLED"
+        lot = _filter(filters, "LOT_SIZE")
+        step = Decimal(str(lot["stepSize"])) if lot else Decimal("0.00000001")
+        executed = (quantity * self.next_fill_fraction / step).to_integral_value(ROUND_DOWN) * step
+        self.next_fill_fraction = None
+        return executed, self.next_fill_status if executed < quantity else "FILLED"
+
     def _place(self, api_key: str, params: dict[str, str]) -> Any:
         symbol = self._symbol(params.get("symbol"))
         side = params.get("side")
@@ -774,21 +787,12 @@ class FakeBinance(BackgroundServer):
                     raise _Refusal(400, -2010, DUPLICATE)
             quantity = self._quantity(params, price, filters)
             self._check_order_rules_locked(symbol, quantity, filters)
-            executed, status = quantity, "FILLED"
-            if self.next_fill_fraction is not None:
-                lot = _filter(filters, "LOT_SIZE")
-                step = Decimal(str(lot["stepSize"])) if lot else Decimal("0.00000001")
-                executed = (quantity * self.next_fill_fraction / step).to_integral_value(
-                    ROUND_DOWN
-                ) * step
-                status = self.next_fill_status if executed < quantity else "FILLED"
-                self.next_fill_fraction = None
+            executed, status = self._fill_locked(quantity, filters)
             wallet = self.balances.setdefault(api_key, {})
             cost = executed * price
-            if side == "BUY":
-                if wallet.get(quote, Decimal(0)) < quantity * price:
-                    raise _Refusal(400, -2010, INSUFFICIENT)
-            elif wallet.get(base, Decimal(0)) < quantity:
+            # A buy needs its cost in the quote asset, a sell its quantity of the base one.
+            needed, asset = (quantity * price, quote) if side == "BUY" else (quantity, base)
+            if wallet.get(asset, Decimal(0)) < needed:
                 raise _Refusal(400, -2010, INSUFFICIENT)
             fee, fee_asset = self._commission_for(wallet, side, base, quote, executed, cost)
             if side == "BUY":

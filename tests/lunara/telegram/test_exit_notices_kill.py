@@ -36,7 +36,7 @@ from lunara.trading.stopstore import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
 from tests.fakes.telegram_api import FakeTelegram
 from tests.lunara.telegram.conftest import TOKEN, write_manifest
-from tests.lunara.telegram.test_outbox_kill import CAUGHT_WINDOW_S, REPO_ROOT, Bot, wait_until
+from tests.lunara.telegram.test_outbox_kill import REPO_ROOT, Bot, duplicates, wait_until
 
 TRADERS = range(30_000, 30_200)
 KILL_AMID_EXITS = 20  # positions closed when the first SIGKILL lands (of 200)
@@ -154,17 +154,7 @@ def test_sigkills_during_a_burst_of_200_stop_exits_deliver_each_notice_exactly_o
             continue  # an admin's report of the previous run's end, say
         assert message["text"].startswith(NOTICE), message
         by_trader[int(message["chat_id"])].append(float(message["at"]))
-    caught, uncaught = [], []
-    for user_id, moments in by_trader.items():
-        if len(moments) == 1:
-            continue
-        first, *later = sorted(moments)
-        if len(later) == 1 and any(
-            abs(first - killed) <= CAUGHT_WINDOW_S and later[0] > killed for killed in kills
-        ):
-            caught.append(user_id)
-        else:
-            uncaught.append(user_id)
+    caught, uncaught = duplicates(by_trader, kills)
     print(f"notices: {len(sent)} to {len(by_trader)} traders; duplicates caught by a kill: "
           f"{len(caught)}; 429s: {too_many}; positions still open at each kill: "
           f"{open_at_kills}")  # fmt: skip
