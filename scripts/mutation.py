@@ -28,9 +28,9 @@ from mutmut.stats import status_by_exit_code
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "mutants-work"
-LINKED = ("blueprint", "lunara", "tests")
-"""What a target's directory sees of the project: mutmut copies `source` and the tests
-into `mutants/` itself, and imports the rest from there."""
+LINKED = ("blueprint", "lunara", "tests", "manifest.json")
+"""What a target's directory sees of the project: mutmut copies `source`, the tests and
+`also_copy` into `mutants/`, and the tests run there (some read the shipped manifest)."""
 
 
 def targets() -> dict[str, dict[str, Any]]:
@@ -42,7 +42,7 @@ def targets() -> dict[str, dict[str, Any]]:
 def mutmut_section(target: dict[str, Any]) -> str:
     """The `[tool.mutmut]` table for one target (TOML arrays of plain strings are JSON)."""
     source = str(target["source"])
-    others = [package for package in ("blueprint", "lunara") if package != source]
+    others = [entry for entry in LINKED if entry not in (source, "tests")]
     return (
         "\n[tool.mutmut]\n"
         f"source_paths = {json.dumps([source])}\n"

@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from blueprint.redaction import REDACTED, Redactor, redact, secrets_in_environ
+from blueprint.redaction import (
+    MIN_SECRET_LENGTH,
+    REDACTED,
+    Redactor,
+    redact,
+    secrets_in_environ,
+)
 
 EXCHANGE_KEY = "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A"
 TELEGRAM_TOKEN_WITH_DASH = "7312345678:AAH3kq9-xV0b1c2d3e4f5g6h7i8j9k0lMn-pQr"
@@ -56,6 +62,18 @@ def test_a_short_secret_inside_a_longer_one_leaves_nothing_of_either() -> None:
     short, long = "hunter2", "hunter2-and-much-more"
     cleaned = Redactor([short, long]).redact(f"a {long} b {short} c")
     assert cleaned == f"a {REDACTED} b {REDACTED} c"
+
+
+def test_the_longer_secret_goes_first_even_when_it_sorts_first() -> None:
+    """Longest first, not in reverse alphabetical order: here the short one sorts last."""
+    short, long = "zzzzzz9", "a-zzzzzz9-b"
+    assert Redactor([short, long]).redact(f"x {long} y") == f"x {REDACTED} y"
+
+
+def test_a_configured_secret_of_the_minimum_length_is_blanked_a_shorter_one_not() -> None:
+    at_minimum, shorter = "q" * MIN_SECRET_LENGTH, "w" * (MIN_SECRET_LENGTH - 1)
+    redactor = Redactor([at_minimum, shorter])
+    assert redactor.redact(f"{at_minimum} {shorter}") == f"{REDACTED} {shorter}"
 
 
 def test_credentials_in_a_url_are_blanked_and_the_location_kept() -> None:
