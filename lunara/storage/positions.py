@@ -28,8 +28,8 @@ from lunara.storage.database import (
     text_to_decimal,
     transaction,
 )
+from lunara.trading.symbols import is_symbol
 
-SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{5,20}$")
 ASSET_PATTERN = re.compile(r"^[A-Z0-9]{2,12}$")
 CLIENT_ORDER_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,36}$")
 EXIT_REASON_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -147,7 +147,7 @@ class TrailingStopRecord:
 
 
 def _check_symbol(symbol: str) -> str:
-    if not SYMBOL_PATTERN.match(symbol):
+    if not is_symbol(symbol):
         raise InvalidValue("symbol", "must be a trading pair such as BTCUSDT")
     return symbol
 

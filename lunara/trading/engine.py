@@ -77,6 +77,7 @@ from lunara.trading.stopstore import (
     StopStore,
     make_stop_store,
 )
+from lunara.trading.symbols import MAX_SYMBOL_LENGTH, symbol_name
 from lunara.trading.trailing import initial_state
 
 logger = logging.getLogger(__name__)
@@ -292,12 +293,13 @@ class TradingEngine:
         return user
 
     def _check_symbol(self, symbol: str) -> str:
-        name = symbol.strip().upper()
+        name = symbol_name(symbol)
         if not self._symbols:
             raise TradingError("this bot trades no symbol: ask an admin to fix LUNARA_SYMBOLS")
         if name not in self._symbols:
             raise TradingError(
-                f"{name[:20]} is not traded by this bot; choose one of " + ", ".join(self._symbols)
+                f"{name[:MAX_SYMBOL_LENGTH]} is not traded by this bot; choose one of "
+                + ", ".join(self._symbols)
             )
         return name
 
@@ -426,10 +428,10 @@ class TradingEngine:
 
     async def _sell(self, user_id: int, symbol: str) -> list[OrderResult]:
         await self._require_user(user_id)
-        name = symbol.strip().upper()
+        name = symbol_name(symbol)
         held = [p for p in await position_store.list_open(self._db, user_id) if p.symbol == name]
         if not held:
-            raise TradingError(f"you have no open {name[:20]} position")
+            raise TradingError(f"you have no open {name[:MAX_SYMBOL_LENGTH]} position")
         price = (await self._market.prices([name])).get(name)
         if price is None:
             raise TradingError(f"no market price for {name} right now")
