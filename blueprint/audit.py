@@ -25,6 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from blueprint.clock import format_utc
 from blueprint.errors import BlueprintError, PermissionDenied
 from blueprint.manifest import Manifest
 from blueprint.mirror import Mirror
@@ -96,7 +97,7 @@ class AuditLog:
     ) -> dict[str, Any]:
         """Write one entry and mirror it; raise AuditWriteError if the file cannot be written."""
         entry: dict[str, Any] = {
-            "at": self._clock().astimezone(UTC).isoformat(timespec="milliseconds"),
+            "at": format_utc(self._clock()),
             "principal": principal,
             "action": action,
             "permission": permission,

@@ -19,10 +19,10 @@ import contextlib
 import json
 import os
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from blueprint.clock import utc_iso
 from blueprint.states import Dependency, Reachability
 
 MAX_REASON_CHARS = 200
@@ -95,7 +95,6 @@ def _iso(value: Any) -> str | None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         return None
     try:
-        moment = datetime.fromtimestamp(float(value), UTC)
+        return utc_iso(float(value))
     except (OverflowError, OSError, ValueError):
         return None
-    return moment.isoformat(timespec="milliseconds")

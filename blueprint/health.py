@@ -37,11 +37,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import TYPE_CHECKING, Any, cast
 
+from blueprint.clock import parse_iso
 from blueprint.errors import ConfigError
 from blueprint.metrics import BOT_METRICS, METRICS_FILE, read_metrics
 from blueprint.paths import HomePaths
 from blueprint.states import Reachability
-from blueprint.status import StatusReport, compute_status, parse_iso
+from blueprint.status import StatusReport, compute_status
 
 if TYPE_CHECKING:
     from blueprint.ledger import Ledger

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from blueprint.clock import utc_iso, utc_now
 from blueprint.errors import BlueprintError
 from blueprint.mirror import Mirror
 from blueprint.paths import HomePaths
@@ -47,11 +48,6 @@ BotState = State
 
 class LedgerCorrupt(BlueprintError):
     """The ledger's contents are not a valid ledger document."""
-
-
-def utc_now() -> str:
-    """The current time as ISO 8601 UTC, the one timestamp format of the ledger."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -404,13 +400,9 @@ def rebuilt_document(
         document.bot = live.bot
         if mirrored is None or document.state == BotState.STOPPED:
             document.state = BotState.RUNNING if live.bot else BotState.STARTING
-            document.started_at = _iso_from_epoch(live.watchdog.create_time)
+            document.started_at = utc_iso(live.watchdog.create_time)
     document.revision = max(known_revision, document.revision) + 1
     return document
-
-
-def _iso_from_epoch(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
 
 
 def _describe_sources(mirrored: LedgerDocument | None, live: LiveProcesses | None) -> str:

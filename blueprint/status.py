@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from blueprint.clock import parse_iso
 from blueprint.dependencies import dependency_notes, read_dependencies
 from blueprint.errors import ExitCode
 from blueprint.exit_message import is_invalid_config
@@ -107,15 +107,6 @@ def exit_json(record: ExitRecord | None) -> dict[str, Any] | None:
         "reason": record.reason,
         "rss_mib": record.rss_mib,
     }
-
-
-def parse_iso(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
 
 
 def bot_started(doc: LedgerDocument, bot: psutil.Process) -> float:

@@ -36,7 +36,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from blueprint.backoff import decide_restart
+from blueprint.clock import parse_iso, utc_iso
 from blueprint.envfile import deployment_environment, load_into_environment
 from blueprint.errors import BlueprintError, ExitCode
 from blueprint.exit_message import clear_exit_message, is_invalid_config, take_exit_message
@@ -108,19 +108,6 @@ class Reason:
 
     ADOPTED_EXIT = "exited while adopted"
     STOPPED = "stopped by request"
-
-
-def utc_iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="microseconds")
-
-
-def parse_iso(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
 
 
 def describe_exit(code: int | None, signum: int | None) -> str:

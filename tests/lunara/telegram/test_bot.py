@@ -20,7 +20,8 @@ from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blueprint.ledger import ExitRecord, Ledger, LedgerDocument, utc_now
+from blueprint.clock import utc_now
+from blueprint.ledger import ExitRecord, Ledger, LedgerDocument
 from blueprint.manifest import Permission
 from blueprint.mirror import NullMirror
 from blueprint.paths import HomePaths
