@@ -15,31 +15,21 @@ File: ``{"telegram": {"state": "ok|down|off", "last_ok_at": epoch|null,
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from blueprint.clock import utc_iso
 from blueprint.states import Dependency, Reachability
+from blueprint.trust import replace_private
 
 MAX_REASON_CHARS = 200
 
 
 def write_dependencies(path: Path, report: Mapping[str, Mapping[str, Any]]) -> None:
     """Replace the file atomically (a reader never sees half a report), mode 0600."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(report, sort_keys=True))
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
+    replace_private(path, json.dumps(report, sort_keys=True).encode("utf-8"))
 
 
 def read_dependencies(path: Path, not_before: float) -> dict[str, dict[str, Any]] | None:

@@ -32,6 +32,7 @@ from blueprint.errors import BlueprintError
 from blueprint.mirror import Mirror
 from blueprint.paths import HomePaths
 from blueprint.states import STORED_STATES, State
+from blueprint.trust import replace_private
 
 MAX_EVENTS = 100
 KEEP_CORRUPT_FILES = 5
@@ -422,31 +423,6 @@ def _shows_running_system(mirrored: LedgerDocument | None, live: LiveProcesses |
     return live is not None or (mirrored is not None and mirrored.state != BotState.STOPPED)
 
 
-def _write_atomically(path: Path, payload: bytes) -> None:
-    """Replace `path` so that readers see the old or the new file, never a mix."""
-    import tempfile  # only writers pay for it; `lunara status` only reads
-
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def _encode(document: LedgerDocument) -> bytes:
     return (json.dumps(document.to_dict(), indent=2, allow_nan=False) + "\n").encode("utf-8")
 
@@ -622,7 +598,7 @@ class Ledger:
 
     def _write(self, document: LedgerDocument) -> None:
         try:
-            _write_atomically(self.paths.ledger, _encode(document))
+            replace_private(self.paths.ledger, _encode(document), durable=True)
         except OSError as error:
             raise BlueprintError(
                 f"cannot write the ledger {self.paths.ledger}: {error.strerror or error}"

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 
 import aiosqlite
 
+from blueprint.trust import fsync_path
 from lunara.crypto import KeyRing
 from lunara.storage import credentials
 from lunara.storage.database import SchemaError, StorageError, open_database
@@ -204,9 +205,9 @@ def backup_database(
             refreshed = 0 if live_stops is None else asyncio.run(_refresh(temporary, live_stops))
         except sqlite3.Error as error:
             raise StorageError(f"backup of {src_path} failed: {error}") from None
-        _fsync(temporary)
+        fsync_path(temporary)
         os.replace(temporary, dest_path)
-        _fsync(dest_path.parent)
+        fsync_path(dest_path.parent)
     finally:
         temporary.unlink(missing_ok=True)
     summary = inspect_database(dest_path)
@@ -485,11 +486,3 @@ async def _rotate(db_path: Path, keyring: KeyRing) -> int:
         await connection.close()
     logger.info("re-encrypted %d credential records under key %s", count, keyring.primary_key_id)
     return count
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

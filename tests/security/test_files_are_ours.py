@@ -185,6 +185,36 @@ def test_metrics_are_written_through_the_no_follow_writer(tmp_path: Path) -> Non
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"orders_placed_total": 3.0}
 
 
+def test_every_replaced_file_of_the_home_goes_through_the_no_follow_writer(
+    tmp_path: Path,
+) -> None:
+    """The ledger, the heartbeat, the dependency report and the exit message each leave a
+    symlink planted at their temporary name untouched, and are written in its place."""
+    from blueprint.dependencies import write_dependencies
+    from blueprint.exit_message import leave_exit_message
+    from blueprint.heartbeat import write_heartbeat
+    from blueprint.ledger import Ledger
+    from blueprint.mirror import NullMirror
+    from blueprint.paths import HomePaths
+
+    paths = HomePaths(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    written = {
+        "ledger.json": lambda: Ledger(paths, "lunara", NullMirror()).update(lambda _: None),
+        "heartbeat": lambda: write_heartbeat(paths.heartbeat, "up"),
+        "dependencies.json": lambda: write_dependencies(paths.dependencies, {}),
+        "exit-message": lambda: leave_exit_message(paths, "bad settings"),
+    }
+    for name, write in written.items():
+        (tmp_path / f"{name}.tmp").symlink_to(victim)
+        write()
+        assert victim.read_text() == "precious\n", name
+        assert not (tmp_path / f"{name}.tmp").exists(), name
+        assert (tmp_path / name).is_file() and not (tmp_path / name).is_symlink(), name
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+
+
 def test_a_symlink_at_a_log_or_lock_is_never_written_through(tmp_path: Path) -> None:
     from blueprint.logfiles import open_append
 
