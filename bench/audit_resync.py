@@ -39,8 +39,8 @@ import redis
 from blueprint import mirror as mirror_module
 from blueprint.audit import AuditLog
 from blueprint.mirror import NullMirror, RedisMirror
+from blueprint.units import MIB
 
-MIB = 1024 * 1024
 PEER_BATCH_BYTES = 256 * 1024
 PEER_BATCHES_PER_CALL = 20
 STEP_TARGET_MIB = 0.25

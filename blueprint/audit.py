@@ -30,9 +30,10 @@ from blueprint.errors import BlueprintError, PermissionDenied
 from blueprint.manifest import Manifest
 from blueprint.mirror import Mirror
 from blueprint.redaction import Redactor
+from blueprint.units import MIB
 
 FILE_MODE = 0o600
-MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_FILE_BYTES = 4 * MIB
 KEPT_FILES = 5
 _OPEN_ATTEMPTS = 100  # each retry means another writer rotated meanwhile: progress
 _READ_BLOCK = 64 * 1024

@@ -26,10 +26,11 @@ from typing import Any
 from blueprint.errors import ConfigError
 from blueprint.locations import DEFAULT_MANIFEST, resolve_manifest
 from blueprint.locations import MANIFEST_ENV as MANIFEST_ENV
+from blueprint.units import MIB
 
 DEFAULT_MANIFEST_PATH = Path(DEFAULT_MANIFEST)
 SUPPORTED_VERSION = 1
-MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_MANIFEST_BYTES = MIB
 
 WILDCARD = "*"
 _NAME = re.compile(r"[a-z0-9_-]{1,40}")

@@ -25,14 +25,13 @@ from blueprint.heartbeat import heartbeat_mtime
 from blueprint.process import CREATE_TIME_TOLERANCE_S, find_process, tree_rss_bytes
 from blueprint.redaction import Redactor, secrets_in_environ
 from blueprint.states import Liveness, State, decide_state
+from blueprint.units import MIB
 
 if TYPE_CHECKING:
     from blueprint.ledger import ExitRecord, Ledger, LedgerDocument
     from blueprint.manifest import Manifest
     from blueprint.mirror import Mirror
     from blueprint.paths import HomePaths
-
-MIB = 1024 * 1024
 
 
 def redact(text: str, environ: Mapping[str, str]) -> str:

@@ -60,6 +60,7 @@ from blueprint.process import (
     tree_rss_bytes,
 )
 from blueprint.trust import open_private
+from blueprint.units import MIB
 
 if TYPE_CHECKING:
     from blueprint.health import HealthServer
@@ -69,7 +70,6 @@ if TYPE_CHECKING:
 
 TICK_S = 0.2
 RSS_EVERY_S = 0.5
-MIB = 1024 * 1024
 PYTHON_ALIASES = frozenset({"python", "python3"})
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from blueprint.redaction import Redactor
+from blueprint.units import MIB
 
 
 class RedactSecrets(logging.Filter):
@@ -108,7 +109,7 @@ QUIET_LIBRARIES = (
     "google_genai",
 )
 
-LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_MAX_BYTES = 10 * MIB
 LOG_BACKUPS = 5
 
 
