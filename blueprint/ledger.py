@@ -107,6 +107,15 @@ class LedgerDocument:
         default_factory=list, init=False, repr=False, compare=False
     )
 
+    def mark_stopped(self) -> None:
+        """What a finished stop leaves: no bot, no watchdog, nothing of the last run's
+        settings. The event that says why is the caller's."""
+        self.state = BotState.STOPPED
+        self.bot = None
+        self.watchdog = None
+        self.foreground = False
+        self.stop_timeout_s = None
+
     def add_event(self, kind: str, detail: str) -> dict[str, Any]:
         """Record something that happened; only the last MAX_EVENTS are kept."""
         event = {"at": utc_now(), "kind": kind, "detail": detail}
@@ -419,6 +428,16 @@ def _describe_sources(mirrored: LedgerDocument | None, live: LiveProcesses | Non
     return "rebuilt from " + " and ".join(parts)
 
 
+def _parsed(raw: bytes | None) -> LedgerRead | None:
+    """The ledger `raw` holds; None when there is no file or it is corrupt (rebuilt then)."""
+    if raw is None:
+        return None
+    try:
+        return LedgerRead(parse_ledger(raw))
+    except LedgerCorrupt:
+        return None
+
+
 def _shows_running_system(mirrored: LedgerDocument | None, live: LiveProcesses | None) -> bool:
     return live is not None or (mirrored is not None and mirrored.state != BotState.STOPPED)
 
@@ -456,12 +475,10 @@ class Ledger:
         rebuild locks, so that two readers do not both rebuild and write.
         """
         raw = self._read_bytes()
-        if raw is not None:
-            try:
-                return LedgerRead(parse_ledger(raw))
-            except LedgerCorrupt:
-                pass
-        else:
+        parsed = _parsed(raw)
+        if parsed is not None:
+            return parsed
+        if raw is None:
             evidence = self._evidence()
             if not _shows_running_system(*evidence):
                 return _fresh(self.name, evidence)
@@ -532,11 +549,9 @@ class Ledger:
 
     def _read_locked(self) -> LedgerRead:
         raw = self._read_bytes()
-        if raw is not None:
-            try:
-                return LedgerRead(parse_ledger(raw))
-            except LedgerCorrupt:
-                pass
+        parsed = _parsed(raw)
+        if parsed is not None:
+            return parsed
         evidence = self._evidence()
         if raw is None and not _shows_running_system(*evidence):
             return _fresh(self.name, evidence)

@@ -720,7 +720,7 @@ class Watchdog:
         return self.program.stop_timeout_s if asked is None else asked
 
     def _finish_stop(self) -> int:
-        from blueprint.ledger import BotState, ExitRecord
+        from blueprint.ledger import ExitRecord
 
         bot = self._bot
         self._bot = None
@@ -749,11 +749,7 @@ class Watchdog:
         self._kill_leftovers()
 
         def stopped(doc: LedgerDocument) -> None:
-            doc.state = BotState.STOPPED
-            doc.bot = None
-            doc.watchdog = None
-            doc.foreground = False
-            doc.stop_timeout_s = None
+            doc.mark_stopped()
             if exit_record is not None:
                 doc.last_exit = exit_record
             doc.add_event(Event.BOT_STOPPED, "bot and watchdog stopped")
