@@ -23,6 +23,7 @@ from typing import Any
 from blueprint.clock import utc_iso
 from blueprint.states import Dependency, Reachability
 from blueprint.trust import replace_private
+from blueprint.validation import is_number
 
 MAX_REASON_CHARS = 200
 
@@ -82,7 +83,7 @@ def dependency_notes(dependencies: Mapping[str, Mapping[str, Any]] | None) -> li
 
 
 def _iso(value: Any) -> str | None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if not is_number(value):
         return None
     try:
         return utc_iso(float(value))
