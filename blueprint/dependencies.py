@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from blueprint.clock import utc_iso
+from blueprint.jsonvalues import is_number
 from blueprint.states import Dependency, Reachability
 from blueprint.trust import replace_private
-from blueprint.validation import is_number
 
 MAX_REASON_CHARS = 200
 

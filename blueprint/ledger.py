@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from blueprint.clock import utc_iso, utc_now
 from blueprint.errors import BlueprintError
@@ -32,7 +33,6 @@ from blueprint.mirror import Mirror
 from blueprint.paths import HomePaths
 from blueprint.states import STORED_STATES, State
 from blueprint.trust import replace_private
-from blueprint.validation import is_finite_number, is_int, kind_of
 
 MAX_EVENTS = 100
 KEEP_CORRUPT_FILES = 5
@@ -150,27 +150,27 @@ class LedgerDocument:
         of the wrong type is corruption, never silently coerced.
         """
         if not isinstance(data, dict):
-            raise LedgerCorrupt(f"the top level is {kind_of(data)}, not an object")
+            raise LedgerCorrupt(f"the top level is {_kind(data)}, not an object")
         name = data.get("name")
         if not isinstance(name, str) or not name:
-            raise LedgerCorrupt(f"'name' must be a non-empty string, got {kind_of(name)}")
+            raise LedgerCorrupt(f"'name' must be a non-empty string, got {_kind(name)}")
         revision = data.get("revision")
-        if not is_int(revision) or revision < 0:
+        if not _is_int(revision) or revision < 0:
             raise LedgerCorrupt(f"'revision' must be a non-negative integer, got {_show(revision)}")
         state = data.get("state", BotState.STOPPED.value)
         if not isinstance(state, str) or state not in STORED_STATES:
             raise LedgerCorrupt(f"'state' must be one of {_choices()}, got {_show(state)}")
         restarts = data.get("restarts", 0)
-        if not is_int(restarts) or restarts < 0:
+        if not _is_int(restarts) or restarts < 0:
             raise LedgerCorrupt(f"'restarts' must be a non-negative integer, got {_show(restarts)}")
         restart_times = data.get("restart_times", [])
-        if not isinstance(restart_times, list) or not all(map(is_finite_number, restart_times)):
+        if not isinstance(restart_times, list) or not all(map(_is_number, restart_times)):
             raise LedgerCorrupt("'restart_times' must be a list of numbers")
         foreground = data.get("foreground", False)
         if not isinstance(foreground, bool):
             raise LedgerCorrupt(f"'foreground' must be true or false, got {_show(foreground)}")
         stop_timeout = data.get("stop_timeout_s")
-        if stop_timeout is not None and (not is_finite_number(stop_timeout) or stop_timeout < 0):
+        if stop_timeout is not None and (not _is_number(stop_timeout) or stop_timeout < 0):
             raise LedgerCorrupt(
                 f"'stop_timeout_s' must be a non-negative number or null, got {_show(stop_timeout)}"
             )
@@ -212,8 +212,27 @@ class LiveProcesses:
 ProcessFinder = Callable[[Path], LiveProcesses | None]
 
 
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value)
+
+
+def _kind(value: object) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "a number"
+    return names.get(type(value), type(value).__name__)
+
+
 def _show(value: object) -> str:
-    text = json.dumps(value) if _is_json_scalar(value) else kind_of(value)
+    text = json.dumps(value) if _is_json_scalar(value) else _kind(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -234,7 +253,7 @@ def _optional_str(data: dict[str, Any], key: str) -> str | None:
 
 def _optional_int(data: dict[str, Any], key: str, where: str) -> int | None:
     value = data.get(key)
-    if value is not None and not is_int(value):
+    if value is not None and not _is_int(value):
         raise LedgerCorrupt(f"'{where}.{key}' must be an integer or null, got {_show(value)}")
     return value
 
@@ -244,11 +263,11 @@ def _process_from(data: dict[str, Any], key: str) -> ProcessRecord | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise LedgerCorrupt(f"'{key}' must be an object or null, got {kind_of(value)}")
+        raise LedgerCorrupt(f"'{key}' must be an object or null, got {_kind(value)}")
     pid, create_time = value.get("pid"), value.get("create_time")
-    if not is_int(pid) or pid <= 0:
+    if not _is_int(pid) or pid <= 0:
         raise LedgerCorrupt(f"'{key}.pid' must be a positive integer, got {_show(pid)}")
-    if not is_finite_number(create_time) or create_time < 0:
+    if not _is_number(create_time) or create_time < 0:
         raise LedgerCorrupt(f"'{key}.create_time' must be a number, got {_show(create_time)}")
     return ProcessRecord(pid=pid, create_time=float(create_time))
 
@@ -257,13 +276,13 @@ def _exit_from(value: object) -> ExitRecord | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise LedgerCorrupt(f"'last_exit' must be an object or null, got {kind_of(value)}")
+        raise LedgerCorrupt(f"'last_exit' must be an object or null, got {_kind(value)}")
     at, reason, rss = value.get("at"), value.get("reason"), value.get("rss_mib")
     if not isinstance(at, str):
         raise LedgerCorrupt(f"'last_exit.at' must be a string, got {_show(at)}")
     if not isinstance(reason, str):
         raise LedgerCorrupt(f"'last_exit.reason' must be a string, got {_show(reason)}")
-    if rss is not None and not is_finite_number(rss):
+    if rss is not None and not _is_number(rss):
         raise LedgerCorrupt(f"'last_exit.rss_mib' must be a number or null, got {_show(rss)}")
     return ExitRecord(
         code=_optional_int(value, "code", "last_exit"),
@@ -276,7 +295,7 @@ def _exit_from(value: object) -> ExitRecord | None:
 
 def _events_from(value: object) -> list[dict[str, Any]]:
     if not isinstance(value, list):
-        raise LedgerCorrupt(f"'events' must be a list, got {kind_of(value)}")
+        raise LedgerCorrupt(f"'events' must be a list, got {_kind(value)}")
     events: list[dict[str, Any]] = []
     for index, event in enumerate(value):
         if not isinstance(event, dict) or not all(
@@ -311,7 +330,7 @@ def salvage_revision(raw: bytes) -> int | None:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     revision = data.get("revision") if isinstance(data, dict) else None
-    return revision if is_int(revision) and revision >= 0 else None
+    return revision if _is_int(revision) and revision >= 0 else None
 
 
 def watchdog_home(cmdline: Sequence[str]) -> str | None:

@@ -27,7 +27,6 @@ from blueprint.errors import ConfigError
 from blueprint.locations import DEFAULT_MANIFEST, resolve_manifest
 from blueprint.locations import MANIFEST_ENV as MANIFEST_ENV
 from blueprint.units import MIB
-from blueprint.validation import is_int, is_number, kind_of
 
 DEFAULT_MANIFEST_PATH = Path(DEFAULT_MANIFEST)
 SUPPORTED_VERSION = 1
@@ -407,6 +406,22 @@ def _path(*segments: str) -> str:
     return ".".join(_segment(segment) for segment in segments)
 
 
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
 class _Problems:
     def __init__(self) -> None:
         self.items: list[str] = []
@@ -420,14 +435,18 @@ class _Problems:
                 self.add(_path(*where, key), f"unknown field (allowed: {', '.join(allowed)})")
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _positive_number(
     mapping: Mapping[str, Any], key: str, default: float, problems: _Problems, *where: str
 ) -> float | None:
     if key not in mapping:
         return default
     value = mapping[key]
-    if not is_number(value):
-        problems.add(_path(*where, key), f"must be a number > 0, not {kind_of(value)}")
+    if not _is_number(value):
+        problems.add(_path(*where, key), f"must be a number > 0, not {_type_name(value)}")
         return None
     if not math.isfinite(value) or value <= 0:
         problems.add(_path(*where, key), "must be a finite number > 0")
@@ -439,7 +458,7 @@ def _validate_document(
     document: object, problems: _Problems, source: Path | None
 ) -> Manifest | None:
     if not isinstance(document, dict):
-        problems.add("manifest", f"must be a JSON object, not {kind_of(document)}")
+        problems.add("manifest", f"must be a JSON object, not {_type_name(document)}")
         return None
     problems.unknown_keys(document, _TOP_LEVEL)
     for key in _REQUIRED_TOP_LEVEL:
@@ -447,7 +466,9 @@ def _validate_document(
             problems.add(key, "missing")
 
     version = document.get("version")
-    if "version" in document and (not is_int(version) or version != SUPPORTED_VERSION):
+    if "version" in document and (
+        not isinstance(version, int) or isinstance(version, bool) or version != SUPPORTED_VERSION
+    ):
         problems.add("version", f"must be {SUPPORTED_VERSION}")
 
     name = document.get("name")
@@ -488,7 +509,7 @@ def _validate_document(
 
 def _validate_control(value: object, problems: _Problems) -> ControlSocket | None:
     if not isinstance(value, dict):
-        problems.add("control", f"must be an object, not {kind_of(value)}")
+        problems.add("control", f"must be an object, not {_type_name(value)}")
         return None
     problems.unknown_keys(value, ("group", "mode"), "control")
     group = value.get("group")
@@ -510,7 +531,7 @@ def _validate_control(value: object, problems: _Problems) -> ControlSocket | Non
 
 def _validate_program(value: object, problems: _Problems) -> ProgramSpec | None:
     if not isinstance(value, dict):
-        problems.add("program", f"must be an object, not {kind_of(value)}")
+        problems.add("program", f"must be an object, not {_type_name(value)}")
         return None
     problems.unknown_keys(value, _PROGRAM_FIELDS, "program")
     command: tuple[str, ...] | None = None
@@ -577,7 +598,7 @@ def _validate_environment(value: object, problems: _Problems) -> tuple[str, ...]
 def _validate_restart(value: object, problems: _Problems) -> RestartPolicy | None:
     where = ("program", "restart")
     if not isinstance(value, dict):
-        problems.add(_path(*where), f"must be an object, not {kind_of(value)}")
+        problems.add(_path(*where), f"must be an object, not {_type_name(value)}")
         return None
     problems.unknown_keys(value, _RESTART_FIELDS, *where)
     defaults = RestartPolicy()
@@ -591,7 +612,7 @@ def _validate_restart(value: object, problems: _Problems) -> RestartPolicy | Non
     max_restarts: int | None = defaults.max_restarts
     if "max_restarts" in value:
         raw = value["max_restarts"]
-        if not is_int(raw) or raw < 1:
+        if not isinstance(raw, int) or isinstance(raw, bool) or raw < 1:
             problems.add(_path(*where, "max_restarts"), "must be an integer >= 1")
             max_restarts = None
         else:
@@ -616,7 +637,7 @@ def _validate_restart(value: object, problems: _Problems) -> RestartPolicy | Non
 def _validate_roles(value: object, problems: _Problems) -> dict[str, tuple[str, ...]] | None:
     if not isinstance(value, dict):
         problems.add(
-            "roles", f"must be an object of role name to permission list, not {kind_of(value)}"
+            "roles", f"must be an object of role name to permission list, not {_type_name(value)}"
         )
         return None
     roles: dict[str, tuple[str, ...]] = {}
@@ -627,7 +648,9 @@ def _validate_roles(value: object, problems: _Problems) -> dict[str, tuple[str, 
             problems.add(where, "role names must be 1-40 characters of a-z, 0-9, _ or -")
             ok = False
         if not isinstance(patterns, list):
-            problems.add(where, f"must be a list of permission patterns, not {kind_of(patterns)}")
+            problems.add(
+                where, f"must be a list of permission patterns, not {_type_name(patterns)}"
+            )
             ok = False
             continue
         for index, pattern in enumerate(patterns):
@@ -646,7 +669,7 @@ def _check_role(
     role: object, roles: frozenset[str] | None, problems: _Problems, where: str
 ) -> str | None:
     if not isinstance(role, str) or not role:
-        problems.add(where, f"the role must be a role name, not {kind_of(role)}")
+        problems.add(where, f"the role must be a role name, not {_type_name(role)}")
         return None
     if roles is not None and role not in roles:
         problems.add(where, f"role {json.dumps(role)} is not defined in roles")
@@ -658,7 +681,9 @@ def _validate_principals(
     value: object, roles: frozenset[str] | None, problems: _Problems
 ) -> dict[str, Grant] | None:
     if not isinstance(value, dict):
-        problems.add("principals", f"must be an object of principal to role, not {kind_of(value)}")
+        problems.add(
+            "principals", f"must be an object of principal to role, not {_type_name(value)}"
+        )
         return None
     principals: dict[str, Grant] = {}
     ok = True
@@ -741,7 +766,7 @@ def _validate_defaults(
 ) -> dict[str, str] | None:
     if not isinstance(value, dict):
         problems.add(
-            "defaults", f"must be an object of principal kind to role, not {kind_of(value)}"
+            "defaults", f"must be an object of principal kind to role, not {_type_name(value)}"
         )
         return None
     roles = frozenset(raw_roles) if isinstance(raw_roles, dict) else None

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from blueprint.validation import is_number
+from blueprint.jsonvalues import is_number
 
 METRICS_FILE = "metrics.json"
 

@@ -49,7 +49,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from blueprint.validation import is_number
+from blueprint.jsonvalues import is_number
 
 
 class InvalidTrailingParams(ValueError):
