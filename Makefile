@@ -1,11 +1,12 @@
-# Lunara — the two commands operators and CI need: `make run` and `make test`.
+# Lunara — the two commands operators and CI need: `make run` and `make test`;
+# `make check` is the quick one for the edit loop.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP_PROD := $(VENV)/.installed-prod
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck stop status clean lock bench
+.PHONY: run test check coverage lint typecheck stop status clean lock bench
 
 $(BIN)/python:
 	@scripts/ensure-venv.sh $(PYTHON) $(VENV)
@@ -49,6 +50,24 @@ test: $(STAMP_DEV)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	scripts/with-redis.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## check: lint, type-check and run every test not marked `slow`, two at a time (the
+## edit loop, under 3 minutes; CI and `make test` run the whole suite)
+check: $(STAMP_DEV)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	scripts/with-redis.sh $(BIN)/python -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
+
+## coverage: the whole suite under coverage.py, the processes it starts measured too
+## (the watchdog, the bot, the CLI); each module's figure and the total. Not part of
+## `make test` (slower); PYTEST_ARGS='-m "not slow"' measures what `make check` runs.
+coverage: $(STAMP_DEV)
+	rm -f .coverage .coverage.*
+	scripts/with-redis.sh $(BIN)/python -m coverage run -m pytest $(PYTEST_ARGS); \
+	status=$$?; \
+	$(BIN)/python -m coverage combine --quiet && $(BIN)/python -m coverage report; \
+	exit $$status
 
 ## lock: re-resolve the pinned lock files from pyproject.toml (needs uv)
 lock:

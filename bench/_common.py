@@ -32,13 +32,21 @@ def start_price(index: int, base: str) -> float:
     return KNOWN_PRICES.get(base, round(5 + 13.7 * index, 2))
 
 
-def write_manifest(directory: Path, program: dict[str, Any] | None = None) -> Path:
-    """A manifest that makes the current OS user the owner."""
+def write_manifest(
+    directory: Path,
+    program: dict[str, Any] | None = None,
+    *,
+    name: str = "lunara-bench",
+    roles: dict[str, list[str]] | None = None,
+    defaults: dict[str, str] | None = None,
+) -> Path:
+    """A manifest that makes the current OS user the owner (`roles` adds roles beside
+    the owner's; `defaults` gives principals no grant names, such as every Telegram user)."""
     import getpass
 
-    manifest = {
+    manifest: dict[str, Any] = {
         "version": 1,
-        "name": "lunara-bench",
+        "name": name,
         "program": program
         or {
             "command": [sys.executable, "-m", "lunara"],
@@ -52,9 +60,11 @@ def write_manifest(directory: Path, program: dict[str, Any] | None = None) -> Pa
             "memory_limit_mib": 450,
             "heartbeat_timeout_s": 60,
         },
-        "roles": {"owner": ["*"]},
+        "roles": {"owner": ["*"], **(roles or {})},
         "principals": {f"os_user:{getpass.getuser()}": "owner"},
     }
+    if defaults:
+        manifest["defaults"] = defaults
     path = directory / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2))
     path.chmod(0o644)

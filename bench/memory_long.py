@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/memory_long.py [--minutes 120] [--seed N] [--users 500] [--rate 6]
 
-The real bot runs under the real watchdog exactly as in `bench/soak.py` (live mode on the
+The real bot runs under the real watchdog exactly as in the soak (`bench/soak/`) (live mode on the
 fake Binance, the fake Telegram and Gemini, a private Redis, 500 users, a steady stream
 of commands, prices moving so that stops activate and trigger), but nothing is killed
 or injected: one bot life. Its RSS (the bot's process tree) is sampled every 30 s.
@@ -37,9 +37,9 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-import soak  # noqa: E402
+from bench.soak import run as soak  # noqa: E402
+from bench.soak.checks import pooled_slope_mib_per_10min  # noqa: E402
 
 SAMPLE_EVERY_S = 30.0
 SLOPE_GOAL_MIB_PER_10MIN = 0.5
@@ -49,7 +49,7 @@ MIB = 2**20
 
 def slope_mib_per_10min(points: Sequence[tuple[float, float]]) -> float | None:
     """Least-squares slope of (seconds, MiB), in MiB per 10 minutes."""
-    return soak.pooled_slope_mib_per_10min([points]) if len(points) >= 2 else None
+    return pooled_slope_mib_per_10min([points]) if len(points) >= 2 else None
 
 
 def second_half(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:

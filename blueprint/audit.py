@@ -27,7 +27,7 @@ from typing import Any
 
 from blueprint.clock import format_utc
 from blueprint.errors import BlueprintError, PermissionDenied
-from blueprint.manifest import Manifest
+from blueprint.manifest import Manifest, Permission
 from blueprint.mirror import Mirror
 from blueprint.redaction import Redactor
 from blueprint.units import MIB
@@ -223,7 +223,7 @@ def identify(
     manifest: Manifest,
     audit: AuditLog,
     token: str | None,
-    permission: str,
+    permission: Permission,
     action: str,
     uid: int | None = None,
 ) -> str:
@@ -244,7 +244,7 @@ def identify(
 
 
 def authorize(
-    manifest: Manifest, audit: AuditLog, principal: str, permission: str, action: str
+    manifest: Manifest, audit: AuditLog, principal: str, permission: Permission, action: str
 ) -> None:
     """Allow or refuse `permission` for `principal`, auditing the decision either way."""
     role = manifest.role_of(principal)

@@ -3,7 +3,8 @@
 The commands are a Typer app (`blueprint.commands`; the bot adds its own in
 `lunara.cli`), each opening an authorized session (`blueprint.session`). Failures
 surface as `BlueprintError`s and become a message and an exit code in exactly one
-place, `run_guarded`.
+place, `run_guarded` (`blueprint.options`, below the commands so they never import this
+entry point).
 
 `lunara status` is the hot path — container HEALTHCHECKs and CI loops call it every
 few seconds — so a plain `[--home X] [--manifest Y] status [--json] [--quiet]` is
@@ -22,39 +23,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from blueprint.errors import BlueprintError, ExitCode
+from blueprint.errors import ExitCode
+from blueprint.options import Options, run_guarded
 
 if TYPE_CHECKING:
     import typer
-
-
-class Options:
-    """Global options given before the command."""
-
-    __slots__ = ("home", "manifest")
-
-    def __init__(self, home: Path | None = None, manifest: Path | None = None) -> None:
-        self.home = home
-        self.manifest = manifest
-
-
-def run_guarded(action: Callable[[], int]) -> int:
-    """The CLI's one error boundary: expected failures become a message and an exit code."""
-    try:
-        return action()
-    except BlueprintError as error:
-        sys.stderr.write(f"lunara: {error.message}\n")
-        return int(error.exit_code)
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `lunara status | head`: the reader left; not an error of ours
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
-    except OSError as error:  # a home that is a file, a manifest that is a directory...
-        where = f" ({error.filename})" if error.filename else ""
-        sys.stderr.write(f"lunara: {error.strerror or error}{where}\n")
-        return int(ExitCode.FAILURE)
 
 
 def parse_plain_status(argv: Sequence[str]) -> tuple[Options, bool, bool] | None:

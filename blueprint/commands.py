@@ -1,7 +1,8 @@
 """The `lunara` commands as a Typer app: argument parsing and output, nothing else.
 
-Each command opens an authorized session (`blueprint.session.open_session`), calls the
-library, audits the outcome and prints. Errors reach `blueprint.cli.run_guarded`.
+Each command runs through `guarded`: it opens an authorized session
+(`blueprint.session.open_session`) for the command's `Permission`, calls the library,
+audits the outcome and prints. Errors reach `blueprint.options.run_guarded`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import math
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from blueprint.cli import Options, run_guarded
 from blueprint.errors import BlueprintError
 from blueprint.manifest import Permission
+from blueprint.options import Options, run_guarded
 from blueprint.session import (
     Session,
     active_manifest_path,
@@ -25,6 +26,9 @@ from blueprint.session import (
     perform_remotely,
 )
 from blueprint.session import status_command as run_status
+
+if TYPE_CHECKING:
+    from blueprint.control import ActionResult
 
 app = typer.Typer(
     name="lunara",
@@ -64,6 +68,31 @@ def finish(action: Callable[[], int]) -> None:
         raise typer.Exit(code)
 
 
+def guarded(
+    ctx: typer.Context,
+    permission: Permission,
+    action: str,
+    body: Callable[[Session], int],
+    *,
+    remotely: Callable[[Options], int] | None = None,
+) -> None:
+    """Run `body` as the command `action`: authorize `permission` (audited) first, hand
+    `body` the session, and exit with its code; a refusal or any expected failure
+    becomes a one-line message and its exit code, never a traceback.
+
+    With `remotely`, a caller whose home belongs to another OS user has the command
+    run by that deployment's watchdog instead, which decides (and audits) it.
+    """
+
+    def run() -> int:
+        options = options_of(ctx)
+        if remotely is not None and acts_for_another_user(options):
+            return remotely(options)
+        return body(open_session(options, permission, action))
+
+    finish(run)
+
+
 @app.callback()
 def main_options(
     ctx: typer.Context,
@@ -88,7 +117,7 @@ def main_options(
     ctx.obj = Options(home=home, manifest=manifest)
 
 
-def report_action(session: Session, result: Any, as_json: bool, action: str) -> int:
+def report_action(session: Session, result: ActionResult, as_json: bool, action: str) -> int:
     session.outcome("ok" if result.changed else "unchanged", {"message": result.message})
     if as_json:
         from blueprint.render import print_json
@@ -110,13 +139,14 @@ def lifecycle(
     ctx: typer.Context,
     permission: Permission,
     action: str,
-    call: Callable[[Session], Any],
+    call: Callable[[Session], ActionResult],
     as_json: bool,
+    *,
+    remotely: Callable[[Options], int] | None = None,
 ) -> None:
     """start/stop/restart: authorize, act, audit the outcome (failures too), report."""
 
-    def body() -> int:
-        session = open_session(options_of(ctx), permission, action)
+    def body(session: Session) -> int:
         try:
             result = call(session)
         except BlueprintError as error:
@@ -125,7 +155,7 @@ def lifecycle(
             raise
         return report_action(session, result, as_json, action)
 
-    finish(body)
+    guarded(ctx, permission, action, body, remotely=remotely)
 
 
 @app.command()
@@ -168,11 +198,13 @@ def stop(
     as_json: JsonOption = False,
 ) -> None:
     """Stop the bot and its watchdog gracefully (does nothing if not running)."""
-    if acts_for_another_user(options_of(ctx)):
-        finish(lambda: stop_remotely(options_of(ctx), timeout, as_json))
-        return
     lifecycle(
-        ctx, Permission.STOP, "stop", lambda s: s.controller.stop(s.principal, timeout), as_json
+        ctx,
+        Permission.STOP,
+        "stop",
+        lambda s: s.controller.stop(s.principal, timeout),
+        as_json,
+        remotely=lambda options: stop_remotely(options, timeout, as_json),
     )
 
 
@@ -264,19 +296,9 @@ def logs(
 ) -> None:
     """Show the bot's log and the watchdog's events, interleaved in time order."""
 
-    def body() -> int:
+    def body(session: Session) -> int:
         from blueprint.logtail import follow_many, interleave, last_lines
 
-        if acts_for_another_user(options_of(ctx)):
-            if follow:
-                raise BlueprintError("--follow needs the home's owner; show --lines instead")
-            reply = perform_remotely(
-                options_of(ctx), "logs", {"lines": lines, "source": str(source.value)}
-            )
-            for line in reply.get("lines") or []:
-                typer.echo(line)
-            return 0
-        session = open_session(options_of(ctx), Permission.LOGS, "logs")
         chosen = {
             LogSource.ALL: [session.paths.bot_log, session.paths.watchdog_log],
             LogSource.BOT: [session.paths.bot_log],
@@ -296,15 +318,30 @@ def logs(
             typer.echo(line)
         return 0
 
-    finish(body)
+    guarded(
+        ctx,
+        Permission.LOGS,
+        "logs",
+        body,
+        remotely=lambda options: logs_remotely(options, follow, lines, source),
+    )
+
+
+def logs_remotely(options: Options, follow: bool, lines: int, source: LogSource) -> int:
+    """`logs` by a member of the control group: the watchdog reads the logs for us."""
+    if follow:
+        raise BlueprintError("--follow needs the home's owner; show --lines instead")
+    reply = perform_remotely(options, "logs", {"lines": lines, "source": str(source.value)})
+    for line in reply.get("lines") or []:
+        typer.echo(line)
+    return 0
 
 
 @app.command()
 def run(ctx: typer.Context) -> None:
     """Supervise the bot in the foreground (containers, PID 1, systemd Type=simple)."""
 
-    def body() -> int:
-        session = open_session(options_of(ctx), Permission.RUN, "run")
+    def body(session: Session) -> int:
         try:
             from blueprint.watchdog import Watchdog
 
@@ -315,7 +352,7 @@ def run(ctx: typer.Context) -> None:
         session.outcome("exited", {"code": code})
         return code
 
-    finish(body)
+    guarded(ctx, Permission.RUN, "run", body)
 
 
 @app.command()
@@ -326,24 +363,32 @@ def audit(
 ) -> None:
     """Who did what, allowed or denied."""
 
-    def body() -> int:
-        if acts_for_another_user(options_of(ctx)):
-            entries = perform_remotely(options_of(ctx), "audit", {"lines": lines})["entries"]
-        else:
-            session = open_session(options_of(ctx), Permission.AUDIT, "audit")
-            entries = session.audit.tail(lines)
-            session.outcome("ok")
-        if as_json:
-            from blueprint.render import print_json
+    def body(session: Session) -> int:
+        entries = session.audit.tail(lines)
+        session.outcome("ok")
+        return show_audit(entries, as_json)
 
-            print_json(entries)
-            return 0
-        from blueprint.render import print_records
+    guarded(
+        ctx,
+        Permission.AUDIT,
+        "audit",
+        body,
+        remotely=lambda options: show_audit(
+            perform_remotely(options, "audit", {"lines": lines})["entries"], as_json
+        ),
+    )
 
-        print_records("audit", ["at", "principal", "action", "decision", "outcome"], entries)
+
+def show_audit(entries: list[dict[str, Any]], as_json: bool) -> int:
+    if as_json:
+        from blueprint.render import print_json
+
+        print_json(entries)
         return 0
+    from blueprint.render import print_records
 
-    finish(body)
+    print_records("audit", ["at", "principal", "action", "decision", "outcome"], entries)
+    return 0
 
 
 @manifest_app.command("check")

@@ -28,8 +28,8 @@ import psutil
 
 from blueprint.errors import BlueprintError, ConfigError, ExitCode, StartFailed
 from blueprint.exit_message import is_invalid_config
+from blueprint.heartbeat import STANDBY, heartbeat_mtime, heartbeat_services
 from blueprint.heartbeat import UP as SERVICES_UP
-from blueprint.heartbeat import heartbeat_mtime, heartbeat_services
 from blueprint.logfiles import open_append
 from blueprint.paths import HomePaths
 from blueprint.process import (
@@ -76,6 +76,7 @@ class SupervisorFactory(Protocol):
         started_by: str,
         foreground: bool,
         adopt: bool,
+        lock_fd: int | None = None,
     ) -> Supervisor: ...
 
 
@@ -313,7 +314,9 @@ class Controller:
                 beat = heartbeat_mtime(self.paths.heartbeat)
                 if beat is not None and beat >= started:
                     report = heartbeat_services(self.paths.heartbeat)
-                    if report == SERVICES_UP:
+                    # A standby is up too: it waits, healthy, to take over (what makes a
+                    # start-first rolling deploy go on).
+                    if report == SERVICES_UP or (report or "").startswith(f"{STANDBY}:"):
                         return
             if first_bot is None and doc.bot is not None:
                 first_bot = doc.bot
@@ -435,16 +438,26 @@ class Controller:
         prefix = "restarted" if stopped.changed else "was not running; started"
         return ActionResult(True, f"{prefix}: {started.message}", started.status)
 
-    def run_foreground(self, principal: str, make_supervisor: SupervisorFactory) -> int:
-        """Supervise in this process (containers, PID 1): returns 0 after a clean stop."""
+    def run_foreground(
+        self,
+        principal: str,
+        make_supervisor: SupervisorFactory,
+        log: Callable[[str], None] | None = None,
+    ) -> int:
+        """Supervise in this process (containers, PID 1): returns 0 after a clean stop.
+
+        While another supervisor holds the home (the live instance of this deployment: a
+        rolling deploy's old container, or an earlier `lunara run`), wait as standby for
+        it to stop (blueprint.standby), touching nothing of its ledger; 0 if stopped first.
+        """
+        from blueprint.standby import wait_for_home
+
+        lock_fd = wait_for_home(self.paths, log or (lambda line: print(line, flush=True)))
+        if lock_fd is None:
+            return int(ExitCode.OK)
+        # The supervisor owns the lock from here (the process ends if it cannot start).
         with self._start_lock():
             doc = self.ledger.read().document
-            watchdog = find_process(doc.watchdog)
-            if watchdog is not None:
-                raise BlueprintError(
-                    f"already supervised by watchdog pid {watchdog.pid}; "
-                    "run `lunara stop` first to supervise in the foreground"
-                )
             supervisor = make_supervisor(
                 self.paths,
                 self.manifest,
@@ -452,6 +465,7 @@ class Controller:
                 started_by=principal,
                 foreground=True,
                 adopt=find_process(doc.bot) is not None,
+                lock_fd=lock_fd,
             )
             supervisor.prepare()
         code = supervisor.run()

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 UP = "up"
 STARTING = "starting"
+STANDBY = "standby"
+"""Reported as ``standby:WHO``: another instance of the deployment holds the instance
+lease (``lunara.instance``); this bot neither polls nor trades until it takes it over."""
 
 
 def write_heartbeat(path: Path, services: str | None = None) -> None:
@@ -29,7 +32,7 @@ def write_heartbeat(path: Path, services: str | None = None) -> None:
 
     ``services`` is what the bot reports of its services: ``up`` once every one has
     started, else ``starting:`` and the names still starting (`start --wait` waits for
-    ``up``). A program that reports nothing counts as up once it beats.
+    ``up``), or ``standby:`` and the instance that holds the lease. A program that reports nothing counts as up once it beats.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     report = "" if services is None else f" {services}"
@@ -54,15 +57,6 @@ def heartbeat_services(path: Path) -> str | None:
     if len(fields) < 2:
         return None
     return fields[2].strip() if len(fields) > 2 else UP
-
-
-def heartbeat_age(path: Path, now: float | None = None) -> float | None:
-    """Seconds since the last beat, or None when the bot never beat."""
-    mtime = heartbeat_mtime(path)
-    if mtime is None:
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, current - mtime)
 
 
 def clear_heartbeat(path: Path) -> None:

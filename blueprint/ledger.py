@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 from blueprint.clock import utc_iso, utc_now
 from blueprint.errors import BlueprintError
+from blueprint.jsonvalues import is_finite_number, is_int, kind_of, show
 from blueprint.mirror import Mirror
 from blueprint.paths import HomePaths
 from blueprint.states import STORED_STATES, State
@@ -102,6 +103,10 @@ class LedgerDocument:
     # Grace the stopping CLI asked for (`lunara stop --timeout`); the watchdog gives the
     # bot this long instead of the manifest's stop_timeout_s. None: the manifest's.
     stop_timeout_s: float | None = None
+    # Where this ledger lives: the mirror under `lunara:<name>:` is shared by every home
+    # of that name, and an entry of another host or home is never taken for ours.
+    host: str | None = None
+    home: str | None = None
     # Events added since this object was loaded: `Ledger.update` forwards them to the mirror.
     _added_events: list[dict[str, Any]] = field(
         default_factory=list, init=False, repr=False, compare=False
@@ -140,6 +145,8 @@ class LedgerDocument:
             "updated_at": self.updated_at,
             "foreground": self.foreground,
             "stop_timeout_s": self.stop_timeout_s,
+            "host": self.host,
+            "home": self.home,
         }
 
     @classmethod
@@ -150,29 +157,29 @@ class LedgerDocument:
         of the wrong type is corruption, never silently coerced.
         """
         if not isinstance(data, dict):
-            raise LedgerCorrupt(f"the top level is {_kind(data)}, not an object")
+            raise LedgerCorrupt(f"the top level is {kind_of(data)}, not an object")
         name = data.get("name")
         if not isinstance(name, str) or not name:
-            raise LedgerCorrupt(f"'name' must be a non-empty string, got {_kind(name)}")
+            raise LedgerCorrupt(f"'name' must be a non-empty string, got {kind_of(name)}")
         revision = data.get("revision")
-        if not _is_int(revision) or revision < 0:
-            raise LedgerCorrupt(f"'revision' must be a non-negative integer, got {_show(revision)}")
+        if not is_int(revision) or revision < 0:
+            raise LedgerCorrupt(f"'revision' must be a non-negative integer, got {show(revision)}")
         state = data.get("state", BotState.STOPPED.value)
         if not isinstance(state, str) or state not in STORED_STATES:
-            raise LedgerCorrupt(f"'state' must be one of {_choices()}, got {_show(state)}")
+            raise LedgerCorrupt(f"'state' must be one of {_choices()}, got {show(state)}")
         restarts = data.get("restarts", 0)
-        if not _is_int(restarts) or restarts < 0:
-            raise LedgerCorrupt(f"'restarts' must be a non-negative integer, got {_show(restarts)}")
+        if not is_int(restarts) or restarts < 0:
+            raise LedgerCorrupt(f"'restarts' must be a non-negative integer, got {show(restarts)}")
         restart_times = data.get("restart_times", [])
-        if not isinstance(restart_times, list) or not all(map(_is_number, restart_times)):
+        if not isinstance(restart_times, list) or not all(map(is_finite_number, restart_times)):
             raise LedgerCorrupt("'restart_times' must be a list of numbers")
         foreground = data.get("foreground", False)
         if not isinstance(foreground, bool):
-            raise LedgerCorrupt(f"'foreground' must be true or false, got {_show(foreground)}")
+            raise LedgerCorrupt(f"'foreground' must be true or false, got {show(foreground)}")
         stop_timeout = data.get("stop_timeout_s")
-        if stop_timeout is not None and (not _is_number(stop_timeout) or stop_timeout < 0):
+        if stop_timeout is not None and (not is_finite_number(stop_timeout) or stop_timeout < 0):
             raise LedgerCorrupt(
-                f"'stop_timeout_s' must be a non-negative number or null, got {_show(stop_timeout)}"
+                f"'stop_timeout_s' must be a non-negative number or null, got {show(stop_timeout)}"
             )
         return cls(
             name=name,
@@ -189,6 +196,8 @@ class LedgerDocument:
             updated_at=_optional_str(data, "updated_at"),
             foreground=foreground,
             stop_timeout_s=None if stop_timeout is None else float(stop_timeout),
+            host=_optional_str(data, "host"),
+            home=_optional_str(data, "home"),
         )
 
 
@@ -212,34 +221,6 @@ class LiveProcesses:
 ProcessFinder = Callable[[Path], LiveProcesses | None]
 
 
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> TypeGuard[int | float]:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return math.isfinite(value)
-
-
-def _kind(value: object) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
-    if value is None:
-        return "null"
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return "a number"
-    return names.get(type(value), type(value).__name__)
-
-
-def _show(value: object) -> str:
-    text = json.dumps(value) if _is_json_scalar(value) else _kind(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _is_json_scalar(value: object) -> bool:
-    return value is None or isinstance(value, str | int | float | bool)
-
-
 def _choices() -> str:
     return ", ".join(sorted(STORED_STATES))
 
@@ -247,14 +228,14 @@ def _choices() -> str:
 def _optional_str(data: dict[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
-        raise LedgerCorrupt(f"'{key}' must be a string or null, got {_show(value)}")
+        raise LedgerCorrupt(f"'{key}' must be a string or null, got {show(value)}")
     return value
 
 
 def _optional_int(data: dict[str, Any], key: str, where: str) -> int | None:
     value = data.get(key)
-    if value is not None and not _is_int(value):
-        raise LedgerCorrupt(f"'{where}.{key}' must be an integer or null, got {_show(value)}")
+    if value is not None and not is_int(value):
+        raise LedgerCorrupt(f"'{where}.{key}' must be an integer or null, got {show(value)}")
     return value
 
 
@@ -263,12 +244,12 @@ def _process_from(data: dict[str, Any], key: str) -> ProcessRecord | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise LedgerCorrupt(f"'{key}' must be an object or null, got {_kind(value)}")
+        raise LedgerCorrupt(f"'{key}' must be an object or null, got {kind_of(value)}")
     pid, create_time = value.get("pid"), value.get("create_time")
-    if not _is_int(pid) or pid <= 0:
-        raise LedgerCorrupt(f"'{key}.pid' must be a positive integer, got {_show(pid)}")
-    if not _is_number(create_time) or create_time < 0:
-        raise LedgerCorrupt(f"'{key}.create_time' must be a number, got {_show(create_time)}")
+    if not is_int(pid) or pid <= 0:
+        raise LedgerCorrupt(f"'{key}.pid' must be a positive integer, got {show(pid)}")
+    if not is_finite_number(create_time) or create_time < 0:
+        raise LedgerCorrupt(f"'{key}.create_time' must be a number, got {show(create_time)}")
     return ProcessRecord(pid=pid, create_time=float(create_time))
 
 
@@ -276,14 +257,14 @@ def _exit_from(value: object) -> ExitRecord | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise LedgerCorrupt(f"'last_exit' must be an object or null, got {_kind(value)}")
+        raise LedgerCorrupt(f"'last_exit' must be an object or null, got {kind_of(value)}")
     at, reason, rss = value.get("at"), value.get("reason"), value.get("rss_mib")
     if not isinstance(at, str):
-        raise LedgerCorrupt(f"'last_exit.at' must be a string, got {_show(at)}")
+        raise LedgerCorrupt(f"'last_exit.at' must be a string, got {show(at)}")
     if not isinstance(reason, str):
-        raise LedgerCorrupt(f"'last_exit.reason' must be a string, got {_show(reason)}")
-    if rss is not None and not _is_number(rss):
-        raise LedgerCorrupt(f"'last_exit.rss_mib' must be a number or null, got {_show(rss)}")
+        raise LedgerCorrupt(f"'last_exit.reason' must be a string, got {show(reason)}")
+    if rss is not None and not is_finite_number(rss):
+        raise LedgerCorrupt(f"'last_exit.rss_mib' must be a number or null, got {show(rss)}")
     return ExitRecord(
         code=_optional_int(value, "code", "last_exit"),
         signal=_optional_int(value, "signal", "last_exit"),
@@ -295,7 +276,7 @@ def _exit_from(value: object) -> ExitRecord | None:
 
 def _events_from(value: object) -> list[dict[str, Any]]:
     if not isinstance(value, list):
-        raise LedgerCorrupt(f"'events' must be a list, got {_kind(value)}")
+        raise LedgerCorrupt(f"'events' must be a list, got {kind_of(value)}")
     events: list[dict[str, Any]] = []
     for index, event in enumerate(value):
         if not isinstance(event, dict) or not all(
@@ -330,7 +311,7 @@ def salvage_revision(raw: bytes) -> int | None:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     revision = data.get("revision") if isinstance(data, dict) else None
-    return revision if _is_int(revision) and revision >= 0 else None
+    return revision if is_int(revision) and revision >= 0 else None
 
 
 def watchdog_home(cmdline: Sequence[str]) -> str | None:
@@ -465,6 +446,7 @@ class Ledger:
         self.paths = paths
         self.name = name
         self.mirror = mirror
+        self.host = socket.gethostname()
         self.lock_timeout_s = lock_timeout_s
         self._find_processes = find_processes
 
@@ -504,6 +486,7 @@ class Ledger:
             if document.state == BotState.ORPHANED:
                 raise ValueError("the orphaned state is derived by status and is never stored")
             document.name = self.name
+            document.host, document.home = self.host, str(self.paths.root)
             document.revision = base_revision + 1
             document.updated_at = utc_now()
             self._write(document)
@@ -580,6 +563,7 @@ class Ledger:
             known = max(known, mirrored.revision)
         message = f"{reason}; {_describe_sources(mirrored, live)}"
         document = rebuilt_document(self.name, mirrored, live, known)
+        document.host, document.home = self.host, str(self.paths.root)
         document._added_events.clear()
         document.add_event(REBUILT_EVENT, message)
         document.updated_at = utc_now()
@@ -592,13 +576,19 @@ class Ledger:
         return LedgerRead(document, message)
 
     def _fetch_mirrored(self) -> LedgerDocument | None:
+        """The mirror's copy, if it is this home's: another home under the same name (or
+        the same path on another host) is another instance, whose processes and history
+        are not ours."""
         data = self.mirror.fetch_ledger()
         if data is None:
             return None
         try:
-            return LedgerDocument.from_dict(data)
+            mirrored = LedgerDocument.from_dict(data)
         except LedgerCorrupt:
             return None
+        if (mirrored.host, mirrored.home) != (self.host, str(self.paths.root)):
+            return None
+        return mirrored
 
     def _keep_corrupt_copy(self) -> None:
         """Move the bad file aside for inspection, keeping only the newest few copies."""

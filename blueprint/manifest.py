@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from blueprint.errors import ConfigError
-from blueprint.locations import DEFAULT_MANIFEST, resolve_manifest
+from blueprint.jsonvalues import is_number, kind_of
+from blueprint.locations import DEFAULT_MANIFEST
 from blueprint.locations import MANIFEST_ENV as MANIFEST_ENV
 from blueprint.units import MIB
 
@@ -191,13 +192,6 @@ class Manifest:
             return self.defaults.get(kind)
         return None
 
-    def permissions_for(self, principal: str) -> tuple[str, ...]:
-        """The permission patterns the principal holds (empty when it holds none)."""
-        role = self.role_of(principal)
-        if role is None:
-            return ()
-        return self.roles.get(role, ())
-
     def allows(self, principal: str, permission: str) -> bool:
         """Deny by default: only a known principal whose known role grants it may."""
         role = self.role_of(principal)
@@ -260,11 +254,6 @@ def is_principal(text: str) -> bool:
     if kind == PrincipalKind.TELEGRAM:
         return _TELEGRAM_ID.fullmatch(rest) is not None
     return False
-
-
-def resolve_manifest_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path:
-    """The manifest to use: the one given, else $LUNARA_MANIFEST, else ./manifest.json."""
-    return resolve_manifest(explicit, environ)
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -406,22 +395,6 @@ def _path(*segments: str) -> str:
     return ".".join(_segment(segment) for segment in segments)
 
 
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
 class _Problems:
     def __init__(self) -> None:
         self.items: list[str] = []
@@ -435,18 +408,14 @@ class _Problems:
                 self.add(_path(*where, key), f"unknown field (allowed: {', '.join(allowed)})")
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _positive_number(
     mapping: Mapping[str, Any], key: str, default: float, problems: _Problems, *where: str
 ) -> float | None:
     if key not in mapping:
         return default
     value = mapping[key]
-    if not _is_number(value):
-        problems.add(_path(*where, key), f"must be a number > 0, not {_type_name(value)}")
+    if not is_number(value):
+        problems.add(_path(*where, key), f"must be a number > 0, not {kind_of(value)}")
         return None
     if not math.isfinite(value) or value <= 0:
         problems.add(_path(*where, key), "must be a finite number > 0")
@@ -458,7 +427,7 @@ def _validate_document(
     document: object, problems: _Problems, source: Path | None
 ) -> Manifest | None:
     if not isinstance(document, dict):
-        problems.add("manifest", f"must be a JSON object, not {_type_name(document)}")
+        problems.add("manifest", f"must be a JSON object, not {kind_of(document)}")
         return None
     problems.unknown_keys(document, _TOP_LEVEL)
     for key in _REQUIRED_TOP_LEVEL:
@@ -509,7 +478,7 @@ def _validate_document(
 
 def _validate_control(value: object, problems: _Problems) -> ControlSocket | None:
     if not isinstance(value, dict):
-        problems.add("control", f"must be an object, not {_type_name(value)}")
+        problems.add("control", f"must be an object, not {kind_of(value)}")
         return None
     problems.unknown_keys(value, ("group", "mode"), "control")
     group = value.get("group")
@@ -531,7 +500,7 @@ def _validate_control(value: object, problems: _Problems) -> ControlSocket | Non
 
 def _validate_program(value: object, problems: _Problems) -> ProgramSpec | None:
     if not isinstance(value, dict):
-        problems.add("program", f"must be an object, not {_type_name(value)}")
+        problems.add("program", f"must be an object, not {kind_of(value)}")
         return None
     problems.unknown_keys(value, _PROGRAM_FIELDS, "program")
     command: tuple[str, ...] | None = None
@@ -598,7 +567,7 @@ def _validate_environment(value: object, problems: _Problems) -> tuple[str, ...]
 def _validate_restart(value: object, problems: _Problems) -> RestartPolicy | None:
     where = ("program", "restart")
     if not isinstance(value, dict):
-        problems.add(_path(*where), f"must be an object, not {_type_name(value)}")
+        problems.add(_path(*where), f"must be an object, not {kind_of(value)}")
         return None
     problems.unknown_keys(value, _RESTART_FIELDS, *where)
     defaults = RestartPolicy()
@@ -637,7 +606,7 @@ def _validate_restart(value: object, problems: _Problems) -> RestartPolicy | Non
 def _validate_roles(value: object, problems: _Problems) -> dict[str, tuple[str, ...]] | None:
     if not isinstance(value, dict):
         problems.add(
-            "roles", f"must be an object of role name to permission list, not {_type_name(value)}"
+            "roles", f"must be an object of role name to permission list, not {kind_of(value)}"
         )
         return None
     roles: dict[str, tuple[str, ...]] = {}
@@ -648,9 +617,7 @@ def _validate_roles(value: object, problems: _Problems) -> dict[str, tuple[str, 
             problems.add(where, "role names must be 1-40 characters of a-z, 0-9, _ or -")
             ok = False
         if not isinstance(patterns, list):
-            problems.add(
-                where, f"must be a list of permission patterns, not {_type_name(patterns)}"
-            )
+            problems.add(where, f"must be a list of permission patterns, not {kind_of(patterns)}")
             ok = False
             continue
         for index, pattern in enumerate(patterns):
@@ -669,7 +636,7 @@ def _check_role(
     role: object, roles: frozenset[str] | None, problems: _Problems, where: str
 ) -> str | None:
     if not isinstance(role, str) or not role:
-        problems.add(where, f"the role must be a role name, not {_type_name(role)}")
+        problems.add(where, f"the role must be a role name, not {kind_of(role)}")
         return None
     if roles is not None and role not in roles:
         problems.add(where, f"role {json.dumps(role)} is not defined in roles")
@@ -681,9 +648,7 @@ def _validate_principals(
     value: object, roles: frozenset[str] | None, problems: _Problems
 ) -> dict[str, Grant] | None:
     if not isinstance(value, dict):
-        problems.add(
-            "principals", f"must be an object of principal to role, not {_type_name(value)}"
-        )
+        problems.add("principals", f"must be an object of principal to role, not {kind_of(value)}")
         return None
     principals: dict[str, Grant] = {}
     ok = True
@@ -766,7 +731,7 @@ def _validate_defaults(
 ) -> dict[str, str] | None:
     if not isinstance(value, dict):
         problems.add(
-            "defaults", f"must be an object of principal kind to role, not {_type_name(value)}"
+            "defaults", f"must be an object of principal kind to role, not {kind_of(value)}"
         )
         return None
     roles = frozenset(raw_roles) if isinstance(raw_roles, dict) else None

@@ -80,11 +80,19 @@ if current then
     if stored and stored >= tonumber(ARGV[2]) then
       return stored
     end
+    local holder = redis.call('HMGET', KEYS[2], 'host', 'home')
+    if stored and holder[1] and holder[1] == decoded['host'] and holder[2] == decoded['home']
+        and (holder[1] ~= ARGV[3] or holder[2] ~= ARGV[4]) then
+      return stored
+    end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1])
 return tonumber(ARGV[2])
 """
+
+# (KEYS[2]: the instance lease. The entry of the home whose bot holds it is never
+# overwritten by another home's: a standby, or a home refused for its name.)
 
 # Add audit lines and move the synced offset, only if nobody moved it since we read it.
 AUDIT_APPEND_FROM_OFFSET = """
@@ -115,6 +123,8 @@ class Mirror(Protocol):
 
     def health(self) -> dict[str, Any]: ...
 
+    def waiting_instance(self) -> dict[str, Any] | None: ...
+
 
 class NullMirror:
     """The mirror when REDIS_URL is not set: every call is a no-op."""
@@ -136,6 +146,9 @@ class NullMirror:
     def health(self) -> dict[str, Any]:
         return {"backend": "off", "healthy": True, "synced_revision": None}
 
+    def waiting_instance(self) -> dict[str, Any] | None:
+        return None
+
 
 @dataclass(frozen=True)
 class MirrorKeys:
@@ -145,6 +158,10 @@ class MirrorKeys:
     events: str
     audit: str
     audit_synced_offset: str
+    instance: str
+    """The instance lease (`lunara.instance`): which home's bot is the live one."""
+    standby: str
+    """The last bot to wait for that lease, with a short TTL: host, home, pid."""
 
     @classmethod
     def for_name(cls, name: str) -> MirrorKeys:
@@ -154,6 +171,8 @@ class MirrorKeys:
             events=f"{base}:events",
             audit=f"{base}:audit",
             audit_synced_offset=f"{base}:audit:synced_offset",
+            instance=f"{base}:instance",
+            standby=f"{base}:instance:standby",
         )
 
 
@@ -303,6 +322,27 @@ class RedisMirror:
         self.synced_revision = _revision_of(raw)
         return {"backend": self.backend, "healthy": True, "synced_revision": self.synced_revision}
 
+    def waiting_instance(self) -> dict[str, Any] | None:
+        """A bot of this name waiting for the instance lease (in another home), if any."""
+        try:
+            raw = self._call(lambda client: client.hgetall(self.keys.standby))
+        except _Unavailable:
+            return None
+        if not isinstance(raw, dict) or not raw:
+            return None
+        fields = {
+            (key.decode() if isinstance(key, bytes) else str(key)): (
+                value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            )
+            for key, value in raw.items()
+        }
+        pid = fields.get("pid", "")
+        return {
+            "host": fields.get("host", "?"),
+            "home": fields.get("home", "?"),
+            "pid": int(pid) if pid.isdigit() else None,
+        }
+
     def _flush_ledger(self) -> None:
         document = self._pending_ledger
         if document is None:
@@ -312,9 +352,17 @@ class RedisMirror:
             self._pending_ledger = None  # not a ledger revision: nothing worth mirroring
             return
         payload = json.dumps(document, default=str)
+        host, home = str(document.get("host")), str(document.get("home"))
         kept = self._call(
             lambda client: client.eval(
-                LEDGER_COMPARE_AND_SET, 1, self.keys.ledger, payload, revision
+                LEDGER_COMPARE_AND_SET,
+                2,
+                self.keys.ledger,
+                self.keys.instance,
+                payload,
+                revision,
+                host,
+                home,
             ),
             catch_up=False,
         )

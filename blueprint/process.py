@@ -97,12 +97,6 @@ def signal_process(process: psutil.Process, signum: int) -> bool:
     return True
 
 
-def signal_identity(identity: ProcessIdentity | None, signum: int) -> bool:
-    """Signal the process a record names, only if it is still that very process."""
-    process = find_process(identity)
-    return process is not None and signal_process(process, signum)
-
-
 def wait_gone(processes: Iterable[psutil.Process], timeout_s: float) -> list[psutil.Process]:
     """Wait until every process is gone; return those still alive at the deadline."""
     remaining = [process for process in processes if not is_gone(process)]

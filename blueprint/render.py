@@ -94,6 +94,7 @@ def print_status(report: Mapping[str, Any], as_json: bool, quiet: bool) -> None:
     readable["last_exit"] = describe_last_exit(report.get("last_exit"))
     readable["mirror"] = describe_mirror(report.get("mirror"))
     readable["dependencies"] = describe_dependencies(report.get("dependencies"))
+    readable["standby"] = describe_standby(report.get("standby"))
     notes = report.get("notes")
     if isinstance(notes, list):  # sentences, read one after the other
         readable["notes"] = "; ".join(str(note) for note in notes) or None
@@ -113,6 +114,17 @@ def describe_last_exit(last_exit: Any) -> str | None:
     at = f" at {last_exit['at']}" if last_exit.get("at") else ""
     reason = f": {last_exit['reason']}" if last_exit.get("reason") else ""
     return f"{how}{at}{reason}"
+
+
+def describe_standby(standby: Any) -> str | None:
+    """``{host, home, pid}`` of the instance waiting to take over, as one line."""
+    if not isinstance(standby, Mapping):
+        return None if standby is None else str(standby)
+    parts = [f"host {standby.get('host', '?')}"]
+    if standby.get("home"):
+        parts.append(f"home {standby['home']}")
+    parts.append(f"pid {standby.get('pid', '?')}")
+    return "waiting to take over: " + ", ".join(parts)
 
 
 def describe_mirror(mirror: Any) -> str | None:

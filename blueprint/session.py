@@ -17,10 +17,10 @@ from blueprint.paths import HomePaths
 
 if TYPE_CHECKING:
     from blueprint.audit import AuditLog
-    from blueprint.cli import Options
     from blueprint.control import Controller
     from blueprint.manifest import Manifest
     from blueprint.mirror import Mirror
+    from blueprint.options import Options
 
 
 @dataclass

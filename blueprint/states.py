@@ -73,6 +73,8 @@ class Liveness:
     heartbeat_age_s: float | None  # None: no beat since the current bot started
     bot_uptime_s: float | None
     heartbeat_timeout_s: float
+    # The bot's heartbeat says it waits for the instance lease, held by this instance.
+    standby_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,5 +132,14 @@ def decide_state(stored: str, facts: Liveness, invalid_config: bool = False) -> 
             State.RUNNING,
             False,
             (f"stale heartbeat: {facts.heartbeat_age_s:.1f} s old (timeout {timeout:g} s)",),
+        )
+    if facts.standby_of is not None:
+        return Verdict(
+            State.STANDBY,
+            True,
+            (
+                "standby: another instance of this deployment holds the instance lease "
+                f"({facts.standby_of}); this one takes over when it stops",
+            ),
         )
     return Verdict(State.RUNNING, True)

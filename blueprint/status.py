@@ -21,7 +21,7 @@ from blueprint.clock import parse_iso
 from blueprint.dependencies import dependency_notes, read_dependencies
 from blueprint.errors import ExitCode
 from blueprint.exit_message import is_invalid_config
-from blueprint.heartbeat import heartbeat_mtime
+from blueprint.heartbeat import STANDBY, heartbeat_mtime, heartbeat_services
 from blueprint.process import CREATE_TIME_TOLERANCE_S, find_process, tree_rss_bytes
 from blueprint.redaction import Redactor, secrets_in_environ
 from blueprint.states import Liveness, State, decide_state
@@ -60,6 +60,9 @@ class StatusReport:
     # What the running bot last found of what it works with (blueprint.dependencies);
     # None when no bot of this run has said.
     dependencies: dict[str, dict[str, Any]] | None = None
+    # An instance of this deployment waiting to take over from this one (blueprint.standby
+    # in this home, or a bot of another home waiting for the instance lease); else None.
+    standby: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +81,7 @@ class StatusReport:
             "healthy": self.healthy,
             "notes": list(self.notes),
             "dependencies": self.dependencies,
+            "standby": self.standby,
         }
 
     def exit_code(self) -> ExitCode:
@@ -161,12 +165,18 @@ def report_of(
             if beat is not None and beat >= started:
                 age = max(0.0, now - beat)
             dependencies = read_dependencies(paths.dependencies, started)
+    standby_of: str | None = None
+    if age is not None:
+        said = heartbeat_services(paths.heartbeat) or ""
+        if said.startswith(f"{STANDBY}:"):
+            standby_of = said.split(":", 1)[1].strip()
     facts = Liveness(
         watchdog_alive=watchdog is not None,
         bot_alive=bot is not None,
         heartbeat_age_s=age,
         bot_uptime_s=uptime,
         heartbeat_timeout_s=manifest.program.heartbeat_timeout_s,
+        standby_of=standby_of,
     )
     last_exit = doc.last_exit
     invalid_config = last_exit is not None and is_invalid_config(last_exit.code, last_exit.signal)
@@ -176,6 +186,12 @@ def report_of(
         notes.insert(0, recovered)
     # A dependency that is down leaves `healthy` alone: a restart would not bring it back.
     notes.extend(dependency_notes(dependencies))
+    standby = _waiting_standby(paths, mirror, verdict.state)
+    if standby is not None:
+        where = f", home {standby['home']}" if standby.get("home") else ""
+        notes.append(
+            f"standby waiting to take over: host {standby['host']}{where}, pid {standby['pid']}"
+        )
     return StatusReport(
         state=str(verdict.state),
         pid=None if bot is None else bot.pid,
@@ -192,4 +208,20 @@ def report_of(
         healthy=verdict.healthy,
         notes=notes,
         dependencies=dependencies,
+        standby=standby,
     )
+
+
+def _waiting_standby(paths: HomePaths, mirror: Mirror, state: State) -> dict[str, Any] | None:
+    """Who waits to take over from this home's live instance, if it is the live one."""
+    if state != State.RUNNING:
+        return None
+    from blueprint.standby import waiting_standby
+
+    record = waiting_standby(paths)
+    if record is not None:
+        return {**record.to_json(), "home": str(paths.root)}
+    waiting = mirror.waiting_instance()
+    if waiting is not None and waiting.get("home") != str(paths.root):
+        return waiting
+    return None

@@ -36,6 +36,7 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable
+from io import BufferedIOBase
 from typing import TYPE_CHECKING, Any
 
 from blueprint.errors import BlueprintError, ExitCode
@@ -131,7 +132,9 @@ class StatusServer:
         with contextlib.suppress(FileNotFoundError):
             self.paths.control_socket.unlink()
 
-    def _handle(self, connection: socket.socket, reader: Any, writer: Any) -> None:
+    def _handle(
+        self, connection: socket.socket, reader: BufferedIOBase, writer: BufferedIOBase
+    ) -> None:
         line = reader.readline(MAX_REQUEST_BYTES)
         try:
             request = json.loads(line)

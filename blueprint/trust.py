@@ -19,9 +19,12 @@ import contextlib
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from blueprint.errors import ConfigError
+
+if TYPE_CHECKING:
+    import psutil
 
 FILE_MODE = 0o600
 _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
@@ -163,7 +166,7 @@ def flock_holders(path: Path) -> set[int]:
     return holders
 
 
-def is_ours(process: Any, lock: Path) -> bool:
+def is_ours(process: psutil.Process, lock: Path) -> bool:
     """Whether a `psutil.Process` is one of ours: it runs as our effective uid and holds
     our lock. A command line proves nothing (anyone can name their process anything)."""
     import psutil

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -84,7 +84,6 @@ class Event:
     BOT_RESTARTING = "bot.restarting"
     BOT_FATAL = "bot.fatal"
     BOT_STOPPED = "bot.stopped"
-    SPAWN_FAILED = "bot.spawn_failed"
     LEDGER_RESTORED = "ledger.restored"
 
 
@@ -221,7 +220,7 @@ class _Outcome:
     stopping: bool = False
     fatal: bool = False
     delay_s: float = 0.0
-    values: dict[str, Any] = field(default_factory=dict)
+    failures: int | None = None  # the crash count the decision carried on with
 
 
 class Watchdog:
@@ -237,6 +236,7 @@ class Watchdog:
         foreground: bool = False,
         adopt: bool = False,
         log: Callable[[str], None] | None = None,
+        lock_fd: int | None = None,
     ) -> None:
         self.paths = paths
         self.manifest = manifest
@@ -248,7 +248,8 @@ class Watchdog:
         self._log_sink = log
         self._stop = threading.Event()
         self._child_exited = threading.Event()
-        self._lock_fd: int | None = None
+        # The home's lock, already taken by a caller that waited for it (blueprint.standby).
+        self._lock_fd: int | None = lock_fd
         self._bot: Bot | None = None
         self._failures = 0
         self._restart_at: float | None = None
@@ -292,6 +293,8 @@ class Watchdog:
         return thread
 
     def _take_lock(self) -> bool:
+        if self._lock_fd is not None:
+            return True
         self.paths.ensure()
         descriptor = open_private(self.paths.watchdog_lock, os.O_RDWR | os.O_CREAT)
         try:
@@ -359,6 +362,7 @@ class Watchdog:
             self.log("the ledger had lost track of this watchdog or its bot; restored it")
 
     def request_stop(self) -> None:
+        """Stop as SIGTERM would: asked by an authorized `stop` over the status socket."""
         self._stop.set()
 
     def _install_signals(self) -> None:
@@ -665,7 +669,7 @@ class Watchdog:
             )
             outcome.fatal = decision.fatal
             outcome.delay_s = decision.delay_s
-            outcome.values["failures"] = decision.consecutive_failures
+            outcome.failures = decision.consecutive_failures
             doc.restart_times = list(decision.restart_times)
             if decision.fatal:
                 doc.state = BotState.FATAL
@@ -686,7 +690,8 @@ class Watchdog:
         self._update(decide)
         if outcome.stopping:
             return True
-        self._failures = int(outcome.values.get("failures", self._failures))
+        if outcome.failures is not None:
+            self._failures = outcome.failures
         if invalid_config:
             self.log("invalid configuration: not restarting (state fatal)")
             self._exit_code = ExitCode.INVALID_CONFIG

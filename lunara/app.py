@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from blueprint.errors import BlueprintError, ConfigError
 from blueprint.exit_message import leave_exit_message
@@ -23,9 +23,15 @@ from lunara.logs import configure_logging
 from lunara.runtime import Service, run_services
 
 if TYPE_CHECKING:
+    import aiosqlite
+    from redis.asyncio import Redis
+
+    from blueprint.manifest import Manifest
     from lunara.dependencies import Watch
+    from lunara.instance import InstanceLease
     from lunara.services import TradingService
     from lunara.telegram.bot import TelegramBot
+    from lunara.trading.engine import TradingEngine
 
 logger = logging.getLogger("lunara")
 
@@ -57,38 +63,54 @@ class Composition:
                 logger.exception("error while closing")
 
 
-async def build_services(settings: Settings, paths: HomePaths) -> Composition:
+async def build_services(
+    settings: Settings,
+    paths: HomePaths,
+    *,
+    db: aiosqlite.Connection,
+    manifest: Manifest | None,
+    redis: Redis | None = None,
+    lease: InstanceLease | None = None,
+) -> Composition:
     """The long-running parts the configuration asks for: the trading engine always,
     Telegram when a token is set (then also the crash report to the admins and the
-    notices of plans that ended)."""
+    notices of plans that ended; it authorizes against `manifest`, which is then
+    loaded)."""
     composition = Composition()
     try:
-        await _compose(composition, settings, paths)
+        await _compose(composition, settings, paths, db, manifest, redis, lease)
     except BaseException:
         # A part refused its configuration (a bad replay file, manifest or key): close
-        # what was opened, or the database's thread keeps the process from exiting and
-        # the watchdog never learns that the bot refused.
+        # what was opened, or the process may not exit and the watchdog never learns
+        # that the bot refused.
         await composition.aclose()
         raise
     return composition
 
 
-async def _compose(composition: Composition, settings: Settings, paths: HomePaths) -> None:
+async def _compose(
+    composition: Composition,
+    settings: Settings,
+    paths: HomePaths,
+    db: aiosqlite.Connection,
+    manifest: Manifest | None,
+    redis: Redis | None,
+    lease: InstanceLease | None,
+) -> None:
     from lunara.plan_expiry import PlanExpiryNotices
-    from lunara.storage.database import open_database
     from lunara.trading.engine import open_trading
 
-    db = await open_database(paths.database)
-    composition.closers.append(db.close)
-    trading = await open_trading(settings, db=db)
+    trading = await open_trading(settings, db=db, redis=redis, lease=lease)
     composition.closers.append(trading.aclose)
     composition.services.append(trading.runner)
     telegram = None
     if settings.telegram_bot_token is not None:
+        assert manifest is not None  # loaded whenever Telegram is configured
         trading.dependencies.telegram.configured = True
-        telegram = await build_telegram(
-            settings, paths, db, trading.engine, trading.dependencies.telegram
-        )
+        telegram = build_telegram(
+            settings, paths, manifest, db, trading.engine, redis, lease,
+            trading.dependencies.telegram,
+        )  # fmt: skip
         trading.engine.attach_notifier(telegram)
         composition.services.append(telegram.service())
         composition.services.append(CrashReporter(telegram, paths))
@@ -97,26 +119,21 @@ async def _compose(composition: Composition, settings: Settings, paths: HomePath
     composition.services.append(trading.dependency_reporter(paths.dependencies))
 
 
-async def build_telegram(
+def build_telegram(
     settings: Settings,
     paths: HomePaths,
-    db: Any,
+    manifest: Manifest,
+    db: aiosqlite.Connection,
     trading: TradingService,
+    redis: Redis | None = None,
+    lease: InstanceLease | None = None,
     watch: Watch | None = None,
 ) -> TelegramBot:
     from blueprint.audit import AuditLog
-    from blueprint.locations import resolve_manifest
-    from blueprint.manifest import load_manifest
     from blueprint.mirror import open_mirror
     from lunara.telegram.bot import TelegramBot
 
-    manifest = load_manifest(resolve_manifest(None))
     mirror = open_mirror(settings.redis_url, manifest.name, audit_path=paths.audit)
-    redis = None
-    if settings.redis_url is not None:
-        from redis.asyncio import Redis
-
-        redis = Redis.from_url(settings.redis_url, socket_timeout=5.0)
     return TelegramBot(
         settings,
         paths,
@@ -125,6 +142,7 @@ async def build_telegram(
         db,
         trading,
         redis=redis,
+        may_send=None if lease is None else lease.may_act,
         watch=watch,
     )
 
@@ -135,7 +153,9 @@ class MetricsWriter:
     name = "metrics"
     every_s = 5.0
 
-    def __init__(self, paths: HomePaths, engine: Any, telegram: TelegramBot | None) -> None:
+    def __init__(
+        self, paths: HomePaths, engine: TradingEngine, telegram: TelegramBot | None
+    ) -> None:
         self.path = paths.root / "metrics.json"
         self.engine = engine
         self.telegram = telegram
@@ -196,11 +216,62 @@ class CrashReporter:
 
 
 async def serve(settings: Settings, paths: HomePaths) -> int:
-    composition = await build_services(settings, paths)
+    """Wait for the instance lease (as `standby` while another instance of this
+    deployment holds it), then run the bot's services until stopped.
+
+    Refused (InstanceConflict, exit 6) when another deployment under the same name holds
+    the lease; a bot that loses the lease stops and exits (LeaseLost): restarted by its
+    watchdog, it waits as standby.
+    """
+    from blueprint.locations import resolve_manifest
+    from blueprint.manifest import load_manifest
+    from lunara.instance import InstanceLease, LeaseKeeper, Standby
+    from lunara.storage.database import open_database
+    from lunara.storage.deployment import deployment_id
+    from lunara.trading.stopstore import STORE_NAME
+
+    manifest_path = resolve_manifest(None)
+    manifest = None
+    if settings.telegram_bot_token is not None or manifest_path.exists():
+        manifest = load_manifest(manifest_path)
+    # A bot run by hand without a manifest (and without Telegram, which needs one) is the
+    # deployment of the default name, the one its stop keys live under.
+    name = STORE_NAME if manifest is None else manifest.name
+    db = await open_database(paths.database)
+    redis = None
     try:
-        return await run_services(composition.services, paths)
+        if settings.redis_url is not None:
+            from redis.asyncio import Redis
+
+            redis = Redis.from_url(settings.redis_url, socket_timeout=5.0)
+        lease = InstanceLease(
+            name=name, deployment_id=await deployment_id(db), home=paths.root, redis=redis
+        )
+        standby = Standby(lease)
+        code = await run_services([standby], paths)
+        if standby.refused is not None:
+            raise standby.refused
+        if not standby.acquired:
+            await lease.release()
+            return code
+        ended: list[BlueprintError] = []
+        keeper = LeaseKeeper(lease, ended.append)
+        composition = await build_services(
+            settings, paths, db=db, manifest=manifest, redis=redis, lease=lease
+        )
+        try:
+            code = await run_services([*composition.services, keeper], paths)
+        finally:
+            await composition.aclose()
+            await lease.release()
+        if ended:
+            raise ended[0]
+        return code
     finally:
-        await composition.aclose()
+        if redis is not None:
+            with contextlib.suppress(Exception):
+                await redis.aclose()
+        await db.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

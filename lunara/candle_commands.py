@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from blueprint.commands import JsonOption, app, finish, options_of
+from blueprint.commands import JsonOption, app, guarded
 from blueprint.errors import BlueprintError, ExitCode
 from blueprint.manifest import Permission
-from blueprint.session import open_session
+from blueprint.session import Session
 from blueprint.units import MIB
 from lunara.command_settings import settings_of
 
@@ -173,8 +173,7 @@ def backtest(
     if export is not None:
         _check_output_path("--export", export)
 
-    def body() -> int:
-        session = open_session(options_of(ctx), Permission.BACKTEST, "backtest")
+    def body(session: Session) -> int:
         settings = settings_of(session)
         if sim:
             series, notes, interval = _simulated(symbols, days or DEFAULT_SIM_DAYS)
@@ -213,7 +212,7 @@ def backtest(
             print_report(report)
         return 0
 
-    finish(body)
+    guarded(ctx, Permission.BACKTEST, "backtest", body)
 
 
 def _simulated(
@@ -363,11 +362,10 @@ def data_download(
         raise typer.BadParameter(f"--from {start} is after --to {end or 'this month'}")
     chosen_url = None if base_url is None else _check_base_url(base_url)
 
-    def body() -> int:
+    def body(session: Session) -> int:
         from lunara.data.download import PublicData, download
         from lunara.data.store import CandleStore
 
-        session = open_session(options_of(ctx), Permission.DATA, "data download")
         settings = settings_of(session)
         root = settings.paths.data
         url = chosen_url or settings.public_data_url
@@ -396,7 +394,7 @@ def data_download(
                 typer.echo(_download_text(summary))
         return 0 if ok else int(ExitCode.FAILURE)
 
-    finish(body)
+    guarded(ctx, Permission.DATA, "data download", body)
 
 
 def _plain() -> bool:

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from blueprint.commands import JsonOption, app, finish, options_of
+from blueprint.commands import JsonOption, app, guarded
 from blueprint.errors import BlueprintError, ConfigError
 from blueprint.manifest import Permission
-from blueprint.session import open_session
+from blueprint.session import Session
 from lunara.command_settings import settings_of
 
 if TYPE_CHECKING:
@@ -40,9 +40,7 @@ REDIS_TIMEOUT_S = 5.0
 def config_show(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """The effective configuration, every secret redacted."""
 
-    def body() -> int:
-
-        session = open_session(options_of(ctx), Permission.CONFIG, "config show")
+    def body(session: Session) -> int:
         shown = settings_of(session).redacted()
         session.outcome("ok")
         if as_json:
@@ -55,18 +53,17 @@ def config_show(ctx: typer.Context, as_json: JsonOption = False) -> None:
             print_mapping("configuration", shown)
         return 0
 
-    finish(body)
+    guarded(ctx, Permission.CONFIG, "config show", body)
 
 
 @keys_app.command("rotate")
 def keys_rotate(ctx: typer.Context) -> None:
     """Re-encrypt every stored secret under the newest key of LUNARA_ENCRYPTION_KEY."""
 
-    def body() -> int:
-        from lunara.crypto import load_keyring
+    def body(session: Session) -> int:
+        from lunara.keys import load_keyring
         from lunara.storage.backup import rotate_keys
 
-        session = open_session(options_of(ctx), Permission.KEYS, "keys rotate")
         settings = settings_of(session)
         keyring = load_keyring(settings)
         count = rotate_keys(settings.paths.database, keyring)
@@ -74,7 +71,7 @@ def keys_rotate(ctx: typer.Context) -> None:
         typer.echo(f"re-encrypted {count} secrets under key {keyring.primary_key_id}")
         return 0
 
-    finish(body)
+    guarded(ctx, Permission.KEYS, "keys rotate", body)
 
 
 @app.command()
@@ -94,10 +91,9 @@ def backup(
 ) -> None:
     """A consistent copy of the database and the live trailing stops (safe while running)."""
 
-    def body() -> int:
+    def body(session: Session) -> int:
         from lunara.storage.backup import backup_database, backup_into
 
-        session = open_session(options_of(ctx), Permission.BACKUP, "backup")
         settings = settings_of(session)
         warnings: list[str] = []
         live = None if settings.redis_url is None else _live_stops(settings.redis_url, warnings)
@@ -114,7 +110,7 @@ def backup(
             typer.echo(f"removed {len(pruned)} older backups")
         return 0
 
-    finish(body)
+    guarded(ctx, Permission.BACKUP, "backup", body)
 
 
 def _live_stops(redis_url: str, warnings: list[str]) -> LiveStops:
@@ -180,10 +176,9 @@ def restore(
     file is the one truth, and the bot's start-up reconcile loads its stops into Redis.
     """
 
-    def body() -> int:
+    def body(session: Session) -> int:
         from lunara.storage.backup import restore_database
 
-        session = open_session(options_of(ctx), Permission.RESTORE, "restore")
         running = session.controller.status(session.principal).pid is not None
         if running:
             raise BlueprintError("the bot is running: run `lunara stop` first, then restore")
@@ -214,7 +209,7 @@ def restore(
             )
         return 0
 
-    finish(body)
+    guarded(ctx, Permission.RESTORE, "restore", body)
 
 
 @app.command()
@@ -225,13 +220,12 @@ def analyze(
 ) -> None:
     """Indicators and symptoms at the latest closed candle of the configured market."""
 
-    def body() -> int:
+    def body(session: Session) -> int:
         from lunara.analysis import InsufficientData, analyze_candles
         from lunara.services import TradingError
         from lunara.telegram.parsing import UsageError, parse_symbol
         from lunara.trading.exchange import ExchangeError
 
-        session = open_session(options_of(ctx), Permission.ANALYZE, "analyze")
         try:
             name = parse_symbol(symbol)
         except UsageError as error:
@@ -253,7 +247,7 @@ def analyze(
             print_mapping(f"{name}", result.to_json())
         return 0
 
-    finish(body)
+    guarded(ctx, Permission.ANALYZE, "analyze", body)
 
 
 async def _history(settings: Settings, symbol: str) -> list[Candle]:

@@ -4,26 +4,21 @@ LUNARA_ENCRYPTION_KEY holds Fernet keys, comma-separated: the first encrypts, al
 decrypt. Rotating means putting a new key first, keeping the old one after it until
 `lunara keys rotate` has re-encrypted every record under the new key.
 
-In paper mode with no key configured, one is generated once into
-LUNARA_HOME/encryption.key (0600) so a fresh machine just works; live mode insists
-on an explicit key, because losing that file would lose every trader's credentials.
+This module works on plain values (keys, a home) and knows nothing of the settings:
+which keys the bot uses, from LUNARA_ENCRYPTION_KEY or a generated file, is decided
+in `lunara.keys`, so the settings can check a configured key with `parse_keys`
+without the two modules importing each other.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from blueprint.errors import ConfigError
-from lunara.config import Mode, Settings, SettingsError
-
-logger = logging.getLogger("lunara.crypto")
 
 ENCRYPTION_KEY_VARIABLE = "LUNARA_ENCRYPTION_KEY"
 KEY_FILE_NAME = "encryption.key"
@@ -80,13 +75,6 @@ class KeyRing:
         self._multi = MultiFernet(list(self._fernets))
         self._primary_id = _key_id(keys[0].strip())
 
-    @classmethod
-    def from_setting(cls, raw: str) -> KeyRing:
-        try:
-            return cls([part for part in raw.split(",") if part.strip()])
-        except MalformedKey as error:
-            raise SettingsError([f"{ENCRYPTION_KEY_VARIABLE}: {error}"]) from None
-
     @property
     def key_count(self) -> int:
         return len(self._fernets)
@@ -130,55 +118,3 @@ def _key_id(key: str) -> str:
 
 def key_file_path(home: Path) -> Path:
     return home / KEY_FILE_NAME
-
-
-def load_keyring(settings: Settings) -> KeyRing:
-    """The ring from LUNARA_ENCRYPTION_KEY, else (paper mode only) from the generated file."""
-    if settings.encryption_key is not None:
-        return KeyRing.from_setting(settings.encryption_key.get_secret_value())
-    if settings.mode is Mode.LIVE:
-        raise SettingsError([f"{ENCRYPTION_KEY_VARIABLE}: required in live mode"])
-    return KeyRing([_read_or_create_key_file(settings.paths.root)])
-
-
-def _read_or_create_key_file(home: Path) -> str:
-    path = key_file_path(home)
-    if not path.exists():
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        temporary = home / f".{KEY_FILE_NAME}.{os.getpid()}.tmp"
-        descriptor = os.open(
-            temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, KEY_FILE_MODE
-        )
-        try:
-            os.fchmod(descriptor, KEY_FILE_MODE)
-            os.write(descriptor, (generate_key() + "\n").encode("ascii"))
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        try:
-            # link() refuses to replace: if another process won the race, its key stands.
-            os.link(temporary, path)
-            logger.warning(
-                "%s is not set: generated an encryption key into %s (paper mode only; "
-                "back it up, or set %s)",
-                ENCRYPTION_KEY_VARIABLE,
-                path,
-                ENCRYPTION_KEY_VARIABLE,
-            )
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink(missing_ok=True)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise SettingsError(
-            [f"{path}: readable by other users (mode {mode:o}); run `chmod 600 {path}`"]
-        )
-    try:
-        key = path.read_text(encoding="ascii").strip()
-        parse_keys(key)
-    except (MalformedKey, UnicodeDecodeError):
-        raise SettingsError(
-            [f"{path}: not a Fernet key; restore it from a backup or set {ENCRYPTION_KEY_VARIABLE}"]
-        ) from None
-    return key

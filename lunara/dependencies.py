@@ -21,10 +21,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blueprint.dependencies import write_dependencies
 from blueprint.states import Dependency, Reachability
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ class DependencyReporter:
         path: Path,
         board: Dependencies,
         *,
-        redis: Any = None,
+        redis: Redis | None = None,
         stops_on_sqlite: Callable[[], bool] | None = None,
         exchange_ping: Callable[[], Awaitable[Any]] | None = None,
         stops_retry_s: float = 30.0,
@@ -126,7 +129,7 @@ class DependencyReporter:
         now = time.monotonic()
         if self.redis is not None and now - self._redis_probed_at >= REDIS_PROBE_EVERY_S:
             self._redis_probed_at = now
-            await self._probe_redis()
+            await self._probe_redis(self.redis)
         exchange = self.board.exchange
         if self.exchange_ping is not None and exchange.configured:
             seen = exchange.last_ok_at
@@ -135,10 +138,10 @@ class DependencyReporter:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.exchange_ping(), EXCHANGE_PROBE_TIMEOUT_S)
 
-    async def _probe_redis(self) -> None:
+    async def _probe_redis(self, redis: Redis) -> None:
         watch = self.board.redis
         try:
-            await asyncio.wait_for(self.redis.ping(), REDIS_PROBE_TIMEOUT_S)
+            await asyncio.wait_for(redis.ping(), REDIS_PROBE_TIMEOUT_S)
         except Exception as error:  # any failure to answer is the outage operators need to see
             reached = False
             cause = type(error).__name__

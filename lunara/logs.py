@@ -13,7 +13,8 @@ import time
 from collections.abc import Iterable
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import Any, TextIO
+from types import TracebackType
+from typing import TextIO
 
 from blueprint.redaction import Redactor
 from blueprint.units import MIB
@@ -157,7 +158,9 @@ def configure_logging(
     for quiet in QUIET_LIBRARIES:
         logging.getLogger(quiet).setLevel(max(logging.WARNING, root.level))
 
-    def log_uncaught(kind: type[BaseException], value: BaseException, trace: Any) -> None:
+    def log_uncaught(
+        kind: type[BaseException], value: BaseException, trace: TracebackType | None
+    ) -> None:
         logging.getLogger("lunara").critical("uncaught exception", exc_info=(kind, value, trace))
 
     sys.excepthook = log_uncaught

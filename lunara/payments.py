@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 import aiosqlite
 
 from lunara import plans as plan_book
 from lunara.storage import payments, users
 from lunara.storage.database import RecordNotFound
-
-if TYPE_CHECKING:
-    from lunara.telegram.commands import Deps
 
 STARS = "XTR"
 
@@ -120,10 +117,18 @@ async def record_payment(
 _refunding: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
 
-async def refund_payment(deps: Deps, charge_id: str) -> tuple[Refund, payments.Payment]:
+async def refund_payment(
+    db: aiosqlite.Connection,
+    refund: Callable[[int, str], Awaitable[None]],
+    charge_id: str,
+) -> tuple[Refund, payments.Payment]:
     """Give the Stars back through Telegram first, then take the plan period back. A
     charge refunded already is not refunded again: recorded so, it is left alone;
     refunded on Telegram's side only, it is recorded now.
+
+    `refund(user id, charge id)` is the Telegram call, handed in by the Telegram layer
+    (raising AlreadyRefunded when Telegram had refunded the charge), so payments never
+    imports that layer.
 
     Refunds of one charge run one at a time: the second finds the first's record and
     does not ask Telegram again (five admins sending /refund at once make one call).
@@ -132,15 +137,15 @@ async def refund_payment(deps: Deps, charge_id: str) -> tuple[Refund, payments.P
     if lock is None:
         lock = _refunding[charge_id] = asyncio.Lock()
     async with lock:
-        payment = await payments.get(deps.db, charge_id)
+        payment = await payments.get(db, charge_id)
         if payment is None:
             raise RecordNotFound(f"payment {charge_id} is not recorded")
         if payment.status is payments.PaymentStatus.REFUNDED:
             return Refund.ALREADY, payment
         result = Refund.REFUNDED
         try:
-            await deps.refund(payment.user_id, charge_id)
+            await refund(payment.user_id, charge_id)
         except AlreadyRefunded:
             result = Refund.ALREADY_ON_TELEGRAM
-        outcome = await payments.refund(deps.db, charge_id)
+        outcome = await payments.refund(db, charge_id)
         return result, outcome.payment

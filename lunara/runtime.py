@@ -16,7 +16,7 @@ import signal
 from collections.abc import Sequence
 from typing import Protocol, cast
 
-from blueprint.heartbeat import STARTING, UP, heartbeat_loop
+from blueprint.heartbeat import STANDBY, STARTING, UP, heartbeat_loop
 from blueprint.paths import HomePaths
 
 logger = logging.getLogger("lunara.runtime")
@@ -39,10 +39,6 @@ class Service(Protocol):
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then finish in-flight work and return."""
-
-
-class ServiceFailed(Exception):
-    """A service ended on its own with an error; the watchdog will restart the bot."""
 
 
 async def run_services(
@@ -114,9 +110,13 @@ async def run_services(
 
 
 def services_report(services: Sequence[Service]) -> str:
-    """``up`` when every service is up, else ``starting:`` and the ones that are not."""
+    """``up`` when every service is up, else ``starting:`` and the ones that are not;
+    ``standby:`` and who holds the instance lease while the bot waits for it."""
     starting: list[str] = []
     for service in services:
+        standby_of = getattr(service, "standby_of", None)
+        if isinstance(standby_of, str):
+            return f"{STANDBY}:{standby_of}"
         ready = getattr(service, "ready", None)
         if isinstance(ready, asyncio.Event) and not ready.is_set():
             starting.append(service.name)

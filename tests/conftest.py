@@ -12,6 +12,10 @@ import pytest
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
+# python-telegram-bot's durations as datetime.timedelta, the type its next major version
+# gives: the bot opts in on import of lunara.telegram; tests that drive the library
+# without the bot (the fake Bot API's own tests) opt in the same way.
+os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 
 @pytest.fixture(scope="session")

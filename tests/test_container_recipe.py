@@ -16,12 +16,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_USER = "nobody"
@@ -30,7 +31,7 @@ INSTALL_TIMEOUT_S = 600.0
 RUNNING_DEADLINE_S = 60.0
 STOP_DEADLINE_S = 30.0
 
-pytestmark = [pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 
 def _runtime_user() -> pwd.struct_passwd:
@@ -155,18 +156,20 @@ def test_image_entry_point_runs_as_an_unprivileged_user_and_stops_cleanly_on_sig
         stderr=subprocess.STDOUT,
         text=True,
     )
-    bot_pid: int | None = None
+    last = ""
+
+    def healthy_bot() -> int | None:
+        nonlocal last
+        assert entry.poll() is None, f"the entry point exited; last status: {last}"
+        result = _status(lunara, env, account)
+        last = result.stdout + result.stderr
+        return int(json.loads(result.stdout)["pid"]) if result.returncode == 0 else None
+
     try:
-        deadline = time.monotonic() + RUNNING_DEADLINE_S
-        last = ""
-        while time.monotonic() < deadline and entry.poll() is None:
-            result = _status(lunara, env, account)
-            last = result.stdout + result.stderr
-            if result.returncode == 0:
-                bot_pid = json.loads(result.stdout)["pid"]
-                break
-            time.sleep(0.5)
-        assert bot_pid is not None, f"never running and healthy; last status: {last}"
+        bot_pid = wait_until(
+            healthy_bot, RUNNING_DEADLINE_S, lambda: f"running and healthy; last status: {last}",
+            poll_s=0.5,
+        )  # fmt: skip
         assert psutil.Process(bot_pid).uids().real == account.pw_uid
         assert psutil.Process(entry.pid).uids().real == account.pw_uid
 
@@ -178,13 +181,12 @@ def test_image_entry_point_runs_as_an_unprivileged_user_and_stops_cleanly_on_sig
             entry.kill()
             entry.wait(timeout=10)
 
-    deadline = time.monotonic() + STOP_DEADLINE_S
-    while time.monotonic() < deadline and psutil.pid_exists(bot_pid):
-        if psutil.Process(bot_pid).status() == psutil.STATUS_ZOMBIE:
-            break
-        time.sleep(0.1)
-    assert (
-        not psutil.pid_exists(bot_pid) or psutil.Process(bot_pid).status() == psutil.STATUS_ZOMBIE
-    )
+    def bot_exited() -> bool:
+        try:
+            return psutil.Process(bot_pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_until(bot_exited, STOP_DEADLINE_S, "the bot to exit", poll_s=0.1)
     assert _status(lunara, env, account).returncode == 3
     assert [path.name for path in volume.iterdir()]  # state lives on the volume

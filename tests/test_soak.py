@@ -1,6 +1,6 @@
 """The soak in its short mode: two minutes of load and faults, every invariant asserted.
 
-`bench/soak.py --minutes 2` starts Redis, the fake Telegram, Binance and Gemini servers
+`python -m bench.soak --minutes 2` starts Redis, the fake Telegram, Binance and Gemini servers
 and the real bot under `lunara start`, drives 500 users through it while a fault
 injector kills the bot and the watchdog, restarts and flushes Redis, corrupts the
 ledger and makes every fake misbehave; it exits 0 only when every property held
@@ -13,19 +13,28 @@ printed, so a failure shows every figure.
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from bench.soak.checks import (
+    caught_by_kill,
+    check_exits,
+    check_notifications,
+    check_pnl,
+    check_residue,
+)
+from bench.soak.faults import FaultLog
+from bench.soak.load import Level, Pushed
+from bench.soak.run import Lot
+
 ROOT = Path(__file__).resolve().parents[1]
-SOAK = ROOT / "bench" / "soak.py"
 BUDGET_S = 280  # two minutes of faults, plus onboarding, draining and the checks
 
 
@@ -34,7 +43,7 @@ def test_soak_two_minutes_of_faults_and_load_keeps_every_invariant() -> None:
     env = {name: value for name, value in os.environ.items() if not name.startswith("LUNARA_")}
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     result = subprocess.run(
-        [sys.executable, str(SOAK), "--minutes", "2"],
+        [sys.executable, "-m", "bench.soak", "--minutes", "2"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -46,31 +55,21 @@ def test_soak_two_minutes_of_faults_and_load_keeps_every_invariant() -> None:
     assert result.returncode == 0, f"soak failed:\n{result.stdout}\n{result.stderr[-4000:]}"
 
 
-@pytest.fixture(name="soak")
-def soak_module(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(SOAK.parent))
-    return importlib.import_module("soak")
-
-
-def replies_and_kills(
-    soak: ModuleType, answers: list[float], kills: list[tuple[float, str]]
-) -> Any:
+def replies_and_kills(answers: list[float], kills: list[tuple[float, str]]) -> Any:
     """The report's view of one command (message 7) answered at `answers`, with `kills`."""
     sent = [{"reply_to": 7, "text": "Plan: Free", "at": at} for at in answers]
     sent.append({"reply_to": 8, "text": "another command's answer", "at": 99.9})
-    faults = soak.FaultLog(injected=[(at, kind, "pid 1") for at, kind in kills])
+    faults = FaultLog(injected=[(at, kind, "pid 1") for at, kind in kills])
     return SimpleNamespace(sent=sent, invoices=[], faults=faults)
 
 
-def test_soak_excuses_only_an_answer_a_sigkill_caught_before_it_was_recorded(
-    soak: ModuleType,
-) -> None:
-    command = soak.Pushed(update_id=1, message_id=7, user_id=1, kind="status", text="/status")
-    caught = replies_and_kills(soak, [100.0, 106.0], [(100.04, "kill_bot")])
-    assert soak.caught_by_kill(caught, command) == pytest.approx(0.04)
+def test_soak_excuses_only_an_answer_a_sigkill_caught_before_it_was_recorded() -> None:
+    command = Pushed(update_id=1, message_id=7, user_id=1, kind="status", text="/status")
+    caught = replies_and_kills([100.0, 106.0], [(100.04, "kill_bot")])
+    assert caught_by_kill(caught, command) == pytest.approx(0.04)
     # Sent just before the kill, taken in by Telegram a moment after it: the same case.
-    late = replies_and_kills(soak, [100.0, 106.0], [(99.97, "kill_bot")])
-    assert soak.caught_by_kill(late, command) == pytest.approx(-0.03)
+    late = replies_and_kills([100.0, 106.0], [(99.97, "kill_bot")])
+    assert caught_by_kill(late, command) == pytest.approx(-0.03)
 
     # Answered twice with no SIGKILL close to the first answer: a bug, not excused.
     for answers, kills in [
@@ -81,10 +80,10 @@ def test_soak_excuses_only_an_answer_a_sigkill_caught_before_it_was_recorded(
         ([100.0, 106.0, 107.0], [(100.04, "kill_bot")]),  # three answers are never one kill
         ([100.0, 106.0], []),
     ]:
-        assert soak.caught_by_kill(replies_and_kills(soak, answers, kills), command) is None
+        assert caught_by_kill(replies_and_kills(answers, kills), command) is None
 
 
-def traded(soak: ModuleType, realized_pnl: str, residue: str) -> Any:
+def traded(realized_pnl: str, residue: str) -> Any:
     """One BTCUSDT position as the checks see it: bought 0.001 at 50,000 (commission
     0.000001 BTC), sold 0.00099 at 51,000 (commission 0.05049 USDT), recorded as closed
     with `realized_pnl` and `residue`. Its fills say P&L 0.43951 and residue 0.000009."""
@@ -103,53 +102,49 @@ def traded(soak: ModuleType, realized_pnl: str, residue: str) -> Any:
             {"price": "51000", "qty": "0.00099", "commission": "0.05049",
              "commissionAsset": "USDT"}]},
     ]  # fmt: skip
-    lots = {"BTCUSDT": soak.Lot("BTC", "USDT", Decimal("0.00001"))}
+    lots = {"BTCUSDT": Lot("BTC", "USDT", Decimal("0.00001"))}
     return SimpleNamespace(positions=[position], ledger_orders=ledger, orders=orders, lots=lots)
 
 
-def test_soak_recomputes_pnl_and_residue_from_the_exchange_fills(soak: ModuleType) -> None:
-    assert soak.check_pnl(traded(soak, "0.43951", "0.000009")).passed is True
-    assert soak.check_residue(traded(soak, "0.43951", "0.000009")).passed is True
+def test_soak_recomputes_pnl_and_residue_from_the_exchange_fills() -> None:
+    assert check_pnl(traded("0.43951", "0.000009")).passed is True
+    assert check_residue(traded("0.43951", "0.000009")).passed is True
 
-    off_by_more_than_tolerance = soak.check_pnl(traded(soak, "0.43951002", "0.000009"))
+    off_by_more_than_tolerance = check_pnl(traded("0.43951002", "0.000009"))
     assert off_by_more_than_tolerance.passed is False
     assert "largest difference 0.00000002" in off_by_more_than_tolerance.figures[0]
     # The base commission counted twice (once in the quantity, once valued in quote).
-    assert soak.check_pnl(traded(soak, "0.38951", "0.000009")).passed is False
+    assert check_pnl(traded("0.38951", "0.000009")).passed is False
 
-    over_a_step = soak.check_residue(traded(soak, "0.43951", "0.000019"))
+    over_a_step = check_residue(traded("0.43951", "0.000019"))
     assert over_a_step.passed is False
     assert "largest residue 1.900 lot steps" in over_a_step.figures[0]
-    assert soak.check_residue(traded(soak, "0.43951", "0.000008")).passed is False
+    assert check_residue(traded("0.43951", "0.000008")).passed is False
 
 
-def test_soak_counts_a_position_open_under_a_stop_the_last_price_triggers_as_stuck(
-    soak: ModuleType,
-) -> None:
+def test_soak_counts_a_position_open_under_a_stop_the_last_price_triggers_as_stuck() -> None:
     prices = [50000, 49000, 48400]  # the stop sits 3 % under the entry: 48,500
-    levels = [soak.Level(10.0 + 4 * i, 10.1 + 4 * i, {"BTCUSDT": Decimal(p)})
+    levels = [Level(10.0 + 4 * i, 10.1 + 4 * i, {"BTCUSDT": Decimal(p)})
               for i, p in enumerate(prices)]  # fmt: skip
     position = {"id": 1, "symbol": "BTCUSDT", "entry_price": "50000", "opened_at": 10.5,
                 "status": "open", "closed_at": None, "exit_reason": None}  # fmt: skip
     data = SimpleNamespace(levels=levels, positions=[position], ledger_orders={},
                            run_ended=levels[-1].set_at + 30)  # fmt: skip
-    stuck = soak.check_exits(data)
+    stuck = check_exits(data)
     assert stuck.passed is False
     assert "while open: 0 exited, 1 stuck" in stuck.figures[0]
 
     position.update(status="closed", closed_at=19.0, exit_reason="stop_loss")
-    assert soak.check_exits(data).passed is True
+    assert check_exits(data).passed is True
     # Above its stop at the last level, the earlier fall through it is shown, not judged.
     position.update(status="open", closed_at=None)
-    levels.append(soak.Level(22.0, 22.1, {"BTCUSDT": Decimal(49000)}))
-    recovered = soak.check_exits(data)
+    levels.append(Level(22.0, 22.1, {"BTCUSDT": Decimal(49000)}))
+    recovered = check_exits(data)
     assert recovered.passed is True
     assert recovered.figures[1].endswith(": 1")
 
 
-def test_soak_tells_notifications_delivered_from_produced_and_excuses_only_a_caught_copy(
-    soak: ModuleType,
-) -> None:
+def test_soak_tells_notifications_delivered_from_produced_and_excuses_only_a_caught_copy() -> None:
     def row(chat: int, text: str, state: str = "sent", priority: int = 1) -> dict[str, Any]:
         return {"chat_id": chat, "text": text, "state": state, "priority": priority}
 
@@ -161,10 +156,8 @@ def test_soak_tells_notifications_delivered_from_produced_and_excuses_only_a_cau
             {"chat_id": 4, "text": "Plan: Free", "reply_to": 9, "at": 100.2}]  # fmt: skip
 
     def verdict(kills: list[float], extra: list[dict[str, Any]] = []) -> Any:  # noqa: B006
-        faults = soak.FaultLog(injected=[(at, "kill_bot", "pid 1") for at in kills])
-        return soak.check_notifications(
-            SimpleNamespace(outbox=outbox, sent=sent + extra, faults=faults)
-        )
+        faults = FaultLog(injected=[(at, "kill_bot", "pid 1") for at in kills])
+        return check_notifications(SimpleNamespace(outbox=outbox, sent=sent + extra, faults=faults))
 
     caught = verdict([100.3])  # chat 2's first copy came 0.2 s before a kill
     assert caught.passed is True

@@ -4,7 +4,8 @@ The model is asked to explain the indicators, not to predict prices: the prompt 
 the numbers and the symptoms and nothing else about the trader. Answers are cached
 per symbol and candle: until a new candle closes the inputs are the same, so is the
 answer, and asking again costs neither quota nor a request. Each plan has a daily
-quota, counted in ``usage_counters`` only when an answer was actually produced.
+quota, counted in ``usage_counters`` only when an answer was actually produced; the
+first question of a day drops the counters of the days before it.
 
 Without ``GEMINI_API_KEY`` the feature reports itself off and google-genai is never
 imported. Every failure becomes a one-line note for the trader; details go to the log.
@@ -118,6 +119,9 @@ class Analyst:
         self._cache_size = cache_size
         self._inflight: dict[tuple[str, str, int], asyncio.Future[str]] = {}
         self._client: Any = None
+        # The last day whose earlier counters were dropped: only today's count decides a
+        # quota, so each new day prunes the days before it once (the table stays one day).
+        self._pruned_before: str | None = None
         self.requests_sent = 0
         # Reachability for `lunara status`, marked by every request's outcome.
         self.watch = watch if watch is not None else Watch(configured=bool(api_key))
@@ -162,6 +166,9 @@ class Analyst:
         if limit <= 0:
             return Commentary(None, NOTE_NOT_IN_PLAN.format(plan=plan))
         day = _day(self._clock())
+        if self._pruned_before != day:
+            await users.prune_usage(self._db, day)
+            self._pruned_before = day
         if await users.usage(self._db, user_id, USAGE_KIND, day) >= limit:
             return Commentary(None, NOTE_QUOTA.format(limit=limit, plan=plan))
         try:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lunara.analysis import indicators
+from lunara.analysis.indicators import atr, bbands, ema, macd, rsi
 from lunara.analysis.params import AnalyzerParams
 from lunara.analysis.streaming import (
     StreamingATR,
@@ -185,21 +185,19 @@ def batch_series(
     params: AnalyzerParams,
 ) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
     """Every indicator over whole arrays (NaN during warm-up), for backtests."""
-    line, signal, histogram = indicators.macd(
-        close, params.ema_fast, params.ema_slow, params.macd_signal
-    )
-    upper, middle, lower = indicators.bbands(close, params.bb_period, params.bb_deviations)
+    line, signal, histogram = macd(close, params.ema_fast, params.ema_slow, params.macd_signal)
+    upper, middle, lower = bbands(close, params.bb_period, params.bb_deviations)
     return {
-        "rsi": indicators.rsi(close, params.rsi_period),
-        "ema_fast": indicators.ema(close, params.ema_fast),
-        "ema_slow": indicators.ema(close, params.ema_slow),
+        "rsi": rsi(close, params.rsi_period),
+        "ema_fast": ema(close, params.ema_fast),
+        "ema_slow": ema(close, params.ema_slow),
         "macd": line,
         "macd_signal": signal,
         "macd_hist": histogram,
         "bb_upper": upper,
         "bb_middle": middle,
         "bb_lower": lower,
-        "atr": indicators.atr(high, low, close, params.atr_period),
+        "atr": atr(high, low, close, params.atr_period),
     }
 
 

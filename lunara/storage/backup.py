@@ -437,6 +437,8 @@ def _copy_rows(
         quoted = ", ".join(json.dumps(column) for column in columns)
         name = json.dumps(table)
         keep = f"WHERE NOT ({_UNFINISHED[table]})" if table in _UNFINISHED else ""
+        # Rows our migrations wrote (the deployment's identity) give way to the backup's.
+        connection.execute(f"DELETE FROM main.{name}")
         connection.execute(
             f"INSERT INTO main.{name} ({quoted}) SELECT {quoted} FROM backup.{name} {keep}"
         )

@@ -155,15 +155,6 @@ async def delete(connection: aiosqlite.Connection, user_id: int, exchange: Excha
         return cursor.rowcount > 0
 
 
-async def users_with_credentials(connection: aiosqlite.Connection, exchange: Exchange) -> list[int]:
-    async with connection.execute(
-        "SELECT user_id FROM exchange_credentials WHERE exchange = ? ORDER BY user_id",
-        (Exchange(exchange).value,),
-    ) as cursor:
-        rows = await cursor.fetchall()
-    return [int(row[0]) for row in rows]
-
-
 async def rotate_all(connection: aiosqlite.Connection, keyring: KeyRing) -> int:
     """Re-encrypt every stored secret under the ring's first key, all or nothing.
 

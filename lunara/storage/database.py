@@ -1,57 +1,41 @@
-"""The SQLite edge: opening the database, transactions, and the Decimal-as-text codec.
+"""The SQLite edge: opening the database and transactions.
 
 Connections run in autocommit mode; every write goes through `transaction`, which
 serialises writers on one connection (an asyncio lock) and takes SQLite's write lock
 up front (BEGIN IMMEDIATE) so a transaction never fails half-way on a busy database.
 Money and quantities are stored as decimal text: binary floats would round them.
+
+The errors (`lunara.storage.errors`) and the codec (`lunara.storage.codec`) live below
+this module and are re-exported here, so the migrations can use them without importing
+the module that runs them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import aiosqlite
 
-from blueprint.errors import BlueprintError
+from lunara.storage.codec import decimal_to_text, now_s, optional_decimal, text_to_decimal
+from lunara.storage.errors import (
+    InvalidValue,
+    RecordNotFound,
+    SchemaError,
+    StateConflict,
+    StorageError,
+)
 
 BUSY_TIMEOUT_MS = 5_000
 PAGE_CACHE_KIB = 512
 """SQLite's page cache per connection (its default is 2 MiB). The file's pages stay in the
 OS's cache anyway; a smaller cache is full within minutes of a start, so the bot's memory
 levels off early instead of growing with the database."""
-
-
-class StorageError(BlueprintError):
-    """An expected storage failure with a message fit for an operator or a trader."""
-
-
-class RecordNotFound(StorageError):
-    """The row asked for does not exist."""
-
-
-class InvalidValue(StorageError):
-    """A value was refused before it reached the database; names the field."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{field}: {reason}")
-
-
-class StateConflict(StorageError):
-    """A change that contradicts the recorded state (closing a closed position, ...)."""
-
-
-class SchemaError(StorageError):
-    """The file is not a Lunara database, or its schema is newer than this code."""
 
 
 @dataclass
@@ -122,28 +106,19 @@ async def transaction(connection: aiosqlite.Connection) -> AsyncIterator[aiosqli
             state.owner = None
 
 
-def now_s() -> float:
-    """Timestamps are UTC epoch seconds (REAL): simple arithmetic, no time zones."""
-    return time.time()
-
-
-def decimal_to_text(value: Decimal) -> str:
-    """Plain positional notation (never 1E-8), trailing zeros kept as given."""
-    if not value.is_finite():
-        raise InvalidValue("decimal", "must be a finite number")
-    text = format(value, "f")
-    return "0" if text in ("-0", "") else text
-
-
-def text_to_decimal(text: str) -> Decimal:
-    try:
-        value = Decimal(text)
-    except (InvalidOperation, TypeError, ValueError):
-        raise StorageError(f"stored decimal {text[:30]!r} is unreadable") from None
-    if not value.is_finite():
-        raise StorageError(f"stored decimal {text[:30]!r} is not finite")
-    return value
-
-
-def optional_decimal(text: str | None) -> Decimal | None:
-    return None if text is None else text_to_decimal(text)
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "PAGE_CACHE_KIB",
+    "InvalidValue",
+    "RecordNotFound",
+    "SchemaError",
+    "StateConflict",
+    "StorageError",
+    "connect",
+    "decimal_to_text",
+    "now_s",
+    "open_database",
+    "optional_decimal",
+    "text_to_decimal",
+    "transaction",
+]

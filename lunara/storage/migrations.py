@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from lunara.storage.database import SchemaError, now_s
+from lunara.storage.codec import now_s
+from lunara.storage.errors import SchemaError
 
 # "LUNA" in ASCII: marks the file as a Lunara database in the SQLite header.
 APPLICATION_ID = 0x4C554E41
@@ -234,6 +235,19 @@ _OUTBOX_TOPICS = ("ALTER TABLE outbox ADD COLUMN thread_id INTEGER",)
 # and a renewed plan ending later is told again.
 _PLAN_EXPIRY_TOLD = ("ALTER TABLE users ADD COLUMN plan_expiry_told REAL",)
 
+# Who this database belongs to: a deployment is its manifest name plus this id, made
+# once when the database is created (or first upgraded), so two homes under one name can
+# tell whether they are one deployment (a standby may wait) or two (refused at start).
+_DEPLOYMENT = (
+    """CREATE TABLE deployment (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        deployment_id TEXT NOT NULL CHECK (length(deployment_id) = 32),
+        created_at REAL NOT NULL
+    )""",
+    "INSERT INTO deployment (singleton, deployment_id, created_at) "
+    "VALUES (1, lower(hex(randomblob(16))), (julianday('now') - 2440587.5) * 86400.0)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _CORE_TABLES),
     Migration(2, "trailing stops and payment refunds", _TRAILING_STOPS_AND_REFUNDS),
@@ -244,6 +258,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "why an exit order was placed", _ORDER_EXIT_REASON),
     Migration(8, "forum topics of outgoing messages", _OUTBOX_TOPICS),
     Migration(9, "plan expiries told", _PLAN_EXPIRY_TOLD),
+    Migration(10, "the deployment's identity", _DEPLOYMENT),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -265,6 +280,7 @@ KNOWN_TABLES: frozenset[str] = frozenset(
         "handled_commands",
         "broadcasts",
         "outbox",
+        "deployment",
     }
 )
 

@@ -176,21 +176,6 @@ async def set_active(connection: aiosqlite.Connection, telegram_id: int, active:
         return await require(connection, telegram_id)
 
 
-async def set_role_hint(
-    connection: aiosqlite.Connection, telegram_id: int, role_hint: str | None
-) -> User:
-    """Record the manifest role last seen for display; authorization never reads it."""
-    if role_hint is not None and not PLAN_PATTERN.match(role_hint):
-        raise InvalidValue("role_hint", "must be a lower-case role name")
-    async with transaction(connection):
-        cursor = await connection.execute(
-            "UPDATE users SET role_hint = ? WHERE telegram_id = ?", (role_hint, telegram_id)
-        )
-        if cursor.rowcount == 0:
-            raise RecordNotFound(f"user {telegram_id} is not registered")
-        return await require(connection, telegram_id)
-
-
 async def set_plan(
     connection: aiosqlite.Connection,
     telegram_id: int,

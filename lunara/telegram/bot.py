@@ -19,7 +19,8 @@ import contextlib
 import logging
 import sqlite3
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import aiosqlite
 from telegram import ChatMemberUpdated, LabeledPrice, Message, ReplyParameters, Update
@@ -77,6 +78,11 @@ from lunara.telegram.updates import (
     plain_text_of,
 )
 
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from lunara.crypto import KeyRing
+
 logger = logging.getLogger("lunara.telegram")
 
 POLL_TIMEOUT_S = 10
@@ -131,8 +137,9 @@ class TelegramBot:
         db: aiosqlite.Connection,
         trading: TradingService,
         *,
-        redis: Any = None,
+        redis: Redis | None = None,
         send_limits: SendLimits = TELEGRAM_LIMITS,
+        may_send: Callable[[], bool] | None = None,
         watch: Watch | None = None,
     ) -> None:
         token = settings.telegram_bot_token
@@ -145,7 +152,7 @@ class TelegramBot:
         self.guard = Guard(manifest, audit, RateLimiter(settings.rate_limit_per_minute))
         self.state = TelegramState(paths.root / STATE_FILE)
         self.outbox = Outbox(db)
-        self.sender = OutboxSender(db, self.outbox, self, send_limits)
+        self.sender = OutboxSender(db, self.outbox, self, send_limits, may_send=may_send)
         self.errors = ErrorHandler(db, self.state, self.send, self.admin_ids)
         self.updates_handled = 0
         self.inbox = Inbox(db, self.outbox, self.errors.apologies, self._username)
@@ -161,6 +168,7 @@ class TelegramBot:
             get_updates_request=_request(1),
             take=self.inbox.take,
             watch=self.watch,
+            may_poll=may_send,
         )
         self.application = (
             Application.builder()
@@ -168,7 +176,7 @@ class TelegramBot:
             .concurrent_updates(PerUserOrder(CONCURRENT_UPDATES))
             .build()
         )
-        self._keyring: Any = None
+        self._keyring: KeyRing | None = None
         self.deps = Deps(
             settings=settings,
             paths=paths,
@@ -206,9 +214,9 @@ class TelegramBot:
         """The bot's username (from getMe): commands addressed to others are not ours."""
         return self.application.bot.username
 
-    def _load_keyring(self) -> Any:
+    def _load_keyring(self) -> KeyRing:
         if self._keyring is None:
-            from lunara.crypto import load_keyring
+            from lunara.keys import load_keyring
 
             self._keyring = load_keyring(self.settings)
         return self._keyring

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
@@ -33,6 +33,9 @@ from lunara.telegram.parsing import (
     parse_user_id,
 )
 
+if TYPE_CHECKING:
+    from lunara.crypto import KeyRing
+
 USAGE_KIND_AI = "ai.analysis"
 
 
@@ -45,7 +48,7 @@ class Deps:
     db: aiosqlite.Connection
     trading: TradingService
     guard: Guard
-    keyring: Any  # lunara.crypto.KeyRing, loaded lazily (paper mode may never need it)
+    keyring: Callable[[], KeyRing]  # loaded on first use (paper mode may never need it)
     # Queue a message for every active user: (chat, command message, text) -> its start.
     broadcast: Callable[[int, int, str], Awaitable[BroadcastStart]]
     delete_message: Callable[[int, int], Awaitable[None]]
@@ -64,7 +67,7 @@ class CommandContext:
     arguments: list[str]
     text: str
     deps: Deps
-    command: Command
+    command: Command[CommandContext]
     replies: list[str] = field(default_factory=list)
     invoices: list[str] = field(default_factory=list)  # plans whose invoice answers it
 
@@ -401,7 +404,7 @@ async def refund(ctx: CommandContext) -> None:
     from lunara.payments import Refund, refund_payment
 
     charge = fmt.code(ctx.arguments[0])
-    result, payment = await refund_payment(ctx.deps, ctx.arguments[0])
+    result, payment = await refund_payment(ctx.deps.db, ctx.deps.refund, ctx.arguments[0])
     when = datetime.fromtimestamp(payment.refunded_at or ctx.deps.clock(), UTC)
     stars = f"{payment.amount_stars} Stars to user {payment.user_id}"
     if result is Refund.ALREADY:
@@ -445,12 +448,12 @@ async def terms(ctx: CommandContext) -> None:
     await ctx.reply(fmt.escape(ctx.deps.settings.terms_text or terms_text()))
 
 
-def _command(*args: Any, **kwargs: Any) -> tuple[str, Command]:
+def _command(*args: Any, **kwargs: Any) -> tuple[str, Command[CommandContext]]:
     command = Command(*args, **kwargs)
     return command.name, command
 
 
-COMMANDS: dict[str, Command] = dict(
+COMMANDS: dict[str, Command[CommandContext]] = dict(
     [
         _command("start", Permission.TG_START, "/start", "register and say hello", start),
         _command("help", Permission.TG_HELP, "/help", "the commands you can use", help_command),

@@ -23,16 +23,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from math import inf
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, TypeVar
 
 from blueprint.audit import AuditLog, Decision
 from blueprint.identity import telegram_principal
 from blueprint.manifest import Manifest, Permission
 
-if TYPE_CHECKING:
-    from lunara.telegram.commands import CommandContext
-
-Handler = Callable[["CommandContext"], Awaitable[None]]
+# What a command's handler is given (the Telegram layer's `CommandContext`). The guard
+# reads only the declaration, never the context, so it does not name it: the commands
+# module builds on the guard and the guard never imports the commands back.
+ContextT = TypeVar("ContextT")
 
 MAX_TRACKED_USERS = 10_000
 REFUSAL_WINDOW_S = 60.0
@@ -50,12 +50,12 @@ class Acts(Enum):
 
 
 @dataclass(frozen=True)
-class Command:
+class Command(Generic[ContextT]):
     name: str
     permission: Permission
     usage: str
     description: str
-    handler: Handler
+    handler: Callable[[ContextT], Awaitable[None]]
     private_only: bool = False  # private data or secrets: in a group, a pointer instead
     acts: Acts = Acts.NEVER
 

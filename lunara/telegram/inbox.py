@@ -11,6 +11,7 @@ already, and queues its answer in the outbox in the transaction that marks it an
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -35,25 +36,39 @@ logger = logging.getLogger("lunara.telegram")
 Apologies = Callable[[object, BaseException], list[Outgoing]]
 
 
+FENCED_POLL_PAUSE_S = 0.5
+"""How long the poller waits, instead of polling, while the instance lease is unconfirmed."""
+
+
 class InboxBot(ExtBot[None]):
     """The Bot API client, writing every inbox entry it fetches to the inbox before
     python-telegram-bot confirms it to Telegram with the next getUpdates offset: an
     update Telegram will not deliver again is one we hold."""
 
-    __slots__ = ("_take", "_watch")
+    __slots__ = ("_may_poll", "_take", "_watch")
 
     def __init__(
         self,
         *args: Any,
         take: Callable[[Sequence[Update]], Awaitable[None]],
         watch: Watch,
+        may_poll: Callable[[], bool] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._take = take
         self._watch = watch  # Telegram's reachability for `lunara status`
+        self._may_poll = may_poll  # False while the instance lease is unconfirmed
 
     async def get_updates(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
+        if self._may_poll is not None and not self._may_poll():
+            # Fencing: this instance is not sure it still holds the instance lease (it was
+            # paused, or lost it): no poll, which would cut the live instance's short.
+            await asyncio.sleep(FENCED_POLL_PAUSE_S)
+            return ()
+        return await self._fetch(*args, **kwargs)
+
+    async def _fetch(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
         try:
             updates = await super().get_updates(*args, **kwargs)
         except TelegramError as error:

@@ -24,11 +24,14 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
 from blueprint.trust import open_private
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ def token_fingerprint(token: str) -> str:
 class PollLease:
     """`await acquire(stop)` → True once held (False if stopped while waiting)."""
 
-    def __init__(self, token: str, home: Path, redis: Any = None) -> None:
+    def __init__(self, token: str, home: Path, redis: Redis | None = None) -> None:
         self.fingerprint = token_fingerprint(token)
         self.key = f"lunara:poller:{self.fingerprint}"
         self.path = home / f"poller-{self.fingerprint}.lock"
@@ -94,17 +97,17 @@ class PollLease:
                 if redis_down:
                     logger.info("Redis answers again: Telegram poller lease taken")
                 if self.redis is not None:
-                    self._renewer = asyncio.create_task(self._renew_forever())
+                    self._renewer = asyncio.create_task(self._renew_forever(self.redis))
                 return True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), RETRY_EVERY_S)
         return False
 
-    async def _renew_forever(self) -> None:
+    async def _renew_forever(self, redis: Redis) -> None:
         while True:
             await asyncio.sleep(RENEW_EVERY_S)
             try:
-                renewed = await self.redis.eval(_RENEW, 1, self.key, self._owner, LEASE_TTL_MS)
+                renewed = await redis.eval(_RENEW, 1, self.key, self._owner, LEASE_TTL_MS)
             except Exception:  # Redis hiccup: keep polling; the TTL leaves a margin
                 continue
             if not renewed:  # another instance holds it now

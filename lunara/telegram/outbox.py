@@ -220,8 +220,12 @@ class OutboxSender:
         transport: Transport,
         limits: SendLimits = TELEGRAM_LIMITS,
         clock: Callable[[], float] = time.time,
+        may_send: Callable[[], bool] | None = None,
     ) -> None:
         self.db = db
+        # False while this instance is not sure it holds the instance lease (fencing):
+        # what is queued stays queued for whoever holds it.
+        self.may_send = may_send
         self.outbox = outbox
         self.transport = transport
         self.limits = limits
@@ -266,6 +270,8 @@ class OutboxSender:
         for row in rows:
             if stop.is_set():
                 break
+            if self.may_send is not None and not self.may_send():
+                return dispatched, True
             if row.priority is not Priority.ANSWER and self.outbox.answer_queued.is_set():
                 return dispatched, True  # an answer came in: it goes first
             now = self._clock()

@@ -53,7 +53,6 @@ from lunara.trading.exchange import (
     OrderRefused,
     OrdersRateLimited,
     RateLimited,
-    Side,
 )
 from lunara.trading.filters import (
     InvalidSymbolInfo,
@@ -74,6 +73,7 @@ from lunara.trading.limiter import (
     parse_retry_after,
     weight_per_minute,
 )
+from lunara.trading.model import OrderSide
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def parse_fill(
         client_order_id=str(reply.get("clientOrderId") or client_order_id),
         exchange_order_id=str(reply.get("orderId", "")),
         symbol=str(reply.get("symbol", "")),
-        side=Side(str(reply.get("side", Side.BUY))),
+        side=OrderSide(str(reply.get("side", OrderSide.BUY))),
         quantity=executed,
         quote_quantity=quote,
         fee=fee,
@@ -603,7 +603,7 @@ class BinanceExchange:
                 self._client.create_test_order,
                 retry_unknown=False,
                 symbol=symbol,
-                side=Side.BUY.value,
+                side=OrderSide.BUY.value,
                 type="MARKET",
                 quoteOrderQty=format_amount(max(rules.min_notional, TEST_ORDER_QUOTE)),
             )
@@ -630,7 +630,7 @@ class BinanceExchange:
             )
 
     async def place_market_order(
-        self, symbol: str, side: Side, quantity: Decimal, client_order_id: str
+        self, symbol: str, side: OrderSide, quantity: Decimal, client_order_id: str
     ) -> Fill:
         await self._check_market_order(symbol, side, quantity)
         self._hold_orders_if_limited()
@@ -666,7 +666,7 @@ class BinanceExchange:
             raise OrderRefused(f"Binance did not fill the market order (status {status})")
         return fill
 
-    async def _check_market_order(self, symbol: str, side: Side, quantity: Decimal) -> None:
+    async def _check_market_order(self, symbol: str, side: OrderSide, quantity: Decimal) -> None:
         """Binance's filters as it applies them to a market order: valued at the average
         price. ``OrderRejected`` (definite, never resent) if they refuse it; when the
         average cannot be read, Binance itself judges the order."""

@@ -19,11 +19,11 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
@@ -32,6 +32,7 @@ from lunara.ai.analyst import NOTE_OFF, Analyst, MarketSummary
 from lunara.analysis.analyzer import InsufficientData, analyze_candles
 from lunara.config import MarketKind, Mode, Settings
 from lunara.dependencies import Dependencies, DependencyReporter
+from lunara.instance import StaleEpoch
 from lunara.services import (
     AnalysisView,
     AssetBalance,
@@ -43,7 +44,6 @@ from lunara.services import (
 from lunara.storage import credentials, user_settings, users
 from lunara.storage import positions as position_store
 from lunara.storage.database import open_database
-from lunara.storage.positions import ExitReason, OrderSide
 from lunara.trading.binance import BinanceExchange, BinanceGateway
 from lunara.trading.exchange import (
     CredentialsRejected,
@@ -67,6 +67,7 @@ from lunara.trading.executor import (
 from lunara.trading.filters import quantity_for_quote
 from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket, Market, ReplayMarket, SimMarket, interval_name
+from lunara.trading.model import ExitReason, OrderSide
 from lunara.trading.orders import OrderOutcomeUnknown, OrderPath, OrderRequest, Settlement
 from lunara.trading.paper import PaperExchange
 from lunara.trading.stopstore import (
@@ -78,7 +79,18 @@ from lunara.trading.stopstore import (
     make_stop_store,
 )
 from lunara.trading.symbols import MAX_SYMBOL_LENGTH, symbol_name
-from lunara.trading.trailing import initial_state
+from lunara.trading.trailing import TrailingParams, initial_state
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from lunara.crypto import KeyRing
+
+# Releases one thing the runtime opened (the database, a client); awaited in reverse.
+Closer = Callable[[], Awaitable[object]]
+
+if TYPE_CHECKING:
+    from lunara.instance import InstanceLease
 
 logger = logging.getLogger(__name__)
 
@@ -134,11 +146,12 @@ class TradingEngine:
         market: Market,
         config: EngineConfig,
         gateway: BinanceGateway | None = None,
-        keyring: Any = None,
+        keyring: KeyRing | None = None,
         analyst: Analyst | None = None,
         signals: SignalSource | None = None,
         notifier: Notifier | None = None,
-        clock: Any = time.time,
+        clock: Callable[[], float] = time.time,
+        may_act: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
         self._stops = stops
@@ -155,7 +168,9 @@ class TradingEngine:
         self.settings_cache = SettingsCache(db)
         self.signals: SignalSource = signals if signals is not None else StreamingSignals()
         self.breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown_s)
-        self.orders = OrderPath(db, stops, default_stop_params=self._stop_params, clock=clock)
+        self.orders = OrderPath(
+            db, stops, default_stop_params=self._stop_params, clock=clock, may_act=may_act
+        )
         self.executor = Executor(
             db=db,
             market=market,
@@ -245,7 +260,7 @@ class TradingEngine:
                 continue
             self.signals.feed(symbol, candles)
 
-    async def _stop_params(self, user_id: int) -> Any:
+    async def _stop_params(self, user_id: int) -> TrailingParams:
         return self.settings_cache.params_for(user_id)
 
     # Exchanges
@@ -634,6 +649,10 @@ class EngineRunner:
                     try:
                         await executor.tick()
                         redis_down = False
+                    except StaleEpoch:
+                        # The keeper ends this run; until then nothing moves on Redis.
+                        logger.error("the instance lease is not this instance's: trailing "
+                                     "stops are not moved")  # fmt: skip
                     except REDIS_OUTAGE as error:
                         if not redis_down:  # once per outage; stops resume when it answers
                             logger.warning("Redis unavailable (%s); trailing stops wait for it",
@@ -671,9 +690,9 @@ class TradingRuntime:
 
     engine: TradingEngine
     runner: EngineRunner
-    _closers: list[Any] = field(default_factory=list)
+    _closers: list[Closer] = field(default_factory=list)
     dependencies: Dependencies = field(default_factory=Dependencies)
-    redis: Any = None
+    redis: Redis | None = None
     stops: StopStore | None = None
     gateway: BinanceGateway | None = None
 
@@ -721,9 +740,10 @@ async def open_trading(
     settings: Settings,
     *,
     db: aiosqlite.Connection | None = None,
-    redis: Any = None,
+    redis: Redis | None = None,
     notifier: Notifier | None = None,
     seed: int = 0,
+    lease: InstanceLease | None = None,
     dependencies: Dependencies | None = None,
 ) -> TradingRuntime:
     """The engine and its runner, wired from the settings.
@@ -735,11 +755,13 @@ async def open_trading(
     another connection fail with "database is locked".
     ``redis`` defaults to a client for ``REDIS_URL`` when that is set. ``dependencies``
     gets the Redis, exchange and Gemini watches marked by the clients built here.
+    ``lease``: the instance lease this bot holds (``lunara.instance``); every order
+    placement and Redis stop write is fenced by it.
     """
     board = dependencies if dependencies is not None else Dependencies()
-    closers: list[Any] = []
+    closers: list[Closer] = []
     try:
-        return await _wire_trading(settings, db, redis, notifier, seed, closers, board)
+        return await _wire_trading(settings, db, redis, notifier, seed, closers, board, lease)
     except BaseException:
         # A refused configuration (a bad replay file, a missing key) must not leave the
         # database's thread running: the bot could not exit, and would wait forever.
@@ -752,11 +774,12 @@ async def open_trading(
 async def _wire_trading(
     settings: Settings,
     db: aiosqlite.Connection | None,
-    redis: Any,
+    redis: Redis | None,
     notifier: Notifier | None,
     seed: int,
-    closers: list[Any],
+    closers: list[Closer],
     board: Dependencies,
+    lease: InstanceLease | None,
 ) -> TradingRuntime:
     paths = settings.paths
     if db is None:
@@ -767,7 +790,8 @@ async def _wire_trading(
 
         redis = Redis.from_url(settings.redis_url, socket_timeout=5.0)
         closers.append(redis.aclose)
-    stops = make_stop_store(name=STORE_NAME, db=db, redis=redis)
+    fence = None if lease is None else lease.fence
+    stops = make_stop_store(name=STORE_NAME, db=db, redis=redis, fence=fence)
     board.redis.configured = redis is not None
     # The exchange is a dependency whenever Binance is asked: live trading, or its prices.
     needs_binance = settings.mode is Mode.LIVE or settings.market.kind is MarketKind.BINANCE
@@ -783,7 +807,7 @@ async def _wire_trading(
         closers.append(gateway.aclose)
     keyring = None
     if settings.mode is Mode.LIVE:
-        from lunara.crypto import load_keyring
+        from lunara.keys import load_keyring
 
         keyring = load_keyring(settings)
     analyst: Analyst | None = None
@@ -807,6 +831,7 @@ async def _wire_trading(
         keyring=keyring,
         analyst=analyst,
         notifier=notifier,
+        may_act=None if lease is None else lease.check,
     )
     return TradingRuntime(
         engine,

@@ -14,11 +14,8 @@ from decimal import Decimal
 from typing import Protocol
 
 from lunara.services import AssetBalance, TradingError
-from lunara.storage.positions import UNSETTLED_ORDER_STATUSES, OrderSide, OrderStatus
 from lunara.trading.filters import SymbolRules
-
-# One vocabulary for sides and order states: the storage layer's, as the table holds them.
-Side = OrderSide
+from lunara.trading.model import UNSETTLED_ORDER_STATUSES, OrderSide, OrderStatus
 
 OPEN_ORDER_STATUSES: frozenset[OrderStatus] = frozenset(UNSETTLED_ORDER_STATUSES)
 
@@ -39,7 +36,7 @@ class Fill:
     client_order_id: str
     exchange_order_id: str
     symbol: str
-    side: Side
+    side: OrderSide
     quantity: Decimal
     quote_quantity: Decimal
     fee: Decimal
@@ -127,7 +124,7 @@ class Exchange(Protocol):
         ...
 
     async def place_market_order(
-        self, symbol: str, side: Side, quantity: Decimal, client_order_id: str
+        self, symbol: str, side: OrderSide, quantity: Decimal, client_order_id: str
     ) -> Fill:
         """Send a market order; raises ``OrderRefused`` (definite) or ``ExchangeError``
         (outcome unknown: look it up with ``find_order`` before sending again)."""

@@ -42,11 +42,11 @@ from lunara.plans import Plan, effective_plan
 from lunara.services import TradingError
 from lunara.storage import positions as position_store
 from lunara.storage import user_settings, users
-from lunara.storage.positions import ExitReason, PositionStatus
 from lunara.storage.user_settings import UserSettings
 from lunara.trading.exchange import CredentialsRejected, Exchange, ExchangeError
 from lunara.trading.filters import quantity_for_quote
 from lunara.trading.market import Market, MarketTick
+from lunara.trading.model import ExitReason, OrderSide, PositionStatus
 from lunara.trading.orders import OrderPath, OrderRequest, PositionLeftAsDust, Settlement
 from lunara.trading.stopstore import CHECKPOINT_INTERVAL_S, StopStore, TriggeredStop
 from lunara.trading.trailing import InvalidTrailingParams, TrailingParams
@@ -676,7 +676,7 @@ class Executor:
             OrderRequest(
                 user_id=user_id,
                 symbol=position.symbol,
-                side=position_store.OrderSide.SELL,
+                side=OrderSide.SELL,
                 quantity=position.quantity,
                 reference_price=price,
                 position_id=position.id,
@@ -707,7 +707,7 @@ class Executor:
             OrderRequest(
                 user_id=user_id,
                 symbol=symbol,
-                side=position_store.OrderSide.BUY,
+                side=OrderSide.BUY,
                 quantity=quantity,
                 reference_price=price,
                 stop_params=self._settings.params_for(user_id),

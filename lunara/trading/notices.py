@@ -17,7 +17,8 @@ import html
 from decimal import Decimal
 
 from lunara.storage.outbox import Outgoing, Priority
-from lunara.storage.positions import ExitReason, Position
+from lunara.storage.positions import Position
+from lunara.trading.model import ExitReason
 
 STOP_REASONS = frozenset({ExitReason.STOP_LOSS.value, ExitReason.TRAILING_STOP.value})
 """The exits a trader did not ask for at that moment, and so is told of."""

@@ -45,11 +45,14 @@ from decimal import Decimal
 
 import aiosqlite
 
+from blueprint.errors import BlueprintError
 from lunara.services import TradingError
+from lunara.storage import orders as order_store
 from lunara.storage import outbox
 from lunara.storage import positions as store
 from lunara.storage.database import transaction
-from lunara.storage.positions import ExitReason, Order, OrderStatus, Position
+from lunara.storage.orders import Order
+from lunara.storage.positions import Position
 from lunara.trading import notices
 from lunara.trading.exchange import (
     OPEN_ORDER_STATUSES,
@@ -61,7 +64,6 @@ from lunara.trading.exchange import (
     Fill,
     OrderRefused,
     RateLimited,
-    Side,
 )
 from lunara.trading.filters import (
     SymbolRules,
@@ -71,6 +73,7 @@ from lunara.trading.filters import (
     format_amount,
     unsellable_remainder,
 )
+from lunara.trading.model import ExitReason, OrderSide, OrderStatus, PositionStatus
 from lunara.trading.stopstore import StopStore
 from lunara.trading.trailing import TrailingParams, initial_state
 
@@ -95,12 +98,12 @@ Sleep = Callable[[float], Awaitable[None]]
 ExchangeFor = Callable[[int], Awaitable[Exchange]]
 
 
-def client_order_id(user_id: int, intent: str, side: Side, sequence: int) -> str:
+def client_order_id(user_id: int, intent: str, side: OrderSide, sequence: int) -> str:
     """Same inputs, same id: what makes a retried or recovered order recognisable.
 
     36 characters at most and only ``[A-Za-z0-9-]``, as Binance requires.
     """
-    material = f"{user_id}|{intent}|{Side(side).value}|{sequence}".encode()
+    material = f"{user_id}|{intent}|{OrderSide(side).value}|{sequence}".encode()
     return CLIENT_ORDER_ID_PREFIX + hashlib.sha256(material).hexdigest()[:32]
 
 
@@ -126,7 +129,7 @@ class OrderRequest:
 
     user_id: int
     symbol: str
-    side: Side
+    side: OrderSide
     quantity: Decimal
     reference_price: Decimal
     position_id: int | None = None
@@ -136,7 +139,7 @@ class OrderRequest:
 
     @property
     def keyed_entry_id(self) -> str | None:
-        if self.side is not Side.BUY or self.request_key is None:
+        if self.side is not OrderSide.BUY or self.request_key is None:
             return None
         intent = entry_intent(self.symbol, self.request_key)
         return client_order_id(self.user_id, intent, self.side, 0)
@@ -213,8 +216,11 @@ class OrderPath:
         clock: Clock = time.time,
         unknown_order_window_s: float = DEFAULT_UNKNOWN_ORDER_WINDOW_S,
         sleep: Sleep = asyncio.sleep,
+        may_act: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
+        # Raises unless this instance holds the deployment's instance lease (fencing).
+        self._may_act = may_act
         self._stops = stops
         self._default_stop_params = default_stop_params
         self._clock = clock
@@ -249,12 +255,12 @@ class OrderPath:
         """Place ``request`` exactly once; raises ``TradingError`` with the reason if refused."""
         async with self.lock_for(request.user_id):
             keyed = request.keyed_entry_id
-            earlier = None if keyed is None else await store.get_order(self._db, keyed)
+            earlier = None if keyed is None else await order_store.get_order(self._db, keyed)
             if earlier is not None:
                 return await self._resume_entry(exchange, earlier, request)
             rules = await exchange.symbol_rules(request.symbol)
             wanted = request.quantity
-            if request.side is Side.SELL:
+            if request.side is OrderSide.SELL:
                 if request.position_id is None:
                     raise TradingError("an exit order needs the position it closes")
                 check_tradable(rules)
@@ -269,7 +275,7 @@ class OrderPath:
 
     async def _record(self, request: OrderRequest, quantity: Decimal) -> Order:
         if request.keyed_entry_id is not None:
-            return await store.record_pending_order(
+            return await order_store.record_pending_order(
                 self._db,
                 request.keyed_entry_id,
                 request.user_id,
@@ -279,7 +285,7 @@ class OrderPath:
                 position_id=None,
                 now=self._clock(),
             )
-        if request.side is Side.BUY:
+        if request.side is OrderSide.BUY:
             intent, sequence, reason = (
                 entry_intent(request.symbol),
                 await self._order_count(request.user_id),
@@ -288,11 +294,11 @@ class OrderPath:
         else:
             assert request.position_id is not None
             intent = exit_intent(request.position_id)
-            sequence = len(await store.orders_of_position(self._db, request.position_id))
+            sequence = len(await order_store.orders_of_position(self._db, request.position_id))
             reason = request.exit_reason
         # The count of the trader's (or the position's) orders only grows, so the id is
         # always new: however many earlier orders were refused, nothing is probed.
-        return await store.record_pending_order(
+        return await order_store.record_pending_order(
             self._db,
             client_order_id(request.user_id, intent, request.side, sequence),
             request.user_id,
@@ -334,7 +340,7 @@ class OrderPath:
         """
         assert request.position_id is not None
         position = await store.get(self._db, request.position_id)
-        if position is None or position.status is not store.PositionStatus.OPEN:
+        if position is None or position.status is not PositionStatus.OPEN:
             return
         if sellable <= 0:
             return
@@ -372,7 +378,7 @@ class OrderPath:
 
     async def _successor(self, order: Order) -> Order:
         """Record the order that replaces one the exchange never took (a new client id)."""
-        return await store.record_pending_order(
+        return await order_store.record_pending_order(
             self._db,
             successor_id(order),
             order.user_id,
@@ -387,7 +393,7 @@ class OrderPath:
     async def _latest(self, order: Order) -> Order:
         """The last of an order's successors, the one that stands for the request now."""
         while order.status is OrderStatus.REJECTED:
-            following = await store.get_order(self._db, successor_id(order))
+            following = await order_store.get_order(self._db, successor_id(order))
             if following is None:
                 break
             order = following
@@ -424,14 +430,14 @@ class OrderPath:
     async def _resume_exit(self, exchange: Exchange, request: OrderRequest) -> Settlement | None:
         """Settle an earlier exit of this position whose outcome was left open."""
         assert request.position_id is not None
-        for order in await store.orders_of_position(self._db, request.position_id):
-            if order.side is not Side.SELL:
+        for order in await order_store.orders_of_position(self._db, request.position_id):
+            if order.side is not OrderSide.SELL:
                 continue
             if order.status in OPEN_ORDER_STATUSES:
                 fill = await self._resolve(exchange, order)
                 if fill is not None:
                     return await self._settle(order, fill, request.exit_reason, request.stop_params)
-                await store.mark_order_rejected(
+                await order_store.mark_order_rejected(
                     self._db, order.client_order_id, NOT_PLACED_AFTER_RESTART, now=self._clock()
                 )
             elif (
@@ -468,6 +474,14 @@ class OrderPath:
         self, exchange: Exchange, order: Order, request: OrderRequest
     ) -> Settlement:
         for send in range(MAX_SENDS):
+            if self._may_act is not None:
+                try:
+                    self._may_act()
+                except BlueprintError as error:
+                    # Not sent: another instance may hold the lease; a retry by the
+                    # holder recognises nothing of this (refused) order.
+                    await self._reject(order, error.message)
+                    raise TradingError(error.message) from None
             self._sent_at[order.client_order_id] = self._clock()
             fill: Fill | None
             try:
@@ -502,7 +516,7 @@ class OrderPath:
                         "and never placed twice"
                     ) from lookup_error
                 if fill is None:
-                    await store.mark_order_rejected(
+                    await order_store.mark_order_rejected(
                         self._db, order.client_order_id, NOT_PLACED, now=self._clock()
                     )
                     self._sent_at.pop(order.client_order_id, None)
@@ -531,16 +545,16 @@ class OrderPath:
 
     async def _reject(self, order: Order, reason: str) -> None:
         self.failed += 1
-        current = await store.get_order(self._db, order.client_order_id)
+        current = await order_store.get_order(self._db, order.client_order_id)
         if current is not None and current.status in OPEN_ORDER_STATUSES:
-            await store.mark_order_rejected(
+            await order_store.mark_order_rejected(
                 self._db, order.client_order_id, reason or "refused", now=self._clock()
             )
 
     async def _mark_unknown(self, order: Order, reason: str) -> None:
-        current = await store.get_order(self._db, order.client_order_id)
+        current = await order_store.get_order(self._db, order.client_order_id)
         if current is not None and current.status in (OrderStatus.PENDING, OrderStatus.SENT):
-            await store.mark_order_unknown(
+            await order_store.mark_order_unknown(
                 self._db, order.client_order_id, reason or "no answer", now=self._clock()
             )
 
@@ -560,11 +574,11 @@ class OrderPath:
         exit_reason = order.exit_reason or exit_reason  # a recovery does not know it
         opened = closed = False
         async with transaction(self._db):
-            current = await store.get_order(self._db, order.client_order_id)
+            current = await order_store.get_order(self._db, order.client_order_id)
             if current is None:
                 raise TradingError(f"order {order.client_order_id} vanished")
             if current.status is not OrderStatus.FILLED:
-                current = await store.mark_order_filled(
+                current = await order_store.mark_order_filled(
                     self._db,
                     order.client_order_id,
                     price,
@@ -579,19 +593,19 @@ class OrderPath:
                 position = await store.get(self._db, current.position_id)
                 if position is None:
                     raise TradingError(f"position {current.position_id} does not exist")
-            elif order.side is Side.BUY:
+            elif order.side is OrderSide.BUY:
                 position = await self._open_position(current, fill, base, quote)
                 opened = True
             else:
                 position, closed = await self._apply_exit(current, fill, exit_reason, now)
-            await store.mark_order_settled(self._db, order.client_order_id)
+            await order_store.mark_order_settled(self._db, order.client_order_id)
         if opened:
             params = stop_params or await self._default_stop_params(order.user_id)
             state = initial_state(float(price), params, now)
             await self._stops.add(position.id, position.user_id, position.symbol, state)
         elif closed:
             await self._stops.remove(position.id)
-        final = await store.get_order(self._db, order.client_order_id)
+        final = await order_store.get_order(self._db, order.client_order_id)
         return Settlement(final or current, fill, position, fee_in_quote)
 
     async def _open_position(self, order: Order, fill: Fill, base: str, quote: str) -> Position:
@@ -613,7 +627,7 @@ class OrderPath:
             entry_cost=fill.quote_quantity + fees.get(quote, Decimal(0)),
             now=self._clock(),
         )
-        await store.link_order_to_position(self._db, order.client_order_id, position.id)
+        await order_store.link_order_to_position(self._db, order.client_order_id, position.id)
         return position
 
     async def _apply_exit(
@@ -626,7 +640,7 @@ class OrderPath:
         position = await store.get(self._db, order.position_id)
         if position is None:
             raise TradingError(f"position {order.position_id} does not exist")
-        if position.status is store.PositionStatus.CLOSED:
+        if position.status is PositionStatus.CLOSED:
             return position, False
         proceeds = fill.quote_quantity - _quote_fee(fill, *_split(order.symbol))
         if notices.told_of(reason):
@@ -668,11 +682,11 @@ class OrderPath:
         periodic check while running); at start-up nothing is in flight.
         """
         report = RecoveryReport()
-        for order in await store.list_unsettled_orders(self._db):
+        for order in await order_store.list_unsettled_orders(self._db):
             if skip_busy and self.lock_for(order.user_id).locked():
                 continue
             async with self.lock_for(order.user_id):
-                current = await store.get_order(self._db, order.client_order_id)
+                current = await order_store.get_order(self._db, order.client_order_id)
                 if current is None or current.status not in OPEN_ORDER_STATUSES:
                     continue
                 try:
@@ -691,7 +705,7 @@ class OrderPath:
                     report.still_unknown += 1
                     continue
                 if fill is None:
-                    await store.mark_order_rejected(
+                    await order_store.mark_order_rejected(
                         self._db,
                         order.client_order_id,
                         NOT_PLACED_AFTER_RESTART,
@@ -733,7 +747,7 @@ class OrderPath:
             rows = await cursor.fetchall()
         found: list[Order] = []
         for row in rows:
-            order = await store.get_order(self._db, row[0])
+            order = await order_store.get_order(self._db, row[0])
             if order is not None and order.fill_price is not None:
                 found.append(order)
         return found

@@ -15,11 +15,13 @@ from decimal import ROUND_DOWN, ROUND_UP, Decimal
 import aiosqlite
 
 from lunara.services import AssetBalance, TradingError
-from lunara.storage import positions as store
+from lunara.storage import orders as order_store
+from lunara.storage import paper_balances as paper_store
 from lunara.storage.database import StateConflict, transaction
-from lunara.storage.positions import InsufficientBalance, OrderStatus
-from lunara.trading.exchange import DuplicateOrder, Fill, OrderRefused, Side
+from lunara.storage.paper_balances import InsufficientBalance
+from lunara.trading.exchange import DuplicateOrder, Fill, OrderRefused
 from lunara.trading.filters import SymbolRules, check_order, default_rules
+from lunara.trading.model import OrderSide, OrderStatus
 
 VENUE = "paper"
 PAPER_ORDER_PREFIX = "paper-"
@@ -58,13 +60,13 @@ class PaperExchange:
 
     async def _ensure_seeded(self) -> None:
         # A no-op after the first call: the row exists (even at zero) once seeded.
-        await store.seed_paper_balance(
+        await paper_store.seed_paper_balance(
             self._db, self._user_id, self._quote_asset, self._start_balance
         )
 
     async def balances(self, max_wait_s: float | None = None) -> list[AssetBalance]:
         await self._ensure_seeded()
-        held = await store.paper_balances(self._db, self._user_id)
+        held = await paper_store.paper_balances(self._db, self._user_id)
         return [AssetBalance(asset, free) for asset, free in held.items() if free > 0]
 
     async def symbol_rules(self, symbol: str) -> SymbolRules:
@@ -73,9 +75,9 @@ class PaperExchange:
         except ValueError as error:
             raise TradingError(f"{symbol} cannot be traded: {error}") from None
 
-    def fill_price(self, rules: SymbolRules, market_price: Decimal, side: Side) -> Decimal:
+    def fill_price(self, rules: SymbolRules, market_price: Decimal, side: OrderSide) -> Decimal:
         """Market price moved against the trader by the slippage, kept on the tick grid."""
-        if side is Side.BUY:
+        if side is OrderSide.BUY:
             moved = market_price * (1 + self._slippage)
             price = rules.round_price(moved, ROUND_UP)
         else:
@@ -84,7 +86,7 @@ class PaperExchange:
         return price if price > 0 else market_price
 
     async def place_market_order(
-        self, symbol: str, side: Side, quantity: Decimal, client_order_id: str
+        self, symbol: str, side: OrderSide, quantity: Decimal, client_order_id: str
     ) -> Fill:
         rules = await self.symbol_rules(symbol)
         if rules.quote_asset != self._quote_asset:
@@ -97,7 +99,7 @@ class PaperExchange:
         executed = check_order(rules, quantity, price)
         quote_quantity = executed * price
         fee = quote_quantity * self._fee_rate
-        if side is Side.BUY:
+        if side is OrderSide.BUY:
             deltas = {self._quote_asset: -(quote_quantity + fee), rules.base_asset: executed}
         else:
             deltas = {rules.base_asset: -executed, self._quote_asset: quote_quantity - fee}
@@ -105,13 +107,13 @@ class PaperExchange:
         exchange_order_id = PAPER_ORDER_PREFIX + client_order_id
         try:
             async with transaction(self._db):
-                recorded = await store.get_order(self._db, client_order_id)
+                recorded = await order_store.get_order(self._db, client_order_id)
                 if recorded is None:
                     raise TradingError(f"order {client_order_id} was not recorded before sending")
                 if recorded.status is OrderStatus.FILLED or recorded.exchange_order_id:
                     raise DuplicateOrder("Duplicate order sent.")
-                await store.adjust_paper_balances(self._db, self._user_id, deltas)
-                await store.mark_order_filled(
+                await paper_store.adjust_paper_balances(self._db, self._user_id, deltas)
+                await order_store.mark_order_filled(
                     self._db,
                     client_order_id,
                     price,
@@ -135,7 +137,7 @@ class PaperExchange:
         )
 
     async def find_order(self, symbol: str, client_order_id: str) -> Fill | None:
-        order = await store.get_order(self._db, client_order_id)
+        order = await order_store.get_order(self._db, client_order_id)
         if (
             order is None
             or order.status is not OrderStatus.FILLED

@@ -42,10 +42,11 @@ from typing import Any, Protocol, cast
 import aiosqlite
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
+from lunara.instance import STALE_EPOCH_REPLY, Fence, StaleEpoch, lease_key
 from lunara.storage.database import transaction
 from lunara.trading.trailing import (
     StopState,
@@ -97,7 +98,10 @@ _NO_POSITIVE = "-"
 # travel as round-trip exact text: Python's repr in, "%.17g" out. Lua's own number to
 # string conversion keeps only 14 digits, so every stored number is formatted here.
 #
-# KEYS: one hash per position. ARGV[1]: now. ARGV[2]: the price of each symbol slot,
+# KEYS[1]: the deployment's instance lease (``lunara.instance``); then one hash per
+# position. ARGV[6]: the fencing epoch of the caller, "" when no lease is in use: a
+# caller whose epoch is not the lease's (it lost the lease while paused) moves nothing.
+# ARGV[1]: now. ARGV[2]: the price of each symbol slot,
 # space-separated. ARGV[3]: five fields per settings slot: stoploss, trailing_stop (1|0),
 # trailing_stop_positive ("-" for none), offset, trailing_only_offset_is_reached (1|0).
 # ARGV[4]: two numbers per position, its symbol slot and its settings slot. ARGV[5]: the
@@ -109,6 +113,9 @@ _NO_POSITIVE = "-"
 # Packing arguments and reply into single strings keeps encoding and RESP parsing off
 # the client's CPU: a nested reply per position costs more to parse than the script to run.
 ADVANCE_SCRIPT = """
+if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[6] then
+  return redis.error_reply('LUNARA_STALE_EPOCH the instance lease has another epoch')
+end
 local now = ARGV[1]
 local fee = tonumber(ARGV[5])
 local prices = {}
@@ -132,7 +139,7 @@ for symbol_slot, settings_slot in string.gmatch(ARGV[4], '(%d+) (%d+)') do
   i = i + 1
   local price = prices[tonumber(symbol_slot)]
   local params = settings[tonumber(settings_slot)]
-  local row = redis.call('HMGET', KEYS[i],
+  local row = redis.call('HMGET', KEYS[i + 1],
     'entry_price', 'peak_price', 'stop_price', 'activated', 'updated_at')
   local entry = tonumber(row[1])
   local old_peak = tonumber(row[2])
@@ -168,7 +175,7 @@ for symbol_slot, settings_slot in string.gmatch(ARGV[4], '(%d+) (%d+)') do
       if activated then flag = '1' end
       local peak_text = string.format('%.17g', peak)
       local stop_text = string.format('%.17g', stop)
-      redis.call('HSET', KEYS[i], 'peak_price', peak_text, 'stop_price', stop_text,
+      redis.call('HSET', KEYS[i + 1], 'peak_price', peak_text, 'stop_price', stop_text,
         'activated', flag, 'updated_at', now)
       lines[#lines + 1] = i .. ' changed ' .. peak_text .. ' ' .. stop_text .. ' ' ..
         flag .. ' ' .. triggered
@@ -180,6 +187,29 @@ end
 return table.concat(lines, '\\n')
 """
 _ADVANCE_SHA = hashlib.sha1(ADVANCE_SCRIPT.encode()).hexdigest()
+
+# Every other write of stop hashes, fenced like the advance: KEYS[1] the lease, then the
+# stop hashes; ARGV[1] the epoch, then per hash "del", or "set", a field count and the
+# fields and values.
+FENCED_WRITE_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
+  return redis.error_reply('LUNARA_STALE_EPOCH the instance lease has another epoch')
+end
+local a = 2
+for i = 2, #KEYS do
+  local op = ARGV[a]
+  a = a + 1
+  if op == 'del' then
+    redis.call('DEL', KEYS[i])
+  else
+    local n = tonumber(ARGV[a]) * 2
+    a = a + 1
+    redis.call('HSET', KEYS[i], unpack(ARGV, a, a + n - 1))
+    a = a + n
+  end
+end
+return #KEYS - 1
+"""
 
 
 class CorruptStopState(ValueError):
@@ -545,6 +575,16 @@ class _SettingsSlots:
 _Call = Callable[[Any], Awaitable[Any]]
 
 
+async def _fenced(reply: Awaitable[Any]) -> Any:
+    """The reply, or StaleEpoch when the script refused this instance's epoch."""
+    try:
+        return await reply
+    except ResponseError as error:
+        if str(error).startswith(STALE_EPOCH_REPLY):
+            raise StaleEpoch(str(error)) from None
+        raise
+
+
 async def _send(reply: Awaitable[Any] | Any) -> Any:
     return await cast(Awaitable[Any], reply)
 
@@ -628,6 +668,7 @@ class RedisStopStore:
         max_positions_per_call: int = MAX_POSITIONS_PER_CALL,
         retry_s: float = REDIS_RETRY_S,
         clock: Callable[[], float] = time.monotonic,
+        fence: Fence | None = None,
     ) -> None:
         if max_positions_per_call < 1:
             raise ValueError("max_positions_per_call must be at least 1")
@@ -638,6 +679,9 @@ class RedisStopStore:
         self._redis = redis
         self._table = _StopTable(db)
         self._prefix = stop_key_prefix(name)
+        # Without a lease (tools, tests) the writes are not fenced: epoch "".
+        self._fence = fence if fence is not None else Fence(lease_key(name))
+        self._fenced_write: Any = None
         self._chunk = max_positions_per_call
         self._tracked: dict[int, _LiveStop] = {}
         self._dirty: set[int] = set()
@@ -658,6 +702,36 @@ class RedisStopStore:
 
     def key(self, position_id: int) -> str:
         return f"{self._prefix}{position_id}"
+
+    async def _write(self, sets: Sequence[TrackedStop] = (), deletes: Sequence[str] = ()) -> None:
+        """Write stop hashes and delete others: one pipeline without a lease, one fenced
+        script with one (refused, StaleEpoch, when this instance's epoch is stale)."""
+        if not sets and not deletes:
+            return
+        epoch = self._fence.epoch
+        if not epoch:
+            pipe = self._redis.pipeline(transaction=False)
+            for stop in sets:
+                pipe.hset(self.key(stop.position_id), mapping=_to_hash(stop))
+            for key in deletes:
+                pipe.delete(key)
+            await self._call(pipe.execute())
+            return
+        keys: list[str] = [self._fence.key]
+        args: list[EncodableT] = [epoch]
+        for stop in sets:
+            keys.append(self.key(stop.position_id))
+            fields = _to_hash(stop)
+            args += ["set", len(fields)]
+            for name, value in fields.items():
+                args += [name, value]
+        for key in deletes:
+            keys.append(key)
+            args.append("del")
+        if self._fenced_write is None:
+            # EVALSHA, loading the script when Redis does not have it (redis-py's Script).
+            self._fenced_write = self._redis.register_script(FENCED_WRITE_SCRIPT)
+        await _fenced(self._call(self._fenced_write(keys=keys, args=args)))
 
     def _went_down(self, error: BaseException) -> None:
         now = self._clock()
@@ -684,12 +758,9 @@ class RedisStopStore:
                 for position_id, key in await _live_keys(self._redis, self._prefix, self._call)
                 if position_id not in self._tracked
             ]
-            pipe = self._redis.pipeline(transaction=False)
-            for live in self._tracked.values():
-                pipe.hset(self.key(live.position_id), mapping=_to_hash(live.tracked()))
-            for key in stale:
-                pipe.delete(key)
-            await self._call(pipe.execute())
+            await self._write([live.tracked() for live in self._tracked.values()], stale)
+        except StaleEpoch:
+            return False  # the instance lease is not (yet) ours: Redis stays untouched
         except REDIS_OUTAGE as error:
             self._went_down(error)
             return False
@@ -760,7 +831,10 @@ class RedisStopStore:
         if self.redis_down:
             return  # written back to Redis with the others when it answers
         try:
-            await self._call(self._redis.hset(self.key(position_id), mapping=_to_hash(stop)))
+            await self._write([stop])
+        except StaleEpoch:
+            logger.error("the instance lease is not ours: stop of position %d kept in SQLite "
+                         "only", position_id)  # fmt: skip
         except REDIS_OUTAGE as error:
             # The next tick finds it missing from Redis and writes it back from memory.
             logger.warning("Redis unavailable (%s): stop of position %d kept in SQLite until "
@@ -774,7 +848,10 @@ class RedisStopStore:
         if self.redis_down:
             return  # its hash is deleted as stale when Redis answers
         try:
-            await self._call(self._redis.delete(self.key(position_id)))
+            await self._write(deletes=[self.key(position_id)])
+        except StaleEpoch:
+            logger.error("the instance lease is not ours: stop of closed position %d removed "
+                         "from SQLite only", position_id)  # fmt: skip
         except REDIS_OUTAGE as error:
             # Left behind in Redis, it is dropped at the next start (no open position).
             logger.warning("Redis unavailable (%s): stop of closed position %d removed from "
@@ -788,12 +865,18 @@ class RedisStopStore:
         return _from_hash(position_id, raw).state if raw else None
 
     async def _evaluate(self, keys: list[bytes], args: list[str]) -> list[str]:
+        keys = [self._fence.key.encode(), *keys]
+        args = [*args, self._fence.epoch]
         try:
-            reply = await self._call(self._redis.evalsha(_ADVANCE_SHA, len(keys), *keys, *args))
+            reply = await _fenced(
+                self._call(self._redis.evalsha(_ADVANCE_SHA, len(keys), *keys, *args))
+            )
         except NoScriptError:
             # First call since Redis started (or its script cache was flushed).
             await self._call(self._redis.script_load(ADVANCE_SCRIPT))
-            reply = await self._call(self._redis.evalsha(_ADVANCE_SHA, len(keys), *keys, *args))
+            reply = await _fenced(
+                self._call(self._redis.evalsha(_ADVANCE_SHA, len(keys), *keys, *args))
+            )
         return _text(reply).splitlines()
 
     def _slots(
@@ -897,21 +980,19 @@ class RedisStopStore:
             len(lost),
         )
         triggered: list[TriggeredStop] = []
-        restored = 0
-        pipe = self._redis.pipeline(transaction=False)
+        rewritten: list[TrackedStop] = []
         for before in lost:
             if self._tracked.get(before.position_id) is not before:
                 continue
             price = prices[before.symbol]
             state = advance(before.state(), price, params_by_user[before.user_id], now, fee_rate)
             before.move(state.peak_price, state.stop_price, state.activated, state.updated_at)
-            pipe.hset(self.key(before.position_id), mapping=_to_hash(before.tracked()))
+            rewritten.append(before.tracked())
             self._dirty.add(before.position_id)
-            restored += 1
             if is_triggered(state, price):
                 triggered.append(TriggeredStop(before.position_id, before.user_id, state))
-        if restored:
-            await self._call(pipe.execute())
+        if rewritten:
+            await self._write(rewritten)
         return triggered
 
     async def checkpoint(self) -> int:
@@ -949,10 +1030,7 @@ class RedisStopStore:
         to_redis = [stop for i, stop in winners.items() if live.get(i) != stop]
         to_sqlite = [stop for i, stop in winners.items() if saved.get(i) != stop]
         if to_redis:
-            pipe = self._redis.pipeline(transaction=False)
-            for stop in to_redis:
-                pipe.hset(self.key(stop.position_id), mapping=_to_hash(stop))
-            await self._call(pipe.execute())
+            await self._write(to_redis)
         if to_sqlite:
             await self._table.upsert(sorted(to_sqlite, key=lambda stop: stop.position_id))
         self._tracked = {position_id: _LiveStop.of(stop) for position_id, stop in winners.items()}
@@ -1040,12 +1118,13 @@ class SqliteStopStore:
 
 
 def make_stop_store(
-    *, name: str, db: aiosqlite.Connection, redis: Redis | None = None
+    *, name: str, db: aiosqlite.Connection, redis: Redis | None = None, fence: Fence | None = None
 ) -> StopStore:
-    """Redis-backed when a client is given (``REDIS_URL`` set), SQLite alone otherwise."""
+    """Redis-backed when a client is given (``REDIS_URL`` set), SQLite alone otherwise;
+    ``fence``: the instance lease's epoch every Redis write is checked against."""
     if redis is None:
         return SqliteStopStore(db)
-    return RedisStopStore(redis, db, name=name)
+    return RedisStopStore(redis, db, name=name, fence=fence)
 
 
 # For backups and restores (`lunara backup|restore`), which run beside the bot, not in it.

@@ -7,11 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.waiting import wait_until as wait_until  # the tests import it from here too
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -150,14 +151,3 @@ def write_manifest(path: Path, document: Mapping[str, Any]) -> Path:
     path.write_text(json.dumps(document, indent=2))
     path.chmod(0o644)
     return path
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

@@ -254,7 +254,7 @@ def test_logs_follow_continues_across_rotation(cli: Cli) -> None:
         assert process.stdout.readline().strip() == "after rotation"
     finally:
         process.kill()
-        process.wait()
+        process.communicate()
 
 
 def test_audit_records_principal_decision_and_outcome(cli: Cli) -> None:

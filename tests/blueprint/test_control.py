@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,6 @@ from blueprint.errors import ExitCode, StartFailed
 from blueprint.ledger import BotState, ProcessRecord, is_watchdog_cmdline
 from blueprint.states import STORED_STATES, Liveness, State, decide_state
 from blueprint.status import redact
-from blueprint.watchdog import Watchdog
 from tests.blueprint.conftest import Factory
 from tests.programs.harness import (
     PRINCIPAL,
@@ -439,12 +437,48 @@ def test_run_in_the_foreground_stops_cleanly_on_sigterm(supervised: Factory) -> 
             runner.wait()
 
 
-def test_run_refuses_while_a_detached_watchdog_supervises(supervised: Factory) -> None:
+def test_run_beside_a_detached_watchdog_waits_as_standby_and_takes_over_when_it_stops(
+    supervised: Factory,
+) -> None:
     healthy = supervised(tight_program(program("healthy_bot")))
     healthy.controller.start(PRINCIPAL, 10)
-    with pytest.raises(Exception, match="already supervised by watchdog"):
-        healthy.controller.run_foreground(PRINCIPAL, Watchdog)
-    assert os.getpid() not in [p.ppid() for p in filter(None, [healthy.bot()])]
+    first_bot = healthy.bot()
+    runner = subprocess.Popen(
+        [sys.executable, "-c", RUN_FOREGROUND, str(healthy.paths.root), str(healthy.manifest_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: healthy.controller.status().standby is not None, 15, "a standby")
+        report = healthy.controller.status()
+        assert report.state == "running" and report.exit_code() == ExitCode.OK
+        assert report.standby is not None and report.standby["pid"] == runner.pid
+        assert any(f"pid {runner.pid}" in note for note in report.notes), report.notes
+        # The standby wrote nothing to the ledger: it names the supervisor and bot it held.
+        # (Its revision may move: the supervisor itself records its bot's progress.)
+        document = healthy.document()
+        assert document.watchdog is not None and document.watchdog.pid != runner.pid
+        assert first_bot is not None and document.bot is not None
+        assert document.bot.pid == first_bot.pid
+        assert all(event.get("pid") != runner.pid for event in document.events)
+        healthy.controller.stop(PRINCIPAL, None)
+        wait_until(
+            lambda: (healthy.document().watchdog or ProcessRecord(1, 0)).pid == runner.pid,
+            20,
+            "the standby to take over",
+        )
+        wait_until(lambda: healthy.controller.status().state == "running", 20, "its bot")
+        assert healthy.bot() != first_bot and healthy.controller.status().standby is None
+        runner.send_signal(signal.SIGTERM)
+        out, errors = runner.communicate(timeout=30)
+        assert runner.returncode == 0, errors
+        assert "standby: another supervisor holds" in out and "taking over" in out
+        assert healthy.controller.status().state == "stopped"
+    finally:
+        if runner.poll() is None:
+            kill_everything([psutil.Process(runner.pid)])
+            runner.wait()
 
 
 def test_status_path_imports_nothing_heavy() -> None:

@@ -9,24 +9,14 @@ from pathlib import Path
 
 from blueprint.heartbeat import (
     clear_heartbeat,
-    heartbeat_age,
     heartbeat_loop,
     heartbeat_mtime,
     write_heartbeat,
 )
 
 
-def test_no_heartbeat_has_no_age(tmp_path: Path) -> None:
-    assert heartbeat_age(tmp_path / "heartbeat") is None
+def test_no_heartbeat_has_no_time(tmp_path: Path) -> None:
     assert heartbeat_mtime(tmp_path / "heartbeat") is None
-
-
-def test_age_counts_from_the_last_beat(tmp_path: Path) -> None:
-    path = tmp_path / "heartbeat"
-    write_heartbeat(path)
-    mtime = path.stat().st_mtime
-    assert heartbeat_age(path, now=mtime + 7.5) == 7.5
-    assert heartbeat_age(path, now=mtime - 3) == 0.0  # a clock step back is not negative age
 
 
 def test_beats_leave_no_temporary_files_and_clear_forgets_them(tmp_path: Path) -> None:
@@ -36,7 +26,7 @@ def test_beats_leave_no_temporary_files_and_clear_forgets_them(tmp_path: Path) -
     assert sorted(os.listdir(tmp_path)) == ["heartbeat"]
     clear_heartbeat(path)
     clear_heartbeat(path)
-    assert heartbeat_age(path) is None
+    assert heartbeat_mtime(path) is None
 
 
 def test_a_reader_never_sees_a_half_written_beat(tmp_path: Path) -> None:

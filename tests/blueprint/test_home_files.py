@@ -13,6 +13,8 @@ import stat
 import sys
 from pathlib import Path
 
+import pytest
+
 from blueprint.audit import AuditLog, Decision
 from blueprint.mirror import NullMirror
 from tests.blueprint.cli_harness import (
@@ -36,6 +38,7 @@ def _modes(home: Path) -> dict[str, int]:
     return found
 
 
+@pytest.mark.slow
 def test_every_file_the_bot_and_the_watchdog_write_is_private_whatever_the_umask(
     tmp_path: Path,
 ) -> None:

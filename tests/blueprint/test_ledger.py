@@ -6,12 +6,12 @@ import contextlib
 import json
 import multiprocessing
 import os
+import socket
 import stat
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,17 +38,10 @@ from blueprint.ledger import (
 )
 from blueprint.mirror import MirrorKeys, NullMirror, RedisMirror
 from blueprint.paths import HomePaths
+from tests.waiting import wait_until
 
 NAME = "ledger-test"
 ROOT = Path("/srv/lunara/home")
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(0.02)
 
 
 def make_ledger(home: Path, mirror: Any = None, **options: Any) -> Ledger:
@@ -167,9 +160,7 @@ def test_a_held_lock_times_out_with_a_clear_error(home: Path) -> None:
         assert read.recovered is not None and "not written yet" in read.recovered
         assert (home / "ledger.json").read_text() == "{oops"
     finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=10)
+        holder.communicate(timeout=10)
     assert ledger.update(bump_restarts).revision == 2
 
 
@@ -219,6 +210,11 @@ def test_update_over_a_corrupt_ledger_rebuilds_then_applies_the_change(home: Pat
     assert document.events[-1]["kind"] == "ledger_rebuilt"
 
 
+def here(home: Path) -> dict[str, str]:
+    """The host and home a mirror entry written by this home carries."""
+    return {"host": socket.gethostname(), "home": str(HomePaths(home).root)}
+
+
 def test_rebuild_from_the_mirror_continues_above_its_revision(redis_db: str, home: Path) -> None:
     mirror = RedisMirror(redis_db, NAME)
     mirrored = LedgerDocument(
@@ -230,6 +226,7 @@ def test_rebuild_from_the_mirror_continues_above_its_revision(redis_db: str, hom
         started_by="token:ci",
         restarts=2,
         last_exit=ExitRecord(code=None, signal=9, at="2026-11-24T08:00:00+00:00", reason="memory"),
+        **here(home),
     )
     mirror.publish_ledger(mirrored.to_dict())
     (home / "ledger.json").write_text('{"name": "ledger-test", "revision": 3, "state": 7}')
@@ -248,7 +245,7 @@ def test_rebuild_from_the_mirror_continues_above_its_revision(redis_db: str, hom
 
 def test_a_salvaged_file_revision_above_the_mirror_wins(redis_db: str, home: Path) -> None:
     mirror = RedisMirror(redis_db, NAME)
-    mirror.publish_ledger(LedgerDocument(NAME, revision=12).to_dict())
+    mirror.publish_ledger(LedgerDocument(NAME, revision=12, **here(home)).to_dict())
     (home / "ledger.json").write_text('{"name": "ledger-test", "revision": 40, "events": {}}')
     assert make_ledger(home, mirror).read().document.revision == 41
 
@@ -257,16 +254,42 @@ def test_a_missing_ledger_of_a_running_system_is_recovered_from_the_mirror(
     redis_db: str, home: Path
 ) -> None:
     mirror = RedisMirror(redis_db, NAME)
-    mirror.publish_ledger(LedgerDocument(NAME, revision=12, state=BotState.BACKOFF).to_dict())
+    mirror.publish_ledger(
+        LedgerDocument(NAME, revision=12, state=BotState.BACKOFF, **here(home)).to_dict()
+    )
     read = make_ledger(home, mirror).read()
     assert read.recovered == "ledger.json was missing; rebuilt from the Redis mirror at revision 12"
     assert (read.document.revision, read.document.state) == (13, BotState.BACKOFF)
     assert json.loads((home / "ledger.json").read_text())["revision"] == 13
 
 
+def test_a_missing_ledger_is_never_rebuilt_from_another_homes_mirror_entry(
+    redis_db: str, tmp_path: Path
+) -> None:
+    """Two homes under one name share the mirror entry; the other home's bot is not ours."""
+    mirror = RedisMirror(redis_db, NAME)
+    other = tmp_path / "other"
+    running = LedgerDocument(
+        NAME,
+        revision=12,
+        state=BotState.RUNNING,
+        watchdog=ProcessRecord(os.getpid(), psutil.Process().create_time()),
+        **here(other),
+    )
+    mirror.publish_ledger(running.to_dict())
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    read = make_ledger(ours, mirror).read()
+    assert read.recovered is None
+    assert (read.document.state, read.document.watchdog) == (BotState.STOPPED, None)
+    elsewhere = {**running.to_dict(), "host": "another-host", "home": str(HomePaths(ours).root)}
+    redis.Redis.from_url(redis_db).set(MirrorKeys.for_name(NAME).ledger, json.dumps(elsewhere))
+    assert make_ledger(ours, mirror).read().document.watchdog is None  # same path, other host
+
+
 def test_a_missing_ledger_continues_a_stopped_mirror_quietly(redis_db: str, home: Path) -> None:
     mirror = RedisMirror(redis_db, NAME)
-    mirror.publish_ledger(LedgerDocument(NAME, revision=12, restarts=4).to_dict())
+    mirror.publish_ledger(LedgerDocument(NAME, revision=12, restarts=4, **here(home)).to_dict())
     ledger = make_ledger(home, mirror)
     read = ledger.read()
     assert read.recovered is None
@@ -290,6 +313,7 @@ def test_a_corrupt_mirror_copy_is_ignored(redis_db: str, home: Path) -> None:
 FIELD_NAMES = (
     "name", "revision", "state", "watchdog", "bot", "started_at", "started_by", "restarts",
     "restart_times", "last_exit", "events", "updated_at", "foreground", "stop_timeout_s",
+    "host", "home",
 )  # fmt: skip
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
@@ -322,6 +346,8 @@ documents = st.builds(
     updated_at=st.none() | text,
     foreground=st.booleans(),
     stop_timeout_s=st.none() | st.floats(0, 3600),
+    host=st.none() | text,
+    home=st.none() | text,
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | finite | text,
@@ -359,6 +385,8 @@ WRONG_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "updated_at": not_a_string,
     "foreground": st.integers() | text | st.none(),
     "stop_timeout_s": st.integers(max_value=-1) | text | st.booleans() | st.just(float("nan")),
+    "host": not_a_string,
+    "home": not_a_string,
 }
 
 
@@ -512,7 +540,7 @@ def watchdog_lookalike(
         stdin=subprocess.PIPE,
     )
     try:
-        wait_for(lambda: ready.exists() and ready.read_text() != "")
+        wait_until(lambda: ready.exists() and ready.read_text() != "", 10, "the writer to be ready")
         yield psutil.Process(process.pid), psutil.Process(int(ready.read_text()))
     finally:
         assert process.stdin is not None
@@ -558,7 +586,7 @@ def test_the_process_table_overrides_a_stopped_mirror_copy(
 ) -> None:
     watchdog, _ = fake_watchdog
     mirror = RedisMirror(redis_db, NAME)
-    mirror.publish_ledger(LedgerDocument(NAME, revision=30).to_dict())
+    mirror.publish_ledger(LedgerDocument(NAME, revision=30, **here(home)).to_dict())
     (home / "ledger.json").write_text("")
     read = make_ledger(home.resolve(), mirror).read()
     assert read.recovered is not None

@@ -10,6 +10,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pytest
+
 from blueprint.logtail import interleave, line_time
 from tests.blueprint.cli_harness import (
     REAL_BOT_ENTRY,
@@ -54,6 +56,7 @@ def _installation(tmp_path: Path) -> tuple[Cli, dict[str, str]]:
     return cli, {"LUNARA_HOME": str(home), "LUNARA_TICK_SECONDS": "0.2"}
 
 
+@pytest.mark.slow
 def test_logs_show_the_bots_lines_and_the_watchdogs_events_together_or_apart(
     tmp_path: Path,
 ) -> None:
@@ -114,3 +117,7 @@ def test_run_writes_the_watchdogs_events_and_the_bots_log_to_stdout(tmp_path: Pa
         if runner.poll() is None:
             runner.kill()
             runner.wait()
+        reader.join(10)
+        for stream in (runner.stdout, runner.stderr):
+            if stream is not None:
+                stream.close()

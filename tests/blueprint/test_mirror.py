@@ -8,8 +8,7 @@ import logging
 import socket
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,17 +24,10 @@ from blueprint.mirror import (
     RedisMirror,
     open_mirror,
 )
+from tests.waiting import wait_until
 
 NAME = "mirror-test"
 KEYS = MirrorKeys.for_name(NAME)
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(0.02)
 
 
 def free_port() -> int:
@@ -86,7 +78,7 @@ class OwnRedis:
             ]
         )  # fmt: skip
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
-        wait_for(lambda: _pings(client))
+        wait_until(lambda: _pings(client), 10, "Redis to answer")
         client.close()
 
     def stop(self) -> None:
@@ -314,14 +306,14 @@ def test_a_hung_redis_costs_one_connection_per_cool_off(silent_listener: SilentL
         clock=clock,
     )
     assert mirror.health()["healthy"] is False
-    wait_for(lambda: len(silent_listener.accepted) == 1)
+    wait_until(lambda: len(silent_listener.accepted) == 1, 10, "the first connection")
     mirror.publish_ledger(ledger(1))
     mirror.append_event({"kind": "tick"})
     assert mirror.fetch_ledger() is None
     assert mirror.attempts == 1
     clock.advance(5.1)
     assert mirror.health()["healthy"] is False
-    wait_for(lambda: len(silent_listener.accepted) == 2)
+    wait_until(lambda: len(silent_listener.accepted) == 2, 10, "a second connection")
     assert mirror.attempts == 2
 
 

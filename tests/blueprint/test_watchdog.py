@@ -72,6 +72,7 @@ def test_python_in_the_manifest_means_this_interpreter() -> None:
 # -- real processes -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_sigkill_of_the_bot_is_followed_by_a_restart_and_recorded(
     supervised: Factory,
 ) -> None:

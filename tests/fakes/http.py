@@ -14,7 +14,6 @@ import asyncio
 import signal
 import sys
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, Self, TypeVar
@@ -147,15 +146,6 @@ async def play(answer: ScriptedT | None) -> ScriptedT | None:
     if answer.stall_s:
         await asyncio.sleep(answer.stall_s)
     return answer if answer.status else None
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `predicate` until it holds; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

@@ -45,14 +45,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.http import (
-    BackgroundServer,
-    FaultQueue,
-    json_body,
-    play,
-    run_standalone,
-    wait_until,
-)
+from tests.fakes.http import BackgroundServer, FaultQueue, json_body, play, run_standalone
+from tests.waiting import wait_until
 
 ALLOWED_TAGS = {
     "b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler",

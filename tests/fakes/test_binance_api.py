@@ -274,7 +274,8 @@ def test_standalone_process_prints_its_url_and_obeys_control() -> None:
             assert json.load(reply)["orders"] == 1
     finally:
         proc.terminate()
-        assert proc.wait(10) == 0
+        proc.communicate(timeout=10)
+        assert proc.returncode == 0
 
 
 def test_symbol_status_order_types_and_market_lot_size_refuse_as_binance(bn: FakeBinance) -> None:

@@ -117,4 +117,5 @@ def test_standalone_process_serves_the_real_client() -> None:
         assert reply.text == echo_summary("standalone prompt")
     finally:
         proc.terminate()
-        assert proc.wait(10) == 0
+        proc.communicate(timeout=10)
+        assert proc.returncode == 0

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.blueprint.cli_harness import (
     REAL_BOT_ENTRY,
     REAL_BOT_PROGRAM,
@@ -40,11 +42,10 @@ def test_the_memory_map_shows_pandas_in_a_process_that_imported_it() -> None:
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
         assert loaded_heavy_objects(process.pid)
     finally:
-        assert process.stdin is not None
-        process.stdin.close()
-        process.wait(30)
+        process.communicate(timeout=30)
 
 
+@pytest.mark.slow
 def test_the_running_bot_has_not_loaded_pandas_or_pyarrow(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir(mode=0o700)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from lunara.crypto import KeyRing, generate_key
+from lunara.keys import keyring_from_setting
 from lunara.storage import credentials, users
 from lunara.storage.credentials import Exchange
 from lunara.storage.database import open_database
@@ -56,7 +57,7 @@ def _users(path: Path) -> list[int]:
 @pytest.fixture
 def homes(tmp_path: Path) -> Homes:
     built = Homes(tmp_path)
-    ring = KeyRing.from_setting(built.key)
+    ring = keyring_from_setting(built.key)
     asyncio.run(_fill(built.chosen / "lunara.db", ring, 1, 2))
     asyncio.run(_fill(built.other / "lunara.db", ring, 7))
     return built
@@ -73,7 +74,7 @@ def test_restore_replaces_the_database_of_the_home_given_by_home_only(
 ) -> None:
     copy = tmp_path / "copy.db"
     assert homes.run("backup", str(copy)).returncode == 0
-    asyncio.run(_fill(homes.chosen / "lunara.db", KeyRing.from_setting(homes.key), 3))
+    asyncio.run(_fill(homes.chosen / "lunara.db", keyring_from_setting(homes.key), 3))
     result = homes.run("restore", str(copy))
     assert result.returncode == 0, result.stderr
     assert _users(homes.chosen / "lunara.db") == [1, 2]

@@ -199,6 +199,7 @@ def test_non_secret_bad_values_are_quoted_to_help_the_operator() -> None:
         ("GEMINI_API_KEY", "sup3r s3cr3tvalue"),
         ("LUNARA_ENCRYPTION_KEY", f"{FERNET_KEY_A},sup3rs3cr3tvalue"),
     ],
+    ids=["TELEGRAM_BOT_TOKEN", "GEMINI_API_KEY", "LUNARA_ENCRYPTION_KEY"],  # the key is random
 )
 def test_secret_values_never_appear_in_errors(variable: str, value: str) -> None:
     with pytest.raises(SettingsError) as caught:

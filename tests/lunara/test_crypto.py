@@ -15,9 +15,9 @@ from lunara.crypto import (
     KeyRing,
     MalformedKey,
     generate_key,
-    load_keyring,
     parse_keys,
 )
+from lunara.keys import keyring_from_setting, load_keyring
 
 
 def test_encrypts_and_decrypts_without_plaintext_in_the_token() -> None:
@@ -66,7 +66,7 @@ def test_malformed_keys_are_named_by_position_never_by_value() -> None:
     assert "key 2 of 2" in str(caught.value)
     assert "not-a-key-value" not in str(caught.value)
     with pytest.raises(SettingsError) as setting_error:
-        KeyRing.from_setting("not-a-key-value")
+        keyring_from_setting("not-a-key-value")
     assert "LUNARA_ENCRYPTION_KEY" in str(setting_error.value)
     assert "not-a-key-value" not in str(setting_error.value)
     with pytest.raises(MalformedKey):
@@ -96,7 +96,7 @@ def test_paper_mode_generates_a_private_key_file_once(
     home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = _paper_settings(home)
-    with caplog.at_level(logging.WARNING, logger="lunara.crypto"):
+    with caplog.at_level(logging.WARNING, logger="lunara.keys"):
         first = load_keyring(settings)
     key_file = home / KEY_FILE_NAME
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -106,7 +106,7 @@ def test_paper_mode_generates_a_private_key_file_once(
     assert "generated an encryption key" in warnings[0].getMessage()
     assert key not in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="lunara.crypto"):
+    with caplog.at_level(logging.WARNING, logger="lunara.keys"):
         second = load_keyring(settings)
     assert caplog.records == []
     assert key_file.read_text().strip() == key

@@ -10,6 +10,7 @@ that is allowed or refused what it should not be.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +45,7 @@ EXPECTED: dict[str, Permission | None] = {
     "stop": Permission.STOP,  # last: the others run against a running deployment
 }
 """Verb → the permission it must need, in the order the matrix runs them."""
+STANDBY_WAIT_S = 8.0
 
 ROLES: dict[str, set[Permission] | None] = {
     "owner": None,  # "*": everything
@@ -68,7 +70,7 @@ def arguments(verb: str, scratch: Path) -> tuple[str, ...]:
         "status": ("status", "--json"),
         "logs": ("logs", "--lines", "1"),
         "audit": ("audit", "--json"),
-        "run": ("run",),  # allowed: refused at once, a watchdog already supervises
+        "run": ("run",),  # allowed: waits as the running watchdog's standby
         "restart": ("restart",),
         "config show": ("config", "show", "--json"),
         "keys rotate": ("keys", "rotate"),
@@ -121,6 +123,17 @@ def test_each_role_is_allowed_exactly_its_verbs(tmp_path: Path, role: str) -> No
         assert started.returncode == 0, started.stderr
         for verb, permission in EXPECTED.items():
             before = len(cli.audit_entries())
+            if verb == "run" and allowed(role, permission):
+                # Allowed, `run` beside the running watchdog waits as its standby for as
+                # long as that one lives: it is given a while, then killed.
+                with pytest.raises(subprocess.TimeoutExpired):
+                    cli.run(*arguments(verb, tmp_path), token=token, entry=REAL_BOT_ENTRY,
+                            timeout=STANDBY_WAIT_S)  # fmt: skip
+                entries = [e for e in cli.audit_entries()[before:] if e["action"] == verb]
+                assert [(e["permission"], e["decision"]) for e in entries][:1] == [
+                    (permission, "allowed")
+                ]
+                continue
             result = cli.run(*arguments(verb, tmp_path), token=token, entry=REAL_BOT_ENTRY)
             assert "Traceback" not in result.stderr, (verb, result.stderr)
             entries = [e for e in cli.audit_entries()[before:] if e["action"] == verb]

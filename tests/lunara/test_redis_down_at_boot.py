@@ -7,6 +7,8 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
+
 from tests.blueprint.cli_harness import (
     REAL_BOT_ENTRY,
     REAL_BOT_PROGRAM,
@@ -20,6 +22,7 @@ ENTRY = REAL_BOT_ENTRY
 PROGRAM = REAL_BOT_PROGRAM
 
 
+@pytest.mark.slow
 def test_the_bot_starts_and_keeps_ticking_on_sqlite_while_redis_is_down(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
@@ -52,6 +55,7 @@ def test_the_bot_starts_and_keeps_ticking_on_sqlite_while_redis_is_down(tmp_path
         cli.run("stop", "--timeout", "20", entry=ENTRY, extra_env=env)
 
 
+@pytest.mark.slow
 def test_start_wait_succeeds_only_once_every_service_is_up(tmp_path: Path) -> None:
     """Telegram unreachable: the bot beats, but its Telegram service is not up, so
     `start --wait` fails (exit 7) naming it; with the Bot API answering, it succeeds."""

@@ -11,8 +11,7 @@ import json
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from blueprint.ledger import Ledger, LedgerDocument
 from blueprint.manifest import load_manifest
 from blueprint.mirror import NullMirror
 from blueprint.paths import HomePaths
+from tests.waiting import wait_until as wait_until  # the tests import it from here too
 
 PROGRAMS = Path(__file__).resolve().parent
 PRINCIPAL = "os_user:tester"
@@ -123,23 +123,6 @@ def installation(tmp_path: Path, program_section: dict[str, Any]) -> Installatio
     ledger = Ledger(paths, manifest.name, mirror)
     controller = Controller(paths, manifest, manifest_path, ledger, mirror)
     return Installation(paths, manifest_path, controller, ledger)
-
-
-def wait_until(
-    condition: Callable[[], T | bool | None],
-    timeout_s: float,
-    describe: str | Callable[[], str] = "condition",
-) -> T:
-    """Poll until `condition` returns something truthy; fail with a description at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value  # type: ignore[return-value]
-        if time.monotonic() >= deadline:
-            text = describe() if callable(describe) else describe
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {text}")
-        time.sleep(0.02)
 
 
 def gone(process: psutil.Process) -> bool:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
+import aiosqlite
 import pytest
 
 from lunara.ai.analyst import (
@@ -108,3 +110,39 @@ async def test_a_busy_service_becomes_a_short_note_and_costs_no_quota(
             await analyst.aclose()
     finally:
         await db.close()
+
+
+async def test_the_first_question_of_a_day_drops_the_counters_of_the_days_before(
+    tmp_path: Path,
+) -> None:
+    db = await open_database(tmp_path / "lunara.db")
+    try:
+        await users.register(db, 1, "trader")
+        for day in ("2026-11-01", "2026-11-02", "2026-11-03"):
+            await users.increment_usage_and_check(db, 1, USAGE_KIND, day, limit=5)
+        now = [datetime(2026, 11, 3, 12, tzinfo=UTC).timestamp()]
+        with FakeGemini() as fake:
+            analyst = Analyst(
+                api_key=fake.api_key,
+                model="gemini-2.5-flash",
+                base_url=fake.base_url,
+                db=db,
+                clock=lambda: now[0],
+            )
+            refused = await analyst.comment(1, "free", SUMMARY, limit=1)
+            assert refused.text is None and "1 AI analyses" in (refused.note or "")
+            assert fake.requests == 0
+            assert await _counted_days(db) == ["2026-11-03"]
+
+            now[0] += 86_400  # the next day: its first question starts a fresh count
+            answered = await analyst.comment(1, "free", SUMMARY, limit=1)
+            assert answered.text == fake.answer
+            assert await _counted_days(db) == ["2026-11-04"]
+            await analyst.aclose()
+    finally:
+        await db.close()
+
+
+async def _counted_days(db: aiosqlite.Connection) -> list[str]:
+    async with db.execute("SELECT day FROM usage_counters ORDER BY day") as cursor:
+        return [row[0] for row in await cursor.fetchall()]

@@ -82,7 +82,7 @@ def test_a_directory_of_binance_files_backtests_every_symbol_on_one_stake(
     symbols_traded = {trade["symbol"] for trade in report["trades"]}
     assert symbols_traded == {"BTCUSDT", "ETHUSDT"}
     assert report["final_balance"] == pytest.approx(1000 + report["total"]["profit"])
-    exported = list(csv.DictReader(export.open()))
+    exported = list(csv.DictReader(export.read_text().splitlines()))
     assert len(exported) == len(report["trades"])
     assert [row["entry_time"] for row in exported] == [t["entry_time"] for t in report["trades"]]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -135,7 +135,7 @@ def test_iso_times_keep_milliseconds_only_when_there_are_some() -> None:
 def test_the_export_writes_one_row_per_trade(tmp_path: Path) -> None:
     path = tmp_path / "trades.csv"
     write_trades_csv(TRADES, path)
-    rows = list(csv.DictReader(path.open()))
+    rows = list(csv.DictReader(path.read_text().splitlines()))
     assert len(rows) == 4
     assert rows[2] == {
         "symbol": "AAAUSDT", "entry_time": "1970-01-01T00:02:00Z", "entry_price": "10",

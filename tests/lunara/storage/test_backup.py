@@ -5,8 +5,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from lunara.trading.stopstore import (
     read_live_stops,
 )
 from lunara.trading.trailing import StopState
+from tests.waiting import wait_until
 
 API_KEY = "A" * 60 + "KEY1"
 API_SECRET = "S" * 64
@@ -66,14 +66,6 @@ def _count(path: Path, table: str = "users") -> int:
         connection.close()
 
 
-def _wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached before the deadline")
-        time.sleep(0.01)
-
-
 def _create(path: Path, *user_ids: int, target: int = LATEST_VERSION) -> None:
     async def build() -> None:
         connection = await connect(path)
@@ -95,7 +87,7 @@ def writer(tmp_path: Path) -> Iterator[Path]:
     _create(path)
     process = subprocess.Popen([sys.executable, "-c", WRITER, str(path)])
     try:
-        _wait_for(lambda: _count(path) >= 200)
+        wait_until(lambda: _count(path) >= 200, 20, "200 rows written", poll_s=0.01)
         yield path
         assert process.poll() is None, "the writer died during the test"
     finally:
@@ -115,7 +107,7 @@ def test_backups_taken_while_the_bot_writes_are_consistent_snapshots(
     snapshot_sizes = [s.row_counts["users"] for s in summaries]
     assert snapshot_sizes == sorted(snapshot_sizes)
     # The writer was never blocked for good: it keeps committing after the backups.
-    _wait_for(lambda: _count(writer) > snapshot_sizes[-1] + 100)
+    wait_until(lambda: _count(writer) > snapshot_sizes[-1] + 100, 20, "100 rows more", poll_s=0.01)
 
 
 def test_a_backup_is_a_private_self_contained_file(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from lunara.storage import payments, positions, user_settings, users
+from lunara.storage import paper_balances, payments, positions, user_settings, users
 from lunara.storage.database import SchemaError, connect, open_database
 from lunara.storage.migrations import (
     APPLICATION_ID,
@@ -77,7 +77,7 @@ async def test_upgrading_from_every_earlier_version_keeps_the_data(
             assert payment is not None
             assert payment.status is payments.PaymentStatus.PAID
             assert payment.refunded_at is None
-            assert str(await positions.paper_balance(upgraded, 42, "USDT")) == "9950.5"
+            assert str(await paper_balances.paper_balance(upgraded, 42, "USDT")) == "9950.5"
     finally:
         await upgraded.close()
 

@@ -9,14 +9,8 @@ import pytest
 
 from lunara.storage import positions, users
 from lunara.storage.database import InvalidValue, RecordNotFound, StateConflict, open_database
-from lunara.storage.positions import (
-    ExitReason,
-    InsufficientBalance,
-    OrderSide,
-    OrderStatus,
-    PositionStatus,
-    TrailingStopRecord,
-)
+from lunara.storage.positions import TrailingStopRecord
+from lunara.trading.model import ExitReason, PositionStatus
 
 D = Decimal
 
@@ -95,67 +89,6 @@ async def test_exit_reasons_must_be_simple_names(db: aiosqlite.Connection) -> No
         await positions.close(db, opened.id, D("1"), "Because; DROP", None)
 
 
-async def test_an_order_goes_from_pending_to_filled(db: aiosqlite.Connection) -> None:
-    pending = await positions.record_pending_order(
-        db, "lun-1-abc", 1, "BTCUSDT", OrderSide.BUY, D("0.5"), now=1
-    )
-    assert pending.status is OrderStatus.PENDING and pending.fill_price is None
-    sent = await positions.mark_order_sent(db, "lun-1-abc", "88123", now=2)
-    assert (sent.status, sent.exchange_order_id) == (OrderStatus.SENT, "88123")
-    filled = await positions.mark_order_filled(
-        db, "lun-1-abc", D("64000.5"), D("0.032"), filled_quantity=D("0.4999"), now=3
-    )
-    assert filled.status is OrderStatus.FILLED
-    assert (filled.fill_price, filled.fee, filled.quantity) == (
-        D("64000.5"),
-        D("0.032"),
-        D("0.4999"),
-    )
-    assert (filled.created_at, filled.updated_at) == (1, 3)
-    position = await positions.open(db, 1, "BTCUSDT", filled.quantity, D("64000.5"), "lun-1-abc")
-    linked = await positions.link_order_to_position(db, "lun-1-abc", position.id)
-    assert linked.position_id == position.id
-    assert await positions.orders_of_position(db, position.id) == [linked]
-    assert await positions.get_order(db, "lun-1-abc") == linked
-
-
-async def test_finished_orders_cannot_change_again(db: aiosqlite.Connection) -> None:
-    await positions.record_pending_order(db, "o-1", 1, "BTCUSDT", OrderSide.SELL, D("1"))
-    await positions.mark_order_rejected(db, "o-1", "insufficient balance")
-    with pytest.raises(StateConflict, match="rejected; it cannot become filled"):
-        await positions.mark_order_filled(db, "o-1", D("1"), D("0"))
-    order = await positions.get_order(db, "o-1")
-    assert order is not None and order.error == "insufficient balance"
-    with pytest.raises(RecordNotFound):
-        await positions.mark_order_sent(db, "nope")
-
-
-async def test_a_client_order_id_is_recorded_once(db: aiosqlite.Connection) -> None:
-    await positions.record_pending_order(db, "o-1", 1, "BTCUSDT", OrderSide.BUY, D("1"))
-    with pytest.raises(StateConflict, match="already recorded"):
-        await positions.record_pending_order(db, "o-1", 1, "BTCUSDT", OrderSide.BUY, D("1"))
-    with pytest.raises(InvalidValue, match="client_order_id"):
-        await positions.record_pending_order(db, "bad id!", 1, "BTCUSDT", OrderSide.BUY, D("1"))
-
-
-async def test_unsettled_orders_are_listed_for_reconciliation(db: aiosqlite.Connection) -> None:
-    for index, cid in enumerate(("a", "b", "c", "d")):
-        await positions.record_pending_order(
-            db, cid, 1, "BTCUSDT", OrderSide.BUY, D("1"), now=index
-        )
-    await positions.mark_order_sent(db, "b")
-    await positions.mark_order_filled(db, "c", D("1"), D("0"))
-    await positions.mark_order_unknown(db, "d", "timeout after 10 s")
-    unsettled = await positions.list_unsettled_orders(db)
-    assert [(o.client_order_id, o.status) for o in unsettled] == [
-        ("a", OrderStatus.PENDING),
-        ("b", OrderStatus.SENT),
-        ("d", OrderStatus.UNKNOWN),
-    ]
-    resolved = await positions.mark_order_filled(db, "d", D("2"), D("0.01"))
-    assert resolved.error is None
-
-
 async def test_trailing_stop_checkpoints_are_upserted_and_dropped_on_close(
     db: aiosqlite.Connection,
 ) -> None:
@@ -181,16 +114,3 @@ async def test_a_trailing_stop_checkpoint_can_be_deleted(db: aiosqlite.Connectio
     await positions.save_trailing_stop(db, record)
     assert await positions.delete_trailing_stop(db, opened.id) is True
     assert await positions.delete_trailing_stop(db, opened.id) is False
-
-
-async def test_paper_balances_move_together_or_not_at_all(db: aiosqlite.Connection) -> None:
-    assert await positions.seed_paper_balance(db, 1, "USDT", D("10000")) is True
-    assert await positions.seed_paper_balance(db, 1, "USDT", D("5")) is False
-    after = await positions.adjust_paper_balances(db, 1, {"USDT": D("-6400.05"), "BTC": D("0.1")})
-    assert after == {"USDT": D("3599.95"), "BTC": D("0.1")}
-    with pytest.raises(InsufficientBalance, match="not enough BTC"):
-        await positions.adjust_paper_balances(db, 1, {"USDT": D("6500"), "BTC": D("-0.2")})
-    assert await positions.paper_balances(db, 1) == {"BTC": D("0.1"), "USDT": D("3599.95")}
-    assert await positions.paper_balance(db, 2, "USDT") == D("0")
-    with pytest.raises(InvalidValue, match="asset"):
-        await positions.paper_balance(db, 1, "usdt")

@@ -64,15 +64,12 @@ async def test_list_page_pages_in_registration_order_with_a_total(
         await users.list_page(db, offset=-1)
 
 
-async def test_set_active_and_role_hint_need_a_registered_user(db: aiosqlite.Connection) -> None:
+async def test_set_active_needs_a_registered_user(db: aiosqlite.Connection) -> None:
     with pytest.raises(RecordNotFound):
         await users.set_active(db, 9, False)
-    with pytest.raises(RecordNotFound):
-        await users.set_role_hint(db, 9, "admin")
     await users.register(db, 9, "x")
     assert (await users.set_active(db, 9, False)).active is False
     assert (await users.set_active(db, 9, True)).active is True
-    assert (await users.set_role_hint(db, 9, "admin")).role_hint == "admin"
 
 
 async def test_a_lapsed_plan_counts_as_free(db: aiosqlite.Connection) -> None:

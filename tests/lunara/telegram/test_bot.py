@@ -36,6 +36,7 @@ from lunara.telegram import lease as lease_module
 from lunara.telegram import outbox as outbox_module
 from lunara.telegram.bot import CLIENT_TIMEOUT_S
 from lunara.telegram.commands import COMMANDS
+from lunara.telegram.guard import RefusalAudit
 from lunara.telegram.lease import PollLease
 from lunara.telegram.updates import BLANKED_TEXT
 from lunara.trading.binance import RetryPolicy
@@ -97,6 +98,9 @@ async def test_every_command_as_every_role(friendly_telegram: FakeTelegram, bot_
     async with running_bot(
         fake_telegram, bot_home, default_role="viewer", send_limits=UNPACED, **NO_RATE_LIMIT
     ) as bot:
+        # Every refusal audited, not the first of each user per minute: the matrix reads
+        # the permission each decision names.
+        bot.bot.guard.refusals = RefusalAudit(window_s=0.0)
         for user in ROLE_PREFIXES:
             await bot.ask(user, "/start")
         audit_path = bot_home / "audit.jsonl"
@@ -395,7 +399,10 @@ async def test_concurrent_refunds_of_one_charge_make_one_refund_call(
         # One admin's commands run in the order sent, so concurrent refunds come from
         # several admins at once: asked here of the refund flow itself, five at a time.
         outcomes = await asyncio.gather(
-            *(payments_flow.refund_payment(bot.bot.deps, "charge-5x") for _ in range(5))
+            *(
+                payments_flow.refund_payment(bot.bot.deps.db, bot.bot.deps.refund, "charge-5x")
+                for _ in range(5)
+            )
         )
         assert sorted(result.value for result, _ in outcomes) == sorted(
             [payments_flow.Refund.REFUNDED.value] + [payments_flow.Refund.ALREADY.value] * 4

@@ -29,6 +29,7 @@ import pytest
 from lunara.storage import outbox as outbox_store
 from lunara.storage import positions, users
 from lunara.storage.database import open_database
+from lunara.trading.model import OrderSide
 from lunara.trading.orders import OrderPath, OrderRequest
 from lunara.trading.paper import PaperExchange
 from lunara.trading.stopstore import SqliteStopStore
@@ -64,7 +65,7 @@ async def seed(database: Path) -> None:
                                   slippage=Decimal(0), start_balance=Decimal(10_000))  # fmt: skip
             await orders.submit(
                 paper,
-                OrderRequest(user_id, "BTCUSDT", positions.OrderSide.BUY, Decimal("0.01"),
+                OrderRequest(user_id, "BTCUSDT", OrderSide.BUY, Decimal("0.01"),
                              ENTRY, stop_params=STOP),
             )  # fmt: skip
     finally:

@@ -161,3 +161,26 @@ async def test_answers_to_a_group_that_became_a_supergroup_follow_it(
         await bot.until(lambda: fake_telegram.messages_to(supergroup) != [], what="the answer")
     [answer] = fake_telegram.messages_to(supergroup)
     assert "Plans" in answer
+
+
+async def test_nothing_is_sent_while_the_instance_is_not_sure_it_holds_the_lease(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    """Fencing: a bot that lost (or could not confirm) the instance lease sends nothing;
+    what it queued stays queued and goes out once it may send again."""
+    asked = 0
+    allowed = False
+
+    def may_send() -> bool:
+        nonlocal asked
+        asked += 1
+        return allowed
+
+    async with running_bot(fake_telegram, bot_home) as bot:
+        bot.bot.sender.may_send = may_send
+        await bot.bot.notify(TRADER, "held back")
+        await bot.until(lambda: asked >= 3, what="the sender to ask three times")
+        assert fake_telegram.messages_to(TRADER) == []
+        allowed = True
+        await bot.until(lambda: fake_telegram.messages_to(TRADER) == ["held back"],
+                        what="the message once sending is allowed")  # fmt: skip

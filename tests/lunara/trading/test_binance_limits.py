@@ -17,12 +17,7 @@ from lunara.storage import users
 from lunara.storage.database import open_database
 from lunara.trading.binance import NO_TRADING, BinanceExchange, BinanceGateway, RetryPolicy
 from lunara.trading.engine import EngineConfig, TradingEngine
-from lunara.trading.exchange import (
-    CredentialsRejected,
-    IpBanned,
-    OrdersRateLimited,
-    Side,
-)
+from lunara.trading.exchange import CredentialsRejected, IpBanned, OrdersRateLimited
 from lunara.trading.limiter import (
     DEFAULT_WEIGHT_PER_MINUTE,
     MAX_BAN_S,
@@ -36,6 +31,7 @@ from lunara.trading.limiter import (
     weight_per_minute,
 )
 from lunara.trading.market import BinanceMarket
+from lunara.trading.model import OrderSide
 from lunara.trading.stopstore import SqliteStopStore
 from tests.fakes.binance_api import FakeBinance
 from tests.lunara.trading.support import FakeClock
@@ -233,7 +229,7 @@ async def test_a_418_ban_is_honoured_in_full_and_fails_every_trader_fast(
     with pytest.raises(IpBanned):
         await second.balances()
     with pytest.raises(IpBanned):
-        await second.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "c1")
+        await second.place_market_order("BTCUSDT", OrderSide.BUY, Decimal("0.001"), "c1")
     assert gateway.requests_sent == sent and clock.slept == []  # nothing sent, nothing slept
 
 
@@ -256,21 +252,21 @@ async def test_one_accounts_order_limit_holds_back_that_account_only(
     gateway = _gateway(fake, clock)
     busy = BinanceExchange(gateway, KEY, SECRET)
     calm = BinanceExchange(gateway, OTHER_KEY, OTHER_SECRET)
-    await busy.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "busy-1")
+    await busy.place_market_order("BTCUSDT", OrderSide.BUY, Decimal("0.001"), "busy-1")
     with pytest.raises(OrdersRateLimited) as limited:
-        await busy.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "busy-2")
+        await busy.place_market_order("BTCUSDT", OrderSide.BUY, Decimal("0.001"), "busy-2")
     assert 0 < limited.value.retry_after_s <= 10
     # The order check read exchangeInfo, so its published ORDERS limit held the second
     # order back before Binance had to refuse it; never retried into the limit.
     assert fake.count("POST", "order") == 1
     with pytest.raises(OrdersRateLimited):
-        await busy.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "busy-3")
+        await busy.place_market_order("BTCUSDT", OrderSide.BUY, Decimal("0.001"), "busy-3")
     assert fake.count("POST", "order") == 1  # held back before sending
     assert gateway.limiter.blocked_for_s == 0  # the shared budget was not touched
-    fill = await calm.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "calm-1")
+    fill = await calm.place_market_order("BTCUSDT", OrderSide.BUY, Decimal("0.001"), "calm-1")
     assert fill.quantity == Decimal("0.001")
     clock.now += 10
-    await busy.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "busy-4")
+    await busy.place_market_order("BTCUSDT", OrderSide.BUY, Decimal("0.001"), "busy-4")
 
 
 async def test_the_published_order_limit_is_kept_before_binance_refuses(
@@ -280,9 +276,9 @@ async def test_the_published_order_limit_is_kept_before_binance_refuses(
     gateway = _gateway(fake, clock)
     await gateway.load_exchange_info()
     exchange = BinanceExchange(gateway, KEY, SECRET)
-    await exchange.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "a-1")
+    await exchange.place_market_order("BTCUSDT", OrderSide.BUY, Decimal("0.001"), "a-1")
     with pytest.raises(OrdersRateLimited):
-        await exchange.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "a-2")
+        await exchange.place_market_order("BTCUSDT", OrderSide.BUY, Decimal("0.001"), "a-2")
     assert fake.count("POST", "order") == 1  # the bot knew the limit: nothing sent
 
 

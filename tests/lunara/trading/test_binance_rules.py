@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from tenacity import wait_none
 
-from lunara.storage import positions as store
 from lunara.trading.binance import BinanceExchange, BinanceGateway, RetryPolicy
-from lunara.trading.exchange import OrderRefused, Side
+from lunara.trading.exchange import OrderRefused
 from lunara.trading.filters import OrderRejected
 from lunara.trading.limiter import WeightLimiter
+from lunara.trading.model import OrderSide
 from lunara.trading.orders import OrderRequest
 from tests.fakes.binance_api import SYMBOL_FILTERS, FakeBinance
 from tests.lunara.trading.support import order_path
@@ -48,7 +48,7 @@ async def test_an_order_on_a_symbol_not_trading_is_refused_before_sending(
         with pytest.raises(OrderRejected, match=rf"not trading.*status {status}"):
             await orders.submit(
                 _exchange(fake),
-                OrderRequest(5, "BTCUSDT", store.OrderSide.BUY, Decimal("0.001"), Decimal(50000)),
+                OrderRequest(5, "BTCUSDT", OrderSide.BUY, Decimal("0.001"), Decimal(50000)),
             )
         assert fake.count("POST", "order") == 0
     finally:
@@ -64,9 +64,9 @@ async def test_symbols_without_spot_or_market_orders_are_refused_before_sending(
     fake.permission_sets["ETHUSDT"] = [["MARGIN"]]
     exchange = _exchange(fake)
     with pytest.raises(OrderRejected, match="BTCUSDT takes no market orders"):
-        await exchange.place_market_order("BTCUSDT", Side.BUY, Decimal("0.001"), "a1")
+        await exchange.place_market_order("BTCUSDT", OrderSide.BUY, Decimal("0.001"), "a1")
     with pytest.raises(OrderRejected, match="ETHUSDT is not open to spot trading"):
-        await exchange.place_market_order("ETHUSDT", Side.BUY, Decimal("0.01"), "a2")
+        await exchange.place_market_order("ETHUSDT", OrderSide.BUY, Decimal("0.01"), "a2")
     assert fake.count("POST", "order") == 0
 
 
@@ -75,11 +75,11 @@ async def test_a_market_order_is_valued_at_binances_average_price(fake: FakeBina
     fake.average_prices["BTCUSDT"] = Decimal(40000)
     exchange = _exchange(fake)
     with pytest.raises(OrderRejected, match=r"4\.80 USDT \(at the 5-minute average price 40000"):
-        await exchange.place_market_order("BTCUSDT", Side.BUY, Decimal("0.00012"), "b1")
+        await exchange.place_market_order("BTCUSDT", OrderSide.BUY, Decimal("0.00012"), "b1")
     assert fake.count("GET", "avgPrice") == 1
     assert fake.count("POST", "order") == 0
     fake.average_prices.clear()
-    fill = await exchange.place_market_order("BTCUSDT", Side.BUY, Decimal("0.00012"), "b2")
+    fill = await exchange.place_market_order("BTCUSDT", OrderSide.BUY, Decimal("0.00012"), "b2")
     assert fill.quantity == Decimal("0.00012")
 
 
@@ -87,7 +87,7 @@ async def test_market_lot_size_max_qty_binds_market_orders(fake: FakeBinance) ->
     fake.balances[KEY]["USDT"] = Decimal(10_000_000)
     exchange = _exchange(fake)
     with pytest.raises(OrderRejected, match="above the maximum 100 BTC for a market order"):
-        await exchange.place_market_order("BTCUSDT", Side.BUY, Decimal("100.5"), "c1")
+        await exchange.place_market_order("BTCUSDT", OrderSide.BUY, Decimal("100.5"), "c1")
     assert fake.count("POST", "order") == 0
 
 
@@ -105,7 +105,7 @@ async def test_a_filter_failure_reloads_the_rules_once_and_is_not_resent(
         with pytest.raises(OrderRefused, match=r"Filter failure: LOT_SIZE.*reloaded"):
             await orders.submit(
                 exchange,
-                OrderRequest(5, "BTCUSDT", store.OrderSide.BUY, Decimal("0.0015"), Decimal(50000)),
+                OrderRequest(5, "BTCUSDT", OrderSide.BUY, Decimal("0.0015"), Decimal(50000)),
             )
         assert fake.count("POST", "order") == 1
         assert fake.count("GET", "order") == 0

@@ -50,6 +50,7 @@ from lunara.storage import credentials, user_settings, users
 from lunara.storage.database import open_database
 from lunara.trading.trailing import TrailingParams, initial_state
 from tests.fakes.binance_api import DROP_CLOSE, FakeBinance
+from tests.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 KILLS = 50
@@ -333,12 +334,12 @@ def script_dip(fake: FakeBinance, prices: dict[str, Decimal]) -> None:
 def wait_for_ticks(bot: Bot, fake: FakeBinance, ticks: int) -> None:
     """Until the new process has asked for prices ``ticks`` times (its start is done)."""
     before = fake.count("GET", "ticker/price")
-    deadline = time.monotonic() + UP_DEADLINE_S
-    while fake.count("GET", "ticker/price") < before + ticks:
+
+    def ticked() -> bool:
         bot.check_alive()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the bot did not tick within {UP_DEADLINE_S}s:\n{bot.log_tail()}")
-        time.sleep(0.005)
+        return fake.count("GET", "ticker/price") >= before + ticks
+
+    wait_until(ticked, UP_DEADLINE_S, lambda: f"the bot to tick:\n{bot.log_tail()}", poll_s=0.005)
 
 
 def check_recovered(before: StopSnapshot, after: StopSnapshot, tally: Tally) -> None:

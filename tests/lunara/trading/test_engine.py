@@ -17,6 +17,7 @@ from lunara.storage import positions as store
 from lunara.storage import user_settings, users
 from lunara.trading.engine import TradingRuntime, open_trading
 from tests.fakes.binance_api import FakeBinance
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -64,10 +65,7 @@ async def test_the_runner_ticks_until_stopped_then_checkpoints_the_stops(
     await engine.buy(42, "SOLUSDT", Decimal(100))
     stop = asyncio.Event()
     task = asyncio.create_task(trading.runner.run(stop))
-    deadline = asyncio.get_running_loop().time() + 20
-    while engine.executor.ticks < 5:
-        assert asyncio.get_running_loop().time() < deadline, "the runner did not tick"
-        await asyncio.sleep(0.01)
+    await until(lambda: engine.executor.ticks >= 5, 20, "the runner to tick five times")
     stop.set()
     await asyncio.wait_for(task, 10)
     live = {s.position_id: s.state for s in engine.stop_store.tracked()}

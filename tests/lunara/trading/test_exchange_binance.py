@@ -12,11 +12,11 @@ import psutil
 import pytest
 from tenacity import wait_none
 
-from lunara.storage import positions as store
 from lunara.trading.binance import BinanceExchange, BinanceGateway, RetryPolicy, Weight
 from lunara.trading.exchange import ExchangeBusy, OrderRefused, RateLimited
 from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket
+from lunara.trading.model import OrderSide
 from lunara.trading.orders import OrderRequest
 from tests.fakes.binance_api import FakeBinance
 from tests.lunara.trading.support import FakeClock, order_path
@@ -122,7 +122,7 @@ async def test_a_rejected_order_is_never_retried(fake: FakeBinance, tmp_path: Pa
         with pytest.raises(OrderRefused, match="insufficient balance"):
             await orders.submit(
                 exchange,
-                OrderRequest(5, "BTCUSDT", store.OrderSide.BUY, Decimal("0.001"), Decimal(50000)),
+                OrderRequest(5, "BTCUSDT", OrderSide.BUY, Decimal("0.001"), Decimal(50000)),
             )
         assert fake.count("POST", "order") == 1
         assert fake.count("GET", "order") == 0
@@ -142,7 +142,7 @@ async def test_a_dropped_answer_is_resolved_by_client_id_without_a_duplicate(
         exchange = BinanceExchange(_gateway(fake), KEY, SECRET)
         settled = await orders.submit(
             exchange,
-            OrderRequest(5, "BTCUSDT", store.OrderSide.BUY, Decimal("0.001"), Decimal(50000)),
+            OrderRequest(5, "BTCUSDT", OrderSide.BUY, Decimal("0.001"), Decimal(50000)),
         )
         assert len(fake.orders) == 1
         assert fake.orders[0]["clientOrderId"] == settled.order.client_order_id

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from lunara.services import TradingError
-from lunara.storage import positions as store
+from lunara.storage import orders as order_store
 from lunara.storage import users
 from lunara.storage.database import open_database
 from lunara.trading.exchange import OrderRefused
 from lunara.trading.filters import default_rules
 from lunara.trading.market import SimMarket
+from lunara.trading.model import OrderSide
 from lunara.trading.orders import OrderPath, OrderRequest
 from lunara.trading.paper import PaperExchange
 from lunara.trading.stopstore import SqliteStopStore
@@ -44,7 +45,7 @@ async def test_buy_fills_with_fee_and_slippage_and_balances_survive_a_reopen(
         market_price = (await market.prices(["ETHUSDT"]))["ETHUSDT"]
         settled = await orders.submit(
             paper,
-            OrderRequest(7, "ETHUSDT", store.OrderSide.BUY, Decimal("0.05"), market_price),
+            OrderRequest(7, "ETHUSDT", OrderSide.BUY, Decimal("0.05"), market_price),
         )
         rules = default_rules("ETHUSDT")
         expected_price = rules.round_price(market_price * (1 + SLIPPAGE), ROUND_UP)
@@ -82,12 +83,12 @@ async def test_orders_breaking_filters_or_balance_are_refused_with_a_reason(tmp_
         price = (await market.prices(["BTCUSDT"]))["BTCUSDT"]
         with pytest.raises(TradingError, match="minimum notional"):
             await orders.submit(
-                paper, OrderRequest(8, "BTCUSDT", store.OrderSide.BUY, Decimal("0.00002"), price)
+                paper, OrderRequest(8, "BTCUSDT", OrderSide.BUY, Decimal("0.00002"), price)
             )
-        assert await store.list_unsettled_orders(db) == []
+        assert await order_store.list_unsettled_orders(db) == []
         with pytest.raises(OrderRefused, match="insufficient balance"):
             await orders.submit(
-                paper, OrderRequest(8, "BTCUSDT", store.OrderSide.BUY, Decimal("0.01"), price)
+                paper, OrderRequest(8, "BTCUSDT", OrderSide.BUY, Decimal("0.01"), price)
             )
         async with db.execute("SELECT status FROM orders") as cursor:
             assert [row[0] for row in await cursor.fetchall()] == ["rejected"]

@@ -22,13 +22,15 @@ import pytest
 from tenacity import wait_none
 
 from lunara.services import AssetBalance, TradingError
+from lunara.storage import orders as order_store
 from lunara.storage import positions as store
 from lunara.storage import users
 from lunara.storage.database import open_database
 from lunara.trading.binance import BinanceExchange, BinanceGateway, RetryPolicy
-from lunara.trading.exchange import Fill, OrderRefused, Side
+from lunara.trading.exchange import Fill, OrderRefused
 from lunara.trading.filters import OrderRejected, SymbolRules
 from lunara.trading.limiter import WeightLimiter
+from lunara.trading.model import OrderSide, OrderStatus, PositionStatus
 from lunara.trading.orders import (
     OrderOutcomeUnknown,
     OrderPath,
@@ -58,7 +60,7 @@ UNCONFIRMED = (
 NOT_PLACED_AFTER_RESTART = "not placed: the exchange has no such order (found after a restart)"
 LOST_REPLY = "Binance is unreachable: ConnectionError"  # the connection closed, no reply
 ENDED_UNFILLED = "Binance ended the order without a fill (status EXPIRED)"
-BUY, SELL = store.OrderSide.BUY, store.OrderSide.SELL
+BUY, SELL = OrderSide.BUY, OrderSide.SELL
 
 
 @dataclass
@@ -73,7 +75,7 @@ class Bot:
     async def buy(self, quantity: str) -> store.Position:
         settled = await self.orders.submit(
             self.exchange,
-            OrderRequest(USER, "BTCUSDT", store.OrderSide.BUY, Decimal(quantity), Decimal(50000)),
+            OrderRequest(USER, "BTCUSDT", OrderSide.BUY, Decimal(quantity), Decimal(50000)),
         )
         return settled.position
 
@@ -85,7 +87,7 @@ class Bot:
             OrderRequest(
                 USER,
                 "BTCUSDT",
-                store.OrderSide.SELL,
+                OrderSide.SELL,
                 position.quantity,
                 Decimal(price),
                 position_id=position.id,
@@ -164,11 +166,11 @@ async def test_a_buy_settled_by_lookup_holds_the_quantity_after_the_fee_and_sell
     # Found through allOrders while GET /order still says -2013; the fee from myTrades.
     assert fake.count("GET", "allOrders") == 1 and fake.count("GET", "myTrades") == 1
     assert position.quantity == _free(fake, "BTC") == Decimal("0.000999")
-    order = (await store.orders_of_position(bot.db, position.id))[0]
+    order = (await order_store.orders_of_position(bot.db, position.id))[0]
     assert order.fees == {"BTC": Decimal("0.000001")}
     assert order.fee == Decimal("0.05")  # that commission valued in USDT at the fill price
     closed = await bot.sell(position)
-    assert closed.status is store.PositionStatus.CLOSED
+    assert closed.status is PositionStatus.CLOSED
     assert _free(fake, "BTC") == Decimal("0.000009")  # under the 0.00001 step: left behind
     assert (closed.sold_quantity, closed.residue_quantity) == (
         Decimal("0.00099"),
@@ -213,7 +215,7 @@ async def test_fees_paid_in_bnb_are_recorded_in_bnb_not_as_quote(
     fake.balances[KEY]["BNB"] = Decimal(1)
     settled = await bot.orders.submit(
         bot.exchange,
-        OrderRequest(USER, "BTCUSDT", store.OrderSide.BUY, Decimal("0.01"), Decimal(50000)),
+        OrderRequest(USER, "BTCUSDT", OrderSide.BUY, Decimal("0.01"), Decimal(50000)),
     )
     assert settled.position.quantity == _free(fake, "BTC") == Decimal("0.01")
     assert settled.order.fees == {"BNB": Decimal("0.001")}
@@ -250,11 +252,11 @@ async def test_an_order_never_placed_is_sent_again_under_a_new_client_id_after_t
     assert len(posts) == 2 and posts[0] != posts[1]
     assert [o["clientOrderId"] for o in fake.orders] == [posts[1]]
     assert bot.clock.slept == [WINDOW_S]  # the recvWindow of the first send was waited out
-    first = await store.get_order(bot.db, posts[0])
-    assert first is not None and first.status is store.OrderStatus.REJECTED
+    first = await order_store.get_order(bot.db, posts[0])
+    assert first is not None and first.status is OrderStatus.REJECTED
     assert first.error == "not placed: the exchange never took it"
     assert successor_id(first) == posts[1] == position.entry_client_order_id
-    assert posts[1] == client_order_id(USER, f"resend:{posts[0]}", store.OrderSide.BUY, 0)
+    assert posts[1] == client_order_id(USER, f"resend:{posts[0]}", OrderSide.BUY, 0)
     assert (bot.orders.placed, bot.orders.failed) == (1, 0)
     assert await _stamped_by_the_order_paths_clock(bot)
 
@@ -269,7 +271,7 @@ async def test_an_order_still_unseen_after_two_sends_is_reported_not_placed(
         await bot.buy("0.001")
     assert fake.orders == [] and bot.clock.slept == [WINDOW_S, WINDOW_S]
     assert await store.list_open(bot.db, USER) == []
-    assert await store.list_unsettled_orders(bot.db) == []
+    assert await order_store.list_unsettled_orders(bot.db) == []
 
 
 @pytest.mark.parametrize("status", ["EXPIRED", "EXPIRED_IN_MATCH"])
@@ -280,14 +282,14 @@ async def test_an_exit_that_expires_part_filled_keeps_the_rest_open_under_its_st
     position = await bot.buy("0.01")
     fake.fill_next_partly("0.4", status)
     rest = await bot.sell(position)
-    assert rest.status is store.PositionStatus.OPEN
+    assert rest.status is PositionStatus.OPEN
     assert (rest.quantity, rest.sold_quantity) == (Decimal("0.006"), Decimal("0.004"))
-    exit_order = (await store.orders_of_position(bot.db, position.id))[-1]
+    exit_order = (await order_store.orders_of_position(bot.db, position.id))[-1]
     assert (exit_order.quantity, exit_order.expired) == (Decimal("0.004"), True)
     assert _free(fake, "BTC") == Decimal("0.006")
     assert position.id in {stop.position_id for stop in bot.stops.tracked()}
     closed = await bot.sell(rest)  # the stop says sell again: the rest goes
-    assert closed.status is store.PositionStatus.CLOSED
+    assert closed.status is PositionStatus.CLOSED
     assert (closed.sold_quantity, closed.residue_quantity) == (Decimal("0.01"), Decimal(0))
     assert closed.realized_pnl == 0 and _free(fake, "BTC") == 0
     assert position.id not in {stop.position_id for stop in bot.stops.tracked()}
@@ -303,19 +305,19 @@ async def test_a_position_whose_exit_was_refused_a_thousand_times_can_still_be_s
     fake.commission_rate = Decimal(0)
     position = await bot.buy("0.001")
     for sequence in range(1000):  # earlier exits, each refused by the exchange
-        order_id = client_order_id(USER, exit_intent(position.id), store.OrderSide.SELL, sequence)
-        await store.record_pending_order(
+        order_id = client_order_id(USER, exit_intent(position.id), OrderSide.SELL, sequence)
+        await order_store.record_pending_order(
             bot.db,
             order_id,
             USER,
             "BTCUSDT",
-            store.OrderSide.SELL,
+            OrderSide.SELL,
             Decimal("0.001"),
             position_id=position.id,
         )
-        await store.mark_order_rejected(bot.db, order_id, "Account has insufficient balance")
+        await order_store.mark_order_rejected(bot.db, order_id, "Account has insufficient balance")
     closed = await bot.sell(position)
-    assert closed.status is store.PositionStatus.CLOSED and _free(fake, "BTC") == 0
+    assert closed.status is PositionStatus.CLOSED and _free(fake, "BTC") == 0
 
 
 # What was sent, recorded and counted
@@ -330,10 +332,10 @@ def _posts(fake: FakeBinance) -> list[str]:
     ]
 
 
-async def _all_orders(bot: Bot) -> list[store.Order]:
+async def _all_orders(bot: Bot) -> list[order_store.Order]:
     async with bot.db.execute("SELECT client_order_id FROM orders ORDER BY created_at") as cursor:
         ids = [row[0] for row in await cursor.fetchall()]
-    found = [await store.get_order(bot.db, order_id) for order_id in ids]
+    found = [await order_store.get_order(bot.db, order_id) for order_id in ids]
     return [order for order in found if order is not None]
 
 
@@ -366,7 +368,7 @@ async def test_a_fill_is_recorded_as_the_exchange_reported_it(fake: FakeBinance,
     )
     entry = settled.order
     assert (entry.status, entry.settled, entry.exchange_order_id) == (
-        store.OrderStatus.FILLED,
+        OrderStatus.FILLED,
         True,
         str(fake.orders[0]["orderId"]),
     )
@@ -379,7 +381,7 @@ async def test_a_fill_is_recorded_as_the_exchange_reported_it(fake: FakeBinance,
     closed = await bot.sell(settled.position, "51000", reason="trailing_stop")
     assert closed.exit_client_order_id == fake.orders[1]["clientOrderId"]
     assert (closed.exit_reason, closed.exit_price) == ("trailing_stop", Decimal(51000))
-    exit_order = await store.get_order(bot.db, fake.orders[1]["clientOrderId"])
+    exit_order = await order_store.get_order(bot.db, fake.orders[1]["clientOrderId"])
     assert exit_order is not None and exit_order.settled
     assert (exit_order.exchange_order_id, exit_order.fee) == (
         str(fake.orders[1]["orderId"]),
@@ -418,7 +420,7 @@ async def test_each_refusal_is_recorded_with_the_exchanges_reason_and_never_sent
         with pytest.raises(OrderRefused, match="insufficient balance"):
             await bot.buy("0.001")
     assert [(o.status, o.error) for o in await _all_orders(bot)] == [
-        (store.OrderStatus.REJECTED, f"Binance refused the request: {INSUFFICIENT}")
+        (OrderStatus.REJECTED, f"Binance refused the request: {INSUFFICIENT}")
     ] * 2
     assert fake.count("POST", "order") == 2 and fake.orders == []
     assert (bot.orders.placed, bot.orders.failed) == (0, 2)
@@ -433,7 +435,7 @@ async def test_an_order_binances_rules_refuse_at_the_average_price_is_recorded_s
     with pytest.raises(OrderRejected) as refusal:
         await bot.buy("0.00012")
     [order] = await _all_orders(bot)
-    assert (order.status, order.error) == (store.OrderStatus.REJECTED, refusal.value.message)
+    assert (order.status, order.error) == (OrderStatus.REJECTED, refusal.value.message)
     assert "4.80 USDT (at the 5-minute average price 40000" in refusal.value.message
     assert fake.count("POST", "order") == 0 and bot.orders.failed == 1
 
@@ -447,7 +449,7 @@ async def test_an_order_the_exchange_ended_unfilled_after_its_reply_was_lost_is_
     with pytest.raises(OrderRefused, match=f"^{re.escape(ENDED_UNFILLED)}$"):
         await bot.buy("0.001")
     [order] = await _all_orders(bot)
-    assert (order.status, order.error) == (store.OrderStatus.REJECTED, ENDED_UNFILLED)
+    assert (order.status, order.error) == (OrderStatus.REJECTED, ENDED_UNFILLED)
     assert fake.count("POST", "order") == 1 and bot.orders.failed == 1
     assert await store.list_open(bot.db, USER) == []
 
@@ -475,7 +477,7 @@ async def test_a_duplicate_the_exchange_cannot_show_is_recorded_refused(
         await bot.buy("0.001")
     [order] = await _all_orders(bot)
     assert (order.status, order.error) == (
-        store.OrderStatus.REJECTED,
+        OrderStatus.REJECTED,
         "the exchange reports a duplicate it cannot show",
     )
     assert fake.orders == [] and bot.orders.failed == 1
@@ -500,7 +502,7 @@ async def test_an_exit_of_a_position_whose_coins_are_gone_sends_nothing(
     with pytest.raises(OrderRejected):
         await bot.sell(position)
     assert fake.count("POST", "order") == 1
-    assert len(await store.orders_of_position(bot.db, position.id)) == 1
+    assert len(await order_store.orders_of_position(bot.db, position.id)) == 1
 
 
 # Lost replies: the exit or keyed buy asked again
@@ -527,12 +529,12 @@ async def test_an_exit_whose_reply_was_lost_is_settled_from_the_exchange_when_so
     _lose_the_reply_and_the_lookup(fake)
     with pytest.raises(OrderOutcomeUnknown, match=UNCONFIRMED):
         await bot.sell(position, reason="trailing_stop")
-    lost = (await store.orders_of_position(bot.db, position.id))[-1]
-    assert (lost.status, lost.error) == (store.OrderStatus.UNKNOWN, LOST_REPLY)
+    lost = (await order_store.orders_of_position(bot.db, position.id))[-1]
+    assert (lost.status, lost.error) == (OrderStatus.UNKNOWN, LOST_REPLY)
     assert await _stamped_by_the_order_paths_clock(bot)
     closed = await bot.sell(position, reason="trailing_stop")  # the stop is still hit
     assert [order["side"] for order in fake.orders] == ["BUY", "SELL"]
-    assert closed.status is store.PositionStatus.CLOSED
+    assert closed.status is PositionStatus.CLOSED
     assert (closed.exit_client_order_id, closed.exit_reason) == (
         lost.client_order_id,
         "trailing_stop",
@@ -552,11 +554,11 @@ async def test_an_exit_never_placed_is_marked_so_and_a_new_one_sent_when_sold_ag
         await bot.sell(position)
     closed = await bot.sell(position)
     first, second = [
-        o for o in await store.orders_of_position(bot.db, position.id) if o.side is SELL
+        o for o in await order_store.orders_of_position(bot.db, position.id) if o.side is SELL
     ]
-    assert (first.status, first.error) == (store.OrderStatus.REJECTED, NOT_PLACED_AFTER_RESTART)
+    assert (first.status, first.error) == (OrderStatus.REJECTED, NOT_PLACED_AFTER_RESTART)
     assert [o["clientOrderId"] for o in fake.orders[1:]] == [second.client_order_id]
-    assert closed.status is store.PositionStatus.CLOSED
+    assert closed.status is PositionStatus.CLOSED
     assert bot.clock.slept == [WINDOW_S]  # not found is final once the recvWindow passed
     assert await _stamped_by_the_order_paths_clock(bot)
 
@@ -570,15 +572,15 @@ async def test_an_exit_the_exchange_never_took_is_sent_again_under_a_new_id_and_
     closed = await bot.sell(position)
     first, again = _posts(fake)[1:]
     assert again == client_order_id(USER, f"resend:{first}", SELL, 0)
-    assert closed.status is store.PositionStatus.CLOSED and closed.exit_client_order_id == again
-    resent = await store.get_order(bot.db, again)
+    assert closed.status is PositionStatus.CLOSED and closed.exit_client_order_id == again
+    resent = await order_store.get_order(bot.db, again)
     assert resent is not None and resent.position_id == position.id
 
 
 async def _filled_by_an_earlier_release(
     bot: Bot,
     order_id: str,
-    side: store.OrderSide,
+    side: OrderSide,
     quantity: str,
     price: str,
     fees: dict[str, Decimal],
@@ -590,10 +592,10 @@ async def _filled_by_an_earlier_release(
 ) -> None:
     """An order a release before the ``settled`` column recorded filled without writing
     its effect on the position: the migration leaves it unsettled."""
-    await store.record_pending_order(
+    await order_store.record_pending_order(
         bot.db, order_id, user_id, "BTCUSDT", side, Decimal(quantity), position_id=position_id
     )
-    await store.mark_order_filled(
+    await order_store.mark_order_filled(
         bot.db, order_id, Decimal(price), Decimal(fee_in_quote), fees=fees, expired=expired
     )
 
@@ -621,11 +623,11 @@ async def test_an_exit_filled_before_an_upgrade_is_settled_from_its_record_when_
     assert fake.count("POST", "order") == 1  # the exchange sold it back then
     proceeds = Decimal(sold) * 51000 - commission
     if expired:
-        assert after.status is store.PositionStatus.OPEN
+        assert after.status is PositionStatus.OPEN
         assert (after.quantity, after.sold_quantity) == (Decimal("0.0012"), Decimal("0.0008"))
         assert after.exit_proceeds == proceeds
     else:
-        assert after.status is store.PositionStatus.CLOSED
+        assert after.status is PositionStatus.CLOSED
         assert (after.exit_price, after.exit_reason) == (Decimal(51000), "stop_loss")
         assert (after.exit_proceeds, after.realized_pnl) == (proceeds, proceeds - 100)
 
@@ -657,7 +659,7 @@ async def test_fills_recorded_before_an_upgrade_without_their_effect_are_settled
     report = await bot.orders.recover(bot.exchange_of)
     assert report == RecoveryReport(settled=2)
     closed = await store.get(bot.db, position.id)
-    assert closed is not None and closed.status is store.PositionStatus.CLOSED
+    assert closed is not None and closed.status is PositionStatus.CLOSED
     assert (closed.exit_reason, closed.exit_proceeds) == ("manual", Decimal("101.898"))
     [opened] = await store.list_open(bot.db, USER)
     assert (opened.quantity, opened.entry_price, opened.entry_cost) == (
@@ -684,8 +686,10 @@ async def test_a_keyed_buy_whose_reply_was_lost_is_settled_from_the_exchange_whe
     _lose_the_reply_and_the_lookup(fake)
     with pytest.raises(OrderOutcomeUnknown, match=UNCONFIRMED):
         await bot.orders.submit(bot.exchange, request)
-    lost = await store.get_order(bot.db, client_order_id(USER, "entry:BTCUSDT:tg:5:7", BUY, 0))
-    assert lost is not None and (lost.status, lost.error) == (store.OrderStatus.UNKNOWN, LOST_REPLY)
+    lost = await order_store.get_order(
+        bot.db, client_order_id(USER, "entry:BTCUSDT:tg:5:7", BUY, 0)
+    )
+    assert lost is not None and (lost.status, lost.error) == (OrderStatus.UNKNOWN, LOST_REPLY)
     settled = await bot.orders.submit(bot.exchange, request)  # Telegram delivers it again
     assert fake.count("POST", "order") == 1 and len(fake.orders) == 1
     assert settled.order.client_order_id == lost.client_order_id
@@ -707,7 +711,7 @@ async def test_a_keyed_buy_the_exchange_never_took_is_sent_once_more_when_asked_
     assert bot.clock.slept == [WINDOW_S]  # certain it never reached the exchange
     assert _posts(fake) == [settled.order.client_order_id] * 2
     assert len(fake.orders) == 1 and fake.duplicates == []
-    assert settled.position.status is store.PositionStatus.OPEN
+    assert settled.position.status is PositionStatus.OPEN
 
 
 async def test_a_keyed_buy_the_exchange_refused_is_not_sent_again_when_asked_again(
@@ -771,7 +775,7 @@ async def test_an_exit_whose_reply_was_lost_is_closed_by_the_recovery_as_the_sto
         await bot.sell(position, reason="trailing_stop")
     assert await bot.orders.recover(bot.exchange_of) == RecoveryReport(settled=1)
     closed = await store.get(bot.db, position.id)
-    assert closed is not None and closed.status is store.PositionStatus.CLOSED
+    assert closed is not None and closed.status is PositionStatus.CLOSED
     assert (closed.exit_client_order_id, closed.sold_quantity) == (
         fake.orders[1]["clientOrderId"],
         Decimal("0.001"),
@@ -796,7 +800,7 @@ async def test_orders_the_exchange_never_took_are_recorded_not_placed_after_the_
     assert report == RecoveryReport(not_placed=2)
     assert bot.clock.slept == [WINDOW_S]  # sent at the same time: one window covers both
     assert [(o.status, o.error) for o in await _all_orders(bot)] == [
-        (store.OrderStatus.REJECTED, NOT_PLACED_AFTER_RESTART)
+        (OrderStatus.REJECTED, NOT_PLACED_AFTER_RESTART)
     ] * 2
     assert fake.orders == [] and not await bot.orders.has_unsettled()
     assert await _stamped_by_the_order_paths_clock(bot)
@@ -826,7 +830,7 @@ async def test_orders_the_exchange_ended_unfilled_are_recorded_refused_by_the_re
     report = await bot.orders.recover(bot.exchange_of)
     assert report == RecoveryReport(not_placed=2)
     assert [(o.status, o.error) for o in await _all_orders(bot)] == [
-        (store.OrderStatus.REJECTED, ENDED_UNFILLED)
+        (OrderStatus.REJECTED, ENDED_UNFILLED)
     ] * 2
 
 
@@ -880,7 +884,7 @@ class Interleaved:
         return await self.inner.symbol_rules(symbol)
 
     async def place_market_order(
-        self, symbol: str, side: Side, quantity: Decimal, client_order_id: str
+        self, symbol: str, side: OrderSide, quantity: Decimal, client_order_id: str
     ) -> Fill:
         await self._run("send")
         return await self.inner.place_market_order(symbol, side, quantity, client_order_id)
@@ -921,7 +925,7 @@ async def test_the_periodic_recovery_leaves_an_order_being_sent_alone_and_settle
         OrderRequest(USER, "BTCUSDT", BUY, Decimal("0.001"), Decimal(50000)),
     )
     assert reports == [RecoveryReport(settled=1)]  # the other's; this one was in flight
-    assert settled.order.status is store.OrderStatus.FILLED and len(fake.orders) == 2
+    assert settled.order.status is OrderStatus.FILLED and len(fake.orders) == 2
     assert {p.user_id for p in await store.list_open(bot.db)} == {USER, OTHER}
 
 

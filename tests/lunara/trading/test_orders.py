@@ -12,9 +12,10 @@ from lunara.services import TradingError
 from lunara.storage import positions as store
 from lunara.storage import users
 from lunara.storage.database import open_database
-from lunara.trading.exchange import ExchangeUnavailable, Fill, Side
+from lunara.trading.exchange import ExchangeUnavailable, Fill
 from lunara.trading.filters import SymbolRules
 from lunara.trading.market import SimMarket
+from lunara.trading.model import OrderSide, OrderStatus
 from lunara.trading.orders import (
     DEFAULT_UNKNOWN_ORDER_WINDOW_S,
     OrderPath,
@@ -57,7 +58,7 @@ class FaultyExchange:
         return await self.inner.symbol_rules(symbol)
 
     async def place_market_order(
-        self, symbol: str, side: Side, quantity: Decimal, client_order_id: str
+        self, symbol: str, side: OrderSide, quantity: Decimal, client_order_id: str
     ) -> Fill:
         self.sends += 1
         if self.fault == "crash_before_send":
@@ -78,12 +79,12 @@ async def _params(user_id: int) -> TrailingParams:
 
 
 def test_client_order_ids_are_deterministic_and_fit_binance() -> None:
-    first = client_order_id(1, "entry:BTCUSDT", Side.BUY, 0)
+    first = client_order_id(1, "entry:BTCUSDT", OrderSide.BUY, 0)
     # What every release derives: an order recorded before an upgrade is found after it.
     assert first == "lu-8720090ef04c14dccf61bdc9dcde030b"
-    assert first == client_order_id(1, "entry:BTCUSDT", Side.BUY, 0)
-    assert first != client_order_id(1, "entry:BTCUSDT", Side.BUY, 1)
-    assert first != client_order_id(2, "entry:BTCUSDT", Side.BUY, 0)
+    assert first == client_order_id(1, "entry:BTCUSDT", OrderSide.BUY, 0)
+    assert first != client_order_id(1, "entry:BTCUSDT", OrderSide.BUY, 1)
+    assert first != client_order_id(2, "entry:BTCUSDT", OrderSide.BUY, 0)
     assert re.fullmatch(r"[A-Za-z0-9._:-]{1,36}", first)
 
 
@@ -116,7 +117,7 @@ async def test_a_crash_around_the_send_never_places_an_order_twice(
     market = SimMarket(seed=5)
     db, stop_db, paper, orders = await _setup(path, market)
     price = (await market.prices(["ETHUSDT"]))["ETHUSDT"]
-    request = OrderRequest(USER, "ETHUSDT", store.OrderSide.BUY, Decimal("0.05"), price)
+    request = OrderRequest(USER, "ETHUSDT", OrderSide.BUY, Decimal("0.05"), price)
     with pytest.raises(Crash):
         await orders.submit(FaultyExchange(paper, fault), request)
     await db.close()  # type: ignore[attr-defined]
@@ -151,7 +152,9 @@ async def test_a_crash_around_the_send_never_places_an_order_twice(
         async with db.execute("SELECT COUNT(*) FROM orders WHERE status = 'filled'") as cur:  # type: ignore[attr-defined]
             row = await cur.fetchone()
         assert row[0] == len(open_positions) + 1
-        assert settled.order.client_order_id != client_order_id(USER, "entry:ETHUSDT", Side.BUY, 0)
+        assert settled.order.client_order_id != client_order_id(
+            USER, "entry:ETHUSDT", OrderSide.BUY, 0
+        )
     finally:
         await db.close()  # type: ignore[attr-defined]
         await stop_db.close()  # type: ignore[attr-defined]
@@ -170,10 +173,10 @@ async def test_an_accepted_order_whose_answer_was_lost_is_found_by_its_client_id
         price = (await market.prices(["ETHUSDT"]))["ETHUSDT"]
         faulty = FaultyExchange(paper, "drop_response")
         settled = await orders.submit(
-            faulty, OrderRequest(USER, "ETHUSDT", store.OrderSide.BUY, Decimal("0.05"), price)
+            faulty, OrderRequest(USER, "ETHUSDT", OrderSide.BUY, Decimal("0.05"), price)
         )
         assert faulty.sends == 1
-        assert settled.order.status is store.OrderStatus.FILLED
+        assert settled.order.status is OrderStatus.FILLED
         balances = {b.asset: b.free for b in await paper.balances()}
         assert balances["ETH"] == Decimal("0.05")
         assert len(await store.list_open(db, USER)) == 1  # type: ignore[arg-type]
@@ -192,7 +195,7 @@ async def test_a_keyed_entry_asked_again_after_a_crash_never_buys_twice(
     db, stop_db, paper, orders = await _setup(path, market)
     price = (await market.prices(["ETHUSDT"]))["ETHUSDT"]
     request = OrderRequest(
-        USER, "ETHUSDT", store.OrderSide.BUY, Decimal("0.05"), price, request_key="tg:11:7"
+        USER, "ETHUSDT", OrderSide.BUY, Decimal("0.05"), price, request_key="tg:11:7"
     )
     with pytest.raises(Crash):
         await orders.submit(FaultyExchange(paper, fault), request)
@@ -216,7 +219,7 @@ async def test_a_keyed_entry_asked_again_after_a_crash_never_buys_twice(
             assert balances["ETH"] == Decimal("0.05")
         # Another message is another entry.
         other = OrderRequest(
-            USER, "ETHUSDT", store.OrderSide.BUY, Decimal("0.05"), price, request_key="tg:11:8"
+            USER, "ETHUSDT", OrderSide.BUY, Decimal("0.05"), price, request_key="tg:11:8"
         )
         await orders.submit(paper, other)
         async with db.execute("SELECT COUNT(*) FROM orders WHERE status = 'filled'") as cur:  # type: ignore[attr-defined]
@@ -239,7 +242,7 @@ async def test_a_keyed_entry_filled_before_a_crash_is_settled_with_its_stop_when
     request = OrderRequest(
         USER,
         "ETHUSDT",
-        store.OrderSide.BUY,
+        OrderSide.BUY,
         Decimal("0.05"),
         price,
         stop_params=TrailingParams(stoploss=-0.10, trailing_stop=True),

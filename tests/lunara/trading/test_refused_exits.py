@@ -33,6 +33,7 @@ from lunara.trading.executor import (
 )
 from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket
+from lunara.trading.model import OrderSide, PositionStatus
 from lunara.trading.orders import OrderPath, OrderRequest
 from lunara.trading.stopstore import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
@@ -73,7 +74,7 @@ class Bot:
     async def buy(self, symbol: str, quantity: str, price: str) -> store.Position:
         settled = await self.orders.submit(
             self.exchange,
-            OrderRequest(TRADER, symbol, store.OrderSide.BUY, Decimal(quantity), Decimal(price)),
+            OrderRequest(TRADER, symbol, OrderSide.BUY, Decimal(quantity), Decimal(price)),
         )
         return settled.position
 
@@ -213,7 +214,7 @@ async def test_a_refused_exit_holds_back_no_other_position_of_the_same_trader(
     still_open = await store.list_open(bot.db, TRADER)
     assert [position.id for position in still_open] == [first.id]
     closed = await store.get(bot.db, second.id)
-    assert closed is not None and closed.status is store.PositionStatus.CLOSED
+    assert closed is not None and closed.status is PositionStatus.CLOSED
 
 
 async def test_the_admins_hear_of_a_refused_exit_only_after_it_has_lasted(
@@ -240,7 +241,7 @@ async def test_a_remainder_too_small_to_sell_closes_the_position_as_dust(
     fake.fill_next_partly("0.95")  # the exit sells 0.00094 BTC, then Binance expires it
     await bot.executor.tick()
     reduced = await store.get(bot.db, position.id)
-    assert reduced is not None and reduced.status is store.PositionStatus.OPEN
+    assert reduced is not None and reduced.status is PositionStatus.OPEN
     left = reduced.quantity
     assert left * 45000 < 5  # under BTCUSDT's 5 USDT minimum notional
     sends = _sells(fake)
@@ -248,7 +249,7 @@ async def test_a_remainder_too_small_to_sell_closes_the_position_as_dust(
     await bot.executor.tick()
     assert _sells(fake) == sends  # nothing Binance would refuse is sent
     closed = await store.get(bot.db, position.id)
-    assert closed is not None and closed.status is store.PositionStatus.CLOSED
+    assert closed is not None and closed.status is PositionStatus.CLOSED
     assert closed.exit_reason == "dust" and closed.residue_quantity == left
     sold_quote = sum(
         Decimal(order["cummulativeQuoteQty"]) for order in fake.orders if order["side"] == "SELL"
@@ -275,7 +276,7 @@ async def test_an_order_that_hangs_holds_back_no_other_traders_stop(
     other = (
         await bot.orders.submit(
             bot.exchange,
-            OrderRequest(OTHER, "ETHUSDT", store.OrderSide.BUY, Decimal("0.01"), Decimal(3000)),
+            OrderRequest(OTHER, "ETHUSDT", OrderSide.BUY, Decimal("0.01"), Decimal(3000)),
         )
     ).position
     fake.set_price("BTCUSDT", 45000)
@@ -286,12 +287,12 @@ async def test_an_order_that_hangs_holds_back_no_other_traders_stop(
     second = await bot.executor.tick()
     assert second.skipped_busy == 1 and second.exits == 1
     closed = await store.get(bot.db, other.id)
-    assert closed is not None and closed.status is store.PositionStatus.CLOSED
+    assert closed is not None and closed.status is PositionStatus.CLOSED
     still = await store.get(bot.db, hanging.id)
-    assert still is not None and still.status is store.PositionStatus.OPEN
+    assert still is not None and still.status is PositionStatus.OPEN
     assert await bot.executor.finish_in_flight(10.0) == 0  # the hung sell completes
     sold = await store.get(bot.db, hanging.id)
-    assert sold is not None and sold.status is store.PositionStatus.CLOSED
+    assert sold is not None and sold.status is PositionStatus.CLOSED
     sells = [order for order in fake.orders if order["side"] == "SELL"]
     assert len(sells) == 2  # each position sold once
 
@@ -306,7 +307,7 @@ async def test_a_whole_position_worth_too_little_after_a_fall_is_refused_not_dus
     report = await bot.executor.tick()
     assert report.failures == 1 and report.exits == 0
     still = await store.get(bot.db, position.id)
-    assert still is not None and still.status is store.PositionStatus.OPEN
+    assert still is not None and still.status is PositionStatus.OPEN
     assert position.id in {stop.position_id for stop in bot.stops.tracked()}
     assert len(bot.refusals_told()) == 1 and "minimum notional" in bot.refusals_told()[0]
 

@@ -606,6 +606,7 @@ async def test_traders_adding_stops_at_once_all_get_them_saved(
     assert sorted(await saved_rows(db)) == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow
 async def test_stops_ride_out_a_redis_outage_and_are_written_back_when_it_returns(
     db: aiosqlite.Connection, tmp_path: Path
 ) -> None:
@@ -639,6 +640,7 @@ async def test_stops_ride_out_a_redis_outage_and_are_written_back_when_it_return
         server.wait(10)
 
 
+@pytest.mark.slow
 async def test_a_store_started_with_redis_down_runs_every_stop_on_sqlite_then_hands_back(
     db: aiosqlite.Connection, tmp_path: Path
 ) -> None:
