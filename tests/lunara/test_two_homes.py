@@ -294,7 +294,8 @@ def test_two_runs_on_one_home_one_active_one_standby_that_takes_over_when_killed
         assert "standby: another supervisor holds" in output and "taking over" in output
     finally:
         for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
+            if process is not None:
+                if process.poll() is None:
+                    process.kill()
+                process.communicate()  # reaps it and closes its pipe
         cli.run("stop", "--timeout", "20", entry=ENTRY, extra_env=env)

@@ -127,7 +127,7 @@ def test_a_socket_another_user_planted_never_receives_the_token(
         assert not received.exists()
     finally:
         server.kill()
-        server.wait()
+        server.communicate()  # reaps it and closes its pipe
 
 
 def test_a_group_writable_directory_above_the_manifest_is_refused(tmp_path: Path) -> None:
@@ -305,4 +305,4 @@ def test_a_home_another_user_planted_in_a_shared_directory_never_gets_the_token(
         assert "ci-secret-token" not in named.stdout + named.stderr
     finally:
         server.kill()
-        server.wait()
+        server.communicate()  # reaps it and closes its pipe
