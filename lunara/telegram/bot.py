@@ -16,7 +16,6 @@ the order sent, different users' side by side (`lunara.telegram.ordering`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -42,21 +41,16 @@ from blueprint.manifest import Manifest
 from blueprint.paths import HomePaths
 from lunara import payments
 from lunara import plans as plan_book
+from lunara.accounts import AccountService, AlreadyRefunded
 from lunara.config import Settings
 from lunara.dependencies import Watch
 from lunara.services import TradingService
-from lunara.storage import users
-from lunara.storage.database import RecordNotFound
 from lunara.storage.outbox import Outgoing, Priority
 from lunara.telegram import formatting as fmt
 from lunara.telegram import menus
 from lunara.telegram.chats import follow_migration
 from lunara.telegram.commands import COMMANDS, EXPECTED_ERRORS, CommandContext, Deps
-from lunara.telegram.errors import (
-    STATE_FILE,
-    ErrorHandler,
-    TelegramState,
-)
+from lunara.telegram.errors import STATE_FILE, ErrorHandler, TelegramState
 from lunara.telegram.guard import Admission, Guard, RateLimiter, Verdict, late_by
 from lunara.telegram.inbox import Inbox, InboxBot
 from lunara.telegram.ordering import PerUserOrder
@@ -163,13 +157,13 @@ class TelegramBot:
             .build()
         )
         self._keyring: KeyRing | None = None
+        self.accounts = AccountService(db, self._load_keyring)
         self.deps = Deps(
             settings=settings,
             paths=paths,
-            db=db,
+            accounts=self.accounts,
             trading=trading,
             guard=self.guard,
-            keyring=self._load_keyring,
             broadcast=self.outbox.broadcast,
             delete_message=self._delete_message,
             refund=self._refund,
@@ -275,7 +269,7 @@ class TelegramBot:
             await self.application.bot.refund_star_payment(user_id, charge_id)
         except BadRequest as error:
             if CHARGE_ALREADY_REFUNDED in error.message.upper():
-                raise payments.AlreadyRefunded(charge_id) from None
+                raise AlreadyRefunded(charge_id) from None
             raise
 
     # -- handlers -----------------------------------------------------------------------
@@ -445,8 +439,7 @@ class TelegramBot:
         """A user blocked the bot (`kicked`): inactive, so broadcasts and auto trades skip
         them; unblocked it (`member`): active again. Nothing is answered."""
         active = change.new_chat_member.status == ChatMemberStatus.MEMBER
-        with contextlib.suppress(RecordNotFound):
-            await users.set_active(self.db, change.chat.id, active)
+        if await self.accounts.set_active(change.chat.id, active):
             logger.info("user %d %s the bot; marked %s", change.chat.id,
                         "unblocked" if active else "blocked",
                         "active" if active else "inactive")  # fmt: skip
@@ -460,8 +453,8 @@ class TelegramBot:
         query = update.pre_checkout_query
         if query is None:
             return
-        decision = await payments.check_pre_checkout(
-            self.db, query.from_user.id, query.invoice_payload, query.currency, query.total_amount
+        decision = await self.accounts.check_pre_checkout(
+            query.from_user.id, query.invoice_payload, query.currency, query.total_amount
         )
         await query.answer(ok=decision.ok, error_message=decision.error)
 
@@ -484,8 +477,7 @@ class TelegramBot:
         """Record the payment (once per charge id, so a replay is harmless), thank the payer."""
         paid = message.successful_payment
         assert paid is not None
-        outcome = await payments.record_payment(
-            self.db,
+        outcome = await self.accounts.record_payment(
             sender_id,
             paid.invoice_payload,
             paid.telegram_payment_charge_id,

@@ -24,6 +24,7 @@ from blueprint.ledger import ExitRecord, Ledger, LedgerDocument, utc_now
 from blueprint.manifest import Permission
 from blueprint.mirror import NullMirror
 from blueprint.paths import HomePaths
+from lunara import accounts
 from lunara import payments as payments_flow
 from lunara import plans as plan_book
 from lunara.app import CrashReporter
@@ -401,12 +402,12 @@ async def test_concurrent_refunds_of_one_charge_make_one_refund_call(
         # several admins at once: asked here of the refund flow itself, five at a time.
         outcomes = await asyncio.gather(
             *(
-                payments_flow.refund_payment(bot.bot.deps.db, bot.bot.deps.refund, "charge-5x")
+                accounts.refund_payment(bot.bot.db, bot.bot.deps.refund, "charge-5x")
                 for _ in range(5)
             )
         )
         assert sorted(result.value for result, _ in outcomes) == sorted(
-            [payments_flow.Refund.REFUNDED.value] + [payments_flow.Refund.ALREADY.value] * 4
+            [accounts.Refund.REFUNDED.value] + [accounts.Refund.ALREADY.value] * 4
         )
         assert [r["telegram_payment_charge_id"] for r in fake_telegram.refunds] == ["charge-5x"]
         answer = await bot.ask(ADMIN, "/refund charge-5x")
