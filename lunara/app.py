@@ -98,6 +98,7 @@ async def _compose(
     lease: InstanceLease | None,
 ) -> None:
     from lunara.plan_expiry import PlanExpiryNotices
+    from lunara.telegram.polling import TelegramService
     from lunara.trading.engine import open_trading
 
     trading = await open_trading(settings, db=db, redis=redis, lease=lease)
@@ -112,7 +113,7 @@ async def _compose(
             trading.dependencies.telegram,
         )  # fmt: skip
         trading.engine.attach_notifier(telegram)
-        composition.services.append(telegram.service())
+        composition.services.append(TelegramService(telegram))
         composition.services.append(CrashReporter(telegram, paths))
         composition.services.append(PlanExpiryNotices(db, telegram.outbox.wakeup.set))
     composition.services.append(MetricsWriter(paths, trading.engine, telegram))

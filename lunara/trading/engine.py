@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 from blueprint.errors import ConfigError
+from lunara.accounts import plan_in_force, position_limit_reached
 from lunara.ai.analyst import NOTE_OFF, Analyst, MarketSummary
 from lunara.analysis.analyzer import InsufficientData, analyze_candles
 from lunara.config import MarketKind, Mode, Settings
@@ -62,7 +63,6 @@ from lunara.trading.executor import (
     SettingsCache,
     SignalSource,
     StreamingSignals,
-    plan_limits,
 )
 from lunara.trading.filters import quantity_for_quote
 from lunara.trading.limiter import WeightLimiter
@@ -414,9 +414,9 @@ class TradingEngine:
             raise TradingPaused("trading is paused by an admin; try again later")
         if not self.breaker.allows(user_id):
             raise TradingError("trading on your account is paused after repeated key failures")
-        limits = plan_limits(user, self._clock())
+        limits = plan_in_force(user, self._clock())
         open_positions = await position_store.list_open(self._db, user_id)
-        if len(open_positions) >= limits.max_open_positions:
+        if position_limit_reached(limits, len(open_positions)):
             raise TradingError(
                 f"your plan allows {limits.max_open_positions} open positions; close one first"
             )
@@ -488,7 +488,7 @@ class TradingEngine:
             if self._analyst is None or not self._analyst.enabled:
                 ai_note = NOTE_OFF
             else:
-                limits = plan_limits(user, self._clock())
+                limits = plan_in_force(user, self._clock())
                 commentary = await self._analyst.comment(
                     user_id,
                     limits.name.value,

@@ -21,6 +21,7 @@ from lunara.config import Settings, load_settings
 from lunara.storage.database import open_database
 from lunara.telegram.bot import TelegramBot
 from lunara.telegram.outbox import TELEGRAM_LIMITS, SendLimits
+from lunara.telegram.polling import TelegramService
 from tests.fakes.telegram_api import FakeTelegram
 
 TOKEN = "7312345678:AAH3kq9ZxV0b1c2d3e4f5g6h7i8j9k0lMnOpQ"
@@ -152,7 +153,7 @@ async def running_bot(
         fake, home, default_role=default_role, send_limits=send_limits, **extra
     ) as (bot, trading):
         stop = asyncio.Event()
-        service = asyncio.create_task(bot.service().run(stop))
+        service = asyncio.create_task(TelegramService(bot).run(stop))
         engine_task = asyncio.create_task(trading.runner.run(stop))
         running = RunningBot(fake, bot, home)
         try:
