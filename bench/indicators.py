@@ -73,8 +73,7 @@ def main() -> int:
         "MACD(12,26,9)": (lambda: ours.macd(close), lambda: talib.MACD(close, 12, 26, 9)),
         "BBANDS(20,2)": (
             lambda: ours.bbands(close, 20, 2.0),
-            # talib's __all__ leaves out MA_Type, which its documentation uses as talib.MA_Type
-            lambda: talib.BBANDS(close, 20, 2, 2, talib.MA_Type.SMA),  # type: ignore[attr-defined]
+            lambda: talib.BBANDS(close, 20, 2, 2),  # matype: SMA by default, as ours
         ),
         "ATR(14)": (
             lambda: ours.atr(high, low, close, 14),

@@ -22,6 +22,7 @@ from lunara.instance import (
     InstanceConflict,
     InstanceLease,
     LeaseLost,
+    StaleEpoch,
     lease_key,
 )
 from lunara.services import TradingError
@@ -31,8 +32,9 @@ from lunara.storage.database import open_database
 from lunara.storage.deployment import deployment_id
 from lunara.trading.binance import BinanceExchange, BinanceGateway
 from lunara.trading.limiter import WeightLimiter
+from lunara.trading.model import OrderSide, OrderStatus
 from lunara.trading.orders import OrderPath, OrderRequest
-from lunara.trading.stopstore import RedisStopStore, SqliteStopStore, StaleEpoch
+from lunara.trading.stopstore import RedisStopStore, SqliteStopStore
 from lunara.trading.trailing import StopState, TrailingParams
 from tests.fakes.binance_api import FakeBinance
 from tests.lunara.trading.test_stopstore import create_stop_table
@@ -273,9 +275,9 @@ async def test_an_instance_that_lost_the_lease_places_no_order(
     gateway = BinanceGateway(base_url=fake.base_url, limiter=WeightLimiter(), timeout_s=2.0)
     exchange = BinanceExchange(gateway, KEY, SECRET)
     try:
-        request = OrderRequest(5, "BTCUSDT", store.OrderSide.BUY, Decimal("0.001"), Decimal(50000))
+        request = OrderRequest(5, "BTCUSDT", OrderSide.BUY, Decimal("0.001"), Decimal(50000))
         bought = await orders.submit(exchange, request)  # holding the lease: placed
-        assert bought.order.status is store.OrderStatus.FILLED
+        assert bought.order.status is OrderStatus.FILLED
         assert fake.count("POST", "order") == 1
         await _expired(redis)
         assert await _lease(redis, tmp_path / "b").try_redis() is None

@@ -27,7 +27,7 @@ from tests.lunara.data.files import (
 
 def rows_of(path: Path) -> list[Row]:
     frame = read_candle_file(path).frame
-    return [tuple(row) for row in frame.itertuples(index=False)]  # type: ignore[misc]
+    return [tuple(row) for row in frame.itertuples(index=False)]
 
 
 def test_a_2024_binance_spot_csv_has_no_header_and_millisecond_times(tmp_path: Path) -> None:
