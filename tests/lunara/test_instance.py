@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import aiosqlite
 import pytest
@@ -53,13 +54,18 @@ async def redis(redis_db: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+class LeaseOptions(TypedDict, total=False):
+    ttl_s: float
+    clock: Callable[[], float]
+
+
 def _lease(
-    redis: Redis, home: Path, deployment: str = DEPLOYMENT, **options: object
+    redis: Redis, home: Path, deployment: str = DEPLOYMENT, **options: Unpack[LeaseOptions]
 ) -> InstanceLease:
     home.mkdir(parents=True, exist_ok=True)
     return InstanceLease(
         name=NAME, deployment_id=deployment, home=home, redis=redis, host="host-" + home.name,
-        **options,  # type: ignore[arg-type]
+        **options,
     )  # fmt: skip
 
 
