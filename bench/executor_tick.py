@@ -48,12 +48,11 @@ from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
-from _common import BASE_ASSETS, ROOT, start_price
-
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench, tests
 
 from redis.asyncio import Redis
 
+from bench._common import BASE_ASSETS, start_price
 from lunara.config import Mode, Settings
 from lunara.crypto import KeyRing, generate_key
 from lunara.storage import credentials, users

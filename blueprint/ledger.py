@@ -472,7 +472,7 @@ class Ledger:
             # evidence, and say that nothing was written.
             return self._rebuild(self._read_bytes(), self._evidence(), unwritten=error.message)
 
-    def update(self, mutate: Callable[[LedgerDocument], None]) -> LedgerDocument:
+    def update(self, mutate: Callable[[LedgerDocument], object]) -> LedgerDocument:
         """Read, change and write the ledger as one step under the lock; mirror the result.
 
         Events added by `mutate` (through `LedgerDocument.add_event`) are also sent to

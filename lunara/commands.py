@@ -23,9 +23,9 @@ from lunara.command_settings import settings_of
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from lunara.analysis.candles import Candle
     from lunara.config import Settings
     from lunara.storage.backup import LiveStops
-    from lunara.trading.market import Candle
     from lunara.trading.stopstore import TrackedStop
 
 config_app = typer.Typer(help="The bot's configuration.", no_args_is_help=True)
@@ -253,9 +253,9 @@ def analyze(
 async def _history(settings: Settings, symbol: str) -> list[Candle]:
     """Candles of the configured market: a replay file up to its last candle, the sim
     market's seeded history, or Binance klines."""
+    from lunara.analysis.candles import read_klines_csv
     from lunara.config import MarketKind
     from lunara.trading.engine import ANALYSIS_CANDLES, build_market
-    from lunara.trading.market import read_klines_csv
 
     if settings.market.kind is MarketKind.REPLAY:
         from lunara.analysis.candles import CandleFileError

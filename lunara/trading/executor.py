@@ -172,7 +172,7 @@ class CircuitBreaker:
         if count < self._threshold:
             return None
         trips = self._trips.get(user_id, 0)
-        pause = min(self._cooldown_s * (2**trips), self._max_cooldown_s)
+        pause: float = min(self._cooldown_s * (2**trips), self._max_cooldown_s)
         self._trips[user_id] = trips + 1
         self._failures[user_id] = self._threshold - 1  # half-open: one more failure re-trips
         self._open_until[user_id] = self._clock() + pause

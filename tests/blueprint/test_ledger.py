@@ -14,7 +14,7 @@ import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import psutil
 import pytest
@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 from blueprint.errors import BlueprintError, ExitCode
 from blueprint.ledger import (
     MAX_EVENTS,
-    STORED_STATES,
     BotState,
     ExitRecord,
     Ledger,
@@ -38,6 +37,8 @@ from blueprint.ledger import (
 )
 from blueprint.mirror import MirrorKeys, NullMirror, RedisMirror
 from blueprint.paths import HomePaths
+from blueprint.states import STORED_STATES
+from tests.blueprint.streams import stream_fields
 from tests.waiting import wait_until
 
 NAME = "ledger-test"
@@ -110,7 +111,8 @@ def test_events_are_bounded_and_sent_to_the_mirror(redis_db: str, home: Path) ->
     client = redis.Redis.from_url(redis_db)
     try:
         streamed = [
-            json.loads(fields[b"event"]) for _, fields in client.xrange(f"lunara:{NAME}:events")
+            json.loads(fields[b"event"])
+            for fields in stream_fields(client.xrange(f"lunara:{NAME}:events"))
         ]
         mirrored = json.loads(client.get(MirrorKeys.for_name(NAME).ledger) or b"{}")
     finally:
@@ -210,7 +212,12 @@ def test_update_over_a_corrupt_ledger_rebuilds_then_applies_the_change(home: Pat
     assert document.events[-1]["kind"] == "ledger_rebuilt"
 
 
-def here(home: Path) -> dict[str, str]:
+class Where(TypedDict):
+    host: str
+    home: str
+
+
+def here(home: Path) -> Where:
     """The host and home a mirror entry written by this home carries."""
     return {"host": socket.gethostname(), "home": str(HomePaths(home).root)}
 

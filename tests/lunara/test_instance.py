@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import aiosqlite
 import pytest
@@ -22,6 +23,7 @@ from lunara.instance import (
     InstanceConflict,
     InstanceLease,
     LeaseLost,
+    StaleEpoch,
     lease_key,
 )
 from lunara.services import TradingError
@@ -33,7 +35,7 @@ from lunara.trading.binance import BinanceExchange, BinanceGateway
 from lunara.trading.limiter import WeightLimiter
 from lunara.trading.model import OrderSide, OrderStatus
 from lunara.trading.orders import OrderPath, OrderRequest
-from lunara.trading.stopstore import RedisStopStore, SqliteStopStore, StaleEpoch
+from lunara.trading.stopstore import RedisStopStore, SqliteStopStore
 from lunara.trading.trailing import StopState, TrailingParams
 from tests.fakes.binance_api import FakeBinance
 from tests.lunara.trading.test_stopstore import create_stop_table
@@ -52,13 +54,18 @@ async def redis(redis_db: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+class LeaseOptions(TypedDict, total=False):
+    ttl_s: float
+    clock: Callable[[], float]
+
+
 def _lease(
-    redis: Redis, home: Path, deployment: str = DEPLOYMENT, **options: object
+    redis: Redis, home: Path, deployment: str = DEPLOYMENT, **options: Unpack[LeaseOptions]
 ) -> InstanceLease:
     home.mkdir(parents=True, exist_ok=True)
     return InstanceLease(
         name=NAME, deployment_id=deployment, home=home, redis=redis, host="host-" + home.name,
-        **options,  # type: ignore[arg-type]
+        **options,
     )  # fmt: skip
 
 

@@ -169,12 +169,13 @@ async def test_symbols_binance_does_not_list_are_refused_by_settings_and_buy_nam
 ) -> None:
     prices = {"BTCUSDT": Decimal("50000"), "ETHUSDT": Decimal("2500")}
     with FakeBinance(prices=prices) as binance:
-        on_binance = {
-            "LUNARA_MARKET": "binance",
-            "BINANCE_API_BASE_URL": binance.base_url,
-            "LUNARA_SYMBOLS": "BTCUSDT,ETHUSTD",  # a typo: left out at start
-        }
-        async with running_bot(fake_telegram, bot_home, **on_binance) as bot:
+        async with running_bot(
+            fake_telegram,
+            bot_home,
+            LUNARA_MARKET="binance",
+            BINANCE_API_BASE_URL=binance.base_url,
+            LUNARA_SYMBOLS="BTCUSDT,ETHUSTD",  # a typo: left out at start
+        ) as bot:
             await bot.ask(TRADER, "/start")
             refused = await bot.ask(TRADER, "/settings symbols=BTCUSDT,NOPEUSDT auto_mode=on")
             assert "Binance does not list NOPEUSDT" in refused, refused
@@ -236,13 +237,14 @@ async def test_setkeys_in_live_mode_stores_only_keys_the_exchange_accepts(
         binance.add_account(*good, USDT="1000")
         binance.add_account(*view_only, USDT="1000")
         binance.no_trading.add(view_only[0])
-        live = {
-            "LUNARA_MODE": "live",
-            "LUNARA_MARKET": "binance",
-            "BINANCE_API_BASE_URL": binance.base_url,
-            "LUNARA_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-        }
-        async with running_bot(fake_telegram, bot_home, **live) as bot:
+        async with running_bot(
+            fake_telegram,
+            bot_home,
+            LUNARA_MODE="live",
+            LUNARA_MARKET="binance",
+            BINANCE_API_BASE_URL=binance.base_url,
+            LUNARA_ENCRYPTION_KEY=Fernet.generate_key().decode(),
+        ) as bot:
             await bot.ask(TRADER, "/start")
             unknown = await bot.ask(TRADER, f"/setkeys {'U' * 64} {'u' * 64}")
             assert "Binance refused these keys" in unknown, unknown

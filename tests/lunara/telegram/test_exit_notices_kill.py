@@ -123,10 +123,13 @@ def test_sigkills_during_a_burst_of_200_stop_exits_deliver_each_notice_exactly_o
         def polling(after: int) -> Callable[[], bool]:
             return lambda: fake.polls_by_token.get(TOKEN, 0) > after
 
+        def reached(count: Callable[[], int], threshold: int) -> Callable[[], bool]:
+            return lambda: count() >= threshold
+
         kills: list[float] = []
         open_at_kills: list[int] = []
-        moments = [(lambda: closed() >= KILL_AMID_EXITS, f"{KILL_AMID_EXITS} exits recorded")]
-        moments += [(lambda t=t: notices() >= t, f"{t} notices") for t in KILL_AFTER]
+        moments = [(reached(closed, KILL_AMID_EXITS), f"{KILL_AMID_EXITS} exits recorded")]
+        moments += [(reached(notices, t), f"{t} notices") for t in KILL_AFTER]
         try:
             bot.start()
             for moment, what in moments:
@@ -155,10 +158,10 @@ def test_sigkills_during_a_burst_of_200_stop_exits_deliver_each_notice_exactly_o
         assert message["text"].startswith(NOTICE), message
         by_trader[int(message["chat_id"])].append(float(message["at"]))
     caught, uncaught = [], []
-    for user_id, moments in by_trader.items():
-        if len(moments) == 1:
+    for user_id, times in by_trader.items():
+        if len(times) == 1:
             continue
-        first, *later = sorted(moments)
+        first, *later = sorted(times)
         if len(later) == 1 and any(
             abs(first - killed) <= CAUGHT_WINDOW_S and later[0] > killed for killed in kills
         ):

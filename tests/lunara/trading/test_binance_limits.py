@@ -72,7 +72,7 @@ def _gateway(fake: FakeBinance, clock: FakeClock) -> BinanceGateway:
 def _other_program(fake: FakeBinance) -> Client:
     """Another program on the same IP: its weight counts against ours at Binance."""
 
-    class Local(Client):
+    class Local(Client):  # type: ignore[misc]  # python-binance ships no type information
         API_URL = fake.api_url
 
     return Local(KEY, SECRET, ping=False)

@@ -525,7 +525,9 @@ async def test_crash_recovery_resumes_from_the_exact_stop(
         assert await recovered.reconcile() == 5
         after = [await recovered.get(position_id) for position_id in range(1, 6)]
         assert after == before
-        assert (await saved_rows(second_db))[3] == as_row(before[2])  # type: ignore[arg-type]
+        third = before[2]
+        assert third is not None
+        assert (await saved_rows(second_db))[3] == as_row(third)
     finally:
         await second_db.close()
         await second_redis.aclose()
