@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -200,7 +201,7 @@ def test_every_replaced_file_of_the_home_goes_through_the_no_follow_writer(
     paths = HomePaths(tmp_path)
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
-    written = {
+    written: dict[str, Callable[[], object]] = {
         "ledger.json": lambda: Ledger(paths, "lunara", NullMirror()).update(lambda _: None),
         "heartbeat": lambda: write_heartbeat(paths.heartbeat, "up"),
         "dependencies.json": lambda: write_dependencies(paths.dependencies, {}),
