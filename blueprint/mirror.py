@@ -124,6 +124,8 @@ class Mirror(Protocol):
 
     def waiting_instance(self) -> dict[str, Any] | None: ...
 
+    def close(self) -> None: ...
+
 
 class NullMirror:
     """The mirror when REDIS_URL is not set: every call is a no-op."""
@@ -146,6 +148,9 @@ class NullMirror:
         return {"backend": "off", "healthy": True, "synced_revision": None}
 
     def waiting_instance(self) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
         return None
 
 
@@ -341,6 +346,10 @@ class RedisMirror:
             "home": fields.get("home", "?"),
             "pid": int(pid) if pid.isdigit() else None,
         }
+
+    def close(self) -> None:
+        """Release the client's connections (a long-running owner, such as the bot)."""
+        self._client.close()
 
     def _flush_ledger(self) -> None:
         document = self._pending_ledger

@@ -259,8 +259,9 @@ def analyze(
 async def _history(settings: Settings, symbol: str) -> list[Candle]:
     """Candles of the configured market: a replay file up to its last candle, the sim
     market's seeded history, or Binance klines."""
+    from lunara.app import build_market
     from lunara.config import MarketKind
-    from lunara.trading.engine import ANALYSIS_CANDLES, build_market
+    from lunara.trading.engine import ANALYSIS_CANDLES
     from lunara.trading.market import read_klines_csv
 
     if settings.market.kind is MarketKind.REPLAY:
