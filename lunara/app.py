@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from lunara.trading.engine import EngineRunner, TradingEngine
     from lunara.trading.executor import Notifier
     from lunara.trading.market import Market
-    from lunara.trading.stopstore import StopStore
+    from lunara.trading.stops import StopStore
 
 logger = logging.getLogger("lunara")
 
@@ -100,7 +100,7 @@ class TradingRuntime:
         """The service that tells `lunara status` what trading reaches (and, through the
         same board, what Telegram does)."""
         from lunara.dependencies import DependencyReporter
-        from lunara.trading.stopstore import REDIS_RETRY_S, RedisStopStore
+        from lunara.trading.stops import REDIS_RETRY_S, RedisStopStore
 
         stops = self.stops
         return DependencyReporter(
@@ -193,7 +193,7 @@ async def _wire_trading(
     from lunara.trading.binance import BinanceGateway
     from lunara.trading.engine import EngineConfig, EngineRunner, TradingEngine
     from lunara.trading.limiter import WeightLimiter
-    from lunara.trading.stopstore import STORE_NAME, make_stop_store
+    from lunara.trading.stops import STORE_NAME, make_stop_store
 
     paths = settings.paths
     if db is None:
@@ -401,7 +401,7 @@ async def serve(settings: Settings, paths: HomePaths) -> int:
     from lunara.instance import InstanceLease, LeaseKeeper, Standby
     from lunara.storage.database import open_database
     from lunara.storage.deployment import deployment_id
-    from lunara.trading.stopstore import STORE_NAME
+    from lunara.trading.stops import STORE_NAME
 
     manifest_path = resolve_manifest(None)
     manifest = None

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from lunara.config import Settings
     from lunara.storage.backup import LiveStops
     from lunara.trading.market import Candle
-    from lunara.trading.stopstore import TrackedStop
+    from lunara.trading.stops import TrackedStop
 
 config_app = typer.Typer(help="The bot's configuration.", no_args_is_help=True)
 keys_app = typer.Typer(help="Encryption keys for exchange credentials.", no_args_is_help=True)
@@ -124,7 +124,7 @@ def _live_stops(redis_url: str, warnings: list[str]) -> LiveStops:
     async def read() -> Mapping[int, TrackedStop]:
         from redis.exceptions import RedisError
 
-        from lunara.trading.stopstore import read_live_stops
+        from lunara.trading.stops import read_live_stops
 
         redis = _redis_client(redis_url)
         try:
@@ -144,7 +144,7 @@ def _live_stops(redis_url: str, warnings: list[str]) -> LiveStops:
 async def _clear_live_stops(redis_url: str) -> int:
     from redis.exceptions import RedisError
 
-    from lunara.trading.stopstore import clear_live_stops
+    from lunara.trading.stops import clear_live_stops
 
     redis = _redis_client(redis_url)
     try:

@@ -64,7 +64,7 @@ from lunara.trading.filters import quantity_for_quote
 from lunara.trading.market import Market, interval_name
 from lunara.trading.orders import OrderOutcomeUnknown, OrderPath, OrderRequest, Settlement
 from lunara.trading.paper import PaperExchange
-from lunara.trading.stopstore import REDIS_OUTAGE, StopStore
+from lunara.trading.stops import REDIS_OUTAGE, StopStore
 from lunara.trading.trailing import initial_state
 
 logger = logging.getLogger(__name__)

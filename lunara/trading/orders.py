@@ -72,7 +72,7 @@ from lunara.trading.filters import (
     format_amount,
     unsellable_remainder,
 )
-from lunara.trading.stopstore import StopStore
+from lunara.trading.stops import StopStore
 from lunara.trading.trailing import TrailingParams, initial_state
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from lunara.app import open_trading
 from lunara.config import load_settings
 from lunara.storage import users
 from lunara.storage.database import open_database
-from lunara.trading.stopstore import (
+from lunara.trading.stops import (
     STORE_NAME,
     RedisStopStore,
     TrackedStop,

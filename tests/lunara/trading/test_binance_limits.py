@@ -36,7 +36,7 @@ from lunara.trading.limiter import (
     weight_per_minute,
 )
 from lunara.trading.market import BinanceMarket
-from lunara.trading.stopstore import SqliteStopStore
+from lunara.trading.stops import SqliteStopStore
 from tests.fakes.binance_api import FakeBinance
 from tests.lunara.trading.support import FakeClock
 

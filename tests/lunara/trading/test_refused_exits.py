@@ -34,7 +34,7 @@ from lunara.trading.executor import (
 from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket
 from lunara.trading.orders import OrderPath, OrderRequest
-from lunara.trading.stopstore import SqliteStopStore
+from lunara.trading.stops import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
 from tests.fakes.binance_api import FakeBinance
 from tests.lunara.trading.support import FakeClock, notices_to

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from lunara.trading.stopstore import (
+from lunara.trading.stops import (
     CHECKPOINT_INTERVAL_S,
     MAX_POSITIONS_PER_CALL,
     RedisStopStore,
