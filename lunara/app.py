@@ -1,8 +1,11 @@
 """The bot's composition root: settings → logging → heartbeat → services → run.
 
 This is the one place that decides which parts run, from the configuration, and
-says in the log what is off and why. Optional parts are imported only when they
-are configured, so a bare install stays small.
+says in the log what is off and why. It builds every part (the database connection,
+the one async Redis client, the instance lease, the trading engine and its clients,
+Telegram) and closes them through one ``AsyncExitStack``, in the reverse order.
+Optional parts are imported only when they are configured, so a bare install stays
+small.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from blueprint.errors import BlueprintError, ConfigError
 from blueprint.exit_message import leave_exit_message
@@ -308,7 +311,11 @@ def build_telegram(
     from lunara.telegram.bot import TelegramBot
 
     mirror = open_mirror(settings.redis_url, manifest.name, audit_path=paths.audit)
-    exits.callback(mirror.close)
+
+    async def close_mirror() -> None:
+        mirror.close()
+
+    push_close(exits, "the audit mirror", close_mirror)
     return TelegramBot(
         settings,
         paths,
@@ -328,7 +335,9 @@ class MetricsWriter:
     name = "metrics"
     every_s = 5.0
 
-    def __init__(self, paths: HomePaths, engine: Any, telegram: TelegramBot | None) -> None:
+    def __init__(
+        self, paths: HomePaths, engine: TradingEngine, telegram: TelegramBot | None
+    ) -> None:
         self.path = paths.root / "metrics.json"
         self.engine = engine
         self.telegram = telegram
