@@ -200,7 +200,6 @@ def test_lua_script_matches_pure_advance_bit_for_bit_with_fees_and_settings_chan
     asyncio.run(lua_matches_python(redis_db, entry, positions, fee))
 
 
-@pytest.mark.parametrize("fee", [-0.01, 1.0, float("nan")])
 async def memory_matches_python(
     entry: float,
     positions: list[tuple[TrailingParams, TrailingParams, list[float]]],
@@ -284,6 +283,7 @@ def test_the_in_memory_tick_matches_pure_advance_bit_for_bit_in_both_stores(
     asyncio.run(memory_matches_python(entry, positions, fee))
 
 
+@pytest.mark.parametrize("fee", [-0.01, 1.0, float("nan")])
 async def test_unusable_fee_rates_are_refused_before_anything_moves(
     redis: Redis, db: aiosqlite.Connection, fee: float
 ) -> None:
