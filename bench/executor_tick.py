@@ -62,7 +62,7 @@ from lunara.trading.binance import BinanceGateway
 from lunara.trading.engine import EngineConfig, TradingEngine
 from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket, SimMarket
-from lunara.trading.stopstore import RedisStopStore
+from lunara.trading.stops import RedisStopStore
 from lunara.trading.trailing import initial_state
 from tests.fakes.binance_api import FakeBinance, request_weight
 

@@ -616,6 +616,33 @@ class Ledger:
         document._added_events.clear()
 
 
+class LedgerView:
+    """ledger.json of one home, read only: for the bot, which reports what the watchdog
+    wrote and must never rebuild, write or wait for the ledger's lock (it reads from
+    inside its event loop). A missing or corrupt file reads as a fresh ledger under
+    `name`, with a sentence saying so; the watchdog, which owns the file, repairs it."""
+
+    def __init__(self, paths: HomePaths, name: str) -> None:
+        self.paths = paths
+        self.name = name
+
+    def read(self) -> LedgerRead:
+        try:
+            raw = self.paths.ledger.read_bytes()
+        except FileNotFoundError:
+            return LedgerRead(LedgerDocument(self.name))
+        except OSError as error:
+            raise BlueprintError(
+                f"cannot read the ledger {self.paths.ledger}: {error.strerror or error}"
+            ) from None
+        try:
+            return LedgerRead(parse_ledger(raw))
+        except LedgerCorrupt as error:
+            return LedgerRead(
+                LedgerDocument(self.name), f"ledger.json is corrupt ({error.message})"
+            )
+
+
 def _fresh(name: str, evidence: tuple[LedgerDocument | None, LiveProcesses | None]) -> LedgerRead:
     """A missing ledger with nothing running is a fresh start, not a recovery.
 

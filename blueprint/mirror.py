@@ -125,6 +125,8 @@ class Mirror(Protocol):
 
     def waiting_instance(self) -> dict[str, Any] | None: ...
 
+    def close(self) -> None: ...
+
 
 class NullMirror:
     """The mirror when REDIS_URL is not set: every call is a no-op."""
@@ -147,6 +149,9 @@ class NullMirror:
         return {"backend": "off", "healthy": True, "synced_revision": None}
 
     def waiting_instance(self) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
         return None
 
 
@@ -342,6 +347,10 @@ class RedisMirror:
             "home": fields.get("home", "?"),
             "pid": int(pid) if pid.isdigit() else None,
         }
+
+    def close(self) -> None:
+        """Release the client's connections (a long-running owner, such as the bot)."""
+        self._client.close()
 
     def _flush_ledger(self) -> None:
         document = self._pending_ledger

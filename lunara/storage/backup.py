@@ -13,7 +13,7 @@ open in the copy only. The file alone holds the freshest stops of its positions;
 restore the bot's start-up reconcile pushes them back into Redis.
 
 A restore makes the restored file the one truth: the CLI clears the Redis stops first
-(``stopstore.clear_live_stops``), otherwise the replaced database's newer stops in Redis
+(``stops.clear_live_stops``), otherwise the replaced database's newer stops in Redis
 would win the reconcile.
 
 A restore trusts the file for its rows, never for its schema: a backup can come from
@@ -50,7 +50,7 @@ from lunara.storage.database import SchemaError, StorageError, open_database
 from lunara.storage.migrations import APPLICATION_ID, KNOWN_TABLES, LATEST_VERSION, checked_table
 
 if TYPE_CHECKING:
-    from lunara.trading.stopstore import TrackedStop
+    from lunara.trading.stops import TrackedStop
 
 LiveStops = Callable[[], Awaitable[Mapping[int, "TrackedStop"]]]
 """Reads the live trailing stops (from Redis), called right after the SQLite snapshot."""
@@ -223,7 +223,7 @@ def backup_database(
 
 async def _refresh(copy_path: Path, live_stops: LiveStops) -> int:
     """Write the live stops newer than the copy's checkpoints into the copy."""
-    from lunara.trading.stopstore import save_newer_stops
+    from lunara.trading.stops import save_newer_stops
 
     async with aiosqlite.connect(copy_path, isolation_level=None) as copy:
         async with copy.execute("SELECT id FROM positions WHERE status = 'open'") as cursor:

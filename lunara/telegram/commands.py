@@ -363,10 +363,9 @@ async def resume(ctx: CommandContext) -> None:
 
 
 async def botstatus(ctx: CommandContext) -> None:
-    from blueprint.ledger import Ledger
-    from blueprint.mirror import NullMirror
+    from blueprint.ledger import LedgerView
 
-    document = Ledger(ctx.deps.paths, "lunara", NullMirror()).read().document
+    document = LedgerView(ctx.deps.paths, ctx.deps.guard.manifest.name).read().document
     last = document.last_exit
     engine = await ctx.deps.trading.engine_status()
     await ctx.reply(

@@ -48,7 +48,7 @@ from lunara.trading.filters import quantity_for_quote
 from lunara.trading.market import Market, MarketTick
 from lunara.trading.model import ExitReason, OrderSide, PositionStatus
 from lunara.trading.orders import OrderPath, OrderRequest, PositionLeftAsDust, Settlement
-from lunara.trading.stopstore import CHECKPOINT_INTERVAL_S, StopStore, TriggeredStop
+from lunara.trading.stops import CHECKPOINT_INTERVAL_S, StopStore, TriggeredStop
 from lunara.trading.trailing import InvalidTrailingParams, TrailingParams
 
 logger = logging.getLogger(__name__)

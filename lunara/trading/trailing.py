@@ -164,7 +164,7 @@ def profit_ratio(entry: float, price: float, fee_rate: float) -> float:
     exactly the offset counts as reaching it and not as passing it (``1.03 - 1`` is
     ``0.030000000000000027`` in doubles). The operation order, and the rounding (C's
     ``%.8f`` and Python's ``.8f`` both round the exact double correctly), are mirrored
-    by the Lua script in ``stopstore``.
+    by the Lua script in ``stops/advance.lua``.
     """
     ratio = (price * (1.0 - fee_rate)) / (entry * (1.0 + fee_rate)) - 1.0
     return float(f"{ratio:.8f}")
@@ -190,7 +190,7 @@ def advance(
 ) -> StopState:
     """Move the stop for one observed price, with the position's fee rate on each side.
 
-    The operation order here is mirrored by the Lua script in ``stopstore``; change both
+    The operation order here is mirrored by the Lua script in ``stops/advance.lua``; change both
     together. The state is returned unchanged (same ``updated_at``) when no level moved,
     so a checkpoint only has to write positions whose stop actually changed.
     """

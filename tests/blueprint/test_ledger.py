@@ -31,6 +31,7 @@ from blueprint.ledger import (
     LedgerCorrupt,
     LedgerDocument,
     LedgerRead,
+    LedgerView,
     ProcessRecord,
     is_watchdog_cmdline,
     parse_ledger,
@@ -202,6 +203,46 @@ def test_only_the_last_five_corrupt_copies_are_kept(home: Path) -> None:
         assert ledger.read().recovered is not None
     copies = sorted(home.glob("ledger.json.corrupt-*"))
     assert [copy.read_text() for copy in copies] == [f"garbage {index}" for index in range(2, 7)]
+
+
+def test_the_read_only_view_reads_what_the_writer_wrote(home: Path) -> None:
+    written = make_ledger(home).update(bump_restarts)
+    assert LedgerView(HomePaths(home), NAME).read() == LedgerRead(written)
+
+
+def test_the_read_only_view_never_rebuilds_writes_or_waits_for_the_lock(home: Path) -> None:
+    (home / "ledger.json").write_text("{oops")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from filelock import FileLock; lock = FileLock(sys.argv[1]); "
+            "lock.acquire(); print('locked', flush=True); sys.stdin.read()",
+            str(HomePaths(home).ledger_lock),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == b"locked"
+        read = LedgerView(HomePaths(home), NAME).read()
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    assert read.document == LedgerDocument(NAME)
+    assert read.recovered is not None and "corrupt" in read.recovered
+    assert (home / "ledger.json").read_text() == "{oops"
+    assert list(home.glob("ledger.json.corrupt-*")) == []
+
+
+def test_the_read_only_view_of_a_missing_ledger_is_fresh_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "never-used"
+    assert LedgerView(HomePaths(home), NAME).read() == LedgerRead(LedgerDocument(NAME))
+    assert not home.exists()
 
 
 def test_update_over_a_corrupt_ledger_rebuilds_then_applies_the_change(home: Path) -> None:

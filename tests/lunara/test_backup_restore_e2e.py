@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from lunara.app import open_trading
 from lunara.config import load_settings
 from lunara.storage import users
 from lunara.storage.database import open_database
-from lunara.trading.engine import open_trading
-from lunara.trading.stopstore import (
+from lunara.trading.stops import (
     STORE_NAME,
     RedisStopStore,
     TrackedStop,

@@ -142,7 +142,7 @@ def test_restore_of_a_backup_carrying_a_trigger_is_refused_before_anything_chang
 
     from lunara.storage import users
     from lunara.storage.database import open_database
-    from lunara.trading.stopstore import STORE_NAME, stop_key_prefix
+    from lunara.trading.stops import STORE_NAME, stop_key_prefix
 
     async def seed(user_id: int) -> None:
         db = await open_database(cli.home / "lunara.db")

@@ -35,7 +35,7 @@ from lunara.trading.binance import BinanceExchange, BinanceGateway
 from lunara.trading.limiter import WeightLimiter
 from lunara.trading.model import OrderSide, OrderStatus
 from lunara.trading.orders import OrderPath, OrderRequest
-from lunara.trading.stopstore import RedisStopStore, SqliteStopStore
+from lunara.trading.stops import RedisStopStore, SqliteStopStore
 from lunara.trading.trailing import StopState, TrailingParams
 from tests.fakes.binance_api import FakeBinance
 from tests.lunara.trading.test_stopstore import create_stop_table

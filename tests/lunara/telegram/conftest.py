@@ -119,7 +119,7 @@ async def built_bot(
 ) -> AsyncIterator[tuple[TelegramBot, Any]]:
     """The bot and its trading engine as `python -m lunara` wires them, not yet running
     (`send_limits`: the outbox's pace, Telegram's unless a test is about something else)."""
-    from lunara.trading.engine import open_trading
+    from lunara.app import open_trading
 
     manifest_path = write_manifest(home.parent / "manifest.json", default_role=default_role)
     settings = bot_settings(home, fake.base_url, **extra)

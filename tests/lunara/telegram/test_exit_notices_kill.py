@@ -32,7 +32,7 @@ from lunara.storage.database import open_database
 from lunara.trading.model import OrderSide
 from lunara.trading.orders import OrderPath, OrderRequest
 from lunara.trading.paper import PaperExchange
-from lunara.trading.stopstore import SqliteStopStore
+from lunara.trading.stops import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
 from tests.fakes.telegram_api import FakeTelegram
 from tests.lunara.telegram.conftest import TOKEN, write_manifest

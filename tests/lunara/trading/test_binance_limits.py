@@ -32,7 +32,7 @@ from lunara.trading.limiter import (
 )
 from lunara.trading.market import BinanceMarket
 from lunara.trading.model import OrderSide
-from lunara.trading.stopstore import SqliteStopStore
+from lunara.trading.stops import SqliteStopStore
 from tests.fakes.binance_api import FakeBinance
 from tests.lunara.trading.support import FakeClock
 

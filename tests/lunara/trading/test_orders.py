@@ -24,7 +24,7 @@ from lunara.trading.orders import (
     client_order_id,
 )
 from lunara.trading.paper import PaperExchange
-from lunara.trading.stopstore import SqliteStopStore
+from lunara.trading.stops import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
 from tests.lunara.trading.support import FakeClock
 
