@@ -41,6 +41,7 @@ lint: $(STAMP_DEV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+## typecheck: mypy, strict, over blueprint, lunara, tests and bench ([tool.mypy] files)
 typecheck: $(STAMP_DEV)
 	$(BIN)/mypy
 

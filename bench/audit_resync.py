@@ -37,10 +37,10 @@ import psutil
 import redis
 
 from blueprint import mirror as mirror_module
-from blueprint.audit import AuditLog
+from blueprint.audit import AuditLog, Decision
 from blueprint.mirror import NullMirror, RedisMirror
+from blueprint.units import MIB
 
-MIB = 1024 * 1024
 PEER_BATCH_BYTES = 256 * 1024
 PEER_BATCHES_PER_CALL = 20
 STEP_TARGET_MIB = 0.25
@@ -53,7 +53,7 @@ def write_log(path: Path, lines: int) -> None:
         log.record(
             f"telegram:{300_000 + number % 500}",
             "tg.buy",
-            "allowed",
+            Decision.ALLOWED,
             "ok",
             {"symbol": "BTCUSDT", "quote": "25", "order": f"lun-{number:010d}"},
             permission="tg.trade.buy",
@@ -74,12 +74,12 @@ def measure(path: Path, redis_url: str, batch_bytes: int, per_call: int) -> dict
     mirror = RedisMirror(redis_url, NAME, audit_path=path)
     log = AuditLog(path, mirror)
     client.set(mirror.keys.audit_synced_offset, path.stat().st_size)  # all of it sent
-    log.record("os_user:bench", "bench", "allowed", "ok")  # warm: one line, one round trip
+    log.record("os_user:bench", "bench", Decision.ALLOWED, "ok")  # warm: one line, one round trip
     heap = [{"id": number, "name": str(number)} for number in range(200_000)]
     before = rss_mib()
     client.flushall()  # Redis loses its data
     started = time.perf_counter()
-    log.record("os_user:bench", "bench", "allowed", "ok")  # resends the whole log
+    log.record("os_user:bench", "bench", Decision.ALLOWED, "ok")  # resends the whole log
     seconds = time.perf_counter() - started
     after = rss_mib()
     synced = int(client.get(mirror.keys.audit_synced_offset) or 0)
@@ -118,7 +118,7 @@ def main() -> int:
         print(json.dumps(measure(args.log, args.redis_url, batch_bytes, per_call)))
         return 0
 
-    from executor_tick import start_redis
+    from bench.executor_tick import start_redis
 
     workdir = Path(tempfile.mkdtemp(prefix="lunara-bench-audit-"))
     server = None

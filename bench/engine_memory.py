@@ -46,9 +46,11 @@ from typing import IO, Any
 
 import httpx
 import psutil
-from _common import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench, tests
+
+from bench._common import (
     BASE_ASSETS,
-    ROOT,
     bench_env,
     report_growth,
     snapshots_of,
@@ -57,9 +59,7 @@ from _common import (
     traced_bot_command,
     wait_for,
 )
-from _common import start_fake as common_start_fake
-
-sys.path.insert(0, str(ROOT))
+from bench._common import start_fake as common_start_fake
 
 TOKEN = "7312345678:AAH3kq9ZxV0b1c2d3e4f5g6h7i8j9k0lMnOpQ"
 GEMINI_KEY = "gemini-bench-key-0123456789"
@@ -438,8 +438,7 @@ def bot_command(workdir: Path, traced: bool) -> list[str]:
 
 def run(args: argparse.Namespace, workdir: Path) -> Outcome:
     # Imported here, not at the top: the bare peer runs this file too and must stay bare.
-    from executor_tick import start_redis
-
+    from bench.executor_tick import start_redis
     from lunara.crypto import generate_key
 
     processes = Processes()

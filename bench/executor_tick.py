@@ -48,12 +48,11 @@ from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
-from _common import BASE_ASSETS, ROOT, start_price
-
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench, tests
 
 from redis.asyncio import Redis
 
+from bench._common import BASE_ASSETS, start_price
 from lunara.config import Mode, Settings
 from lunara.crypto import KeyRing, generate_key
 from lunara.storage import credentials, users
@@ -63,7 +62,7 @@ from lunara.trading.binance import BinanceGateway
 from lunara.trading.engine import EngineConfig, TradingEngine
 from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket, SimMarket
-from lunara.trading.stopstore import RedisStopStore
+from lunara.trading.stops import RedisStopStore
 from lunara.trading.trailing import initial_state
 from tests.fakes.binance_api import FakeBinance, request_weight
 

@@ -32,7 +32,8 @@ TARGET = 2.0
 
 
 def _as_tuple(result: object) -> tuple[np.ndarray, ...]:
-    return tuple(result) if isinstance(result, tuple) else (result,)  # type: ignore[arg-type]
+    values = result if isinstance(result, tuple) else (result,)
+    return tuple(np.asarray(value) for value in values)
 
 
 def _check(name: str, mine: object, reference: object) -> None:
@@ -72,7 +73,7 @@ def main() -> int:
         "MACD(12,26,9)": (lambda: ours.macd(close), lambda: talib.MACD(close, 12, 26, 9)),
         "BBANDS(20,2)": (
             lambda: ours.bbands(close, 20, 2.0),
-            lambda: talib.BBANDS(close, 20, 2, 2, 0),
+            lambda: talib.BBANDS(close, 20, 2, 2),  # matype: SMA by default, as ours
         ),
         "ATR(14)": (
             lambda: ours.atr(high, low, close, 14),

@@ -16,7 +16,9 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from _common import bench_env, lunara, median_ms, timed, write_manifest
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench, tests
+
+from bench._common import bench_env, lunara, median_ms, timed, write_manifest
 
 
 def supervisord_config(directory: Path, bot_home: Path) -> Path:

@@ -22,7 +22,10 @@ import time
 from pathlib import Path
 
 import psutil
-from _common import lunara, wait_for, write_manifest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: bench, tests
+
+from bench._common import lunara, wait_for, write_manifest
 
 BACKOFF_S = 1.0
 

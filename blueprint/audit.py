@@ -25,13 +25,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from blueprint.clock import format_utc
 from blueprint.errors import BlueprintError, PermissionDenied
 from blueprint.manifest import Manifest, Permission
 from blueprint.mirror import Mirror
 from blueprint.redaction import Redactor
+from blueprint.units import MIB
 
 FILE_MODE = 0o600
-MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_FILE_BYTES = 4 * MIB
 KEPT_FILES = 5
 _OPEN_ATTEMPTS = 100  # each retry means another writer rotated meanwhile: progress
 _READ_BLOCK = 64 * 1024
@@ -96,7 +98,7 @@ class AuditLog:
     ) -> dict[str, Any]:
         """Write one entry and mirror it; raise AuditWriteError if the file cannot be written."""
         entry: dict[str, Any] = {
-            "at": self._clock().astimezone(UTC).isoformat(timespec="milliseconds"),
+            "at": format_utc(self._clock()),
             "principal": principal,
             "action": action,
             "permission": permission,

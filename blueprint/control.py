@@ -432,14 +432,8 @@ class Controller:
         return not wait_gone([watchdog], timeout_s)
 
     def _mark_stopped(self, detail: str) -> None:
-        from blueprint.ledger import BotState
-
         def stopped(document: LedgerDocument) -> None:
-            document.state = BotState.STOPPED
-            document.bot = None
-            document.watchdog = None
-            document.foreground = False
-            document.stop_timeout_s = None
+            document.mark_stopped()
             document.add_event(ControlEvent.STOPPED, detail)
 
         self.ledger.update(stopped)

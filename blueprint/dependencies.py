@@ -15,31 +15,22 @@ File: ``{"telegram": {"state": "ok|down|off", "last_ok_at": epoch|null,
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from blueprint.clock import utc_iso
+from blueprint.jsonvalues import is_number
 from blueprint.states import Dependency, Reachability
+from blueprint.trust import replace_private
 
 MAX_REASON_CHARS = 200
 
 
 def write_dependencies(path: Path, report: Mapping[str, Mapping[str, Any]]) -> None:
     """Replace the file atomically (a reader never sees half a report), mode 0600."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(report, sort_keys=True))
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
+    replace_private(path, json.dumps(report, sort_keys=True).encode("utf-8"))
 
 
 def read_dependencies(path: Path, not_before: float) -> dict[str, dict[str, Any]] | None:
@@ -92,10 +83,9 @@ def dependency_notes(dependencies: Mapping[str, Mapping[str, Any]] | None) -> li
 
 
 def _iso(value: Any) -> str | None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if not is_number(value):
         return None
     try:
-        moment = datetime.fromtimestamp(float(value), UTC)
+        return utc_iso(float(value))
     except (OverflowError, OSError, ValueError):
         return None
-    return moment.isoformat(timespec="milliseconds")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from blueprint.errors import ExitCode
 from blueprint.paths import HomePaths
+from blueprint.trust import replace_private
 
 EXIT_MESSAGE_FILE = "exit-message"
 MAX_CHARS = 500
@@ -39,11 +40,8 @@ def leave_exit_message(paths: HomePaths, text: str) -> None:
     """Write the reason for the watchdog; never fails (the exit code still tells)."""
     if not paths.root.is_dir():
         return  # not under a watchdog's home: nobody to read it, nothing to create
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
     with contextlib.suppress(OSError):
-        descriptor = os.open(exit_message_path(paths), flags, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(one_line(text) + "\n")
+        replace_private(exit_message_path(paths), (one_line(text) + "\n").encode("utf-8"))
 
 
 def take_exit_message(paths: HomePaths) -> str | None:

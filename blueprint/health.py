@@ -37,11 +37,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import TYPE_CHECKING, Any, cast
 
+from blueprint.clock import parse_iso
 from blueprint.errors import ConfigError
 from blueprint.metrics import BOT_METRICS, METRICS_FILE, read_metrics
 from blueprint.paths import HomePaths
 from blueprint.states import Reachability
-from blueprint.status import StatusReport, compute_status, parse_iso
+from blueprint.status import StatusReport, compute_status
+from blueprint.units import MIB
 
 if TYPE_CHECKING:
     from blueprint.ledger import Ledger
@@ -89,7 +91,7 @@ def render_metrics(report: StatusReport, bot: Mapping[str, float]) -> str:
 
     metric("up", "gauge", "1 when the bot is running and healthy.", 1.0 if report.healthy else 0.0)
     metric("restarts_total", "counter", "Bot restarts since start.", float(report.restarts))
-    rss = None if report.rss_mib is None else round(report.rss_mib * 1024 * 1024)
+    rss = None if report.rss_mib is None else round(report.rss_mib * MIB)
     metric("bot_rss_bytes", "gauge", "Resident memory of the bot's process tree.", rss)
     metric(
         "heartbeat_age_seconds",

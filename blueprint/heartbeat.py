@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from blueprint.trust import replace_private
+
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
@@ -33,18 +35,8 @@ def write_heartbeat(path: Path, services: str | None = None) -> None:
     ``up``), or ``standby:`` and the instance that holds the lease. A program that reports nothing counts as up once it beats.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    import tempfile  # only writers pay for it; status only reads the mtime
-
-    descriptor, temporary = tempfile.mkstemp(prefix=".heartbeat.", dir=path.parent)
     report = "" if services is None else f" {services}"
-    try:
-        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
-            handle.write(f"{time.time():.6f} {os.getpid()}{report}\n")
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    replace_private(path, f"{time.time():.6f} {os.getpid()}{report}\n".encode("ascii"))
 
 
 def heartbeat_mtime(path: Path) -> float | None:

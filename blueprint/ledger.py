@@ -27,11 +27,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from blueprint.clock import utc_iso, utc_now
 from blueprint.errors import BlueprintError
 from blueprint.jsonvalues import is_finite_number, is_int, kind_of, show
 from blueprint.mirror import Mirror
 from blueprint.paths import HomePaths
 from blueprint.states import STORED_STATES, State
+from blueprint.trust import replace_private
 
 MAX_EVENTS = 100
 KEEP_CORRUPT_FILES = 5
@@ -48,11 +50,6 @@ BotState = State
 
 class LedgerCorrupt(BlueprintError):
     """The ledger's contents are not a valid ledger document."""
-
-
-def utc_now() -> str:
-    """The current time as ISO 8601 UTC, the one timestamp format of the ledger."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -114,6 +111,15 @@ class LedgerDocument:
     _added_events: list[dict[str, Any]] = field(
         default_factory=list, init=False, repr=False, compare=False
     )
+
+    def mark_stopped(self) -> None:
+        """What a finished stop leaves: no bot, no watchdog, nothing of the last run's
+        settings. The event that says why is the caller's."""
+        self.state = BotState.STOPPED
+        self.bot = None
+        self.watchdog = None
+        self.foreground = False
+        self.stop_timeout_s = None
 
     def add_event(self, kind: str, detail: str) -> dict[str, Any]:
         """Record something that happened; only the last MAX_EVENTS are kept."""
@@ -385,13 +391,9 @@ def rebuilt_document(
         document.bot = live.bot
         if mirrored is None or document.state == BotState.STOPPED:
             document.state = BotState.RUNNING if live.bot else BotState.STARTING
-            document.started_at = _iso_from_epoch(live.watchdog.create_time)
+            document.started_at = utc_iso(live.watchdog.create_time)
     document.revision = max(known_revision, document.revision) + 1
     return document
-
-
-def _iso_from_epoch(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
 
 
 def _describe_sources(mirrored: LedgerDocument | None, live: LiveProcesses | None) -> str:
@@ -407,33 +409,18 @@ def _describe_sources(mirrored: LedgerDocument | None, live: LiveProcesses | Non
     return "rebuilt from " + " and ".join(parts)
 
 
+def _parsed(raw: bytes | None) -> LedgerRead | None:
+    """The ledger `raw` holds; None when there is no file or it is corrupt (rebuilt then)."""
+    if raw is None:
+        return None
+    try:
+        return LedgerRead(parse_ledger(raw))
+    except LedgerCorrupt:
+        return None
+
+
 def _shows_running_system(mirrored: LedgerDocument | None, live: LiveProcesses | None) -> bool:
     return live is not None or (mirrored is not None and mirrored.state != BotState.STOPPED)
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    """Replace `path` so that readers see the old or the new file, never a mix."""
-    import tempfile  # only writers pay for it; `lunara status` only reads
-
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def _encode(document: LedgerDocument) -> bytes:
@@ -470,12 +457,10 @@ class Ledger:
         rebuild locks, so that two readers do not both rebuild and write.
         """
         raw = self._read_bytes()
-        if raw is not None:
-            try:
-                return LedgerRead(parse_ledger(raw))
-            except LedgerCorrupt:
-                pass
-        else:
+        parsed = _parsed(raw)
+        if parsed is not None:
+            return parsed
+        if raw is None:
             evidence = self._evidence()
             if not _shows_running_system(*evidence):
                 return _fresh(self.name, evidence)
@@ -487,7 +472,7 @@ class Ledger:
             # evidence, and say that nothing was written.
             return self._rebuild(self._read_bytes(), self._evidence(), unwritten=error.message)
 
-    def update(self, mutate: Callable[[LedgerDocument], None]) -> LedgerDocument:
+    def update(self, mutate: Callable[[LedgerDocument], object]) -> LedgerDocument:
         """Read, change and write the ledger as one step under the lock; mirror the result.
 
         Events added by `mutate` (through `LedgerDocument.add_event`) are also sent to
@@ -547,11 +532,9 @@ class Ledger:
 
     def _read_locked(self) -> LedgerRead:
         raw = self._read_bytes()
-        if raw is not None:
-            try:
-                return LedgerRead(parse_ledger(raw))
-            except LedgerCorrupt:
-                pass
+        parsed = _parsed(raw)
+        if parsed is not None:
+            return parsed
         evidence = self._evidence()
         if raw is None and not _shows_running_system(*evidence):
             return _fresh(self.name, evidence)
@@ -620,7 +603,7 @@ class Ledger:
 
     def _write(self, document: LedgerDocument) -> None:
         try:
-            _write_atomically(self.paths.ledger, _encode(document))
+            replace_private(self.paths.ledger, _encode(document), durable=True)
         except OSError as error:
             raise BlueprintError(
                 f"cannot write the ledger {self.paths.ledger}: {error.strerror or error}"
@@ -631,6 +614,33 @@ class Ledger:
         for event in document._added_events:
             self.mirror.append_event({"name": self.name, "revision": document.revision, **event})
         document._added_events.clear()
+
+
+class LedgerView:
+    """ledger.json of one home, read only: for the bot, which reports what the watchdog
+    wrote and must never rebuild, write or wait for the ledger's lock (it reads from
+    inside its event loop). A missing or corrupt file reads as a fresh ledger under
+    `name`, with a sentence saying so; the watchdog, which owns the file, repairs it."""
+
+    def __init__(self, paths: HomePaths, name: str) -> None:
+        self.paths = paths
+        self.name = name
+
+    def read(self) -> LedgerRead:
+        try:
+            raw = self.paths.ledger.read_bytes()
+        except FileNotFoundError:
+            return LedgerRead(LedgerDocument(self.name))
+        except OSError as error:
+            raise BlueprintError(
+                f"cannot read the ledger {self.paths.ledger}: {error.strerror or error}"
+            ) from None
+        try:
+            return LedgerRead(parse_ledger(raw))
+        except LedgerCorrupt as error:
+            return LedgerRead(
+                LedgerDocument(self.name), f"ledger.json is corrupt ({error.message})"
+            )
 
 
 def _fresh(name: str, evidence: tuple[LedgerDocument | None, LiveProcesses | None]) -> LedgerRead:

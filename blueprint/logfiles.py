@@ -14,8 +14,9 @@ import os
 from pathlib import Path
 
 from blueprint.trust import open_private
+from blueprint.units import MIB
 
-MAX_BYTES = 10 * 1024 * 1024
+MAX_BYTES = 10 * MIB
 BACKUPS = 3
 
 

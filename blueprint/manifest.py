@@ -27,10 +27,11 @@ from blueprint.errors import ConfigError
 from blueprint.jsonvalues import is_number, kind_of
 from blueprint.locations import DEFAULT_MANIFEST
 from blueprint.locations import MANIFEST_ENV as MANIFEST_ENV
+from blueprint.units import MIB
 
 DEFAULT_MANIFEST_PATH = Path(DEFAULT_MANIFEST)
 SUPPORTED_VERSION = 1
-MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_MANIFEST_BYTES = MIB
 
 WILDCARD = "*"
 _NAME = re.compile(r"[a-z0-9_-]{1,40}")

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from blueprint.jsonvalues import is_number
+
 METRICS_FILE = "metrics.json"
 
 # name → help text; the bot may only report these (numbers).
@@ -44,5 +46,5 @@ def read_metrics(path: Path) -> dict[str, float]:
     return {
         name: float(value)
         for name, value in document.items()
-        if name in BOT_METRICS and isinstance(value, int | float) and not isinstance(value, bool)
+        if name in BOT_METRICS and is_number(value)
     }

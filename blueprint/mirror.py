@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from blueprint.errors import ConfigError
+from blueprint.units import MIB
 
 if TYPE_CHECKING:
     import redis
@@ -66,7 +67,7 @@ COOL_OFF_MAX_S = 60.0
 # round trip. Small batches keep the memory the resend takes small: in the bot, 256 KiB
 # batches left its RSS about 1 MiB higher for good (bench/audit_resync.py).
 AUDIT_BATCH_BYTES = 32 * 1024
-AUDIT_BYTES_PER_CALL = 5 * 1024 * 1024  # one sync's share of a backlog; the rest comes next call
+AUDIT_BYTES_PER_CALL = 5 * MIB  # one sync's share of a backlog; the rest comes next call
 AUDIT_BATCHES_PER_CALL = AUDIT_BYTES_PER_CALL // AUDIT_BATCH_BYTES
 
 # Replace the mirrored ledger only with a higher revision; reply with the revision kept.
@@ -124,6 +125,8 @@ class Mirror(Protocol):
 
     def waiting_instance(self) -> dict[str, Any] | None: ...
 
+    def close(self) -> None: ...
+
 
 class NullMirror:
     """The mirror when REDIS_URL is not set: every call is a no-op."""
@@ -146,6 +149,9 @@ class NullMirror:
         return {"backend": "off", "healthy": True, "synced_revision": None}
 
     def waiting_instance(self) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
         return None
 
 
@@ -341,6 +347,10 @@ class RedisMirror:
             "home": fields.get("home", "?"),
             "pid": int(pid) if pid.isdigit() else None,
         }
+
+    def close(self) -> None:
+        """Release the client's connections (a long-running owner, such as the bot)."""
+        self._client.close()
 
     def _flush_ledger(self) -> None:
         document = self._pending_ledger

@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from blueprint.clock import parse_iso
 from blueprint.dependencies import dependency_notes, read_dependencies
 from blueprint.errors import ExitCode
 from blueprint.exit_message import is_invalid_config
@@ -25,14 +25,13 @@ from blueprint.heartbeat import STANDBY, heartbeat_mtime, heartbeat_services
 from blueprint.process import CREATE_TIME_TOLERANCE_S, find_process, tree_rss_bytes
 from blueprint.redaction import Redactor, secrets_in_environ
 from blueprint.states import Liveness, State, decide_state
+from blueprint.units import MIB
 
 if TYPE_CHECKING:
     from blueprint.ledger import ExitRecord, Ledger, LedgerDocument
     from blueprint.manifest import Manifest
     from blueprint.mirror import Mirror
     from blueprint.paths import HomePaths
-
-MIB = 1024 * 1024
 
 
 def redact(text: str, environ: Mapping[str, str]) -> str:
@@ -111,15 +110,6 @@ def exit_json(record: ExitRecord | None) -> dict[str, Any] | None:
         "reason": record.reason,
         "rss_mib": record.rss_mib,
     }
-
-
-def parse_iso(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
 
 
 def bot_started(doc: LedgerDocument, bot: psutil.Process) -> float:

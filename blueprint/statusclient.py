@@ -21,11 +21,13 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from blueprint.units import MIB
+
 CONNECT_TIMEOUT_S = 1.0
 DECISION_TIMEOUT_S = 10.0
 """An authorization or an action waits longer than `status`: giving up there would only
 fall back to the (stricter) local path, but a slow machine should not make it do so."""
-MAX_REPLY_BYTES = 1024 * 1024
+MAX_REPLY_BYTES = MIB
 
 
 def server_uid(connection: socket.socket) -> int:

@@ -103,12 +103,19 @@ def open_private(path: Path, flags: int, mode: int = FILE_MODE) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
 
 
-def replace_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically through a fresh temporary file next to it.
+def replace_private(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Write `data` to `path` atomically (a reader sees the old file or the new one, never
+    a mix), mode 0600, through a fresh temporary file next to it. Every file of ours that
+    is replaced whole is written here.
 
-    The temporary name is `<name>.tmp` (so a crash leaves one known leftover, not many);
-    a symlink planted there, or at `path`, is removed rather than followed: the rename
-    replaces the link itself, never what it points to.
+    The temporary name is `<name>.tmp` (so a crash leaves one known leftover, not many),
+    which assumes one writer of `path` at a time: the ledger writes under its lock, every
+    other file has one writing process. A symlink planted there, or at `path`, is removed
+    rather than followed: the rename replaces the link itself, never what it points to.
+
+    `durable` also flushes the file and then its directory to disk, so the new contents
+    survive a power cut once this returns; it costs two syncs, so files rewritten every
+    second (the heartbeat) do without.
     """
     temporary = path.with_name(path.name + ".tmp")
     with contextlib.suppress(FileNotFoundError):
@@ -117,11 +124,25 @@ def replace_private(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+    if durable:
+        fsync_path(path.parent)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file or a directory (a rename in it, for one) to disk."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def flock_holders(path: Path) -> set[int]:

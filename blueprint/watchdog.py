@@ -36,7 +36,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from blueprint.backoff import decide_restart
+from blueprint.clock import parse_iso, utc_iso
 from blueprint.envfile import deployment_environment, load_into_environment
 from blueprint.errors import BlueprintError, ExitCode
 from blueprint.exit_message import clear_exit_message, is_invalid_config, take_exit_message
@@ -60,6 +60,7 @@ from blueprint.process import (
     tree_rss_bytes,
 )
 from blueprint.trust import open_private
+from blueprint.units import MIB
 
 if TYPE_CHECKING:
     from blueprint.health import HealthServer
@@ -69,7 +70,6 @@ if TYPE_CHECKING:
 
 TICK_S = 0.2
 RSS_EVERY_S = 0.5
-MIB = 1024 * 1024
 PYTHON_ALIASES = frozenset({"python", "python3"})
 
 
@@ -107,19 +107,6 @@ class Reason:
 
     ADOPTED_EXIT = "exited while adopted"
     STOPPED = "stopped by request"
-
-
-def utc_iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="microseconds")
-
-
-def parse_iso(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
 
 
 def describe_exit(code: int | None, signum: int | None) -> str:
@@ -738,7 +725,7 @@ class Watchdog:
         return self.program.stop_timeout_s if asked is None else asked
 
     def _finish_stop(self) -> int:
-        from blueprint.ledger import BotState, ExitRecord
+        from blueprint.ledger import ExitRecord
 
         bot = self._bot
         self._bot = None
@@ -767,11 +754,7 @@ class Watchdog:
         self._kill_leftovers()
 
         def stopped(doc: LedgerDocument) -> None:
-            doc.state = BotState.STOPPED
-            doc.bot = None
-            doc.watchdog = None
-            doc.foreground = False
-            doc.stop_timeout_s = None
+            doc.mark_stopped()
             if exit_record is not None:
                 doc.last_exit = exit_record
             doc.add_event(Event.BOT_STOPPED, "bot and watchdog stopped")

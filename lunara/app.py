@@ -1,8 +1,11 @@
 """The bot's composition root: settings → logging → heartbeat → services → run.
 
 This is the one place that decides which parts run, from the configuration, and
-says in the log what is off and why. Optional parts are imported only when they
-are configured, so a bare install stays small.
+says in the log what is off and why. It builds every part (the database connection,
+the one async Redis client, the instance lease, the trading engine and its clients,
+Telegram) and closes them through one ``AsyncExitStack``, in the reverse order.
+Optional parts are imported only when they are configured, so a bare install stays
+small.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blueprint.errors import BlueprintError, ConfigError
 from blueprint.exit_message import leave_exit_message
 from blueprint.paths import HomePaths, use_private_umask
 from lunara.config import Settings, load_settings
+from lunara.dependencies import Dependencies
 from lunara.logs import configure_logging
 from lunara.runtime import Service, run_services
 
@@ -27,11 +32,15 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from blueprint.manifest import Manifest
-    from lunara.dependencies import Watch
+    from lunara.dependencies import DependencyReporter, Watch
     from lunara.instance import InstanceLease
     from lunara.services import TradingService
     from lunara.telegram.bot import TelegramBot
-    from lunara.trading.engine import TradingEngine
+    from lunara.trading.binance import BinanceGateway
+    from lunara.trading.engine import EngineRunner, TradingEngine
+    from lunara.trading.executor import Notifier
+    from lunara.trading.market import Market
+    from lunara.trading.stops import StopStore
 
 logger = logging.getLogger("lunara")
 
@@ -48,75 +57,243 @@ def disabled_features(settings: Settings) -> list[str]:
     return notes
 
 
-@dataclass
-class Composition:
-    """The running parts and what to close after they stop."""
+async def close_logged(what: str, close: Callable[[], Awaitable[None]]) -> None:
+    """Close one part; an error is logged with what it was closing and closing goes on,
+    so one failing part never keeps the others (the database, the lease) open."""
+    try:
+        await close()
+    except Exception:  # the one error boundary of shutdown: logged with context
+        logger.exception("error while closing %s", what)
 
-    services: list[Service] = field(default_factory=list)
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+def push_close(
+    exits: contextlib.AsyncExitStack, what: str, close: Callable[[], Awaitable[None]]
+) -> None:
+    """Register `close` on the composition's exit stack under the one error policy."""
+    exits.push_async_callback(close_logged, what, close)
+
+
+def open_redis(settings: Settings, exits: contextlib.AsyncExitStack) -> Redis | None:
+    """The bot's one async Redis client (``REDIS_URL``), closed with the stack; the
+    instance lease, the stop store, the dependency probe and Telegram's poll lease all
+    share it."""
+    if settings.redis_url is None:
+        return None
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(settings.redis_url, socket_timeout=5.0)
+    push_close(exits, "the Redis client", redis.aclose)
+    return redis
+
+
+@dataclass
+class TradingRuntime:
+    """The engine, its runner and the parts wired for them; ``aclose`` closes what
+    ``open_trading`` opened (the parts handed in stay their owner's)."""
+
+    engine: TradingEngine
+    runner: EngineRunner
+    exits: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    dependencies: Dependencies = field(default_factory=Dependencies)
+    redis: Redis | None = None
+    stops: StopStore | None = None
+    gateway: BinanceGateway | None = None
+
+    def dependency_reporter(self, path: Path) -> DependencyReporter:
+        """The service that tells `lunara status` what trading reaches (and, through the
+        same board, what Telegram does)."""
+        from lunara.dependencies import DependencyReporter
+        from lunara.trading.stops import REDIS_RETRY_S, RedisStopStore
+
+        stops = self.stops
+        return DependencyReporter(
+            path,
+            self.dependencies,
+            redis=self.redis,
+            stops_on_sqlite=(
+                (lambda: stops.redis_down) if isinstance(stops, RedisStopStore) else None
+            ),
+            exchange_ping=None if self.gateway is None else self.gateway.ping,
+            stops_retry_s=REDIS_RETRY_S,
+        )
 
     async def aclose(self) -> None:
-        for close in reversed(self.closers):
-            try:
-                await close()
-            except Exception:  # closing must go on; the error is logged with context
-                logger.exception("error while closing")
+        await self.exits.aclose()
+
+
+def build_market(settings: Settings, gateway: BinanceGateway | None, seed: int = 0) -> Market:
+    """The market the settings ask for (``LUNARA_MARKET``)."""
+    from lunara.config import MarketKind
+    from lunara.services import TradingError
+    from lunara.trading.market import BinanceMarket, ReplayMarket, SimMarket
+
+    source = settings.market
+    if source.kind is MarketKind.BINANCE:
+        if gateway is None:
+            raise TradingError("the Binance market needs the Binance gateway")
+        return BinanceMarket(gateway)
+    if source.kind is MarketKind.REPLAY:
+        assert source.replay_file is not None
+        try:
+            return ReplayMarket(source.replay_file)
+        except TradingError as error:
+            # The bot then exits 6 with this one line, and the watchdog does not restart
+            # it: the same file would fail the same way on every restart.
+            raise ConfigError(f"invalid configuration: LUNARA_MARKET: {error.message}") from None
+    return SimMarket(seed, tick_s=settings.tick_seconds)
+
+
+async def open_trading(
+    settings: Settings,
+    *,
+    db: aiosqlite.Connection | None = None,
+    redis: Redis | None = None,
+    notifier: Notifier | None = None,
+    seed: int = 0,
+    lease: InstanceLease | None = None,
+    dependencies: Dependencies | None = None,
+) -> TradingRuntime:
+    """The engine and its runner, wired from the settings.
+
+    ``db`` may be the connection the rest of the bot uses; the stop store writes through
+    the same one. One connection per database means writers queue on its writer lock
+    (``storage.database.transaction``) instead of contending for SQLite's file lock,
+    where a busy event loop could hold a transaction past the busy timeout and make
+    another connection fail with "database is locked".
+    ``redis``: the bot's client (``open_redis``); without one, a client for ``REDIS_URL``
+    is opened here when that is set. ``dependencies`` gets the Redis, exchange and
+    Gemini watches marked by the clients built here.
+    ``lease``: the instance lease this bot holds (``lunara.instance``); every order
+    placement and Redis stop write is fenced by it.
+    """
+    exits = contextlib.AsyncExitStack()
+    try:
+        runtime = await _wire_trading(
+            settings, exits, db, redis, notifier, seed, dependencies or Dependencies(), lease
+        )
+    except BaseException:
+        # A refused configuration (a bad replay file, a missing key) closes what was
+        # opened: the database's thread must not keep the bot from exiting.
+        await exits.aclose()
+        raise
+    runtime.exits = exits
+    return runtime
+
+
+async def _wire_trading(
+    settings: Settings,
+    exits: contextlib.AsyncExitStack,
+    db: aiosqlite.Connection | None,
+    redis: Redis | None,
+    notifier: Notifier | None,
+    seed: int,
+    board: Dependencies,
+    lease: InstanceLease | None,
+) -> TradingRuntime:
+    from lunara.ai.analyst import Analyst
+    from lunara.config import MarketKind, Mode
+    from lunara.storage.database import open_database
+    from lunara.trading.binance import BinanceGateway
+    from lunara.trading.engine import EngineConfig, EngineRunner, TradingEngine
+    from lunara.trading.limiter import WeightLimiter
+    from lunara.trading.stops import STORE_NAME, make_stop_store
+
+    paths = settings.paths
+    if db is None:
+        db = await open_database(paths.database)
+        push_close(exits, "the database", db.close)
+    if redis is None:
+        redis = open_redis(settings, exits)
+    fence = None if lease is None else lease.fence
+    stops = make_stop_store(name=STORE_NAME, db=db, redis=redis, fence=fence)
+    board.redis.configured = redis is not None
+    # The exchange is a dependency whenever Binance is asked: live trading, or its prices.
+    needs_binance = settings.mode is Mode.LIVE or settings.market.kind is MarketKind.BINANCE
+    board.exchange.configured = needs_binance
+    gateway = (
+        BinanceGateway(
+            base_url=settings.binance_api_base_url, limiter=WeightLimiter(), watch=board.exchange
+        )
+        if needs_binance
+        else None
+    )
+    if gateway is not None:
+        push_close(exits, "the Binance gateway", gateway.aclose)
+    keyring = None
+    if settings.mode is Mode.LIVE:
+        from lunara.keys import load_keyring
+
+        keyring = load_keyring(settings)
+    analyst: Analyst | None = None
+    config = EngineConfig.from_settings(settings)
+    if settings.gemini_api_key is not None:
+        analyst = Analyst(
+            api_key=settings.gemini_api_key.get_secret_value(),
+            model=settings.gemini_model,
+            base_url=settings.gemini_api_base_url,
+            db=db,
+            watch=board.ai,
+        )
+        push_close(exits, "the AI analyst", analyst.aclose)
+    board.ai.configured = analyst is not None
+    engine = TradingEngine(
+        db=db,
+        stops=stops,
+        market=build_market(settings, gateway, seed),
+        config=config,
+        gateway=gateway,
+        keyring=keyring,
+        analyst=analyst,
+        notifier=notifier,
+        may_act=None if lease is None else lease.check,
+    )
+    return TradingRuntime(
+        engine,
+        EngineRunner(engine, tick_seconds=settings.tick_seconds),
+        dependencies=board,
+        redis=redis,
+        stops=stops,
+        gateway=gateway,
+    )
 
 
 async def build_services(
     settings: Settings,
     paths: HomePaths,
+    exits: contextlib.AsyncExitStack,
     *,
     db: aiosqlite.Connection,
     manifest: Manifest | None,
     redis: Redis | None = None,
     lease: InstanceLease | None = None,
-) -> Composition:
+) -> list[Service]:
     """The long-running parts the configuration asks for: the trading engine always,
     Telegram when a token is set (then also the crash report to the admins and the
     notices of plans that ended; it authorizes against `manifest`, which is then
-    loaded)."""
-    composition = Composition()
-    try:
-        await _compose(composition, settings, paths, db, manifest, redis, lease)
-    except BaseException:
-        # A part refused its configuration (a bad replay file, manifest or key): close
-        # what was opened, or the process may not exit and the watchdog never learns
-        # that the bot refused.
-        await composition.aclose()
-        raise
-    return composition
-
-
-async def _compose(
-    composition: Composition,
-    settings: Settings,
-    paths: HomePaths,
-    db: aiosqlite.Connection,
-    manifest: Manifest | None,
-    redis: Redis | None,
-    lease: InstanceLease | None,
-) -> None:
+    loaded). What they open is closed by `exits`, also when a part refuses its
+    configuration (a bad replay file, manifest or key): the process must exit, or the
+    watchdog never learns that the bot refused."""
     from lunara.plan_expiry import PlanExpiryNotices
-    from lunara.trading.engine import open_trading
+    from lunara.telegram.polling import TelegramService
 
     trading = await open_trading(settings, db=db, redis=redis, lease=lease)
-    composition.closers.append(trading.aclose)
-    composition.services.append(trading.runner)
+    push_close(exits, "trading", trading.aclose)
+    services: list[Service] = [trading.runner]
     telegram = None
     if settings.telegram_bot_token is not None:
         assert manifest is not None  # loaded whenever Telegram is configured
         trading.dependencies.telegram.configured = True
         telegram = build_telegram(
-            settings, paths, manifest, db, trading.engine, redis, lease,
+            settings, paths, manifest, db, trading.engine, exits, redis, lease,
             trading.dependencies.telegram,
         )  # fmt: skip
         trading.engine.attach_notifier(telegram)
-        composition.services.append(telegram.service())
-        composition.services.append(CrashReporter(telegram, paths))
-        composition.services.append(PlanExpiryNotices(db, telegram.outbox.wakeup.set))
-    composition.services.append(MetricsWriter(paths, trading.engine, telegram))
-    composition.services.append(trading.dependency_reporter(paths.dependencies))
+        services.append(TelegramService(telegram))
+        services.append(CrashReporter(telegram, paths))
+        services.append(PlanExpiryNotices(db, telegram.outbox.wakeup.set))
+    services.append(MetricsWriter(paths, trading.engine, telegram))
+    services.append(trading.dependency_reporter(paths.dependencies))
+    return services
 
 
 def build_telegram(
@@ -125,6 +302,7 @@ def build_telegram(
     manifest: Manifest,
     db: aiosqlite.Connection,
     trading: TradingService,
+    exits: contextlib.AsyncExitStack,
     redis: Redis | None = None,
     lease: InstanceLease | None = None,
     watch: Watch | None = None,
@@ -134,6 +312,11 @@ def build_telegram(
     from lunara.telegram.bot import TelegramBot
 
     mirror = open_mirror(settings.redis_url, manifest.name, audit_path=paths.audit)
+
+    async def close_mirror() -> None:
+        mirror.close()
+
+    push_close(exits, "the audit mirror", close_mirror)
     return TelegramBot(
         settings,
         paths,
@@ -200,13 +383,13 @@ class CrashReporter:
         self.paths = paths
 
     async def run(self, stop: asyncio.Event) -> None:
-        from blueprint.ledger import Ledger
-        from blueprint.mirror import NullMirror
+        from blueprint.ledger import LedgerView
         from lunara.crash_report import ReportMarker, pending_report
 
+        manifest = self.telegram.guard.manifest
         marker = ReportMarker(self.paths.root / "crash-report.json")
-        document = Ledger(self.paths, "lunara", NullMirror()).read().document
-        policy = self.telegram.guard.manifest.program.restart
+        document = LedgerView(self.paths, manifest.name).read().document
+        policy = manifest.program.restart
         report = pending_report(document, policy, marker.load())
         if report is None:
             return
@@ -228,7 +411,7 @@ async def serve(settings: Settings, paths: HomePaths) -> int:
     from lunara.instance import InstanceLease, LeaseKeeper, Standby
     from lunara.storage.database import open_database
     from lunara.storage.deployment import deployment_id
-    from lunara.trading.stopstore import STORE_NAME
+    from lunara.trading.stops import STORE_NAME
 
     manifest_path = resolve_manifest(None)
     manifest = None
@@ -237,13 +420,10 @@ async def serve(settings: Settings, paths: HomePaths) -> int:
     # A bot run by hand without a manifest (and without Telegram, which needs one) is the
     # deployment of the default name, the one its stop keys live under.
     name = STORE_NAME if manifest is None else manifest.name
-    db = await open_database(paths.database)
-    redis = None
-    try:
-        if settings.redis_url is not None:
-            from redis.asyncio import Redis
-
-            redis = Redis.from_url(settings.redis_url, socket_timeout=5.0)
+    async with contextlib.AsyncExitStack() as exits:
+        db = await open_database(paths.database)
+        push_close(exits, "the database", db.close)
+        redis = open_redis(settings, exits)
         lease = InstanceLease(
             name=name, deployment_id=await deployment_id(db), home=paths.root, redis=redis
         )
@@ -254,24 +434,17 @@ async def serve(settings: Settings, paths: HomePaths) -> int:
         if not standby.acquired:
             await lease.release()
             return code
+        # Closed after every part that may write under the lease has stopped.
+        push_close(exits, "the instance lease", lease.release)
         ended: list[BlueprintError] = []
         keeper = LeaseKeeper(lease, ended.append)
-        composition = await build_services(
-            settings, paths, db=db, manifest=manifest, redis=redis, lease=lease
+        services = await build_services(
+            settings, paths, exits, db=db, manifest=manifest, redis=redis, lease=lease
         )
-        try:
-            code = await run_services([*composition.services, keeper], paths)
-        finally:
-            await composition.aclose()
-            await lease.release()
-        if ended:
-            raise ended[0]
-        return code
-    finally:
-        if redis is not None:
-            with contextlib.suppress(Exception):
-                await redis.aclose()
-        await db.close()
+        code = await run_services([*services, keeper], paths)
+    if ended:
+        raise ended[0]
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

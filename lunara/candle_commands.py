@@ -21,6 +21,7 @@ from blueprint.commands import JsonOption, app, guarded
 from blueprint.errors import BlueprintError, ExitCode
 from blueprint.manifest import Permission
 from blueprint.session import Session
+from blueprint.units import MIB
 from lunara.command_settings import settings_of
 
 T = TypeVar("T")
@@ -439,7 +440,6 @@ def _with_progress(quiet: bool, run: Callable[[Progress | None], T]) -> T:
 
     from lunara.data.download import FileResult
 
-    mib = 1048576
     with Bar(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[amount]}"),
         transient=True,
@@ -450,8 +450,8 @@ def _with_progress(quiet: bool, run: Callable[[Progress | None], T]) -> T:
         def show() -> None:
             count, size = bar.tasks[files], bar.tasks[data]
             bar.update(files, amount=f"{count.completed:.0f}/{count.total or 0:.0f} files")
-            known = f"/{(size.total or 0) / mib:.1f}" if size.total else ""
-            bar.update(data, amount=f"{size.completed / mib:.1f}{known} MiB")
+            known = f"/{(size.total or 0) / MIB:.1f}" if size.total else ""
+            bar.update(data, amount=f"{size.completed / MIB:.1f}{known} MiB")
 
         class Shown:
             def planned(self, count: int) -> None:
@@ -524,7 +524,7 @@ def _download_text(summary: SymbolSummary) -> str:
     from lunara.data.download import Outcome
 
     fetched, kept = summary.of(Outcome.FETCHED), summary.of(Outcome.KEPT)
-    parts = [f"{len(fetched)} files fetched ({summary.received / 1048576:.1f} MiB)"]
+    parts = [f"{len(fetched)} files fetched ({summary.received / MIB:.1f} MiB)"]
     if kept:
         parts.append(f"{len(kept)} already there")
     lines = [f"{summary.symbol} {summary.interval}: " + ", ".join(parts)]

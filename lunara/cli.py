@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 
 def _load_app() -> typer.Typer:
-    from lunara.commands import app
+    import lunara.commands  # noqa: F401  (loading it adds the bot's commands to blueprint's app)
+    from blueprint.commands import app
 
     return app
 

@@ -23,10 +23,10 @@ from lunara.command_settings import settings_of
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from lunara.analysis.candles import Candle
     from lunara.config import Settings
     from lunara.storage.backup import LiveStops
-    from lunara.trading.market import Candle
-    from lunara.trading.stopstore import TrackedStop
+    from lunara.trading.stops import TrackedStop
 
 config_app = typer.Typer(help="The bot's configuration.", no_args_is_help=True)
 keys_app = typer.Typer(help="Encryption keys for exchange credentials.", no_args_is_help=True)
@@ -120,7 +120,7 @@ def _live_stops(redis_url: str, warnings: list[str]) -> LiveStops:
     async def read() -> Mapping[int, TrackedStop]:
         from redis.exceptions import RedisError
 
-        from lunara.trading.stopstore import read_live_stops
+        from lunara.trading.stops import read_live_stops
 
         redis = _redis_client(redis_url)
         try:
@@ -140,7 +140,7 @@ def _live_stops(redis_url: str, warnings: list[str]) -> LiveStops:
 async def _clear_live_stops(redis_url: str) -> int:
     from redis.exceptions import RedisError
 
-    from lunara.trading.stopstore import clear_live_stops
+    from lunara.trading.stops import clear_live_stops
 
     redis = _redis_client(redis_url)
     try:
@@ -253,9 +253,10 @@ def analyze(
 async def _history(settings: Settings, symbol: str) -> list[Candle]:
     """Candles of the configured market: a replay file up to its last candle, the sim
     market's seeded history, or Binance klines."""
+    from lunara.analysis.candles import read_klines_csv
+    from lunara.app import build_market
     from lunara.config import MarketKind
-    from lunara.trading.engine import ANALYSIS_CANDLES, build_market
-    from lunara.trading.market import read_klines_csv
+    from lunara.trading.engine import ANALYSIS_CANDLES
 
     if settings.market.kind is MarketKind.REPLAY:
         from lunara.analysis.candles import CandleFileError

@@ -24,6 +24,7 @@ from blueprint.envfile import read_env_file
 from blueprint.errors import ConfigError
 from blueprint.paths import HomePaths
 from blueprint.redaction import Redactor
+from lunara.trading.symbols import is_symbol, symbol_name
 
 DEFAULT_ENV_FILE = Path(".env")
 
@@ -38,7 +39,6 @@ MIN_TICK_SECONDS = 0.05
 LUNARA_TICK_SECONDS=1e-9 would leave no time between ticks to handle SIGTERM."""
 NOT_SET = "not set"
 
-SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{5,20}$")
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TELEGRAM_TOKEN_PATTERN = re.compile(r"^\d{1,20}:[A-Za-z0-9_-]{10,100}$")
 MAX_SYMBOLS = 50
@@ -331,12 +331,12 @@ def secret_variables() -> frozenset[str]:
 
 def parse_symbols(raw: str) -> tuple[str, ...]:
     """Comma-separated trading pairs → upper-case tuple, order kept, no duplicates."""
-    symbols = tuple(part.strip().upper() for part in raw.split(",") if part.strip())
+    symbols = tuple(symbol_name(part) for part in raw.split(",") if part.strip())
     if not symbols:
         raise ValueError("needs at least one symbol, e.g. BTCUSDT,ETHUSDT")
     if len(symbols) > MAX_SYMBOLS:
         raise ValueError(f"at most {MAX_SYMBOLS} symbols")
-    bad = [symbol for symbol in symbols if not SYMBOL_PATTERN.match(symbol)]
+    bad = [symbol for symbol in symbols if not is_symbol(symbol)]
     if bad:
         raise ValueError(f"not a trading pair: {', '.join(b[:24] for b in bad[:3])}")
     duplicates = sorted({symbol for symbol in symbols if symbols.count(symbol) > 1})

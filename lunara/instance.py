@@ -156,7 +156,7 @@ def conflict_message(name: str, holder: Holder) -> str:
 
 
 class Fence:
-    """The fencing epoch the Redis stop writes carry (`lunara.trading.stopstore`).
+    """The fencing epoch the Redis stop writes carry (`lunara.trading.stops`).
 
     `epoch` is "" when no lease is in use (no Redis): writes are not checked. With a
     lease it is "0" until the lease is held (so nothing is written on Redis meanwhile),

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import TextIO
 
 from blueprint.redaction import Redactor
+from blueprint.units import MIB
 
 
 class RedactSecrets(logging.Filter):
@@ -109,7 +110,7 @@ QUIET_LIBRARIES = (
     "google_genai",
 )
 
-LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_MAX_BYTES = 10 * MIB
 LOG_BACKUPS = 5
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,3 +110,31 @@ def test_systemd_reads_the_settings_where_the_bot_does_not_and_never_retries_exi
     assert environment_file.is_absolute()
     assert working_directory not in environment_file.parents
     assert "6" in bot["RestartPreventExitStatus"].split()
+
+
+def test_the_wheel_carries_every_data_file_of_the_packages(tmp_path: Path) -> None:
+    """The image installs a wheel, not the source tree: a file read at run time (the stop
+    store's Lua scripts) must be package data, or the installed bot cannot start."""
+    source = tmp_path / "source"
+    source.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("blueprint", "lunara"):
+        shutil.copytree(ROOT / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", ".", "-w", str(tmp_path / "wheel")],
+        cwd=source, check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packed = set(archive.namelist())
+    data_files = {
+        path.relative_to(source).as_posix()
+        for name in ("blueprint", "lunara")
+        for path in (source / name).rglob("*")
+        if path.is_file() and path.suffix != ".py"
+    }
+    assert "lunara/trading/stops/advance.lua" in data_files
+    assert data_files <= packed

@@ -13,17 +13,19 @@ printed, so a failure shows every figure.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from bench.soak.checks import (
+    Verdict,
     caught_by_kill,
     check_exits,
     check_notifications,
@@ -32,7 +34,7 @@ from bench.soak.checks import (
 )
 from bench.soak.faults import FaultLog
 from bench.soak.load import Level, Pushed
-from bench.soak.run import Lot
+from bench.soak.run import Collected, Lot
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 280  # two minutes of faults, plus onboarding, draining and the checks
@@ -55,12 +57,25 @@ def test_soak_two_minutes_of_faults_and_load_keeps_every_invariant() -> None:
     assert result.returncode == 0, f"soak failed:\n{result.stdout}\n{result.stderr[-4000:]}"
 
 
-def replies_and_kills(answers: list[float], kills: list[tuple[float, str]]) -> Any:
+def collected(**fields: Any) -> Collected:
+    """A run's record holding nothing but `fields`: each check reads only a few."""
+    empty = Collected(
+        pushed=[], confirmed_below=0, replies=Counter(), polls=[], reply_texts=[], sent=[],
+        invoices=[], orders=[], binance_stats={}, lots={}, levels=[], positions=[],
+        ledger_orders={}, saved_stops={}, live_stops={}, probes=[], rss=[], faults=FaultLog(),
+        fault_problems=[], restarts=None, final_status=None, stop_exit=0, home=Path(),
+        secrets={}, users=0, minutes=0.0, run_started=0.0, run_ended=0.0,
+        load_window=(0.0, 0.0), recorded_payments=set(), load_errors=[], outbox=[],
+    )  # fmt: skip
+    return dataclasses.replace(empty, **fields)
+
+
+def replies_and_kills(answers: list[float], kills: list[tuple[float, str]]) -> Collected:
     """The report's view of one command (message 7) answered at `answers`, with `kills`."""
     sent = [{"reply_to": 7, "text": "Plan: Free", "at": at} for at in answers]
     sent.append({"reply_to": 8, "text": "another command's answer", "at": 99.9})
     faults = FaultLog(injected=[(at, kind, "pid 1") for at, kind in kills])
-    return SimpleNamespace(sent=sent, invoices=[], faults=faults)
+    return collected(sent=sent, invoices=[], faults=faults)
 
 
 def test_soak_excuses_only_an_answer_a_sigkill_caught_before_it_was_recorded() -> None:
@@ -83,7 +98,7 @@ def test_soak_excuses_only_an_answer_a_sigkill_caught_before_it_was_recorded() -
         assert caught_by_kill(replies_and_kills(answers, kills), command) is None
 
 
-def traded(realized_pnl: str, residue: str) -> Any:
+def traded(realized_pnl: str, residue: str) -> Collected:
     """One BTCUSDT position as the checks see it: bought 0.001 at 50,000 (commission
     0.000001 BTC), sold 0.00099 at 51,000 (commission 0.05049 USDT), recorded as closed
     with `realized_pnl` and `residue`. Its fills say P&L 0.43951 and residue 0.000009."""
@@ -103,7 +118,7 @@ def traded(realized_pnl: str, residue: str) -> Any:
              "commissionAsset": "USDT"}]},
     ]  # fmt: skip
     lots = {"BTCUSDT": Lot("BTC", "USDT", Decimal("0.00001"))}
-    return SimpleNamespace(positions=[position], ledger_orders=ledger, orders=orders, lots=lots)
+    return collected(positions=[position], ledger_orders=ledger, orders=orders, lots=lots)
 
 
 def test_soak_recomputes_pnl_and_residue_from_the_exchange_fills() -> None:
@@ -128,7 +143,7 @@ def test_soak_counts_a_position_open_under_a_stop_the_last_price_triggers_as_stu
               for i, p in enumerate(prices)]  # fmt: skip
     position = {"id": 1, "symbol": "BTCUSDT", "entry_price": "50000", "opened_at": 10.5,
                 "status": "open", "closed_at": None, "exit_reason": None}  # fmt: skip
-    data = SimpleNamespace(levels=levels, positions=[position], ledger_orders={},
+    data = collected(levels=levels, positions=[position], ledger_orders={},
                            run_ended=levels[-1].set_at + 30)  # fmt: skip
     stuck = check_exits(data)
     assert stuck.passed is False
@@ -155,9 +170,9 @@ def test_soak_tells_notifications_delivered_from_produced_and_excuses_only_a_cau
             {"chat_id": 2, "text": "Stop loss hit", "reply_to": None, "at": 107.0},
             {"chat_id": 4, "text": "Plan: Free", "reply_to": 9, "at": 100.2}]  # fmt: skip
 
-    def verdict(kills: list[float], extra: list[dict[str, Any]] = []) -> Any:  # noqa: B006
+    def verdict(kills: list[float], extra: list[dict[str, Any]] = []) -> Verdict:  # noqa: B006
         faults = FaultLog(injected=[(at, "kill_bot", "pid 1") for at in kills])
-        return check_notifications(SimpleNamespace(outbox=outbox, sent=sent + extra, faults=faults))
+        return check_notifications(collected(outbox=outbox, sent=sent + extra, faults=faults))
 
     caught = verdict([100.3])  # chat 2's first copy came 0.2 s before a kill
     assert caught.passed is True

@@ -308,7 +308,7 @@ def read_database(
 def read_redis_stops(url: str) -> dict[int, StopState]:
     from redis.asyncio import Redis
 
-    from lunara.trading.stopstore import read_live_stops
+    from lunara.trading.stops import read_live_stops
 
     async def read() -> dict[int, StopState]:
         client = Redis.from_url(url)

@@ -26,7 +26,8 @@ def _buckets(length: int) -> np.ndarray:
 
 def _last(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     ends = np.append(starts[1:], len(values)) - 1
-    return values[ends]
+    last: np.ndarray = values[ends]
+    return last
 
 
 def _highest(values: np.ndarray, starts: np.ndarray) -> np.ndarray:

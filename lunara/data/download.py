@@ -42,6 +42,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from blueprint.units import MIB
 from lunara.data.formats import DataFileError, read_candle_file
 from lunara.data.store import CandleStore, MergeSummary
 
@@ -339,7 +340,7 @@ class PublicData:
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1024 * 1024), b""):
+        for block in iter(lambda: handle.read(MIB), b""):
             digest.update(block)
     return digest.hexdigest()
 

@@ -23,7 +23,7 @@ import pandas as pd
 from lunara.data.formats import CandleFile, read_candle_file
 from lunara.data.quality import Quality, assess, clean, interval_of, resample
 from lunara.data.timeframes import timeframe_name
-from lunara.telegram.parsing import SYMBOL
+from lunara.trading.symbols import is_symbol
 
 SKIPPED_SUFFIXES = (".CHECKSUM", ".part")
 """Files in a data directory that are not candles: Binance's checksums, unfinished
@@ -57,7 +57,7 @@ def symbol_from_name(path: Path) -> str | None:
     elif len(parts) > 2:
         return None
     symbol = "".join(parts).upper()
-    return symbol if SYMBOL.match(symbol) else None
+    return symbol if is_symbol(symbol) else None
 
 
 def data_files(paths: Iterable[Path]) -> list[Path]:

@@ -13,7 +13,7 @@ open in the copy only. The file alone holds the freshest stops of its positions;
 restore the bot's start-up reconcile pushes them back into Redis.
 
 A restore makes the restored file the one truth: the CLI clears the Redis stops first
-(``stopstore.clear_live_stops``), otherwise the replaced database's newer stops in Redis
+(``stops.clear_live_stops``), otherwise the replaced database's newer stops in Redis
 would win the reconcile.
 
 A restore trusts the file for its rows, never for its schema: a backup can come from
@@ -43,13 +43,14 @@ from typing import TYPE_CHECKING
 
 import aiosqlite
 
+from blueprint.trust import fsync_path
 from lunara.crypto import KeyRing
 from lunara.storage import credentials
 from lunara.storage.database import SchemaError, StorageError, open_database
 from lunara.storage.migrations import APPLICATION_ID, KNOWN_TABLES, LATEST_VERSION, checked_table
 
 if TYPE_CHECKING:
-    from lunara.trading.stopstore import TrackedStop
+    from lunara.trading.stops import TrackedStop
 
 LiveStops = Callable[[], Awaitable[Mapping[int, "TrackedStop"]]]
 """Reads the live trailing stops (from Redis), called right after the SQLite snapshot."""
@@ -204,9 +205,9 @@ def backup_database(
             refreshed = 0 if live_stops is None else asyncio.run(_refresh(temporary, live_stops))
         except sqlite3.Error as error:
             raise StorageError(f"backup of {src_path} failed: {error}") from None
-        _fsync(temporary)
+        fsync_path(temporary)
         os.replace(temporary, dest_path)
-        _fsync(dest_path.parent)
+        fsync_path(dest_path.parent)
     finally:
         temporary.unlink(missing_ok=True)
     summary = inspect_database(dest_path)
@@ -222,7 +223,7 @@ def backup_database(
 
 async def _refresh(copy_path: Path, live_stops: LiveStops) -> int:
     """Write the live stops newer than the copy's checkpoints into the copy."""
-    from lunara.trading.stopstore import save_newer_stops
+    from lunara.trading.stops import save_newer_stops
 
     async with aiosqlite.connect(copy_path, isolation_level=None) as copy:
         async with copy.execute("SELECT id FROM positions WHERE status = 'open'") as cursor:
@@ -487,11 +488,3 @@ async def _rotate(db_path: Path, keyring: KeyRing) -> int:
         await connection.close()
     logger.info("re-encrypted %d credential records under key %s", count, keyring.primary_key_id)
     return count
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

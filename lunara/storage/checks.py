@@ -9,13 +9,13 @@ import re
 from decimal import Decimal
 
 from lunara.storage.database import InvalidValue
+from lunara.trading.symbols import is_symbol
 
-SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{5,20}$")
 EXIT_REASON_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 def check_symbol(symbol: str) -> str:
-    if not SYMBOL_PATTERN.match(symbol):
+    if not is_symbol(symbol):
         raise InvalidValue("symbol", "must be a trading pair such as BTCUSDT")
     return symbol
 

@@ -5,8 +5,9 @@ self-hosted or test Bot API server). All commands go through one dispatcher, so 
 guard (`lunara.telegram.guard`) runs before any handler code; replies go through the
 one formatting module; errors reach the one error handler (`lunara.telegram.errors`).
 Nothing is sent from here directly: every message is written to the outbox and sent,
-paced, by its sender (`lunara.telegram.outbox`). The service polls and sends only while
-it holds the poller lease (`lunara.telegram.lease`). It asks Telegram only for the kinds
+paced, by its sender (`lunara.telegram.outbox`). The polling service
+(`lunara.telegram.polling`) runs it, polling and sending only while it holds the poller
+lease (`lunara.telegram.lease`). It asks Telegram only for the kinds
 of update handled here (`lunara.telegram.updates`), and the inbox holds each one that
 matters until it is answered, once (`lunara.telegram.inbox`); one user's updates run in
 the order sent, different users' side by side (`lunara.telegram.ordering`).
@@ -15,17 +16,15 @@ the order sent, different users' side by side (`lunara.telegram.ordering`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import aiosqlite
 from telegram import ChatMemberUpdated, LabeledPrice, Message, ReplyParameters, Update
 from telegram.constants import ChatMemberStatus, ChatType
-from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
+from telegram.error import BadRequest, TelegramError
 from telegram.ext import (
     Application,
     CallbackQueryHandler,
@@ -38,38 +37,26 @@ from telegram.ext import (
 from telegram.request import HTTPXRequest
 
 from blueprint.audit import AuditLog
-from blueprint.backoff import backoff_delay
 from blueprint.manifest import Manifest
 from blueprint.paths import HomePaths
 from lunara import payments
 from lunara import plans as plan_book
+from lunara.accounts import AccountService, AlreadyRefunded
 from lunara.config import Settings
 from lunara.dependencies import Watch
 from lunara.services import TradingService
-from lunara.storage import handled, users
-from lunara.storage import outbox as outbox_store
-from lunara.storage.database import RecordNotFound
 from lunara.storage.outbox import Outgoing, Priority
 from lunara.telegram import formatting as fmt
 from lunara.telegram import menus
 from lunara.telegram.chats import follow_migration
 from lunara.telegram.commands import COMMANDS, EXPECTED_ERRORS, CommandContext, Deps
-from lunara.telegram.errors import (
-    STATE_FILE,
-    ErrorHandler,
-    TelegramState,
-    is_retryable,
-    mark_telegram,
-    retry_after_seconds,
-)
+from lunara.telegram.errors import STATE_FILE, ErrorHandler, TelegramState
 from lunara.telegram.guard import Admission, Guard, RateLimiter, Verdict, late_by
 from lunara.telegram.inbox import Inbox, InboxBot
-from lunara.telegram.lease import PollLease
 from lunara.telegram.ordering import PerUserOrder
 from lunara.telegram.outbox import TELEGRAM_LIMITS, Outbox, OutboxSender, SendLimits, messages
 from lunara.telegram.parsing import UsageError, command_name, split_arguments
 from lunara.telegram.updates import (
-    ALLOWED_UPDATES,
     SECRET_COMMANDS,
     command_of,
     edit_of,
@@ -85,9 +72,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("lunara.telegram")
 
-POLL_TIMEOUT_S = 10
 CLIENT_TIMEOUT_S = 5.0
-"""Connect, write and read timeout of every Bot API call (long polls add POLL_TIMEOUT_S)."""
+"""Connect, write and read timeout of every Bot API call (long polls add the polling
+service's `POLL_TIMEOUT_S`)."""
 KEYS_IN_GROUP = (
     "I deleted your message: exchange keys posted in a group are seen by everyone in it. "
     "Revoke those keys on Binance now, make new ones and send them with /setkeys in our "
@@ -101,14 +88,7 @@ EDITED_KEYS = (
 EDIT_NOT_RUN = "I don't act on edited messages: send the command again as a new message."
 HINT = "Send /help to see the commands."
 """The answer to a plain text in a private chat."""
-RETRY_UNANSWERED_S = 30.0
-"""A command taken this long ago and still not answered is tried again."""
-PRUNE_EVERY_S = 3600.0
-"""How often answered commands and sent messages older than two days are forgotten."""
 CRASH_REPORT_KEY = "crash-report"
-START_RETRY_FIRST_S = 0.5
-START_RETRY_MAX_S = 30.0
-"""Waits between attempts to reach Telegram at start: doubling from the first to the most."""
 CHARGE_ALREADY_REFUNDED = "CHARGE_ALREADY_REFUNDED"
 """The Bot API's refusal to refund a charge refunded before."""
 CONNECTION_POOL = 256  # python-telegram-bot's own default for concurrent updates
@@ -126,7 +106,7 @@ def _request(pool_size: int) -> HTTPXRequest:
 
 
 class TelegramBot:
-    """The Application plus everything the handlers need; `service()` runs it."""
+    """The Application plus everything the handlers need; `lunara.telegram.polling` runs it."""
 
     def __init__(
         self,
@@ -177,13 +157,13 @@ class TelegramBot:
             .build()
         )
         self._keyring: KeyRing | None = None
+        self.accounts = AccountService(db, self._load_keyring)
         self.deps = Deps(
             settings=settings,
             paths=paths,
-            db=db,
+            accounts=self.accounts,
             trading=trading,
             guard=self.guard,
-            keyring=self._load_keyring,
             broadcast=self.outbox.broadcast,
             delete_message=self._delete_message,
             refund=self._refund,
@@ -289,7 +269,7 @@ class TelegramBot:
             await self.application.bot.refund_star_payment(user_id, charge_id)
         except BadRequest as error:
             if CHARGE_ALREADY_REFUNDED in error.message.upper():
-                raise payments.AlreadyRefunded(charge_id) from None
+                raise AlreadyRefunded(charge_id) from None
             raise
 
     # -- handlers -----------------------------------------------------------------------
@@ -459,8 +439,7 @@ class TelegramBot:
         """A user blocked the bot (`kicked`): inactive, so broadcasts and auto trades skip
         them; unblocked it (`member`): active again. Nothing is answered."""
         active = change.new_chat_member.status == ChatMemberStatus.MEMBER
-        with contextlib.suppress(RecordNotFound):
-            await users.set_active(self.db, change.chat.id, active)
+        if await self.accounts.set_active(change.chat.id, active):
             logger.info("user %d %s the bot; marked %s", change.chat.id,
                         "unblocked" if active else "blocked",
                         "active" if active else "inactive")  # fmt: skip
@@ -474,8 +453,8 @@ class TelegramBot:
         query = update.pre_checkout_query
         if query is None:
             return
-        decision = await payments.check_pre_checkout(
-            self.db, query.from_user.id, query.invoice_payload, query.currency, query.total_amount
+        decision = await self.accounts.check_pre_checkout(
+            query.from_user.id, query.invoice_payload, query.currency, query.total_amount
         )
         await query.answer(ok=decision.ok, error_message=decision.error)
 
@@ -498,8 +477,7 @@ class TelegramBot:
         """Record the payment (once per charge id, so a replay is harmless), thank the payer."""
         paid = message.successful_payment
         assert paid is not None
-        outcome = await payments.record_payment(
-            self.db,
+        outcome = await self.accounts.record_payment(
             sender_id,
             paid.invoice_payload,
             paid.telegram_payment_charge_id,
@@ -528,148 +506,6 @@ class TelegramBot:
             if kind == "telegram" and identifier.isdigit():
                 ids.append(int(identifier))
         return self.guard.admins(ids)
-
-    # -- running ------------------------------------------------------------------------
-
-    def service(self) -> TelegramService:
-        return TelegramService(self)
-
-
-class TelegramService:
-    """The runtime Service: hold the poller lease, poll, stop cleanly."""
-
-    name = "telegram"
-
-    def __init__(self, bot: TelegramBot) -> None:
-        self.bot = bot
-        self.ready = bot.up  # up once the Bot API answered (getMe) and the app started
-
-    async def run(self, stop: asyncio.Event) -> None:
-        bot = self.bot
-        token = bot.settings.telegram_bot_token
-        assert token is not None
-        application = bot.application
-        await _prune(bot.db)
-        if not await self._initialize(stop):
-            with contextlib.suppress(Exception):
-                await application.bot.shutdown()  # the HTTP clients the first try opened
-            return
-        await application.start()
-        bot.up.set()
-        replayed = False
-        try:
-            while not stop.is_set():
-                lease = PollLease(token.get_secret_value(), bot.paths.root, bot.redis)
-                logger.info("waiting for the Telegram poller lease (one poller per token)")
-                if not await lease.acquire(stop):
-                    return
-                # The one sender of the outbox, while the lease is ours.
-                sending = asyncio.Event()
-                sender = asyncio.create_task(bot.sender.run(sending))
-                try:
-                    if not replayed:
-                        await self._replay_unfinished()
-                        replayed = True
-                        await bot.publish_menus()
-                    await self._poll(stop, lease)
-                finally:
-                    with contextlib.suppress(Exception):
-                        if application.updater is not None and application.updater.running:
-                            await application.updater.stop()
-                    try:
-                        if stop.is_set():
-                            # Finish the answers under way while the lease is still ours:
-                            # the next holder replays what the inbox holds unanswered.
-                            await self._stop_application()
-                    finally:
-                        sending.set()  # the sends under way finish; the queue waits
-                        try:
-                            await sender
-                        finally:
-                            await lease.release()
-                if lease.lost.is_set() and not stop.is_set():
-                    logger.error("another instance took the poller lease; waiting to get it back")
-        finally:
-            await self._stop_application()
-            with contextlib.suppress(Exception):
-                await application.shutdown()
-
-    async def _initialize(self, stop: asyncio.Event) -> bool:
-        """Set the application up (its first call, getMe, reaches Telegram), waiting out a
-        Telegram outage or timeout with growing pauses; False if stopped meanwhile."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                await self.bot.application.initialize()
-                self.bot.watch.ok()
-                return True
-            except (RetryAfter, NetworkError) as error:
-                mark_telegram(self.bot.watch, error)
-                if isinstance(error, RetryAfter):
-                    wait = retry_after_seconds(error)
-                elif is_retryable(error):
-                    failures += 1
-                    wait = backoff_delay(failures, START_RETRY_FIRST_S, START_RETRY_MAX_S)
-                else:
-                    raise
-                logger.warning(
-                    "Telegram is not reachable (%s: %s); trying again in %.1f s",
-                    type(error).__name__, error, wait,
-                )  # fmt: skip
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), wait)
-        return False
-
-    async def _stop_application(self) -> None:
-        """Answer no new update, finish those under way (python-telegram-bot waits for them)."""
-        self.bot.inbox.stopping = True
-        with contextlib.suppress(Exception):
-            if self.bot.application.running:
-                await self.bot.application.stop()
-
-    async def _replay_unfinished(self, taken_before: float | None = None) -> None:
-        """Hand inbox entries taken but not answered (by a run that died or stopped before
-        it began them, or whose answer could not be sent) to the handlers again, in the
-        order Telegram numbered them (each user's in the order sent)."""
-        application = self.bot.application
-        unanswered = await self.bot.inbox.unanswered(application.bot, taken_before)
-        for update in unanswered:
-            await application.update_queue.put(update)
-        if unanswered:
-            logger.info("answering %d update(s) taken earlier but not answered", len(unanswered))
-
-    async def _poll(self, stop: asyncio.Event, lease: PollLease) -> None:
-        application = self.bot.application
-        assert application.updater is not None
-        await application.updater.start_polling(
-            timeout=POLL_TIMEOUT_S,
-            allowed_updates=list(ALLOWED_UPDATES),
-            error_callback=self.bot.errors.on_polling_error,
-        )
-        logger.info("Telegram polling as @%s", application.bot.username)
-        stopper = asyncio.create_task(stop.wait())
-        lost = asyncio.create_task(lease.lost.wait())
-        pruned_at = time.monotonic()
-        try:
-            while True:
-                done, _ = await asyncio.wait(
-                    {stopper, lost}, timeout=RETRY_UNANSWERED_S, return_when=asyncio.FIRST_COMPLETED
-                )
-                if done:
-                    return
-                await self._replay_unfinished(time.time() - RETRY_UNANSWERED_S)
-                if time.monotonic() - pruned_at >= PRUNE_EVERY_S:
-                    pruned_at = time.monotonic()
-                    await _prune(self.bot.db)
-        finally:
-            stopper.cancel()
-            lost.cancel()
-
-
-async def _prune(db: aiosqlite.Connection) -> None:
-    """Forget answered commands and finished messages older than two days."""
-    await handled.prune(db)
-    await outbox_store.prune(db)
 
 
 def _too_late(name: str, late_s: float) -> str:

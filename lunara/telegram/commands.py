@@ -11,18 +11,17 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-import aiosqlite
+from typing import Any
 
 from blueprint.manifest import Permission
 from blueprint.paths import HomePaths
 from lunara import plans as plan_book
+from lunara.accounts import AccountService, Refund
 from lunara.config import Settings
 from lunara.services import TradingError, TradingService
-from lunara.storage import credentials, user_settings, users
 from lunara.storage.database import InvalidValue, StorageError
 from lunara.storage.outbox import BroadcastStart
+from lunara.storage.users import User
 from lunara.telegram import formatting as fmt
 from lunara.telegram.guard import Acts, Command, Guard
 from lunara.telegram.parsing import (
@@ -33,9 +32,6 @@ from lunara.telegram.parsing import (
     parse_user_id,
 )
 
-if TYPE_CHECKING:
-    from lunara.crypto import KeyRing
-
 USAGE_KIND_AI = "ai.analysis"
 
 
@@ -45,10 +41,9 @@ class Deps:
 
     settings: Settings
     paths: HomePaths
-    db: aiosqlite.Connection
+    accounts: AccountService
     trading: TradingService
     guard: Guard
-    keyring: Callable[[], KeyRing]  # loaded on first use (paper mode may never need it)
     # Queue a message for every active user: (chat, command message, text) -> its start.
     broadcast: Callable[[int, int, str], Awaitable[BroadcastStart]]
     delete_message: Callable[[int, int], Awaitable[None]]
@@ -92,17 +87,15 @@ def expect_arguments(ctx: CommandContext, count: int) -> None:
         raise UsageError(f"this command takes {count} argument{'s' if count != 1 else ''}")
 
 
-async def _user(ctx: CommandContext) -> users.User:
-    return await users.register(ctx.deps.db, ctx.user_id, ctx.username)
+async def _user(ctx: CommandContext) -> User:
+    return await ctx.deps.accounts.register(ctx.user_id, ctx.username)
 
 
 # -- everyone ---------------------------------------------------------------------------
 
 
 async def start(ctx: CommandContext) -> None:
-    user = await _user(ctx)
-    if not user.active:  # back after blocking the bot: notifications and broadcasts resume
-        user = await users.set_active(ctx.deps.db, ctx.user_id, True)
+    user = await ctx.deps.accounts.start(ctx.user_id, ctx.username)
     await ctx.reply(
         fmt.lines(
             f"Welcome to Lunara, {fmt.escape(user.username or ctx.user_id)}.",
@@ -120,8 +113,7 @@ async def help_command(ctx: CommandContext) -> None:
 
 async def status(ctx: CommandContext) -> None:
     user = await _user(ctx)
-    now = ctx.deps.clock()
-    plan = plan_book.effective_plan(user.plan, user.plan_expires_at, now)
+    plan = ctx.deps.accounts.plan_of(user)
     expires = (
         datetime.fromtimestamp(user.plan_expires_at, UTC).strftime("%Y-%m-%d")
         if user.plan_expires_at and plan.name is not plan_book.PlanName.FREE
@@ -173,8 +165,9 @@ async def buy(ctx: CommandContext) -> None:
     symbol = parse_symbol(ctx.arguments[0])
     amount = parse_amount(ctx.arguments[1])
     user = await _user(ctx)
-    plan = plan_book.effective_plan(user.plan, user.plan_expires_at, ctx.deps.clock())
-    if len(await ctx.deps.trading.positions(ctx.user_id)) >= plan.max_open_positions:
+    open_positions = len(await ctx.deps.trading.positions(ctx.user_id))
+    plan = ctx.deps.accounts.position_limit(user, open_positions)
+    if plan is not None:
         await ctx.reply(
             f"Your {fmt.escape(plan.title)} plan allows {plan.max_open_positions} open "
             "positions. Close one, or see /plans."
@@ -236,15 +229,11 @@ async def settings_command(ctx: CommandContext) -> None:
     try:
         if ctx.arguments:
             changes = parse_pairs(ctx.arguments)
-            if "symbols" in changes:
-                # Before they are saved: one symbol Binance does not know would make it
-                # refuse every price request that carries it.
-                symbols = user_settings.parse_setting("symbols", changes["symbols"])
-                if isinstance(symbols, tuple):
-                    await ctx.deps.trading.check_symbols(symbols)
-            current = await user_settings.update(ctx.deps.db, ctx.user_id, changes)
+            current = await ctx.deps.accounts.update_settings(
+                ctx.user_id, changes, ctx.deps.trading.check_symbols
+            )
         else:
-            current = await user_settings.get(ctx.deps.db, ctx.user_id)
+            current = await ctx.deps.accounts.settings(ctx.user_id)
     except UsageError as error:
         await ctx.usage(str(error))
         return
@@ -279,14 +268,7 @@ async def setkeys(ctx: CommandContext) -> None:
     await _user(ctx)
     api_key, api_secret = ctx.arguments
     await ctx.deps.trading.validate_keys(api_key, api_secret)
-    info = await credentials.store(
-        ctx.deps.db,
-        ctx.deps.keyring(),
-        ctx.user_id,
-        credentials.Exchange.BINANCE,
-        api_key,
-        api_secret,
-    )
+    info = await ctx.deps.accounts.store_keys(ctx.user_id, api_key, api_secret)
     await ctx.reply(
         f"Keys saved, encrypted (key ending {fmt.escape(info.key_fingerprint)}). "
         "I deleted the message that carried them."
@@ -321,7 +303,7 @@ async def subscribe(ctx: CommandContext) -> None:
 
 
 async def users_command(ctx: CommandContext) -> None:
-    page = await users.list_page(ctx.deps.db, offset=0, limit=50)
+    page = await ctx.deps.accounts.users_page(offset=0, limit=50)
     rows = [
         (u.telegram_id, u.username or "-", u.plan, "yes" if u.active else "no") for u in page.users
     ]
@@ -336,7 +318,7 @@ async def users_command(ctx: CommandContext) -> None:
 async def user_command(ctx: CommandContext) -> None:
     expect_arguments(ctx, 1)
     user_id = parse_user_id(ctx.arguments[0])
-    user = await users.get(ctx.deps.db, user_id)
+    user = await ctx.deps.accounts.user(user_id)
     if user is None:
         await ctx.reply(f"No user {user_id}.")
         return
@@ -381,10 +363,9 @@ async def resume(ctx: CommandContext) -> None:
 
 
 async def botstatus(ctx: CommandContext) -> None:
-    from blueprint.ledger import Ledger
-    from blueprint.mirror import NullMirror
+    from blueprint.ledger import LedgerView
 
-    document = Ledger(ctx.deps.paths, "lunara", NullMirror()).read().document
+    document = LedgerView(ctx.deps.paths, ctx.deps.guard.manifest.name).read().document
     last = document.last_exit
     engine = await ctx.deps.trading.engine_status()
     await ctx.reply(
@@ -401,10 +382,8 @@ async def refund(ctx: CommandContext) -> None:
     if len(ctx.arguments) != 1 or len(ctx.arguments[0]) > 128:
         await ctx.usage()
         return
-    from lunara.payments import Refund, refund_payment
-
     charge = fmt.code(ctx.arguments[0])
-    result, payment = await refund_payment(ctx.deps.db, ctx.deps.refund, ctx.arguments[0])
+    result, payment = await ctx.deps.accounts.refund_payment(ctx.deps.refund, ctx.arguments[0])
     when = datetime.fromtimestamp(payment.refunded_at or ctx.deps.clock(), UTC)
     stars = f"{payment.amount_stars} Stars to user {payment.user_id}"
     if result is Refund.ALREADY:

@@ -204,7 +204,7 @@ class Guard:
     def may(self, user_id: int, permission: Permission) -> bool:
         return self.manifest.allows(self.principal(user_id), permission)
 
-    def admit(self, user_id: int, command: Command | None) -> Admission:
+    def admit(self, user_id: int, command: Command[Any] | None) -> Admission:
         """Count one message (`command`: the command it carries, if one we know) against
         the user's rate limit; a command refused for it is audited as such."""
         admission = self.limiter.admit(user_id)
@@ -214,7 +214,7 @@ class Guard:
             self._refused(user_id, command, "rate limited", detail)
         return admission
 
-    def check(self, user_id: int, command: Command) -> Verdict:
+    def check(self, user_id: int, command: Command[Any]) -> Verdict:
         principal = self.principal(user_id)
         detail: dict[str, Any] = {"role": self.manifest.role_of(principal)}
         if not self.manifest.allows(principal, command.permission):
@@ -227,7 +227,7 @@ class Guard:
         return Verdict.ALLOWED
 
     def _refused(
-        self, user_id: int, command: Command, outcome: str, detail: dict[str, Any]
+        self, user_id: int, command: Command[Any], outcome: str, detail: dict[str, Any]
     ) -> None:
         unaudited = self.refusals.admit(user_id)
         if unaudited is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from telegram import (
     Bot,
@@ -42,12 +43,12 @@ class Menu:
     commands: tuple[BotCommand, ...]
 
 
-def _entries(commands: Iterable[Command]) -> tuple[BotCommand, ...]:
+def _entries(commands: Iterable[Command[Any]]) -> tuple[BotCommand, ...]:
     return tuple(BotCommand(command.name, command.description) for command in commands)
 
 
 def menus(
-    commands: Iterable[Command],
+    commands: Iterable[Command[Any]],
     admin_ids: Iterable[int],
     may: Callable[[int, Permission], bool],
 ) -> list[Menu]:

@@ -6,10 +6,10 @@ answers with its usage line instead of an error.
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal, InvalidOperation
 
-SYMBOL = re.compile(r"^[A-Z0-9]{5,20}$")
+from lunara.trading.symbols import is_symbol, symbol_name
+
 MAX_AMOUNT = Decimal("1000000")
 MAX_ARGUMENT_LENGTH = 512
 
@@ -41,10 +41,10 @@ def addressed_to(text: str, username: str) -> bool:
 
 
 def parse_symbol(raw: str) -> str:
-    symbol = raw.strip().upper()
+    symbol = symbol_name(raw)
     if "/" in symbol:
         symbol = symbol.replace("/", "")
-    if not SYMBOL.match(symbol):
+    if not is_symbol(symbol):
         raise UsageError("a symbol is letters and digits, like BTCUSDT")
     return symbol
 

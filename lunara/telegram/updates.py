@@ -51,41 +51,44 @@ class Entry:
     payload: str | None
 
 
+def _text_from_a_person(update: Update, message: Message | None) -> tuple[Message, User] | None:
+    """`message` and its sender when a person (not a bot) sent it with text, else None."""
+    sender = update.effective_user
+    if message is None or sender is None or sender.is_bot or not message.text:
+        return None
+    return message, sender
+
+
+def _our_command(
+    update: Update, username: str, message: Message | None
+) -> tuple[Message, User] | None:
+    """`message` and its sender when it is a command addressed to us, else None."""
+    found = _text_from_a_person(update, message)
+    if found is None or not filters.COMMAND.check_update(update):
+        return None
+    return found if addressed_to(found[0].text or "", username) else None
+
+
 def command_of(update: Update, username: str) -> tuple[Message, User] | None:
     """The message and sender of a command the command handler answers, else None: a
     command addressed to another bot (`/buy@other_bot` in a group) is not ours, nor is
     an edit."""
-    message = update.message
-    sender = update.effective_user
-    if message is None or sender is None or sender.is_bot or not message.text:
-        return None
-    if not filters.COMMAND.check_update(update) or not addressed_to(message.text, username):
-        return None
-    return message, sender
+    return _our_command(update, username, update.message)
 
 
 def plain_text_of(update: Update) -> tuple[Message, User] | None:
     """The message and sender of a plain text in a private chat (answered with a hint),
     else None; plain text in a group is not for the bot."""
-    message = update.message
-    sender = update.effective_user
-    if message is None or sender is None or sender.is_bot or not message.text:
+    found = _text_from_a_person(update, update.message)
+    if found is None or found[0].chat.type != ChatType.PRIVATE:
         return None
-    if message.chat.type != ChatType.PRIVATE or filters.COMMAND.check_update(update):
-        return None
-    return message, sender
+    return None if filters.COMMAND.check_update(update) else found
 
 
 def edit_of(update: Update, username: str) -> tuple[Message, User] | None:
     """The message and sender of an edited command of ours, else None. An edited plain
     text is left alone: it was not run before and is not now."""
-    message = update.edited_message
-    sender = update.effective_user
-    if message is None or sender is None or sender.is_bot or not message.text:
-        return None
-    if not filters.COMMAND.check_update(update) or not addressed_to(message.text, username):
-        return None
-    return message, sender
+    return _our_command(update, username, update.edited_message)
 
 
 def member_change_of(update: Update) -> ChatMemberUpdated | None:

@@ -180,7 +180,7 @@ class RetryPolicy:
     )
 
 
-class _PooledClient(Client):
+class _PooledClient(Client):  # type: ignore[misc]  # python-binance ships no type information
     """``Client`` whose connections come from the gateway's one pool.
 
     python-binance gives every client its own ``requests.Session`` (the API key travels in
@@ -206,7 +206,7 @@ class _PooledClient(Client):
         super().__init__(api_key, api_secret, requests_params={"timeout": timeout_s}, ping=False)
 
     def _init_session(self) -> requests.Session:
-        session = super()._init_session()
+        session: requests.Session = super()._init_session()
         for prefix in ("https://", "http://"):
             session.mount(prefix, self._adapter)
         session.hooks["response"].append(_remember_reply)

@@ -1,11 +1,10 @@
 """The trading engine: what the Telegram layer calls (``TradingService``) and what the
 runtime runs (``EngineRunner``, a ``Service``).
 
-Build it with ``open_trading(settings)``: it opens the database connections, Redis
-(when ``REDIS_URL`` is set), the market, the exchanges and the AI analyst, and returns
-a ``TradingRuntime`` holding the engine and the runner. The Telegram layer, built
-afterwards with the engine as its ``TradingService``, hands its ``Notifier`` back with
-``engine.attach_notifier``.
+The composition root (``lunara.app.open_trading``) builds it with the database, the
+stop store, the market, the exchanges and the AI analyst it opened; the Telegram layer,
+built afterwards with the engine as its ``TradingService``, hands its ``Notifier`` back
+with ``engine.attach_notifier``.
 
 On start the engine reconciles the stop store (Redis vs SQLite, newest wins), resolves
 orders a crash left unsettled, and makes sure every open position has a stop. On the
@@ -19,19 +18,17 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
-from blueprint.errors import ConfigError
+from lunara.accounts import plan_in_force, position_limit_reached
 from lunara.ai.analyst import NOTE_OFF, Analyst, MarketSummary
 from lunara.analysis.analyzer import InsufficientData, analyze_candles
-from lunara.config import MarketKind, Mode, Settings
-from lunara.dependencies import Dependencies, DependencyReporter
+from lunara.config import Mode, Settings
 from lunara.instance import StaleEpoch
 from lunara.services import (
     AnalysisView,
@@ -43,7 +40,6 @@ from lunara.services import (
 )
 from lunara.storage import credentials, user_settings, users
 from lunara.storage import positions as position_store
-from lunara.storage.database import open_database
 from lunara.trading.binance import BinanceExchange, BinanceGateway
 from lunara.trading.exchange import (
     CredentialsRejected,
@@ -62,34 +58,18 @@ from lunara.trading.executor import (
     SettingsCache,
     SignalSource,
     StreamingSignals,
-    plan_limits,
 )
 from lunara.trading.filters import quantity_for_quote
-from lunara.trading.limiter import WeightLimiter
-from lunara.trading.market import BinanceMarket, Market, ReplayMarket, SimMarket, interval_name
+from lunara.trading.market import Market, interval_name
 from lunara.trading.model import ExitReason, OrderSide
 from lunara.trading.orders import OrderOutcomeUnknown, OrderPath, OrderRequest, Settlement
 from lunara.trading.paper import PaperExchange
-from lunara.trading.stopstore import (
-    REDIS_OUTAGE,
-    REDIS_RETRY_S,
-    STORE_NAME,
-    RedisStopStore,
-    StopStore,
-    make_stop_store,
-)
+from lunara.trading.stops import REDIS_OUTAGE, StopStore
+from lunara.trading.symbols import MAX_SYMBOL_LENGTH, symbol_name
 from lunara.trading.trailing import TrailingParams, initial_state
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from lunara.crypto import KeyRing
-
-# Releases one thing the runtime opened (the database, a client); awaited in reverse.
-Closer = Callable[[], Awaitable[object]]
-
-if TYPE_CHECKING:
-    from lunara.instance import InstanceLease
 
 logger = logging.getLogger(__name__)
 
@@ -307,12 +287,13 @@ class TradingEngine:
         return user
 
     def _check_symbol(self, symbol: str) -> str:
-        name = symbol.strip().upper()
+        name = symbol_name(symbol)
         if not self._symbols:
             raise TradingError("this bot trades no symbol: ask an admin to fix LUNARA_SYMBOLS")
         if name not in self._symbols:
             raise TradingError(
-                f"{name[:20]} is not traded by this bot; choose one of " + ", ".join(self._symbols)
+                f"{name[:MAX_SYMBOL_LENGTH]} is not traded by this bot; choose one of "
+                + ", ".join(self._symbols)
             )
         return name
 
@@ -412,9 +393,9 @@ class TradingEngine:
             raise TradingPaused("trading is paused by an admin; try again later")
         if not self.breaker.allows(user_id):
             raise TradingError("trading on your account is paused after repeated key failures")
-        limits = plan_limits(user, self._clock())
+        limits = plan_in_force(user, self._clock())
         open_positions = await position_store.list_open(self._db, user_id)
-        if len(open_positions) >= limits.max_open_positions:
+        if position_limit_reached(limits, len(open_positions)):
             raise TradingError(
                 f"your plan allows {limits.max_open_positions} open positions; close one first"
             )
@@ -441,10 +422,10 @@ class TradingEngine:
 
     async def _sell(self, user_id: int, symbol: str) -> list[OrderResult]:
         await self._require_user(user_id)
-        name = symbol.strip().upper()
+        name = symbol_name(symbol)
         held = [p for p in await position_store.list_open(self._db, user_id) if p.symbol == name]
         if not held:
-            raise TradingError(f"you have no open {name[:20]} position")
+            raise TradingError(f"you have no open {name[:MAX_SYMBOL_LENGTH]} position")
         price = (await self._market.prices([name])).get(name)
         if price is None:
             raise TradingError(f"no market price for {name} right now")
@@ -486,7 +467,7 @@ class TradingEngine:
             if self._analyst is None or not self._analyst.enabled:
                 ai_note = NOTE_OFF
             else:
-                limits = plan_limits(user, self._clock())
+                limits = plan_in_force(user, self._clock())
                 commentary = await self._analyst.comment(
                     user_id,
                     limits.name.value,
@@ -682,170 +663,8 @@ class EngineRunner:
         logger.info("trading engine stopped; %d trailing stops checkpointed", checkpointed)
 
 
-@dataclass
-class TradingRuntime:
-    """Everything ``open_trading`` opened; ``aclose`` releases it."""
-
-    engine: TradingEngine
-    runner: EngineRunner
-    _closers: list[Closer] = field(default_factory=list)
-    dependencies: Dependencies = field(default_factory=Dependencies)
-    redis: Redis | None = None
-    stops: StopStore | None = None
-    gateway: BinanceGateway | None = None
-
-    def dependency_reporter(self, path: Path) -> DependencyReporter:
-        """The service that tells `lunara status` what trading reaches (and, through the
-        same board, what Telegram does)."""
-        stops = self.stops
-        return DependencyReporter(
-            path,
-            self.dependencies,
-            redis=self.redis,
-            stops_on_sqlite=(
-                (lambda: stops.redis_down) if isinstance(stops, RedisStopStore) else None
-            ),
-            exchange_ping=None if self.gateway is None else self.gateway.ping,
-            stops_retry_s=REDIS_RETRY_S,
-        )
-
-    async def aclose(self) -> None:
-        for close in reversed(self._closers):
-            with contextlib.suppress(Exception):
-                await close()
-        self._closers.clear()
-
-
-def build_market(settings: Settings, gateway: BinanceGateway | None, seed: int = 0) -> Market:
-    """The market the settings ask for (``LUNARA_MARKET``)."""
-    source = settings.market
-    if source.kind is MarketKind.BINANCE:
-        if gateway is None:
-            raise TradingError("the Binance market needs the Binance gateway")
-        return BinanceMarket(gateway)
-    if source.kind is MarketKind.REPLAY:
-        assert source.replay_file is not None
-        try:
-            return ReplayMarket(source.replay_file)
-        except TradingError as error:
-            # The bot then exits 6 with this one line, and the watchdog does not restart
-            # it: the same file would fail the same way on every restart.
-            raise ConfigError(f"invalid configuration: LUNARA_MARKET: {error.message}") from None
-    return SimMarket(seed, tick_s=settings.tick_seconds)
-
-
-async def open_trading(
-    settings: Settings,
-    *,
-    db: aiosqlite.Connection | None = None,
-    redis: Redis | None = None,
-    notifier: Notifier | None = None,
-    seed: int = 0,
-    lease: InstanceLease | None = None,
-    dependencies: Dependencies | None = None,
-) -> TradingRuntime:
-    """The engine and its runner, wired from the settings.
-
-    ``db`` may be the connection the rest of the bot uses; the stop store writes through
-    the same one. One connection per database means writers queue on its writer lock
-    (``storage.database.transaction``) instead of contending for SQLite's file lock,
-    where a busy event loop could hold a transaction past the busy timeout and make
-    another connection fail with "database is locked".
-    ``redis`` defaults to a client for ``REDIS_URL`` when that is set. ``dependencies``
-    gets the Redis, exchange and Gemini watches marked by the clients built here.
-    ``lease``: the instance lease this bot holds (``lunara.instance``); every order
-    placement and Redis stop write is fenced by it.
-    """
-    board = dependencies if dependencies is not None else Dependencies()
-    closers: list[Closer] = []
-    try:
-        return await _wire_trading(settings, db, redis, notifier, seed, closers, board, lease)
-    except BaseException:
-        # A refused configuration (a bad replay file, a missing key) must not leave the
-        # database's thread running: the bot could not exit, and would wait forever.
-        for close in reversed(closers):
-            with contextlib.suppress(Exception):
-                await close()
-        raise
-
-
-async def _wire_trading(
-    settings: Settings,
-    db: aiosqlite.Connection | None,
-    redis: Redis | None,
-    notifier: Notifier | None,
-    seed: int,
-    closers: list[Closer],
-    board: Dependencies,
-    lease: InstanceLease | None,
-) -> TradingRuntime:
-    paths = settings.paths
-    if db is None:
-        db = await open_database(paths.database)
-        closers.append(db.close)
-    if redis is None and settings.redis_url is not None:
-        from redis.asyncio import Redis
-
-        redis = Redis.from_url(settings.redis_url, socket_timeout=5.0)
-        closers.append(redis.aclose)
-    fence = None if lease is None else lease.fence
-    stops = make_stop_store(name=STORE_NAME, db=db, redis=redis, fence=fence)
-    board.redis.configured = redis is not None
-    # The exchange is a dependency whenever Binance is asked: live trading, or its prices.
-    needs_binance = settings.mode is Mode.LIVE or settings.market.kind is MarketKind.BINANCE
-    board.exchange.configured = needs_binance
-    gateway = (
-        BinanceGateway(
-            base_url=settings.binance_api_base_url, limiter=WeightLimiter(), watch=board.exchange
-        )
-        if needs_binance
-        else None
-    )
-    if gateway is not None:
-        closers.append(gateway.aclose)
-    keyring = None
-    if settings.mode is Mode.LIVE:
-        from lunara.keys import load_keyring
-
-        keyring = load_keyring(settings)
-    analyst: Analyst | None = None
-    config = EngineConfig.from_settings(settings)
-    if settings.gemini_api_key is not None:
-        analyst = Analyst(
-            api_key=settings.gemini_api_key.get_secret_value(),
-            model=settings.gemini_model,
-            base_url=settings.gemini_api_base_url,
-            db=db,
-            watch=board.ai,
-        )
-        closers.append(analyst.aclose)
-    board.ai.configured = analyst is not None
-    engine = TradingEngine(
-        db=db,
-        stops=stops,
-        market=build_market(settings, gateway, seed),
-        config=config,
-        gateway=gateway,
-        keyring=keyring,
-        analyst=analyst,
-        notifier=notifier,
-        may_act=None if lease is None else lease.check,
-    )
-    return TradingRuntime(
-        engine,
-        EngineRunner(engine, tick_seconds=settings.tick_seconds),
-        closers,
-        dependencies=board,
-        redis=redis,
-        stops=stops,
-        gateway=gateway,
-    )
-
-
 __all__: Sequence[str] = (
     "EngineConfig",
     "EngineRunner",
     "TradingEngine",
-    "TradingRuntime",
-    "open_trading",
 )

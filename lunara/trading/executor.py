@@ -36,9 +36,9 @@ from typing import Protocol, cast, runtime_checkable
 
 import aiosqlite
 
+from lunara.accounts import plan_in_force, position_limit_reached
 from lunara.analysis.analyzer import Analysis, AnalyzerRegistry, CandleLike, entry_signal
 from lunara.crypto import KeyMismatch
-from lunara.plans import Plan, effective_plan
 from lunara.services import TradingError
 from lunara.storage import positions as position_store
 from lunara.storage import user_settings, users
@@ -48,7 +48,7 @@ from lunara.trading.filters import quantity_for_quote
 from lunara.trading.market import Market, MarketTick
 from lunara.trading.model import ExitReason, OrderSide, PositionStatus
 from lunara.trading.orders import OrderPath, OrderRequest, PositionLeftAsDust, Settlement
-from lunara.trading.stopstore import CHECKPOINT_INTERVAL_S, StopStore, TriggeredStop
+from lunara.trading.stops import CHECKPOINT_INTERVAL_S, StopStore, TriggeredStop
 from lunara.trading.trailing import InvalidTrailingParams, TrailingParams
 
 logger = logging.getLogger(__name__)
@@ -86,11 +86,6 @@ class SignalSource(Protocol):
     def feed(self, symbol: str, candles: Sequence[object]) -> None: ...
 
     def entry_signal(self, symbol: str) -> bool: ...
-
-
-def plan_limits(user: users.User, now: float) -> Plan:
-    """The plan in force for ``user`` (a lapsed paid plan counts as free)."""
-    return effective_plan(user.plan, user.plan_expires_at, now)
 
 
 class StreamingSignals:
@@ -177,7 +172,7 @@ class CircuitBreaker:
         if count < self._threshold:
             return None
         trips = self._trips.get(user_id, 0)
-        pause = min(self._cooldown_s * (2**trips), self._max_cooldown_s)
+        pause: float = min(self._cooldown_s * (2**trips), self._max_cooldown_s)
         self._trips[user_id] = trips + 1
         self._failures[user_id] = self._threshold - 1  # half-open: one more failure re-trips
         self._open_until[user_id] = self._clock() + pause
@@ -697,8 +692,7 @@ class Executor:
         open_positions = await position_store.list_open(self._db, user_id)
         if any(position.symbol == symbol for position in open_positions):
             return False
-        limits = plan_limits(user, self._clock())
-        if len(open_positions) >= limits.max_open_positions:
+        if position_limit_reached(plan_in_force(user, self._clock()), len(open_positions)):
             return False
         settings = self._settings.settings(user_id)
         exchange = await self._exchange_for(user_id)

@@ -16,6 +16,7 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation, localc
 from typing import Any
 
 from lunara.services import TradingError
+from lunara.trading.symbols import symbol_name
 
 DecimalLike = Decimal | int | str
 
@@ -630,7 +631,7 @@ _GENERIC_MIN_NOTIONAL = {"BTC": "0.0001", "ETH": "0.001", "BNB": "0.01"}
 
 def split_symbol(symbol: str) -> tuple[str, str]:
     """Base and quote of a symbol such as ``DOGEUSDT``; ``InvalidSymbolInfo`` if unknown."""
-    name = symbol.strip().upper()
+    name = symbol_name(symbol)
     for quote in _QUOTE_ASSETS:
         if name.endswith(quote) and len(name) > len(quote):
             return name[: -len(quote)], quote
@@ -641,7 +642,7 @@ def split_symbol(symbol: str) -> tuple[str, str]:
 
 def default_rules(symbol: str) -> SymbolRules:
     """Rules for the sim/paper market: the table above, else a permissive generic rule."""
-    name = symbol.strip().upper()
+    name = symbol_name(symbol)
     if name in DEFAULT_RULES:
         return DEFAULT_RULES[name]
     base, quote = split_symbol(name)

@@ -74,7 +74,7 @@ from lunara.trading.filters import (
     unsellable_remainder,
 )
 from lunara.trading.model import ExitReason, OrderSide, OrderStatus, PositionStatus
-from lunara.trading.stopstore import StopStore
+from lunara.trading.stops import StopStore
 from lunara.trading.trailing import TrailingParams, initial_state
 
 logger = logging.getLogger(__name__)

@@ -49,13 +49,15 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from blueprint.jsonvalues import is_number
+
 
 class InvalidTrailingParams(ValueError):
     """The trailing-stop settings contradict each other or are out of range."""
 
 
 def _fraction(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         raise InvalidTrailingParams(f"{name} must be a number, got {value!r}")
     number = float(value)
     if not math.isfinite(number):
@@ -125,7 +127,7 @@ class StopState:
 
 def validated_price(value: float, name: str = "price") -> float:
     """A market price as a float, refusing what would corrupt a stop (0, NaN, inf)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
     number = float(value)
     if not (math.isfinite(number) and number > 0.0):
@@ -147,7 +149,7 @@ def initial_state(entry: float, params: TrailingParams, now: float) -> StopState
 
 def validated_fee_rate(value: float) -> float:
     """A fee rate as a float in [0, 1): the fraction of each side's value paid as fee."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         raise ValueError(f"fee rate must be a number, got {value!r}")
     number = float(value)
     if not (math.isfinite(number) and 0.0 <= number < 1.0):
@@ -162,7 +164,7 @@ def profit_ratio(entry: float, price: float, fee_rate: float) -> float:
     exactly the offset counts as reaching it and not as passing it (``1.03 - 1`` is
     ``0.030000000000000027`` in doubles). The operation order, and the rounding (C's
     ``%.8f`` and Python's ``.8f`` both round the exact double correctly), are mirrored
-    by the Lua script in ``stopstore``.
+    by the Lua script in ``stops/advance.lua``.
     """
     ratio = (price * (1.0 - fee_rate)) / (entry * (1.0 + fee_rate)) - 1.0
     return float(f"{ratio:.8f}")
@@ -188,7 +190,7 @@ def advance(
 ) -> StopState:
     """Move the stop for one observed price, with the position's fee rate on each side.
 
-    The operation order here is mirrored by the Lua script in ``stopstore``; change both
+    The operation order here is mirrored by the Lua script in ``stops/advance.lua``; change both
     together. The state is returned unchanged (same ``updated_at``) when no level moved,
     so a checkpoint only has to write positions whose stop actually changed.
     """

@@ -17,6 +17,7 @@ from blueprint.audit import AuditLog, AuditWriteError, Decision, authorize
 from blueprint.errors import ExitCode, PermissionDenied
 from blueprint.manifest import Manifest, Permission, validate_manifest
 from blueprint.mirror import NullMirror, open_mirror
+from tests.blueprint.streams import stream_fields
 
 SECRET_TOKEN = "ci-token-for-tests-only"
 FIELDS = {"at", "principal", "action", "permission", "decision", "outcome", "detail"}
@@ -98,11 +99,11 @@ def test_entries_reach_the_redis_mirror(home: Path, redis_db: str) -> None:
     log.record("os_user:root", "status", Decision.ALLOWED, permission="bot.status")
     client = redis.Redis.from_url(redis_db)
     try:
-        stream = client.xrange("lunara:audit-test:audit")
+        stream = stream_fields(client.xrange("lunara:audit-test:audit"))
     finally:
         client.close()
     assert len(stream) == 1
-    assert b"os_user:root" in b"".join(stream[0][1].values())
+    assert b"os_user:root" in b"".join(stream[0].values())
 
 
 def test_secret_looking_detail_values_are_redacted(home: Path) -> None:
@@ -228,7 +229,8 @@ def test_authorize_denies_audits_and_says_why(
 ) -> None:
     log = AuditLog(home / "audit.jsonl", NullMirror())
     with pytest.raises(PermissionDenied) as caught:
-        authorize(manifest, log, principal, permission, "stop")
+        # A string, not a Permission: a name the enum lacks must be refused as well.
+        authorize(manifest, log, principal, permission, "stop")  # type: ignore[arg-type]
     assert caught.value.message == message
     assert caught.value.exit_code == ExitCode.PERMISSION_DENIED
     [entry] = log.tail(5)

@@ -153,3 +153,25 @@ def test_a_failed_start_quotes_this_starts_output_only(make_cli: MakeCli) -> Non
     assert "first-run" not in second.stderr
     output = (cli.home / "logs" / "bot-output.log").read_text()
     assert "bot says first-run" in output  # the log keeps both runs; the message does not
+
+
+def test_a_failed_starts_output_is_quoted_with_every_secret_blanked(make_cli: MakeCli) -> None:
+    """bot-output.log holds whatever the bot printed, a traceback's locals included; the
+    excerpt a failed start quotes goes through the one redactor: the configured secrets
+    and the shapes of those nobody configured (a 64-character exchange key)."""
+    exchange_key = "Ab3" * 21 + "x"
+    talking = (
+        "import os, sys\n"
+        f"print('exchange said', {exchange_key!r}, flush=True)\n"
+        "print('webhook', os.environ['LUNARA_HOOK_SECRET'], flush=True)\n"
+        "sys.exit(3)"
+    )
+    cli = make_cli([sys.executable, "-c", talking])
+    result = cli.run("start", "--wait", "30", extra_env={"LUNARA_HOOK_SECRET": "hunter2-hook"})
+    assert result.returncode == 7, result.stdout + result.stderr
+    assert "exchange said [redacted]" in result.stderr
+    assert "webhook [redacted]" in result.stderr
+    assert exchange_key not in result.stderr
+    assert "hunter2-hook" not in result.stderr
+    output = (cli.home / "logs" / "bot-output.log").read_text()
+    assert exchange_key in output  # the bot's own file keeps what it printed

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from blueprint.errors import ExitCode, StartFailed
 from blueprint.ledger import BotState, ProcessRecord, is_watchdog_cmdline
 from blueprint.states import STORED_STATES, Liveness, State, decide_state
-from blueprint.status import redact
+from blueprint.status import StatusReport, redact
 from tests.blueprint.conftest import Factory
 from tests.programs.harness import (
     PRINCIPAL,
@@ -199,11 +199,13 @@ def test_status_reports_a_stale_heartbeat_as_unhealthy(supervised: Factory, tmp_
     strict = installation(tmp_path / "strict", tight_program(["unused"], heartbeat_timeout_s=0.3))
     strict.controller.paths = silent.paths
     strict.controller.ledger = silent.ledger
-    report = wait_until(
-        lambda: (r := strict.controller.status()).heartbeat_age_s and r.heartbeat_age_s > 0.3 and r,
-        10,
-        "a stale heartbeat",
-    )
+
+    def stale() -> StatusReport | None:
+        report = strict.controller.status()
+        age = report.heartbeat_age_s
+        return report if age is not None and age > 0.3 else None
+
+    report = wait_until(stale, 10, "a stale heartbeat")
     assert report.state == "running"
     assert not report.healthy
     assert report.exit_code() == ExitCode.UNHEALTHY
@@ -292,7 +294,7 @@ def test_the_watchdog_puts_right_a_ledger_rebuilt_without_its_adopted_bot(
     assert first is not None
     first.send_signal(signal.SIGKILL)
     bot = wait_until(
-        lambda: healthy.document().restarts == 1 and healthy.bot(), 15, "a restarted bot"
+        lambda: healthy.bot() if healthy.document().restarts == 1 else None, 15, "a restarted bot"
     )
     old_watchdog = healthy.watchdog()
     assert old_watchdog is not None

@@ -14,7 +14,7 @@ import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import psutil
 import pytest
@@ -25,19 +25,21 @@ from hypothesis import strategies as st
 from blueprint.errors import BlueprintError, ExitCode
 from blueprint.ledger import (
     MAX_EVENTS,
-    STORED_STATES,
     BotState,
     ExitRecord,
     Ledger,
     LedgerCorrupt,
     LedgerDocument,
     LedgerRead,
+    LedgerView,
     ProcessRecord,
     is_watchdog_cmdline,
     parse_ledger,
 )
 from blueprint.mirror import MirrorKeys, NullMirror, RedisMirror
 from blueprint.paths import HomePaths
+from blueprint.states import STORED_STATES
+from tests.blueprint.streams import stream_fields
 from tests.waiting import wait_until
 
 NAME = "ledger-test"
@@ -110,7 +112,8 @@ def test_events_are_bounded_and_sent_to_the_mirror(redis_db: str, home: Path) ->
     client = redis.Redis.from_url(redis_db)
     try:
         streamed = [
-            json.loads(fields[b"event"]) for _, fields in client.xrange(f"lunara:{NAME}:events")
+            json.loads(fields[b"event"])
+            for fields in stream_fields(client.xrange(f"lunara:{NAME}:events"))
         ]
         mirrored = json.loads(client.get(MirrorKeys.for_name(NAME).ledger) or b"{}")
     finally:
@@ -203,6 +206,47 @@ def test_only_the_last_five_corrupt_copies_are_kept(home: Path) -> None:
     assert [copy.read_text() for copy in copies] == [f"garbage {index}" for index in range(2, 7)]
 
 
+def test_the_read_only_view_reads_what_the_writer_wrote(home: Path) -> None:
+    written = make_ledger(home).update(bump_restarts)
+    assert LedgerView(HomePaths(home), NAME).read() == LedgerRead(written)
+
+
+def test_the_read_only_view_never_rebuilds_writes_or_waits_for_the_lock(home: Path) -> None:
+    (home / "ledger.json").write_text("{oops")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from filelock import FileLock; lock = FileLock(sys.argv[1]); "
+            "lock.acquire(); print('locked', flush=True); sys.stdin.read()",
+            str(HomePaths(home).ledger_lock),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == b"locked"
+        read = LedgerView(HomePaths(home), NAME).read()
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    assert read.document == LedgerDocument(NAME)
+    assert read.recovered is not None
+    assert "corrupt" in read.recovered
+    assert (home / "ledger.json").read_text() == "{oops"
+    assert list(home.glob("ledger.json.corrupt-*")) == []
+
+
+def test_the_read_only_view_of_a_missing_ledger_is_fresh_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "never-used"
+    assert LedgerView(HomePaths(home), NAME).read() == LedgerRead(LedgerDocument(NAME))
+    assert not home.exists()
+
+
 def test_update_over_a_corrupt_ledger_rebuilds_then_applies_the_change(home: Path) -> None:
     (home / "ledger.json").write_bytes(b"\x00\x01\x02")
     document = make_ledger(home).update(bump_restarts)
@@ -211,7 +255,12 @@ def test_update_over_a_corrupt_ledger_rebuilds_then_applies_the_change(home: Pat
     assert document.events[-1]["kind"] == "ledger_rebuilt"
 
 
-def here(home: Path) -> dict[str, str]:
+class Where(TypedDict):
+    host: str
+    home: str
+
+
+def here(home: Path) -> Where:
     """The host and home a mirror entry written by this home carries."""
     return {"host": socket.gethostname(), "home": str(HomePaths(home).root)}
 

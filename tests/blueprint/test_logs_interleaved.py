@@ -95,7 +95,9 @@ def test_run_writes_the_watchdogs_events_and_the_bots_log_to_stdout(tmp_path: Pa
         text=True,
     )
     seen: list[str] = []
-    reader = threading.Thread(target=lambda: seen.extend(iter(runner.stdout.readline, "")))
+    stdout = runner.stdout
+    assert stdout is not None  # a pipe, as asked
+    reader = threading.Thread(target=lambda: seen.extend(iter(stdout.readline, "")))
     reader.start()
     try:
         wait_until(

@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -393,7 +394,7 @@ def test_junk_text_gives_a_named_error(text: str) -> None:
 
 def test_pathological_json_gives_a_named_error() -> None:
     for text in ("[" * 100_000, "1" * 5000, '{"version": 1e999}'):
-        assert_manifest_or_named_error(lambda text=text: parse_manifest_text(text))
+        assert_manifest_or_named_error(partial(parse_manifest_text, text))
 
 
 # --- permission matching -------------------------------------------------------------------

@@ -24,6 +24,7 @@ from blueprint.mirror import (
     RedisMirror,
     open_mirror,
 )
+from tests.blueprint.streams import stream_fields
 from tests.waiting import wait_until
 
 NAME = "mirror-test"
@@ -152,7 +153,7 @@ def stored_revision(connection: redis.Redis) -> int:
 
 
 def audit_stream(connection: redis.Redis, key: str = KEYS.audit) -> list[bytes]:
-    return [fields[b"entry"] for _, fields in connection.xrange(key)]
+    return [fields[b"entry"] for fields in stream_fields(connection.xrange(key))]
 
 
 def write_audit_lines(path: Path, start: int, stop: int) -> list[bytes]:
@@ -197,7 +198,7 @@ def test_event_stream_is_capped_near_its_limit(redis_db: str, client: redis.Redi
         mirror.append_event({"kind": "tick", "detail": str(index)})
     length = client.xlen(KEYS.events)
     assert EVENTS_MAX_LENGTH <= length <= EVENTS_MAX_LENGTH + 200
-    _, newest = client.xrevrange(KEYS.events, count=1)[0]
+    newest = stream_fields(client.xrevrange(KEYS.events, count=1))[0]
     assert json.loads(newest[b"event"])["detail"] == str(EVENTS_MAX_LENGTH * 2 + 499)
 
 

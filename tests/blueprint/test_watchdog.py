@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -24,6 +25,7 @@ from blueprint.watchdog import (
 from tests.blueprint.conftest import Factory
 from tests.programs.harness import (
     PRINCIPAL,
+    Installation,
     gone,
     kill_everything,
     program,
@@ -31,6 +33,11 @@ from tests.programs.harness import (
     tight_program,
     wait_until,
 )
+
+
+def restarted(installation: Installation, times: int) -> bool:
+    return installation.document().restarts == times
+
 
 # -- pure helpers ---------------------------------------------------------------------
 
@@ -87,9 +94,8 @@ def test_every_sigkill_of_the_bot_is_followed_by_a_restart_and_recorded(
         victim = wait_until(bot_installation.bot, 15, "a live bot")
         assert bot_installation.document().restarts == round_number
         victim.send_signal(signal.SIGKILL)
-        expected = round_number + 1
         wait_until(
-            lambda expected=expected: bot_installation.document().restarts == expected,
+            partial(restarted, bot_installation, round_number + 1),
             15,
             lambda: f"{kills} restarts: {bot_installation.watchdog_log()[-2000:]}",
         )

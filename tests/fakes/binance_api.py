@@ -27,7 +27,6 @@ import json
 import math
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
@@ -36,7 +35,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from tests.fakes.http import BackgroundServer, json_body, run_standalone
+from tests.fakes.http import BackgroundServer, FaultQueue, json_body, play, run_standalone
 
 SYMBOL_FILTERS: list[dict[str, Any]] = [
     {"filterType": "PRICE_FILTER", "minPrice": "0.01", "maxPrice": "1000000", "tickSize": "0.01"},
@@ -199,7 +198,7 @@ class FakeBinance(BackgroundServer):
     def __post_init__(self) -> None:
         self._init_server()
         self._lock = threading.Lock()
-        self._errors: dict[str, list[_Injected]] = defaultdict(list)
+        self._errors: FaultQueue[_Injected] = FaultQueue()
         self._paths: dict[str, list[Decimal]] = {}
         self._cursor: dict[str, int] = {}
         self._closed_klines: dict[tuple[str, str], dict[int, list[Any]]] = {}  # served, final
@@ -231,17 +230,15 @@ class FakeBinance(BackgroundServer):
         """The next `times` requests to `endpoint` ("order", "ticker/price") get this error;
         with `method`, only requests of that method ("POST": order placements)."""
         with self._lock:
-            for _ in range(times):
-                self._errors[endpoint].append(
-                    _Injected(
-                        status, {"code": code, "msg": msg}, dict(headers or {}), stall_s, method
-                    )
-                )
+            answer = _Injected(
+                status, {"code": code, "msg": msg}, dict(headers or {}), stall_s, method
+            )
+            self._errors.add(endpoint, answer, times)
 
     def clear_injected(self, endpoint: str) -> None:
         """Drop the errors still waiting for `endpoint`: it answers normally again."""
         with self._lock:
-            self._errors.pop(endpoint, None)
+            self._errors.clear(endpoint)
 
     def inject_rate_limit(self, endpoint: str, retry_after_s: int, *, banned: bool = False,
                           times: int = 1) -> None:  # fmt: skip
@@ -536,16 +533,14 @@ class FakeBinance(BackgroundServer):
         with self._lock:
             self.requests.append((request.method, endpoint))
             self.recorded.append(RecordedRequest(request.method, endpoint, params, header_key))
-            injected = self._pop_injected(endpoint, request.method)
+            injected = self._errors.take(
+                endpoint, lambda answer: answer.method in (None, request.method)
+            )
             if self.advance_on == endpoint:
                 self._advance_locked(None, 1)
-        if injected is not None:
-            if injected.stall_s:
-                await asyncio.sleep(injected.stall_s)
-            if injected.status:
-                return web.json_response(
-                    injected.body, status=injected.status, headers=injected.headers
-                )
+        failure = await play(injected)
+        if failure is not None:
+            return web.json_response(failure.body, status=failure.status, headers=failure.headers)
         try:
             api_key = self._verify(request, raw_query, raw_body) if endpoint in SIGNED else None
             result = self._route(request.method, endpoint, params, api_key)
@@ -562,13 +557,6 @@ class FakeBinance(BackgroundServer):
                 {"code": -1007, "msg": "Timeout waiting for response."}, status=408
             )
         return web.json_response(result)
-
-    def _pop_injected(self, endpoint: str, method: str) -> _Injected | None:
-        queue = self._errors[endpoint]
-        for index, injected in enumerate(queue):
-            if injected.method is None or injected.method == method:
-                return queue.pop(index)
-        return None
 
     def _verify(self, request: web.Request, raw_query: str, raw_body: str) -> str:
         api_key = request.headers.get("X-MBX-APIKEY")

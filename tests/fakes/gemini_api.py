@@ -11,7 +11,6 @@ steer it with `/_control/...` (see `add_routes`).
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,13 +18,14 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.http import BackgroundServer, json_body, run_standalone
+from tests.fakes.http import BackgroundServer, FaultQueue, json_body, play, run_standalone
 
 STATUS_NAMES = {
     400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
     429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
 }  # fmt: skip
 ECHO_CHARS = 60
+GENERATE = "generateContent"  # the one endpoint, so the one queue of scripted answers
 
 
 @dataclass
@@ -67,14 +67,14 @@ class FakeGemini(BackgroundServer):
     def __post_init__(self) -> None:
         self._init_server()
         self._lock = threading.Lock()
-        self._errors: list[_Injected] = []
+        self._errors: FaultQueue[_Injected] = FaultQueue()
         self.keys_seen: dict[str, int] = defaultdict(int)
 
     def inject(self, status: int, times: int = 1, *, message: str = "injected",
                stall_s: float = 0.0) -> None:  # fmt: skip
         """The next `times` calls answer `status` (0: stall `stall_s`, then answer)."""
         with self._lock:
-            self._errors.extend(_Injected(status, message, stall_s) for _ in range(times))
+            self._errors.add(GENERATE, _Injected(status, message, stall_s), times)
 
     def inject_stall(self, stall_s: float, times: int = 1) -> None:
         self.inject(0, times, stall_s=stall_s)
@@ -117,12 +117,10 @@ class FakeGemini(BackgroundServer):
         with self._lock:
             self.requests += 1
             self.keys_seen[key] += 1
-            injected = self._errors.pop(0) if self._errors else None
-        if injected is not None:
-            if injected.stall_s:
-                await asyncio.sleep(injected.stall_s)
-            if injected.status:
-                return _error(injected.status, injected.message)
+            injected = self._errors.take(GENERATE)
+        failure = await play(injected)
+        if failure is not None:
+            return _error(failure.status, failure.message)
         if key != self.api_key:
             return _error(400, "API key not valid. Please pass a valid API key.")
         try:

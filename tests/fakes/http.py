@@ -14,8 +14,9 @@ import asyncio
 import signal
 import sys
 import threading
+from collections import defaultdict
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from aiohttp import web
 
@@ -89,6 +90,62 @@ class BackgroundServer:
         ready.set()
         loop.run_forever()
         loop.close()
+
+
+class Scripted(Protocol):
+    """One scripted answer of a fake: an error `status` (0: none), after `stall_s`."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def stall_s(self) -> float: ...
+
+
+ScriptedT = TypeVar("ScriptedT", bound=Scripted)
+
+
+class FaultQueue(Generic[ScriptedT]):
+    """The scripted answers waiting for each endpoint, given in order, each once.
+
+    Every fake injects faults the same way: the next N calls of an endpoint stall, or
+    answer an error in the API's own shape, or both. What an answer carries is the
+    fake's (a Binance code and headers, a Telegram retry_after); taking and playing it
+    is here. Not locked: the fake calls it under its own lock.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: defaultdict[str, list[ScriptedT]] = defaultdict(list)
+
+    def add(self, endpoint: str, answer: ScriptedT, times: int = 1) -> None:
+        self._waiting[endpoint].extend(answer for _ in range(times))
+
+    def take(
+        self, endpoint: str, accepts: Callable[[ScriptedT], bool] | None = None
+    ) -> ScriptedT | None:
+        """The first answer waiting for `endpoint` that `accepts` takes, removed."""
+        queue = self._waiting.get(endpoint, [])
+        for index, answer in enumerate(queue):
+            if accepts is None or accepts(answer):
+                return queue.pop(index)
+        return None
+
+    def clear(self, endpoint: str | None = None) -> None:
+        """Forget what is waiting for `endpoint` (every endpoint when None)."""
+        if endpoint is None:
+            self._waiting.clear()
+        else:
+            self._waiting.pop(endpoint, None)
+
+
+async def play(answer: ScriptedT | None) -> ScriptedT | None:
+    """Hold the request as scripted; the answer when it is an error to send, None when
+    the request is then served normally."""
+    if answer is None:
+        return None
+    if answer.stall_s:
+        await asyncio.sleep(answer.stall_s)
+    return answer if answer.status else None
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.http import BackgroundServer, json_body, run_standalone
+from tests.fakes.http import BackgroundServer, FaultQueue, json_body, play, run_standalone
 from tests.waiting import wait_until
 
 ALLOWED_TAGS = {
@@ -283,7 +283,7 @@ class FakeTelegram(BackgroundServer):
         self._next_update_id = 1
         self._next_message_id = 1
         self._lock = threading.Lock()
-        self._errors: dict[str, list[Injected]] = defaultdict(list)
+        self._errors: FaultQueue[Injected] = FaultQueue()
         self._in_flight: dict[str, int] = defaultdict(int)
         self._active: dict[str, list[tuple[PollRecord, web.Request]]] = {}
         self._buckets: dict[tuple[str, int], _Bucket] = {}  # (token, chat or 0 for the bot)
@@ -295,10 +295,8 @@ class FakeTelegram(BackgroundServer):
                retry_after: int | None = None, stall_s: float = 0.0, times: int = 1) -> None:  # fmt: skip
         """The next `times` calls of `method` answer `status` (0: stall, then answer)."""
         with self._lock:
-            self._errors[method].extend(
-                Injected(status, description or f"injected {status}", retry_after, stall_s)
-                for _ in range(times)
-            )
+            answer = Injected(status, description or f"injected {status}", retry_after, stall_s)
+            self._errors.add(method, answer, times)
 
     def clear_injected(self) -> None:
         """Forget every scripted answer not given yet."""
@@ -654,15 +652,12 @@ class FakeTelegram(BackgroundServer):
         params = await self._params(request)
         with self._lock:
             self.calls.append((token, method, params))
-            injected = self._errors[method].pop(0) if self._errors[method] else None
-        if injected is not None:
-            if injected.stall_s:
-                await asyncio.sleep(injected.stall_s)
-            if injected.status:
-                if method == "getUpdates":
-                    self._record_injected_poll(token, request, params, injected.status)
-                return _error(_ApiError(injected.status, injected.description,
-                                        injected.retry_after))  # fmt: skip
+            injected = self._errors.take(method)
+        failure = await play(injected)
+        if failure is not None:
+            if method == "getUpdates":
+                self._record_injected_poll(token, request, params, failure.status)
+            return _error(_ApiError(failure.status, failure.description, failure.retry_after))
         handler = getattr(self, f"_api_{method}", None)
         if handler is None:
             return _error(_ApiError(404, "Not Found: method not found"))

@@ -34,7 +34,7 @@ def bn() -> Iterator[FakeBinance]:
 
 
 def client(fake: FakeBinance, key: str = KEY, secret: str = SECRET, timeout: float = 2.0) -> Client:
-    class Local(Client):
+    class Local(Client):  # type: ignore[misc]  # python-binance ships no type information
         API_URL = fake.api_url
 
     return Local(key, secret, requests_params={"timeout": timeout})  # pings on construction
@@ -291,7 +291,7 @@ def test_symbol_status_order_types_and_market_lot_size_refuse_as_binance(bn: Fak
     assert (info["status"], info["isSpotTradingAllowed"]) == ("TRADING", True)
     assert "MARKET" in info["orderTypes"]
     assert info["permissionSets"] == [["SPOT", "MARGIN"]]
-    cases = [
+    cases: list[tuple[dict[str, dict[str, object]], int, str]] = [
         ({"symbol_status": {"BTCUSDT": "BREAK"}}, -1013, "Market is closed."),
         ({"order_types": {"BTCUSDT": ["LIMIT"]}}, -1013, "Market orders are not supported"),
         ({"permission_sets": {"BTCUSDT": [["MARGIN"]]}}, -2010, "not permitted"),

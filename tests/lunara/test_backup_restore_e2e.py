@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
 import sys
 from collections.abc import Iterator
 from decimal import Decimal
@@ -18,11 +19,11 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from lunara.app import open_trading
 from lunara.config import load_settings
 from lunara.storage import users
 from lunara.storage.database import open_database
-from lunara.trading.engine import open_trading
-from lunara.trading.stopstore import (
+from lunara.trading.stops import (
     STORE_NAME,
     RedisStopStore,
     TrackedStop,
@@ -76,7 +77,7 @@ class Installation:
             "LUNARA_TICK_SECONDS": "0.05",
         }
 
-    def run(self, *args: str):  # type: ignore[no-untyped-def]
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.cli.run(*args, entry=ENTRY, extra_env=self.env(), timeout=90)
 
     def start(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,9 @@ def cli(tmp_path: Path) -> Iterator[Cli]:
     installation.run("stop", "--timeout", "5")
 
 
-def run(cli: Cli, *args: str, token: str | None = TOKENS["owner"], **env: str):  # type: ignore[no-untyped-def]
+def run(
+    cli: Cli, *args: str, token: str | None = TOKENS["owner"], **env: str
+) -> subprocess.CompletedProcess[str]:
     return cli.run(*args, token=token, entry=ENTRY, extra_env={"LUNARA_HOME": str(cli.home), **env})
 
 
@@ -141,7 +144,7 @@ def test_restore_of_a_backup_carrying_a_trigger_is_refused_before_anything_chang
 
     from lunara.storage import users
     from lunara.storage.database import open_database
-    from lunara.trading.stopstore import STORE_NAME, stop_key_prefix
+    from lunara.trading.stops import STORE_NAME, stop_key_prefix
 
     async def seed(user_id: int) -> None:
         db = await open_database(cli.home / "lunara.db")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,7 +44,7 @@ class Scratch:
         self.cli = Cli(self.home, write_manifest(root / "manifest.json", manifest_document()))
         self.market = _klines(root / "prices.csv", 0.55115)
 
-    def run(self, *args: str, **env: str):  # type: ignore[no-untyped-def]
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         extra = {"LUNARA_HOME": str(self.home), "LUNARA_MARKET": f"replay:{self.market}", **env}
         return self.cli.run(*args, entry=ENTRY, extra_env=extra)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ class Homes:
         self.key = generate_key()
         self.cli = Cli(self.chosen, write_manifest(root / "manifest.json", manifest_document()))
 
-    def run(self, *args: str):  # type: ignore[no-untyped-def]
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {"LUNARA_HOME": str(self.other), "LUNARA_ENCRYPTION_KEY": self.key}
         return self.cli.run(*args, entry=ENTRY, extra_env=env)
 

@@ -360,7 +360,7 @@ def test_fee_rates_in_range_are_kept_exactly(rate: Decimal) -> None:
 @given(
     st.sampled_from(["LUNARA_MODE", "LUNARA_TICK_SECONDS", "LUNARA_MARKET", "LUNARA_SYMBOLS"]),
     st.text(
-        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+        alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
         max_size=30,
     ),
 )

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from telegram.error import BadRequest, Conflict, NetworkError, RetryAfter, TimedOut
+from telegram.error import (
+    BadRequest,
+    Conflict,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
 from tenacity import wait_none
 
 from blueprint.dependencies import read_dependencies
@@ -78,10 +85,10 @@ def test_a_watch_is_off_unless_configured_and_remembers_when_it_was_last_ok() ->
     ],
 )
 def test_telegram_is_down_only_when_the_bot_api_did_not_answer(
-    error: Exception, state: str
+    error: TelegramError, state: str
 ) -> None:
     watch = Watch(configured=True)
-    mark_telegram(watch, error)  # type: ignore[arg-type]
+    mark_telegram(watch, error)
     assert watch.state == state
 
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import aiosqlite
 import pytest
@@ -22,6 +23,7 @@ from lunara.instance import (
     InstanceConflict,
     InstanceLease,
     LeaseLost,
+    StaleEpoch,
     lease_key,
 )
 from lunara.services import TradingError
@@ -31,8 +33,9 @@ from lunara.storage.database import open_database
 from lunara.storage.deployment import deployment_id
 from lunara.trading.binance import BinanceExchange, BinanceGateway
 from lunara.trading.limiter import WeightLimiter
+from lunara.trading.model import OrderSide, OrderStatus
 from lunara.trading.orders import OrderPath, OrderRequest
-from lunara.trading.stopstore import RedisStopStore, SqliteStopStore, StaleEpoch
+from lunara.trading.stops import RedisStopStore, SqliteStopStore
 from lunara.trading.trailing import StopState, TrailingParams
 from tests.fakes.binance_api import FakeBinance
 from tests.lunara.trading.test_stopstore import create_stop_table
@@ -51,13 +54,18 @@ async def redis(redis_db: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+class LeaseOptions(TypedDict, total=False):
+    ttl_s: float
+    clock: Callable[[], float]
+
+
 def _lease(
-    redis: Redis, home: Path, deployment: str = DEPLOYMENT, **options: object
+    redis: Redis, home: Path, deployment: str = DEPLOYMENT, **options: Unpack[LeaseOptions]
 ) -> InstanceLease:
     home.mkdir(parents=True, exist_ok=True)
     return InstanceLease(
         name=NAME, deployment_id=deployment, home=home, redis=redis, host="host-" + home.name,
-        **options,  # type: ignore[arg-type]
+        **options,
     )  # fmt: skip
 
 
@@ -232,8 +240,9 @@ async def test_redis_down_at_start_runs_on_the_home_lock_and_a_second_bot_of_the
     await down.aclose()
 
 
-async def _stop_store(redis: Redis, db_path: Path, lease: InstanceLease) -> RedisStopStore:
-    db = await aiosqlite.connect(db_path)
+async def _stop_store(
+    redis: Redis, db: aiosqlite.Connection, lease: InstanceLease
+) -> RedisStopStore:
     await create_stop_table(db)
     return RedisStopStore(redis, db, name=NAME, fence=lease.fence)
 
@@ -243,7 +252,14 @@ async def test_the_stop_script_refuses_a_stale_epoch_and_moves_nothing(
 ) -> None:
     old = _lease(redis, tmp_path / "a", ttl_s=0.3)
     assert await old.try_redis() is None
-    old_store = await _stop_store(redis, tmp_path / "a.db", old)
+    async with aiosqlite.connect(tmp_path / "a.db") as db:
+        old_store = await _stop_store(redis, db, old)
+        await _refused_then_taken_over(redis, tmp_path, old, old_store)
+
+
+async def _refused_then_taken_over(
+    redis: Redis, tmp_path: Path, old: InstanceLease, old_store: RedisStopStore
+) -> None:
     state = StopState(100.0, 100.0, 90.0, False, 1.0)
     await old_store.add(1, 7, "BTCUSDT", state)
     await old_store.advance_all({"BTCUSDT": 101.0}, {7: PARAMS}, 2.0, fee_rate=0.0)
@@ -258,9 +274,10 @@ async def test_the_stop_script_refuses_a_stale_epoch_and_moves_nothing(
     with pytest.raises(StaleEpoch):
         await old_store._write(deletes=[old_store.key(1)])
     assert await redis.hgetall(f"lunara:{NAME}:stop:1") == moved
-    new_store = await _stop_store(redis, tmp_path / "b.db", new)
-    new_store._tracked = dict(old_store._tracked)
-    advance = await new_store.advance_all({"BTCUSDT": 150.0}, {7: PARAMS}, 3.0, fee_rate=0.0)
+    async with aiosqlite.connect(tmp_path / "b.db") as db:
+        new_store = await _stop_store(redis, db, new)
+        new_store._tracked = dict(old_store._tracked)
+        advance = await new_store.advance_all({"BTCUSDT": 150.0}, {7: PARAMS}, 3.0, fee_rate=0.0)
     assert advance.positions == 1
     assert float((await redis.hgetall(f"lunara:{NAME}:stop:1"))[b"peak_price"]) == 150.0
 
@@ -287,9 +304,9 @@ async def test_an_instance_that_lost_the_lease_places_no_order(
     gateway = BinanceGateway(base_url=fake.base_url, limiter=WeightLimiter(), timeout_s=2.0)
     exchange = BinanceExchange(gateway, KEY, SECRET)
     try:
-        request = OrderRequest(5, "BTCUSDT", store.OrderSide.BUY, Decimal("0.001"), Decimal(50000))
+        request = OrderRequest(5, "BTCUSDT", OrderSide.BUY, Decimal("0.001"), Decimal(50000))
         bought = await orders.submit(exchange, request)  # holding the lease: placed
-        assert bought.order.status is store.OrderStatus.FILLED
+        assert bought.order.status is OrderStatus.FILLED
         assert fake.count("POST", "order") == 1
         await _expired(redis)
         assert await _lease(redis, tmp_path / "b").try_redis() is None

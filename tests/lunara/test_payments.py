@@ -6,7 +6,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from lunara import payments
+from lunara import accounts, payments
 from lunara.plans import PLAN_PERIOD_S, PLANS, PlanName
 from lunara.storage import payments as stored_payments
 from lunara.storage import users
@@ -28,7 +28,7 @@ async def db(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
 
 async def test_a_matching_invoice_passes_pre_checkout(db: aiosqlite.Connection) -> None:
     payload = payments.invoice_payload(PRO, PAYER)
-    decision = await payments.check_pre_checkout(
+    decision = await accounts.check_pre_checkout(
         db, PAYER, payload, payments.STARS, PRO.price_stars
     )
     assert decision.ok
@@ -50,7 +50,7 @@ async def test_a_matching_invoice_passes_pre_checkout(db: aiosqlite.Connection) 
 async def test_pre_checkout_refuses_invoices_that_do_not_match_the_plan_book(
     db: aiosqlite.Connection, payload: str, currency: str, amount: int, reason: str
 ) -> None:
-    decision = await payments.check_pre_checkout(db, PAYER, payload, currency, amount)
+    decision = await accounts.check_pre_checkout(db, PAYER, payload, currency, amount)
     assert not decision.ok
     assert decision.error is not None
     assert reason in decision.error
@@ -59,10 +59,10 @@ async def test_pre_checkout_refuses_invoices_that_do_not_match_the_plan_book(
 async def test_pre_checkout_refuses_inactive_or_unknown_payers(db: aiosqlite.Connection) -> None:
     await users.set_active(db, PAYER, False)
     payload = payments.invoice_payload(PRO, PAYER)
-    inactive = await payments.check_pre_checkout(
+    inactive = await accounts.check_pre_checkout(
         db, PAYER, payload, payments.STARS, PRO.price_stars
     )
-    stranger = await payments.check_pre_checkout(
+    stranger = await accounts.check_pre_checkout(
         db, 777, payments.invoice_payload(PRO, 777), payments.STARS, PRO.price_stars
     )
     assert not inactive.ok
@@ -73,10 +73,10 @@ async def test_a_successful_payment_upgrades_the_plan_once_per_charge(
     db: aiosqlite.Connection,
 ) -> None:
     payload = payments.invoice_payload(PRO, PAYER)
-    first = await payments.record_payment(
+    first = await accounts.record_payment(
         db, PAYER, payload, "charge_1", PRO.price_stars, currency=payments.STARS
     )
-    again = await payments.record_payment(
+    again = await accounts.record_payment(
         db, PAYER, payload, "charge_1", PRO.price_stars, currency=payments.STARS
     )
     assert first.changed
@@ -104,8 +104,8 @@ async def test_a_successful_payment_upgrades_the_plan_once_per_charge(
 async def test_a_payment_that_does_not_pay_for_its_plan_is_not_recorded(
     db: aiosqlite.Connection, payload: str, currency: str, amount: int, reason: str
 ) -> None:
-    with pytest.raises(payments.PaymentMismatch, match=reason):
-        await payments.record_payment(db, PAYER, payload, "charge_2", amount, currency=currency)
+    with pytest.raises(accounts.PaymentMismatch, match=reason):
+        await accounts.record_payment(db, PAYER, payload, "charge_2", amount, currency=currency)
     assert await stored_payments.get(db, "charge_2") is None
     user = await users.require(db, PAYER)
     assert user.plan == PlanName.FREE.value

@@ -86,7 +86,8 @@ def arguments(verb: str, scratch: Path) -> tuple[str, ...]:
 
 def cli_verbs() -> list[str]:
     """Every leaf command of the `lunara` CLI, as typed ("keys rotate")."""
-    from lunara.commands import app
+    import lunara.commands  # noqa: F401  (loading it adds the bot's commands to blueprint's app)
+    from blueprint.commands import app
 
     def walk(command: click.Command, prefix: tuple[str, ...]) -> Iterator[str]:
         if isinstance(command, click.Group):
@@ -98,7 +99,7 @@ def cli_verbs() -> list[str]:
     return sorted(walk(typer.main.get_command(app), ()))
 
 
-def allowed(role: str, permission: Permission) -> bool:
+def allowed(role: str, permission: Permission | None) -> bool:
     granted = ROLES[role]
     return granted is None or permission in granted
 

@@ -17,6 +17,7 @@ import socket
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,9 @@ def test_a_second_home_of_another_deployment_under_the_same_name_is_refused_with
         assert "Traceback" not in message
         assert telegram.call_count("getMe") == polls  # the refused bot never reached Telegram
         assert _status(laptop, laptop_env)["state"] == "fatal"
-        mirrored = json.loads(redis.Redis.from_url(redis_db).get("lunara:lunara-test:ledger"))
+        mirrored = json.loads(
+            redis.Redis.from_url(redis_db).get("lunara:lunara-test:ledger") or b"{}"
+        )
         assert mirrored["home"] == str(production.home)  # not overwritten by the refused home
         status = _status(production, production_env)
         assert status["state"] == "running", status
@@ -136,7 +139,11 @@ def _kill_instance(cli: Cli, env: dict[str, str]) -> None:
         assert pid is not None, status
         os.kill(pid, signal.SIGKILL)
     for pid in (status["supervisor_pid"], status["pid"]):
-        wait_until(lambda pid=pid: not _alive(pid), 10, f"pid {pid} to die")
+        wait_until(partial(_gone, pid), 10, f"pid {pid} to die")
+
+
+def _gone(pid: int) -> bool:
+    return not _alive(pid)
 
 
 def _alive(pid: int) -> bool:
@@ -303,7 +310,8 @@ def test_two_runs_on_one_home_one_active_one_standby_that_takes_over_when_killed
         assert "taking over" in output
     finally:
         for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
+            if process is not None:
+                if process.poll() is None:
+                    process.kill()
+                process.communicate()  # reaps it and closes its pipe
         cli.run("stop", "--timeout", "20", entry=ENTRY, extra_env=env)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,7 @@ def test_a_socket_another_user_planted_never_receives_the_token(
         assert not received.exists()
     finally:
         server.kill()
-        server.wait()
+        server.communicate()  # reaps it and closes its pipe
 
 
 def test_a_group_writable_directory_above_the_manifest_is_refused(tmp_path: Path) -> None:
@@ -184,6 +185,37 @@ def test_metrics_are_written_through_the_no_follow_writer(tmp_path: Path) -> Non
     write_metrics(tmp_path / "metrics.json", {"orders_placed_total": 3})
     assert victim.read_text() == "precious\n"
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"orders_placed_total": 3.0}
+
+
+def test_every_replaced_file_of_the_home_goes_through_the_no_follow_writer(
+    tmp_path: Path,
+) -> None:
+    """The ledger, the heartbeat, the dependency report and the exit message each leave a
+    symlink planted at their temporary name untouched, and are written in its place."""
+    from blueprint.dependencies import write_dependencies
+    from blueprint.exit_message import leave_exit_message
+    from blueprint.heartbeat import write_heartbeat
+    from blueprint.ledger import Ledger
+    from blueprint.mirror import NullMirror
+    from blueprint.paths import HomePaths
+
+    paths = HomePaths(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    written: dict[str, Callable[[], object]] = {
+        "ledger.json": lambda: Ledger(paths, "lunara", NullMirror()).update(lambda _: None),
+        "heartbeat": lambda: write_heartbeat(paths.heartbeat, "up"),
+        "dependencies.json": lambda: write_dependencies(paths.dependencies, {}),
+        "exit-message": lambda: leave_exit_message(paths, "bad settings"),
+    }
+    for name, write in written.items():
+        (tmp_path / f"{name}.tmp").symlink_to(victim)
+        write()
+        assert victim.read_text() == "precious\n", name
+        assert not (tmp_path / f"{name}.tmp").exists(), name
+        assert (tmp_path / name).is_file(), name
+        assert not (tmp_path / name).is_symlink(), name
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
 
 
 def test_a_symlink_at_a_log_or_lock_is_never_written_through(tmp_path: Path) -> None:
@@ -278,4 +310,4 @@ def test_a_home_another_user_planted_in_a_shared_directory_never_gets_the_token(
         assert "ci-secret-token" not in named.stdout + named.stderr
     finally:
         server.kill()
-        server.wait()
+        server.communicate()  # reaps it and closes its pipe

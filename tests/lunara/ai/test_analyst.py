@@ -58,12 +58,12 @@ def test_the_prompt_carries_the_indicators_and_symptoms_only() -> None:
     assert "rsi_oversold" in prompt
 
 
-def _analyst(db: object, fake: FakeGemini, key: str | None = None) -> Analyst:
+def _analyst(db: aiosqlite.Connection, fake: FakeGemini, key: str | None = None) -> Analyst:
     return Analyst(
         api_key=key or fake.api_key,
         model="gemini-2.5-flash",
         base_url=fake.base_url,
-        db=db,  # type: ignore[arg-type]
+        db=db,
         timeout_ms=5_000,
         retry_initial_delay_s=0.01,
     )

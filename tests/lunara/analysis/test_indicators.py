@@ -39,7 +39,7 @@ def assert_all_indicators_match(
     assert_matches(ema(close, period), talib.EMA(close, period))
     assert_matches(atr(high, low, close, period), talib.ATR(high, low, close, period))
     for ours, reference in zip(
-        bbands(close, period, 2.0), talib.BBANDS(close, period, 2, 2, 0), strict=True
+        bbands(close, period, 2.0), talib.BBANDS(close, period, 2, 2), strict=True
     ):
         assert_matches(ours, reference, absolute=NEAR_ZERO)
 
@@ -52,9 +52,7 @@ def test_default_periods_match_talib(seed: int) -> None:
     assert_matches(ema(close, 26), talib.EMA(close, 26))
     for ours, reference in zip(macd(close, 12, 26, 9), talib.MACD(close, 12, 26, 9), strict=True):
         assert_matches(ours, reference, absolute=NEAR_ZERO)
-    for ours, reference in zip(
-        bbands(close, 20, 2.0), talib.BBANDS(close, 20, 2, 2, 0), strict=True
-    ):
+    for ours, reference in zip(bbands(close, 20, 2.0), talib.BBANDS(close, 20, 2, 2), strict=True):
         assert_matches(ours, reference, absolute=NEAR_ZERO)
     assert_matches(atr(high, low, close, 14), talib.ATR(high, low, close, 14))
 
@@ -80,9 +78,7 @@ def test_segment_boundaries_do_not_change_results(
 def test_high_prices_with_small_moves_keep_the_bands_exact() -> None:
     """Bitcoin-like closes: the variance must not cancel against price squared."""
     _, _, close = random_walk(5, 200_000, start=60_000.0, step=3.0)
-    for ours, reference in zip(
-        bbands(close, 20, 2.0), talib.BBANDS(close, 20, 2, 2, 0), strict=True
-    ):
+    for ours, reference in zip(bbands(close, 20, 2.0), talib.BBANDS(close, 20, 2, 2), strict=True):
         assert_matches(ours, reference, absolute=NEAR_ZERO)
     windows = np.lib.stride_tricks.sliding_window_view(close[-1000:], 20)
     exact = windows.std(axis=1)  # two-pass population deviation
@@ -115,7 +111,7 @@ def test_any_series_length_and_period_matches_talib(
     assert_matches(atr(high, low, close, period), talib.ATR(high, low, close, period))
     for ours, reference in zip(
         bbands(close, period, deviations),
-        talib.BBANDS(close, period, deviations, deviations, 0),
+        talib.BBANDS(close, period, deviations, deviations),
         strict=True,
     ):
         assert_matches(ours, reference, absolute=NEAR_ZERO)

@@ -41,7 +41,7 @@ def talib_series(
         close, params.ema_fast, params.ema_slow, params.macd_signal
     )
     upper, middle, lower = talib.BBANDS(
-        close, params.bb_period, params.bb_deviations, params.bb_deviations, 0
+        close, params.bb_period, params.bb_deviations, params.bb_deviations
     )
     return {
         "rsi": talib.RSI(close, params.rsi_period),
@@ -114,7 +114,7 @@ def test_a_long_stream_at_high_prices_keeps_exact_bands() -> None:
     """No drift from the running sums: 100k quiet candles at a Bitcoin-like price."""
     _, _, close = random_walk(9, 100_000, start=60_000.0, step=2.0)
     bands = StreamingBollinger(20, 2.0)
-    upper, _, lower = talib.BBANDS(close, 20, 2, 2, 0)
+    upper, _, lower = talib.BBANDS(close, 20, 2, 2)
     for index, value in enumerate(close.tolist()):
         bands.update(value)
         if index >= 19 and index % 997 == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ class Scratch:
         self.home.mkdir(mode=0o700)
         self.cli = Cli(self.home, write_manifest(root / "manifest.json", manifest_document()))
 
-    def run(self, *args: str):  # type: ignore[no-untyped-def]
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.cli.run(
             *args,
             entry=ENTRY,

@@ -13,6 +13,10 @@ import gzip
 import json
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Row = tuple[int, float, float, float, float, float]
 MINUTE = 60_000
@@ -80,7 +84,7 @@ def write_lunara_csv(path: Path, rows: list[Row]) -> Path:
     return path
 
 
-def _frame(rows: list[Row]):  # type: ignore[no-untyped-def]
+def _frame(rows: list[Row]) -> pd.DataFrame:
     import pandas as pd
 
     return pd.DataFrame(

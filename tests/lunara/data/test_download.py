@@ -43,7 +43,14 @@ def hourly_rows(symbol: str, start_ms: int, count: int) -> list[Row]:
     """The sim market's walk for `symbol`, one candle an hour from `start_ms`."""
     candles = simulated_candles(symbol, count)
     return [  # at Binance's 8 decimals
-        (start_ms + i * HOUR, *(round(v, 8) for v in (c.open, c.high, c.low, c.close)), 1.0)
+        (
+            start_ms + i * HOUR,
+            round(c.open, 8),
+            round(c.high, 8),
+            round(c.low, 8),
+            round(c.close, 8),
+            1.0,
+        )
         for i, c in enumerate(candles)
     ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from tests.lunara.data.files import (
 
 def rows_of(path: Path) -> list[Row]:
     frame = read_candle_file(path).frame
-    return [tuple(row) for row in frame.itertuples(index=False)]  # type: ignore[misc]
+    return [tuple(row) for row in frame.itertuples(index=False)]
 
 
 def test_a_2024_binance_spot_csv_has_no_header_and_millisecond_times(tmp_path: Path) -> None:
@@ -79,7 +80,9 @@ def test_a_futures_csv_with_its_header_is_read(tmp_path: Path) -> None:
         ("klines.csv", write_lunara_csv, "lunara csv"),
     ],
 )
-def test_freqtrade_files_and_our_csv_are_read(tmp_path: Path, name, writer, kind) -> None:  # type: ignore[no-untyped-def]
+def test_freqtrade_files_and_our_csv_are_read(
+    tmp_path: Path, name: str, writer: Callable[[Path, list[Row]], Path], kind: str
+) -> None:
     rows = minute_rows(JAN_2024, 6)
     path = writer(tmp_path / name, rows)
     read = read_candle_file(path)

@@ -82,7 +82,7 @@ def test_one_symbol_among_files_named_for_several_takes_its_own(tmp_path: Path) 
 def test_the_shortest_interval_of_a_symbol_is_read_and_the_others_named(tmp_path: Path) -> None:
     write_feather(tmp_path / "BTC_USDT-1m.feather", minute_rows(JAN_2024, 30))
     five = [(JAN_2024 + i * 5 * MINUTE, 1.0, 2.0, 0.5, 1.5, 1.0) for i in range(6)]
-    write_feather(tmp_path / "BTC_USDT-5m.feather", five)  # type: ignore[arg-type]
+    write_feather(tmp_path / "BTC_USDT-5m.feather", five)
     loaded = load_paths([tmp_path], ["BTCUSDT"])["BTCUSDT"]
     assert loaded.quality.interval == "1m"
     assert len(loaded.frame) == 30

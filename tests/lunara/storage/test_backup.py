@@ -24,7 +24,7 @@ from lunara.storage.backup import (
 from lunara.storage.credentials import Exchange
 from lunara.storage.database import SchemaError, StorageError, connect, open_database
 from lunara.storage.migrations import LATEST_VERSION, apply_migrations
-from lunara.trading.stopstore import (
+from lunara.trading.stops import (
     STORE_NAME,
     RedisStopStore,
     TrackedStop,

@@ -8,8 +8,10 @@ from lunara.storage import outbox, users
 from lunara.storage.outbox import Outgoing, Priority, State
 
 
-def text(chat: int, words: str, priority: Priority = Priority.NOTICE, **extra: object) -> Outgoing:
-    return Outgoing(chat, words, priority=priority, **extra)  # type: ignore[arg-type]
+def text(
+    chat: int, words: str, priority: Priority = Priority.NOTICE, dedupe_key: str | None = None
+) -> Outgoing:
+    return Outgoing(chat, words, priority=priority, dedupe_key=dedupe_key)
 
 
 async def head_texts(db: aiosqlite.Connection, now: float = 1e12) -> list[str | None]:

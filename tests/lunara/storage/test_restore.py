@@ -102,7 +102,7 @@ def test_a_backup_with_an_entry_our_schema_lacks_is_refused_and_nothing_changes(
     with _edit(backup) as connection:
         connection.execute(CRAFTED[kind])
     before = live.read_bytes()
-    called: list[str] = []
+    called: list[int] = []
     with pytest.raises(SchemaError) as refused:
         restore_database(backup, live, is_running=False, before_replacing=lambda: called.append(1))
     assert refused.value.message.startswith(f"{backup} holds what Lunara's schema does not: ")
@@ -168,7 +168,9 @@ def test_unfinished_inbox_and_outbox_rows_are_not_restored(tmp_path: Path) -> No
             async with db.execute(
                 "SELECT COUNT(*) FROM broadcasts WHERE finished_at IS NULL"
             ) as cursor:
-                open_broadcasts = (await cursor.fetchone())[0]
+                row = await cursor.fetchone()
+            assert row is not None
+            open_broadcasts = row[0]
             async with db.execute(
                 "SELECT state, COUNT(*) FROM handled_commands GROUP BY state"
             ) as cursor:

@@ -20,6 +20,7 @@ from lunara.config import Settings, load_settings
 from lunara.storage.database import open_database
 from lunara.telegram.bot import TelegramBot
 from lunara.telegram.outbox import TELEGRAM_LIMITS, SendLimits
+from lunara.telegram.polling import TelegramService
 from tests import waiting
 from tests.fakes.telegram_api import FakeTelegram
 
@@ -113,7 +114,7 @@ async def built_bot(
 ) -> AsyncIterator[tuple[TelegramBot, Any]]:
     """The bot and its trading engine as `python -m lunara` wires them, not yet running
     (`send_limits`: the outbox's pace, Telegram's unless a test is about something else)."""
-    from lunara.trading.engine import open_trading
+    from lunara.app import open_trading
 
     manifest_path = write_manifest(home.parent / "manifest.json", default_role=default_role)
     settings = bot_settings(home, fake.base_url, **extra)
@@ -147,7 +148,7 @@ async def running_bot(
         fake, home, default_role=default_role, send_limits=send_limits, **extra
     ) as (bot, trading):
         stop = asyncio.Event()
-        service = asyncio.create_task(bot.service().run(stop))
+        service = asyncio.create_task(TelegramService(bot).run(stop))
         engine_task = asyncio.create_task(trading.runner.run(stop))
         running = RunningBot(fake, bot, home)
         try:

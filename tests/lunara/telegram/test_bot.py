@@ -20,10 +20,12 @@ from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blueprint.ledger import ExitRecord, Ledger, LedgerDocument, utc_now
+from blueprint.clock import utc_now
+from blueprint.ledger import ExitRecord, Ledger, LedgerDocument
 from blueprint.manifest import Permission
 from blueprint.mirror import NullMirror
 from blueprint.paths import HomePaths
+from lunara import accounts
 from lunara import payments as payments_flow
 from lunara import plans as plan_book
 from lunara.app import CrashReporter
@@ -33,10 +35,12 @@ from lunara.storage.database import open_database
 from lunara.telegram import bot as bot_module
 from lunara.telegram import lease as lease_module
 from lunara.telegram import outbox as outbox_module
+from lunara.telegram import polling
 from lunara.telegram.bot import CLIENT_TIMEOUT_S
 from lunara.telegram.commands import COMMANDS
 from lunara.telegram.guard import RefusalAudit
 from lunara.telegram.lease import PollLease
+from lunara.telegram.polling import TelegramService
 from lunara.telegram.updates import BLANKED_TEXT
 from lunara.trading.binance import RetryPolicy
 from tests.fakes.binance_api import FakeBinance
@@ -168,12 +172,13 @@ async def test_symbols_binance_does_not_list_are_refused_by_settings_and_buy_nam
 ) -> None:
     prices = {"BTCUSDT": Decimal("50000"), "ETHUSDT": Decimal("2500")}
     with FakeBinance(prices=prices) as binance:
-        on_binance = {
-            "LUNARA_MARKET": "binance",
-            "BINANCE_API_BASE_URL": binance.base_url,
-            "LUNARA_SYMBOLS": "BTCUSDT,ETHUSTD",  # a typo: left out at start
-        }
-        async with running_bot(fake_telegram, bot_home, **on_binance) as bot:
+        async with running_bot(
+            fake_telegram,
+            bot_home,
+            LUNARA_MARKET="binance",
+            BINANCE_API_BASE_URL=binance.base_url,
+            LUNARA_SYMBOLS="BTCUSDT,ETHUSTD",  # a typo: left out at start
+        ) as bot:
             await bot.ask(TRADER, "/start")
             refused = await bot.ask(TRADER, "/settings symbols=BTCUSDT,NOPEUSDT auto_mode=on")
             assert "Binance does not list NOPEUSDT" in refused, refused
@@ -248,13 +253,14 @@ async def test_setkeys_in_live_mode_stores_only_keys_the_exchange_accepts(
         binance.add_account(*good, USDT="1000")
         binance.add_account(*view_only, USDT="1000")
         binance.no_trading.add(view_only[0])
-        live = {
-            "LUNARA_MODE": "live",
-            "LUNARA_MARKET": "binance",
-            "BINANCE_API_BASE_URL": binance.base_url,
-            "LUNARA_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-        }
-        async with running_bot(fake_telegram, bot_home, **live) as bot:
+        async with running_bot(
+            fake_telegram,
+            bot_home,
+            LUNARA_MODE="live",
+            LUNARA_MARKET="binance",
+            BINANCE_API_BASE_URL=binance.base_url,
+            LUNARA_ENCRYPTION_KEY=Fernet.generate_key().decode(),
+        ) as bot:
             await bot.ask(TRADER, "/start")
             unknown = await bot.ask(TRADER, f"/setkeys {'U' * 64} {'u' * 64}")
             assert "Binance refused these keys" in unknown, unknown
@@ -420,12 +426,12 @@ async def test_concurrent_refunds_of_one_charge_make_one_refund_call(
         # several admins at once: asked here of the refund flow itself, five at a time.
         outcomes = await asyncio.gather(
             *(
-                payments_flow.refund_payment(bot.bot.deps.db, bot.bot.deps.refund, "charge-5x")
+                accounts.refund_payment(bot.bot.db, bot.bot.deps.refund, "charge-5x")
                 for _ in range(5)
             )
         )
         assert sorted(result.value for result, _ in outcomes) == sorted(
-            [payments_flow.Refund.REFUNDED.value] + [payments_flow.Refund.ALREADY.value] * 4
+            [accounts.Refund.REFUNDED.value] + [accounts.Refund.ALREADY.value] * 4
         )
         assert [r["telegram_payment_charge_id"] for r in fake_telegram.refunds] == ["charge-5x"]
         answer = await bot.ask(ADMIN, "/refund charge-5x")
@@ -551,7 +557,7 @@ async def test_two_bots_against_one_server_never_poll_concurrently(
             first.bot.db, first.bot.deps.trading,
         )  # fmt: skip
         stop = asyncio.Event()
-        task = asyncio.create_task(second.service().run(stop))
+        task = asyncio.create_task(TelegramService(second).run(stop))
         for _ in range(5):
             assert "Plans" in await first.ask(TRADER, "/plans")
         stop.set()
@@ -740,7 +746,7 @@ async def test_a_payment_the_database_could_not_record_is_recorded_by_a_later_sw
 ) -> None:
     """The payer cannot send a payment again: one that failed on a database error stays in
     the inbox and is recorded, and thanked for, once the database takes it."""
-    monkeypatch.setattr(bot_module, "RETRY_UNANSWERED_S", 0.5)
+    monkeypatch.setattr(polling, "RETRY_UNANSWERED_S", 0.5)
     pro = plan_book.PLANS[plan_book.PlanName.PRO]
     payload = payments_flow.invoice_payload(pro, TRADER)
     async with running_bot(fake_telegram, bot_home) as running:
@@ -859,7 +865,7 @@ async def test_telegram_unreachable_at_start_is_waited_out_without_a_traceback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(bot_module, "CLIENT_TIMEOUT_S", 1.0)  # a short stall times out
-    monkeypatch.setattr(bot_module, "START_RETRY_FIRST_S", 0.2)
+    monkeypatch.setattr(polling, "START_RETRY_FIRST_S", 0.2)
     # getMe (the first call of a start) fails: a Telegram outage when the bot starts.
     fake_telegram.inject("getMe", 502, "Bad Gateway", times=2)
     fake_telegram.inject_stall("getMe", 2.0)
@@ -879,11 +885,11 @@ async def test_a_stop_while_telegram_is_unreachable_at_start_ends_the_service_at
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(bot_module, "START_RETRY_FIRST_S", 60.0)  # the stop must cut this
+    monkeypatch.setattr(polling, "START_RETRY_FIRST_S", 60.0)  # the stop must cut this
     fake_telegram.inject("getMe", 502, "Bad Gateway", times=100)
     async with built_bot(fake_telegram, bot_home) as (bot, _trading):
         stop = asyncio.Event()
-        service = asyncio.create_task(bot.service().run(stop))
+        service = asyncio.create_task(TelegramService(bot).run(stop))
         await RunningBot(fake_telegram, bot, bot_home).until(
             lambda: logged(caplog, "not reachable"), what="a warning that Telegram is not reachable"
         )
@@ -902,7 +908,7 @@ def with_crash_reporter(
     """The Telegram service and the crash reporter, running as `python -m lunara` runs them."""
     return [
         asyncio.create_task(service.run(stop))
-        for service in (bot.service(), CrashReporter(bot, HomePaths.resolve(home)))
+        for service in (TelegramService(bot), CrashReporter(bot, HomePaths.resolve(home)))
     ]
 
 
@@ -984,8 +990,8 @@ async def test_a_crash_report_telegram_keeps_refusing_stays_queued_and_the_next_
 async def test_old_inbox_rows_are_pruned_while_running_not_only_at_start(
     fake_telegram: FakeTelegram, bot_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bot_module, "RETRY_UNANSWERED_S", 0.2)
-    monkeypatch.setattr(bot_module, "PRUNE_EVERY_S", 0.2)
+    monkeypatch.setattr(polling, "RETRY_UNANSWERED_S", 0.2)
+    monkeypatch.setattr(polling, "PRUNE_EVERY_S", 0.2)
     async with running_bot(fake_telegram, bot_home) as bot:
         await bot.ask(TRADER, "/start")  # running: the start-up prune is behind us
         long_ago = time.time() - handled.KEEP_S - 60

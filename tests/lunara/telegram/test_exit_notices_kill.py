@@ -32,7 +32,7 @@ from lunara.storage.database import open_database
 from lunara.trading.model import OrderSide
 from lunara.trading.orders import OrderPath, OrderRequest
 from lunara.trading.paper import PaperExchange
-from lunara.trading.stopstore import SqliteStopStore
+from lunara.trading.stops import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
 from tests.fakes.telegram_api import FakeTelegram
 from tests.lunara.telegram.conftest import TOKEN, write_manifest
@@ -123,10 +123,13 @@ def test_sigkills_during_a_burst_of_200_stop_exits_deliver_each_notice_exactly_o
         def polling(after: int) -> Callable[[], bool]:
             return lambda: fake.polls_by_token.get(TOKEN, 0) > after
 
+        def reached(count: Callable[[], int], threshold: int) -> Callable[[], bool]:
+            return lambda: count() >= threshold
+
         kills: list[float] = []
         open_at_kills: list[int] = []
-        moments = [(lambda: closed() >= KILL_AMID_EXITS, f"{KILL_AMID_EXITS} exits recorded")]
-        moments += [(lambda t=t: notices() >= t, f"{t} notices") for t in KILL_AFTER]
+        moments = [(reached(closed, KILL_AMID_EXITS), f"{KILL_AMID_EXITS} exits recorded")]
+        moments += [(reached(notices, t), f"{t} notices") for t in KILL_AFTER]
         try:
             bot.start()
             for moment, what in moments:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lunara.storage import outbox as outbox_store
 from lunara.telegram.outbox import TELEGRAM_LIMITS, OutboxSender
+from lunara.telegram.polling import TelegramService
 from tests.fakes.telegram_api import FakeTelegram
 from tests.lunara.telegram.conftest import STRANGER, TOKEN, TRADER, RunningBot, built_bot
 
@@ -36,7 +37,7 @@ async def bot_on_clock(
     async with built_bot(fake, home) as (bot, trading):
         bot.sender = OutboxSender(bot.db, bot.outbox, bot, TELEGRAM_LIMITS, clock=clock)
         stop = asyncio.Event()
-        service = asyncio.create_task(bot.service().run(stop))
+        service = asyncio.create_task(TelegramService(bot).run(stop))
         engine = asyncio.create_task(trading.runner.run(stop))
         running = RunningBot(fake, bot, home)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,15 @@ from lunara.telegram.commands import COMMANDS
 from tests.fakes.telegram_api import FakeTelegram
 from tests.lunara.telegram.conftest import ADMIN, TRADER, UNPACED, running_bot
 
+
+def _answered(fake: FakeTelegram, user: int, before: int) -> Callable[[], bool]:
+    """Whether `user` has a reply beyond the `before` messages they had (or the fake
+    refused a call: the test fails on that next)."""
+    return lambda: len(fake.messages_to(user)) > before or bool(fake.rejected)
+
+
 arguments = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
     min_size=1,
     max_size=60,
 ).filter(lambda text: text.strip() != "")
@@ -47,9 +55,7 @@ def test_random_commands_get_one_valid_html_reply_each_and_nothing_unhandled(
                     before = len(fake.messages_to(user))
                     fake.push_text(user, text)
                     await bot.until(
-                        lambda user=user, before=before: (
-                            len(fake.messages_to(user)) > before or bool(fake.rejected)
-                        ),
+                        _answered(fake, user, before),
                         what=f"a reply to {text[:40]!r}",
                     )
                     await asyncio.sleep(0)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 from blueprint.audit import AuditLog
-from blueprint.manifest import validate_manifest
+from blueprint.manifest import Permission, validate_manifest
 from blueprint.mirror import NullMirror
 from lunara.telegram.guard import (
     MAX_TRACKED_USERS,
@@ -31,7 +32,7 @@ async def _nothing(_context: object) -> None:
     return None
 
 
-ADMIN_ONLY = Command("users", "tg.admin.users", "/users", "list users", _nothing)
+ADMIN_ONLY = Command("users", Permission.TG_USERS, "/users", "list users", _nothing)
 
 
 class Clock:
@@ -42,7 +43,7 @@ class Clock:
         return self.now
 
 
-def _entries(path: Path) -> list[dict[str, object]]:
+def _entries(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -67,7 +68,7 @@ def test_refusals_of_100000_users_write_a_bounded_audit(tmp_path: Path) -> None:
     clock.now += REFUSAL_WINDOW_S  # the next refusal carries the count of the unaudited
     guard.check(USERS + 1, ADMIN_ONLY)
     entries = _entries(audit_path)
-    counted = sum(int(e["detail"].get("unaudited_refusals", 0)) for e in entries)  # type: ignore[union-attr]
+    counted = sum(int(e["detail"].get("unaudited_refusals", 0)) for e in entries)
     assert len(entries) + counted == USERS + 1
     assert all(e["decision"] == "denied" and e["outcome"] == "refused" for e in entries)
 
@@ -87,7 +88,7 @@ def test_one_users_repeated_refusals_are_one_line_per_window(tmp_path: Path) -> 
     clock.now = REFUSAL_WINDOW_S
     guard.check(42, ADMIN_ONLY)
     second = _entries(audit_path)[-1]
-    assert second["detail"]["unaudited_refusals"] == 999  # type: ignore[index]
+    assert second["detail"]["unaudited_refusals"] == 999
 
 
 def test_the_rate_limiter_forgets_users_whose_window_has_passed() -> None:

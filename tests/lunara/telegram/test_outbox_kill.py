@@ -146,13 +146,16 @@ def test_sigkills_during_a_500_recipient_broadcast_deliver_each_copy_exactly_onc
         def polling(after: int) -> Callable[[], bool]:
             return lambda: fake.polls_by_token.get(TOKEN, 0) > after
 
+        def copied(threshold: int) -> Callable[[], bool]:
+            return lambda: copies() >= threshold
+
         kills: list[float] = []
         try:
             bot.start()
             wait_until(polling(0), 60, "the bot to poll")
             fake.push_text(ADMIN, f"/broadcast {TEXT}")
             for threshold in KILL_AFTER:
-                wait_until(lambda t=threshold: copies() >= t, 60, f"{threshold} copies")
+                wait_until(copied(threshold), 60, f"{threshold} copies")
                 kills.append(bot.kill())
                 polls = fake.polls_by_token.get(TOKEN, 0)
                 bot.start()

@@ -95,4 +95,6 @@ async def test_a_forged_broadcast_in_the_inbox_is_sent_only_if_not_restored(
         async with bot.bot.db.execute(
             "SELECT COUNT(*) FROM handled_commands WHERE message_id = ?", (FORGED_MESSAGE_ID,)
         ) as cursor:
-            assert (await cursor.fetchone())[0] == 0
+            row = await cursor.fetchone()
+        assert row is not None
+        assert row[0] == 0

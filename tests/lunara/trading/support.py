@@ -10,7 +10,7 @@ import aiosqlite
 from lunara.storage import users
 from lunara.storage.database import open_database
 from lunara.trading.orders import OrderPath
-from lunara.trading.stopstore import SqliteStopStore
+from lunara.trading.stops import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
 
 TRADER = 5

@@ -19,11 +19,12 @@ import pytest
 
 from lunara.analysis.analyzer import StreamingAnalyzer, entry_signal
 from lunara.analysis.candles import CSV_HEADER, Candle
+from lunara.app import TradingRuntime, open_trading
 from lunara.config import load_settings
 from lunara.plans import PLANS, PlanName
 from lunara.storage import positions as store
 from lunara.storage import user_settings, users
-from lunara.trading.engine import TradingEngine, TradingRuntime, open_trading
+from lunara.trading.engine import TradingEngine
 from lunara.trading.executor import TickReport
 from tests.lunara.trading.test_executor import Inbox
 

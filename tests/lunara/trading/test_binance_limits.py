@@ -32,7 +32,7 @@ from lunara.trading.limiter import (
 )
 from lunara.trading.market import BinanceMarket
 from lunara.trading.model import OrderSide
-from lunara.trading.stopstore import SqliteStopStore
+from lunara.trading.stops import SqliteStopStore
 from tests.fakes.binance_api import FakeBinance
 from tests.lunara.trading.support import FakeClock
 
@@ -72,7 +72,7 @@ def _gateway(fake: FakeBinance, clock: FakeClock) -> BinanceGateway:
 def _other_program(fake: FakeBinance) -> Client:
     """Another program on the same IP: its weight counts against ours at Binance."""
 
-    class Local(Client):
+    class Local(Client):  # type: ignore[misc]  # python-binance ships no type information
         API_URL = fake.api_url
 
     return Local(KEY, SECRET, ping=False)

@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -268,7 +268,7 @@ def read_snapshot(database: Path, client: redis.Redis) -> StopSnapshot:
     live: dict[int, dict[str, str]] = {}
     for raw_key in client.scan_iter(match=STOP_KEY_PREFIX + "*"):
         key = raw_key.decode()
-        fields = client.hgetall(key)
+        fields = cast("dict[bytes, bytes]", client.hgetall(key))  # the client does not decode
         live[int(key.removeprefix(STOP_KEY_PREFIX))] = {
             name.decode(): value.decode() for name, value in fields.items()
         }

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from lunara.ai.analyst import NOTE_OFF
+from lunara.app import TradingRuntime, open_trading
 from lunara.config import load_settings
 from lunara.services import TradingError
 from lunara.storage import positions as store
 from lunara.storage import user_settings, users
-from lunara.trading.engine import TradingRuntime, open_trading
 from tests.fakes.binance_api import FakeBinance
 from tests.waiting import until
 

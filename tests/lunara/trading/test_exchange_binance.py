@@ -126,7 +126,7 @@ async def test_a_rejected_order_is_never_retried(fake: FakeBinance, tmp_path: Pa
             )
         assert fake.count("POST", "order") == 1
         assert fake.count("GET", "order") == 0
-        async with db.execute("SELECT status FROM orders") as cursor:  # type: ignore[attr-defined]
+        async with db.execute("SELECT status FROM orders") as cursor:
             assert [row[0] for row in await cursor.fetchall()] == ["rejected"]
     finally:
         await db.close()

@@ -17,7 +17,7 @@ from lunara.trading.market import SimMarket
 from lunara.trading.model import OrderSide
 from lunara.trading.orders import OrderPath, OrderRequest
 from lunara.trading.paper import PaperExchange
-from lunara.trading.stopstore import SqliteStopStore
+from lunara.trading.stops import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
 
 FEE = Decimal("0.001")

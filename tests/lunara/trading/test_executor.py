@@ -20,7 +20,7 @@ from lunara.trading.exchange import CredentialsRejected, Exchange
 from lunara.trading.executor import CircuitBreaker, trailing_params
 from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket, SimMarket
-from lunara.trading.stopstore import RedisStopStore
+from lunara.trading.stops import RedisStopStore
 from tests.fakes.binance_api import FakeBinance
 from tests.lunara.trading.support import notices_to
 

@@ -146,7 +146,8 @@ async def test_an_unknown_symbol_gets_prices_again_once_exchange_info_lists_it(
 
 
 def _candle(row: list[object]) -> Candle:
-    return Candle(*(int(str(row[0])), *(float(str(v)) for v in row[1:6])))
+    open_, high, low, close, volume = (float(str(value)) for value in row[1:6])
+    return Candle(int(str(row[0])), open_, high, low, close, volume)
 
 
 async def test_live_candles_are_binances_closed_klines_one_request_per_closed_minute(

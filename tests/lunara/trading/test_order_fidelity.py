@@ -40,7 +40,7 @@ from lunara.trading.orders import (
     exit_intent,
     successor_id,
 )
-from lunara.trading.stopstore import SqliteStopStore
+from lunara.trading.stops import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
 from tests.fakes.binance_api import DROP_CLOSE, DUPLICATE, INSUFFICIENT, FakeBinance
 from tests.lunara.trading.support import FakeClock, notices_to

@@ -7,9 +7,10 @@ import re
 from decimal import Decimal
 from pathlib import Path
 
+import aiosqlite
 import pytest
 
-from lunara.services import TradingError
+from lunara.services import AssetBalance, TradingError
 from lunara.storage import positions as store
 from lunara.storage import users
 from lunara.storage.database import open_database
@@ -24,7 +25,7 @@ from lunara.trading.orders import (
     client_order_id,
 )
 from lunara.trading.paper import PaperExchange
-from lunara.trading.stopstore import SqliteStopStore
+from lunara.trading.stops import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
 from tests.lunara.trading.support import FakeClock, order_path
 
@@ -52,8 +53,8 @@ class FaultyExchange:
     def name(self) -> str:
         return self.inner.name
 
-    async def balances(self):  # type: ignore[no-untyped-def]
-        return await self.inner.balances()
+    async def balances(self, max_wait_s: float | None = None) -> list[AssetBalance]:
+        return await self.inner.balances(max_wait_s)
 
     async def symbol_rules(self, symbol: str) -> SymbolRules:
         return await self.inner.symbol_rules(symbol)
@@ -91,7 +92,7 @@ def test_client_order_ids_are_deterministic_and_fit_binance() -> None:
 
 async def _setup(
     path: Path, market: SimMarket, clock: FakeClock | None = None
-) -> tuple[object, object, PaperExchange, OrderPath]:
+) -> tuple[aiosqlite.Connection, aiosqlite.Connection, PaperExchange, OrderPath]:
     clock = clock or FakeClock()
     db = await open_database(path)
     stop_db = await open_database(path)
@@ -121,8 +122,8 @@ async def test_a_crash_around_the_send_never_places_an_order_twice(
     request = OrderRequest(USER, "ETHUSDT", OrderSide.BUY, Decimal("0.05"), price)
     with pytest.raises(Crash):
         await orders.submit(FaultyExchange(paper, fault), request)
-    await db.close()  # type: ignore[attr-defined]
-    await stop_db.close()  # type: ignore[attr-defined]
+    await db.close()
+    await stop_db.close()
 
     # A new process over the same database.
     restarted = FakeClock()
@@ -132,7 +133,7 @@ async def test_a_crash_around_the_send_never_places_an_order_twice(
             assert await orders.has_unsettled()  # sent or not, the exchange must say
         report = await orders.recover(lambda user_id: _exchange(paper))
         assert not await orders.has_unsettled()
-        open_positions = await store.list_open(db, USER)  # type: ignore[arg-type]
+        open_positions = await store.list_open(db, USER)
         balances = {b.asset: b.free for b in await paper.balances()}
         if fault == "crash_before_send":
             assert report.not_placed == 1
@@ -149,16 +150,17 @@ async def test_a_crash_around_the_send_never_places_an_order_twice(
         again = await orders.recover(lambda user_id: _exchange(paper))
         assert (again.settled, again.not_placed) == (0, 0)
         settled = await orders.submit(paper, request)
-        assert len(await store.list_open(db, USER)) == len(open_positions) + 1  # type: ignore[arg-type]
-        async with db.execute("SELECT COUNT(*) FROM orders WHERE status = 'filled'") as cur:  # type: ignore[attr-defined]
+        assert len(await store.list_open(db, USER)) == len(open_positions) + 1
+        async with db.execute("SELECT COUNT(*) FROM orders WHERE status = 'filled'") as cur:
             row = await cur.fetchone()
+        assert row is not None
         assert row[0] == len(open_positions) + 1
         assert settled.order.client_order_id != client_order_id(
             USER, "entry:ETHUSDT", OrderSide.BUY, 0
         )
     finally:
-        await db.close()  # type: ignore[attr-defined]
-        await stop_db.close()  # type: ignore[attr-defined]
+        await db.close()
+        await stop_db.close()
 
 
 async def _exchange(paper: PaperExchange) -> PaperExchange:
@@ -180,10 +182,10 @@ async def test_an_accepted_order_whose_answer_was_lost_is_found_by_its_client_id
         assert settled.order.status is OrderStatus.FILLED
         balances = {b.asset: b.free for b in await paper.balances()}
         assert balances["ETH"] == Decimal("0.05")
-        assert len(await store.list_open(db, USER)) == 1  # type: ignore[arg-type]
+        assert len(await store.list_open(db, USER)) == 1
     finally:
-        await db.close()  # type: ignore[attr-defined]
-        await stop_db.close()  # type: ignore[attr-defined]
+        await db.close()
+        await stop_db.close()
 
 
 @pytest.mark.parametrize("fault", ["crash_before_send", "crash_after_fill"])
@@ -200,8 +202,8 @@ async def test_a_keyed_entry_asked_again_after_a_crash_never_buys_twice(
     )
     with pytest.raises(Crash):
         await orders.submit(FaultyExchange(paper, fault), request)
-    await db.close()  # type: ignore[attr-defined]
-    await stop_db.close()  # type: ignore[attr-defined]
+    await db.close()
+    await stop_db.close()
 
     db, stop_db, paper, orders = await _setup(path, market)
     try:
@@ -209,13 +211,13 @@ async def test_a_keyed_entry_asked_again_after_a_crash_never_buys_twice(
         if fault == "crash_before_send":
             with pytest.raises(TradingError, match=f"^{re.escape(INTERRUPTED)}$"):
                 await orders.submit(paper, request)
-            assert await store.list_open(db, USER) == []  # type: ignore[arg-type]
+            assert await store.list_open(db, USER) == []
         else:
             first = await orders.submit(paper, request)
             again = await orders.submit(paper, request)
             assert first.order.client_order_id == again.order.client_order_id
             assert first.position.id == again.position.id
-            assert len(await store.list_open(db, USER)) == 1  # type: ignore[arg-type]
+            assert len(await store.list_open(db, USER)) == 1
             balances = {b.asset: b.free for b in await paper.balances()}
             assert balances["ETH"] == Decimal("0.05")
         # Another message is another entry.
@@ -223,12 +225,13 @@ async def test_a_keyed_entry_asked_again_after_a_crash_never_buys_twice(
             USER, "ETHUSDT", OrderSide.BUY, Decimal("0.05"), price, request_key="tg:11:8"
         )
         await orders.submit(paper, other)
-        async with db.execute("SELECT COUNT(*) FROM orders WHERE status = 'filled'") as cur:  # type: ignore[attr-defined]
+        async with db.execute("SELECT COUNT(*) FROM orders WHERE status = 'filled'") as cur:
             row = await cur.fetchone()
+        assert row is not None
         assert row[0] == (1 if fault == "crash_before_send" else 2)
     finally:
-        await db.close()  # type: ignore[attr-defined]
-        await stop_db.close()  # type: ignore[attr-defined]
+        await db.close()
+        await stop_db.close()
 
 
 async def test_a_keyed_entry_filled_before_a_crash_is_settled_with_its_stop_when_asked_again(
@@ -251,20 +254,20 @@ async def test_a_keyed_entry_filled_before_a_crash_is_settled_with_its_stop_when
     )
     with pytest.raises(Crash):
         await orders.submit(FaultyExchange(paper, "crash_after_fill"), request)
-    await db.close()  # type: ignore[attr-defined]
-    await stop_db.close()  # type: ignore[attr-defined]
+    await db.close()
+    await stop_db.close()
 
     db, stop_db, paper, orders = await _setup(path, market)
     try:
         settled = await orders.submit(paper, request)
         assert settled.order.client_order_id == request.keyed_entry_id
-        stop = await store.get_trailing_stop(db, settled.position.id)  # type: ignore[arg-type]
+        stop = await store.get_trailing_stop(db, settled.position.id)
         assert stop is not None
         assert stop.stop_price == pytest.approx(float(settled.price) * 0.9)
         assert {b.asset: b.free for b in await paper.balances()}["ETH"] == Decimal("0.05")
     finally:
-        await db.close()  # type: ignore[attr-defined]
-        await stop_db.close()  # type: ignore[attr-defined]
+        await db.close()
+        await stop_db.close()
 
 
 async def test_until_idle_returns_once_every_order_under_way_is_done(tmp_path: Path) -> None:

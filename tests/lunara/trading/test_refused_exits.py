@@ -35,7 +35,7 @@ from lunara.trading.limiter import WeightLimiter
 from lunara.trading.market import BinanceMarket
 from lunara.trading.model import OrderSide, PositionStatus
 from lunara.trading.orders import OrderPath, OrderRequest
-from lunara.trading.stopstore import SqliteStopStore
+from lunara.trading.stops import SqliteStopStore
 from lunara.trading.trailing import TrailingParams
 from tests.fakes.binance_api import FakeBinance
 from tests.lunara.trading.support import FakeClock, notices_to

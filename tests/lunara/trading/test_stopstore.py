@@ -15,9 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from lunara.trading.stopstore import (
+from lunara.trading.stops import (
     CHECKPOINT_INTERVAL_S,
     MAX_POSITIONS_PER_CALL,
     RedisStopStore,
@@ -196,6 +198,90 @@ def test_lua_script_matches_pure_advance_bit_for_bit_with_fees_and_settings_chan
     fee: float,
 ) -> None:
     asyncio.run(lua_matches_python(redis_db, entry, positions, fee))
+
+
+async def memory_matches_python(
+    entry: float,
+    positions: list[tuple[TrailingParams, TrailingParams, list[float]]],
+    fee: float,
+) -> None:
+    """The SQLite store, and the Redis store while Redis is down, run the one in-memory
+    tick: both agree with ``trailing.advance`` bit for bit, and write it through."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Refused at once, without retries: every add finds Redis down.
+    down = Redis(
+        host="127.0.0.1", port=port, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    dbs = [await aiosqlite.connect(":memory:") for _ in range(2)]
+    try:
+        for db in dbs:
+            await create_stop_table(db)
+        stores: list[StopStore] = [
+            SqliteStopStore(dbs[0]),
+            RedisStopStore(down, dbs[1], name=f"down{next(_names)}"),
+        ]
+        expected: dict[int, StopState] = {}
+        for position_id, (params, _, _) in enumerate(positions):
+            expected[position_id] = initial_state(entry, params, 0.25)
+            for store in stores:
+                await store.add(position_id, position_id, f"S{position_id}", expected[position_id])
+        for tick in range(max(len(path) for _, _, path in positions)):
+            params_by_user = {
+                i: first if tick < len(path) // 2 else later
+                for i, (first, later, path) in enumerate(positions)
+            }
+            now = 1_700_000_000.1 + tick * 0.7
+            prices = {
+                f"S{i}": entry / 100.0 * path[tick]
+                for i, (_, _, path) in enumerate(positions)
+                if tick < len(path)
+            }
+            priced = sorted(i for i in expected if f"S{i}" in prices)
+            for i in priced:
+                expected[i] = advance(expected[i], prices[f"S{i}"], params_by_user[i], now, fee)
+            for store in stores:
+                advanced = await store.advance_all(prices, params_by_user, now, fee_rate=fee)
+                assert advanced.positions == len(priced)
+                assert {i: bits(state) for i, state in states(store).items()} == {
+                    i: bits(state) for i, state in expected.items()
+                }
+                assert [(stop.position_id, bits(stop.state)) for stop in advanced.triggered] == [
+                    (i, bits(expected[i]))
+                    for i in priced
+                    if is_triggered(expected[i], prices[f"S{i}"])
+                ]
+        assert isinstance(stores[1], RedisStopStore)
+        assert stores[1].redis_down
+        for db in dbs:  # every change written through: nothing waits for a checkpoint
+            assert await saved_rows(db) == {i: as_row(state) for i, state in expected.items()}
+    finally:
+        for db in dbs:
+            await db.close()
+        await down.aclose()
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    entry=st.floats(min_value=0.0001, max_value=100_000.0),
+    positions=st.lists(
+        st.tuples(trailing_params(), trailing_params(), price_paths(max_size=25).filter(bool)),
+        min_size=1,
+        max_size=6,
+    ),
+    fee=fee_rates,
+)
+def test_the_in_memory_tick_matches_pure_advance_bit_for_bit_in_both_stores(
+    entry: float,
+    positions: list[tuple[TrailingParams, TrailingParams, list[float]]],
+    fee: float,
+) -> None:
+    asyncio.run(memory_matches_python(entry, positions, fee))
 
 
 @pytest.mark.parametrize("fee", [-0.01, 1.0, float("nan")])
@@ -525,7 +611,9 @@ async def test_crash_recovery_resumes_from_the_exact_stop(
         assert await recovered.reconcile() == 5
         after = [await recovered.get(position_id) for position_id in range(1, 6)]
         assert after == before
-        assert (await saved_rows(second_db))[3] == as_row(before[2])  # type: ignore[arg-type]
+        third = before[2]
+        assert third is not None
+        assert (await saved_rows(second_db))[3] == as_row(third)
     finally:
         await second_db.close()
         await second_redis.aclose()

@@ -1,0 +1,142 @@
+"""The account service against a real SQLite database: the rules it holds itself (the
+plan in force and its position limit, reactivation, settings checked before they are
+saved, refunds through the call it is handed)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from lunara import accounts, payments
+from lunara.accounts import AccountService
+from lunara.crypto import KeyRing
+from lunara.plans import PLAN_PERIOD_S, PLANS, PlanName
+from lunara.services import TradingError
+from lunara.storage import users
+from lunara.storage.database import InvalidValue, open_database
+
+NOW = 1_800_000_000.0
+TRADER = 424242
+PRO = PLANS[PlanName.PRO]
+FREE = PLANS[PlanName.FREE]
+
+
+def no_keyring() -> KeyRing:
+    raise AssertionError("these tests store no keys")
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
+    connection = await open_database(tmp_path / "lunara.db")
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def service(db: aiosqlite.Connection) -> AccountService:
+    return AccountService(db, no_keyring, clock=lambda: NOW)
+
+
+async def test_start_registers_a_newcomer_and_reactivates_one_who_blocked_the_bot(
+    db: aiosqlite.Connection, service: AccountService
+) -> None:
+    newcomer = await service.start(TRADER, "trader")
+    assert newcomer.active
+    await users.set_active(db, TRADER, False)
+    back = await service.start(TRADER, "trader")
+    assert back.active
+    stored = await users.get(db, TRADER)
+    assert stored is not None
+    assert stored.active
+
+
+async def test_set_active_changes_a_known_user_and_reports_a_stranger(
+    db: aiosqlite.Connection, service: AccountService
+) -> None:
+    await service.register(TRADER, None)
+    assert await service.set_active(TRADER, False)
+    stored = await users.get(db, TRADER)
+    assert stored is not None
+    assert not stored.active
+    assert not await service.set_active(TRADER + 1, False)
+    assert await users.get(db, TRADER + 1) is None
+
+
+async def test_the_position_limit_is_the_plan_in_force(
+    db: aiosqlite.Connection, service: AccountService
+) -> None:
+    await service.register(TRADER, None)
+    pro = await users.set_plan(db, TRADER, PlanName.PRO.value, NOW + PLAN_PERIOD_S)
+    assert service.plan_of(pro) == PRO
+    assert service.position_limit(pro, PRO.max_open_positions - 1) is None
+    assert service.position_limit(pro, PRO.max_open_positions) == PRO
+
+
+async def test_a_lapsed_plan_limits_positions_as_the_free_plan(
+    db: aiosqlite.Connection, service: AccountService
+) -> None:
+    await service.register(TRADER, None)
+    lapsed = await users.set_plan(db, TRADER, PlanName.PRO.value, NOW)
+    assert service.plan_of(lapsed) == FREE
+    assert service.position_limit(lapsed, FREE.max_open_positions) == FREE
+    assert accounts.position_limit_reached(FREE, FREE.max_open_positions)
+    assert not accounts.position_limit_reached(FREE, FREE.max_open_positions - 1)
+
+
+async def test_new_symbols_are_checked_before_they_are_saved(
+    db: aiosqlite.Connection, service: AccountService
+) -> None:
+    await service.register(TRADER, None)
+    asked: list[Sequence[str]] = []
+
+    async def refuse(symbols: Sequence[str]) -> None:
+        asked.append(symbols)
+        raise TradingError("Binance does not list NOPEUSDT")
+
+    with pytest.raises(TradingError, match="NOPEUSDT"):
+        await service.update_settings(TRADER, {"symbols": "btcusdt,nopeusdt"}, refuse)
+    assert asked == [("BTCUSDT", "NOPEUSDT")]
+    assert (await service.settings(TRADER)).symbols == ()
+
+
+async def test_settings_without_symbols_ask_the_exchange_nothing(
+    service: AccountService,
+) -> None:
+    await service.register(TRADER, None)
+
+    async def must_not_ask(symbols: Sequence[str]) -> None:
+        raise AssertionError(f"asked about {symbols}")
+
+    saved = await service.update_settings(TRADER, {"stake_usdt": "25"}, must_not_ask)
+    assert str(saved.stake_usdt) == "25"
+    with pytest.raises(InvalidValue):
+        await service.update_settings(TRADER, {"stoploss": "lots"}, must_not_ask)
+    assert await service.settings(TRADER) == saved
+
+
+async def test_a_refund_calls_telegram_once_and_takes_the_plan_back(
+    db: aiosqlite.Connection, service: AccountService
+) -> None:
+    await service.register(TRADER, None)
+    payload = payments.invoice_payload(PRO, TRADER)
+    await service.record_payment(
+        TRADER, payload, "charge-1", PRO.price_stars, currency=payments.STARS
+    )
+    calls: list[tuple[int, str]] = []
+
+    async def refund(user_id: int, charge_id: str) -> None:
+        calls.append((user_id, charge_id))
+
+    first, payment = await service.refund_payment(refund, "charge-1")
+    again, _ = await service.refund_payment(refund, "charge-1")
+    assert (first, again) == (accounts.Refund.REFUNDED, accounts.Refund.ALREADY)
+    assert calls == [(TRADER, "charge-1")]
+    assert payment.refunded_at is not None
+    user = await users.get(db, TRADER)
+    assert user is not None
+    assert service.plan_of(user) == FREE
