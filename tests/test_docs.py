@@ -83,3 +83,36 @@ def test_every_cli_command_has_a_row_in_the_cli_reference() -> None:
         and not any(f"`{name} " in row or f"/ `{name}" in row for row in reference.splitlines())
     ]
     assert missing == []
+
+
+def _layout_paths(readme: str) -> set[str]:
+    """The module paths the README's Layout tree names: a line's indentation (two spaces
+    a level) places its first word under the nearest directory above it."""
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    paths: set[str] = set()
+    parents: list[tuple[int, str]] = []  # (indentation, directory) from the root down
+    for line in block.splitlines():
+        word = line.strip().split(" ", 1)[0] if line.strip() else ""
+        if not (word.endswith("/") or word.endswith(".py")):
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        while parents and parents[-1][0] >= indent:
+            parents.pop()
+        path = "".join(directory for _, directory in parents) + word
+        if word.endswith("/"):
+            parents.append((indent, word))
+        else:
+            paths.add(path)
+    return paths
+
+
+def test_the_readme_layout_lists_every_module_and_only_those() -> None:
+    modules = {
+        str(path.relative_to(ROOT))
+        for package in ("blueprint", "lunara")
+        for path in (ROOT / package).rglob("*.py")
+        if path.name not in {"__init__.py", "__main__.py"}
+    }
+    listed = _layout_paths((ROOT / "README.md").read_text())
+    assert sorted(modules - listed) == [], "modules missing from the README's Layout"
+    assert sorted(listed - modules) == [], "the README's Layout names modules that are gone"
