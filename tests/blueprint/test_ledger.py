@@ -232,6 +232,8 @@ def test_the_read_only_view_never_rebuilds_writes_or_waits_for_the_lock(home: Pa
         assert holder.stdin is not None
         holder.stdin.close()
         holder.wait(timeout=10)
+        assert holder.stdout is not None
+        holder.stdout.close()
     assert read.document == LedgerDocument(NAME)
     assert read.recovered is not None
     assert "corrupt" in read.recovered
