@@ -20,6 +20,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ import pytest
 from lunara.storage import outbox as outbox_store
 from lunara.storage import users
 from lunara.storage.database import open_database
+from tests import waiting
 from tests.fakes.telegram_api import FakeTelegram
 from tests.lunara.telegram.conftest import ADMIN, TOKEN, write_manifest
 
@@ -60,12 +62,8 @@ def duplicates(
 TEXT = "Maintenance tonight at 22:00 UTC"
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.005)
+# Polled often: the kill tests aim their SIGKILLs at a count of messages delivered.
+wait_until = partial(waiting.wait_until, poll_s=0.005)
 
 
 class Bot:
