@@ -15,6 +15,7 @@ import aiosqlite
 from lunara.crypto import KeyRing
 from lunara.storage import users
 from lunara.storage.database import InvalidValue, StorageError, now_s, transaction
+from lunara.storage.rows import RowCodec, fetch_one
 
 FINGERPRINT_LENGTH = 4
 MIN_LENGTH = 8
@@ -53,6 +54,9 @@ def _check_secret(name: str, value: str) -> str:
     if any(not (c.isascii() and c.isprintable()) or c.isspace() for c in cleaned):
         raise InvalidValue(name, "must be printable ASCII without spaces")
     return cleaned
+
+
+_INFOS = RowCodec(CredentialInfo)
 
 
 def _record_name(user_id: int, exchange: str, part: str) -> str:
@@ -103,20 +107,11 @@ async def store(
 async def info(
     connection: aiosqlite.Connection, user_id: int, exchange: Exchange
 ) -> CredentialInfo | None:
-    async with connection.execute(
+    return await _INFOS.one(
+        connection,
         "SELECT user_id, exchange, key_fingerprint, created_at, updated_at "
         "FROM exchange_credentials WHERE user_id = ? AND exchange = ?",
         (user_id, Exchange(exchange).value),
-    ) as cursor:
-        row = await cursor.fetchone()
-    if row is None:
-        return None
-    return CredentialInfo(
-        user_id=int(row["user_id"]),
-        exchange=Exchange(row["exchange"]),
-        key_fingerprint=row["key_fingerprint"],
-        created_at=float(row["created_at"]),
-        updated_at=float(row["updated_at"]),
     )
 
 
@@ -128,12 +123,12 @@ async def load(
     Raises lunara.crypto.KeyMismatch if the record was encrypted with an unknown key.
     """
     exchange = Exchange(exchange)
-    async with connection.execute(
+    row = await fetch_one(
+        connection,
         "SELECT api_key_encrypted, api_secret_encrypted FROM exchange_credentials "
         "WHERE user_id = ? AND exchange = ?",
         (user_id, exchange.value),
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
     if row is None:
         return None
     return ApiCredentials(
@@ -162,11 +157,10 @@ async def rotate_all(connection: aiosqlite.Connection, keyring: KeyRing) -> int:
     decrypted, KeyMismatch names it and nothing is changed.
     """
     async with transaction(connection):
-        async with connection.execute(
+        rows = await connection.execute_fetchall(
             "SELECT user_id, exchange, api_key_encrypted, api_secret_encrypted "
             "FROM exchange_credentials ORDER BY user_id, exchange"
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         updates = [
             (
                 keyring.rotate(

@@ -11,12 +11,12 @@ from __future__ import annotations
 import aiosqlite
 
 from lunara.storage.database import SchemaError
+from lunara.storage.rows import fetch_one
 
 
 async def deployment_id(db: aiosqlite.Connection) -> str:
     """The id migration 7 made for this database (32 hex digits)."""
-    async with db.execute("SELECT deployment_id FROM deployment WHERE singleton = 1") as cursor:
-        row = await cursor.fetchone()
+    row = await fetch_one(db, "SELECT deployment_id FROM deployment WHERE singleton = 1")
     if row is None:
         raise SchemaError("the database has no deployment id (its deployment table is empty)")
     return str(row[0])

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 import aiosqlite
 
 from lunara.storage.database import now_s, transaction
+from lunara.storage.rows import fetch_one
 
 KEEP_S = 2 * 24 * 3600.0
 STARTED = "started"
@@ -72,11 +73,11 @@ async def begin(
     not taken before), or None if it was answered already (skip it)."""
     taken_at = now_s() if now is None else now
     async with transaction(db):
-        async with db.execute(
+        row = await fetch_one(
+            db,
             "SELECT state, handled_at FROM handled_commands WHERE chat_id = ? AND message_id = ?",
             (chat_id, message_id),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         if row is not None:
             return None if str(row[0]) == ANSWERED else float(row[1])
         await db.execute(
@@ -99,12 +100,12 @@ async def finish(db: aiosqlite.Connection, chat_id: int, message_id: int) -> Non
 async def unfinished(db: aiosqlite.Connection, taken_before: float | None = None) -> list[str]:
     """Updates of commands taken but not answered (before `taken_before`), oldest first."""
     cutoff = now_s() if taken_before is None else taken_before
-    async with db.execute(
+    rows = await db.execute_fetchall(
         "SELECT update_json FROM handled_commands WHERE state = ? AND update_json IS NOT NULL"
         " AND handled_at <= ? ORDER BY handled_at",
         (STARTED, cutoff),
-    ) as cursor:
-        return [str(row[0]) for row in await cursor.fetchall()]
+    )
+    return [str(row[0]) for row in rows]
 
 
 async def prune(db: aiosqlite.Connection, now: float | None = None) -> int:

@@ -18,15 +18,14 @@ from lunara.storage import users
 from lunara.storage.checks import check_exit_reason, check_positive, check_symbol
 from lunara.storage.database import (
     InvalidValue,
-    RecordNotFound,
     StateConflict,
     StorageError,
     decimal_to_text,
     now_s,
-    optional_decimal,
     text_to_decimal,
     transaction,
 )
+from lunara.storage.rows import RowCodec, required
 from lunara.trading.model import (
     ORDER_TRANSITIONS,
     UNSETTLED_ORDER_STATUSES,
@@ -70,29 +69,7 @@ def _check_client_order_id(client_order_id: str) -> str:
     return client_order_id
 
 
-def _row_to_order(row: aiosqlite.Row) -> Order:
-    return Order(
-        client_order_id=row["client_order_id"],
-        user_id=int(row["user_id"]),
-        position_id=row["position_id"],
-        symbol=row["symbol"],
-        side=OrderSide(row["side"]),
-        quantity=text_to_decimal(row["quantity"]),
-        status=OrderStatus(row["status"]),
-        exchange_order_id=row["exchange_order_id"],
-        fill_price=optional_decimal(row["fill_price"]),
-        fee=optional_decimal(row["fee"]),
-        created_at=float(row["created_at"]),
-        updated_at=float(row["updated_at"]),
-        error=row["error"],
-        fees=_fees_from_text(row["fees"]),
-        expired=bool(row["expired"]),
-        settled=bool(row["settled"]),
-        exit_reason=row["exit_reason"],
-    )
-
-
-def _fees_from_text(raw: str | None) -> dict[str, Decimal]:
+def _fees_from_text(raw: str) -> dict[str, Decimal]:
     if not raw:
         return {}
     return {str(asset): text_to_decimal(str(amount)) for asset, amount in json.loads(raw).items()}
@@ -102,12 +79,13 @@ def _fees_to_text(fees: dict[str, Decimal]) -> str:
     return json.dumps({asset: decimal_to_text(amount) for asset, amount in sorted(fees.items())})
 
 
+_ORDERS = RowCodec(Order, fees=_fees_from_text)
+
+
 async def get_order(connection: aiosqlite.Connection, client_order_id: str) -> Order | None:
-    async with connection.execute(
-        "SELECT * FROM orders WHERE client_order_id = ?", (client_order_id,)
-    ) as cursor:
-        row = await cursor.fetchone()
-    return None if row is None else _row_to_order(row)
+    return await _ORDERS.one(
+        connection, "SELECT * FROM orders WHERE client_order_id = ?", (client_order_id,)
+    )
 
 
 async def record_pending_order(
@@ -154,10 +132,9 @@ async def record_pending_order(
 
 
 async def _require_order(connection: aiosqlite.Connection, client_order_id: str) -> Order:
-    order = await get_order(connection, client_order_id)
-    if order is None:
-        raise RecordNotFound(f"order {client_order_id} is not recorded")
-    return order
+    return required(
+        await get_order(connection, client_order_id), f"order {client_order_id} is not recorded"
+    )
 
 
 async def _transition(
@@ -283,17 +260,14 @@ async def link_order_to_position(
 async def list_unsettled_orders(connection: aiosqlite.Connection) -> list[Order]:
     """Orders whose outcome is not known yet, oldest first: the start-up reconciliation list."""
     placeholders = ", ".join("?" for _ in UNSETTLED_ORDER_STATUSES)
-    async with connection.execute(
+    return await _ORDERS.all(
+        connection,
         f"SELECT * FROM orders WHERE status IN ({placeholders}) ORDER BY created_at",
         tuple(status.value for status in UNSETTLED_ORDER_STATUSES),
-    ) as cursor:
-        rows = await cursor.fetchall()
-    return [_row_to_order(row) for row in rows]
+    )
 
 
 async def orders_of_position(connection: aiosqlite.Connection, position_id: int) -> list[Order]:
-    async with connection.execute(
-        "SELECT * FROM orders WHERE position_id = ? ORDER BY created_at", (position_id,)
-    ) as cursor:
-        rows = await cursor.fetchall()
-    return [_row_to_order(row) for row in rows]
+    return await _ORDERS.all(
+        connection, "SELECT * FROM orders WHERE position_id = ? ORDER BY created_at", (position_id,)
+    )

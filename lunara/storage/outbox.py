@@ -32,6 +32,7 @@ from enum import IntEnum, StrEnum
 import aiosqlite
 
 from lunara.storage.database import now_s, transaction
+from lunara.storage.rows import RowCodec, fetch_one
 
 KEEP_S = 2 * 24 * 3600.0
 
@@ -81,6 +82,9 @@ class Queued:
     thread_id: int | None = None
 
 
+_QUEUED = RowCodec(Queued)
+
+
 @dataclass(frozen=True)
 class BroadcastStart:
     id: int
@@ -127,29 +131,24 @@ async def heads(db: aiosqlite.Connection, now: float, limit: int) -> list[Queued
     A chat is held until the latest `not_before` of its queued rows: an answer queued
     after Telegram told the chat to wait (in this run or an earlier one) waits with it,
     rather than going ahead at once and being refused again."""
-    async with db.execute(
-        "SELECT o.id, o.chat_id, o.priority, COALESCE(o.text, b.text), o.invoice, o.reply_to,"
-        " o.broadcast_id, o.attempts, o.thread_id FROM ("
+    return await _QUEUED.all(
+        db,
+        "SELECT o.id, o.chat_id, o.priority, COALESCE(o.text, b.text) AS text, o.invoice,"
+        " o.reply_to, o.broadcast_id, o.attempts, o.thread_id FROM ("
         "  SELECT *, ROW_NUMBER() OVER (PARTITION BY chat_id ORDER BY priority, id) AS place,"
         "   MAX(not_before) OVER (PARTITION BY chat_id) AS held_until"
         "  FROM outbox WHERE state = 'queued'"
         ") AS o LEFT JOIN broadcasts AS b ON b.id = o.broadcast_id"
         " WHERE o.place = 1 AND o.held_until <= ? ORDER BY o.priority, o.id LIMIT ?",
         (now, limit),
-    ) as cursor:
-        rows = await cursor.fetchall()
-    return [
-        Queued(int(r[0]), int(r[1]), Priority(int(r[2])), r[3], r[4], r[5], r[6], int(r[7]), r[8])
-        for r in rows
-    ]
+    )
 
 
 async def next_due(db: aiosqlite.Connection) -> float | None:
     """When the earliest postponed row may go (None: nothing queued is postponed)."""
-    async with db.execute(
-        "SELECT MIN(not_before) FROM outbox WHERE state = 'queued' AND not_before > 0"
-    ) as cursor:
-        row = await cursor.fetchone()
+    row = await fetch_one(
+        db, "SELECT MIN(not_before) FROM outbox WHERE state = 'queued' AND not_before > 0"
+    )
     return None if row is None or row[0] is None else float(row[0])
 
 
@@ -200,11 +199,11 @@ async def start_broadcast(
     a broadcast that command started already is returned as it is."""
     at = now_s() if now is None else now
     async with transaction(db):
-        async with db.execute(
+        known = await fetch_one(
+            db,
             "SELECT id, recipients FROM broadcasts WHERE chat_id = ? AND message_id = ?",
             (chat_id, message_id),
-        ) as cursor:
-            known = await cursor.fetchone()
+        )
         if known is not None:
             return BroadcastStart(int(known[0]), int(known[1]), new=False)
         cursor = await db.execute(
@@ -232,25 +231,26 @@ async def finish_broadcast(
     """Once every recipient's row of a broadcast has been tried, close it and return its
     tally (once: None afterwards, and None while some recipient was not tried yet)."""
     async with transaction(db):
-        async with db.execute(
+        broadcast = await fetch_one(
+            db,
             "SELECT chat_id, message_id FROM broadcasts WHERE id = ? AND finished_at IS NULL",
             (broadcast_id,),
-        ) as cursor:
-            broadcast = await cursor.fetchone()
+        )
         if broadcast is None:
             return None
-        async with db.execute(
+        untried = await fetch_one(
+            db,
             "SELECT 1 FROM outbox WHERE broadcast_id = ? AND state = 'queued' AND attempts = 0"
             " LIMIT 1",
             (broadcast_id,),
-        ) as cursor:
-            if await cursor.fetchone() is not None:
-                return None  # someone not tried yet
-        async with db.execute(
+        )
+        if untried is not None:
+            return None  # someone not tried yet
+        rows = await db.execute_fetchall(
             "SELECT state, COUNT(*) FROM outbox WHERE broadcast_id = ? GROUP BY state",
             (broadcast_id,),
-        ) as cursor:
-            counts = {str(row[0]): int(row[1]) for row in await cursor.fetchall()}
+        )
+        counts = {str(row[0]): int(row[1]) for row in rows}
         await db.execute(
             "UPDATE broadcasts SET finished_at = ? WHERE id = ?",
             (now_s() if now is None else now, broadcast_id),
@@ -268,8 +268,7 @@ async def finish_broadcast(
 
 async def counts(db: aiosqlite.Connection) -> dict[str, int]:
     """How many rows are in each state (for metrics and benchmarks)."""
-    async with db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state") as cursor:
-        rows = await cursor.fetchall()
+    rows = await db.execute_fetchall("SELECT state, COUNT(*) FROM outbox GROUP BY state")
     found = {state.value: 0 for state in State}
     found.update({str(row[0]): int(row[1]) for row in rows})
     return found

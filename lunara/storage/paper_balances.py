@@ -19,6 +19,7 @@ from lunara.storage.database import (
     text_to_decimal,
     transaction,
 )
+from lunara.storage.rows import fetch_one
 
 ASSET_PATTERN = re.compile(r"^[A-Z0-9]{2,12}$")
 
@@ -34,19 +35,18 @@ def _check_asset(asset: str) -> str:
 
 
 async def paper_balances(connection: aiosqlite.Connection, user_id: int) -> dict[str, Decimal]:
-    async with connection.execute(
+    rows = await connection.execute_fetchall(
         "SELECT asset, free FROM paper_balances WHERE user_id = ? ORDER BY asset", (user_id,)
-    ) as cursor:
-        rows = await cursor.fetchall()
+    )
     return {row["asset"]: text_to_decimal(row["free"]) for row in rows}
 
 
 async def paper_balance(connection: aiosqlite.Connection, user_id: int, asset: str) -> Decimal:
-    async with connection.execute(
+    row = await fetch_one(
+        connection,
         "SELECT free FROM paper_balances WHERE user_id = ? AND asset = ?",
         (user_id, _check_asset(asset)),
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
     return Decimal(0) if row is None else text_to_decimal(row["free"])
 
 

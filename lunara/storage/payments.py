@@ -21,6 +21,7 @@ from lunara.storage.database import (
     now_s,
     transaction,
 )
+from lunara.storage.rows import RowCodec, required
 from lunara.storage.users import FREE_PLAN, User
 
 TELEGRAM_STARS = "XTR"
@@ -56,38 +57,24 @@ class PaymentOutcome:
     changed: bool
 
 
-def _row_to_payment(row: aiosqlite.Row) -> Payment:
-    return Payment(
-        charge_id=row["charge_id"],
-        user_id=int(row["user_id"]),
-        plan=row["plan"],
-        amount_stars=int(row["amount_stars"]),
-        currency=row["currency"],
-        period_s=int(row["period_s"]),
-        status=PaymentStatus(row["status"]),
-        paid_at=float(row["paid_at"]),
-        refunded_at=row["refunded_at"],
-    )
+_PAYMENTS = RowCodec(Payment)
 
 
 async def get(connection: aiosqlite.Connection, charge_id: str) -> Payment | None:
-    async with connection.execute(
-        "SELECT * FROM payments WHERE charge_id = ?", (charge_id,)
-    ) as cursor:
-        row = await cursor.fetchone()
-    return None if row is None else _row_to_payment(row)
+    return await _PAYMENTS.one(
+        connection, "SELECT * FROM payments WHERE charge_id = ?", (charge_id,)
+    )
 
 
 async def list_by_user(
     connection: aiosqlite.Connection, user_id: int, *, limit: int = 50
 ) -> list[Payment]:
     """A trader's payments, newest first."""
-    async with connection.execute(
+    return await _PAYMENTS.all(
+        connection,
         "SELECT * FROM payments WHERE user_id = ? ORDER BY paid_at DESC LIMIT ?",
         (user_id, limit),
-    ) as cursor:
-        rows = await cursor.fetchall()
-    return [_row_to_payment(row) for row in rows]
+    )
 
 
 async def record(
@@ -155,9 +142,7 @@ async def refund(
     """Mark a payment refunded and take back the period it bought; a second call changes nothing."""
     at = now_s() if now is None else now
     async with transaction(connection):
-        payment = await get(connection, charge_id)
-        if payment is None:
-            raise RecordNotFound(f"payment {charge_id} is not recorded")
+        payment = required(await get(connection, charge_id), f"payment {charge_id} is not recorded")
         user = await users.require(connection, payment.user_id)
         if payment.status is PaymentStatus.REFUNDED:
             return PaymentOutcome(payment, user, changed=False)

@@ -21,10 +21,9 @@ from lunara.storage.database import (
     StorageError,
     decimal_to_text,
     now_s,
-    optional_decimal,
-    text_to_decimal,
     transaction,
 )
+from lunara.storage.rows import RowCodec, required
 from lunara.trading.model import PositionStatus
 
 
@@ -65,34 +64,14 @@ class TrailingStopRecord:
     updated_at: float
 
 
-def _row_to_position(row: aiosqlite.Row) -> Position:
-    return Position(
-        id=int(row["id"]),
-        user_id=int(row["user_id"]),
-        symbol=row["symbol"],
-        quantity=text_to_decimal(row["quantity"]),
-        entry_price=text_to_decimal(row["entry_price"]),
-        status=PositionStatus(row["status"]),
-        opened_at=float(row["opened_at"]),
-        closed_at=row["closed_at"],
-        exit_price=optional_decimal(row["exit_price"]),
-        exit_reason=row["exit_reason"],
-        entry_client_order_id=row["entry_client_order_id"],
-        exit_client_order_id=row["exit_client_order_id"],
-        entry_cost=optional_decimal(row["entry_cost"]),
-        sold_quantity=optional_decimal(row["sold_quantity"]) or Decimal(0),
-        exit_proceeds=optional_decimal(row["exit_proceeds"]) or Decimal(0),
-        residue_quantity=optional_decimal(row["residue_quantity"]),
-        realized_pnl=optional_decimal(row["realized_pnl"]),
-    )
+_POSITIONS = RowCodec(Position)
+_TRAILING_STOPS = RowCodec(TrailingStopRecord)
 
 
 async def _positions(
     connection: aiosqlite.Connection, where: str, parameters: tuple[object, ...]
 ) -> list[Position]:
-    async with connection.execute(f"SELECT * FROM positions WHERE {where}", parameters) as cursor:
-        rows = await cursor.fetchall()
-    return [_row_to_position(row) for row in rows]
+    return await _POSITIONS.all(connection, f"SELECT * FROM positions WHERE {where}", parameters)
 
 
 async def get(connection: aiosqlite.Connection, position_id: int) -> Position | None:
@@ -212,9 +191,9 @@ async def record_partial_exit(
     """
     check_positive("sold", sold)
     async with transaction(connection):
-        position = await get(connection, position_id)
-        if position is None:
-            raise RecordNotFound(f"position {position_id} does not exist")
+        position = required(
+            await get(connection, position_id), f"position {position_id} does not exist"
+        )
         if position.status is not PositionStatus.OPEN:
             raise StateConflict(f"position {position_id} is already closed")
         if sold >= position.quantity:
@@ -299,33 +278,18 @@ async def save_trailing_stop(
     return record
 
 
-def _row_to_trailing_stop(row: aiosqlite.Row) -> TrailingStopRecord:
-    return TrailingStopRecord(
-        position_id=int(row["position_id"]),
-        user_id=int(row["user_id"]),
-        symbol=row["symbol"],
-        entry_price=float(row["entry_price"]),
-        peak_price=float(row["peak_price"]),
-        stop_price=float(row["stop_price"]),
-        activated=bool(row["activated"]),
-        updated_at=float(row["updated_at"]),
-    )
-
-
 async def get_trailing_stop(
     connection: aiosqlite.Connection, position_id: int
 ) -> TrailingStopRecord | None:
-    async with connection.execute(
-        "SELECT * FROM trailing_stops WHERE position_id = ?", (position_id,)
-    ) as cursor:
-        row = await cursor.fetchone()
-    return None if row is None else _row_to_trailing_stop(row)
+    return await _TRAILING_STOPS.one(
+        connection, "SELECT * FROM trailing_stops WHERE position_id = ?", (position_id,)
+    )
 
 
 async def list_trailing_stops(connection: aiosqlite.Connection) -> list[TrailingStopRecord]:
-    async with connection.execute("SELECT * FROM trailing_stops ORDER BY position_id") as cursor:
-        rows = await cursor.fetchall()
-    return [_row_to_trailing_stop(row) for row in rows]
+    return await _TRAILING_STOPS.all(
+        connection, "SELECT * FROM trailing_stops ORDER BY position_id"
+    )
 
 
 async def delete_trailing_stop(connection: aiosqlite.Connection, position_id: int) -> bool:

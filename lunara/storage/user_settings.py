@@ -28,9 +28,9 @@ from lunara.storage.database import (
     InvalidValue,
     decimal_to_text,
     now_s,
-    text_to_decimal,
     transaction,
 )
+from lunara.storage.rows import RowCodec
 
 MAX_STAKE_USDT = Decimal("1000000")
 MAX_DECIMAL_PLACES = 8
@@ -165,29 +165,20 @@ def validate(settings: UserSettings) -> UserSettings:
     return settings
 
 
-def _row_to_settings(row: aiosqlite.Row) -> UserSettings:
-    symbols = row["symbols"]
-    return UserSettings(
-        user_id=int(row["user_id"]),
-        stake_usdt=text_to_decimal(row["stake_usdt"]),
-        symbols=tuple(symbols.split(",")) if symbols else (),
-        trailing_stop=bool(row["trailing_stop"]),
-        trailing_stop_positive=row["trailing_stop_positive"],
-        trailing_stop_positive_offset=float(row["trailing_stop_positive_offset"]),
-        trailing_only_offset_is_reached=bool(row["trailing_only_offset_is_reached"]),
-        stoploss=float(row["stoploss"]),
-        auto_mode=bool(row["auto_mode"]),
-        updated_at=float(row["updated_at"]),
-    )
+def _symbols_from_text(symbols: str) -> tuple[str, ...]:
+    return tuple(symbols.split(",")) if symbols else ()
+
+
+_SETTINGS = RowCodec(UserSettings, symbols=_symbols_from_text)
+_FLAG_VALUES = RowCodec(FlagValue)
 
 
 async def get(connection: aiosqlite.Connection, user_id: int) -> UserSettings:
     """The trader's settings; the defaults if they never changed any."""
-    async with connection.execute(
-        "SELECT * FROM user_settings WHERE user_id = ?", (user_id,)
-    ) as cursor:
-        row = await cursor.fetchone()
-    return UserSettings(user_id=user_id) if row is None else _row_to_settings(row)
+    settings = await _SETTINGS.one(
+        connection, "SELECT * FROM user_settings WHERE user_id = ?", (user_id,)
+    )
+    return UserSettings(user_id=user_id) if settings is None else settings
 
 
 async def save(
@@ -261,13 +252,11 @@ def _coerce(name: str, value: object) -> object:
 
 
 async def get_bot_flag(connection: aiosqlite.Connection, flag: BotFlag) -> FlagValue | None:
-    async with connection.execute(
-        "SELECT value, updated_at, updated_by FROM bot_flags WHERE key = ?", (BotFlag(flag).value,)
-    ) as cursor:
-        row = await cursor.fetchone()
-    if row is None:
-        return None
-    return FlagValue(row["value"], float(row["updated_at"]), row["updated_by"])
+    return await _FLAG_VALUES.one(
+        connection,
+        "SELECT value, updated_at, updated_by FROM bot_flags WHERE key = ?",
+        (BotFlag(flag).value,),
+    )
 
 
 async def set_bot_flag(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from lunara.storage.database import InvalidValue, RecordNotFound, now_s, transaction
+from lunara.storage.rows import RowCodec, fetch_one, required
 
 FREE_PLAN = "free"
 PLAN_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -91,32 +92,17 @@ def check_plan(plan: str) -> str:
     return plan
 
 
-def _row_to_user(row: aiosqlite.Row) -> User:
-    return User(
-        telegram_id=int(row["telegram_id"]),
-        username=row["username"],
-        role_hint=row["role_hint"],
-        plan=row["plan"],
-        plan_expires_at=row["plan_expires_at"],
-        active=bool(row["active"]),
-        created_at=float(row["created_at"]),
-        last_seen_at=row["last_seen_at"],
-    )
+_USERS = RowCodec(User)
 
 
 async def get(connection: aiosqlite.Connection, telegram_id: int) -> User | None:
-    async with connection.execute(
-        f"SELECT {_COLUMNS} FROM users WHERE telegram_id = ?", (telegram_id,)
-    ) as cursor:
-        row = await cursor.fetchone()
-    return None if row is None else _row_to_user(row)
+    return await _USERS.one(
+        connection, f"SELECT {_COLUMNS} FROM users WHERE telegram_id = ?", (telegram_id,)
+    )
 
 
 async def require(connection: aiosqlite.Connection, telegram_id: int) -> User:
-    user = await get(connection, telegram_id)
-    if user is None:
-        raise RecordNotFound(f"user {telegram_id} is not registered")
-    return user
+    return required(await get(connection, telegram_id), f"user {telegram_id} is not registered")
 
 
 async def register(
@@ -154,15 +140,14 @@ async def list_page(
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidValue("limit", f"must be between 1 and {MAX_PAGE}")
     where, parameters = ("", ()) if active is None else (" WHERE active = ?", (int(active),))
-    async with connection.execute(f"SELECT COUNT(*) FROM users{where}", parameters) as cursor:
-        row = await cursor.fetchone()
+    row = await fetch_one(connection, f"SELECT COUNT(*) FROM users{where}", parameters)
     total = int(row[0]) if row is not None else 0
-    async with connection.execute(
+    page = await _USERS.all(
+        connection,
         f"SELECT {_COLUMNS} FROM users{where} ORDER BY created_at, telegram_id LIMIT ? OFFSET ?",
         (*parameters, limit, offset),
-    ) as cursor:
-        rows = await cursor.fetchall()
-    return UserPage([_row_to_user(r) for r in rows], total, offset, limit)
+    )
+    return UserPage(page, total, offset, limit)
 
 
 async def set_active(connection: aiosqlite.Connection, telegram_id: int, active: bool) -> User:
@@ -198,14 +183,13 @@ async def expired_untold(
 ) -> list[User]:
     """Active users whose paid plan has ended by `now` and who were not told of that
     end yet (oldest end first)."""
-    async with connection.execute(
+    return await _USERS.all(
+        connection,
         f"SELECT {_COLUMNS} FROM users WHERE plan != ? AND plan_expires_at <= ? AND active = 1"
         " AND (plan_expiry_told IS NULL OR plan_expiry_told != plan_expires_at)"
         " ORDER BY plan_expires_at, telegram_id LIMIT ?",
         (FREE_PLAN, now, limit),
-    ) as cursor:
-        rows = await cursor.fetchall()
-    return [_row_to_user(row) for row in rows]
+    )
 
 
 async def mark_expiry_told(
@@ -257,11 +241,11 @@ async def usage(connection: aiosqlite.Connection, user_id: int, kind: str, day: 
 
 
 async def _usage(connection: aiosqlite.Connection, user_id: int, kind: str, day: str) -> int:
-    async with connection.execute(
+    row = await fetch_one(
+        connection,
         "SELECT count FROM usage_counters WHERE user_id = ? AND kind = ? AND day = ?",
         (user_id, kind, day),
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
     return 0 if row is None else int(row[0])
 
 
