@@ -221,27 +221,29 @@ async def mark_order_settled(connection: aiosqlite.Connection, client_order_id: 
 
 
 async def mark_order_rejected(
-    connection: aiosqlite.Connection,
-    client_order_id: str,
-    error: str,
-    *,
-    now: float | None = None,
+    connection: aiosqlite.Connection, client_order_id: str, error: str, *, now: float | None = None
 ) -> Order:
-    return await _transition(
-        connection, client_order_id, OrderStatus.REJECTED, now, error=error[:MAX_ERROR_LENGTH]
-    )
+    """The exchange refused the order, or it was never placed: it will not fill."""
+    return await _mark_with_error(connection, client_order_id, OrderStatus.REJECTED, error, now)
 
 
 async def mark_order_unknown(
-    connection: aiosqlite.Connection,
-    client_order_id: str,
-    error: str,
-    *,
-    now: float | None = None,
+    connection: aiosqlite.Connection, client_order_id: str, error: str, *, now: float | None = None
 ) -> Order:
     """The exchange's answer was lost (timeout, disconnect): resolve later by asking it."""
+    return await _mark_with_error(connection, client_order_id, OrderStatus.UNKNOWN, error, now)
+
+
+async def _mark_with_error(
+    connection: aiosqlite.Connection,
+    client_order_id: str,
+    status: OrderStatus,
+    error: str,
+    now: float | None,
+) -> Order:
+    """A transition that records why (the error kept to `MAX_ERROR_LENGTH` characters)."""
     return await _transition(
-        connection, client_order_id, OrderStatus.UNKNOWN, now, error=error[:MAX_ERROR_LENGTH]
+        connection, client_order_id, status, now, error=error[:MAX_ERROR_LENGTH]
     )
 
 
