@@ -51,6 +51,20 @@ def finite_seconds(value: float | None) -> float | None:
     return value
 
 
+def seconds_option(flag: str, help_text: str) -> Any:
+    """A duration option: no negative, `nan` or `inf` seconds."""
+    return typer.Option(flag, min=0, callback=finite_seconds, help=help_text)
+
+
+def wait_option(whose: str) -> Any:
+    """`--wait` of the commands that start a bot, which waits for `whose` first beat."""
+    return seconds_option(
+        "--wait",
+        f"Block until {whose} first heartbeat; exit 6 when it refuses its configuration, "
+        "7 on timeout or early death.",
+    )
+
+
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Machine-readable output (stable schema).")
 ]
@@ -161,16 +175,7 @@ def lifecycle(
 @app.command()
 def start(
     ctx: typer.Context,
-    wait: Annotated[
-        float | None,
-        typer.Option(
-            "--wait",
-            min=0,
-            callback=finite_seconds,
-            help="Block until the bot's first heartbeat; exit 6 when it refuses its "
-            "configuration, 7 on timeout or early death.",
-        ),
-    ] = None,
+    wait: Annotated[float | None, wait_option("the bot's")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Start the watchdog and the bot (does nothing if already running).
@@ -188,12 +193,7 @@ def stop(
     ctx: typer.Context,
     timeout: Annotated[
         float | None,
-        typer.Option(
-            "--timeout",
-            min=0,
-            callback=finite_seconds,
-            help="Seconds to wait for a graceful stop (default: manifest).",
-        ),
+        seconds_option("--timeout", "Seconds to wait for a graceful stop (default: manifest)."),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -235,16 +235,7 @@ def stop_remotely(options: Options, timeout: float | None, as_json: bool) -> int
 @app.command()
 def restart(
     ctx: typer.Context,
-    wait: Annotated[
-        float | None,
-        typer.Option(
-            "--wait",
-            min=0,
-            callback=finite_seconds,
-            help="Block until the new bot's first heartbeat; exit 6 when it refuses its "
-            "configuration, 7 on timeout or early death.",
-        ),
-    ] = None,
+    wait: Annotated[float | None, wait_option("the new bot's")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Stop, then start."""

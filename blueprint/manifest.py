@@ -17,14 +17,15 @@ import math
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from blueprint.errors import ConfigError
-from blueprint.jsonvalues import is_number, kind_of
+from blueprint.jsonvalues import is_int, is_number, kind_of
 from blueprint.locations import DEFAULT_MANIFEST
 from blueprint.locations import MANIFEST_ENV as MANIFEST_ENV
 from blueprint.units import MIB
@@ -41,6 +42,7 @@ _LOGIN = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?")
 _TELEGRAM_ID = re.compile(r"[1-9][0-9]{0,19}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_:@.$*-]+")
+_Built = TypeVar("_Built")
 
 
 class Permission(StrEnum):
@@ -408,6 +410,17 @@ class _Problems:
                 self.add(_path(*where, key), f"unknown field (allowed: {', '.join(allowed)})")
 
 
+def _unless_missing(build: Callable[..., _Built], **parts: object) -> _Built | None:
+    """`build(**parts)`, or None when a part is None.
+
+    A validator returns None for a part once it has recorded that part's problem, so
+    whatever holds the part is left unbuilt too, and the problems are all that is said.
+    """
+    if any(part is None for part in parts.values()):
+        return None
+    return build(**parts)
+
+
 def _positive_number(
     mapping: Mapping[str, Any], key: str, default: float, problems: _Problems, *where: str
 ) -> float | None:
@@ -435,9 +448,7 @@ def _validate_document(
             problems.add(key, "missing")
 
     version = document.get("version")
-    if "version" in document and (
-        not isinstance(version, int) or isinstance(version, bool) or version != SUPPORTED_VERSION
-    ):
+    if "version" in document and (not is_int(version) or version != SUPPORTED_VERSION):
         problems.add("version", f"must be {SUPPORTED_VERSION}")
 
     name = document.get("name")
@@ -460,11 +471,10 @@ def _validate_document(
     defaults = _validate_defaults(document.get("defaults", {}), raw_roles, problems)
     control = _validate_control(document.get("control", {}), problems)
 
-    if problems.items or program is None or roles is None or principals is None:
+    if problems.items:
         return None
-    if defaults is None or control is None or not isinstance(name, str):
-        return None
-    return Manifest(
+    return _unless_missing(
+        partial(Manifest, source=source),  # no source is no problem: a manifest from text
         version=SUPPORTED_VERSION,
         name=name,
         program=program,
@@ -472,7 +482,6 @@ def _validate_document(
         principals=principals,
         defaults=defaults,
         control=control,
-        source=source,
     )
 
 
@@ -533,11 +542,8 @@ def _validate_program(value: object, problems: _Problems) -> ProgramSpec | None:
     restart = _validate_restart(value.get("restart", {}), problems)
     environment = _validate_environment(value.get("environment", []), problems)
 
-    if command is None or stop_timeout is None or memory is None or heartbeat is None:
-        return None
-    if restart is None or environment is None:
-        return None
-    return ProgramSpec(
+    return _unless_missing(
+        ProgramSpec,
         command=command,
         stop_timeout_s=stop_timeout,
         restart=restart,
@@ -581,7 +587,7 @@ def _validate_restart(value: object, problems: _Problems) -> RestartPolicy | Non
     max_restarts: int | None = defaults.max_restarts
     if "max_restarts" in value:
         raw = value["max_restarts"]
-        if not isinstance(raw, int) or isinstance(raw, bool) or raw < 1:
+        if not is_int(raw) or raw < 1:
             problems.add(_path(*where, "max_restarts"), "must be an integer >= 1")
             max_restarts = None
         else:
@@ -590,11 +596,8 @@ def _validate_restart(value: object, problems: _Problems) -> RestartPolicy | Non
     if initial is not None and maximum is not None and initial > maximum:
         problems.add(_path(*where, "backoff_initial_s"), f"must be <= backoff_max_s ({maximum:g})")
         return None
-    if initial is None or maximum is None or window is None or healthy is None:
-        return None
-    if max_restarts is None:
-        return None
-    return RestartPolicy(
+    return _unless_missing(
+        RestartPolicy,
         backoff_initial_s=initial,
         backoff_max_s=maximum,
         max_restarts=max_restarts,

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from blueprint.errors import ConfigError
+from blueprint.jsonvalues import is_int
 from blueprint.units import MIB
 
 if TYPE_CHECKING:
@@ -357,7 +358,7 @@ class RedisMirror:
         if document is None:
             return
         revision = document.get("revision")
-        if not isinstance(revision, int) or isinstance(revision, bool):
+        if not is_int(revision):
             self._pending_ledger = None  # not a ledger revision: nothing worth mirroring
             return
         payload = json.dumps(document, default=str)
@@ -422,7 +423,7 @@ def _revision_of(raw: object) -> int | None:
     except (ValueError, RecursionError):
         return None
     revision = data.get("revision") if isinstance(data, dict) else None
-    return revision if isinstance(revision, int) and not isinstance(revision, bool) else None
+    return revision if is_int(revision) else None
 
 
 def _read_complete_lines(path: Path, offset: int) -> tuple[int, list[bytes]] | None:

@@ -13,7 +13,6 @@ instance lease until the old bot's expires; see `lunara.instance`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from blueprint.process import find_process
+from blueprint.trust import try_exclusive_lock
 
 if TYPE_CHECKING:
     from blueprint.paths import HomePaths
@@ -107,13 +107,7 @@ def waiting_standby(paths: HomePaths) -> StandbyRecord | None:
 def try_home_lock(paths: HomePaths) -> int | None:
     """The home's supervisor lock (`watchdog.lock`) if it is free, else None."""
     paths.ensure()
-    descriptor = os.open(paths.watchdog_lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        return None
-    return descriptor
+    return try_exclusive_lock(paths.watchdog_lock)
 
 
 def wait_for_home(paths: HomePaths, log: Callable[[str], None]) -> int | None:

@@ -16,6 +16,7 @@ Files written under the home are opened with `O_NOFOLLOW` (`open_private`,
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 from pathlib import Path
@@ -101,6 +102,19 @@ def check_trusted_directory(path: Path, what: str, uid: int | None = None) -> No
 def open_private(path: Path, flags: int, mode: int = FILE_MODE) -> int:
     """`os.open` that never follows a symlink at `path` (ELOOP instead)."""
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+
+def try_exclusive_lock(path: Path) -> int | None:
+    """A descriptor holding an exclusive `flock` on the file at `path` (made private if
+    missing, never through a symlink), or None while another holds it. Closing the
+    descriptor, or the holder's death, frees it."""
+    descriptor = open_private(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return None
+    return descriptor
 
 
 def replace_private(path: Path, data: bytes, *, durable: bool = False) -> None:

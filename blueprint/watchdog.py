@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import signal
 import subprocess
@@ -59,7 +58,7 @@ from blueprint.process import (
     reap_children,
     tree_rss_bytes,
 )
-from blueprint.trust import open_private
+from blueprint.trust import try_exclusive_lock
 from blueprint.units import MIB
 
 if TYPE_CHECKING:
@@ -296,14 +295,8 @@ class Watchdog:
         if self._lock_fd is not None:
             return True
         self.paths.ensure()
-        descriptor = open_private(self.paths.watchdog_lock, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(descriptor)
-            return False
-        self._lock_fd = descriptor
-        return True
+        self._lock_fd = try_exclusive_lock(self.paths.watchdog_lock)
+        return self._lock_fd is not None
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import secrets
@@ -46,6 +45,7 @@ from redis.exceptions import RedisError
 
 from blueprint.errors import BlueprintError, ConfigError
 from blueprint.mirror import MirrorKeys
+from blueprint.trust import try_exclusive_lock
 
 logger = logging.getLogger(__name__)
 
@@ -195,14 +195,8 @@ class HomeLock:
         return self._fd is not None
 
     def try_take(self) -> bool:
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(descriptor)
-            return False
-        self._fd = descriptor
-        return True
+        self._fd = try_exclusive_lock(self.path)
+        return self._fd is not None
 
     def release(self) -> None:
         if self._fd is not None:

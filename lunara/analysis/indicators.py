@@ -21,6 +21,7 @@ outputs are allocated at full length.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import numpy as np
 from numpy.typing import NDArray
@@ -53,12 +54,31 @@ def _wilder_decay(period: int) -> float:
     return (period - 1) / period
 
 
-def _blocks_for(count: int) -> int:
-    return count // BLOCK if count >= _LOOP_BELOW else 0
+def _blocks_for(count: int) -> tuple[int, int]:
+    """How many whole blocks of `count` values the block kernel takes, and how many
+    values they hold; the plain loop does the rest (all of a short run)."""
+    blocks = count // BLOCK if count >= _LOOP_BELOW else 0
+    return blocks, blocks * BLOCK
 
 
 def _segments(blocks: int) -> range:
     return range(0, blocks, SEGMENT_BLOCKS)
+
+
+def _segment_rows(blocks: int) -> Iterator[slice]:
+    """The rows of each segment of a (blocks, BLOCK) array, in order."""
+    return (slice(first, first + SEGMENT_BLOCKS) for first in _segments(blocks))
+
+
+def _in_blocks(blocks: int, *arrays: FloatArray) -> tuple[FloatArray, ...]:
+    """The first `blocks` whole blocks of each array as a (blocks, BLOCK) view: what is
+    written to a view lands in its array."""
+    return tuple(values[: blocks * BLOCK].reshape(blocks, BLOCK) for values in arrays)
+
+
+def _scratch(blocks: int, width: int = BLOCK) -> FloatArray:
+    """Working rows for the largest segment of `blocks` blocks."""
+    return np.empty((min(blocks, SEGMENT_BLOCKS), width))
 
 
 def _loop(values: FloatArray, decay: float, gain: float, start: float, out: FloatArray) -> float:
@@ -112,15 +132,12 @@ def _recurrence(
     values: FloatArray, decay: float, gain: float, start: float, out: FloatArray
 ) -> None:
     """out[i] = decay * out[i-1] + gain * values[i], with out[-1] = start."""
-    blocks = _blocks_for(len(values))
-    bulk = blocks * BLOCK
+    blocks, bulk = _blocks_for(len(values))
     recursion = _Recursion(decay, gain, start)
     if blocks:
-        inputs = values[:bulk].reshape(blocks, BLOCK)
-        body = out[:bulk].reshape(blocks, BLOCK)
-        scratch = np.empty((min(blocks, SEGMENT_BLOCKS), BLOCK))
-        for first in _segments(blocks):
-            part = slice(first, first + SEGMENT_BLOCKS)
+        inputs, body = _in_blocks(blocks, values, out)
+        scratch = _scratch(blocks)
+        for part in _segment_rows(blocks):
             buffer = scratch[: len(inputs[part])]
             np.copyto(buffer, inputs[part])
             recursion.run(buffer, body[part])
@@ -171,19 +188,15 @@ def macd(
     line[lookback] = raw_head[-1]
     signal_line[lookback] = signal_ema.value
     start = lookback + 1
-    blocks = _blocks_for(count - start)
-    bulk = blocks * BLOCK
+    blocks, bulk = _blocks_for(count - start)
     if blocks:
-        shape = (blocks, BLOCK)
-        inputs = close[start : start + bulk].reshape(shape)
-        lines = line[start : start + bulk].reshape(shape)
-        signals = signal_line[start : start + bulk].reshape(shape)
+        inputs, lines, signals = _in_blocks(
+            blocks, close[start:], line[start:], signal_line[start:]
+        )
         kernel = fast_ema.kernel - slow_ema.kernel
         carry_weights = np.stack([fast_ema.carry_weights, -slow_ema.carry_weights])
-        rows = min(blocks, SEGMENT_BLOCKS)
-        carried_scratch, line_scratch = np.empty((rows, 2)), np.empty((rows, BLOCK))
-        for segment in _segments(blocks):
-            part = slice(segment, segment + SEGMENT_BLOCKS)
+        carried_scratch, line_scratch = _scratch(blocks, 2), _scratch(blocks)
+        for part in _segment_rows(blocks):
             closes = inputs[part]
             length = len(closes)
             carried, raw = carried_scratch[:length], line_scratch[:length]
@@ -222,17 +235,13 @@ def rsi(close: FloatArray, period: int = 14) -> FloatArray:
     moves = _Recursion(decay, 1.0 / period, float(np.mean(np.abs(head))))
     out[period] = gains.value / moves.value if moves.value != 0 else 0.0
     current, previous = close[period + 1 :], close[period:-1]
-    blocks = _blocks_for(len(current))
-    bulk = blocks * BLOCK
+    blocks, bulk = _blocks_for(len(current))
     if blocks:
-        shape = (blocks, BLOCK)
-        current_blocks = current[:bulk].reshape(shape)
-        previous_blocks = previous[:bulk].reshape(shape)
-        body = out[period + 1 : period + 1 + bulk].reshape(shape)
-        size = (min(blocks, SEGMENT_BLOCKS), BLOCK)
-        change_scratch, gain_scratch, move_scratch = np.empty(size), np.empty(size), np.empty(size)
-        for start in _segments(blocks):
-            part = slice(start, start + SEGMENT_BLOCKS)
+        current_blocks, previous_blocks, body = _in_blocks(
+            blocks, current, previous, out[period + 1 :]
+        )
+        change_scratch, gain_scratch, move_scratch = (_scratch(blocks) for _ in range(3))
+        for part in _segment_rows(blocks):
             length = len(body[part])
             change, gain, move = (
                 change_scratch[:length],
@@ -284,18 +293,13 @@ def atr(high: FloatArray, low: FloatArray, close: FloatArray, period: int = 14) 
     smooth = _Recursion(decay, gain, float(np.mean(head[1:])))
     out[period] = smooth.value
     start = period + 1
-    blocks = _blocks_for(count - start)
-    bulk = blocks * BLOCK
+    blocks, bulk = _blocks_for(count - start)
     if blocks:
-        shape = (blocks, BLOCK)
-        highs = high[start : start + bulk].reshape(shape)
-        lows = low[start : start + bulk].reshape(shape)
-        previous = close[start - 1 : start - 1 + bulk].reshape(shape)
-        body = out[start : start + bulk].reshape(shape)
-        size = (min(blocks, SEGMENT_BLOCKS), BLOCK)
-        range_scratch, low_scratch = np.empty(size), np.empty(size)
-        for first in _segments(blocks):
-            part = slice(first, first + SEGMENT_BLOCKS)
+        highs, lows, previous, body = _in_blocks(
+            blocks, high[start:], low[start:], close[start - 1 :], out[start:]
+        )
+        range_scratch, low_scratch = _scratch(blocks), _scratch(blocks)
+        for part in _segment_rows(blocks):
             length = len(body[part])
             ranges, floor = range_scratch[:length], low_scratch[:length]
             np.maximum(highs[part], previous[part], out=ranges)

@@ -11,36 +11,16 @@ import math
 from collections import deque
 
 
-class StreamingEMA:
-    """EMA seeded with the SMA of the first `period` values."""
+class _SeededSmoothing:
+    """value = decay * value + gain * sample, seeded with the plain mean of the first
+    `period` samples."""
 
-    __slots__ = ("_alpha", "_count", "_seed_sum", "period", "value")
+    __slots__ = ("_count", "_decay", "_gain", "_seed_sum", "period", "value")
 
-    def __init__(self, period: int) -> None:
+    def __init__(self, period: int, decay: float, gain: float) -> None:
         self.period = period
-        self._alpha = 2.0 / (period + 1)
-        self._count = 0
-        self._seed_sum = 0.0
-        self.value: float | None = None
-
-    def update(self, price: float) -> float | None:
-        self._count += 1
-        if self.value is None:
-            self._seed_sum += price
-            if self._count == self.period:
-                self.value = self._seed_sum / self.period
-            return self.value
-        self.value = (1.0 - self._alpha) * self.value + self._alpha * price
-        return self.value
-
-
-class StreamingWilder:
-    """Wilder smoothing seeded with the plain mean of the first `period` values."""
-
-    __slots__ = ("_count", "_seed_sum", "period", "value")
-
-    def __init__(self, period: int) -> None:
-        self.period = period
+        self._decay = decay
+        self._gain = gain
         self._count = 0
         self._seed_sum = 0.0
         self.value: float | None = None
@@ -52,8 +32,27 @@ class StreamingWilder:
             if self._count == self.period:
                 self.value = self._seed_sum / self.period
             return self.value
-        self.value = (self.period - 1) / self.period * self.value + (1.0 / self.period) * sample
+        self.value = self._decay * self.value + self._gain * sample
         return self.value
+
+
+class StreamingEMA(_SeededSmoothing):
+    """EMA seeded with the SMA of the first `period` values."""
+
+    __slots__ = ()
+
+    def __init__(self, period: int) -> None:
+        alpha = 2.0 / (period + 1)
+        super().__init__(period, 1.0 - alpha, alpha)
+
+
+class StreamingWilder(_SeededSmoothing):
+    """Wilder smoothing seeded with the plain mean of the first `period` values."""
+
+    __slots__ = ()
+
+    def __init__(self, period: int) -> None:
+        super().__init__(period, (period - 1) / period, 1.0 / period)
 
 
 class StreamingRSI:

@@ -49,7 +49,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
@@ -289,25 +289,21 @@ class _Book:
     """Index of this symbol's next candle."""
 
 
+class RunOptions(TypedDict, total=False):
+    """The options of `run_portfolio`, for what passes them on; its defaults apply."""
+
+    stake: float
+    fee_rate: float
+    params: AnalyzerParams | None
+    stops: TrailingParams
+    progress: Callable[[int, int], None] | None
+
+
 def run_backtest(
-    symbol: str,
-    candles: Sequence[CandleLike],
-    *,
-    stake: float = 100.0,
-    fee_rate: float = 0.001,
-    params: AnalyzerParams | None = None,
-    stops: TrailingParams = DEFAULT_STOPS,
-    progress: Callable[[int, int], None] | None = None,
+    symbol: str, candles: Sequence[CandleLike], **options: Unpack[RunOptions]
 ) -> BacktestResult:
     """One symbol's backtest over candle objects."""
-    return run_portfolio(
-        {symbol: CandleArrays.of(candles)},
-        stake=stake,
-        fee_rate=fee_rate,
-        params=params,
-        stops=stops,
-        progress=progress,
-    )
+    return run_portfolio({symbol: CandleArrays.of(candles)}, **options)
 
 
 # One pass over every candle of every symbol: the loop is kept whole, since a function

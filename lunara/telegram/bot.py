@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiosqlite
-from telegram import ChatMemberUpdated, LabeledPrice, Message, ReplyParameters, Update
+from telegram import ChatMemberUpdated, LabeledPrice, Message, ReplyParameters, Update, User
 from telegram.constants import ChatMemberStatus, ChatType
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import (
@@ -274,17 +274,25 @@ class TelegramBot:
 
     # -- handlers -----------------------------------------------------------------------
 
-    async def _on_command(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
-        command = command_of(update, self._username())
+    async def _answer_once(
+        self,
+        update: Update,
+        found: tuple[Message, User] | None,
+        answer: Callable[[Message, int, float], Awaitable[list[Outgoing]]],
+    ) -> None:
+        """Answer a person's message through the inbox, once however often it comes:
+        `found` is the message and its sender, None when it is not one for us."""
         entry = self.inbox.entry_of(update)
-        if command is None or entry is None:
+        if found is None or entry is None:
             return
-        message, sender = command
-        text = message.text or ""
+        message, sender = found
         self.updates_handled += 1
         await self.inbox.answer_once(
-            update, entry, lambda taken_at: self._answer_command(message, sender.id, text, taken_at)
+            update, entry, lambda taken_at: answer(message, sender.id, taken_at)
         )
+
+    async def _on_command(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        await self._answer_once(update, command_of(update, self._username()), self._answer_command)
 
     def _slow_down(self, message: Message) -> list[Outgoing]:
         return messages(
@@ -309,8 +317,9 @@ class TelegramBot:
         return self._slow_down(message) if admission is Admission.SLOW_DOWN else []
 
     async def _answer_command(
-        self, message: Message, sender_id: int, text: str, taken_at: float
+        self, message: Message, sender_id: int, taken_at: float
     ) -> list[Outgoing]:
+        text = message.text or ""
         name = command_name(text)
         command = COMMANDS.get(name)
         reply_to = message.message_id
@@ -369,34 +378,20 @@ class TelegramBot:
         return outgoing
 
     async def _on_text(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
-        plain = plain_text_of(update)
-        entry = self.inbox.entry_of(update)
-        if plain is None or entry is None:
-            return
-        message, sender = plain
-        self.updates_handled += 1
-        await self.inbox.answer_once(
-            update, entry, lambda _taken_at: self._hint(message, sender.id)
-        )
+        await self._answer_once(update, plain_text_of(update), self._hint)
 
-    async def _hint(self, message: Message, sender_id: int) -> list[Outgoing]:
+    async def _hint(self, message: Message, sender_id: int, _taken_at: float) -> list[Outgoing]:
         refused = await self._refused_by_rate(message, sender_id, None)
         if refused is not None:
             return refused
         return messages(message.chat_id, HINT, message.message_id)
 
     async def _on_edit(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
-        edit = edit_of(update, self._username())
-        entry = self.inbox.entry_of(update)
-        if edit is None or entry is None:
-            return
-        message, sender = edit
-        self.updates_handled += 1
-        await self.inbox.answer_once(
-            update, entry, lambda _taken_at: self._answer_edit(message, sender.id)
-        )
+        await self._answer_once(update, edit_of(update, self._username()), self._answer_edit)
 
-    async def _answer_edit(self, message: Message, sender_id: int) -> list[Outgoing]:
+    async def _answer_edit(
+        self, message: Message, sender_id: int, _taken_at: float
+    ) -> list[Outgoing]:
         """An edit is never run (the command as first sent was answered, or not, already;
         running the edit too would trade twice): the user is told to send it again. One
         that now carries keys is deleted and the keys are to be revoked."""

@@ -8,7 +8,7 @@ usage — is the `COMMANDS` table at the bottom, the one place a command is decl
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -72,12 +72,13 @@ class CommandContext:
     async def invoice(self, plan: plan_book.Plan) -> None:
         self.invoices.append(plan.name.value)
 
+    async def reply_lines(self, *lines: str | None) -> None:
+        """Reply with one line a part; a None part is left out."""
+        await self.reply(fmt.lines(*lines))
+
     async def usage(self, reason: str | None = None) -> None:
-        await self.reply(
-            fmt.lines(
-                fmt.escape(reason) if reason else None,
-                f"Usage: {fmt.code(self.command.usage)}",
-            )
+        await self.reply_lines(
+            fmt.escape(reason) if reason else None, f"Usage: {fmt.code(self.command.usage)}"
         )
 
 
@@ -91,24 +92,36 @@ async def _user(ctx: CommandContext) -> User:
     return await ctx.deps.accounts.register(ctx.user_id, ctx.username)
 
 
+async def _reply_table(
+    ctx: CommandContext,
+    title: str,
+    header: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    empty: str,
+) -> None:
+    """A titled table of the rows, or the `empty` sentence when there are none."""
+    if not rows:
+        await ctx.reply(empty)
+        return
+    await ctx.reply_lines(f"<b>{fmt.escape(title)}</b>", fmt.table([header, *rows]))
+
+
 # -- everyone ---------------------------------------------------------------------------
 
 
 async def start(ctx: CommandContext) -> None:
     user = await ctx.deps.accounts.start(ctx.user_id, ctx.username)
-    await ctx.reply(
-        fmt.lines(
-            f"Welcome to Lunara, {fmt.escape(user.username or ctx.user_id)}.",
-            f"Mode: {fmt.bold(ctx.deps.settings.mode.value)} trading.",
-            "Send /help to see what you can do.",
-        )
+    await ctx.reply_lines(
+        f"Welcome to Lunara, {fmt.escape(user.username or ctx.user_id)}.",
+        f"Mode: {fmt.bold(ctx.deps.settings.mode.value)} trading.",
+        "Send /help to see what you can do.",
     )
 
 
 async def help_command(ctx: CommandContext) -> None:
     available = [c for c in COMMANDS.values() if ctx.deps.guard.may(ctx.user_id, c.permission)]
     rows = [f"{fmt.code(c.usage)} — {fmt.escape(c.description)}" for c in available]
-    await ctx.reply(fmt.lines("<b>Commands you can use</b>", *rows))
+    await ctx.reply_lines("<b>Commands you can use</b>", *rows)
 
 
 async def status(ctx: CommandContext) -> None:
@@ -120,31 +133,23 @@ async def status(ctx: CommandContext) -> None:
         else "-"
     )
     paused = await ctx.deps.trading.is_paused()
-    await ctx.reply(
-        fmt.lines(
-            f"Plan: {fmt.bold(plan.title)} (until {fmt.escape(expires)})",
-            f"Mode: {fmt.escape(ctx.deps.settings.mode.value)}",
-            f"Trading: {'paused by an admin' if paused else 'active'}",
-        )
+    await ctx.reply_lines(
+        f"Plan: {fmt.bold(plan.title)} (until {fmt.escape(expires)})",
+        f"Mode: {fmt.escape(ctx.deps.settings.mode.value)}",
+        f"Trading: {'paused by an admin' if paused else 'active'}",
     )
 
 
 async def balance(ctx: CommandContext) -> None:
     await _user(ctx)
     balances = await ctx.deps.trading.balances(ctx.user_id)
-    if not balances:
-        await ctx.reply("No balances yet.")
-        return
     rows = [(b.asset, f"{b.free.normalize():f}", f"{b.locked.normalize():f}") for b in balances]
-    await ctx.reply(fmt.lines("<b>Balances</b>", fmt.table([("asset", "free", "locked"), *rows])))
+    await _reply_table(ctx, "Balances", ("asset", "free", "locked"), rows, "No balances yet.")
 
 
 async def positions(ctx: CommandContext) -> None:
     await _user(ctx)
     open_positions = await ctx.deps.trading.positions(ctx.user_id)
-    if not open_positions:
-        await ctx.reply("No open positions.")
-        return
     rows = [
         (
             p.symbol,
@@ -157,7 +162,7 @@ async def positions(ctx: CommandContext) -> None:
         for p in open_positions
     ]
     header = ("symbol", "qty", "entry", "now", "stop", "p/l")
-    await ctx.reply(fmt.lines("<b>Open positions</b>", fmt.table([header, *rows])))
+    await _reply_table(ctx, "Open positions", header, rows, "No open positions.")
 
 
 async def buy(ctx: CommandContext) -> None:
@@ -190,12 +195,10 @@ async def sell(ctx: CommandContext) -> None:
     if not results:
         await ctx.reply(f"No open {fmt.escape(symbol)} position.")
         return
-    await ctx.reply(
-        fmt.lines(
-            *(
-                f"Sold {fmt.escape(r.quantity)} {fmt.escape(r.symbol)} at {fmt.escape(r.price)}."
-                for r in results
-            )
+    await ctx.reply_lines(
+        *(
+            f"Sold {fmt.escape(r.quantity)} {fmt.escape(r.symbol)} at {fmt.escape(r.price)}."
+            for r in results
         )
     )
 
@@ -214,13 +217,11 @@ async def analyze(ctx: CommandContext) -> None:
         if view.ai_commentary
         else (f"<i>{fmt.escape(view.ai_note)}</i>" if view.ai_note else None)
     )
-    await ctx.reply(
-        fmt.lines(
-            f"<b>{fmt.escape(view.symbol)}</b>",
-            fmt.table(rows),
-            f"Symptoms: {fmt.escape(symptoms)}",
-            commentary,
-        )
+    await ctx.reply_lines(
+        f"<b>{fmt.escape(view.symbol)}</b>",
+        fmt.table(rows),
+        f"Symptoms: {fmt.escape(symptoms)}",
+        commentary,
     )
 
 
@@ -253,7 +254,7 @@ async def settings_command(ctx: CommandContext) -> None:
         ),
         ("auto_mode", "on" if current.auto_mode else "off"),
     ]
-    await ctx.reply(fmt.lines("<b>Your settings</b>", fmt.table(rows)))
+    await ctx.reply_lines("<b>Your settings</b>", fmt.table(rows))
 
 
 async def setkeys(ctx: CommandContext) -> None:
@@ -285,7 +286,7 @@ async def plans(ctx: CommandContext) -> None:
         )
         for p in plan_book.PLANS.values()
     ]
-    await ctx.reply(fmt.lines("<b>Plans</b>", fmt.table(rows), "Subscribe with /subscribe PLAN"))
+    await ctx.reply_lines("<b>Plans</b>", fmt.table(rows), "Subscribe with /subscribe PLAN")
 
 
 async def subscribe(ctx: CommandContext) -> None:
@@ -307,11 +308,9 @@ async def users_command(ctx: CommandContext) -> None:
     rows = [
         (u.telegram_id, u.username or "-", u.plan, "yes" if u.active else "no") for u in page.users
     ]
-    await ctx.reply(
-        fmt.lines(
-            f"<b>Users</b> ({page.total})",
-            fmt.table([("id", "username", "plan", "active"), *rows]),
-        )
+    await ctx.reply_lines(
+        f"<b>Users</b> ({page.total})",
+        fmt.table([("id", "username", "plan", "active"), *rows]),
     )
 
 
@@ -324,12 +323,10 @@ async def user_command(ctx: CommandContext) -> None:
         return
     open_positions = await ctx.deps.trading.positions(user_id)
     role = ctx.deps.guard.manifest.role_of(ctx.deps.guard.principal(user_id)) or "none"
-    await ctx.reply(
-        fmt.lines(
-            f"<b>User {user.telegram_id}</b> {fmt.escape(user.username or '')}",
-            f"Role: {fmt.escape(role)}; plan: {fmt.escape(user.plan)}; active: {user.active}",
-            f"Open positions: {len(open_positions)}",
-        )
+    await ctx.reply_lines(
+        f"<b>User {user.telegram_id}</b> {fmt.escape(user.username or '')}",
+        f"Role: {fmt.escape(role)}; plan: {fmt.escape(user.plan)}; active: {user.active}",
+        f"Open positions: {len(open_positions)}",
     )
 
 
@@ -368,13 +365,11 @@ async def botstatus(ctx: CommandContext) -> None:
     document = LedgerView(ctx.deps.paths, ctx.deps.guard.manifest.name).read().document
     last = document.last_exit
     engine = await ctx.deps.trading.engine_status()
-    await ctx.reply(
-        fmt.lines(
-            f"State: {fmt.bold(document.state.value)}; restarts: {document.restarts}",
-            f"Started: {fmt.escape(document.started_at or '-')} by {fmt.escape(document.started_by or '-')}",
-            f"Last exit: {fmt.escape(last.reason) if last else '-'}",
-            f"Engine: {fmt.escape(', '.join(f'{k}={v}' for k, v in engine.items()))}",
-        )
+    await ctx.reply_lines(
+        f"State: {fmt.bold(document.state.value)}; restarts: {document.restarts}",
+        f"Started: {fmt.escape(document.started_at or '-')} by {fmt.escape(document.started_by or '-')}",
+        f"Last exit: {fmt.escape(last.reason) if last else '-'}",
+        f"Engine: {fmt.escape(', '.join(f'{k}={v}' for k, v in engine.items()))}",
     )
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from blueprint.trust import open_private
+from blueprint.trust import try_exclusive_lock
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -70,14 +70,8 @@ class PollLease:
     async def _try_once(self) -> bool:
         if self.redis is not None:
             return bool(await self.redis.set(self.key, self._owner, nx=True, px=LEASE_TTL_MS))
-        descriptor = open_private(self.path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(descriptor)
-            return False
-        self._fd = descriptor
-        return True
+        self._fd = try_exclusive_lock(self.path)
+        return self._fd is not None
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         redis_down = False
