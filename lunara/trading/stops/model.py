@@ -15,7 +15,9 @@ CHECKPOINT_INTERVAL_S = 5.0
 """The executor checkpoints at least this often: SQLite lags Redis by at most 5 s."""
 
 STORE_NAME = "lunara"
-"""The name the engine gives its stop store (``lunara.app.open_trading``)."""
+"""The name of a deployment run without a manifest: a store's stops live in Redis under
+its deployment's name (the manifest's ``name``, ``lunara.app.serve``), so deployments
+sharing one Redis never share a stop."""
 
 
 class CorruptStopState(ValueError):
