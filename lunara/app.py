@@ -146,6 +146,7 @@ def build_market(settings: Settings, gateway: BinanceGateway | None, seed: int =
 async def open_trading(
     settings: Settings,
     *,
+    name: str | None = None,
     db: aiosqlite.Connection | None = None,
     redis: Redis | None = None,
     notifier: Notifier | None = None,
@@ -165,11 +166,14 @@ async def open_trading(
     Gemini watches marked by the clients built here.
     ``lease``: the instance lease this bot holds (``lunara.instance``); every order
     placement and Redis stop write is fenced by it.
+    ``name``: the deployment's (its manifest's ``name``, the lease's; ``STORE_NAME`` when
+    not given): its trailing stops live in Redis under ``lunara:<name>:stop:``, apart
+    from every other deployment's sharing that Redis.
     """
     exits = contextlib.AsyncExitStack()
     try:
         runtime = await _wire_trading(
-            settings, exits, db, redis, notifier, seed, dependencies or Dependencies(), lease
+            settings, name, exits, db, redis, notifier, seed, dependencies or Dependencies(), lease
         )
     except BaseException:
         # A refused configuration (a bad replay file, a missing key) closes what was
@@ -182,6 +186,7 @@ async def open_trading(
 
 async def _wire_trading(
     settings: Settings,
+    name: str | None,
     exits: contextlib.AsyncExitStack,
     db: aiosqlite.Connection | None,
     redis: Redis | None,
@@ -205,7 +210,7 @@ async def _wire_trading(
     if redis is None:
         redis = open_redis(settings, exits)
     fence = None if lease is None else lease.fence
-    stops = make_stop_store(name=STORE_NAME, db=db, redis=redis, fence=fence)
+    stops = make_stop_store(name=name or STORE_NAME, db=db, redis=redis, fence=fence)
     board.redis.configured = redis is not None
     # The exchange is a dependency whenever Binance is asked: live trading, or its prices.
     needs_binance = settings.mode is Mode.LIVE or settings.market.kind is MarketKind.BINANCE
@@ -264,6 +269,7 @@ async def build_services(
     *,
     db: aiosqlite.Connection,
     manifest: Manifest | None,
+    name: str,
     redis: Redis | None = None,
     lease: InstanceLease | None = None,
 ) -> list[Service]:
@@ -272,11 +278,12 @@ async def build_services(
     notices of plans that ended; it authorizes against `manifest`, which is then
     loaded). What they open is closed by `exits`, also when a part refuses its
     configuration (a bad replay file, manifest or key): the process must exit, or the
-    watchdog never learns that the bot refused."""
+    watchdog never learns that the bot refused. ``name``: the deployment's (the
+    lease's), under which its trailing stops live in Redis."""
     from lunara.plan_expiry import PlanExpiryNotices
     from lunara.telegram.polling import TelegramService
 
-    trading = await open_trading(settings, db=db, redis=redis, lease=lease)
+    trading = await open_trading(settings, name=name, db=db, redis=redis, lease=lease)
     push_close(exits, "trading", trading.aclose)
     services: list[Service] = [trading.runner]
     telegram = None
@@ -417,8 +424,9 @@ async def serve(settings: Settings, paths: HomePaths) -> int:
     manifest = None
     if settings.telegram_bot_token is not None or manifest_path.exists():
         manifest = load_manifest(manifest_path)
-    # A bot run by hand without a manifest (and without Telegram, which needs one) is the
-    # deployment of the default name, the one its stop keys live under.
+    # The deployment's name keys its lease and its trailing stops in Redis. A bot run by
+    # hand without a manifest (and without Telegram, which needs one) is the deployment
+    # of the default name.
     name = STORE_NAME if manifest is None else manifest.name
     async with contextlib.AsyncExitStack() as exits:
         db = await open_database(paths.database)
@@ -439,7 +447,7 @@ async def serve(settings: Settings, paths: HomePaths) -> int:
         ended: list[BlueprintError] = []
         keeper = LeaseKeeper(lease, ended.append)
         services = await build_services(
-            settings, paths, exits, db=db, manifest=manifest, redis=redis, lease=lease
+            settings, paths, exits, db=db, manifest=manifest, name=name, redis=redis, lease=lease
         )
         code = await run_services([*services, keeper], paths)
     if ended:

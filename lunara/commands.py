@@ -96,7 +96,9 @@ def backup(
 
         settings = settings_of(session)
         warnings: list[str] = []
-        live = None if settings.redis_url is None else _live_stops(settings.redis_url, warnings)
+        live: LiveStops | None = None
+        if settings.redis_url is not None:
+            live = _live_stops(settings.redis_url, session.manifest.name, warnings)
         if keep is None:
             summary = backup_database(settings.paths.database, path, live_stops=live)
             pruned: list[Path] = []
@@ -113,9 +115,10 @@ def backup(
     guarded(ctx, Permission.BACKUP, "backup", body)
 
 
-def _live_stops(redis_url: str, warnings: list[str]) -> LiveStops:
-    """Reads Redis's trailing stops for a backup; Redis down leaves the SQLite checkpoint
-    (at most 5 s older) in the backup, with a warning, rather than no backup at all."""
+def _live_stops(redis_url: str, name: str, warnings: list[str]) -> LiveStops:
+    """Reads the trailing stops Redis holds for the deployment `name` for a backup; Redis
+    down leaves the SQLite checkpoint (at most 5 s older) in the backup, with a warning,
+    rather than no backup at all."""
 
     async def read() -> Mapping[int, TrackedStop]:
         from redis.exceptions import RedisError
@@ -124,7 +127,7 @@ def _live_stops(redis_url: str, warnings: list[str]) -> LiveStops:
 
         redis = _redis_client(redis_url)
         try:
-            return await read_live_stops(redis)
+            return await read_live_stops(redis, name=name)
         except (RedisError, OSError) as error:
             warnings.append(
                 f"Redis is unreachable ({type(error).__name__}): the backup holds the "
@@ -137,14 +140,15 @@ def _live_stops(redis_url: str, warnings: list[str]) -> LiveStops:
     return read
 
 
-async def _clear_live_stops(redis_url: str) -> int:
+async def _clear_live_stops(redis_url: str, name: str) -> int:
+    """Deletes the deployment `name`'s trailing stops from Redis, and no other's."""
     from redis.exceptions import RedisError
 
     from lunara.trading.stops import clear_live_stops
 
     redis = _redis_client(redis_url)
     try:
-        return await clear_live_stops(redis)
+        return await clear_live_stops(redis, name=name)
     except (RedisError, OSError) as error:
         raise BlueprintError(
             f"Redis is unreachable ({type(error).__name__}): nothing was restored. Its "
@@ -172,8 +176,10 @@ def restore(
 
     Only the backup's rows are restored, into Lunara's own schema; a file holding
     anything else (a trigger, a view) is refused, and commands or messages that were
-    under way when it was taken are left out. With REDIS_URL set, the trailing stops in Redis are deleted first: the restored
-    file is the one truth, and the bot's start-up reconcile loads its stops into Redis.
+    under way when it was taken are left out. With REDIS_URL set, this deployment's
+    trailing stops in Redis (those under its manifest's name, no other deployment's) are
+    deleted first: the restored file is the one truth, and the bot's start-up reconcile
+    loads its stops into Redis.
     """
 
     def body(session: Session) -> int:
@@ -188,7 +194,7 @@ def restore(
 
         def clear_redis() -> None:  # once the file has been copied: a bad file changes nothing
             if redis_url is not None:
-                cleared.append(asyncio.run(_clear_live_stops(redis_url)))
+                cleared.append(asyncio.run(_clear_live_stops(redis_url, session.manifest.name)))
 
         result = restore_database(
             path, settings.paths.database, is_running=False, before_replacing=clear_redis

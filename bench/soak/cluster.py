@@ -28,6 +28,8 @@ from bench._common import write_manifest as common_write_manifest
 
 MIB = 2**20
 STATUS_EVERY_S = 2.0
+DEPLOYMENT = "lunara"
+"""The soak manifest's name: its lease and its trailing stops in Redis are keyed by it."""
 
 
 @dataclass
@@ -135,7 +137,7 @@ def write_manifest(directory: Path) -> Path:
     return common_write_manifest(
         directory,
         PROGRAM,
-        name="lunara",
+        name=DEPLOYMENT,
         roles={"trader": ["tg.trade.*", "tg.info.*"]},
         defaults={"telegram": "trader"},
     )

@@ -20,6 +20,7 @@ import httpx
 import psutil
 
 from bench.soak.cluster import (
+    DEPLOYMENT,
     Children,
     Installation,
     Observers,
@@ -313,7 +314,8 @@ def read_redis_stops(url: str) -> dict[int, StopState]:
     async def read() -> dict[int, StopState]:
         client = Redis.from_url(url)
         try:
-            return {k: v.state for k, v in (await read_live_stops(client)).items()}
+            live = await read_live_stops(client, name=DEPLOYMENT)
+            return {k: v.state for k, v in live.items()}
         finally:
             await client.aclose()
 

@@ -144,7 +144,7 @@ def test_restore_of_a_backup_carrying_a_trigger_is_refused_before_anything_chang
 
     from lunara.storage import users
     from lunara.storage.database import open_database
-    from lunara.trading.stops import STORE_NAME, stop_key_prefix
+    from lunara.trading.stops import stop_key_prefix
 
     async def seed(user_id: int) -> None:
         db = await open_database(cli.home / "lunara.db")
@@ -160,7 +160,8 @@ def test_restore_of_a_backup_carrying_a_trigger_is_refused_before_anything_chang
         "UPDATE users SET plan = 'elite' WHERE telegram_id = NEW.telegram_id; END"
     )
     connection.close()
-    live_stop = f"{stop_key_prefix(STORE_NAME)}1"
+    deployment = json.loads(cli.manifest.read_text())["name"]  # its stops' keys are named so
+    live_stop = f"{stop_key_prefix(deployment)}1"
     client = redis.Redis.from_url(redis_db)
     client.hset(live_stop, "stop", "1")
     before = (cli.home / "lunara.db").read_bytes()

@@ -1,6 +1,6 @@
 """The stops as backups and restores see them (`lunara backup|restore`), which run beside
-the bot, not in it: read or clear what Redis holds, save what is newer than the
-checkpoint."""
+the bot, not in it: read or clear what Redis holds for one deployment (its manifest's
+name; never another's), save what is newer than the checkpoint."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from collections.abc import Mapping
 import aiosqlite
 from redis.asyncio import Redis
 
-from lunara.trading.stops.model import STORE_NAME, TrackedStop, newest
+from lunara.trading.stops.model import TrackedStop, newest
 from lunara.trading.stops.redis import await_reply, live_keys, read_live, stop_key_prefix
 from lunara.trading.stops.sqlite import StopTable
 
 
-async def read_live_stops(redis: Redis, *, name: str = STORE_NAME) -> dict[int, TrackedStop]:
-    """Every stop Redis holds, read as ``reconcile`` reads them (unreadable ones skipped).
+async def read_live_stops(redis: Redis, *, name: str) -> dict[int, TrackedStop]:
+    """Every stop Redis holds for the deployment ``name``, read as ``reconcile`` reads
+    them (unreadable ones skipped).
 
     Not one atomic read: each hash is read whole, and a stop that moves meanwhile is
     taken at one of its states, which the newest-wins merge handles like any other.
@@ -23,8 +24,9 @@ async def read_live_stops(redis: Redis, *, name: str = STORE_NAME) -> dict[int, 
     return await read_live(redis, stop_key_prefix(name), await_reply)
 
 
-async def clear_live_stops(redis: Redis, *, name: str = STORE_NAME) -> int:
-    """Delete every stop hash, so the next start reloads the stops from SQLite alone.
+async def clear_live_stops(redis: Redis, *, name: str) -> int:
+    """Delete every stop hash of the deployment ``name`` (another's stay), so its next
+    start reloads the stops from SQLite alone.
 
     After a restore the restored checkpoint must win; left in Redis, the stops of the
     replaced database would be newer and ``reconcile`` would keep them.

@@ -1,21 +1,31 @@
 """The stop store's model: what a store holds and reports, the contract every store
-keeps (``StopStore``), and the one tick over stops held in memory that the SQLite store,
-and the Redis store while Redis is down or has lost some stops, all run."""
+keeps (``StopStore``, which also checks each tick's inputs for every store), and the one
+tick over stops held in memory that the SQLite store, and the Redis store while Redis is
+down or has lost some stops, all run."""
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from lunara.trading.trailing import StopState, TrailingParams, advance, is_triggered
+from lunara.trading.trailing import (
+    StopState,
+    TrailingParams,
+    advance,
+    is_triggered,
+    validated_fee_rate,
+)
 
 CHECKPOINT_INTERVAL_S = 5.0
 """The executor checkpoints at least this often: SQLite lags Redis by at most 5 s."""
 
 STORE_NAME = "lunara"
-"""The name the engine gives its stop store (``lunara.app.open_trading``)."""
+"""The name of a deployment run without a manifest: a store's stops live in Redis under
+its deployment's name (the manifest's ``name``, ``lunara.app.serve``), so deployments
+sharing one Redis never share a stop."""
 
 
 class CorruptStopState(ValueError):
@@ -49,29 +59,40 @@ class TrackedStop:
     state: StopState
 
 
-class StopStore(Protocol):
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One tick's inputs as a store advances its stops with them: the fee rate checked,
+    the time a float."""
+
+    prices: Mapping[str, float]
+    params_by_user: Mapping[int, TrailingParams]
+    now: float
+    fee_rate: float
+
+
+class StopStore(ABC):
     """What the executor needs from the stop state, whatever holds it."""
 
     @property
+    @abstractmethod
     def round_trips(self) -> int:
         """Requests sent to the backing server so far (Redis, or SQLite without Redis)."""
-        ...
 
+    @abstractmethod
     def tracked(self) -> list[TrackedStop]:
         """Every position with a stop, as last seen, ordered by position id."""
-        ...
 
+    @abstractmethod
     def symbols(self) -> set[str]:
         """The symbols of every position with a stop."""
-        ...
 
+    @abstractmethod
     async def add(self, position_id: int, user_id: int, symbol: str, state: StopState) -> None:
         """Start (or replace) the stop of a freshly filled position; durable on return."""
-        ...
 
+    @abstractmethod
     async def remove(self, position_id: int) -> None:
         """Forget a closed position on every side; a no-op for an unknown id."""
-        ...
 
     async def advance_all(
         self,
@@ -88,20 +109,26 @@ class StopStore(Protocol):
 
         Reports how many advanced and, ordered by position id, those whose stop the price
         reached. A priced position whose trader is missing from ``params_by_user``, or an
-        unusable price (0, NaN, inf), is a ``ValueError`` raised before anything moves."""
-        ...
+        unusable price (0, NaN, inf) or fee rate, is a ``ValueError`` raised before
+        anything moves."""
+        fee = validated_fee_rate(fee_rate)
+        return await self._advance(Tick(prices, params_by_user, float(now), fee))
 
+    @abstractmethod
+    async def _advance(self, tick: Tick) -> Advance:
+        """``advance_all`` with its fee rate checked."""
+
+    @abstractmethod
     async def get(self, position_id: int) -> StopState | None:
         """The stored state, read from the live side."""
-        ...
 
+    @abstractmethod
     async def checkpoint(self) -> int:
         """Persist changed stops to SQLite in one transaction; returns how many."""
-        ...
 
+    @abstractmethod
     async def reconcile(self) -> int:
         """Load and merge both sides on start (newest wins); returns positions tracked."""
-        ...
 
 
 def newest(live: TrackedStop | None, saved: TrackedStop | None) -> TrackedStop:
@@ -169,20 +196,14 @@ class Moves(Generic[Held]):
     triggered: list[TriggeredStop]
 
 
-def advance_held(
-    held: Mapping[int, Held],
-    prices: Mapping[str, float],
-    params_by_user: Mapping[int, TrailingParams],
-    now: float,
-    fee_rate: float,
-) -> Moves[Held]:
+def advance_held(held: Mapping[int, Held], tick: Tick) -> Moves[Held]:
     """Advance every held stop whose symbol has a price with ``trailing.advance``, the
     rules the Lua script mirrors. Pure: the store decides how the changes are kept and
     written. Every input is checked before anything is computed, so a bad price or a
     trader without settings (``ValueError``) changes nothing."""
-    usable = usable_prices({stop.symbol for stop in held.values()}, prices)
+    usable = usable_prices({stop.symbol for stop in held.values()}, tick.prices)
     steps = [
-        (stop, usable[stop.symbol], params_of(stop.user_id, params_by_user))
+        (stop, usable[stop.symbol], params_of(stop.user_id, tick.params_by_user))
         for _, stop in sorted(held.items())
         if stop.symbol in usable
     ]
@@ -190,7 +211,7 @@ def advance_held(
     triggered: list[TriggeredStop] = []
     for stop, price, params in steps:
         before = stop.state
-        state = advance(before, price, params, now, fee_rate)
+        state = advance(before, price, params, tick.now, tick.fee_rate)
         if state is not before:  # unchanged levels come back as the same object
             changed.append((stop, state))
         if is_triggered(state, price):

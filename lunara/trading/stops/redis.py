@@ -53,6 +53,9 @@ from lunara.instance import STALE_EPOCH_REPLY, Fence, StaleEpoch, lease_key
 from lunara.trading.stops.model import (
     Advance,
     CorruptStopState,
+    Moves,
+    StopStore,
+    Tick,
     TrackedStop,
     TriggeredStop,
     advance_held,
@@ -61,7 +64,7 @@ from lunara.trading.stops.model import (
     usable_prices,
 )
 from lunara.trading.stops.sqlite import Row, StopTable
-from lunara.trading.trailing import StopState, TrailingParams, validated_fee_rate
+from lunara.trading.trailing import StopState, TrailingParams
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +226,15 @@ class _LiveStop:
         self.updated_at = now
 
 
+def _advance_live(held: Mapping[int, _LiveStop], tick: Tick) -> Moves[_LiveStop]:
+    """The tick in Python over stops held in memory, each one that moved updated in place:
+    what the store runs while Redis is down, and for stops Redis has lost."""
+    moves = advance_held(held, tick)
+    for live, state in moves.changed:
+        live.move(state.peak_price, state.stop_price, state.activated, state.updated_at)
+    return moves
+
+
 @dataclass(frozen=True)
 class _Roster:
     """The positions a tick sends to the script, in position-id order, with the symbol slot
@@ -339,7 +351,7 @@ async def read_live(redis: Redis, prefix: str, call: _Call) -> dict[int, Tracked
     return live
 
 
-class RedisStopStore:
+class RedisStopStore(StopStore):
     """Live stops in Redis hashes ``lunara:<name>:stop:<position_id>``, checkpointed to SQLite."""
 
     def __init__(
@@ -456,17 +468,9 @@ class RedisStopStore:
         self._down_since = None
         return True
 
-    async def _advance_in_memory(
-        self,
-        prices: Mapping[str, float],
-        params_by_user: Mapping[int, TrailingParams],
-        now: float,
-        fee: float,
-    ) -> Advance:
+    async def _advance_in_memory(self, tick: Tick) -> Advance:
         """The tick without Redis: the same rules in Python, each change written to SQLite."""
-        moves = advance_held(self._tracked, prices, params_by_user, now, fee)
-        for live, state in moves.changed:
-            live.move(state.peak_price, state.stop_price, state.activated, state.updated_at)
+        moves = _advance_live(self._tracked, tick)
         if moves.changed:
             rows = [live.row() for live, _ in moves.changed]
             self._round_trips += 1
@@ -498,34 +502,41 @@ class RedisStopStore:
         self._tracked[position_id] = _LiveStop.of(stop)
         self._dirty.discard(position_id)
         self._members_changed()
-        if self.redis_down:
-            return  # written back to Redis with the others when it answers
-        try:
-            await self._write([stop])
-        except StaleEpoch:
-            logger.error("the instance lease is not ours: stop of position %d kept in SQLite "
-                         "only", position_id)  # fmt: skip
-        except REDIS_OUTAGE as error:
-            # The next tick finds it missing from Redis and writes it back from memory.
-            logger.warning("Redis unavailable (%s): stop of position %d kept in SQLite until "
-                           "it answers", type(error).__name__, position_id)  # fmt: skip
+        await self._write_through("stop of position %d kept in SQLite", position_id, [stop])
 
     async def remove(self, position_id: int) -> None:
         self._tracked.pop(position_id, None)
         self._dirty.discard(position_id)
         self._members_changed()
         await self._table.delete(position_id)
+        removed = "stop of closed position %d removed from SQLite"
+        await self._write_through(removed, position_id, deletes=[self.key(position_id)])
+
+    async def _write_through(
+        self,
+        change: str,
+        position_id: int,
+        sets: Sequence[TrackedStop] = (),
+        deletes: Sequence[str] = (),
+    ) -> None:
+        """Carry over to Redis a change of one position that SQLite already holds; when
+        Redis cannot take it, log ``change`` (a format of the position id) and go on.
+
+        While Redis is down, or when it does not answer now, nothing is lost: the stops in
+        memory are written back when it answers (the hashes of closed positions deleted as
+        stale), the next tick writes back a stop it finds missing, and a closed position's
+        hash left behind is dropped at the next start (no open position)."""
         if self.redis_down:
-            return  # its hash is deleted as stale when Redis answers
+            return
         try:
-            await self._write(deletes=[self.key(position_id)])
+            await self._write(sets, deletes)
         except StaleEpoch:
-            logger.error("the instance lease is not ours: stop of closed position %d removed "
-                         "from SQLite only", position_id)  # fmt: skip
+            logger.error("the instance lease is not ours: %s only", change % position_id)
         except REDIS_OUTAGE as error:
-            # Left behind in Redis, it is dropped at the next start (no open position).
-            logger.warning("Redis unavailable (%s): stop of closed position %d removed from "
-                           "SQLite only", type(error).__name__, position_id)  # fmt: skip
+            name = type(error).__name__
+            logger.warning(
+                "Redis unavailable (%s): %s only, until it answers", name, change % position_id
+            )
 
     async def get(self, position_id: int) -> StopState | None:
         if self.redis_down:
@@ -564,36 +575,22 @@ class RedisStopStore:
             slots = self._settings_slots = _SettingsSlots.of(roster, params, self._chunk)
         return slots
 
-    async def advance_all(
-        self,
-        prices: Mapping[str, float],
-        params_by_user: Mapping[int, TrailingParams],
-        now: float,
-        *,
-        fee_rate: float,
-    ) -> Advance:
-        fee = validated_fee_rate(fee_rate)
+    async def _advance(self, tick: Tick) -> Advance:
         if not await self._back_if_answering():
-            return await self._advance_in_memory(prices, params_by_user, float(now), fee)
+            return await self._advance_in_memory(tick)
         try:
-            return await self._advance_in_redis(prices, params_by_user, now, fee)
+            return await self._advance_in_redis(tick)
         except REDIS_OUTAGE as error:
             self._went_down(error)
-            return await self._advance_in_memory(prices, params_by_user, float(now), fee)
+            return await self._advance_in_memory(tick)
 
-    async def _advance_in_redis(
-        self,
-        prices: Mapping[str, float],
-        params_by_user: Mapping[int, TrailingParams],
-        now: float,
-        fee: float,
-    ) -> Advance:
-        usable = usable_prices(self.symbols(), prices)
-        slots = self._slots(usable, params_by_user)
+    async def _advance_in_redis(self, tick: Tick) -> Advance:
+        usable = usable_prices(self.symbols(), tick.prices)
+        slots = self._slots(usable, tick.params_by_user)
         roster = slots.roster
         # As sent: a position removed or replaced meanwhile is recognised by identity.
         sent = [self._tracked[position_id] for position_id in roster.position_ids]
-        now = float(now)
+        now, fee = tick.now, tick.fee_rate
         fixed_args = [
             _number(now),
             " ".join(_number(usable[symbol]) for symbol in roster.symbols),
@@ -628,18 +625,11 @@ class RedisStopStore:
                         triggered.append(TriggeredStop(before.position_id, before.user_id, state))
         if lost:
             params_of_user = dict(zip(roster.users, slots.params, strict=True))
-            triggered.extend(await self._restore(lost, usable, params_of_user, now, fee))
+            triggered.extend(await self._restore(lost, Tick(usable, params_of_user, now, fee)))
             triggered.sort(key=lambda stop: stop.position_id)
         return Advance(len(sent), triggered)
 
-    async def _restore(
-        self,
-        lost: list[_LiveStop],
-        prices: Mapping[str, float],
-        params_by_user: Mapping[int, TrailingParams],
-        now: float,
-        fee_rate: float,
-    ) -> list[TriggeredStop]:
+    async def _restore(self, lost: list[_LiveStop], tick: Tick) -> list[TriggeredStop]:
         """Rewrite stops Redis no longer holds (flushed, evicted) from the last known state.
 
         The last known state is at least as new as the SQLite checkpoint, so nothing is
@@ -652,9 +642,7 @@ class RedisStopStore:
         held = {
             live.position_id: live for live in lost if self._tracked.get(live.position_id) is live
         }
-        moves = advance_held(held, prices, params_by_user, now, fee_rate)
-        for live, state in moves.changed:
-            live.move(state.peak_price, state.stop_price, state.activated, state.updated_at)
+        moves = _advance_live(held, tick)
         # Every one is written back, moved or not: Redis no longer holds it.
         self._dirty.update(held)
         if held:

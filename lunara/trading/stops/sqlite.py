@@ -3,14 +3,14 @@ stops there alone (no Redis), writing each tick's changes through at once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import aiosqlite
 
 from lunara.storage.database import transaction
-from lunara.trading.stops.model import Advance, TrackedStop, advance_held
-from lunara.trading.trailing import StopState, TrailingParams, validated_fee_rate
+from lunara.trading.stops.model import Advance, StopStore, Tick, TrackedStop, advance_held
+from lunara.trading.trailing import StopState
 
 TABLE = "trailing_stops"
 _COLUMNS = (
@@ -95,7 +95,7 @@ class StopTable:
         return None if row is None else _from_row(row)
 
 
-class SqliteStopStore:
+class SqliteStopStore(StopStore):
     """Stops in SQLite alone (no Redis): each tick's changes are written through at once."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
@@ -129,16 +129,8 @@ class SqliteStopStore:
         stop = await self._table.load(position_id)
         return None if stop is None else stop.state
 
-    async def advance_all(
-        self,
-        prices: Mapping[str, float],
-        params_by_user: Mapping[int, TrailingParams],
-        now: float,
-        *,
-        fee_rate: float,
-    ) -> Advance:
-        fee = validated_fee_rate(fee_rate)
-        moves = advance_held(self._tracked, prices, params_by_user, now, fee)
+    async def _advance(self, tick: Tick) -> Advance:
+        moves = advance_held(self._tracked, tick)
         changed = [
             (before, TrackedStop(before.position_id, before.user_id, before.symbol, state))
             for before, state in moves.changed

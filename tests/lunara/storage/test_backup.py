@@ -174,7 +174,7 @@ async def _trade_on_in_redis(path: Path, redis_url: str) -> dict[int, TrackedSto
     )
     await db.commit()
     await positions.close(db, ids["SOLUSDT"], Decimal(96), "stop_loss", None)
-    live = await read_live_stops(redis)
+    live = await read_live_stops(redis, name=STORE_NAME)
     await redis.aclose()
     await db.close()
     return live
@@ -186,7 +186,7 @@ def _reader(redis_url: str) -> LiveStops:
 
         redis = Redis.from_url(redis_url)
         try:
-            return await read_live_stops(redis)
+            return await read_live_stops(redis, name=STORE_NAME)
         finally:
             await redis.aclose()
 
@@ -232,7 +232,7 @@ def test_clearing_the_live_stops_leaves_the_rest_of_redis(tmp_path: Path, redis_
 
         connection = Redis.from_url(redis_db)
         try:
-            return await clear_live_stops(connection)
+            return await clear_live_stops(connection, name=STORE_NAME)
         finally:
             await connection.aclose()
 

@@ -55,7 +55,7 @@ from tests.waiting import wait_until
 REPO_ROOT = Path(__file__).resolve().parents[3]
 KILLS = 50
 DEFAULT_SEED = 20240607
-STOP_KEY_PREFIX = "lunara:lunara:stop:"  # RedisStopStore under the engine's name "lunara"
+STOP_KEY_PREFIX = "lunara:lunara:stop:"  # a bot run without a manifest: the default name
 TICK_SECONDS = "0.05"
 WALK_STEP_S = 0.01
 WALK_VOLATILITY = 0.004  # standard deviation of one walk step's log return
