@@ -248,6 +248,7 @@ class FakeTelegram(BackgroundServer):
     username: str = "lunara_test_bot"
     max_poll_s: float = 1.0  # long polls are held at most this long, so shutdowns are quick
     flood_limits: bool = True  # False: the friendly server, every send passes
+    flood_clock: Callable[[], float] = time.monotonic  # the time the flood limits read
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
     edits: list[dict[str, Any]] = field(default_factory=list)
@@ -532,7 +533,7 @@ class FakeTelegram(BackgroundServer):
                 raise _ApiError(400, MIGRATED, migrate_to_chat_id=self.migrated[chat_id])
             if not self.flood_limits:
                 return
-            now = time.monotonic()
+            now = self.flood_clock()
             scopes = [(0, BOT_FLOOD), (chat_id, PRIVATE_FLOOD if chat_id > 0 else GROUP_FLOOD)]
             buckets = []
             for key, rule in scopes:
