@@ -40,6 +40,7 @@ from lunara.telegram.bot import CLIENT_TIMEOUT_S
 from lunara.telegram.commands import COMMANDS
 from lunara.telegram.guard import RefusalAudit
 from lunara.telegram.lease import PollLease
+from lunara.telegram.parsing import MAX_AMOUNT
 from lunara.telegram.polling import TelegramService
 from lunara.telegram.updates import BLANKED_TEXT
 from lunara.trading.binance import RetryPolicy
@@ -156,6 +157,24 @@ async def test_bad_arguments_get_the_usage_line(
             user = ADMIN if text.startswith("/user") else TRADER
             reply = await bot.ask(user, text)
             assert "Usage" in reply, (text, reply)
+
+
+async def test_an_amount_that_is_not_finite_positive_and_bounded_is_refused_saying_why(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    async with running_bot(fake_telegram, bot_home) as bot:
+        await bot.ask(TRADER, "/start")
+        for amount, said in (
+            ("nan", "the amount must be a finite number"),
+            ("-inf", "the amount must be a finite number"),
+            ("Infinity", "the amount must be a finite number"),
+            ("0", "the amount must be positive"),
+            ("1e7", f"the amount must be at most {MAX_AMOUNT}"),
+        ):
+            reply = await bot.ask(TRADER, f"/buy BTCUSDT {amount}")
+            assert said in reply, (amount, reply)
+            assert "Usage" in reply, (amount, reply)
+        assert "No open positions" in await bot.ask(TRADER, "/positions")
 
 
 async def test_settings_are_shown_and_updated(fake_telegram: FakeTelegram, bot_home: Path) -> None:
