@@ -144,6 +144,54 @@ def test_telegram_unreachable_shows_down_then_ok_again(tmp_path: Path) -> None:
         telegram.stop()
 
 
+def test_telegram_waiting_for_its_poller_lease_in_redis_shows_down_saying_why(
+    tmp_path: Path,
+) -> None:
+    """Redis down: the Bot API answers getMe, but polling waits for the poller lease that
+    Redis keeps, so no command is fetched. Status used to say telegram ok."""
+    from tests.blueprint.test_mirror import OwnRedis
+    from tests.fakes.telegram_api import FakeTelegram
+    from tests.lunara.telegram.conftest import TOKEN
+
+    cli = installation(tmp_path)
+    redis = OwnRedis(tmp_path / "redis")  # not started yet: its port refuses connections
+    redis.directory.mkdir()
+    env = {
+        "LUNARA_HOME": str(cli.home),
+        "LUNARA_TICK_SECONDS": "0.2",
+        "REDIS_URL": redis.url,
+        "TELEGRAM_BOT_TOKEN": TOKEN,
+    }
+    with FakeTelegram() as telegram:
+        env["TELEGRAM_API_BASE_URL"] = telegram.base_url
+        try:
+            started = cli.run("start", "--wait", "60", entry=ENTRY, extra_env=env)
+            assert started.returncode == 0, started.stderr
+            wait_until(lambda: dependency(cli, env, "telegram") == "down", 30, "telegram down")
+            code, report = status(cli, env)
+            assert code == 0
+            assert report["healthy"] is True
+            waiting = report["dependencies"]["telegram"]
+            assert waiting["last_ok_at"] is not None  # the Bot API answered getMe
+            assert waiting["down_since"] is not None
+            assert waiting["reason"] == (
+                "not polling: Redis, which keeps the poller lease, does not answer "
+                "(ConnectionError); commands wait until it does"
+            )
+            assert [note for note in report["notes"] if note.startswith("telegram is down")]
+            assert telegram.polls_by_token.get(TOKEN, 0) == 0
+
+            redis.start()
+            wait_until(lambda: dependency(cli, env, "telegram") == "ok", 60, "telegram ok")
+            assert telegram.polls_by_token.get(TOKEN, 0) > 0
+            report = status(cli, env)[1]
+            assert not [note for note in report["notes"] if note.startswith("telegram")]
+        finally:
+            cli.run("stop", "--timeout", "20", entry=ENTRY, extra_env=env)
+            if redis.process is not None:
+                redis.stop()
+
+
 def test_binance_unreachable_in_live_mode_shows_the_exchange_down(tmp_path: Path) -> None:
     from tests.fakes.binance_api import FakeBinance
 
