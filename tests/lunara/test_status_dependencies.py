@@ -53,6 +53,18 @@ def dependency(cli: Cli, env: dict[str, str], name: str) -> str | None:
     return None if deps is None else str(deps[name]["state"])
 
 
+def start_until_down(cli: Cli, env: dict[str, str], name: str) -> dict[str, Any]:
+    """Start the bot and wait until it reports `name` down; the status then, exit 0 and
+    healthy (a restart would not bring a dependency back)."""
+    started = cli.run("start", "--wait", "60", entry=ENTRY, extra_env=env)
+    assert started.returncode == 0, started.stderr
+    wait_until(lambda: dependency(cli, env, name) == "down", 30, f"{name} reported down")
+    code, report = status(cli, env)
+    assert code == 0
+    assert report["healthy"] is True
+    return report
+
+
 def metrics(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         return str(reply.read().decode())
@@ -68,13 +80,8 @@ def test_redis_down_shows_as_a_dependency_and_a_note_with_exit_code_0(tmp_path: 
         "LUNARA_HEALTH_PORT": str(health_port),
     }
     try:
-        started = cli.run("start", "--wait", "60", entry=ENTRY, extra_env=env)
-        assert started.returncode == 0, started.stderr
-        wait_until(lambda: dependency(cli, env, "redis") == "down", 30, "redis reported down")
-        code, report = status(cli, env)
-        assert code == 0
+        report = start_until_down(cli, env, "redis")
         assert report["state"] == "running"
-        assert report["healthy"] is True
         redis = report["dependencies"]["redis"]
         assert redis["last_ok_at"] is None
         assert redis["down_since"] is not None
@@ -165,12 +172,7 @@ def test_telegram_waiting_for_its_poller_lease_in_redis_shows_down_saying_why(
     with FakeTelegram() as telegram:
         env["TELEGRAM_API_BASE_URL"] = telegram.base_url
         try:
-            started = cli.run("start", "--wait", "60", entry=ENTRY, extra_env=env)
-            assert started.returncode == 0, started.stderr
-            wait_until(lambda: dependency(cli, env, "telegram") == "down", 30, "telegram down")
-            code, report = status(cli, env)
-            assert code == 0
-            assert report["healthy"] is True
+            report = start_until_down(cli, env, "telegram")
             waiting = report["dependencies"]["telegram"]
             assert waiting["last_ok_at"] is not None  # the Bot API answered getMe
             assert waiting["down_since"] is not None
