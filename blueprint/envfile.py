@@ -10,9 +10,11 @@ the same file with the same rule (`lunara.config.load_settings`).
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 
@@ -73,8 +75,9 @@ def read_env_file(path: Path | None) -> dict[str, str]:
     """The variables set in a .env file; a missing file is simply empty.
 
     One that exists but cannot be read (another owner's 0600 file, a directory that a
-    bind mount of a missing file left behind, text that is not UTF-8) is a configuration
-    error naming the file and the fix, never silently skipped nor a traceback.
+    bind mount of a missing file left behind, a FIFO or a device, text that is not UTF-8)
+    is a configuration error naming the file and the fix: never silently skipped, never
+    a wait for a writer that may never come, never a traceback.
     """
     if path is None:
         return {}
@@ -86,10 +89,7 @@ def read_env_file(path: Path | None) -> dict[str, str]:
     except PermissionError:
         raise ConfigError(_unreadable_env_file(path)) from None
     except OSError as error:
-        raise ConfigError(
-            f"invalid configuration: cannot read {path} ({error.strerror or error}): "
-            "it must be a file of VARIABLE=value lines, or absent"
-        ) from None
+        raise ConfigError(_cannot_read(path, str(error.strerror or error))) from None
     except UnicodeDecodeError as error:
         raise ConfigError(
             f"invalid configuration: {path} is not UTF-8 text (byte {error.start}): "
@@ -102,14 +102,52 @@ def read_env_file(path: Path | None) -> dict[str, str]:
 
 
 def _read_trusted(path: Path) -> str:
-    """The file's text, once it is known that only the caller or root could have written
-    it (it sets the token, Redis and endpoints of whoever runs Lunara here)."""
+    """The file's text, once it is known to be a regular file that only the caller or
+    root could have written (it sets the token, Redis and endpoints of whoever runs
+    Lunara here).
+
+    O_NONBLOCK: opening a FIFO for reading would wait for a writer forever. The type is
+    checked on the open descriptor (nothing can be swapped in between), before anything
+    is read: a device such as /dev/zero never ends.
+    """
     from blueprint.trust import check_owner_and_mode, check_parents
 
-    with path.open("rb") as handle:
-        check_owner_and_mode(os.fstat(handle.fileno()), path, "invalid configuration: .env file")
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a directory itself
+            raise ConfigError(_cannot_read(path, _file_kind(info.st_mode)))
+        os.set_blocking(descriptor, True)
+        handle = os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with handle:
+        check_owner_and_mode(info, path, "invalid configuration: .env file")
         check_parents(path, "invalid configuration: .env file")
         return handle.read().decode("utf-8")
+
+
+def _file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, in the words of `ls -l` and strerror."""
+    if stat.S_ISDIR(mode):
+        return os.strerror(errno.EISDIR)
+    for test, kind in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return f"{kind}, not a regular file"
+    return "not a regular file"
+
+
+def _cannot_read(path: Path, why: str) -> str:
+    return (
+        f"invalid configuration: cannot read {path} ({why}): "
+        "it must be a file of VARIABLE=value lines, or absent"
+    )
 
 
 def _unreadable_env_file(path: Path) -> str:

@@ -2,9 +2,9 @@
 
 The Telegram handlers call `AccountService` for all of these, never the storage, so a
 rule about an account lives here once: the plan in force and its limits
-(`plan_in_force`, `position_limit_reached`, used by the trading engine too), what a
-completed payment buys, how a refund runs. It takes the storage connection and plain
-callables, never the Telegram layer.
+(`plan_in_force`, `position_limit_reached`, `symbols_in_plan`, used by the trading
+engine too), what a completed payment buys, how a refund runs. It takes the storage
+connection and plain callables, never the Telegram layer.
 
 Payments: the pre-checkout answer checks the invoice against the plan book (plan
 exists, price and currency match, payer is the user and is active) before Telegram
@@ -47,6 +47,42 @@ def plan_in_force(user: users.User, now: float) -> plan_book.Plan:
 def position_limit_reached(plan: plan_book.Plan, open_positions: int) -> bool:
     """Whether ``plan`` allows no position beyond the ``open_positions`` already open."""
     return open_positions >= plan.max_open_positions
+
+
+def watched_symbols(
+    chosen: Sequence[str], bot_symbols: Sequence[str], *, auto_mode: bool
+) -> tuple[str, ...]:
+    """The symbols that count against a plan's `max_symbols`: the trading pairs a trader
+    has the bot watch for them. Those of their `/settings symbols` (watched and traded
+    by auto mode); with `all` (none chosen) and auto mode on, every pair the bot trades
+    (`LUNARA_SYMBOLS`); with `all` and auto mode off, none. A position bought with /buy
+    counts against `max_open_positions` instead."""
+    if chosen:
+        return tuple(chosen)
+    return tuple(bot_symbols) if auto_mode else ()
+
+
+def symbols_in_plan(
+    plan: plan_book.Plan, chosen: Sequence[str], bot_symbols: Sequence[str]
+) -> tuple[str, ...]:
+    """The symbols auto mode may enter on under ``plan``: the first `max_symbols` of the
+    trader's, in their order. /settings refuses more (`SymbolLimitReached`); after a paid
+    plan lapsed, or under `all` once the bot's list grew, auto mode enters on none of the
+    rest (their open positions keep their stops)."""
+    return watched_symbols(chosen, bot_symbols, auto_mode=True)[: plan.max_symbols]
+
+
+class SymbolLimitReached(Exception):
+    """Settings that would have the bot watch more symbols than the plan in force allows
+    (nothing was saved). `every`: the count is the bot's whole list (`all` with auto mode)."""
+
+    def __init__(self, plan: plan_book.Plan, wanted: int, *, every: bool) -> None:
+        super().__init__(
+            f"the {plan.name.value} plan allows {plan.max_symbols} symbols, not {wanted}"
+        )
+        self.plan = plan
+        self.wanted = wanted
+        self.every = every
 
 
 # -- payments ---------------------------------------------------------------------------
@@ -220,15 +256,45 @@ class AccountService:
         user_id: int,
         changes: Mapping[str, str],
         check_symbols: Callable[[Sequence[str]], Awaitable[None]],
+        bot_symbols: Sequence[str],
     ) -> user_settings.UserSettings:
-        """Apply `changes` (name → raw value). New symbols are checked first with
+        """Apply `changes` (name → raw value). InvalidValue for a bad value.
+
+        A change of `symbols` or `auto_mode` that would have the bot watch more symbols
+        (`watched_symbols`; `bot_symbols` is what `all` stands for) than the plan in force
+        allows raises SymbolLimitReached. New symbols are then checked with
         `check_symbols` (the exchange): one it does not know would make it refuse every
-        price request that carries it. InvalidValue for a bad value."""
+        price request that carries it. Nothing is saved when either refuses."""
+        chosen: tuple[str, ...] | None = None
         if "symbols" in changes:
             symbols = user_settings.parse_setting("symbols", changes["symbols"])
             if isinstance(symbols, tuple):
-                await check_symbols(symbols)
+                chosen = symbols
+        if "symbols" in changes or "auto_mode" in changes:
+            await self._check_symbol_limit(user_id, chosen, changes.get("auto_mode"), bot_symbols)
+        if chosen is not None:
+            await check_symbols(chosen)
         return await user_settings.update(self._db, user_id, changes)
+
+    async def _check_symbol_limit(
+        self,
+        user_id: int,
+        chosen: tuple[str, ...] | None,
+        auto_mode_text: str | None,
+        bot_symbols: Sequence[str],
+    ) -> None:
+        """SymbolLimitReached if the settings after the change (`chosen` symbols, the
+        `auto_mode` typed; None: as they are) watch more than the plan in force allows."""
+        current = await user_settings.get(self._db, user_id)
+        symbols = current.symbols if chosen is None else chosen
+        auto_mode = current.auto_mode
+        if auto_mode_text is not None:
+            auto_mode = bool(user_settings.parse_setting("auto_mode", auto_mode_text))
+        wanted = watched_symbols(symbols, bot_symbols, auto_mode=auto_mode)
+        user = await users.get(self._db, user_id)
+        plan = plan_book.PLANS[plan_book.PlanName.FREE] if user is None else self.plan_of(user)
+        if len(wanted) > plan.max_symbols:
+            raise SymbolLimitReached(plan, len(wanted), every=not symbols)
 
     async def store_keys(
         self, user_id: int, api_key: str, api_secret: str

@@ -8,10 +8,10 @@ never imports this module.
 from __future__ import annotations
 
 import calendar
-import math
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -95,6 +95,25 @@ def _symbols(raw: list[str], option: str = "--symbol ") -> list[str]:
     return names
 
 
+MIN_STAKE = Decimal(1)
+
+
+def _checked_stake(stake: float) -> float:
+    """`--stake` as `/buy`'s amount is checked, within what a paper account may start with
+    (click's own range check lets `nan` through, and `inf` or 1e300 ran)."""
+    from lunara.config import MAX_START_BALANCE
+    from lunara.telegram.parsing import UsageError, check_amount
+
+    try:
+        check_amount(Decimal(stake), MAX_START_BALANCE, least=MIN_STAKE)
+    except UsageError:
+        raise typer.BadParameter(
+            f"--stake must be a finite amount from {MIN_STAKE} to {MAX_START_BALANCE}, "
+            f"got {stake:g}"
+        ) from None
+    return stake
+
+
 @app.command()
 def backtest(
     ctx: typer.Context,
@@ -132,7 +151,10 @@ def backtest(
         typer.Option("--timeframe", help="Resample to 5m, 15m, 1h, 4h, 1d... (default: as read)."),
     ] = None,
     stake: Annotated[
-        float, typer.Option("--stake", min=1, help="Quote currency the run starts with, shared.")
+        float,
+        typer.Option(
+            "--stake", callback=_checked_stake, help="Quote currency the run starts with, shared."
+        ),
     ] = 100.0,
     as_json: JsonOption = False,
     export: Annotated[
@@ -147,7 +169,7 @@ def backtest(
     symbols = _symbols(symbol or [])
     paths = list(data or [])
     selects = bool(start or end or timeframe)
-    _check_sources(paths, symbols, sim=sim, days=days, selects=selects, stake=stake)
+    _check_sources(paths, symbols, sim=sim, days=days, selects=selects)
     start_ms, end_ms, timeframe_ms = _selection(start, end, timeframe)
     if plot is not None:
         _check_plot_path(plot)
@@ -195,7 +217,6 @@ def _check_sources(
     sim: bool,
     days: int | None,
     selects: bool,
-    stake: float,
 ) -> None:
     """The candles come from files, the store or the sim, and exactly one of them."""
     if paths and sim:
@@ -206,8 +227,6 @@ def _check_sources(
         raise typer.BadParameter("give --symbol (its stored candles, or with --sim) or --data")
     if sim and selects:
         raise typer.BadParameter("--from, --to and --timeframe select read candles, not the sim's")
-    if not math.isfinite(stake):
-        raise typer.BadParameter(f"--stake must be a finite amount of at least 1, got {stake}")
 
 
 def _selection(

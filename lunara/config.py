@@ -42,6 +42,9 @@ NOT_SET = "not set"
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TELEGRAM_TOKEN_PATTERN = re.compile(r"^\d{1,20}:[A-Za-z0-9_-]{10,100}$")
 MAX_SYMBOLS = 50
+MAX_START_BALANCE = Decimal("1000000000")
+"""The most quote currency a simulated account starts with (paper trading, a backtest's
+--stake): beyond any real account, a larger figure is a typo, and floats lose the fees."""
 REPLAY_PREFIX = "replay:"
 
 
@@ -163,7 +166,7 @@ class Settings(BaseSettings):
     paper_start_balance: Decimal = Field(
         Decimal("10000"),
         gt=0,
-        le=Decimal("1000000000"),
+        le=MAX_START_BALANCE,
         validation_alias="LUNARA_PAPER_START_BALANCE",
     )
 

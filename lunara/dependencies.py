@@ -43,19 +43,27 @@ EXCHANGE_PROBE_TIMEOUT_S = 15.0
 
 @dataclass
 class Watch:
-    """One dependency as the bot last found it; `off` when it is not configured."""
+    """One dependency as the bot last found it; `off` when it is not configured.
+
+    Down when a request could not reach it (`down`), and also while the bot, though it
+    reaches it, cannot use it yet (`wait`: Telegram answers, but polling waits for the
+    poller lease Redis keeps): status then tells what the bot lives with, not only what
+    answers. The reason says which."""
 
     configured: bool
     clock: Callable[[], float] = time.time
     last_ok_at: float | None = None
     down_since: float | None = None
     reason: str | None = None
+    waiting_since: float | None = None
+    waiting_for: str | None = None
 
     @property
     def state(self) -> Reachability:
         if not self.configured:
             return Reachability.OFF
-        return Reachability.DOWN if self.down_since is not None else Reachability.OK
+        unusable = self.down_since is not None or self.waiting_since is not None
+        return Reachability.DOWN if unusable else Reachability.OK
 
     def ok(self) -> None:
         """A request went through."""
@@ -69,12 +77,24 @@ class Watch:
             self.down_since = self.clock()
         self.reason = reason
 
+    def wait(self, reason: str) -> None:
+        """The bot does not use it yet, reachable or not (`reason`: what it waits for)."""
+        if self.waiting_since is None:
+            self.waiting_since = self.clock()
+        self.waiting_for = reason
+
+    def resume(self) -> None:
+        """What the bot waited for came: it uses the dependency again."""
+        self.waiting_since = None
+        self.waiting_for = None
+
     def report(self) -> dict[str, Any]:
+        unreachable = self.down_since is not None
         return {
             "state": self.state.value,
             "last_ok_at": self.last_ok_at,
-            "down_since": self.down_since,
-            "reason": self.reason,
+            "down_since": self.down_since if unreachable else self.waiting_since,
+            "reason": self.reason if unreachable else self.waiting_for,
         }
 
 

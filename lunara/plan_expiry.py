@@ -41,8 +41,9 @@ def expiry_message(plan_name: str, ended_at: float) -> str:
     return (
         f"Your <b>{html.escape(title)}</b> plan ended on {ended:%Y-%m-%d %H:%M} UTC. You are "
         f"on the {free.title} plan now: at most {free.max_open_positions} open positions "
-        f"and {free.max_symbols} symbols; your open positions keep their stops. Renew with "
-        f"/subscribe {html.escape(plan_name)}."
+        f"and {free.max_symbols} symbols (auto mode enters only on the first "
+        f"{free.max_symbols} of your /settings symbols); your open positions keep their "
+        f"stops. Renew with /subscribe {html.escape(plan_name)}."
     )
 
 

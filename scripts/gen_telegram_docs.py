@@ -24,7 +24,7 @@ OUTPUT = ROOT / "docs" / "telegram.md"
 
 SETTING_HELP = {
     "stake_usdt": "quote amount auto mode spends per entry (`50`, `50 USDT`)",
-    "symbols": "the symbols auto mode trades (`BTCUSDT,ETHUSDT`; `all`: the bot's list)",
+    "symbols": "the symbols auto mode trades (`BTCUSDT,ETHUSDT`; `all`: the bot's list), as many as your plan allows",
     "trailing_stop": "`on`: the stop trails the price; `off`: a plain stop",
     "trailing_stop_positive": "the tighter distance once in profit (`2%`; `none`: no tightening)",
     "trailing_stop_positive_offset": "profit (after fees) above which the tighter distance applies",
@@ -125,6 +125,14 @@ def render() -> str:
             f"| {plan.title} (`{plan.name.value}`) | {plan.price_stars} | {plan.max_symbols} "
             f"| {plan.max_open_positions} | {plan.ai_analyses_per_day} |"
         )
+    lines += [
+        "",
+        "The symbols a plan allows are those the bot watches for you: the ones in your",
+        "`/settings symbols`, or with `all` and auto mode on, every symbol the bot trades.",
+        "`/settings` refuses a change that would go beyond them, and after a paid plan ends",
+        "auto mode enters only on the first ones of your list. A position bought with",
+        "`/buy` counts against the open positions instead.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from blueprint.manifest import Permission
 from blueprint.paths import HomePaths
 from lunara import plans as plan_book
-from lunara.accounts import AccountService, Refund
+from lunara.accounts import AccountService, Refund, SymbolLimitReached
 from lunara.config import Settings
 from lunara.services import TradingError, TradingService
 from lunara.storage.database import InvalidValue, StorageError
@@ -231,10 +231,13 @@ async def settings_command(ctx: CommandContext) -> None:
         if ctx.arguments:
             changes = parse_pairs(ctx.arguments)
             current = await ctx.deps.accounts.update_settings(
-                ctx.user_id, changes, ctx.deps.trading.check_symbols
+                ctx.user_id, changes, ctx.deps.trading.check_symbols, ctx.deps.settings.symbols
             )
         else:
             current = await ctx.deps.accounts.settings(ctx.user_id)
+    except SymbolLimitReached as limit:
+        await ctx.reply(_symbol_limit_text(limit, ctx.deps.settings.symbols))
+        return
     except UsageError as error:
         await ctx.usage(str(error))
         return
@@ -255,6 +258,21 @@ async def settings_command(ctx: CommandContext) -> None:
         ("auto_mode", "on" if current.auto_mode else "off"),
     ]
     await ctx.reply_lines("<b>Your settings</b>", fmt.table(rows))
+
+
+def _symbol_limit_text(limit: SymbolLimitReached, bot_symbols: tuple[str, ...]) -> str:
+    plan = limit.plan
+    asked = (
+        f"auto mode on all symbols would watch the bot's {limit.wanted}"
+        if limit.every
+        else f"that would be {limit.wanted}"
+    )
+    example = ",".join(bot_symbols[: plan.max_symbols])
+    return (
+        f"Your {fmt.escape(plan.title)} plan allows {plan.max_symbols} symbols; "
+        f"{fmt.escape(asked)}. Nothing was changed. Name at most {plan.max_symbols} with "
+        f"{fmt.code(f'/settings symbols={example}')}, or see /plans."
+    )
 
 
 async def setkeys(ctx: CommandContext) -> None:
@@ -281,6 +299,7 @@ async def plans(ctx: CommandContext) -> None:
         (
             p.title,
             "free" if p.price_stars == 0 else f"{p.price_stars} stars/30d",
+            f"{p.max_symbols} symbols",
             f"{p.max_open_positions} positions",
             f"{p.ai_analyses_per_day} AI/day",
         )

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,7 +74,11 @@ class PollLease:
         self._fd = try_exclusive_lock(self.path)
         return self._fd is not None
 
-    async def acquire(self, stop: asyncio.Event) -> bool:
+    async def acquire(
+        self, stop: asyncio.Event, waiting: Callable[[str], None] | None = None
+    ) -> bool:
+        """Try until the lease is held (True) or `stop` is set (False); after each try
+        that fails, `waiting` is told why, in words for `lunara status`."""
         redis_down = False
         while not stop.is_set():
             try:
@@ -87,12 +92,24 @@ class PollLease:
                     )
                 redis_down = True
                 held = False
+                why = (
+                    f"Redis, which keeps the poller lease, does not answer "
+                    f"({type(error).__name__}); commands wait until it does"
+                    if self.redis is not None
+                    else f"the poller lock {self.path} cannot be taken ({type(error).__name__})"
+                )
+            else:
+                why = (
+                    "another poller of this bot token holds the poller lease and gets the commands"
+                )
             if held:
                 if redis_down:
                     logger.info("Redis answers again: Telegram poller lease taken")
                 if self.redis is not None:
                     self._renewer = asyncio.create_task(self._renew_forever(self.redis))
                 return True
+            if waiting is not None:
+                waiting(f"not polling: {why}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), RETRY_EVERY_S)
         return False

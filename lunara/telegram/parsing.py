@@ -57,10 +57,22 @@ def parse_amount(raw: str) -> Decimal:
         amount = Decimal(text)
     except InvalidOperation:
         raise UsageError("the amount must be a number, like 25 or 12.5") from None
-    if not amount.is_finite() or amount <= 0:
+    return check_amount(amount, MAX_AMOUNT)
+
+
+def check_amount(amount: Decimal, most: Decimal, least: Decimal | None = None) -> Decimal:
+    """`amount` if it is finite, above 0 (at least `least`, when given) and at most
+    `most`; UsageError saying which it is not. The one check of an amount someone types
+    (`/buy`'s quote amount, `lunara backtest --stake`): NaN, an infinity, zero, a
+    negative or an absurd size reaches neither an order nor a backtest."""
+    if not amount.is_finite():
+        raise UsageError("the amount must be a finite number")
+    if amount <= 0:
         raise UsageError("the amount must be positive")
-    if amount > MAX_AMOUNT:
-        raise UsageError(f"the amount must be at most {MAX_AMOUNT}")
+    if least is not None and amount < least:
+        raise UsageError(f"the amount must be at least {least}")
+    if amount > most:
+        raise UsageError(f"the amount must be at most {most}")
     return amount
 
 

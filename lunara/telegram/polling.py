@@ -63,8 +63,11 @@ class TelegramService:
             while not stop.is_set():
                 lease = PollLease(token.get_secret_value(), bot.paths.root, bot.redis)
                 logger.info("waiting for the Telegram poller lease (one poller per token)")
-                if not await lease.acquire(stop):
+                # Until it is held, `lunara status` shows Telegram down with the reason: the
+                # Bot API may answer, but no command is fetched.
+                if not await lease.acquire(stop, waiting=bot.watch.wait):
                     return
+                bot.watch.resume()
                 # The one sender of the outbox, while the lease is ours.
                 sending = asyncio.Event()
                 sender = asyncio.create_task(bot.sender.run(sending))

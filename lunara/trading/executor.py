@@ -36,7 +36,7 @@ from typing import Protocol, cast, runtime_checkable
 
 import aiosqlite
 
-from lunara.accounts import plan_in_force, position_limit_reached
+from lunara.accounts import plan_in_force, position_limit_reached, symbols_in_plan
 from lunara.analysis.analyzer import Analysis, AnalyzerRegistry, CandleLike, entry_signal
 from lunara.crypto import KeyMismatch
 from lunara.services import TradingError
@@ -692,9 +692,12 @@ class Executor:
         open_positions = await position_store.list_open(self._db, user_id)
         if any(position.symbol == symbol for position in open_positions):
             return False
-        if position_limit_reached(plan_in_force(user, self._clock()), len(open_positions)):
-            return False
+        plan = plan_in_force(user, self._clock())
         settings = self._settings.settings(user_id)
+        if position_limit_reached(plan, len(open_positions)) or symbol not in symbols_in_plan(
+            plan, settings.symbols, self._config.symbols
+        ):
+            return False
         exchange = await self._exchange_for(user_id)
         rules = await exchange.symbol_rules(symbol)
         quantity = quantity_for_quote(rules, settings.stake_usdt, price)

@@ -5,6 +5,7 @@ from a directory holding a `.env`, without `--home` or `--manifest`."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from blueprint.envfile import load_into_environment
+from blueprint.errors import ExitCode
 from tests.blueprint.cli_harness import (
     ROOT,
     TOKENS,
@@ -111,6 +113,48 @@ def test_a_home_given_with_home_must_exist(directory: Directory) -> None:
         assert "does not exist" in refused.stderr
         assert "Traceback" not in refused.stderr
     assert not missing.exists()
+
+
+NOT_REGULAR_FILES = {
+    "fifo": "a named pipe (FIFO), not a regular file",
+    "directory": "Is a directory",
+    "device": "a character device, not a regular file",
+}
+"""What the refusal calls each kind of path that is not a regular file."""
+
+
+def make_not_regular(path: Path, kind: str) -> str:
+    """Put a FIFO, a directory or a device (/dev/null, behind a symlink) at `path`; what
+    the refusal calls it."""
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to(os.devnull)
+    return NOT_REGULAR_FILES[kind]
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_REGULAR_FILES))
+@pytest.mark.parametrize("verb", [("status",), ("start", "--wait", "10")])
+def test_a_dot_env_that_is_not_a_regular_file_is_refused_in_one_line(
+    directory: Directory, kind: str, verb: tuple[str, ...]
+) -> None:
+    """A FIFO used to hang the CLI in open() until someone wrote to it; a device (here
+    /dev/null behind a symlink) was read as if it were a file."""
+    env_file = directory.cwd / ".env"
+    said = make_not_regular(env_file, kind)
+    # The subprocess timeout only turns a hang into a failure; nothing here is timed.
+    refused = directory.run(
+        "--home", str(directory.home), "--manifest", str(directory.manifest), *verb,
+        LUNARA_TOKEN=TOKENS["owner"],
+    )  # fmt: skip
+    assert refused.returncode == ExitCode.INVALID_CONFIG, refused.stdout + refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"lunara: invalid configuration: cannot read {env_file} ({said}): it must be a file "
+        "of VARIABLE=value lines, or absent"
+    ], refused.stderr
+    assert not (directory.home / "ledger.json").exists()
 
 
 def test_dot_env_sets_only_the_projects_variables_and_never_overrides(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """The account service against a real SQLite database: the rules it holds itself (the
-plan in force and its position limit, reactivation, settings checked before they are
+plan in force and its position and symbol limits, reactivation, settings checked before they are
 saved, refunds through the call it is handed)."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import aiosqlite
 import pytest
 
 from lunara import accounts, payments
-from lunara.accounts import AccountService
+from lunara.accounts import AccountService, SymbolLimitReached
 from lunara.crypto import KeyRing
 from lunara.plans import PLAN_PERIOD_S, PLANS, PlanName
 from lunara.services import TradingError
-from lunara.storage import users
+from lunara.storage import user_settings, users
 from lunara.storage.database import InvalidValue, open_database
 
 NOW = 1_800_000_000.0
@@ -99,9 +99,54 @@ async def test_new_symbols_are_checked_before_they_are_saved(
         raise TradingError("Binance does not list NOPEUSDT")
 
     with pytest.raises(TradingError, match="NOPEUSDT"):
-        await service.update_settings(TRADER, {"symbols": "btcusdt,nopeusdt"}, refuse)
+        await service.update_settings(TRADER, {"symbols": "btcusdt,nopeusdt"}, refuse, ())
     assert asked == [("BTCUSDT", "NOPEUSDT")]
     assert (await service.settings(TRADER)).symbols == ()
+
+
+BOT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+
+
+def test_the_symbols_that_count_are_the_listed_ones_or_all_the_bots_in_auto_mode() -> None:
+    listed = ("SOLUSDT", "BTCUSDT", "ETHUSDT")
+    assert accounts.watched_symbols(listed, BOT_SYMBOLS, auto_mode=False) == listed
+    assert accounts.watched_symbols((), BOT_SYMBOLS, auto_mode=True) == BOT_SYMBOLS
+    assert accounts.watched_symbols((), BOT_SYMBOLS, auto_mode=False) == ()
+    assert accounts.symbols_in_plan(FREE, listed, BOT_SYMBOLS) == ("SOLUSDT", "BTCUSDT")
+    assert accounts.symbols_in_plan(FREE, (), BOT_SYMBOLS) == ("BTCUSDT", "ETHUSDT")
+    assert accounts.symbols_in_plan(PRO, listed, BOT_SYMBOLS) == listed
+
+
+async def test_settings_beyond_the_plans_symbols_are_refused_before_the_exchange_is_asked(
+    db: aiosqlite.Connection, service: AccountService
+) -> None:
+    await service.register(TRADER, None)
+
+    async def must_not_ask(symbols: Sequence[str]) -> None:
+        raise AssertionError(f"asked about {symbols}")
+
+    with pytest.raises(SymbolLimitReached) as listed:
+        await service.update_settings(
+            TRADER, {"symbols": ",".join(BOT_SYMBOLS)}, must_not_ask, BOT_SYMBOLS
+        )
+    assert (listed.value.plan, listed.value.wanted, listed.value.every) == (FREE, 3, False)
+    with pytest.raises(SymbolLimitReached) as every:
+        await service.update_settings(TRADER, {"auto_mode": "on"}, must_not_ask, BOT_SYMBOLS)
+    assert (every.value.wanted, every.value.every) == (3, True)
+    assert await service.settings(TRADER) == user_settings.UserSettings(user_id=TRADER)
+    # A lapsed Pro plan is the free plan; a running one allows the three.
+    await users.set_plan(db, TRADER, PlanName.PRO.value, NOW)
+    with pytest.raises(SymbolLimitReached):
+        await service.update_settings(TRADER, {"auto_mode": "on"}, must_not_ask, BOT_SYMBOLS)
+    await users.set_plan(db, TRADER, PlanName.PRO.value, NOW + PLAN_PERIOD_S)
+
+    async def listed_on_binance(symbols: Sequence[str]) -> None:
+        return None
+
+    saved = await service.update_settings(
+        TRADER, {"auto_mode": "on"}, listed_on_binance, BOT_SYMBOLS
+    )
+    assert saved.auto_mode
 
 
 async def test_settings_without_symbols_ask_the_exchange_nothing(
@@ -112,10 +157,10 @@ async def test_settings_without_symbols_ask_the_exchange_nothing(
     async def must_not_ask(symbols: Sequence[str]) -> None:
         raise AssertionError(f"asked about {symbols}")
 
-    saved = await service.update_settings(TRADER, {"stake_usdt": "25"}, must_not_ask)
+    saved = await service.update_settings(TRADER, {"stake_usdt": "25"}, must_not_ask, ())
     assert str(saved.stake_usdt) == "25"
     with pytest.raises(InvalidValue):
-        await service.update_settings(TRADER, {"stoploss": "lots"}, must_not_ask)
+        await service.update_settings(TRADER, {"stoploss": "lots"}, must_not_ask, ())
     assert await service.settings(TRADER) == saved
 
 

@@ -74,6 +74,29 @@ def test_a_watch_is_off_unless_configured_and_remembers_when_it_was_last_ok() ->
     assert Watch(configured=False).report()["state"] == "off"
 
 
+def test_a_watch_waiting_is_down_with_its_reason_until_it_resumes() -> None:
+    """Reachable but not used (Telegram answers, polling waits for its lease): down, with
+    what it waits for; an outage meanwhile speaks first; resuming keeps `last_ok_at`."""
+    now = [100.0]
+    watch = Watch(configured=True, clock=lambda: now[0])
+    watch.ok()
+    now[0] = 110.0
+    watch.wait("not polling: the lease")
+    now[0] = 115.0
+    watch.wait("not polling: the lease, still")
+    watch.ok()  # a request answered; still not used
+    assert watch.report() == {"state": "down", "last_ok_at": 115.0, "down_since": 110.0,
+                              "reason": "not polling: the lease, still"}  # fmt: skip
+    now[0] = 120.0
+    watch.down("the Bot API did not answer")
+    assert watch.report()["reason"] == "the Bot API did not answer"
+    assert watch.report()["down_since"] == 120.0
+    watch.ok()
+    watch.resume()
+    assert watch.report() == {"state": "ok", "last_ok_at": 120.0, "down_since": None,
+                              "reason": None}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("error", "state"),
     [

@@ -3,6 +3,8 @@ restarted), never a traceback, a crash loop or a tick that eats the machine."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from tests.blueprint.cli_harness import (
     manifest_document,
     write_manifest,
 )
+from tests.blueprint.test_env_file import NOT_REGULAR_FILES, make_not_regular
 
 
 @pytest.fixture
@@ -93,3 +96,28 @@ def test_analyze_on_a_bad_replay_file_is_a_one_line_configuration_error(cli: Cli
     assert result.stderr.count("\n") == 1, result.stderr
     assert "LUNARA_MARKET" in result.stderr
     assert "line 2: not UTF-8 text" in result.stderr
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_REGULAR_FILES))
+def test_the_bot_refuses_a_dot_env_that_is_not_a_regular_file_with_exit_6(
+    cli: Cli, kind: str
+) -> None:
+    """The bot reads `.env` itself too (a watchdog started from elsewhere, `python -m
+    lunara` in a container): a FIFO there used to keep it waiting before its first beat."""
+    env_file = cli.home.parent / ".env"
+    said = make_not_regular(env_file, kind)
+    # The subprocess timeout only turns a hang into a failure; nothing here is timed.
+    bot = subprocess.run(
+        [sys.executable, "-m", "lunara"],
+        env=cli.env(None, {"LUNARA_HOME": str(cli.home)}),
+        cwd=cli.home.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert bot.returncode == 6, bot.stdout + bot.stderr
+    assert bot.stderr.splitlines() == [
+        f"lunara: invalid configuration: cannot read {env_file} ({said}): it must be a file "
+        "of VARIABLE=value lines, or absent"
+    ], bot.stderr

@@ -53,6 +53,18 @@ def dependency(cli: Cli, env: dict[str, str], name: str) -> str | None:
     return None if deps is None else str(deps[name]["state"])
 
 
+def start_until_down(cli: Cli, env: dict[str, str], name: str) -> dict[str, Any]:
+    """Start the bot and wait until it reports `name` down; the status then, exit 0 and
+    healthy (a restart would not bring a dependency back)."""
+    started = cli.run("start", "--wait", "60", entry=ENTRY, extra_env=env)
+    assert started.returncode == 0, started.stderr
+    wait_until(lambda: dependency(cli, env, name) == "down", 30, f"{name} reported down")
+    code, report = status(cli, env)
+    assert code == 0
+    assert report["healthy"] is True
+    return report
+
+
 def metrics(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         return str(reply.read().decode())
@@ -68,13 +80,8 @@ def test_redis_down_shows_as_a_dependency_and_a_note_with_exit_code_0(tmp_path: 
         "LUNARA_HEALTH_PORT": str(health_port),
     }
     try:
-        started = cli.run("start", "--wait", "60", entry=ENTRY, extra_env=env)
-        assert started.returncode == 0, started.stderr
-        wait_until(lambda: dependency(cli, env, "redis") == "down", 30, "redis reported down")
-        code, report = status(cli, env)
-        assert code == 0
+        report = start_until_down(cli, env, "redis")
         assert report["state"] == "running"
-        assert report["healthy"] is True
         redis = report["dependencies"]["redis"]
         assert redis["last_ok_at"] is None
         assert redis["down_since"] is not None
@@ -142,6 +149,49 @@ def test_telegram_unreachable_shows_down_then_ok_again(tmp_path: Path) -> None:
     finally:
         cli.run("stop", "--timeout", "20", entry=ENTRY, extra_env=env)
         telegram.stop()
+
+
+def test_telegram_waiting_for_its_poller_lease_in_redis_shows_down_saying_why(
+    tmp_path: Path,
+) -> None:
+    """Redis down: the Bot API answers getMe, but polling waits for the poller lease that
+    Redis keeps, so no command is fetched. Status used to say telegram ok."""
+    from tests.blueprint.test_mirror import OwnRedis
+    from tests.fakes.telegram_api import FakeTelegram
+    from tests.lunara.telegram.conftest import TOKEN
+
+    cli = installation(tmp_path)
+    redis = OwnRedis(tmp_path / "redis")  # not started yet: its port refuses connections
+    redis.directory.mkdir()
+    env = {
+        "LUNARA_HOME": str(cli.home),
+        "LUNARA_TICK_SECONDS": "0.2",
+        "REDIS_URL": redis.url,
+        "TELEGRAM_BOT_TOKEN": TOKEN,
+    }
+    with FakeTelegram() as telegram:
+        env["TELEGRAM_API_BASE_URL"] = telegram.base_url
+        try:
+            report = start_until_down(cli, env, "telegram")
+            waiting = report["dependencies"]["telegram"]
+            assert waiting["last_ok_at"] is not None  # the Bot API answered getMe
+            assert waiting["down_since"] is not None
+            assert waiting["reason"] == (
+                "not polling: Redis, which keeps the poller lease, does not answer "
+                "(ConnectionError); commands wait until it does"
+            )
+            assert [note for note in report["notes"] if note.startswith("telegram is down")]
+            assert telegram.polls_by_token.get(TOKEN, 0) == 0
+
+            redis.start()
+            wait_until(lambda: dependency(cli, env, "telegram") == "ok", 60, "telegram ok")
+            assert telegram.polls_by_token.get(TOKEN, 0) > 0
+            report = status(cli, env)[1]
+            assert not [note for note in report["notes"] if note.startswith("telegram")]
+        finally:
+            cli.run("stop", "--timeout", "20", entry=ENTRY, extra_env=env)
+            if redis.process is not None:
+                redis.stop()
 
 
 def test_binance_unreachable_in_live_mode_shows_the_exchange_down(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from lunara.telegram.bot import CLIENT_TIMEOUT_S
 from lunara.telegram.commands import COMMANDS
 from lunara.telegram.guard import RefusalAudit
 from lunara.telegram.lease import PollLease
+from lunara.telegram.parsing import MAX_AMOUNT
 from lunara.telegram.polling import TelegramService
 from lunara.telegram.updates import BLANKED_TEXT
 from lunara.trading.binance import RetryPolicy
@@ -158,6 +159,24 @@ async def test_bad_arguments_get_the_usage_line(
             assert "Usage" in reply, (text, reply)
 
 
+async def test_an_amount_that_is_not_finite_positive_and_bounded_is_refused_saying_why(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    async with running_bot(fake_telegram, bot_home) as bot:
+        await bot.ask(TRADER, "/start")
+        for amount, said in (
+            ("nan", "the amount must be a finite number"),
+            ("-inf", "the amount must be a finite number"),
+            ("Infinity", "the amount must be a finite number"),
+            ("0", "the amount must be positive"),
+            ("1e7", f"the amount must be at most {MAX_AMOUNT}"),
+        ):
+            reply = await bot.ask(TRADER, f"/buy BTCUSDT {amount}")
+            assert said in reply, (amount, reply)
+            assert "Usage" in reply, (amount, reply)
+        assert "No open positions" in await bot.ask(TRADER, "/positions")
+
+
 async def test_settings_are_shown_and_updated(fake_telegram: FakeTelegram, bot_home: Path) -> None:
     async with running_bot(fake_telegram, bot_home) as bot:
         await bot.ask(TRADER, "/start")
@@ -208,6 +227,35 @@ async def test_a_trader_can_switch_to_a_plain_stop_and_back(
 def _plain(reply: str) -> str:
     """A settings table with its markup and column padding collapsed to single spaces."""
     return " ".join(re.sub(r"<[^>]+>", " ", reply).split())
+
+
+async def test_settings_watch_no_more_symbols_than_the_plan_allows(
+    fake_telegram: FakeTelegram, bot_home: Path
+) -> None:
+    """What counts: the symbols listed in /settings, or with `all` and auto mode on, every
+    symbol the bot trades. The free plan allows two; Pro ten."""
+    free = plan_book.PLANS[plan_book.PlanName.FREE]
+    three = "BTCUSDT,ETHUSDT,SOLUSDT"
+    assert free.max_symbols == 2
+    async with running_bot(fake_telegram, bot_home, LUNARA_SYMBOLS=three) as bot:
+        await bot.ask(TRADER, "/start")
+        listed = _plain(await bot.ask(TRADER, f"/settings symbols={three} auto_mode=on"))
+        assert listed == (
+            "Your Free plan allows 2 symbols; that would be 3. Nothing was changed. Name at "
+            "most 2 with /settings symbols=BTCUSDT,ETHUSDT , or see /plans."
+        ), listed
+        every = _plain(await bot.ask(TRADER, "/settings auto_mode=on"))
+        assert "allows 2 symbols; auto mode on all symbols would watch the bot's 3" in every
+        unchanged = _plain(await bot.ask(TRADER, "/settings"))
+        assert "symbols all" in unchanged
+        assert "auto_mode off" in unchanged
+        two = _plain(await bot.ask(TRADER, "/settings symbols=SOLUSDT,ETHUSDT auto_mode=on"))
+        assert "symbols SOLUSDT,ETHUSDT" in two
+        assert "auto_mode on" in two
+        assert "2 symbols" in _plain(await bot.ask(TRADER, "/plans"))
+        await users.set_plan(bot.bot.db, TRADER, plan_book.PlanName.PRO.value, time.time() + 3600)
+        assert f"symbols {three}" in _plain(await bot.ask(TRADER, f"/settings symbols={three}"))
+        assert "auto_mode on" in _plain(await bot.ask(TRADER, "/settings symbols=all"))
 
 
 async def test_setkeys_is_private_only_deletes_the_message_and_stores_encrypted(

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from lunara.telegram.parsing import (
     MAX_AMOUNT,
     UsageError,
+    check_amount,
     command_name,
     parse_amount,
     parse_pairs,
@@ -42,6 +43,22 @@ def test_amounts_are_positive_bounded_decimals() -> None:
     for bad in ("0", "-1", "nan", "inf", "abc", "1e400", str(MAX_AMOUNT + 1), "9" * 40):
         with pytest.raises(UsageError):
             parse_amount(bad)
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [("NaN", "a finite number"), ("-Infinity", "a finite number"), ("0", "positive"),
+     ("-1", "positive"), ("0.5", "at least 1"), ("100.01", "at most 100")],
+)  # fmt: skip
+def test_check_amount_says_which_bound_an_amount_misses(raw: str, said: str) -> None:
+    with pytest.raises(UsageError, match=said):
+        check_amount(Decimal(raw), Decimal(100), least=Decimal(1))
+
+
+def test_check_amount_keeps_its_bounds_themselves() -> None:
+    assert check_amount(Decimal(1), Decimal(100), least=Decimal(1)) == 1
+    assert check_amount(Decimal(100), Decimal(100), least=Decimal(1)) == 100
+    assert check_amount(Decimal("0.00000001"), Decimal(100)) == Decimal("0.00000001")
 
 
 def test_user_ids_are_positive_numbers() -> None:

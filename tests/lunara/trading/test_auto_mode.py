@@ -203,6 +203,27 @@ async def test_no_entry_when_the_plan_limit_is_already_reached(
     assert sorted(p.symbol for p in held) == ["BTCUSDT", "SOLUSDT"][:limit]
 
 
+async def test_after_a_paid_plan_lapses_auto_mode_enters_only_on_the_symbols_free_allows(
+    dip_market: TradingRuntime,
+) -> None:
+    """Symbols chosen under Pro stay in the settings; on the free plan auto mode keeps to
+    the first `max_symbols` of them, in the trader's order (what the plan's end notice
+    says), even where the open-position limit would allow another."""
+    engine = dip_market.engine
+    db = engine.orders._db
+    free = PLANS[PlanName.FREE]
+    chosen = ["SOLUSDT", "BTCUSDT", "ETHUSDT"]
+    assert free.max_symbols < len(chosen) <= PLANS[PlanName.PRO].max_symbols
+    await users.set_plan(db, AUTO, PlanName.PRO.value, 1.0)  # ended long ago
+    await user_settings.update(db, AUTO, {"symbols": chosen})
+    reports = await replay_all(engine, DIP_CANDLES)
+    assert entry_ticks(reports) == [len(DIP_CANDLES) - 1]
+    held = await store.list_open(db, AUTO)
+    # Every symbol signalled on that candle; without the limit BTCUSDT and ETHUSDT (the
+    # first in name order) were bought, ETHUSDT being third in the trader's list.
+    assert sorted(p.symbol for p in held) == sorted(chosen[: free.max_symbols])
+
+
 async def test_traders_entering_on_the_same_signal_each_get_a_tracked_stop(
     dip_market: TradingRuntime,
 ) -> None:
