@@ -11,6 +11,7 @@ from typing import Any
 
 import psutil
 import pytest
+from filelock import FileLock, Timeout
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -304,8 +305,26 @@ def test_the_watchdog_puts_right_a_ledger_rebuilt_without_its_adopted_bot(
     assert "adopted" in adopted.message
     assert adopted.status.pid == bot.pid
 
-    healthy.paths.ledger.write_text('{"revision": 12, "state": "runn')
-    rebuilt = healthy.controller.status(PRINCIPAL)  # rebuilt from the process table
+    # The watchdog is held still while the ledger is corrupted and read, so the rebuild
+    # the status makes is the table's alone, however slowly this machine runs.
+    watchdog = healthy.watchdog()
+    assert watchdog is not None
+
+    def held_outside_the_ledger_lock() -> bool:
+        watchdog.send_signal(signal.SIGSTOP)
+        try:
+            with FileLock(str(healthy.paths.ledger_lock), timeout=0):
+                return True
+        except Timeout:
+            watchdog.send_signal(signal.SIGCONT)
+            return False
+
+    wait_until(held_outside_the_ledger_lock, 10, "the watchdog held still, lock free")
+    try:
+        healthy.paths.ledger.write_text('{"revision": 12, "state": "runn')
+        rebuilt = healthy.controller.status(PRINCIPAL)  # rebuilt from the process table
+    finally:
+        watchdog.send_signal(signal.SIGCONT)
     assert rebuilt.pid is None
     assert rebuilt.restarts == 0  # all the table can tell
 
