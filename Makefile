@@ -70,10 +70,10 @@ coverage: $(STAMP_DEV)
 	$(BIN)/python -m coverage combine --quiet && $(BIN)/python -m coverage report; \
 	exit $$status
 
-## mutation: mutmut over the order path, trailing stops, permission checks and redaction,
-## each under its own tests, then each one's score (docs/mutation-testing.md). Not part
-## of `make test` (the order path alone takes about 10 minutes); MUTATION='redaction'
-## runs only the named targets.
+## mutation: mutmut over the order path, trailing stops, permission checks, accounts,
+## payments and redaction, each under its own tests, then each one's score
+## (docs/mutation-testing.md). Not part of `make test` (the order path alone takes
+## about 10 minutes); MUTATION='redaction' runs only the named targets.
 mutation: $(STAMP_DEV)
 	scripts/with-redis.sh $(BIN)/python scripts/mutation.py $(MUTATION)
 

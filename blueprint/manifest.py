@@ -49,7 +49,7 @@ class Permission(StrEnum):
     """Every permission the code asks for: the one source of their names.
 
     A check names a member, never a string, so a misspelt permission is a type error
-    and the permission matrix test (tests/blueprint/test_permission_matrix.py) can hold
+    and the permission matrix test (tests/lunara/test_permission_matrix.py) can hold
     each CLI verb and each Telegram command to the permission it must need.
     """
 

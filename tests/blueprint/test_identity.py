@@ -13,6 +13,7 @@ from blueprint.identity import (
     UnknownToken,
     cli_principal,
     os_user_principal,
+    principal_for,
     telegram_principal,
 )
 from blueprint.manifest import Manifest, validate_manifest
@@ -63,16 +64,29 @@ def test_the_os_user_is_named_by_login() -> None:
     assert os_user_principal() == f"os_user:{current_login()}"
 
 
-def test_a_uid_without_a_passwd_entry_is_named_by_number() -> None:
+def uid_without_a_passwd_entry() -> int:
     known = {entry.pw_uid for entry in pwd.getpwall()}
-    orphan = next(uid for uid in range(54_321, 65_000) if uid not in known)
+    return next(uid for uid in range(54_321, 65_000) if uid not in known)
+
+
+def test_a_uid_without_a_passwd_entry_is_named_by_number() -> None:
+    orphan = uid_without_a_passwd_entry()
     assert os_user_principal(orphan) == f"os_user:{orphan}"
+
+
+def test_without_a_token_the_caller_is_the_os_user_of_the_uid_given(manifest: Manifest) -> None:
+    # The watchdog's control socket names its peer's uid; the peer is not the watchdog.
+    peer = uid_without_a_passwd_entry()
+    assert principal_for(manifest, None, peer) == f"os_user:{peer}"
+    assert principal_for(manifest, "", peer) == f"os_user:{peer}"
+    assert principal_for(manifest, CI_TOKEN, peer) == "token:ci"
 
 
 def test_telegram_users_are_named_by_numeric_id(manifest: Manifest) -> None:
     principal = telegram_principal(987654321)
     assert principal == "telegram:987654321"
     assert manifest.role_of(principal) == "trader"
+    assert telegram_principal(1) == "telegram:1"
 
 
 @pytest.mark.parametrize("user_id", [0, -7, True, False, "42", 4.0, None])

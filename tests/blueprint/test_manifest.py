@@ -24,8 +24,10 @@ from blueprint.manifest import (
     Manifest,
     ManifestError,
     Permission,
+    PrincipalKind,
     ProgramSpec,
     RestartPolicy,
+    is_principal,
     load_manifest,
     parse_manifest_text,
     permission_matches,
@@ -434,6 +436,7 @@ def test_wildcard_examples() -> None:
     assert permission_matches("tg.trade.*", "tg.trade.open")
     assert permission_matches("tg.trade.*", "tg.trade.stop.move")
     assert not permission_matches("tg.trade.*", "tg.trade")
+    assert not permission_matches("tg.trade.*", "tg.trade.")
     assert not permission_matches("tg.trade.*", "tg.trader.open")
     assert not permission_matches("bot.start", "bot.starts")
 
@@ -467,7 +470,8 @@ def test_an_unknown_principal_is_refused(manifest: Manifest) -> None:
 
 
 @pytest.mark.parametrize(
-    "principal", ["telegram:@bob", "telegram:0", "telegram:-5", "root", "", "x:1"]
+    "principal",
+    ["telegram:@bob", "telegram:0", "telegram:-5", "root", "", "x:1", "telegram", "telegram:"],
 )
 def test_a_malformed_principal_gets_no_role_not_even_a_default(
     manifest: Manifest, principal: str
@@ -482,7 +486,8 @@ def test_an_unknown_permission_is_refused(manifest: Manifest) -> None:
 
 
 @pytest.mark.parametrize(
-    "patterns", [["*"], ["tg.*"], ["tg.admin.*"], ["tg.info.*", "tg.admin.refund"]]
+    "patterns",
+    [["*"], ["tg.*"], ["tg.admin.*"], ["tg.info.*", "tg.admin.refund"], ["tg.admin.later"]],
 )
 def test_a_default_telegram_role_that_grants_admin_commands_is_a_manifest_error(
     patterns: list[str],
@@ -518,6 +523,48 @@ def test_an_unknown_role_is_refused() -> None:
     )
     assert not manifest.allows("os_user:root", Permission.STATUS)
     assert not manifest.allows("telegram:7", "tg.info.price")
+
+
+kinds = st.sampled_from([kind.value for kind in PrincipalKind])
+well_formed_rest = {
+    PrincipalKind.OS_USER: st.from_regex(r"[a-z_][a-z0-9_-]{0,30}", fullmatch=True),
+    PrincipalKind.TOKEN: segments,
+    PrincipalKind.TELEGRAM: st.integers(1, 10**19).map(str),
+}
+
+
+@given(text=st.text(st.characters(blacklist_characters=":"), max_size=20))
+def test_text_without_a_colon_is_no_principal(text: str) -> None:
+    assert not is_principal(text)
+
+
+@given(kind=st.text(st.characters(blacklist_characters=":"), max_size=12), rest=names)
+def test_a_principal_of_no_known_kind_is_none(kind: str, rest: str) -> None:
+    if kind not in set(PrincipalKind):
+        assert not is_principal(f"{kind}:{rest}")
+
+
+@given(data=st.data(), kind=st.sampled_from(list(PrincipalKind)))
+def test_a_known_kind_with_a_well_formed_name_is_a_principal(
+    data: st.DataObject, kind: PrincipalKind
+) -> None:
+    rest = data.draw(well_formed_rest[kind])
+    assert is_principal(f"{kind}:{rest}")
+    assert not is_principal(f"{kind}:{rest}:{rest}")
+
+
+def test_a_hand_built_grant_for_a_principal_of_no_known_kind_grants_nothing() -> None:
+    # Loading refuses such a principal; a manifest built in code must still deny it.
+    manifest = Manifest(
+        version=1,
+        name="x",
+        program=ProgramSpec(command=("bot",)),
+        roles={"owner": ("*",)},
+        principals={"group:wheel": Grant("owner"), "os_user:root": Grant("owner")},
+    )
+    assert manifest.role_of("group:wheel") is None
+    assert not manifest.allows("group:wheel", Permission.STOP)
+    assert manifest.allows("os_user:root", Permission.STOP)
 
 
 def test_unlisted_telegram_users_get_the_default_role(manifest: Manifest) -> None:

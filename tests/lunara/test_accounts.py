@@ -12,11 +12,11 @@ import pytest
 
 from lunara import accounts, payments
 from lunara.accounts import AccountService, SymbolLimitReached
-from lunara.crypto import KeyRing
+from lunara.crypto import KeyRing, generate_key
 from lunara.plans import PLAN_PERIOD_S, PLANS, PlanName
 from lunara.services import TradingError
-from lunara.storage import user_settings, users
-from lunara.storage.database import InvalidValue, open_database
+from lunara.storage import credentials, user_settings, users
+from lunara.storage.database import InvalidValue, RecordNotFound, open_database
 
 NOW = 1_800_000_000.0
 TRADER = 424242
@@ -185,3 +185,54 @@ async def test_a_refund_calls_telegram_once_and_takes_the_plan_back(
     user = await users.get(db, TRADER)
     assert user is not None
     assert service.plan_of(user) == FREE
+
+
+async def test_a_user_is_registered_with_the_username_kept_current(
+    service: AccountService,
+) -> None:
+    assert await service.user(TRADER) is None
+    started = await service.start(TRADER, "trader")
+    assert started.username == "trader"
+    renamed = await service.register(TRADER, "trader_two")
+    assert renamed.username == "trader_two"
+    assert await service.user(TRADER) == renamed
+    assert await service.user(TRADER + 1) is None
+
+
+async def test_users_are_listed_a_page_at_a_time_in_registration_order(
+    service: AccountService,
+) -> None:
+    for offset in range(5):
+        await service.register(TRADER + offset, f"user{offset}")
+    page = await service.users_page(offset=1, limit=2)
+    assert [user.telegram_id for user in page.users] == [TRADER + 1, TRADER + 2]
+    assert (page.total, page.offset, page.limit) == (5, 1, 2)
+
+
+async def test_keys_are_stored_encrypted_with_the_deployments_keyring(
+    db: aiosqlite.Connection,
+) -> None:
+    keyring = KeyRing([generate_key()])
+    service = AccountService(db, lambda: keyring, clock=lambda: NOW)
+    await service.register(TRADER, None)
+    api_key, api_secret = "k" * 60 + "WXYZ", "s" * 64
+    info = await service.store_keys(TRADER, api_key, api_secret)
+    assert (info.user_id, info.exchange) == (TRADER, credentials.Exchange.BINANCE)
+    loaded = await credentials.load(db, keyring, TRADER, credentials.Exchange.BINANCE)
+    assert loaded == credentials.ApiCredentials(api_key, api_secret)
+    stored = b"".join(
+        str(value).encode()
+        for row in await db.execute_fetchall("SELECT * FROM exchange_credentials")
+        for value in row
+    )
+    assert api_secret.encode() not in stored
+
+
+async def test_refunding_a_charge_never_recorded_asks_telegram_nothing(
+    service: AccountService,
+) -> None:
+    async def refund(user_id: int, charge_id: str) -> None:
+        raise AssertionError(f"asked Telegram to refund {charge_id} of {user_id}")
+
+    with pytest.raises(RecordNotFound, match=r"^payment charge-0 is not recorded$"):
+        await service.refund_payment(refund, "charge-0")
