@@ -9,6 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests prove behaviour, not speed (the benchmarks in bench/ measure that): no
+# per-example deadline, which a loaded 2-core machine can miss on any of them.
+settings.register_profile("lunara", deadline=None)
+settings.load_profile("lunara")
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
