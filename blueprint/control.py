@@ -43,6 +43,8 @@ from blueprint.states import ControlEvent, State
 from blueprint.status import StatusReport, bot_started, redact, report_of
 
 if TYPE_CHECKING:
+    import subprocess
+
     from blueprint.ledger import Ledger, LedgerDocument, ProcessRecord
     from blueprint.manifest import Manifest
     from blueprint.mirror import Mirror
@@ -102,6 +104,18 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(POLL_S)
+
+
+def _reap_when_it_exits(popen: subprocess.Popen[bytes]) -> None:
+    """Wait for a spawned watchdog on a daemon thread, which holds its Popen until it ends.
+
+    The CLI exits long before its watchdog, which lives on in a session of its own and
+    passes to init. A process that outlives `start` (a test, a program driving the
+    controller) is the watchdog's parent for good: this collects its exit, so it leaves
+    no zombie and its Popen is never dropped while it runs."""
+    import threading
+
+    threading.Thread(target=popen.wait, name=f"reap-watchdog-{popen.pid}", daemon=True).start()
 
 
 # -- the controller -----------------------------------------------------------------------
@@ -268,11 +282,14 @@ class Controller:
         if not _wait_for(registered, HANDSHAKE_TIMEOUT_S):
             with contextlib.suppress(psutil.Error):
                 signal_process(psutil.Process(popen.pid), signal.SIGTERM)
+            _reap_when_it_exits(popen)
             raise StartFailed(
                 f"the watchdog did not register within {HANDSHAKE_TIMEOUT_S:g} s"
                 + self._log_excerpt(self.paths.watchdog_log)
             )
-        if popen.poll() is not None:
+        if popen.poll() is None:
+            _reap_when_it_exits(popen)
+        else:
             doc = self.ledger.read().document
             if str(doc.state) == State.FATAL:
                 return  # it ran, crash-looped and gave up: the caller reports it

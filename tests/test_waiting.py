@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from tests.waiting import until, wait_until
+from tests.waiting import until, until_equal, wait_until
 
 
 def test_the_first_truthy_value_ends_the_wait_and_is_returned() -> None:
@@ -59,3 +59,21 @@ async def test_the_async_wait_lets_the_loop_run_what_it_waits_for() -> None:
     await task
     with pytest.raises(AssertionError, match="waiting for nothing"):
         await until(lambda: None, 0, "nothing")
+
+
+async def test_the_awaited_wait_for_a_value_ends_on_a_falsy_one_and_fails_showing_the_last() -> (
+    None
+):
+    answers = iter([3, 2, 0, 7])
+
+    async def queued() -> int:
+        return next(answers)
+
+    await until_equal(queued, 0, 10, "nothing queued", poll_s=0)
+    assert next(answers) == 7  # not asked again once it came
+
+    async def stuck() -> int:
+        return 3
+
+    with pytest.raises(AssertionError, match=r"waiting for nothing queued \(last: 3\)"):
+        await until_equal(stuck, 0, 0, "nothing queued")

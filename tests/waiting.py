@@ -85,3 +85,26 @@ async def until_awaited(
         if time.monotonic() >= deadline:
             raise _failure(timeout_s, what)
         await asyncio.sleep(poll_s)
+
+
+async def until_equal(
+    probe: Callable[[], Awaitable[object]],
+    wanted: object,
+    timeout_s: float = 20.0,
+    what: Describe = "condition",
+    *,
+    poll_s: float = 0.02,
+) -> None:
+    """`until_awaited` for a probe that must come to one value, falsy ones too (a user
+    marked inactive, nothing left queued); a failure shows the last value it gave."""
+    last: list[object] = []
+
+    async def reached() -> bool:
+        last[:] = [await probe()]
+        return last[0] == wanted
+
+    def describe() -> str:
+        text = what() if callable(what) else what
+        return f"{text} (last: {last[0]!r})" if last else text
+
+    await until_awaited(reached, timeout_s, describe, poll_s=poll_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -166,6 +167,18 @@ def test_start_is_idempotent(supervised: Factory) -> None:
     assert "already running" in second.message
     assert second.status.pid == first.status.pid
     assert second.status.exit_code() == ExitCode.OK
+
+
+def test_a_watchdog_started_in_process_is_reaped_when_it_exits(supervised: Factory) -> None:
+    """A process that ran `start` and lives on (a test, a program driving the controller)
+    stays the watchdog's parent: the watchdog's exit is collected, not left a zombie."""
+    healthy = supervised(tight_program(program("healthy_bot")))
+    started = healthy.controller.start(PRINCIPAL, 10)
+    assert started.status.supervisor_pid is not None
+    watchdog = psutil.Process(started.status.supervisor_pid)
+    assert watchdog.ppid() == os.getpid()
+    assert healthy.controller.stop(PRINCIPAL, None).changed
+    wait_until(lambda: not psutil.pid_exists(watchdog.pid), 20, "the watchdog reaped")
 
 
 def test_start_wait_fails_with_the_log_tail_and_no_secret_when_the_bot_dies(

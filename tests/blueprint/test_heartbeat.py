@@ -13,6 +13,7 @@ from blueprint.heartbeat import (
     heartbeat_mtime,
     write_heartbeat,
 )
+from tests.waiting import until
 
 
 def test_no_heartbeat_has_no_time(tmp_path: Path) -> None:
@@ -58,13 +59,13 @@ async def test_heartbeat_loop_beats_until_stopped(tmp_path: Path) -> None:
     path = tmp_path / "heartbeat"
     stop = asyncio.Event()
     task = asyncio.create_task(heartbeat_loop(path, stop, interval_s=0.02))
-    mtimes: set[float] = set()
-    async with asyncio.timeout(10):
-        while len(mtimes) < 3:
-            mtime = heartbeat_mtime(path)
-            if mtime is not None:
-                mtimes.add(mtime)
-            await asyncio.sleep(0.005)
+    mtimes: set[float | None] = set()
+
+    def three_beats() -> bool:
+        mtimes.add(heartbeat_mtime(path))
+        return len(mtimes - {None}) >= 3
+
+    await until(three_beats, 10, "three beats", poll_s=0.005)
     stop.set()
     async with asyncio.timeout(5):
         await task

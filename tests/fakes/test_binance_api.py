@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -24,6 +25,24 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
 
 KEY, SECRET = "key-alice", "secret-alice"
+
+
+@pytest.fixture(autouse=True)
+def websocket_loop() -> Iterator[None]:
+    """An event loop for the sync clients here, closed after each test.
+
+    python-binance's Client sets up its websocket API as it is made, on the thread's
+    current event loop; where there is none (a sync test) it makes one, makes it current
+    and never closes it. The next async test replaces it, and the garbage collector later
+    finds it unclosed, in whichever test is running then. Given this one, the clients
+    take it, and it is closed here (no client of these tests opens a websocket)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 @pytest.fixture

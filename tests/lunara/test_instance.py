@@ -7,8 +7,7 @@ behaviour is the same as across processes (the CLI tests run it across processes
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import TypedDict, Unpack
@@ -39,6 +38,7 @@ from lunara.trading.stops import RedisStopStore, SqliteStopStore
 from lunara.trading.trailing import StopState, TrailingParams
 from tests.fakes.binance_api import FakeBinance
 from tests.lunara.trading.test_stopstore import create_stop_table
+from tests.waiting import until, until_awaited
 
 NAME = "lunara-test"
 DEPLOYMENT = "a" * 32
@@ -69,18 +69,11 @@ def _lease(
     )  # fmt: skip
 
 
-async def _eventually(condition: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        await asyncio.sleep(0.05)
-
-
 async def _expired(redis: Redis) -> None:
     async def gone() -> bool:
         return not await redis.exists(lease_key(NAME))
 
-    await _eventually(gone)
+    await until_awaited(gone, what="the instance lease expired")
 
 
 class Clock:
@@ -123,7 +116,7 @@ async def test_a_second_instance_of_the_deployment_waits_then_takes_over_with_a_
     assert not standby.may_act()
     stop = asyncio.Event()
     waiting = asyncio.create_task(standby.acquire(stop))
-    await asyncio.sleep(0.3)
+    await until(lambda: standby.standby_for is not None, what="the standby to find the holder")
     assert not waiting.done()
     assert standby.standby_for is not None
     assert standby.standby_for.home == str(tmp_path / "a")
@@ -231,7 +224,7 @@ async def test_redis_down_at_start_runs_on_the_home_lock_and_a_second_bot_of_the
     second = _lease(down, tmp_path / "home")
     stop = asyncio.Event()
     waiting = asyncio.create_task(second.acquire(stop))
-    await asyncio.sleep(0.3)
+    await until(lambda: second.standby_for is not None, what="the second to find the home locked")
     assert not waiting.done()
     assert second.standby_for is not None
     await first.release()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,8 @@ from lunara.storage.database import open_database
 from lunara.telegram.bot import TelegramBot
 from lunara.telegram.outbox import TELEGRAM_LIMITS, SendLimits
 from lunara.telegram.polling import TelegramService
-from tests import waiting
 from tests.fakes.telegram_api import FakeTelegram
+from tests.waiting import until
 
 TOKEN = "7312345678:AAH3kq9ZxV0b1c2d3e4f5g6h7i8j9k0lMnOpQ"
 ADMIN = 1001
@@ -87,17 +87,12 @@ class RunningBot:
     bot: TelegramBot
     home: Path
 
-    async def until(
-        self, condition: Callable[[], bool], timeout_s: float = 15.0, what: str = ""
-    ) -> None:
-        await waiting.until(condition, timeout_s, what or "condition", poll_s=0.02)
-
     async def ask(self, user_id: int, text: str, chat_type: str = "private") -> str:
         """Send a command and return the bot's reply to it (exactly one is expected)."""
         chat_id = user_id if chat_type == "private" else -1000000000 - user_id
         before = len(self.fake.messages_to(chat_id))
         self.fake.push_text(user_id, text, chat_type=chat_type, username=f"u{user_id}")
-        await self.until(
+        await until(
             lambda: len(self.fake.messages_to(chat_id)) > before, what=f"a reply to {text!r}"
         )
         return self.fake.messages_to(chat_id)[before]
@@ -152,7 +147,7 @@ async def running_bot(
         engine_task = asyncio.create_task(trading.runner.run(stop))
         running = RunningBot(fake, bot, home)
         try:
-            await running.until(lambda: fake.polls_by_token.get(TOKEN, 0) > 0, what="polling")
+            await until(lambda: fake.polls_by_token.get(TOKEN, 0) > 0, what="polling")
             yield running
         finally:
             stop.set()

@@ -9,7 +9,6 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,7 @@ from tests.lunara.telegram.conftest import (
     built_bot,
     running_bot,
 )
-from tests.waiting import until_awaited
+from tests.waiting import until, until_awaited, until_equal
 
 NO_RATE_LIMIT = {"LUNARA_RATE_LIMIT_PER_MINUTE": "1000"}
 """For a test asking one user every command: each message counts against the limit."""
@@ -335,7 +334,12 @@ async def test_a_reply_stalled_past_the_client_timeout_is_sent_again(
     async with running_bot(fake_telegram, bot_home) as bot:
         fake_telegram.inject("sendMessage", 502, "Bad Gateway", stall_s=CLIENT_TIMEOUT_S + 1)
         assert "Plans" in await bot.ask(TRADER, "/plans")
-        await asyncio.sleep(0.5)
+        # The answer is marked sent once Telegram took it: the outbox sends it no more.
+        await until_equal(
+            lambda: outbox_store.counts(bot.bot.db),
+            {"queued": 0, "sent": 1, "blocked": 0, "failed": 0},
+            what="the answer marked sent",
+        )
         assert len(fake_telegram.messages_to(TRADER)) == 1
 
 
@@ -346,7 +350,7 @@ async def test_answers_are_threaded_and_a_redelivered_command_is_not_answered_tw
         await bot.ask(TRADER, "/start")
         update_id = fake_telegram.push_text(TRADER, "/buy BTCUSDT 100", username="trader")
         _, message_id = fake_telegram.pushed[update_id]
-        await bot.until(
+        await until(
             lambda: any(m["reply_to"] == message_id for m in fake_telegram.sent), what="a reply"
         )
         # The poller died before confirming: Telegram delivers the same message again.
@@ -370,7 +374,7 @@ async def test_a_plain_text_gets_one_hint_even_when_delivered_again(
     async with running_bot(fake_telegram, bot_home) as bot:
         update_id = fake_telegram.push_text(TRADER, "buy btc pls", username="trader")
         _, message_id = fake_telegram.pushed[update_id]
-        await bot.until(
+        await until(
             lambda: any(m["reply_to"] == message_id for m in fake_telegram.sent), what="a hint"
         )
         # The bot died after answering, before the next getUpdates confirmed the batch.
@@ -390,10 +394,10 @@ async def test_an_answer_telegram_keeps_failing_is_tried_until_it_goes_and_sent_
         fake_telegram.inject("sendMessage", 502, "Bad Gateway", times=6)
         assert "Plans" in await bot.ask(TRADER, "/plans")
         # Telegram has it; the row is marked sent once its answer is back in the bot.
-        await until_async(
+        await until_equal(
             lambda: outbox_store.counts(bot.bot.db),
             {"queued": 0, "sent": 1, "blocked": 0, "failed": 0},
-            "the answer marked sent",
+            what="the answer marked sent",
         )
     assert len(fake_telegram.messages_to(TRADER)) == 1
 
@@ -418,7 +422,7 @@ async def test_broadcast_reaches_every_active_user(
             await bot.ask(user, "/start")
         reply = await bot.ask(ADMIN, "/broadcast maintenance at <noon> & later")
         assert "Broadcasting to 2 users" in reply  # the admin never sent /start
-        await bot.until(
+        await until(
             lambda: any("Broadcast finished" in m for m in fake_telegram.messages_to(ADMIN)),
             what="the summary",
         )
@@ -434,19 +438,17 @@ async def test_stars_payment_upgrades_the_plan_and_refund_takes_it_back(
     async with running_bot(fake_telegram, bot_home) as bot:
         await bot.ask(TRADER, "/start")
         fake_telegram.push_text(TRADER, "/subscribe pro")
-        await bot.until(lambda: len(fake_telegram.invoices) == 1, what="an invoice")
+        await until(lambda: len(fake_telegram.invoices) == 1, what="an invoice")
         invoice = fake_telegram.invoices[0]
         assert invoice["currency"] == "XTR"
         assert invoice["prices"][0]["amount"] == pro.price_stars
         payload = invoice["payload"]
         fake_telegram.push_pre_checkout(TRADER, payload, pro.price_stars + 1)
         fake_telegram.push_pre_checkout(TRADER, payload, pro.price_stars)
-        await bot.until(lambda: len(fake_telegram.answers) == 2, what="pre-checkout answers")
+        await until(lambda: len(fake_telegram.answers) == 2, what="pre-checkout answers")
         assert [a["ok"] for a in fake_telegram.answers] == [False, True]
         fake_telegram.push_successful_payment(TRADER, payload, "charge-1", pro.price_stars)
-        await bot.until(
-            lambda: any("plan is active" in m for m in fake_telegram.messages_to(TRADER))
-        )
+        await until(lambda: any("plan is active" in m for m in fake_telegram.messages_to(TRADER)))
         user = await users.get(bot.bot.db, TRADER)
         assert user is not None
         assert user.plan == "pro"
@@ -462,7 +464,7 @@ async def _paid_pro(bot: RunningBot, fake_telegram: FakeTelegram, charge_id: str
     await bot.ask(TRADER, "/start")
     payload = payments_flow.invoice_payload(pro, TRADER)
     fake_telegram.push_successful_payment(TRADER, payload, charge_id, pro.price_stars)
-    await bot.until(lambda: any("plan is active" in m for m in fake_telegram.messages_to(TRADER)))
+    await until(lambda: any("plan is active" in m for m in fake_telegram.messages_to(TRADER)))
 
 
 async def test_concurrent_refunds_of_one_charge_make_one_refund_call(
@@ -503,7 +505,7 @@ async def test_a_completed_payment_that_does_not_pay_for_its_plan_grants_nothing
         fake_telegram.push_successful_payment(
             TRADER, payload, "charge-odd", pro.price_stars + amount_off, currency=currency
         )
-        await bot.until(
+        await until(
             lambda: any("PaymentMismatch" in m for m in fake_telegram.messages_to(ADMIN)),
             what="the admins told",
         )
@@ -526,7 +528,7 @@ async def test_injected_409_is_survived_and_recorded(
 ) -> None:
     async with running_bot(fake_telegram, bot_home) as bot:
         fake_telegram.inject("getUpdates", 409, "Conflict: terminated by other getUpdates request")
-        await bot.until(lambda: (bot_home / "telegram-state.json").exists(), what="conflict record")
+        await until(lambda: (bot_home / "telegram-state.json").exists(), what="conflict record")
         assert json.loads((bot_home / "telegram-state.json").read_text())["conflicts"] >= 1
         assert "Plans" in await bot.ask(TRADER, "/plans")  # still polling and answering
 
@@ -547,7 +549,7 @@ async def test_a_user_who_blocked_the_bot_is_marked_inactive_when_a_notification
         await bot.ask(TRADER, "/start")
         fake_telegram.block(TRADER, tell=False)
         await bot.bot.notify(TRADER, "your stop triggered")
-        await until_async(lambda: user_active(bot.bot.db, TRADER), False, "marked inactive")
+        await until_equal(lambda: user_active(bot.bot.db, TRADER), False, what="marked inactive")
         assert fake_telegram.forbidden == 1
         assert (await outbox_store.counts(bot.bot.db))["blocked"] == 1
 
@@ -557,19 +559,22 @@ async def user_active(db: aiosqlite.Connection, user_id: int) -> bool | None:
     return None if user is None else user.active
 
 
-async def until_async(
-    probe: Callable[[], Awaitable[object]], wanted: object, what: str, timeout_s: float = 15.0
-) -> None:
-    """Wait until `await probe()` equals `wanted`, failing at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while (got := await probe()) != wanted:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {got!r})")
-        await asyncio.sleep(0.02)
+def tries_of(lease: PollLease, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Each try of `lease` to take the poller lease, as it ends (False: refused)."""
+    tries: list[bool] = []
+    try_once = lease._try_once
+
+    async def recorded() -> bool:
+        held = await try_once()
+        tries.append(held)
+        return held
+
+    monkeypatch.setattr(lease, "_try_once", recorded)
+    return tries
 
 
 async def test_two_instances_never_poll_at_once(
-    fake_telegram: FakeTelegram, tmp_path: Path
+    fake_telegram: FakeTelegram, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first_home, second_home = tmp_path / "a", tmp_path / "b"
     first_home.mkdir()
@@ -581,8 +586,9 @@ async def test_two_instances_never_poll_at_once(
     lease_b = PollLease(TOKEN, shared)
     stop = asyncio.Event()
     assert await lease_a.acquire(stop)
+    tries = tries_of(lease_b, monkeypatch)
     waiting = asyncio.create_task(lease_b.acquire(stop))
-    await asyncio.sleep(0.3)
+    await until(lambda: False in tries, what="the second lease refused")
     assert not waiting.done()  # the second waits instead of polling
     await lease_a.release()
     assert await asyncio.wait_for(waiting, 5)
@@ -613,7 +619,9 @@ async def test_two_bots_against_one_server_never_poll_concurrently(
         assert fake_telegram.max_concurrent_polls == 1
 
 
-async def test_redis_lease_is_exclusive_and_released(redis_db: str, tmp_path: Path) -> None:
+async def test_redis_lease_is_exclusive_and_released(
+    redis_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from redis.asyncio import Redis
 
     client = Redis.from_url(redis_db)
@@ -621,8 +629,9 @@ async def test_redis_lease_is_exclusive_and_released(redis_db: str, tmp_path: Pa
         first, second = PollLease(TOKEN, tmp_path, client), PollLease(TOKEN, tmp_path, client)
         stop = asyncio.Event()
         assert await first.acquire(stop)
+        tries = tries_of(second, monkeypatch)
         waiting = asyncio.create_task(second.acquire(stop))
-        await asyncio.sleep(0.3)
+        await until(lambda: False in tries, what="the second lease refused")
         assert not waiting.done()
         assert TOKEN not in str(await client.keys("*"))  # the key is a hash, not the token
         await first.release()
@@ -643,9 +652,12 @@ async def test_a_lease_lost_with_a_flushed_redis_is_taken_back(
         lease = PollLease(TOKEN, tmp_path, client)
         assert await lease.acquire(asyncio.Event())
         await client.flushdb()
-        await asyncio.sleep(0.3)
+
+        async def taken_back() -> bool:
+            return bool(await client.exists(lease.key))
+
+        await until_awaited(taken_back, what="the lease key set again")  # renewed by taking it back
         assert not lease.lost.is_set()
-        assert await client.exists(lease.key)  # renewed by taking it back
         await client.set(lease.key, "another instance")
         await asyncio.wait_for(lease.lost.wait(), 2)  # a real owner is respected
         await lease.release()
@@ -658,7 +670,7 @@ async def answered_once_on_start(fake: FakeTelegram, home: Path, message_id: int
     """Start the bot: message `message_id`, left from a crash, gets exactly one answer
     (returned), and new commands are answered too."""
     async with running_bot(fake, home) as running:
-        await running.until(lambda: any(m["reply_to"] == message_id for m in fake.sent), what=what)
+        await until(lambda: any(m["reply_to"] == message_id for m in fake.sent), what=what)
         assert "Plans" in await running.ask(TRADER, "/plans")
     answers = [m for m in fake.sent if m["reply_to"] == message_id]
     assert len(answers) == 1
@@ -778,7 +790,7 @@ async def test_a_payment_fetched_and_confirmed_but_never_handled_is_recorded_aft
         return [m for m in fake_telegram.sent if m["reply_to"] == message_id]
 
     async with running_bot(fake_telegram, bot_home) as running:
-        await running.until(lambda: thanks() != [], what="the thanks for the payment")
+        await until(lambda: thanks() != [], what="the thanks for the payment")
         assert "Plans" in await running.ask(TRADER, "/plans")
         payment = await payments.get(running.bot.db, "charge-7")
         user = await users.get(running.bot.db, TRADER)
@@ -809,7 +821,7 @@ async def test_a_payment_the_database_could_not_record_is_recorded_by_a_later_sw
             TRADER, payload, "charge-8", pro.price_stars
         )
         _, message_id = fake_telegram.pushed[update_id]
-        await running.until(
+        await until(
             lambda: any("went wrong" in m for m in fake_telegram.messages_to(TRADER)),
             what="the apology",
         )
@@ -819,14 +831,31 @@ async def test_a_payment_the_database_could_not_record_is_recorded_by_a_later_sw
         def answers() -> list[str]:
             return [m["text"] for m in fake_telegram.sent if m["reply_to"] == message_id]
 
-        await running.until(lambda: len(answers()) == 2, what="the thanks, after a sweep")
+        await until(lambda: len(answers()) == 2, what="the thanks, after a sweep")
         payment = await payments.get(db, "charge-8")
-        await asyncio.sleep(1.5)  # later sweeps find it answered
+        later = sweeps_of(running, monkeypatch)
+        await until(lambda: len(later) >= 2, what="two later sweeps")
+    assert [update_id in found for found in later[:2]] == [False, False]  # found answered
     assert payment is not None
     assert payment.status is payments.PaymentStatus.PAID
     apology, thanks = answers()
     assert "went wrong" in apology
     assert thanks == "Thank you! Your Pro plan is active."
+
+
+def sweeps_of(running: RunningBot, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The update ids each sweep of the inbox finds unanswered, from now on."""
+    sweeps: list[list[int]] = []
+    inbox = running.bot.inbox
+    unanswered = inbox.unanswered
+
+    async def recorded(bot: Any, taken_before: float | None = None) -> list[Any]:
+        found = await unanswered(bot, taken_before)
+        sweeps.append([update.update_id for update in found])
+        return found
+
+    monkeypatch.setattr(inbox, "unanswered", recorded)
+    return sweeps
 
 
 async def test_a_stop_leaves_the_answers_telegram_did_not_take_yet_for_the_next_start(
@@ -839,8 +868,8 @@ async def test_a_stop_leaves_the_answers_telegram_did_not_take_yet_for_the_next_
     fake_telegram.inject_stall("sendMessage", 3.0, times=count)
     async with running_bot(fake_telegram, bot_home) as running:
         pushed = [fake_telegram.push_text(6000 + n, "/plans") for n in range(count)]
-        await running.until(lambda: fake_telegram.confirmed_below > pushed[-1], what="all fetched")
-        await until_async(lambda: handled_unfinished(running.bot.db), 0, "all answered")
+        await until(lambda: fake_telegram.confirmed_below > pushed[-1], what="all fetched")
+        await until_equal(lambda: handled_unfinished(running.bot.db), 0, what="all answered")
     message_ids = {fake_telegram.pushed[update_id][1] for update_id in pushed}
 
     def answers() -> Counter[int]:
@@ -855,7 +884,7 @@ async def test_a_stop_leaves_the_answers_telegram_did_not_take_yet_for_the_next_
     finally:
         await db.close()
     async with running_bot(fake_telegram, bot_home) as running:
-        await running.until(lambda: len(answers()) == count, what="every answer sent")
+        await until(lambda: len(answers()) == count, what="every answer sent")
     assert set(answers().values()) == {1}
 
 
@@ -938,7 +967,7 @@ async def test_a_stop_while_telegram_is_unreachable_at_start_ends_the_service_at
     async with built_bot(fake_telegram, bot_home) as (bot, _trading):
         stop = asyncio.Event()
         service = asyncio.create_task(TelegramService(bot).run(stop))
-        await RunningBot(fake_telegram, bot, bot_home).until(
+        await until(
             lambda: logged(caplog, "not reachable"), what="a warning that Telegram is not reachable"
         )
         stop.set()
@@ -986,7 +1015,7 @@ async def test_the_crash_report_waits_out_a_telegram_outage_and_reaches_the_admi
         tasks = with_crash_reporter(bot, bot_home, stop)
         running = RunningBot(fake_telegram, bot, bot_home)
         try:
-            await running.until(
+            await until(
                 lambda: bool(fake_telegram.messages_to(ADMIN)), timeout_s=40, what="the report"
             )
             assert "Plans" in await running.ask(TRADER, "/plans")
@@ -1009,7 +1038,7 @@ async def test_a_crash_report_telegram_keeps_refusing_stays_queued_and_the_next_
     async with built_bot(fake_telegram, bot_home) as (bot, _trading):
         stop = asyncio.Event()
         tasks = with_crash_reporter(bot, bot_home, stop)
-        await RunningBot(fake_telegram, bot, bot_home).until(
+        await until(
             lambda: logged(caplog, "could not send to chat"), what="a warning that it was refused"
         )
         stop.set()
@@ -1025,7 +1054,7 @@ async def test_a_crash_report_telegram_keeps_refusing_stays_queued_and_the_next_
         tasks = with_crash_reporter(bot, bot_home, stop)
         running = RunningBot(fake_telegram, bot, bot_home)
         try:
-            await running.until(lambda: bool(fake_telegram.messages_to(ADMIN)), what="the report")
+            await until(lambda: bool(fake_telegram.messages_to(ADMIN)), what="the report")
             assert "Plans" in await running.ask(TRADER, "/plans")
         finally:
             stop.set()

@@ -3,8 +3,6 @@ fake Bot API (Telegram's flood limits on)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import aiosqlite
@@ -12,6 +10,7 @@ import aiosqlite
 from lunara.storage import credentials, users
 from tests.fakes.telegram_api import FakeTelegram, group_chat_id
 from tests.lunara.telegram.conftest import TRADER, RunningBot, running_bot
+from tests.waiting import until, until_equal
 
 
 async def active(db: aiosqlite.Connection, user_id: int) -> bool | None:
@@ -20,11 +19,9 @@ async def active(db: aiosqlite.Connection, user_id: int) -> bool | None:
 
 
 async def until_active_is(bot: RunningBot, user_id: int, wanted: bool) -> None:
-    deadline = time.monotonic() + 15
-    while await active(bot.bot.db, user_id) is not wanted:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"user {user_id} never became active={wanted}")
-        await asyncio.sleep(0.02)
+    await until_equal(
+        lambda: active(bot.bot.db, user_id), wanted, what=f"user {user_id} active={wanted}"
+    )
 
 
 async def orders_of(db: aiosqlite.Connection, user_id: int) -> int:
@@ -69,7 +66,7 @@ async def test_setkeys_in_a_group_is_deleted_and_the_user_told_to_revoke_the_key
         await bot.ask(TRADER, "/start")
         fake_telegram.push_text(TRADER, f"/setkeys {key} {secret}", chat_type="group")
         group_message = fake_telegram.pushed[max(fake_telegram.pushed)]
-        await bot.until(lambda: bool(fake_telegram.messages_to(group_chat_id(TRADER))))
+        await until(lambda: bool(fake_telegram.messages_to(group_chat_id(TRADER))))
         [warning] = fake_telegram.messages_to(group_chat_id(TRADER))
         stored = await credentials.info(bot.bot.db, TRADER, credentials.Exchange.BINANCE)
     assert "Revoke those keys" in warning
@@ -102,6 +99,6 @@ async def test_a_group_that_refuses_the_bot_deactivates_nobody(
         await bot.ask(TRADER, "/start")
         fake_telegram.block(group_chat_id(TRADER), tell=False)  # the bot was removed
         fake_telegram.push_text(TRADER, "/plans", chat_type="group")
-        await bot.until(lambda: fake_telegram.forbidden == 1, what="the refused answer")
+        await until(lambda: fake_telegram.forbidden == 1, what="the refused answer")
         assert "Plans" in await bot.ask(TRADER, "/plans")  # and in private it answers
         assert await active(bot.bot.db, TRADER) is True

@@ -21,6 +21,7 @@ from lunara.telegram import bot as bot_module
 from lunara.telegram.updates import ALLOWED_UPDATES
 from tests.fakes.telegram_api import FakeTelegram, group_chat_id
 from tests.lunara.telegram.conftest import ADMIN, TRADER, RunningBot, built_bot, running_bot
+from tests.waiting import until, until_awaited
 
 OTHER_TRADER = 2003  # gets the default role, trader
 
@@ -39,14 +40,6 @@ async def answered(db: aiosqlite.Connection) -> int:
     return 0 if row is None else int(row[0])
 
 
-async def until_async(what: str, check: Any, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def reply_to(bot: RunningBot, update_id: int) -> str:
     """The one answer threaded to the message of `update_id`."""
     _, message_id = bot.fake.pushed[update_id]
@@ -54,7 +47,7 @@ async def reply_to(bot: RunningBot, update_id: int) -> str:
     def answers() -> list[str]:
         return [m["text"] for m in bot.fake.sent if m["reply_to"] == message_id]
 
-    await bot.until(lambda: answers() != [], what=f"the answer to update {update_id}")
+    await until(lambda: answers() != [], what=f"the answer to update {update_id}")
     return answers()[0]
 
 
@@ -116,7 +109,7 @@ async def test_an_edited_command_is_not_run_and_the_user_is_told_to_send_it_agai
         assert "No open positions" in await reply_to(bot, first)
         before = len(fake_telegram.messages_to(TRADER))
         fake_telegram.push_edit(first, "/buy BTCUSDT 100")
-        await bot.until(lambda: len(fake_telegram.messages_to(TRADER)) > before, what="the answer")
+        await until(lambda: len(fake_telegram.messages_to(TRADER)) > before, what="the answer")
         assert fake_telegram.messages_to(TRADER)[before] == bot_module.EDIT_NOT_RUN
         # In a group: an edit addressed to another bot is not ours to answer.
         group = group_chat_id(TRADER)
@@ -124,10 +117,10 @@ async def test_an_edited_command_is_not_run_and_the_user_is_told_to_send_it_agai
         assert "Plans" in await reply_to(bot, in_group)
         fake_telegram.push_edit(in_group, "/buy@other_bot BTCUSDT 100")
         fake_telegram.push_edit(in_group, "/sell BTCUSDT")
-        await bot.until(lambda: len(fake_telegram.messages_to(group)) == 2, what="the answer")
+        await until(lambda: len(fake_telegram.messages_to(group)) == 2, what="the answer")
         assert fake_telegram.messages_to(group)[1] == bot_module.EDIT_NOT_RUN
         assert await orders_of(bot.bot.db, TRADER) == 0
-        await until_async("every edit answered", lambda: no_unfinished(bot.bot.db))
+        await until_awaited(lambda: no_unfinished(bot.bot.db), what="every edit answered")
     assert len(fake_telegram.messages_to(group)) == 2  # the other bot's edit: no answer
 
 
@@ -148,9 +141,9 @@ async def test_an_edit_that_now_carries_keys_is_deleted_and_the_user_told_to_rev
         before = len(fake_telegram.messages_to(TRADER))
         fake_telegram.push_edit(private, f"/setkeys {key} {secret}")
         fake_telegram.push_edit(in_group, f"/setkeys {key} {secret}")
-        await bot.until(lambda: len(fake_telegram.deleted) == 2, what="both edits deleted")
-        await bot.until(lambda: len(fake_telegram.messages_to(TRADER)) > before, what="warning")
-        await bot.until(
+        await until(lambda: len(fake_telegram.deleted) == 2, what="both edits deleted")
+        await until(lambda: len(fake_telegram.messages_to(TRADER)) > before, what="warning")
+        await until(
             lambda: len(fake_telegram.messages_to(group_chat_id(TRADER))) == 2, what="warning"
         )
         stored = await credentials.info(bot.bot.db, TRADER, credentials.Exchange.BINANCE)
@@ -179,7 +172,9 @@ async def test_everything_a_user_sends_counts_against_the_rate_limit_and_slow_do
     async with running_bot(fake_telegram, bot_home, LUNARA_RATE_LIMIT_PER_MINUTE="3") as bot:
         for text in texts:
             fake_telegram.push_text(TRADER, text)
-        await until_async("every message answered", lambda: all_answered(bot.bot.db, len(texts)))
+        await until_awaited(
+            lambda: all_answered(bot.bot.db, len(texts)), what="every message answered"
+        )
         replies = fake_telegram.messages_to(TRADER)
         bought = await orders_of(bot.bot.db, TRADER)
     assert replies[0] == bot_module.HINT
@@ -206,7 +201,7 @@ async def test_a_button_press_is_answered_and_only_the_kinds_of_update_handled_a
     async with running_bot(fake_telegram, bot_home) as bot:
         fake_telegram.push_callback_query(TRADER, "pressed-a-day-ago")  # refused: no apology
         query_id = fake_telegram.push_callback_query(TRADER, "old-button")
-        await bot.until(
+        await until(
             lambda: [a["callback_query_id"] for a in fake_telegram.callback_answers] == [query_id],
             what="the button press answered",
         )
@@ -216,7 +211,7 @@ async def test_a_button_press_is_answered_and_only_the_kinds_of_update_handled_a
              "text": "/buy BTCUSDT 100"},
         )  # fmt: skip
         assert "Plans" in await bot.ask(TRADER, "/plans")
-        await until_async("every answer sent", lambda: all_answered(bot.bot.db, 1))
+        await until_awaited(lambda: all_answered(bot.bot.db, 1), what="every answer sent")
     assert len(fake_telegram.messages_to(TRADER)) == 1  # the plans; no apology for the button
     asked = {tuple(kinds) for kinds in fake_telegram.allowed_updates_asked}
     assert asked == {tuple(ALLOWED_UPDATES)}
@@ -294,9 +289,9 @@ async def test_blocks_and_unblocks_fetched_before_a_crash_are_applied_once_each_
     await fetch_then_die(fake_telegram, bot_home, changes, confirm=confirmed)
     caplog.set_level(logging.INFO, logger="lunara.telegram")
     async with running_bot(fake_telegram, bot_home) as bot:
-        await until_async("the changes applied", lambda: no_unfinished(bot.bot.db))
-        await bot.until(lambda: fake_telegram.pending_updates() == 0, what="all confirmed")
-        await until_async("the changes applied", lambda: no_unfinished(bot.bot.db))
+        await until_awaited(lambda: no_unfinished(bot.bot.db), what="the changes applied")
+        await until(lambda: fake_telegram.pending_updates() == 0, what="all confirmed")
+        await until_awaited(lambda: no_unfinished(bot.bot.db), what="the changes applied")
         user = await users.get(bot.bot.db, TRADER)
     applied = [r.getMessage() for r in caplog.records if "the bot; marked" in r.getMessage()]
     assert applied == [f"user {TRADER} blocked the bot; marked inactive",

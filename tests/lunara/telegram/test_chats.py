@@ -4,8 +4,6 @@ python-telegram-bot against the fake Bot API, real SQLite."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import aiosqlite
@@ -14,6 +12,7 @@ from lunara.storage import outbox as outbox_store
 from lunara.storage import users
 from tests.fakes.telegram_api import FakeTelegram, group_chat_id
 from tests.lunara.telegram.conftest import ADMIN, UNPACED, RunningBot, running_bot
+from tests.waiting import until, until_equal
 
 SUPERGROUP = -1009999000001
 TOPIC = 77
@@ -25,12 +24,13 @@ async def many_long_named_users(db: aiosqlite.Connection) -> None:
         await users.register(db, user_id, "&" * 64)
 
 
-async def all_sent(bot: RunningBot, timeout_s: float = 15.0) -> None:
+async def all_sent(bot: RunningBot) -> None:
     """Wait until the outbox holds nothing queued (every part of every answer went)."""
-    deadline = time.monotonic() + timeout_s
-    while (await outbox_store.counts(bot.bot.db))["queued"]:
-        assert time.monotonic() < deadline, "messages still queued"
-        await asyncio.sleep(0.02)
+
+    async def queued() -> int:
+        return (await outbox_store.counts(bot.bot.db))["queued"]
+
+    await until_equal(queued, 0, what="nothing queued")
 
 
 async def test_every_part_of_a_long_answer_goes_to_the_forum_topic_its_command_came_from(
@@ -41,7 +41,7 @@ async def test_every_part_of_a_long_answer_goes_to_the_forum_topic_its_command_c
     async with running_bot(fake, bot_home, send_limits=UNPACED) as bot:
         await many_long_named_users(bot.bot.db)
         fake.push_text(ADMIN, "/users", topic=TOPIC)
-        await bot.until(lambda: fake.messages_to(forum) != [], what="the answer")
+        await until(lambda: fake.messages_to(forum) != [], what="the answer")
         await all_sent(bot)
     parts = fake.sent_messages(forum)
     assert len(parts) >= 3
@@ -61,7 +61,7 @@ async def test_every_part_of_a_long_answer_to_a_group_that_became_a_supergroup_g
     async with running_bot(fake, bot_home, send_limits=UNPACED) as bot:
         await many_long_named_users(bot.bot.db)
         fake.push_text(ADMIN, "/users", chat_type="group")
-        await bot.until(lambda: fake.messages_to(SUPERGROUP) != [], what="the answer")
+        await until(lambda: fake.messages_to(SUPERGROUP) != [], what="the answer")
         await all_sent(bot)
     parts = fake.messages_to(SUPERGROUP)
     assert len(parts) >= 3
@@ -80,9 +80,9 @@ async def test_the_migration_service_message_moves_what_is_queued_for_the_old_gr
         fake_telegram.inject("sendMessage", 429, "Too Many Requests: retry after 60",
                              retry_after=60)  # fmt: skip
         await bot.bot.send(group, "first notice")
-        await bot.until(lambda: fake_telegram.call_count("sendMessage") == 1, what="the 429")
+        await until(lambda: fake_telegram.call_count("sendMessage") == 1, what="the 429")
         await bot.bot.send(group, "second notice")
         fake_telegram.migrate(group, SUPERGROUP, tell=True)
-        await bot.until(lambda: len(fake_telegram.messages_to(SUPERGROUP)) == 2, what="both")
+        await until(lambda: len(fake_telegram.messages_to(SUPERGROUP)) == 2, what="both")
     assert fake_telegram.messages_to(SUPERGROUP) == ["first notice", "second notice"]
     assert fake_telegram.messages_to(group) == []

@@ -15,6 +15,7 @@ from lunara.telegram.outbox import TELEGRAM_LIMITS, OutboxSender
 from lunara.telegram.polling import TelegramService
 from tests.fakes.telegram_api import FakeTelegram
 from tests.lunara.telegram.conftest import STRANGER, TOKEN, TRADER, RunningBot, built_bot
+from tests.waiting import until, until_awaited, until_equal
 
 WAIT_S = 90  # longer than the 60 s the bot once capped a flood wait at
 
@@ -41,7 +42,7 @@ async def bot_on_clock(
         engine = asyncio.create_task(trading.runner.run(stop))
         running = RunningBot(fake, bot, home)
         try:
-            await running.until(lambda: fake.polls_by_token.get(TOKEN, 0) > 0, what="polling")
+            await until(lambda: fake.polls_by_token.get(TOKEN, 0) > 0, what="polling")
             yield running
         finally:
             stop.set()
@@ -56,20 +57,26 @@ async def test_a_flood_wait_past_a_minute_is_waited_out_across_a_restart_and_hol
         fake_telegram.inject("sendMessage", 429, f"Too Many Requests: retry after {WAIT_S}",
                              retry_after=WAIT_S)  # fmt: skip
         await bot.bot.notify(TRADER, "your stop sold")
-        await bot.until(lambda: fake_telegram.call_count("sendMessage") == 1, what="the 429")
+        await until(lambda: fake_telegram.call_count("sendMessage") == 1, what="the 429")
     # A new run, while the wait still holds: the trader asks something.
     async with bot_on_clock(fake_telegram, bot_home, clock) as bot:
         fake_telegram.push_text(TRADER, "/plans", username="trader")
         answered = await _queued_answer(bot, TRADER)
         assert "Plans" in await bot.ask(STRANGER, "/plans")  # sent after the trader's was queued
         assert fake_telegram.messages_to(TRADER) == []  # neither the notice nor the answer
-        assert (await outbox_store.counts(bot.bot.db))["queued"] == 2
+        # STRANGER's row is marked sent once Telegram's answer is back in the bot, which
+        # can be a moment after the fake took the message: the trader's two stay queued.
+        await until_equal(lambda: queued(bot), 2, what="the trader's two answers queued")
         clock.ahead = WAIT_S + 1.0  # the wait is over
-        await bot.until(lambda: len(fake_telegram.messages_to(TRADER)) == 2, what="both")
+        await until(lambda: len(fake_telegram.messages_to(TRADER)) == 2, what="both")
     texts = fake_telegram.messages_to(TRADER)
     assert sorted(texts, key=len) == sorted(["your stop sold", answered], key=len)
     assert fake_telegram.call_count("sendMessage") == 1 + 1 + 2  # the 429, STRANGER's, both
     assert fake_telegram.too_many_requests == 0
+
+
+async def queued(bot: RunningBot) -> int:
+    return (await outbox_store.counts(bot.bot.db))["queued"]
 
 
 async def _queued_answer(bot: RunningBot, chat_id: int) -> str:
@@ -84,8 +91,5 @@ async def _queued_answer(bot: RunningBot, chat_id: int) -> str:
             found[:] = [str(row[0]) for row in await cursor.fetchall()]
         return bool(found)
 
-    deadline = time.monotonic() + 15
-    while not await look():
-        assert time.monotonic() < deadline, "the answer was never queued"
-        await asyncio.sleep(0.02)
+    await until_awaited(look, what="the answer queued")
     return found[0]

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from lunara.telegram.commands import COMMANDS
 from tests.fakes.telegram_api import FakeTelegram
 from tests.lunara.telegram.conftest import ADMIN, TRADER, UNPACED, running_bot
+from tests.waiting import until
 
 
 def _answered(fake: FakeTelegram, user: int, before: int) -> Callable[[], bool]:
@@ -49,12 +50,12 @@ def test_random_commands_get_one_valid_html_reply_each_and_nothing_unhandled(
         with FakeTelegram(flood_limits=False) as fake:
             async with running_bot(
                 fake, home, send_limits=UNPACED, LUNARA_RATE_LIMIT_PER_MINUTE="1000"
-            ) as bot:
+            ):
                 for index, text in enumerate(texts):
                     user = ADMIN if index % 2 else TRADER
                     before = len(fake.messages_to(user))
                     fake.push_text(user, text)
-                    await bot.until(
+                    await until(
                         _answered(fake, user, before),
                         what=f"a reply to {text[:40]!r}",
                     )

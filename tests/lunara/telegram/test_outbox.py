@@ -13,6 +13,7 @@ from lunara.storage import outbox as outbox_store
 from lunara.storage import users
 from tests.fakes.telegram_api import FakeTelegram, group_chat_id
 from tests.lunara.telegram.conftest import ADMIN, STRANGER, TRADER, running_bot
+from tests.waiting import until
 
 
 async def register(db: aiosqlite.Connection, user_ids: range) -> None:
@@ -33,7 +34,7 @@ async def test_notifications_to_a_hundred_users_at_once_are_paced_without_a_sing
     async with running_bot(fake_telegram, bot_home) as bot:
         for user_id in recipients:
             await bot.bot.notify(user_id, f"your stop sold {user_id}")
-        await bot.until(lambda: len(fake_telegram.sent) >= len(recipients), timeout_s=30,
+        await until(lambda: len(fake_telegram.sent) >= len(recipients), timeout_s=30,
                         what="every notification")  # fmt: skip
     assert fake_telegram.too_many_requests == 0
     for user_id in recipients:
@@ -47,7 +48,7 @@ async def test_messages_to_one_user_arrive_in_order_at_the_chats_pace(
     async with running_bot(fake_telegram, bot_home) as bot:
         for text in texts:
             await bot.bot.notify(TRADER, text)
-        await bot.until(lambda: len(fake_telegram.messages_to(TRADER)) == 5, what="five notices")
+        await until(lambda: len(fake_telegram.messages_to(TRADER)) == 5, what="five notices")
     assert fake_telegram.messages_to(TRADER) == texts
     assert fake_telegram.too_many_requests == 0
 
@@ -59,7 +60,7 @@ async def test_a_group_is_sent_no_faster_than_telegram_allows_a_group(
     async with running_bot(fake_telegram, bot_home) as bot:
         for n in range(3):
             await bot.bot.send(group, f"group notice {n}")
-        await bot.until(lambda: len(fake_telegram.messages_to(group)) == 3, what="three notices")
+        await until(lambda: len(fake_telegram.messages_to(group)) == 3, what="three notices")
     assert fake_telegram.messages_to(group) == [f"group notice {n}" for n in range(3)]
     assert fake_telegram.too_many_requests == 0
 
@@ -71,10 +72,10 @@ async def test_an_answer_goes_ahead_of_a_broadcast_under_way(
     async with running_bot(fake_telegram, bot_home) as bot:
         await register(bot.bot.db, recipients)
         assert "Broadcasting to 200 users" in await bot.ask(ADMIN, "/broadcast maintenance")
-        await bot.until(lambda: len(fake_telegram.sent) > 20, what="the broadcast under way")
+        await until(lambda: len(fake_telegram.sent) > 20, what="the broadcast under way")
         assert "Plans" in await bot.ask(TRADER, "/plans")
         copies_before_the_answer = sum(1 for m in fake_telegram.sent if m["chat_id"] in recipients)
-        await bot.until(
+        await until(
             lambda: any("Broadcast finished" in m for m in fake_telegram.messages_to(ADMIN)),
             timeout_s=30,
             what="the end of the broadcast",
@@ -97,7 +98,7 @@ async def test_a_broadcast_skips_users_who_blocked_the_bot_and_tells_the_admin_t
         for user_id in blocked:
             fake_telegram.block(user_id, tell=False)
         assert "Broadcasting to 31 users" in await bot.ask(ADMIN, "/broadcast new plans soon")
-        await bot.until(
+        await until(
             lambda: any("Broadcast finished" in m for m in fake_telegram.messages_to(ADMIN)),
             timeout_s=30,
             what="the summary",
@@ -122,12 +123,12 @@ async def test_a_flood_wait_holds_only_its_chat_and_is_waited_out(
         fake_telegram.inject("sendMessage", 429, "Too Many Requests: retry after 3", retry_after=3)
         told_to_wait = time.time()
         await bot.bot.notify(TRADER, "your stop sold")  # the one told to wait
-        await bot.until(lambda: fake_telegram.call_count("sendMessage") == 1, what="the 429")
+        await until(lambda: fake_telegram.call_count("sendMessage") == 1, what="the 429")
         for n in range(3):
             await bot.bot.notify(STRANGER, f"other news {n}")
-        await bot.until(lambda: len(fake_telegram.messages_to(STRANGER)) == 3, what="the others")
+        await until(lambda: len(fake_telegram.messages_to(STRANGER)) == 3, what="the others")
         assert fake_telegram.messages_to(TRADER) == []  # still waiting
-        await bot.until(lambda: fake_telegram.messages_to(TRADER) != [], what="the held one")
+        await until(lambda: fake_telegram.messages_to(TRADER) != [], what="the held one")
     [held] = fake_telegram.sent_messages(TRADER)
     assert held["text"] == "your stop sold"
     assert held["at"] >= told_to_wait + 3
@@ -144,7 +145,7 @@ async def test_a_flood_wait_longer_than_a_minute_is_kept_across_a_restart(
         )
         told_to_wait = time.time()
         await bot.bot.notify(TRADER, "your stop sold")
-        await bot.until(lambda: fake_telegram.call_count("sendMessage") == 1, what="the 429")
+        await until(lambda: fake_telegram.call_count("sendMessage") == 1, what="the 429")
     async with running_bot(fake_telegram, bot_home) as bot:
         assert "Plans" in await bot.ask(STRANGER, "/plans")  # the bot sends on
         due = await outbox_store.next_due(bot.bot.db)
@@ -159,9 +160,9 @@ async def test_answers_to_a_group_that_became_a_supergroup_follow_it(
 ) -> None:
     supergroup = -1009999000001
     fake_telegram.migrate(group_chat_id(TRADER), supergroup)
-    async with running_bot(fake_telegram, bot_home) as bot:
+    async with running_bot(fake_telegram, bot_home):
         fake_telegram.push_text(TRADER, "/plans", chat_type="group")
-        await bot.until(lambda: fake_telegram.messages_to(supergroup) != [], what="the answer")
+        await until(lambda: fake_telegram.messages_to(supergroup) != [], what="the answer")
     [answer] = fake_telegram.messages_to(supergroup)
     assert "Plans" in answer
 
@@ -182,8 +183,8 @@ async def test_nothing_is_sent_while_the_instance_is_not_sure_it_holds_the_lease
     async with running_bot(fake_telegram, bot_home) as bot:
         bot.bot.sender.may_send = may_send
         await bot.bot.notify(TRADER, "held back")
-        await bot.until(lambda: asked >= 3, what="the sender to ask three times")
+        await until(lambda: asked >= 3, what="the sender to ask three times")
         assert fake_telegram.messages_to(TRADER) == []
         allowed = True
-        await bot.until(lambda: fake_telegram.messages_to(TRADER) == ["held back"],
+        await until(lambda: fake_telegram.messages_to(TRADER) == ["held back"],
                         what="the message once sending is allowed")  # fmt: skip

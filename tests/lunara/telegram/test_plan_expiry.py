@@ -11,6 +11,7 @@ from lunara.plan_expiry import PlanExpiryNotices, tell_expired
 from lunara.storage import users
 from tests.fakes.telegram_api import FakeTelegram
 from tests.lunara.telegram.conftest import ADMIN, STRANGER, TRADER, UNPACED, running_bot
+from tests.waiting import until
 
 ENDED = "plan ended on"
 
@@ -32,12 +33,12 @@ async def test_a_plan_that_ended_is_told_once_and_a_renewed_one_again_when_it_en
         notices = PlanExpiryNotices(db, bot.bot.outbox.wakeup.set, every_s=0.05)
         service = asyncio.create_task(notices.run(stop))
         try:
-            await bot.until(lambda: fake.messages_to(TRADER) != [], what="the notice")
+            await until(lambda: fake.messages_to(TRADER) != [], what="the notice")
             for _ in range(5):  # the service looks again and again: nothing new
                 assert await tell_expired(db, time.time()) == 0
             # Renewed after the end, and ended again: a new end, told in its turn.
             await users.set_plan(db, TRADER, "elite", time.time() - 1)
-            await bot.until(lambda: len(fake.messages_to(TRADER)) == 2, what="the second")
+            await until(lambda: len(fake.messages_to(TRADER)) == 2, what="the second")
         finally:
             stop.set()
             await service

@@ -22,7 +22,7 @@ from lunara.storage.backup import backup_database, restore_database
 from lunara.storage.database import open_database
 from tests.fakes.telegram_api import FakeTelegram
 from tests.lunara.telegram.conftest import ADMIN, TRADER, UNPACED, running_bot
-from tests.waiting import until_awaited
+from tests.waiting import until, until_awaited
 
 FORGED_TEXT = "/broadcast send your coins to bc1q-attacker"
 FORGED_MESSAGE_ID = 777_000
@@ -80,7 +80,7 @@ async def test_a_forged_broadcast_in_the_inbox_is_sent_only_if_not_restored(
     async with running_bot(fake_telegram, bot_home, send_limits=UNPACED) as bot:
         if not restored:
             # The replay is real: this is what a restore must not bring back.
-            await bot.until(broadcast_reached_trader, what="the replayed broadcast")
+            await until(broadcast_reached_trader, what="the replayed broadcast")
             return
         # The inbox was replayed before polling began; ask something and let the outbox
         # drain, so anything the replay queued would have been sent by now.

@@ -11,6 +11,7 @@ from lunara import plans as plan_book
 from lunara.storage import payments, users
 from tests.fakes.telegram_api import FakeTelegram
 from tests.lunara.telegram.conftest import ADMIN, STRANGER, TRADER, UNPACED, RunningBot, running_bot
+from tests.waiting import until
 
 PRO = plan_book.PLANS[plan_book.PlanName.PRO]
 
@@ -20,7 +21,7 @@ async def paid_pro(bot: RunningBot, charge_id: str) -> None:
     await bot.ask(TRADER, "/start")
     payload = checkout.invoice_payload(PRO, TRADER)
     bot.fake.push_successful_payment(TRADER, payload, charge_id, PRO.price_stars)
-    await bot.until(lambda: any("plan is active" in m for m in bot.fake.messages_to(TRADER)),
+    await until(lambda: any("plan is active" in m for m in bot.fake.messages_to(TRADER)),
                     what="the payment recorded")  # fmt: skip
 
 

@@ -127,6 +127,7 @@ class PriceWalk:
         self._rng = rng
         self._running = threading.Event()
         self._closed = threading.Event()
+        self._stepping = threading.Lock()  # held through each step of the walk
         self._thread = threading.Thread(target=self._run, name="price-walk", daemon=True)
         self._thread.start()
 
@@ -134,9 +135,10 @@ class PriceWalk:
         self._running.set()
 
     def pause(self) -> None:
+        """Stop the walk; once this returns, no price moves until `resume`."""
         self._running.clear()
-        # A step in progress finishes under the fake's lock; wait out at most one step.
-        time.sleep(WALK_STEP_S * 2)
+        with self._stepping:  # a step under way finishes; the next sees the walk paused
+            pass
 
     def close(self) -> None:
         self._closed.set()
@@ -146,12 +148,15 @@ class PriceWalk:
     def _run(self) -> None:
         while not self._closed.is_set():
             self._running.wait()
-            if self._closed.is_set():
-                return
-            for symbol in START_PRICES:
-                current = float(self._fake.prices[symbol])
-                moved = current * math.exp(self._rng.gauss(0.0, WALK_VOLATILITY))
-                self._fake.set_price(symbol, as_price(moved))
+            with self._stepping:
+                if self._closed.is_set():
+                    return
+                if not self._running.is_set():  # paused since it woke
+                    continue
+                for symbol in START_PRICES:
+                    current = float(self._fake.prices[symbol])
+                    moved = current * math.exp(self._rng.gauss(0.0, WALK_VOLATILITY))
+                    self._fake.set_price(symbol, as_price(moved))
             self._closed.wait(WALK_STEP_S)
 
 

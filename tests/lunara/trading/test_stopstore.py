@@ -30,6 +30,7 @@ from lunara.trading.stops import (
 )
 from lunara.trading.trailing import StopState, TrailingParams, advance, initial_state, is_triggered
 from tests.lunara.trading.test_trailing import fee_rates, price_paths, trailing_params
+from tests.waiting import until_awaited
 
 NAME = "lunara"
 PARAMS = TrailingParams(
@@ -694,6 +695,13 @@ async def test_traders_adding_stops_at_once_all_get_them_saved(
     assert sorted(await saved_rows(db)) == [1, 2, 3, 4, 5]
 
 
+async def answers(client: Redis) -> bool:
+    """Whether a Redis server answers `client` (False while none listens yet)."""
+    with contextlib.suppress(RedisConnectionError):
+        return bool(await client.ping())
+    return False
+
+
 @pytest.mark.slow
 async def test_stops_ride_out_a_redis_outage_and_are_written_back_when_it_returns(
     db: aiosqlite.Connection, tmp_path: Path
@@ -714,11 +722,7 @@ async def test_stops_ride_out_a_redis_outage_and_are_written_back_when_it_return
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        for _ in range(100):
-            with contextlib.suppress(RedisConnectionError):
-                if await client.ping():
-                    break
-            await asyncio.sleep(0.05)
+        await until_awaited(lambda: answers(client), what="redis-server to answer")
         await store.advance_all(every_symbol(120.0), params_for(2), 1.0, fee_rate=FEE)
         assert await client.exists(store.key(1))  # written back from memory
         assert (await store.get(1)) == store.tracked()[0].state
@@ -757,11 +761,7 @@ async def test_a_store_started_with_redis_down_runs_every_stop_on_sqlite_then_ha
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        for _ in range(100):
-            with contextlib.suppress(RedisConnectionError):
-                if await client.ping():
-                    break
-            await asyncio.sleep(0.05)
+        await until_awaited(lambda: answers(client), what="redis-server to answer")
         stale = initial_state(100.0, PARAMS, 0.0)
         for position_id in (1, 3):  # what Redis held before it went away
             await client.hset(store.key(position_id), mapping={"entry_price": "100",
