@@ -171,6 +171,18 @@ class _NoSuchOrder(Exception):
 
 
 @dataclass(frozen=True)
+class _Request:
+    """One request as the gateway sends it: the client whose keys sign it, its weight, the
+    python-binance method with its parameters, and how long it may wait for the budget."""
+
+    client: Client
+    weight: float
+    method: Callable[..., Any]
+    params: dict[str, Any] = field(default_factory=dict)
+    max_wait_s: float | None = None
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """How often a read is tried on network errors, and how long to wait in between."""
 
@@ -355,25 +367,19 @@ class BinanceGateway:
             & retry_if_not_exception_type((IpBanned, OrdersRateLimited)),
             reraise=True,
         )
+        request = _Request(client, weight, method, params, max_wait_s)
         async for attempt in retrying:
             with attempt:
-                return await self._send_resyncing(client, weight, method, params, max_wait_s)
+                return await self._send_resyncing(request)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    async def _send_resyncing(
-        self,
-        client: Client,
-        weight: float,
-        method: Callable[..., Any],
-        params: dict[str, Any],
-        max_wait_s: float | None = None,
-    ) -> Any:
+    async def _send_resyncing(self, request: _Request) -> Any:
         try:
-            return await self._send(client, weight, method, params, max_wait_s)
+            return await self._send(request)
         except _ClockSkew:
-            await self.resync_time(client)
+            await self.resync_time(request.client)
         try:
-            return await self._send(client, weight, method, params, max_wait_s)
+            return await self._send(request)
         except _ClockSkew:
             raise ExchangeUnavailable(
                 "Binance refuses our clock even after resynchronising; check the system time"
@@ -382,7 +388,7 @@ class BinanceGateway:
     async def resync_time(self, client: Client) -> int:
         """Set the client's ``timestamp_offset`` to server time minus local time (ms)."""
         before = time.time()
-        reply = await self._send(client, Weight.SERVER_TIME, client.get_server_time, {})
+        reply = await self._send(_Request(client, Weight.SERVER_TIME, client.get_server_time))
         after = time.time()
         local_ms = int((before + after) / 2 * 1000)
         offset = int(reply["serverTime"]) - local_ms
@@ -390,19 +396,14 @@ class BinanceGateway:
         logger.info("Binance server time resynchronised (offset %d ms)", offset)
         return offset
 
-    async def _send(
-        self,
-        client: Client,
-        weight: float,
-        method: Callable[..., Any],
-        params: dict[str, Any],
-        max_wait_s: float | None = None,
-    ) -> Any:
-        await self.limiter.acquire(weight, max_wait_s)
+    async def _send(self, request: _Request) -> Any:
+        await self.limiter.acquire(request.weight, request.max_wait_s)
         async with self._slots:
             self.requests_sent += 1
             try:
-                result, headers = await asyncio.to_thread(_run_keeping_headers, method, params)
+                result, headers = await asyncio.to_thread(
+                    _run_keeping_headers, request.method, request.params
+                )
             except BinanceAPIException as error:
                 self._observe(getattr(error.response, "headers", None))
                 translated = self._translate(error)
@@ -566,14 +567,33 @@ class BinanceExchange:
     def timestamp_offset_ms(self) -> int:
         return int(self._client.timestamp_offset)
 
-    async def balances(self, max_wait_s: float | None = None) -> list[AssetBalance]:
-        account = await self._gateway.call(
-            self._client,
-            Weight.ACCOUNT,
-            self._client.get_account,
-            max_wait_s=max_wait_s,
-            omitZeroBalances="true",
+    async def _signed(self, weight: float, method: Callable[..., Any], **params: Any) -> Any:
+        """A request signed with this trader's keys; every one goes through the gateway."""
+        return await self._gateway.call(self._client, weight, method, **params)
+
+    async def _account(self, max_wait_s: float | None = None) -> Any:
+        """``GET /account`` without the assets the trader holds none of."""
+        return await self._signed(
+            Weight.ACCOUNT, self._client.get_account, max_wait_s=max_wait_s, omitZeroBalances="true"
         )
+
+    async def _market_order(
+        self, weight: float, method: Callable[..., Any], symbol: str, side: OrderSide, **params: Any
+    ) -> Any:
+        """A MARKET order (``POST /order`` or ``/order/test``): it changes state, so a lost
+        answer is never resent here (the order path finds out what became of it)."""
+        return await self._signed(
+            weight,
+            method,
+            retry_unknown=False,
+            symbol=symbol,
+            side=side.value,
+            type="MARKET",
+            **params,
+        )
+
+    async def balances(self, max_wait_s: float | None = None) -> list[AssetBalance]:
+        account = await self._account(max_wait_s)
         found: list[AssetBalance] = []
         for entry in account.get("balances") or ():
             free = _decimal(entry.get("free", "0"), "free")
@@ -590,21 +610,16 @@ class BinanceExchange:
         order. So after the signed read, a test order (``POST /order/test``: validated
         like an order, never executed) on ``symbol`` must be accepted too.
         """
-        account = await self._gateway.call(
-            self._client, Weight.ACCOUNT, self._client.get_account, omitZeroBalances="true"
-        )
+        account = await self._account()
         if account.get("canTrade") is False:
             raise CredentialsRejected(NO_TRADING)
         rules = await self._gateway.symbol_rules(symbol)
         try:
-            await self._gateway.call(
-                self._client,
+            await self._market_order(
                 Weight.TEST_ORDER,
                 self._client.create_test_order,
-                retry_unknown=False,
-                symbol=symbol,
-                side=OrderSide.BUY.value,
-                type="MARKET",
+                symbol,
+                OrderSide.BUY,
                 quoteOrderQty=format_amount(max(rules.min_notional, TEST_ORDER_QUOTE)),
             )
         except CredentialsRejected:
@@ -636,14 +651,11 @@ class BinanceExchange:
         self._hold_orders_if_limited()
         self._orders.record()
         try:
-            reply = await self._gateway.call(
-                self._client,
+            reply = await self._market_order(
                 Weight.ORDER,
                 self._client.create_order,
-                retry_unknown=False,
-                symbol=symbol,
-                side=side.value,
-                type="MARKET",
+                symbol,
+                side,
                 quantity=format_amount(quantity),
                 newClientOrderId=client_order_id,
                 newOrderRespType="FULL",
@@ -693,16 +705,15 @@ class BinanceExchange:
         call (it waits out the recvWindow first).
         """
         try:
-            reply = await self._gateway.call(
-                self._client,
+            reply = await self._signed(
                 Weight.QUERY_ORDER,
                 self._client.get_order,
                 symbol=symbol,
                 origClientOrderId=client_order_id,
             )
         except _NoSuchOrder:
-            listed = await self._gateway.call(
-                self._client, Weight.ALL_ORDERS, self._client.get_all_orders, symbol=symbol
+            listed = await self._signed(
+                Weight.ALL_ORDERS, self._client.get_all_orders, symbol=symbol
             )
             matches = [o for o in listed or () if o.get("clientOrderId") == client_order_id]
             if not matches:
@@ -710,8 +721,7 @@ class BinanceExchange:
             reply = matches[-1]
         trades: list[Mapping[str, Any]] = []
         if _decimal(reply.get("executedQty", "0"), "executedQty") > 0:
-            trades = await self._gateway.call(
-                self._client,
+            trades = await self._signed(
                 Weight.MY_TRADES,
                 self._client.get_my_trades,
                 symbol=symbol,

@@ -59,10 +59,9 @@ from lunara.trading.executor import (
     SignalSource,
     StreamingSignals,
 )
-from lunara.trading.filters import quantity_for_quote
 from lunara.trading.market import Market, interval_name
-from lunara.trading.model import ExitReason, OrderSide
-from lunara.trading.orders import OrderOutcomeUnknown, OrderPath, OrderRequest, Settlement
+from lunara.trading.model import ExitReason
+from lunara.trading.orders import OrderOutcomeUnknown, OrderPath, Settlement
 from lunara.trading.paper import PaperExchange
 from lunara.trading.stops import REDIS_OUTAGE, StopStore
 from lunara.trading.symbols import MAX_SYMBOL_LENGTH, symbol_name
@@ -403,20 +402,10 @@ class TradingEngine:
         if price is None:
             raise TradingError(f"no market price for {name} right now")
         exchange = await self.exchange_for(user_id)
-        rules = await exchange.symbol_rules(name)
-        quantity = quantity_for_quote(rules, quote_amount, price)
-        await self.settings_cache.refresh()
-        settlement = await self.orders.submit(
-            exchange,
-            OrderRequest(
-                user_id=user_id,
-                symbol=name,
-                side=OrderSide.BUY,
-                quantity=quantity,
-                reference_price=price,
-                stop_params=self.settings_cache.params_for(user_id),
-                request_key=request_key,
-            ),
+        await self.settings_cache.refresh()  # the stop gets the trader's settings as they are
+        stop_params = self.settings_cache.params_for(user_id)
+        settlement = await self.orders.enter(
+            exchange, user_id, name, quote_amount, price, stop_params, request_key
         )
         return _result(settlement)
 
@@ -432,17 +421,8 @@ class TradingEngine:
         exchange = await self.exchange_for(user_id)
         results: list[OrderResult] = []
         for position in held:
-            settlement = await self.orders.submit(
-                exchange,
-                OrderRequest(
-                    user_id=user_id,
-                    symbol=name,
-                    side=OrderSide.SELL,
-                    quantity=position.quantity,
-                    reference_price=price,
-                    position_id=position.id,
-                    exit_reason=ExitReason.MANUAL.value,
-                ),
+            settlement = await self.orders.exit(
+                exchange, user_id, position, price, ExitReason.MANUAL.value
             )
             results.append(_result(settlement))
         return results

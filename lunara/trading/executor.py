@@ -44,10 +44,9 @@ from lunara.storage import positions as position_store
 from lunara.storage import user_settings, users
 from lunara.storage.user_settings import UserSettings
 from lunara.trading.exchange import CredentialsRejected, Exchange, ExchangeError
-from lunara.trading.filters import quantity_for_quote
 from lunara.trading.market import Market, MarketTick
-from lunara.trading.model import ExitReason, OrderSide, PositionStatus
-from lunara.trading.orders import OrderPath, OrderRequest, PositionLeftAsDust, Settlement
+from lunara.trading.model import ExitReason, PositionStatus
+from lunara.trading.orders import OrderPath, PositionLeftAsDust, Settlement
 from lunara.trading.stops import CHECKPOINT_INTERVAL_S, StopStore, TriggeredStop
 from lunara.trading.trailing import InvalidTrailingParams, TrailingParams
 
@@ -668,19 +667,8 @@ class Executor:
             ExitReason.TRAILING_STOP if update.state.activated else ExitReason.STOP_LOSS
         ).value
         exchange = await self._exchange_for(user_id)
-        settlement = await self._orders.submit(
-            exchange,
-            OrderRequest(
-                user_id=user_id,
-                symbol=position.symbol,
-                side=OrderSide.SELL,
-                quantity=position.quantity,
-                reference_price=price,
-                position_id=position.id,
-                exit_reason=reason,
-            ),
-        )
-        return settlement  # its notice was queued with it (lunara.trading.notices)
+        # Its notice is queued with the settlement (lunara.trading.notices).
+        return await self._orders.exit(exchange, user_id, position, price, reason)
 
     async def _enter(self, user_id: int, symbol: str, market: MarketTick) -> bool:
         price = market.prices.get(symbol)
@@ -699,18 +687,9 @@ class Executor:
         ):
             return False
         exchange = await self._exchange_for(user_id)
-        rules = await exchange.symbol_rules(symbol)
-        quantity = quantity_for_quote(rules, settings.stake_usdt, price)
-        settlement = await self._orders.submit(
-            exchange,
-            OrderRequest(
-                user_id=user_id,
-                symbol=symbol,
-                side=OrderSide.BUY,
-                quantity=quantity,
-                reference_price=price,
-                stop_params=self._settings.params_for(user_id),
-            ),
+        stop_params = self._settings.params_for(user_id)
+        settlement = await self._orders.enter(
+            exchange, user_id, symbol, settings.stake_usdt, price, stop_params
         )
         await self.notify(
             user_id,

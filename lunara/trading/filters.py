@@ -527,37 +527,21 @@ def quantity_for_quote(
     return check_order(rules, raw, order_price, average_price=average_price)
 
 
-def _lot(min_qty: str, max_qty: str, step: str) -> dict[str, str]:
-    return {
-        "filterType": FilterKind.LOT_SIZE,
-        "minQty": min_qty,
-        "maxQty": max_qty,
-        "stepSize": step,
-    }
-
-
-def _price_filter(min_price: str, max_price: str, tick: str) -> dict[str, str]:
-    return {
-        "filterType": FilterKind.PRICE_FILTER,
-        "minPrice": min_price,
-        "maxPrice": max_price,
-        "tickSize": tick,
-    }
-
-
-def _notional(min_notional: str, max_notional: str) -> dict[str, Any]:
-    # As on Binance's spot USDT pairs: the minimum binds market orders, the maximum not.
-    return {
-        "filterType": FilterKind.NOTIONAL,
-        "minNotional": min_notional,
-        "applyMinToMarket": True,
-        "maxNotional": max_notional,
-        "applyMaxToMarket": False,
-        "avgPriceMins": 5,
-    }
-
-
-def _entry(base: str, quote: str, filters: list[dict[str, Any]]) -> dict[str, Any]:
+def _entry(
+    base: str,
+    quote: str,
+    lot: tuple[str, str, str],
+    price: tuple[str, str, str],
+    notional: tuple[str, str],
+) -> dict[str, Any]:
+    """An ``exchangeInfo`` symbol entry for a spot pair that is trading and takes market
+    orders, with its ``LOT_SIZE``, ``PRICE_FILTER`` and ``NOTIONAL`` filters (the columns
+    of ``_DEFAULT_SYMBOLS``)."""
+    min_qty, max_qty, step = lot
+    min_price, max_price, tick = price
+    min_notional, max_notional = notional
+    lot_filter = {"minQty": min_qty, "maxQty": max_qty, "stepSize": step}
+    price_filter = {"minPrice": min_price, "maxPrice": max_price, "tickSize": tick}
     return {
         "symbol": base + quote,
         "status": SymbolStatus.TRADING,
@@ -566,61 +550,35 @@ def _entry(base: str, quote: str, filters: list[dict[str, Any]]) -> dict[str, An
         "orderTypes": ["LIMIT", "LIMIT_MAKER", MARKET_ORDER],
         "isSpotTradingAllowed": True,
         "permissionSets": [[SPOT_PERMISSION]],
-        "filters": filters,
+        "filters": [
+            {"filterType": FilterKind.LOT_SIZE, **lot_filter},
+            {"filterType": FilterKind.PRICE_FILTER, **price_filter},
+            # As on Binance's spot USDT pairs: the minimum binds market orders, the
+            # maximum not.
+            {
+                "filterType": FilterKind.NOTIONAL,
+                "minNotional": min_notional,
+                "applyMinToMarket": True,
+                "maxNotional": max_notional,
+                "applyMaxToMarket": False,
+                "avgPriceMins": 5,
+            },
+        ],
     }
 
 
 # Binance spot values for the sim/paper market, in exchangeInfo's own shape so they go
 # through the same parser as live data. Live trading must use the exchange's reply.
-DEFAULT_EXCHANGE_INFO: dict[str, Any] = {
-    "symbols": [
-        _entry(
-            "BTC",
-            "USDT",
-            [
-                _lot("0.00001", "9000", "0.00001"),
-                _price_filter("0.01", "1000000", "0.01"),
-                _notional("5", "9000000"),
-            ],
-        ),
-        _entry(
-            "ETH",
-            "USDT",
-            [
-                _lot("0.0001", "9000", "0.0001"),
-                _price_filter("0.01", "1000000", "0.01"),
-                _notional("5", "9000000"),
-            ],
-        ),
-        _entry(
-            "BNB",
-            "USDT",
-            [
-                _lot("0.001", "9000", "0.001"),
-                _price_filter("0.01", "1000000", "0.01"),
-                _notional("5", "9000000"),
-            ],
-        ),
-        _entry(
-            "SOL",
-            "USDT",
-            [
-                _lot("0.001", "9000", "0.001"),
-                _price_filter("0.01", "1000000", "0.01"),
-                _notional("5", "9000000"),
-            ],
-        ),
-        _entry(
-            "XRP",
-            "USDT",
-            [
-                _lot("0.1", "9222449", "0.1"),
-                _price_filter("0.0001", "1000", "0.0001"),
-                _notional("5", "9000000"),
-            ],
-        ),
-    ]
-}
+# Columns: base, quote, LOT_SIZE (minQty, maxQty, stepSize), PRICE_FILTER (minPrice,
+# maxPrice, tickSize), NOTIONAL (minNotional, maxNotional).
+_DEFAULT_SYMBOLS = (
+    ("BTC", "USDT", ("0.00001", "9000", "0.00001"), ("0.01", "1000000", "0.01"), ("5", "9000000")),
+    ("ETH", "USDT", ("0.0001", "9000", "0.0001"), ("0.01", "1000000", "0.01"), ("5", "9000000")),
+    ("BNB", "USDT", ("0.001", "9000", "0.001"), ("0.01", "1000000", "0.01"), ("5", "9000000")),
+    ("SOL", "USDT", ("0.001", "9000", "0.001"), ("0.01", "1000000", "0.01"), ("5", "9000000")),
+    ("XRP", "USDT", ("0.1", "9222449", "0.1"), ("0.0001", "1000", "0.0001"), ("5", "9000000")),
+)
+DEFAULT_EXCHANGE_INFO: dict[str, Any] = {"symbols": [_entry(*row) for row in _DEFAULT_SYMBOLS]}
 
 DEFAULT_RULES: Mapping[str, SymbolRules] = parse_exchange_info(DEFAULT_EXCHANGE_INFO)
 
@@ -650,10 +608,8 @@ def default_rules(symbol: str) -> SymbolRules:
     entry = _entry(
         base,
         quote,
-        [
-            _lot("0.00001", "90000000", "0.00001"),
-            _price_filter("0.00000001", "1000000", "0.00000001"),
-            _notional(min_notional, "0"),
-        ],
+        ("0.00001", "90000000", "0.00001"),
+        ("0.00000001", "1000000", "0.00000001"),
+        (min_notional, "0"),
     )
     return parse_symbol(entry)

@@ -174,6 +174,9 @@ def _sim_start_price(symbol: str) -> float:
 class SimMarket:
     """Offline, seeded, deterministic; one tick advances every walk by one step."""
 
+    name = "sim"
+    requests_sent = 0  # offline: it never asks a server
+
     def __init__(
         self,
         seed: int = 0,
@@ -187,24 +190,12 @@ class SimMarket:
             raise ValueError("tick_s must be positive")
         self._seed = seed
         self._tick_s = tick_s
-        self._interval_s = interval_s
+        self.interval_s = interval_s
         self._volatility = volatility
         self._warmup = warmup_candles
         self._step = 0
         self._walks: dict[str, _Walk] = {}
         self._builder = CandleBuilder(interval_s)
-
-    @property
-    def name(self) -> str:
-        return "sim"
-
-    @property
-    def interval_s(self) -> int:
-        return self._interval_s
-
-    @property
-    def requests_sent(self) -> int:
-        return 0
 
     @property
     def now(self) -> float:
@@ -221,9 +212,9 @@ class SimMarket:
 
     def _warm_up(self, symbol: str, walk: _Walk) -> None:
         """History before the first tick, from the same walk, so indicators start warm."""
-        interval_ms = self._interval_s * 1000
+        interval_ms = self.interval_s * 1000
         first_open = (int(self.now * 1000) // interval_ms - self._warmup) * interval_ms
-        candles = _walk_candles(walk, self._warmup, first_open, self._interval_s, self._tick_s)
+        candles = _walk_candles(walk, self._warmup, first_open, self.interval_s, self._tick_s)
         self._builder.remember(symbol, candles)
 
     async def prices(self, symbols: Sequence[str]) -> dict[str, Decimal]:
@@ -267,6 +258,8 @@ class BinanceMarket:
     clock, which also absorbs a clock a little ahead of Binance's.
     """
 
+    name = "binance"
+
     def __init__(
         self,
         gateway: BinanceGateway,
@@ -278,7 +271,7 @@ class BinanceMarket:
         if not 1 <= history_limit <= MAX_KLINES:
             raise ValueError(f"history_limit must be from 1 to {MAX_KLINES}")
         self._gateway = gateway
-        self._interval_s = interval_s
+        self.interval_s = interval_s
         self._history_limit = history_limit
         self._clock = clock
         self._candles: OrderedDict[str, CandleWindow] = OrderedDict()  # least recent first
@@ -288,14 +281,6 @@ class BinanceMarket:
         self._unknown: set[str] = set()
         self._unknown_logged: set[str] = set()
         self._listing_version = gateway.listing_version
-
-    @property
-    def name(self) -> str:
-        return "binance"
-
-    @property
-    def interval_s(self) -> int:
-        return self._interval_s
 
     @property
     def requests_sent(self) -> int:
@@ -410,7 +395,7 @@ class BinanceMarket:
 
     def _cutoff_ms(self, now: float) -> int:
         """Candles opening before this have closed (by ``KLINE_SETTLE_S`` at least)."""
-        interval_ms = self._interval_s * 1000
+        interval_ms = self.interval_s * 1000
         return int((now - KLINE_SETTLE_S) * 1000) // interval_ms * interval_ms
 
     async def _refreshed(
@@ -424,7 +409,7 @@ class BinanceMarket:
         cutoff = self._cutoff_ms(now)
         window = self._candles.get(symbol)
         newest = None if window is None else window.newest
-        interval_ms = self._interval_s * 1000
+        interval_ms = self.interval_s * 1000
         due = newest is None or newest.open_time + interval_ms < cutoff
         if not due or self._asked_for.get(symbol) == cutoff:
             return window
@@ -469,7 +454,7 @@ class BinanceMarket:
             Weight.KLINES,
             client.get_klines,
             symbol=symbol,
-            interval=interval_name(self._interval_s),
+            interval=interval_name(self.interval_s),
             **params,
         )
         return list(rows or ())
@@ -509,6 +494,9 @@ class ReplayMarket:
     moment is the close of the last candle delivered.
     """
 
+    name = "replay"
+    requests_sent = 0  # it reads its file, never a server
+
     def __init__(self, path: Path, *, interval_s: int | None = None) -> None:
         try:
             candles = read_klines_csv(path)
@@ -518,21 +506,9 @@ class ReplayMarket:
             raise TradingError(f"cannot replay {path}: it holds no candles")
         self._candles = candles
         step_ms = candles[1].open_time - candles[0].open_time if len(candles) > 1 else 60_000
-        self._interval_s = interval_s or max(1, step_ms // 1000)
+        self.interval_s = interval_s or max(1, step_ms // 1000)
         self._delivered = 0
         self._ended_logged = False
-
-    @property
-    def name(self) -> str:
-        return "replay"
-
-    @property
-    def interval_s(self) -> int:
-        return self._interval_s
-
-    @property
-    def requests_sent(self) -> int:
-        return 0
 
     def _price(self) -> Decimal:
         if self._delivered == 0:
@@ -555,7 +531,7 @@ class ReplayMarket:
         last = self._candles[max(self._delivered - 1, 0)]
         price = self._price()
         return MarketTick(
-            (last.open_time + self._interval_s * 1000) / 1000,
+            (last.open_time + self.interval_s * 1000) / 1000,
             {symbol: price for symbol in symbols},
             closed,
         )

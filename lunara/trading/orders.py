@@ -71,6 +71,7 @@ from lunara.trading.filters import (
     check_order,
     check_tradable,
     format_amount,
+    quantity_for_quote,
     unsellable_remainder,
 )
 from lunara.trading.model import ExitReason, OrderSide, OrderStatus, PositionStatus
@@ -280,6 +281,46 @@ class OrderPath:
             quantity = check_order(rules, wanted, request.reference_price)
             order = await self._record(request, quantity)
             return await self._send_and_settle(exchange, order, request)
+
+    async def enter(
+        self,
+        exchange: Exchange,
+        user_id: int,
+        symbol: str,
+        quote_amount: Decimal,
+        price: Decimal,
+        stop_params: TrailingParams,
+        request_key: str | None = None,
+    ) -> Settlement:
+        """Buy ``quote_amount`` worth of ``symbol`` (e.g. 100 USDT of BTC) at about
+        ``price``: the quantity is sized by the symbol's rules, and the position it opens
+        gets a stop with ``stop_params``."""
+        rules = await exchange.symbol_rules(symbol)
+        request = OrderRequest(
+            user_id=user_id,
+            symbol=symbol,
+            side=OrderSide.BUY,
+            quantity=quantity_for_quote(rules, quote_amount, price),
+            reference_price=price,
+            stop_params=stop_params,
+            request_key=request_key,
+        )
+        return await self.submit(exchange, request)
+
+    async def exit(
+        self, exchange: Exchange, user_id: int, position: Position, price: Decimal, reason: str
+    ) -> Settlement:
+        """Sell ``position`` at about ``price``, recording ``reason`` (an ``ExitReason``)."""
+        request = OrderRequest(
+            user_id=user_id,
+            symbol=position.symbol,
+            side=OrderSide.SELL,
+            quantity=position.quantity,
+            reference_price=price,
+            position_id=position.id,
+            exit_reason=reason,
+        )
+        return await self.submit(exchange, request)
 
     async def _record(self, request: OrderRequest, quantity: Decimal) -> Order:
         if request.keyed_entry_id is not None:

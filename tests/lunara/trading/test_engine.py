@@ -49,6 +49,18 @@ async def test_the_service_buys_shows_and_sells_a_position(trading: TradingRunti
         await engine.balances(999)
 
 
+async def test_a_buy_asked_again_under_its_request_key_buys_once(
+    trading: TradingRuntime,
+) -> None:
+    engine = trading.engine
+    await engine.start()
+    first = await engine.buy(42, "BTCUSDT", Decimal(200), request_key="tg:42:7")
+    again = await engine.buy(42, "BTCUSDT", Decimal(200), request_key="tg:42:7")
+    assert again.client_order_id == first.client_order_id
+    assert again.position_id == first.position_id
+    assert [view.position_id for view in await engine.positions(42)] == [first.position_id]
+
+
 async def test_analysis_has_indicators_and_says_when_ai_is_off(trading: TradingRuntime) -> None:
     engine = trading.engine
     await engine.start()
