@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
-UNUSED_OPTIONAL_MODULES = ("httpx._main",)
+UNUSED_OPTIONAL_MODULES = ("httpx._main", "PIL")
 """Modules that libraries of the bot import only when they are installed, for features the
 bot never uses; the CLI's dependencies install them. httpx loads its command-line client
-(click, rich and pygments, about 4.5 MiB) when it is first imported."""
+(click, rich and pygments, about 4.5 MiB) when it is first imported; google-genai loads
+Pillow (about 2 MiB) for image prompts, and the bot sends text."""
 
 
 def skip_unused_optional_modules() -> None:

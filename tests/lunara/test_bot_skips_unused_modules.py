@@ -1,5 +1,5 @@
 """The bot's entry point keeps optional parts of its libraries that it never uses out of its
-memory (httpx's command-line client), while those libraries still work: read from a
+memory (httpx's command-line client, Pillow), while those libraries still work: read from a
 real interpreter that imports what the running bot imports."""
 
 from __future__ import annotations
@@ -8,10 +8,13 @@ import json
 import subprocess
 import sys
 
-SKIPPED = ("click", "rich", "pygments")
-# What the bot imports when Telegram is configured, and a use of each library.
+SKIPPED = ("click", "rich", "pygments", "PIL")
+# What the bot imports when Telegram and Gemini are configured, and a use of each library.
 BOT_IMPORTS = (
-    "import httpx, telegram.ext\nassert httpx.Request('GET', 'http://127.0.0.1/').method == 'GET'\n"
+    "import httpx, telegram.ext\n"
+    "from google.genai import types\n"
+    "assert types.Part(text='x').text == 'x'\n"
+    "assert httpx.Request('GET', 'http://127.0.0.1/').method == 'GET'\n"
 )
 REPORT = (
     "import json, sys\n"
