@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
+from blueprint.watchdog import BOT_MALLOC_ARENAS
 from tests.blueprint.cli_harness import (
     HEARTBEAT_BOT,
     TOKENS,
@@ -29,17 +32,24 @@ def environ_of(pid: int) -> dict[str, str]:
     return {name.decode(): value.decode() for name, value in pairs}
 
 
-def test_the_bot_and_watchdog_get_the_deployments_configuration_not_the_callers(
-    tmp_path: Path,
-) -> None:
+def env_dumping_installation(tmp_path: Path, passed: list[str]) -> Cli:
+    """An installation whose bot writes its environment to `bot-env.json` in its home;
+    the manifest passes the variables `passed` on."""
     home = tmp_path / "home"
     home.mkdir()
     program = {
         "command": [sys.executable, "-c", ENV_DUMPING_BOT],
         "stop_timeout_s": 3,
-        "environment": ["ALLOWED_BY_MANIFEST"],
+        "environment": passed,
     }
-    cli = Cli(home, write_manifest(tmp_path / "manifest.json", manifest_document(program)))
+    return Cli(home, write_manifest(tmp_path / "manifest.json", manifest_document(program)))
+
+
+def test_the_bot_and_watchdog_get_the_deployments_configuration_not_the_callers(
+    tmp_path: Path,
+) -> None:
+    cli = env_dumping_installation(tmp_path, ["ALLOWED_BY_MANIFEST"])
+    home = cli.home
     dot_env = tmp_path / ".env"  # the CLI runs in tmp_path
     dot_env.write_text("LUNARA_TICK_SECONDS=7\nNOT_A_PROJECT_VARIABLE=from-dot-env\n")
     caller = {
@@ -80,3 +90,23 @@ def test_a_manifest_may_not_pass_the_token_on(tmp_path: Path) -> None:
     result = cli.run("manifest", "check")
     assert result.returncode == 6
     assert "program.environment: LUNARA_TOKEN is the caller's credential" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("passed", "expected"),
+    [((), BOT_MALLOC_ARENAS), (("MALLOC_ARENA_MAX",), "4")],
+    ids=["the-watchdog-s-default", "the-deployment-s-own"],
+)
+def test_the_bot_runs_with_few_malloc_arenas_unless_the_deployment_passes_its_own(
+    tmp_path: Path, passed: tuple[str, ...], expected: str
+) -> None:
+    cli = env_dumping_installation(tmp_path, list(passed))
+    home = cli.home
+    try:
+        started = cli.run("start", "--wait", "30", extra_env={"MALLOC_ARENA_MAX": "4"})
+        assert started.returncode == 0, started.stderr
+        dump = home / "bot-env.json"
+        wait_until(dump.exists, what="the bot's environment dump")
+        assert json.loads(dump.read_text())["MALLOC_ARENA_MAX"] == expected
+    finally:
+        cli.run("stop", "--timeout", "5")
