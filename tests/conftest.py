@@ -40,13 +40,17 @@ def redis_url() -> str:
 def redis_db(redis_url: str) -> Iterator[str]:
     """A Redis URL whose database is empty before and after the test.
 
-    The test has the database to itself: test processes sharing the private
-    redis-server (several test runs at once) take turns instead of flushing each
-    other's data.
+    Each pytest-xdist worker has a database number of its own (gw0 the 1st, gw1 the
+    2nd, ...; a run without workers the 0th), so workers need not wait for each other.
+    Test processes that would still share one (several runs against one server) take
+    turns instead of flushing each other's data.
     """
     import redis
     from filelock import FileLock
 
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw"):
+        redis_url = f"{redis_url.rsplit('/', 1)[0]}/{1 + int(worker[2:]) % 15}"
     digest = hashlib.sha256(redis_url.encode()).hexdigest()[:16]
     with FileLock(Path(tempfile.gettempdir()) / f"lunara-test-redis-{digest}.lock"):
         client = redis.Redis.from_url(redis_url)
