@@ -187,6 +187,7 @@ def _append_many(path: str, writer: int, count: int, start: Any) -> None:
         )
 
 
+@pytest.mark.slow
 def test_concurrent_appends_from_several_processes_keep_every_line_intact(home: Path) -> None:
     path = home / "audit.jsonl"
     writers, count = 4, 400

@@ -85,6 +85,7 @@ def test_start_wait_exits_6_with_the_bots_own_reason_and_the_bot_is_not_restarte
     assert "Traceback" not in (cli.home / "logs" / "bot-output.log").read_text()
 
 
+@pytest.mark.slow
 def test_restart_wait_exits_6_when_the_new_bot_refuses_its_configuration(
     make_cli: MakeCli,
 ) -> None:

@@ -135,6 +135,7 @@ print("changed" if result.changed else "unchanged")
 """
 
 
+@pytest.mark.slow
 def test_fifty_concurrent_starts_make_exactly_one_watchdog_and_one_bot(
     supervised: Factory,
 ) -> None:
@@ -426,6 +427,7 @@ def test_stop_timeout_longer_than_the_manifests_is_the_grace_the_bot_gets(
     assert slow.document().stop_timeout_s is None
 
 
+@pytest.mark.slow
 def test_a_stop_that_sees_no_bot_waits_for_the_one_the_watchdog_is_stopping(
     supervised: Factory,
 ) -> None:

@@ -154,6 +154,7 @@ def test_render_metrics_includes_the_bots_counters() -> None:
     assert "lunara_bot_rss_bytes 10485760\n" in text
 
 
+@pytest.mark.slow
 def test_idle_clients_neither_grow_threads_nor_shut_out_a_probe(tmp_path: Path) -> None:
     """900 clients that connect and send nothing (and one that sends half a request):
     the watchdog's threads stay as they were, no more than MAX_PENDING of them are held,

@@ -187,6 +187,7 @@ def seed_positions(installation: Installation) -> None:
     asyncio.run(buy())
 
 
+@pytest.mark.slow
 def test_backup_wipe_restore_resumes_the_same_positions_and_stops(
     installation: Installation, tmp_path: Path
 ) -> None:
@@ -245,6 +246,7 @@ def test_backup_wipe_restore_resumes_the_same_positions_and_stops(
     assert saved_stops(installation.database) == recorded
 
 
+@pytest.mark.slow
 def test_restore_drops_the_newer_redis_stops_of_the_replaced_database(
     installation: Installation, tmp_path: Path
 ) -> None:
@@ -307,6 +309,7 @@ def raw_stops(client: redis_sync.Redis, name: str) -> dict[Any, Any]:
     return {key: client.hgetall(key) for key in keys}
 
 
+@pytest.mark.slow
 def test_deployments_sharing_a_redis_keep_their_own_stops_through_backup_and_restore(
     two_deployments: tuple[Installation, Installation], client: redis_sync.Redis, tmp_path: Path
 ) -> None:

@@ -127,6 +127,7 @@ def gateway(base_url: str) -> BinanceGateway:
     )
 
 
+@pytest.mark.slow
 async def test_binance_unreachable_or_failing_is_down_and_a_refusal_is_an_answer() -> None:
     with FakeBinance() as fake:
         exchange = gateway(fake.base_url)

@@ -114,6 +114,7 @@ def test_every_permission_of_the_cli_is_one_a_verb_needs() -> None:
 
 
 @pytest.mark.parametrize("role", list(ROLES))
+@pytest.mark.slow
 def test_each_role_is_allowed_exactly_its_verbs(tmp_path: Path, role: str) -> None:
     home = tmp_path / "home"
     home.mkdir()

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.fernet import Fernet
 
 from tests.blueprint.cli_harness import (
@@ -70,6 +71,7 @@ def metrics(port: int) -> str:
         return str(reply.read().decode())
 
 
+@pytest.mark.slow
 def test_redis_down_shows_as_a_dependency_and_a_note_with_exit_code_0(tmp_path: Path) -> None:
     cli = installation(tmp_path)
     health_port = free_port()
@@ -104,6 +106,7 @@ def test_redis_down_shows_as_a_dependency_and_a_note_with_exit_code_0(tmp_path: 
         cli.run("stop", "--timeout", "20", entry=ENTRY, extra_env=env)
 
 
+@pytest.mark.slow
 def test_telegram_unreachable_shows_down_then_ok_again(tmp_path: Path) -> None:
     from tests.fakes.telegram_api import FakeTelegram
     from tests.lunara.telegram.conftest import TOKEN
@@ -151,6 +154,7 @@ def test_telegram_unreachable_shows_down_then_ok_again(tmp_path: Path) -> None:
         telegram.stop()
 
 
+@pytest.mark.slow
 def test_telegram_waiting_for_its_poller_lease_in_redis_shows_down_saying_why(
     tmp_path: Path,
 ) -> None:
@@ -194,6 +198,7 @@ def test_telegram_waiting_for_its_poller_lease_in_redis_shows_down_saying_why(
                 redis.stop()
 
 
+@pytest.mark.slow
 def test_binance_unreachable_in_live_mode_shows_the_exchange_down(tmp_path: Path) -> None:
     from tests.fakes.binance_api import FakeBinance
 

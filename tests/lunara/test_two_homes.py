@@ -100,6 +100,7 @@ def _traded(cli: Cli) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_second_home_of_another_deployment_under_the_same_name_is_refused_with_exit_6(
     tmp_path: Path, redis_db: str, telegram: FakeTelegram
 ) -> None:
@@ -172,6 +173,7 @@ def _one_deployment_in_two_homes(
     return first, first_env, second, second_env
 
 
+@pytest.mark.slow
 def test_a_second_home_of_the_same_deployment_waits_as_standby_and_takes_over_when_killed(
     tmp_path: Path, redis_db: str, telegram: FakeTelegram
 ) -> None:
@@ -210,6 +212,7 @@ def test_a_second_home_of_the_same_deployment_waits_as_standby_and_takes_over_wh
         first.run("stop", "--timeout", "20", entry=ENTRY, extra_env=first_env)
 
 
+@pytest.mark.slow
 def test_a_holder_paused_past_its_lease_acts_no_more_when_it_wakes(
     tmp_path: Path, redis_db: str, telegram: FakeTelegram
 ) -> None:
@@ -250,6 +253,7 @@ def test_a_holder_paused_past_its_lease_acts_no_more_when_it_wakes(
         first.run("stop", "--timeout", "20", entry=ENTRY, extra_env=first_env)
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_home_one_active_one_standby_that_takes_over_when_killed(
     tmp_path: Path, redis_db: str, telegram: FakeTelegram
 ) -> None:

@@ -41,6 +41,7 @@ def as_member(other_user: OtherUser, gid: int, home: Path, *args: str) -> tuple[
     return result.returncode, result.stdout, result.stderr
 
 
+@pytest.mark.slow
 def test_a_control_group_member_acts_with_the_role_the_manifest_gives_them(
     other_user: OtherUser, control_group: tuple[str, int], shared_dir: Path
 ) -> None:

@@ -175,6 +175,7 @@ def test_the_stop_line_follows_the_open_position_only() -> None:
     assert stop[holding][0] == pytest.approx(98.0 * 0.95)
 
 
+@pytest.mark.slow
 def test_backtest_cli_json_and_plot(tmp_path: Path) -> None:
     data = tmp_path / "klines.csv"
     rows = ["open_time,open,high,low,close,volume"] + [

@@ -103,6 +103,7 @@ def scratch(tmp_path: Path) -> Scratch:
     return Scratch(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_good_month_a_missing_month_and_a_corrupted_zip(
     scratch: Scratch, server: PublicDataServer
 ) -> None:

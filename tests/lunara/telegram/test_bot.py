@@ -147,6 +147,7 @@ async def test_buy_positions_and_sell_on_the_paper_exchange(
         assert "No open positions" in await bot.ask(TRADER, "/positions")
 
 
+@pytest.mark.slow
 async def test_bad_arguments_get_the_usage_line(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:
@@ -158,6 +159,7 @@ async def test_bad_arguments_get_the_usage_line(
             assert "Usage" in reply, (text, reply)
 
 
+@pytest.mark.slow
 async def test_an_amount_that_is_not_finite_positive_and_bounded_is_refused_saying_why(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:
@@ -185,6 +187,7 @@ async def test_settings_are_shown_and_updated(fake_telegram: FakeTelegram, bot_h
         assert "auto_mode" in await bot.ask(TRADER, "/settings")
 
 
+@pytest.mark.slow
 async def test_symbols_binance_does_not_list_are_refused_by_settings_and_buy_naming_them(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:
@@ -210,6 +213,7 @@ async def test_symbols_binance_does_not_list_are_refused_by_settings_and_buy_nam
             assert (await bot.ask(TRADER, "/buy BTCUSDT 100")).startswith("Bought")
 
 
+@pytest.mark.slow
 async def test_a_trader_can_switch_to_a_plain_stop_and_back(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:
@@ -228,6 +232,7 @@ def _plain(reply: str) -> str:
     return " ".join(re.sub(r"<[^>]+>", " ", reply).split())
 
 
+@pytest.mark.slow
 async def test_settings_watch_no_more_symbols_than_the_plan_allows(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:
@@ -290,6 +295,7 @@ def _texts_beside_the_database(home: Path) -> list[tuple[Path, str]]:
     ]
 
 
+@pytest.mark.slow
 async def test_setkeys_in_live_mode_stores_only_keys_the_exchange_accepts(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:
@@ -326,6 +332,7 @@ async def test_setkeys_in_live_mode_stores_only_keys_the_exchange_accepts(
         assert len(fake_telegram.deleted) == 4  # every message that carried a secret
 
 
+@pytest.mark.slow
 async def test_a_reply_stalled_past_the_client_timeout_is_sent_again(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:
@@ -386,6 +393,7 @@ async def test_a_plain_text_gets_one_hint_even_when_delivered_again(
     assert fake_telegram.messages_to(-1000000000 - TRADER) == []  # group chatter is not ours
 
 
+@pytest.mark.slow
 async def test_an_answer_telegram_keeps_failing_is_tried_until_it_goes_and_sent_once(
     fake_telegram: FakeTelegram, bot_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -858,6 +866,7 @@ def sweeps_of(running: RunningBot, monkeypatch: pytest.MonkeyPatch) -> list[list
     return sweeps
 
 
+@pytest.mark.slow
 async def test_a_stop_leaves_the_answers_telegram_did_not_take_yet_for_the_next_start(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:
@@ -1000,6 +1009,7 @@ def crashed_before(home: Path) -> None:
     Ledger(HomePaths.resolve(home), "lunara", NullMirror()).update(mutate)
 
 
+@pytest.mark.slow
 async def test_the_crash_report_waits_out_a_telegram_outage_and_reaches_the_admin_once(
     fake_telegram: FakeTelegram,
     bot_home: Path,

@@ -59,6 +59,7 @@ async def ask_sent_at(bot: RunningBot, user_id: int, text: str, sent_at: float) 
 # -- 4. commands delivered late ----------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_trade_command_that_arrives_late_is_not_run_and_read_only_ones_are_answered(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:

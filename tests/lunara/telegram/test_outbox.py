@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import aiosqlite
+import pytest
 
 from lunara.storage import outbox as outbox_store
 from lunara.storage import users
@@ -27,6 +28,7 @@ async def is_active(db: aiosqlite.Connection, user_id: int) -> bool:
     return user.active
 
 
+@pytest.mark.slow
 async def test_notifications_to_a_hundred_users_at_once_are_paced_without_a_single_429(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:
@@ -53,6 +55,7 @@ async def test_messages_to_one_user_arrive_in_order_at_the_chats_pace(
     assert fake_telegram.too_many_requests == 0
 
 
+@pytest.mark.slow
 async def test_a_group_is_sent_no_faster_than_telegram_allows_a_group(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:
@@ -65,6 +68,7 @@ async def test_a_group_is_sent_no_faster_than_telegram_allows_a_group(
     assert fake_telegram.too_many_requests == 0
 
 
+@pytest.mark.slow
 async def test_an_answer_goes_ahead_of_a_broadcast_under_way(
     fake_telegram: FakeTelegram, bot_home: Path
 ) -> None:
