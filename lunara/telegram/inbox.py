@@ -45,7 +45,7 @@ class InboxBot(ExtBot[None]):
     python-telegram-bot confirms it to Telegram with the next getUpdates offset: an
     update Telegram will not deliver again is one we hold."""
 
-    __slots__ = ("_may_poll", "_take", "_watch")
+    __slots__ = ("_closing", "_may_poll", "_take", "_watch")
 
     def __init__(
         self,
@@ -59,6 +59,7 @@ class InboxBot(ExtBot[None]):
         self._take = take
         self._watch = watch  # Telegram's reachability for `lunara status`
         self._may_poll = may_poll  # False while the instance lease is unconfirmed
+        self._closing = False  # while polling stops: a batch fetched then is held back
 
     async def get_updates(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
         if self._may_poll is not None and not self._may_poll():
@@ -67,6 +68,10 @@ class InboxBot(ExtBot[None]):
             await asyncio.sleep(FENCED_POLL_PAUSE_S)
             return ()
         return await self._fetch(*args, **kwargs)
+
+    def polling_stops(self, stopping: bool) -> None:
+        """Polling is being stopped (True), or starts again (False)."""
+        self._closing = stopping
 
     async def _fetch(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
         try:
@@ -83,6 +88,11 @@ class InboxBot(ExtBot[None]):
                 raise NetworkError(
                     f"could not record the fetched updates ({type(error).__name__})"
                 ) from error
+            if self._closing:
+                # The updater is stopping and would drop this batch, logging it as
+                # CRITICAL. It is in the inbox, and unconfirmed, so Telegram delivers it
+                # again to the next poll: nothing is lost by handing over nothing.
+                return ()
         return updates
 
 

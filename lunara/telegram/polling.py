@@ -22,6 +22,7 @@ from lunara.storage import handled
 from lunara.storage import outbox as outbox_store
 from lunara.telegram.bot import TelegramBot
 from lunara.telegram.errors import is_retryable, mark_telegram, retry_after_seconds
+from lunara.telegram.inbox import InboxBot
 from lunara.telegram.lease import PollLease
 from lunara.telegram.updates import ALLOWED_UPDATES
 
@@ -80,6 +81,7 @@ class TelegramService:
                 finally:
                     with contextlib.suppress(Exception):
                         if application.updater is not None and application.updater.running:
+                            _set_closing(application.bot, True)
                             await application.updater.stop()
                     try:
                         if stop.is_set():
@@ -146,6 +148,7 @@ class TelegramService:
     async def _poll(self, stop: asyncio.Event, lease: PollLease) -> None:
         application = self.bot.application
         assert application.updater is not None
+        _set_closing(application.bot, False)
         await application.updater.start_polling(
             timeout=POLL_TIMEOUT_S,
             allowed_updates=list(ALLOWED_UPDATES),
@@ -169,6 +172,12 @@ class TelegramService:
         finally:
             stopper.cancel()
             lost.cancel()
+
+
+def _set_closing(client: object, closing: bool) -> None:
+    """Tell the Bot API client that polling is (or is no longer) being stopped."""
+    if isinstance(client, InboxBot):
+        client.polling_stops(closing)
 
 
 async def _prune(db: aiosqlite.Connection) -> None:
